@@ -1,0 +1,39 @@
+"""Errors the engine raises. Each carries one human-readable line; none should reach a user as a traceback."""
+
+from __future__ import annotations
+
+
+class Krea2Error(Exception):
+    """Base class: `str(error)` is a complete, user-facing sentence."""
+
+
+class InvalidRequest(Krea2Error):
+    """A request field is out of range or of the wrong type. Names the field and the value."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        super().__init__(f"{field}: {problem} (got {shown})")
+        self.field = field
+        self.value = value
+        self.problem = problem
+
+
+class LoadError(Krea2Error):
+    """A checkpoint could not be loaded; the message says why and what to do."""
+
+
+class NotReady(Krea2Error):
+    """The checkpoint asked for is still loading, or failed to load."""
+
+
+class Cancelled(Krea2Error):
+    """The generation was cancelled by the user before it finished."""
+
+    def __init__(self, message: str = "Generation cancelled.") -> None:
+        super().__init__(message)
+
+
+class GenerationFailed(Krea2Error):
+    """The model ran but the output is unusable (NaN, all black) or the device ran out of memory."""

@@ -1,0 +1,161 @@
+"""Loading Krea 2 checkpoints from the Hub or local folders, with one clear line for every way it can fail.
+
+Turbo loads whole. Raw is Raw's ``transformer/`` plus Turbo's text encoder, tokenizer and VAE (the very same objects,
+one copy in memory) and its own scheduler instance, with ``is_distilled=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .checkpoints import CheckpointSpec
+from .errors import LoadError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import Krea2Pipeline, Krea2Transformer2DModel
+
+log = logging.getLogger(__name__)
+
+
+def looks_like_path(source: str) -> bool:
+    """A Hub id is `owner/name`; anything else that names the filesystem is treated as a local folder."""
+    return (
+        source.startswith(("/", ".", "~"))
+        or os.sep + os.sep in source
+        or source.count("/") > 1
+        or (Path(source).exists())
+    )
+
+
+def check_local_layout(source: str, spec: CheckpointSpec) -> None:
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise LoadError(f"{spec.display_name}: folder {folder} does not exist.")
+    needed = "model_index.json" if spec.ships_full_pipeline else "transformer/config.json"
+    if not (folder / needed).is_file():
+        kind = "a diffusers pipeline folder" if spec.ships_full_pipeline else "a folder with transformer/"
+        raise LoadError(f"{spec.display_name}: {folder} is not {kind} (missing {needed}).")
+
+
+def explain_load_error(error: BaseException, source: str, spec: CheckpointSpec) -> LoadError:
+    """Turn whatever from_pretrained raised into one actionable sentence."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(e) for e in chain).lower()
+    name = spec.display_name
+
+    if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in text or "401" in text or "403" in text:
+        return LoadError(
+            f"{name}: no access to the gated repo {source}. Accept the Krea 2 license on its Hub page "
+            f"(https://huggingface.co/{source}), then set HF_TOKEN or run `hf auth login`."
+        )
+    if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for e in chain) or (
+        "offline" in text or "cannot find the requested files in the local cache" in text or "connection" in text
+    ):
+        return LoadError(
+            f"{name}: {source} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+            f"download it, or point {spec.source_env_var} at a local folder (or use --demo)."
+        )
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain) or "not found" in text:
+        return LoadError(f"{name}: repo {source} was not found on the Hub (check {spec.source_env_var}).")
+    if isinstance(error, MemoryError) or "out of memory" in text:
+        return LoadError(f"{name}: not enough memory to load {source}; try --placement offload.")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return LoadError(f"{name}: could not load {source}: {first}")
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _describe(label: str, module: torch.nn.Module, seconds: float) -> None:
+    log.info("  %s: %.2f GB in %.1f s", label, _module_bytes(module) / 1e9, seconds)
+
+
+class PipelineLoader:
+    """Loads Turbo (whole) and Raw (transformer only, sharing Turbo's other components) via ``from_pretrained``."""
+
+    def __init__(self, sources: dict[str, str], dtype: torch.dtype, token: str | None = None) -> None:
+        self.sources = sources
+        self.dtype = dtype
+        self.token = token or os.environ.get("HF_TOKEN") or None  # None: huggingface_hub uses the saved login
+
+    def _prepare(self, spec: CheckpointSpec) -> str:
+        source = self.sources[spec.key]
+        if looks_like_path(source):
+            check_local_layout(source, spec)
+            return str(Path(source).expanduser())
+        return source
+
+    def load_full(self, spec: CheckpointSpec) -> Krea2Pipeline:
+        from diffusers import Krea2Pipeline
+
+        source = self._prepare(spec)
+        log.info("Loading %s from %s ...", spec.display_name, source)
+        start = time.perf_counter()
+        try:
+            pipe = Krea2Pipeline.from_pretrained(
+                source, dtype=self.dtype, token=self.token, is_distilled=spec.is_distilled
+            )
+        except Exception as error:
+            raise explain_load_error(error, source, spec) from error
+        seconds = time.perf_counter() - start
+        for label in ("transformer", "text_encoder", "vae"):
+            _describe(label, getattr(pipe, label), seconds)
+        log.info("%s loaded in %.1f s", spec.display_name, seconds)
+        return pipe
+
+    def load_transformer(self, spec: CheckpointSpec) -> Krea2Transformer2DModel:
+        from diffusers import Krea2Transformer2DModel
+
+        source = self._prepare(spec)
+        log.info("Loading %s transformer from %s ...", spec.display_name, source)
+        start = time.perf_counter()
+        try:
+            transformer = Krea2Transformer2DModel.from_pretrained(
+                source, subfolder="transformer", dtype=self.dtype, token=self.token
+            )
+        except Exception as error:
+            raise explain_load_error(error, source, spec) from error
+        _describe("transformer", transformer, time.perf_counter() - start)
+        return transformer
+
+
+def derive_prompt_template_lengths(pipe: Krea2Pipeline) -> None:
+    """The pipeline hard-codes the Qwen tokenizer's template lengths (34 prefix, 5 suffix tokens); recompute them
+    from whichever tokenizer is loaded. from_pretrained resets them, so call this after every load."""
+    tokenizer = pipe.tokenizer
+    pipe.prompt_template_encode_start_idx = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
+    pipe.prompt_template_encode_num_suffix_tokens = len(tokenizer(pipe.prompt_template_encode_suffix).input_ids)
+
+
+def build_pipeline_sharing(base: Krea2Pipeline, transformer: Krea2Transformer2DModel, spec: CheckpointSpec):
+    """A pipeline for `spec` that reuses base's text encoder, tokenizer and VAE objects (no copies)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
+
+    pipe = Krea2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(base.scheduler.config),  # own instance: it is stateful
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        transformer=transformer,
+        text_encoder_select_layers=base.text_encoder_select_layers,
+        is_distilled=spec.is_distilled,
+    )
+    derive_prompt_template_lengths(pipe)
+    return pipe

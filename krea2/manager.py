@@ -1,0 +1,367 @@
+"""ModelManager: keeps Raw and Turbo warm side by side and runs one generation at a time per GPU."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoints import CHECKPOINTS, RAW, TURBO
+from .errors import Cancelled, GenerationFailed, Krea2Error, LoadError, NotReady
+from .loading import build_pipeline_sharing, derive_prompt_template_lengths
+from .pipeline import Krea2StudioPipeline, drop_padding
+from .placement import Placement, apply_placement, choose_placement, unique_modules, weight_bytes
+from .preview import latents_to_preview
+from .prompt_cache import LRUCache
+from .request import MAX_SEED, GenerationRequest, random_seed
+
+if TYPE_CHECKING:
+    from .loading import PipelineLoader
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int, Image.Image], None]
+MAX_SEQUENCE_LENGTH = 512  # the text length Krea 2 was trained with
+
+
+@dataclass
+class CheckpointStatus:
+    state: str = "loading"  # loading | ready | failed
+    reason: str = ""
+
+
+@dataclass
+class ManagerStatus:
+    device: str
+    placement: str
+    demo: bool
+    checkpoints: dict[str, CheckpointStatus]
+    warmup: str = "off"  # off | running | ready | failed
+
+    def summary(self) -> str:
+        parts = [f"device {self.device}", f"placement {self.placement}"]
+        for key, status in self.checkpoints.items():
+            text = f"{CHECKPOINTS[key].display_name}: {status.state}"
+            parts.append(text + (f" ({status.reason})" if status.reason else ""))
+        if self.warmup != "off":
+            parts.append(f"compile warm-up: {self.warmup}")
+        return " | ".join(parts)
+
+
+@dataclass
+class PhaseTimings:
+    encode_s: float = 0.0
+    denoise_s: float = 0.0
+    decode_s: float = 0.0
+    total_s: float = 0.0
+
+    def as_ms(self) -> dict[str, int]:
+        return {k.removesuffix("_s") + "_ms": round(v * 1000) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest  # with the seed actually used filled in
+    images: list[Image.Image]
+    seeds: list[int]  # image k uses seed + k, so each image can be reproduced alone
+    timings: PhaseTimings
+    peak_gpu_bytes: int | None
+    device: str
+    placement: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FastPathOptions:
+    drop_text_padding: bool = True  # exact
+    compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
+    fp8: bool = False  # torchao fp8 rowwise weights+activations for the transformers (GPU, compute capability >= 8.9)
+
+
+def image_seeds(seed: int, count: int) -> list[int]:
+    return [(seed + k) % (MAX_SEED + 1) for k in range(count)]
+
+
+class ModelManager:
+    """Loads both checkpoints once (in the background), then serves `generate` calls one at a time.
+
+    Raw and Turbo share the text encoder, tokenizer and VAE objects; switching between them never reloads.
+    """
+
+    def __init__(
+        self,
+        loader: PipelineLoader,
+        *,
+        device: str | None = None,
+        placement: str = "auto",
+        options: FastPathOptions | None = None,
+        prompt_cache_size: int = 8,
+        demo: bool = False,
+    ) -> None:
+        self.loader = loader
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.requested_placement = placement
+        self.placement: Placement | str = "pending"
+        self.options = options or FastPathOptions()
+        self.demo = demo
+        self.pipes: dict[str, Krea2StudioPipeline] = {}
+        self.load_count = 0  # how many checkpoints were read from disk: tests use it to prove switching is free
+        self._status = {key: CheckpointStatus() for key in CHECKPOINTS}
+        self._warmup = "off"
+        self._ready = threading.Event()
+        self._generate_lock = threading.Lock()
+        self._cancel_current: threading.Event | None = None
+        self._prompt_cache: LRUCache[tuple[torch.Tensor, torch.Tensor]] = LRUCache(prompt_cache_size)
+        self._loader_thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def start(self, background: bool = True) -> None:
+        """Load both checkpoints; in the background by default so a UI can show progress meanwhile."""
+        if background:
+            self._loader_thread = threading.Thread(target=self._load_all, name="krea2-loader", daemon=True)
+            self._loader_thread.start()
+        else:
+            self._load_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def _load_all(self) -> None:
+        try:
+            turbo = self._wrap(self.loader.load_full(TURBO))
+            self.load_count += 1
+            self.pipes["turbo"] = turbo
+            self.pipes["raw"] = self._wrap_shared(turbo, self.loader.load_transformer(RAW))
+            self.load_count += 1
+            self._place()
+            for key in CHECKPOINTS:
+                self._status[key] = CheckpointStatus("ready")
+            if self.options.compile:
+                self._start_warmup()
+        except Krea2Error as error:
+            self._fail(error)
+        except Exception as error:
+            log.exception("Unexpected error while loading")
+            self._fail(LoadError(f"loading failed: {type(error).__name__}: {error}"))
+        finally:
+            self._ready.set()
+
+    def _fail(self, error: Exception) -> None:
+        log.error("%s", error)
+        for key, status in self._status.items():
+            if status.state != "ready":
+                self._status[key] = CheckpointStatus("failed", str(error))
+        self.pipes = {k: p for k, p in self.pipes.items() if self._status[k].state == "ready"}
+
+    def _wrap(self, pipe) -> Krea2StudioPipeline:
+        """Loaded pipelines become the studio subclass over the very same component objects."""
+        studio = Krea2StudioPipeline(
+            **pipe.components,
+            text_encoder_select_layers=pipe.text_encoder_select_layers,
+            is_distilled=pipe.config.is_distilled,
+        )
+        studio.drop_text_padding = self.options.drop_text_padding
+        derive_prompt_template_lengths(studio)
+        studio.set_progress_bar_config(disable=True)
+        return studio
+
+    def _wrap_shared(self, base: Krea2StudioPipeline, transformer) -> Krea2StudioPipeline:
+        return self._wrap(build_pipeline_sharing(base, transformer, RAW))
+
+    def _place(self) -> None:
+        modules = unique_modules(list(self.pipes.values()))
+        self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
+        if self.options.fp8 and self.device.type == "cuda":
+            from .acceleration import quantize_fp8
+
+            for pipe in self.pipes.values():
+                quantize_fp8(pipe.transformer)
+        apply_placement(modules, self.placement, self.device)
+        log.info("Placement: %s on %s", self.placement, self.device)
+
+    def _start_warmup(self) -> None:
+        from .acceleration import compile_and_warm_up
+
+        def run() -> None:
+            self._warmup = "running"
+            try:
+                with self._generate_lock:
+                    compile_and_warm_up(self)
+                self._warmup = "ready"
+            except Exception:
+                log.exception("Compile warm-up failed; continuing uncompiled")
+                self._warmup = "failed"
+
+        threading.Thread(target=run, name="krea2-warmup", daemon=True).start()
+
+    def status(self) -> ManagerStatus:
+        return ManagerStatus(
+            device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            placement=str(self.placement),
+            demo=self.demo,
+            checkpoints={k: CheckpointStatus(s.state, s.reason) for k, s in self._status.items()},
+            warmup=self._warmup,
+        )
+
+    # ----------------------------------------------------------------------------------------------- prompts
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (cached; Raw and Turbo share the encoder, so one entry serves both)."""
+        pipe = self._pipe("turbo") if "turbo" in self.pipes else next(iter(self.pipes.values()))
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, mask = pipe.get_text_hidden_states(text, MAX_SEQUENCE_LENGTH, pipe._execution_device)
+            if pipe.drop_text_padding:
+                embeds, mask = drop_padding(embeds, mask)
+            return embeds, mask
+
+        return self._prompt_cache.get_or_compute((text, MAX_SEQUENCE_LENGTH, pipe.drop_text_padding), compute)
+
+    @property
+    def prompt_cache(self) -> LRUCache:
+        return self._prompt_cache
+
+    def prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """The encoder reads a fixed window of tokens; say so when a prompt is cut."""
+        pipe = self._pipe(request.checkpoint)
+        capacity = MAX_SEQUENCE_LENGTH - pipe.prompt_template_encode_num_suffix_tokens
+        warnings = []
+        for name, text in (("prompt", request.prompt), ("negative prompt", request.effective_negative_prompt)):
+            if text:
+                count = len(pipe.tokenizer(text).input_ids)
+                if count > capacity:
+                    warnings.append(f"The {name} is {count} tokens; only the first {capacity} are used.")
+        return warnings
+
+    # ----------------------------------------------------------------------------------------------- generation
+    def _pipe(self, key: str) -> Krea2StudioPipeline:
+        status = self._status[key]
+        if status.state != "ready":
+            name = CHECKPOINTS[key].display_name
+            raise NotReady(f"{name} is {status.state}" + (f": {status.reason}" if status.reason else "; try again."))
+        return self.pipes[key]
+
+    def cancel(self) -> bool:
+        """Stop the running generation within one step. Returns whether one was running."""
+        event = self._cancel_current
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> GenerationResult:
+        pipe = self._pipe(request.checkpoint)  # fail fast, before waiting for the GPU
+        cancel_event = cancel_event or threading.Event()
+        with self._generate_lock:
+            self._cancel_current = cancel_event
+            try:
+                return self._generate_locked(pipe, request, on_step, cancel_event)
+            except torch.OutOfMemoryError as error:
+                raise GenerationFailed(
+                    "The GPU ran out of memory. Try a smaller size or fewer images"
+                    + ("." if self.placement == "offload" else ", or start with --placement offload.")
+                ) from error
+            finally:
+                self._cancel_current = None
+                if self.device.type == "cuda":
+                    gc.collect()
+                    torch.cuda.empty_cache()
+
+    def _generate_locked(
+        self,
+        pipe: Krea2StudioPipeline,
+        request: GenerationRequest,
+        on_step: StepCallback | None,
+        cancel_event: threading.Event,
+    ) -> GenerationResult:
+        # 1. Seed: drawn here when not given; image k uses seed + k.
+        seed = request.seed if request.seed is not None else random_seed()
+        request = request.with_seed(seed)
+        seeds = image_seeds(seed, request.num_images)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # CPU noise: same on every device
+        if cancel_event.is_set():
+            raise Cancelled()
+
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sync = torch.cuda.synchronize if cuda else (lambda *a: None)
+        start = time.perf_counter()
+
+        # 2. Encode the prompt(s) through the shared cache.
+        embeds, mask = self.encode(request.prompt)
+        negative = request.effective_negative_prompt
+        neg_embeds, neg_mask = self.encode(negative) if negative is not None else (None, None)
+        sync()
+        encoded_at = time.perf_counter()
+
+        # 3. Denoise; the step callback previews, honours cancel and timestamps the end of the loop.
+        denoised_at = [encoded_at]
+
+        def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
+            if cancel_event.is_set():
+                raise Cancelled()
+            if on_step is not None:
+                on_step(i + 1, request.steps, latents_to_preview(tensors["latents"], request.height, request.width))
+            if i + 1 == request.steps:
+                sync()
+                denoised_at[0] = time.perf_counter()
+            return {}
+
+        output = pipe(
+            prompt_embeds=embeds,
+            prompt_embeds_mask=mask,
+            negative_prompt_embeds=neg_embeds,
+            negative_prompt_embeds_mask=neg_mask,
+            guidance_scale=request.guidance,
+            num_inference_steps=request.steps,
+            height=request.height,
+            width=request.width,
+            num_images_per_prompt=request.num_images,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=on_step_end,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+        # 4. Decoded: check, then hand back PIL images.
+        sync()
+        finished_at = time.perf_counter()
+        images = check_images(output.images)
+        timings = PhaseTimings(
+            encode_s=encoded_at - start,
+            denoise_s=denoised_at[0] - encoded_at,
+            decode_s=finished_at - denoised_at[0],
+            total_s=finished_at - start,
+        )
+        return GenerationResult(
+            request=request,
+            images=images,
+            seeds=seeds,
+            timings=timings,
+            peak_gpu_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None,
+            device=self.status().device,
+            placement=str(self.placement),
+            warnings=self.prompt_warnings(request),
+        )
+
+
+def check_images(batch: np.ndarray) -> list[Image.Image]:
+    """Refuse garbage: NaN anywhere, or an image with nothing brighter than one grey level."""
+    if not np.isfinite(batch).all():
+        raise GenerationFailed("The model produced NaN values; no image was saved. Try another seed or settings.")
+    for image in batch:
+        if float(image.max()) < 1.0 / 255:
+            raise GenerationFailed("The model produced an all-black image; no image was saved.")
+    return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in batch]

@@ -1,0 +1,48 @@
+"""The stock diffusers Krea2Pipeline with one exact speed-up: prompt padding dropped instead of masked.
+
+The stock pipeline pads every prompt to 512 tokens and masks the padding out of attention. Padding never acts as an
+attention key and its own outputs are discarded, and text positions count only real tokens, so removing the padding
+computes the same image; with no mask left, attention runs on the fused (flash / memory-efficient) kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import Krea2Pipeline
+
+
+def drop_padding(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep only the text tokens that are real in every row (a single prompt: exactly its real tokens)."""
+    keep = mask.all(dim=0)
+    return embeds[:, keep], mask[:, keep]
+
+
+def _match_text_positions(_module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """With padding dropped, the prompt and the negative prompt have different lengths, but the pipeline builds one
+    `position_ids` for both. Text rows of `position_ids` are all zeros (see `Krea2Pipeline.prepare_position_ids`),
+    so rebuilding them for this call's text length is exact."""
+    position_ids = kwargs["position_ids"]
+    text_len, image_len = kwargs["encoder_hidden_states"].shape[1], kwargs["hidden_states"].shape[1]
+    if position_ids.shape[0] != text_len + image_len:
+        image_ids = position_ids[-image_len:]
+        kwargs["position_ids"] = torch.cat([image_ids.new_zeros(text_len, 3), image_ids])
+    return args, kwargs
+
+
+class Krea2StudioPipeline(Krea2Pipeline):
+    """Krea2Pipeline whose `encode_prompt` hands the transformer no mask when no token is padding."""
+
+    drop_text_padding: bool = True
+
+    def encode_prompt(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[override]
+        embeds, mask = super().encode_prompt(*args, **kwargs)
+        if self.drop_text_padding:
+            # (DiffusionPipeline introspects __init__, so the hook is installed here, before the first denoise step.)
+            if not getattr(self.transformer, "_krea2_positions_hook", False):
+                self.transformer.register_forward_pre_hook(_match_text_positions, with_kwargs=True)
+                self.transformer._krea2_positions_hook = True
+            if not bool(mask.all()):
+                embeds, mask = drop_padding(embeds, mask)
+            if bool(mask.all()):
+                return embeds, None  # None: the transformer builds no attention mask at all
+        return embeds, mask

@@ -1,0 +1,153 @@
+"""GenerationRequest: every input of a generation, parsed and validated in one place.
+
+Values may arrive from a browser (strings, floats from sliders), the CLI or the API, so construction coerces what is
+unambiguous (``"8"`` or ``8.0`` for an integer) and rejects everything else with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .checkpoints import CHECKPOINTS, get_spec
+from .errors import InvalidRequest
+
+MAX_PROMPT_CHARS = 2000
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 2048, 16
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 4
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(name, value, "must be a whole number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidRequest(name, value, "must be a whole number")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return _as_int(name, float(text))
+            except (ValueError, InvalidRequest):
+                raise InvalidRequest(name, value, "must be a whole number") from None
+    raise InvalidRequest(name, value, "must be a whole number")
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidRequest(name, value, "must be a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(name, value, "must be a number") from None
+    if not math.isfinite(number):
+        raise InvalidRequest(name, value, "must be a finite number")
+    return number
+
+
+def _check_text(name: str, value: Any, *, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidRequest(name, value, "must be text")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(name, f"{len(value)} characters", f"must be at most {MAX_PROMPT_CHARS} characters")
+    if "\x00" in value:
+        raise InvalidRequest(name, value, "must not contain NUL bytes")
+    text = value.strip()
+    if required and not text:
+        raise InvalidRequest(name, value, "must not be empty")
+    return text
+
+
+def _in_range(name: str, value: int | float, lo: int | float, hi: int | float) -> None:
+    if not lo <= value <= hi:
+        raise InvalidRequest(name, value, f"must be between {lo} and {hi}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request. ``steps``/``guidance`` left as None take the checkpoint's defaults; ``seed`` left as None
+    stays None here and is drawn at generation time (the result reports the seed actually used)."""
+
+    prompt: str
+    checkpoint: str = "turbo"
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+    width: int = 1024
+    height: int = 1024
+    seed: int | None = None
+    num_images: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
+        if not isinstance(self.checkpoint, str) or self.checkpoint not in CHECKPOINTS:
+            raise InvalidRequest("checkpoint", self.checkpoint, f"must be one of: {', '.join(CHECKPOINTS)}")
+        spec = get_spec(self.checkpoint)
+        set_(self, "prompt", _check_text("prompt", self.prompt, required=True))
+        set_(self, "negative_prompt", _check_text("negative_prompt", self.negative_prompt, required=False))
+
+        steps = spec.default_steps if self.steps is None else _as_int("steps", self.steps)
+        _in_range("steps", steps, *spec.steps_range)
+        set_(self, "steps", steps)
+
+        guidance = spec.default_guidance if self.guidance is None else _as_float("guidance", self.guidance)
+        _in_range("guidance", guidance, *spec.guidance_range)
+        set_(self, "guidance", guidance)
+
+        for name in ("width", "height"):
+            side = _as_int(name, getattr(self, name))
+            _in_range(name, side, MIN_SIDE, MAX_SIDE)
+            if side % SIDE_MULTIPLE:
+                raise InvalidRequest(name, side, f"must be a multiple of {SIDE_MULTIPLE}")
+            set_(self, name, side)
+
+        if self.seed is not None and not (isinstance(self.seed, str) and not self.seed.strip()):
+            seed = _as_int("seed", self.seed)
+            _in_range("seed", seed, 0, MAX_SEED)
+            set_(self, "seed", seed)
+        else:
+            set_(self, "seed", None)
+
+        num_images = _as_int("num_images", self.num_images)
+        _in_range("num_images", num_images, 1, MAX_IMAGES)
+        set_(self, "num_images", num_images)
+
+    @property
+    def spec(self):
+        return get_spec(self.checkpoint)
+
+    @property
+    def effective_negative_prompt(self) -> str | None:
+        """The negative prompt the model actually sees: none when guidance is off."""
+        assert self.guidance is not None
+        return self.negative_prompt if self.spec.uses_negative_prompt(self.guidance) else None
+
+    def with_seed(self, seed: int) -> GenerationRequest:
+        return GenerationRequest(**{**self.to_dict(), "seed": seed})
+
+    def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False) -> GenerationRequest:
+        """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept."""
+        data = {**self.to_dict(), "checkpoint": checkpoint}
+        if not keep_settings:
+            data["steps"] = data["guidance"] = None
+        return GenerationRequest(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data

@@ -1,0 +1,72 @@
+"""Builds a ModelManager from settings: real checkpoints on a CUDA GPU, demo checkpoints otherwise (or on --demo)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoints import RAW, TURBO
+from .loading import PipelineLoader
+from .manager import FastPathOptions, ModelManager
+
+log = logging.getLogger(__name__)
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class EngineSettings:
+    demo: bool = False
+    placement: str = "auto"
+    raw_source: str | None = None
+    turbo_source: str | None = None
+    compile: bool | None = None  # None: on where it pays (CUDA)
+    fp8: bool | None = None  # None: on where supported (CUDA, compute capability >= 8.9, torchao installed)
+
+    @classmethod
+    def from_env(cls) -> EngineSettings:
+        return cls(
+            demo=env_flag("KREA2_DEMO"),
+            placement=os.environ.get("KREA2_PLACEMENT", "auto"),
+            compile=env_flag("KREA2_COMPILE") if "KREA2_COMPILE" in os.environ else None,
+            fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
+        )
+
+
+def fp8_supported() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        return False
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_manager(settings: EngineSettings) -> ModelManager:
+    cuda = torch.cuda.is_available()
+    demo = settings.demo or not cuda
+    if demo:
+        from .demo import ensure_demo_checkpoints
+
+        if not cuda and not settings.demo:
+            log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (random miniature Krea 2).")
+        sources = ensure_demo_checkpoints()
+        dtype = torch.float32 if not cuda else torch.bfloat16
+    else:
+        sources = {"raw": RAW.source(settings.raw_source), "turbo": TURBO.source(settings.turbo_source)}
+        dtype = torch.bfloat16
+    options = FastPathOptions(
+        drop_text_padding=True,
+        compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
+        fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
+    )
+    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)

@@ -1,0 +1,93 @@
+"""Engine creation (SQLite pragmas) and Alembic migrations applied at start-up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # a locked database waits instead of failing
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed generation survives power loss
+    cursor.close()
+
+
+def _sqlite_transactional(engine: Engine) -> None:
+    """pysqlite does not BEGIN before DDL, so a failed migration would leave half its tables behind. Let SQLAlchemy
+    emit BEGIN itself (the documented pysqlite recipe) so each migration commits or rolls back whole."""
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, transactional_ddl: bool = False) -> Engine:
+    is_sqlite = url.startswith("sqlite")
+    kwargs: dict = {}
+    if is_sqlite:
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+        if transactional_ddl:
+            _sqlite_transactional(engine)
+    return engine
+
+
+def alembic_config(extra_version_locations: list[str] | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    locations = [str(MIGRATIONS / "versions"), *(extra_version_locations or [])]
+    config.set_main_option("version_locations", " ".join(locations))
+    config.set_main_option("path_separator", "space")
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(url: str, extra_version_locations: list[str] | None = None) -> None:
+    """Upgrade to the newest schema, each migration in one transaction: on failure the previous schema and data
+    stay as they were and StorageError says why."""
+    config = alembic_config(extra_version_locations)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = make_engine(url, transactional_ddl=True)
+    try:
+        before = current_revision(engine)
+        if before == head:
+            return
+        log.info("Migrating history database %s -> %s", before or "empty", head)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except (SQLAlchemyError, OSError, RuntimeError, ValueError) as error:
+        raise StorageError(
+            f"The history database could not be upgraded ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "it was left as it was."
+        ) from error
+    finally:
+        engine.dispose()

@@ -1,0 +1,82 @@
+"""Files written atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+from .errors import StorageError
+
+TEMP_PREFIX = ".tmp-"
+THUMB_SIZE = 256
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def explain_os_error(error: OSError, path: Path) -> StorageError:
+    if error.errno == errno.ENOSPC:
+        return StorageError(f"The disk holding {path.parent} is full; nothing was saved.")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"The data folder {path.parent} is not writable; nothing was saved.")
+    return StorageError(f"Could not write {path.name}: {error.strerror or error}; nothing was saved.")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """After this returns the file is complete under its final name; if it raises, no file is left at all."""
+    tmp_name: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as error:
+        raise explain_os_error(error, path) from error
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def encode_png(image: PILImage.Image, pnginfo) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
+def encode_thumbnail(image: PILImage.Image) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="WEBP", quality=80)
+    return buffer.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def remove_quietly(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,78 @@
+"""The history schema (SQLAlchemy 2.0 typed models). Migrations in storage/migrations create the same tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Generation(Base):
+    """One request: its parameters, outcome and timings. Failed and cancelled requests are recorded too."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    checkpoint: Mapped[str] = mapped_column(String(16))
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int | None] = mapped_column(BigInteger)  # up to 2^32-1: beyond a signed 32-bit column
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    num_images: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | cancelled
+    error: Mapped[str | None] = mapped_column(Text)
+    encode_ms: Mapped[int | None] = mapped_column(Integer)
+    denoise_ms: Mapped[int | None] = mapped_column(Integer)
+    decode_ms: Mapped[int | None] = mapped_column(Integer)
+    total_ms: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64), default="")
+    placement: Mapped[str] = mapped_column(String(16), default="")
+    app_version: Mapped[str] = mapped_column(String(32), default="")
+    favorite: Mapped[bool] = mapped_column(Boolean, default=False)
+    comparison_id: Mapped[str | None] = mapped_column(String(32))
+    files_missing: Mapped[bool] = mapped_column(Boolean, default=False)  # set by start-up repair
+
+    images: Mapped[list[Image]] = relationship(
+        back_populates="generation", cascade="all, delete-orphan", order_by="Image.position", lazy="selectin"
+    )
+
+    __table_args__ = (
+        Index("ix_generations_checkpoint_id", "checkpoint", "id"),
+        Index("ix_generations_favorite_id", "favorite", "id"),
+        Index("ix_generations_comparison_id", "comparison_id"),
+    )
+
+    def timings_ms(self) -> dict[str, int | None]:
+        return {k: getattr(self, k) for k in ("encode_ms", "denoise_ms", "decode_ms", "total_ms")}
+
+
+class Image(Base):
+    """One output file of a generation. Paths are relative to the data folder."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(255))
+    thumb_path: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+
+    generation: Mapped[Generation] = relationship(back_populates="images")

@@ -1,0 +1,58 @@
+"""Turns engine results into history records (the only place that knows both sides' shapes)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .models import Generation
+from .store import HistoryStore, NewGeneration, NewImage
+
+if TYPE_CHECKING:
+    from krea2.manager import GenerationResult
+    from krea2.request import GenerationRequest
+
+APP_VERSION = "0.1.0"
+
+
+def _request_fields(request: GenerationRequest) -> dict[str, Any]:
+    return {
+        "checkpoint": request.checkpoint,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "width": request.width,
+        "height": request.height,
+        "num_images": request.num_images,
+        "app_version": APP_VERSION,
+    }
+
+
+def png_parameters(request: GenerationRequest) -> dict[str, Any]:
+    return {
+        **request.to_dict(),
+        "negative_prompt": request.effective_negative_prompt or "",
+        "model": request.spec.display_name,
+        "app": f"Krea 2 Studio {APP_VERSION}",
+    }
+
+
+def record_result(store: HistoryStore, result: GenerationResult, comparison_id: str | None = None) -> Generation:
+    fields = {
+        **_request_fields(result.request),
+        **result.timings.as_ms(),
+        "status": "ok",
+        "device": result.device,
+        "placement": result.placement,
+        "comparison_id": comparison_id,
+    }
+    images = [NewImage(image, seed) for image, seed in zip(result.images, result.seeds, strict=True)]
+    return store.add(NewGeneration(fields, images, png_parameters(result.request)))
+
+
+def record_failure(
+    store: HistoryStore, request: GenerationRequest, status: str, error: str, comparison_id: str | None = None
+) -> Generation:
+    fields = {**_request_fields(request), "status": status, "error": error, "comparison_id": comparison_id}
+    return store.add(NewGeneration(fields))

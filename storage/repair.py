@@ -1,0 +1,84 @@
+"""Start-up repair: make files and rows agree again after a crash or a hand-edited data folder.
+
+- temp files left by an interrupted atomic write are removed;
+- rows whose files vanished are marked (`files_missing`), and unmarked when the files come back;
+- files no row points at are moved to orphans/ (never deleted silently).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from .files import TEMP_PREFIX
+from .models import Generation, Image
+
+if TYPE_CHECKING:
+    from .store import HistoryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepairReport:
+    temp_removed: int = 0
+    rows_marked_missing: int = 0
+    rows_restored: int = 0
+    orphans_moved: int = 0
+
+    @property
+    def lost_nothing(self) -> bool:
+        return self.rows_marked_missing == 0
+
+
+def repair(store: HistoryStore) -> RepairReport:
+    from .store import IMAGES_DIR, ORPHANS_DIR, THUMBS_DIR
+
+    report = RepairReport()
+    known: set[str] = set()
+    with store.session() as session:
+        rows = session.execute(
+            select(Generation.id, Generation.files_missing, Image.path, Image.thumb_path).join(Image)
+        ).all()
+        missing_by_generation: dict[int, tuple[bool, bool]] = {}
+        for generation_id, flagged, path, thumb in rows:
+            known.update((path, thumb))
+            gone = not (store.absolute(path).is_file() and store.absolute(thumb).is_file())
+            was_flagged, any_gone = missing_by_generation.get(generation_id, (flagged, False))
+            missing_by_generation[generation_id] = (was_flagged, any_gone or gone)
+        for generation_id, (was_flagged, gone) in missing_by_generation.items():
+            if gone != was_flagged:
+                session.get(Generation, generation_id).files_missing = gone
+                if gone:
+                    report.rows_marked_missing += 1
+                else:
+                    report.rows_restored += 1
+        session.commit()
+
+    for top in (IMAGES_DIR, THUMBS_DIR):
+        root = store.absolute(top)
+        if not root.is_dir():
+            continue
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, store.data_dir).replace(os.sep, "/")
+                if name.startswith(TEMP_PREFIX):
+                    os.unlink(path)
+                    report.temp_removed += 1
+                elif relative not in known:
+                    target = store.absolute(ORPHANS_DIR) / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(path, target)
+                    report.orphans_moved += 1
+    log.info(
+        "History repair: %d temp files removed, %d generations missing files, %d restored, %d orphans moved",
+        report.temp_removed, report.rows_marked_missing, report.rows_restored, report.orphans_moved,
+    )  # fmt: skip
+    store.last_repair = report
+    return report

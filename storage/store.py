@@ -1,0 +1,217 @@
+"""HistoryStore: generations and their image files, kept consistent.
+
+Files are written atomically *before* the row that points at them is committed; if the commit fails the files are
+removed again. So a crash can leave at worst a complete file with no row (start-up repair moves it to orphans/),
+never a row without its file or a half-written PNG under a final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from sqlalchemy import Select, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .database import make_engine, migrate
+from .errors import StorageError
+from .files import encode_png, encode_thumbnail, remove_quietly, sha256, write_atomic
+from .models import Generation, Image, utcnow
+from .pnginfo import build_pnginfo
+from .settings import default_data_dir, default_database_url
+
+log = logging.getLogger(__name__)
+IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR = "images", "thumbs", "orphans"
+STATUSES = ("ok", "failed", "cancelled")
+
+
+@dataclass
+class NewImage:
+    image: PILImage.Image
+    seed: int | None
+
+
+@dataclass
+class NewGeneration:
+    """What `add` records: the Generation columns (see models.Generation) and the images."""
+
+    fields: dict[str, Any]
+    images: list[NewImage] = field(default_factory=list)
+    png_parameters: dict[str, Any] = field(default_factory=dict)  # written into each PNG (seed set per image)
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    checkpoint: str | None = None
+    favorites_only: bool = False
+    comparisons_only: bool = False
+    text: str = ""
+
+
+@dataclass
+class Page:
+    items: list[Generation]
+    next_cursor: int | None  # pass back as `cursor` for the next (older) page
+
+
+class HistoryStore:
+    def __init__(self, data_dir: Path | str | None = None, database_url: str | None = None) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.database_url = database_url or default_database_url(self.data_dir)
+        self.dialect = self.database_url.split(":", 1)[0].split("+", 1)[0]
+        self._engine = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def open(self, *, repair: bool = True) -> HistoryStore:
+        """Create the data folder, migrate the database, then repair files against rows."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"Cannot create the data folder {self.data_dir}: {error.strerror}.") from error
+        migrate(self.database_url)
+        self._engine = make_engine(self.database_url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        if repair:
+            from .repair import repair
+
+            repair(self)
+        return self
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        if self._sessions is None:
+            raise StorageError("The history store is not open.")
+        try:
+            with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as error:
+            log.exception("History database error")
+            raise StorageError(f"The history database failed ({type(error).__name__}); nothing was changed.") from error
+
+    def absolute(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    # ------------------------------------------------------------------------------------------------ writes
+    def add(self, new: NewGeneration) -> Generation:
+        """Write the images (atomically), then commit the generation and its image rows in one transaction."""
+        status = new.fields.get("status", "ok")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        created_at: datetime = new.fields.get("created_at") or utcnow()
+        day = created_at.strftime("%Y/%m/%d")
+        written: list[Path] = []
+        rows: list[Image] = []
+        try:
+            for position, item in enumerate(new.images):
+                image_id = uuid.uuid4().hex
+                params = {**new.png_parameters, "seed": item.seed}
+                png = encode_png(item.image, build_pnginfo(params))
+                rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
+                write_atomic(self.absolute(rel_png), png)
+                written.append(self.absolute(rel_png))
+                write_atomic(self.absolute(rel_thumb), encode_thumbnail(item.image))
+                written.append(self.absolute(rel_thumb))
+                rows.append(
+                    Image(
+                        id=image_id,
+                        position=position,
+                        seed=item.seed,
+                        path=rel_png,
+                        thumb_path=rel_thumb,
+                        sha256=sha256(png),
+                        bytes=len(png),
+                        width=item.image.width,
+                        height=item.image.height,
+                    )
+                )
+            generation = Generation(
+                **{**new.fields, "created_at": created_at, "status": status, "favorite": False},
+                files_missing=False,
+            )
+            generation.images = rows
+            with self.session() as session:
+                session.add(generation)
+                session.commit()
+            return generation
+        except BaseException:
+            remove_quietly(written)  # no row points at them: never leave them behind
+            raise
+
+    def toggle_favorite(self, generation_id: int) -> bool:
+        with self.session() as session:
+            generation = session.get(Generation, generation_id)
+            if generation is None:
+                raise StorageError(f"Generation {generation_id} does not exist.")
+            generation.favorite = not generation.favorite
+            session.commit()
+            return generation.favorite
+
+    def delete(self, generation_id: int) -> bool:
+        """Delete the rows, then the files (a file left by a crash in between becomes an orphan at repair)."""
+        with self.session() as session:
+            generation = session.get(Generation, generation_id)
+            if generation is None:
+                return False
+            paths = [self.absolute(p) for image in generation.images for p in (image.path, image.thumb_path)]
+            session.delete(generation)
+            session.commit()
+        remove_quietly(paths)
+        return True
+
+    # ------------------------------------------------------------------------------------------------ reads
+    def get(self, generation_id: int) -> Generation | None:
+        with self.session() as session:
+            return session.get(Generation, generation_id)
+
+    def _filtered(self, query: Select, filters: HistoryFilter) -> Select:
+        if filters.checkpoint:
+            query = query.where(Generation.checkpoint == filters.checkpoint)
+        if filters.favorites_only:
+            query = query.where(Generation.favorite.is_(True))
+        if filters.comparisons_only:
+            query = query.where(Generation.comparison_id.is_not(None))
+        words = re.findall(r"\w+", filters.text or "")[:16]
+        if words and self.dialect == "sqlite":
+            match = " ".join(f'"{w}"*' for w in words)  # every word, as a prefix: "fox sno" finds "fox in the snow"
+            ids = text("SELECT rowid FROM generations_fts WHERE generations_fts MATCH :match").bindparams(match=match)
+            query = query.where(Generation.id.in_(ids))
+        else:
+            for word in words:
+                query = query.where(Generation.prompt.ilike(f"%{word}%"))
+        return query
+
+    def page(self, cursor: int | None = None, limit: int = 24, filters: HistoryFilter | None = None) -> Page:
+        """Newest first, keyset-paginated on id (ids grow with time), so page 1000 costs what page 1 costs."""
+        limit = max(1, min(int(limit), 200))
+        query = self._filtered(select(Generation), filters or HistoryFilter())
+        if cursor is not None:
+            query = query.where(Generation.id < cursor)
+        query = query.order_by(Generation.id.desc()).limit(limit + 1)
+        with self.session() as session:
+            items = list(session.scalars(query))
+        next_cursor = items[limit - 1].id if len(items) > limit else None
+        return Page(items[:limit], next_cursor)
+
+    def count(self, filters: HistoryFilter | None = None) -> int:
+        query = self._filtered(select(func.count()).select_from(Generation), filters or HistoryFilter())
+        with self.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def comparison(self, comparison_id: str) -> list[Generation]:
+        with self.session() as session:
+            query = select(Generation).where(Generation.comparison_id == comparison_id).order_by(Generation.id)
+            return list(session.scalars(query))

@@ -1,0 +1,63 @@
+"""Shared fixtures: demo checkpoints built once per session into a temp folder, real temporary databases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo_sources(tmp_path_factory) -> dict[str, str]:
+    from krea2.demo import ensure_demo_checkpoints
+
+    return ensure_demo_checkpoints(tmp_path_factory.mktemp("demo-cache"))
+
+
+@pytest.fixture(scope="session")
+def manager(demo_sources):
+    from krea2.loading import PipelineLoader
+    from krea2.manager import ModelManager
+
+    mgr = ModelManager(PipelineLoader(demo_sources, torch.float32), demo=True)
+    mgr.start(background=False)
+    assert mgr.status().checkpoints["turbo"].state == "ready"
+    return mgr
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("KREA2_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path) -> str:
+    """Each storage test runs on a fresh SQLite file and, where a server is configured, a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    url = postgres_url()
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("KREA2_TEST_POSTGRES_URL is not set in CI")
+        pytest.skip("no PostgreSQL server configured (set KREA2_TEST_POSTGRES_URL)")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store(tmp_path: Path, database_url: str):
+    from storage import HistoryStore
+
+    history = HistoryStore(tmp_path / "data", database_url).open()
+    yield history
+    history.close()

@@ -1,0 +1,154 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import Krea2Pipeline
+
+from krea2 import Cancelled, GenerationFailed, GenerationRequest
+from krea2.loading import derive_prompt_template_lengths
+from krea2.manager import MAX_SEQUENCE_LENGTH
+
+SMALL = {"width": 256, "height": 256}
+
+
+def pixels(result, k=0):
+    return np.asarray(result.images[k], dtype=np.int16)
+
+
+def test_same_seed_same_pixels_different_seed_differs(manager):
+    a = manager.generate(GenerationRequest(prompt="a red fox", seed=7, **SMALL))
+    b = manager.generate(GenerationRequest(prompt="a red fox", seed=7, **SMALL))
+    c = manager.generate(GenerationRequest(prompt="a red fox", seed=8, **SMALL))
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+    assert a.request.seed == 7 and a.seeds == [7]
+
+
+def test_raw_differs_from_turbo_and_switching_never_reloads(manager):
+    loads = manager.load_count
+    turbo = manager.generate(GenerationRequest(prompt="a red fox", seed=1, **SMALL))
+    raw = manager.generate(GenerationRequest(prompt="a red fox", checkpoint="raw", seed=1, steps=4, **SMALL))
+    manager.generate(GenerationRequest(prompt="a red fox", seed=1, **SMALL))
+    assert not np.array_equal(pixels(turbo), pixels(raw))
+    assert manager.load_count == loads == 2
+
+
+def test_prompt_is_encoded_once_across_checkpoints(manager):
+    hits, misses = manager.prompt_cache.hits, manager.prompt_cache.misses
+    manager.generate(GenerationRequest(prompt="cache me once", seed=1, **SMALL))
+    manager.generate(GenerationRequest(prompt="cache me once", checkpoint="raw", guidance=0, steps=2, **SMALL))
+    assert manager.prompt_cache.misses == misses + 1
+    assert manager.prompt_cache.hits == hits + 1
+
+
+def test_random_seed_is_reported_and_reproduces(manager):
+    first = manager.generate(GenerationRequest(prompt="seedless", **SMALL))
+    assert 0 <= first.request.seed < 2**32
+    again = manager.generate(GenerationRequest(prompt="seedless", seed=first.request.seed, **SMALL))
+    assert np.array_equal(pixels(first), pixels(again))
+
+
+def test_each_image_of_a_batch_reproduces_alone(manager):
+    batch = manager.generate(GenerationRequest(prompt="batch", seed=10, num_images=2, **SMALL))
+    assert batch.seeds == [10, 11]
+    second = manager.generate(GenerationRequest(prompt="batch", seed=11, **SMALL))
+    assert np.abs(pixels(batch, 1) - pixels(second)).max() <= 1
+
+
+def test_timings_and_preview(manager):
+    previews = []
+    result = manager.generate(
+        GenerationRequest(prompt="timed", seed=1, **SMALL), on_step=lambda i, n, img: previews.append((i, n, img.size))
+    )
+    assert [p[0] for p in previews] == list(range(1, 9)) and all(p[1] == 8 for p in previews)
+    assert previews[0][2] == (32, 32)  # 1/8 of 256
+    t = result.timings
+    assert t.total_s >= t.encode_s + t.denoise_s + t.decode_s - 1e-6 and t.denoise_s > 0 and t.decode_s > 0
+    assert result.peak_gpu_bytes is None  # CPU
+
+
+def test_cancel_stops_within_one_step(manager):
+    cancel = threading.Event()
+    seen = []
+
+    def on_step(i, n, _preview):
+        seen.append(i)
+        if i == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        manager.generate(GenerationRequest(prompt="stop me", checkpoint="raw", seed=1, **SMALL), on_step, cancel)
+    assert seen == [1, 2, 3]
+
+
+def test_manager_cancel_reaches_the_running_generation(manager):
+    started = threading.Event()
+
+    def on_step(i, n, _preview):
+        started.set()
+
+    errors = []
+
+    def run():
+        try:
+            manager.generate(GenerationRequest(prompt="long", checkpoint="raw", steps=100, **SMALL), on_step)
+        except Cancelled as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(30)
+    assert manager.cancel()
+    thread.join(30)
+    assert errors and not manager.cancel()
+
+
+def test_nan_output_is_an_error_not_an_image(manager):
+    vae = manager.pipes["turbo"].vae
+    handle = vae.decoder.register_forward_hook(lambda _m, _i, out: out * float("nan"))
+    try:
+        with pytest.raises(GenerationFailed, match="NaN"):
+            manager.generate(GenerationRequest(prompt="nan", seed=1, **SMALL))
+    finally:
+        handle.remove()
+
+
+def test_all_black_output_is_an_error(manager):
+    vae = manager.pipes["turbo"].vae
+    handle = vae.decoder.register_forward_hook(lambda _m, _i, out: torch.full_like(out, -1.0))
+    try:
+        with pytest.raises(GenerationFailed, match="all-black"):
+            manager.generate(GenerationRequest(prompt="black", seed=1, **SMALL))
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("checkpoint", ["turbo", "raw"])
+def test_parity_with_stock_pipeline(manager, checkpoint):
+    """The manager's image equals stock Krea2Pipeline's for the same components, prompt and seed."""
+    request = GenerationRequest(
+        prompt="parity fox", checkpoint=checkpoint, negative_prompt="blurry", seed=5, steps=4, **SMALL
+    )
+    ours = manager.generate(request)
+    pipe = manager.pipes[checkpoint]
+    stock = Krea2Pipeline(
+        **pipe.components,
+        text_encoder_select_layers=pipe.text_encoder_select_layers,
+        is_distilled=pipe.config.is_distilled,
+    )
+    derive_prompt_template_lengths(stock)
+    stock.set_progress_bar_config(disable=True)
+    reference = stock(
+        prompt=request.prompt,
+        negative_prompt=request.effective_negative_prompt,
+        guidance_scale=request.guidance,
+        num_inference_steps=request.steps,
+        width=request.width,
+        height=request.height,
+        generator=[torch.Generator("cpu").manual_seed(5)],
+        output_type="np",
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    ).images[0]
+    ours_np = np.asarray(ours.images[0], dtype=np.float64) / 255
+    assert np.abs(ours_np - reference).max() <= 2 / 255  # PAD-free attention: same math, other summation order
