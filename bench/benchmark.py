@@ -1,0 +1,352 @@
+"""Stock diffusers Krea2Pipeline vs Krea 2 Studio's ModelManager, side by side in one process, at full size.
+
+The full-size architecture is built with random weights (diffusers' class defaults are the real Krea 2 configs, and
+a Qwen3-VL-4B-sized text encoder), so the work per image is exactly the real model's. Run on a CUDA GPU:
+
+    python bench/benchmark.py --cases turbo1024,turbo2048 --out bench/results
+    python bench/benchmark.py --cases raw1024 --out bench/results
+    python bench/benchmark.py --memory-24gb --out bench/results
+
+Order matters and is fixed: stock first (its modules untouched), then ours in bf16-exact mode (PAD-free + regional
+compile), then ours in fast mode (+ fp8), because compile and fp8 modify the shared transformer modules in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from krea2.checkpoints import RAW
+from krea2.loading import build_pipeline_sharing, derive_prompt_template_lengths
+from krea2.manager import MAX_SEQUENCE_LENGTH, FastPathOptions, ModelManager
+from krea2.request import GenerationRequest
+
+log = logging.getLogger("bench")
+PROMPT = "a photograph of a red fox standing in fresh snow at dawn, soft light, shallow depth of field"
+NEGATIVE = "blurry, low quality"
+CASES = {
+    "turbo1024": {"checkpoint": "turbo", "width": 1024, "height": 1024, "steps": 8, "guidance": 0.0},
+    "turbo2048": {"checkpoint": "turbo", "width": 2048, "height": 2048, "steps": 8, "guidance": 0.0},
+    "raw1024": {"checkpoint": "raw", "width": 1024, "height": 1024, "steps": 52, "guidance": 3.5},
+}
+
+
+# ------------------------------------------------------------------------------------------------ full-size model
+def build_full_size(device: str, seed: int = 0):
+    """Turbo pipeline + Raw transformer, full size, random bf16 weights, built directly on `device`."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        Krea2Pipeline,
+        Krea2Transformer2DModel,
+    )
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+
+    from krea2.demo import _build_tokenizer
+
+    def transformer(s: int) -> Krea2Transformer2DModel:
+        torch.manual_seed(s)
+        model = Krea2Transformer2DModel()  # class defaults = the real 12.8B Krea 2 transformer
+        for name, module in model.named_modules():  # as from_pretrained does with _keep_in_fp32_modules
+            if name.split(".")[-1] in Krea2Transformer2DModel._keep_in_fp32_modules:
+                module.float()
+        return model.eval()
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            turbo_t, raw_t = transformer(seed + 1), transformer(seed + 2)
+            torch.manual_seed(seed)
+            text_config = {
+                "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "rope_theta": 5_000_000,
+                "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+            }  # fmt: skip
+            # The vision tower never runs for text-to-image; a small one keeps memory for what does run.
+            vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 2560}
+            encoder = Qwen3VLModel(Qwen3VLConfig(text_config=text_config, vision_config=vision)).eval()
+            vae = AutoencoderKLQwenImage().eval()  # defaults = the Qwen-Image VAE
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=6400
+    )
+    turbo = Krea2Pipeline(
+        scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=_build_tokenizer(), transformer=turbo_t,
+        is_distilled=True,
+    )  # fmt: skip
+    derive_prompt_template_lengths(turbo)
+    return turbo, raw_t
+
+
+class InMemoryLoader:
+    """The manager's loader interface over already-built pipelines (no files: the weights are random)."""
+
+    def __init__(self, turbo, raw_transformer) -> None:
+        self.turbo, self.raw_transformer = turbo, raw_transformer
+
+    def load_full(self, spec):
+        return self.turbo
+
+    def load_transformer(self, spec):
+        return self.raw_transformer
+
+
+# ------------------------------------------------------------------------------------------------ timing helpers
+CUDA = torch.cuda.is_available()
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if CUDA:
+        reset_peak()
+
+
+def peak_gb() -> float:
+    return peak_gb() if CUDA else 0.0
+
+
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def stock_pipelines(turbo, raw_transformer):
+    from diffusers import Krea2Pipeline
+
+    raw = build_pipeline_sharing(turbo, raw_transformer, RAW)
+    raw = Krea2Pipeline(**raw.components, text_encoder_select_layers=raw.text_encoder_select_layers, is_distilled=False)
+    derive_prompt_template_lengths(raw)
+    pipes = {"turbo": turbo, "raw": raw}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def run_stock(pipe, case: dict, seed: int):
+    return pipe(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE if case["guidance"] > 0 else None,
+        guidance_scale=case["guidance"],
+        num_inference_steps=case["steps"],
+        width=case["width"],
+        height=case["height"],
+        generator=[torch.Generator("cpu").manual_seed(seed)],
+        output_type="np",
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    ).images[0]
+
+
+def run_ours(manager: ModelManager, case: dict, seed: int):
+    manager.prompt_cache.clear()  # honest end to end: the text encoder runs every time
+    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, **case)
+    result = manager.generate(request)
+    return np.asarray(result.images[0], dtype=np.float32) / 255, result
+
+
+def rel_l2(a, b) -> float:
+    a, b = torch.as_tensor(np.asarray(a, dtype=np.float64)), torch.as_tensor(np.asarray(b, dtype=np.float64))
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def velocity_error(transformer, quantize) -> float:
+    """Relative L2 of one transformer call's output (velocity) after fp8 quantisation vs bf16, same inputs."""
+    torch.manual_seed(0)
+    dev = next(transformer.parameters()).device
+    hidden = torch.randn(1, 4096, 64, device=dev, dtype=torch.bfloat16)
+    text = torch.randn(1, 64, 12, 2560, device=dev, dtype=torch.bfloat16)
+    timestep = torch.tensor([0.7], device=dev, dtype=torch.bfloat16)
+    from diffusers import Krea2Pipeline
+
+    positions = Krea2Pipeline.prepare_position_ids(64, 64, 64, dev)
+    with torch.no_grad():
+        ref = transformer(hidden, text, timestep, positions, return_dict=False)[0].float()
+        quantize(transformer)
+        out = transformer(hidden, text, timestep, positions, return_dict=False)[0].float()
+    return float((out - ref).norm() / ref.norm())
+
+
+# ------------------------------------------------------------------------------------------------ main benchmark
+def build_smoke():
+    """Tiny demo components on the CPU: checks this script's logic without a GPU (numbers mean nothing)."""
+    from krea2.demo import build_demo_pipeline, build_transformer
+
+    turbo = build_demo_pipeline(transformer_seed=1)
+    derive_prompt_template_lengths(turbo)
+    return turbo, build_transformer(seed=2)
+
+
+def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool = False) -> dict:
+    from krea2.acceleration import compile_and_warm_up, quantize_fp8
+
+    t0 = time.perf_counter()
+    turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
+    log.info("built full-size model in %.1f s", time.perf_counter() - t0)
+    stock = stock_pipelines(turbo, raw_transformer)
+    results: dict = {"cases": {}, "errors": {}}
+
+    # 1. Stock, untouched modules.
+    stock_images = {}
+    for name in case_names:
+        case = CASES[name]
+        pipe = stock[case["checkpoint"]]
+        run_stock(pipe, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up (kernels, allocator)
+        reset_peak()
+        times, image = timed(lambda p=pipe, c=case: run_stock(p, c, seed=1), repeats)
+        stock_images[name] = image
+        results["cases"][name] = {
+            **case,
+            "stock_s": statistics.median(times),
+            "stock_runs_s": times,
+            "stock_peak_gb": peak_gb(),
+        }
+        log.info("stock %s: %s", name, [f"{t:.3f}" for t in times])
+
+    # 2. Ours. The manager over the same component objects, both checkpoints resident at once.
+    manager = ModelManager(
+        InMemoryLoader(turbo, raw_transformer), placement="gpu", options=FastPathOptions(drop_text_padding=True)
+    )
+    manager.start(background=False)
+    results["both_checkpoints_resident_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
+
+    def measure(mode: str) -> None:
+        for name in case_names:
+            case = CASES[name]
+            run_ours(manager, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up at this size
+            reset_peak()
+            times, (image, result) = timed(lambda c=case: run_ours(manager, c, seed=1), repeats)
+            entry = results["cases"][name]
+            entry[f"{mode}_s"] = statistics.median(times)
+            entry[f"{mode}_runs_s"] = times
+            entry[f"{mode}_speedup"] = entry["stock_s"] / entry[f"{mode}_s"]
+            entry[f"{mode}_peak_gb"] = peak_gb()
+            entry[f"{mode}_phases_ms"] = result.timings.as_ms()
+            entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
+            entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
+            log.info("%s %s: %s (x%.2f)", mode, name, [f"{t:.3f}" for t in times], entry[f"{mode}_speedup"])
+
+    if "padfree" in modes:
+        measure("padfree")  # exact, eager
+    if "exact" in modes or "fast" in modes:
+        with manager._generate_lock:
+            results["compile_warmup_s"] = compile_and_warm_up(manager, sizes=((1024, 1024),))
+        if "exact" in modes:
+            measure("exact")  # exact (PAD-free) + regional compile, bf16
+    if "fast" in modes:
+        results["errors"]["fp8_velocity_rel_l2"] = velocity_error(manager.pipes["turbo"].transformer, quantize_fp8)
+        quantize_fp8(manager.pipes["raw"].transformer)
+        torch._dynamo.reset()
+        with manager._generate_lock:
+            results["fp8_compile_warmup_s"] = compile_and_warm_up(manager, sizes=((1024, 1024),))
+        results["both_checkpoints_resident_fp8_gb"] = torch.cuda.memory_allocated() / 1e9
+        measure("fast")
+    return results
+
+
+def memory_24gb(repeats: int) -> dict:
+    """A simulated 24 GB card: both checkpoints warm through group offload; seconds per image."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(24 * 1024**3 / total)
+    turbo, raw_transformer = build_full_size("cpu")
+    manager = ModelManager(InMemoryLoader(turbo, raw_transformer), placement="offload", device="cuda")
+    manager.start(background=False)
+    out: dict = {"placement": str(manager.placement), "cases": {}}
+    for name in ("turbo1024", "raw1024"):
+        case = CASES[name]
+        if name == "raw1024":
+            case = {**case, "steps": 8}  # per-step cost is what matters; 52 steps would not fit the lease
+        run_ours(manager, {**case, "steps": 1}, seed=1)
+        reset_peak()
+        times, _ = timed(lambda c=case: run_ours(manager, c, seed=1), repeats)
+        out["cases"][name] = {
+            **case,
+            "seconds": statistics.median(times),
+            "runs_s": times,
+            "peak_gb": peak_gb(),
+        }
+        log.info("24GB %s: %s", name, times)
+    return out
+
+
+def environment() -> dict:
+    import diffusers
+    import transformers
+
+    info = {
+        "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu-smoke",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        import torchao
+
+        info["torchao"] = torchao.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="turbo1024,turbo2048,raw1024")
+    parser.add_argument("--modes", default="exact,fast", help="padfree, exact (padfree+compile), fast (+fp8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-24gb", action="store_true")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script, not the speed")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    env = environment()
+    if args.memory_24gb:
+        payload = {"environment": env, "memory_24gb": memory_24gb(args.repeats)}
+        tag = "memory24gb"
+    else:
+        cases = args.cases.split(",")
+        payload = {
+            "environment": env,
+            "repeats": args.repeats,
+            **benchmark(cases, args.repeats, args.modes.split(","), args.smoke),
+        }
+        tag = "-".join(cases)
+    payload["command"] = "python " + " ".join(sys.argv)
+    gpu = env["gpu"].replace(" ", "-")
+    path = Path(args.out) / f"{env['date'][:10]}_{gpu}_{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    print(json.dumps(payload, indent=2))
+    gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
