@@ -117,11 +117,11 @@ def sync() -> None:
 
 def reset_peak() -> None:
     if CUDA:
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_gb() -> float:
-    return peak_gb() if CUDA else 0.0
+    return torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
