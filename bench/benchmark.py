@@ -184,9 +184,10 @@ def velocity_error(transformer, quantize) -> float:
 
     positions = Krea2Pipeline.prepare_position_ids(64, 64, 64, dev)
     with torch.no_grad():
-        ref = transformer(hidden, text, timestep, positions, return_dict=False)[0].float()
+        inputs = {"hidden_states": hidden, "encoder_hidden_states": text, "timestep": timestep}
+        ref = transformer(**inputs, position_ids=positions, return_dict=False)[0].float()
         quantize(transformer)
-        out = transformer(hidden, text, timestep, positions, return_dict=False)[0].float()
+        out = transformer(**inputs, position_ids=positions, return_dict=False)[0].float()
     return float((out - ref).norm() / ref.norm())
 
 
@@ -247,7 +248,11 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
             entry[f"{mode}_phases_ms"] = result.timings.as_ms()
             entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
             entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
-            log.info("%s %s: %s (x%.2f)", mode, name, [f"{t:.3f}" for t in times], entry[f"{mode}_speedup"])
+            log.info(
+                "%s %s: %s (x%.2f) phases %s peak %.1f GB max|diff| %.4f",
+                mode, name, [f"{t:.3f}" for t in times], entry[f"{mode}_speedup"], entry[f"{mode}_phases_ms"],
+                entry[f"{mode}_peak_gb"], entry[f"{mode}_vs_stock_max_abs_pixel"],
+            )  # fmt: skip
 
     if "padfree" in modes:
         measure("padfree")  # exact, eager

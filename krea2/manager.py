@@ -269,15 +269,17 @@ class ModelManager:
             try:
                 return self._generate_locked(pipe, request, on_step, cancel_event)
             except torch.OutOfMemoryError as error:
+                # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
+                # cache after every image would make the next one pay for cudaMalloc again.
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 raise GenerationFailed(
                     "The GPU ran out of memory. Try a smaller size or fewer images"
                     + ("." if self.placement == "offload" else ", or start with --placement offload.")
                 ) from error
             finally:
                 self._cancel_current = None
-                if self.device.type == "cuda":
-                    gc.collect()
-                    torch.cuda.empty_cache()
 
     def _generate_locked(
         self,

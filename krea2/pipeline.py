@@ -21,6 +21,8 @@ def _match_text_positions(_module, args: tuple, kwargs: dict) -> tuple[tuple, di
     """With padding dropped, the prompt and the negative prompt have different lengths, but the pipeline builds one
     `position_ids` for both. Text rows of `position_ids` are all zeros (see `Krea2Pipeline.prepare_position_ids`),
     so rebuilding them for this call's text length is exact."""
+    if not {"position_ids", "encoder_hidden_states", "hidden_states"} <= kwargs.keys():
+        return args, kwargs  # called positionally (not by the pipeline): nothing to adjust
     position_ids = kwargs["position_ids"]
     text_len, image_len = kwargs["encoder_hidden_states"].shape[1], kwargs["hidden_states"].shape[1]
     if position_ids.shape[0] != text_len + image_len:
