@@ -1,0 +1,157 @@
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from storage_helpers import new_generation
+
+from storage import HistoryFilter, StorageError
+from storage.pnginfo import read_parameters
+
+
+def test_add_get_writes_files_and_rows(store):
+    generation = store.add(new_generation(images=2))
+    again = store.get(generation.id)
+    assert again.prompt == "a red fox in the snow" and len(again.images) == 2
+    for image in again.images:
+        assert store.absolute(image.path).is_file() and store.absolute(image.thumb_path).is_file()
+        assert image.path.startswith("images/") and image.path.endswith(".png")
+        assert image.thumb_path.endswith(".webp")
+    assert [i.seed for i in again.images] == [7, 8]
+
+
+def test_png_carries_parameters_that_read_back(store):
+    generation = store.add(new_generation(seed=1234))
+    info = read_parameters(store.absolute(generation.images[0].path))
+    assert "Seed: 1234" in info["parameters"]
+    assert info["parsed"]["seed"] == 1234 and info["parsed"]["prompt"] == "a red fox in the snow"
+    assert info["request"]["seed"] == 1234 and info["request"]["model"] == "Krea 2 Turbo"
+
+
+def test_page_is_newest_first_and_keyset(store):
+    ids = [store.add(new_generation(f"prompt {i}", images=0)).id for i in range(7)]
+    first = store.page(limit=3)
+    assert [g.id for g in first.items] == ids[::-1][:3]
+    second = store.page(cursor=first.next_cursor, limit=3)
+    assert [g.id for g in second.items] == ids[::-1][3:6]
+    last = store.page(cursor=second.next_cursor, limit=3)
+    assert [g.id for g in last.items] == ids[:1] and last.next_cursor is None
+
+
+def test_filters_search_favorites_comparisons(store):
+    fox = store.add(new_generation("a red fox in the snow", images=0))
+    store.add(new_generation("a blue whale", images=0, checkpoint="raw"))
+    pair = store.add(new_generation("compare me", images=0, comparison_id="abc"))
+    assert [g.id for g in store.page(filters=HistoryFilter(text="fox")).items] == [fox.id]
+    assert [g.id for g in store.page(filters=HistoryFilter(text="sno fox")).items] == [fox.id]  # prefix, any order
+    assert store.count(HistoryFilter(checkpoint="raw")) == 1
+    assert store.count(HistoryFilter(comparisons_only=True)) == 1
+    assert store.comparison("abc")[0].id == pair.id
+    assert store.toggle_favorite(fox.id) is True
+    assert [g.id for g in store.page(filters=HistoryFilter(favorites_only=True)).items] == [fox.id]
+    assert store.toggle_favorite(fox.id) is False
+    assert store.count(HistoryFilter(text="%' OR 1=1 --")) == 0  # search text is data, never SQL
+
+
+def test_delete_removes_rows_and_files(store):
+    generation = store.add(new_generation(images=2))
+    paths = [store.absolute(p) for i in generation.images for p in (i.path, i.thumb_path)]
+    assert store.delete(generation.id) is True
+    assert store.get(generation.id) is None and not any(p.exists() for p in paths)
+    assert store.delete(generation.id) is False
+    assert store.count() == 0
+
+
+def test_failed_and_cancelled_are_recorded_without_images(store):
+    store.add(new_generation(images=0, status="failed", error="out of memory"))
+    store.add(new_generation(images=0, status="cancelled", error="cancelled"))
+    assert sorted(g.status for g in store.page().items) == ["cancelled", "failed"]
+
+
+def test_a_file_write_that_fails_leaves_neither_row_nor_file(store, monkeypatch):
+    import storage.store as store_module
+
+    real = store_module.write_atomic
+    calls = []
+
+    def flaky(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 3:  # the second image's PNG, after the first image's files were written
+            raise StorageError("The disk holding x is full; nothing was saved.")
+        real(path, data)
+
+    monkeypatch.setattr(store_module, "write_atomic", flaky)
+    with pytest.raises(StorageError, match="full"):
+        store.add(new_generation(images=2))
+    assert store.count() == 0
+    assert not [p for p in store.data_dir.rglob("*") if p.is_file() and p.suffix in {".png", ".webp"}]
+
+
+def test_commit_failure_removes_the_files(store, monkeypatch):
+    from sqlalchemy.orm import Session
+
+    def broken_commit(self):
+        raise __import__("sqlalchemy").exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(Session, "commit", broken_commit)
+    with pytest.raises(StorageError) as caught:
+        store.add(new_generation(images=1))
+    assert "COMMIT" not in str(caught.value)  # no raw SQL reaches the user
+    monkeypatch.undo()
+    assert store.count() == 0
+    assert not [p for p in store.data_dir.rglob("*.png")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_data_folder_is_a_clear_error(store):
+    (store.data_dir / "images").mkdir(exist_ok=True)
+    os.chmod(store.data_dir / "images", 0o500)
+    try:
+        with pytest.raises(StorageError, match="not writable"):
+            store.add(new_generation())
+    finally:
+        os.chmod(store.data_dir / "images", 0o700)
+    assert store.count() == 0
+
+
+def test_disk_full_is_a_clear_error(tmp_path):
+    """A real ENOSPC from the kernel: /dev/full rejects every write."""
+    from storage.files import write_atomic
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    import storage.files as files
+
+    real_mkstemp = files.tempfile.mkstemp
+
+    def mkstemp_on_full(prefix, dir):
+        fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, str(Path(real_mkstemp(prefix=prefix, dir=dir)[1]))
+
+    files.tempfile.mkstemp = mkstemp_on_full
+    try:
+        with pytest.raises(StorageError, match="full"):
+            write_atomic(tmp_path / "a.png", b"x" * 100_000)
+    finally:
+        files.tempfile.mkstemp = real_mkstemp
+    assert not (tmp_path / "a.png").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_eight_threads_fifty_writes_each(store):
+    errors = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(50):
+                store.add(new_generation(f"thread {n} write {i}", images=0))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.count() == 400
