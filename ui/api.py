@@ -1,0 +1,140 @@
+"""Named API endpoints for gradio_client: `generate`, `compare`, `history`.
+
+They are events on hidden components rather than `gr.api` functions so that images come back as real PNG files
+(metadata intact) that gradio_client downloads, not as server-side paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from krea2 import GenerationRequest, Krea2Error
+
+from .handlers import Handlers, session_of, user_error
+from .service import DoneEvent, StudioService
+
+
+def _summary(event: DoneEvent) -> dict[str, Any]:
+    result, generation = event.result, event.generation
+    return {
+        "generation_id": generation.id,
+        "checkpoint": result.request.checkpoint,
+        "seed": result.request.seed,
+        "seeds": result.seeds,
+        "steps": result.request.steps,
+        "guidance": result.request.guidance,
+        "width": result.request.width,
+        "height": result.request.height,
+        "timings_ms": result.timings.as_ms(),
+        "warnings": result.warnings,
+        "comparison_id": generation.comparison_id,
+    }
+
+
+def _optional(value: Any) -> Any:
+    """Empty text from an optional API field means "not given"."""
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def register_api(service: StudioService) -> None:
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
+
+    def run(stream) -> tuple[list[tuple[str, str]], list[dict]]:
+        images, infos = [], []
+        try:
+            for event in stream:
+                if isinstance(event, DoneEvent):
+                    info = _summary(event)
+                    infos.append(info)
+                    for image in event.generation.images:
+                        caption = f"{info['checkpoint']} seed {image.seed}"
+                        images.append((str(service.store.absolute(image.path)), caption))
+        except Krea2Error as error:
+            raise user_error(error) from None
+        return images, infos
+
+    def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images,
+                 request: gr.Request):  # fmt: skip
+        try:
+            req = GenerationRequest(
+                prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
+                guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), num_images=num_images,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001
+            raise user_error(error) from None
+        images, infos = run(service.generate(req, session_of(request)))
+        return images, infos[0]
+
+    def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps,
+                request: gr.Request):  # fmt: skip
+        try:
+            raw = GenerationRequest(
+                prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=raw_steps,
+                guidance=raw_guidance, width=width, height=height, seed=_optional(seed),
+            )  # fmt: skip
+            turbo = GenerationRequest(**{**raw.with_checkpoint("turbo").to_dict(), "steps": turbo_steps})
+        except Exception as error:  # noqa: BLE001
+            raise user_error(error) from None
+        images, infos = run(service.compare(raw, turbo, session_of(request)))
+        return images, {"raw": infos[0], "turbo": infos[1]}
+
+    def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit):
+        try:
+            filters = Handlers.history_filter(search, checkpoint, favorites_only, comparisons_only)
+            limit = max(1, min(int(limit or 24), 100))
+            cursor = _optional(cursor)
+            page = service.page(filters, int(cursor) if cursor is not None else None, limit)
+            total = service.count(filters)
+        except Exception as error:  # noqa: BLE001
+            raise user_error(error) from None
+        items = [
+            {
+                "generation_id": g.id, "created_at": g.created_at.isoformat(), "checkpoint": g.checkpoint,
+                "status": g.status, "prompt": g.prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
+                "steps": g.steps, "guidance": g.guidance, "width": g.width, "height": g.height,
+                "favorite": g.favorite, "comparison_id": g.comparison_id, "error": g.error,
+                "timings_ms": g.timings_ms(), "images": len(g.images),
+            }
+            for g in page.items
+        ]  # fmt: skip
+        return {"items": items, "next_cursor": page.next_cursor, "total": total}
+
+    with gr.Column(visible=False):
+        prompt = gr.Textbox(label="prompt")
+        checkpoint = gr.Textbox(label="checkpoint", value="turbo")
+        negative = gr.Textbox(label="negative_prompt", value="")
+        # Optional numbers are text: empty means "the checkpoint's default" (steps, guidance) or "random" (seed).
+        steps = gr.Textbox(label="steps", value="")
+        guidance = gr.Textbox(label="guidance", value="")
+        width = gr.Number(label="width", value=1024, precision=0)
+        height = gr.Number(label="height", value=1024, precision=0)
+        seed = gr.Textbox(label="seed", value="")
+        num_images = gr.Number(label="num_images", value=1, precision=0)
+        raw_steps = gr.Number(label="raw_steps", value=52, precision=0)
+        raw_guidance = gr.Number(label="raw_guidance", value=3.5)
+        turbo_steps = gr.Number(label="turbo_steps", value=8, precision=0)
+        images = gr.Gallery(label="images", format="png")
+        info = gr.JSON(label="info")
+        search = gr.Textbox(label="search", value="")
+        favorites_only = gr.Checkbox(label="favorites_only", value=False)
+        comparisons_only = gr.Checkbox(label="comparisons_only", value=False)
+        cursor = gr.Textbox(label="cursor", value="")
+        limit = gr.Number(label="limit", value=24, precision=0)
+        history_checkpoint = gr.Textbox(label="history_checkpoint", value="all")
+        page = gr.JSON(label="page")
+        trigger = gr.Button(visible=False)
+
+    trigger.click(
+        generate, [prompt, checkpoint, negative, steps, guidance, width, height, seed, num_images], [images, info],
+        api_name="generate", **gpu,
+    )  # fmt: skip
+    trigger.click(
+        compare, [prompt, negative, seed, width, height, raw_steps, raw_guidance, turbo_steps], [images, info],
+        api_name="compare", **gpu,
+    )  # fmt: skip
+    trigger.click(
+        history, [search, history_checkpoint, favorites_only, comparisons_only, cursor, limit], page,
+        api_name="history",
+    )  # fmt: skip

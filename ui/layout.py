@@ -1,0 +1,203 @@
+"""The Gradio Blocks layout: components and event wiring only. The work happens in ui.handlers / ui.service."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from krea2 import TURBO
+from krea2.request import MAX_SEED
+
+from .api import register_api
+from .handlers import CHECKPOINT_CHOICES, Handlers, default_settings
+from .presets import PRESETS_1MP, preset_choices, preset_label
+from .service import StudioService
+
+DEMO_BANNER = (
+    "### ⚠️ Demo checkpoints in use\n"
+    "No CUDA GPU or no weights were found (or `--demo` was given): images come from a tiny, randomly initialised "
+    "Krea 2 built offline. They show that the app works end to end, not what Krea 2 can draw."
+)
+CSS = "#demo-banner {background: #fff3cd; color: #664d03; border-radius: 8px; padding: 4px 12px;}"
+
+
+def build_ui(service: StudioService) -> gr.Blocks:
+    handlers = Handlers(service)
+    private = {"api_visibility": "private"}
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, **private}
+
+    with gr.Blocks(title="Krea 2 Studio", delete_cache=(3600, 3600)) as app:
+        gr.Markdown("# Krea 2 Studio")
+        gr.Markdown(DEMO_BANNER, visible=service.demo, elem_id="demo-banner")
+        status = gr.Markdown(service.status_line(), elem_id="status-line")
+        gr.Timer(2.0).tick(service.status_line, outputs=status, queue=False, **private)
+
+        settings = gr.State(default_settings())
+        current = gr.State("turbo")
+        results = gr.State([])
+        selected = gr.State(None)
+
+        with gr.Tabs(selected="generate") as tabs:
+            # -------------------------------------------------------------------------------------- Generate
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
+                                            placeholder="Describe the image… (Enter to generate)")  # fmt: skip
+                        negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
+                        checkpoint = gr.Radio(CHECKPOINT_CHOICES, value="turbo", label="Checkpoint", elem_id="ckpt")
+                        checkpoint_info = gr.Markdown(TURBO.description)
+                        steps = gr.Slider(1, 100, value=8, step=1, label="Steps (recommended 8)", elem_id="steps")
+                        guidance = gr.Slider(0, 20, value=0.0, step=0.1, label="Guidance (recommended 0.0)",
+                                             elem_id="guidance")  # fmt: skip
+                        preset = gr.Dropdown(preset_choices("turbo"), value=preset_label("1:1", PRESETS_1MP["1:1"]),
+                                             label="Size")  # fmt: skip
+                        with gr.Row():
+                            width = gr.Slider(256, 2048, value=1024, step=16, label="Width", elem_id="width")
+                            height = gr.Slider(256, 2048, value=1024, step=16, label="Height", elem_id="height")
+                        with gr.Row():
+                            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                            randomize = gr.Checkbox(value=True, label="Randomize seed")
+                            num_images = gr.Slider(1, 4, value=1, step=1, label="Images")
+                        with gr.Row():
+                            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                    with gr.Column(scale=3):
+                        progress = gr.Markdown(elem_id="progress")
+                        preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
+                                           elem_id="preview")  # fmt: skip
+                        gallery = gr.Gallery(label="Results (newest first)", columns=4, height=400,
+                                             elem_id="results")  # fmt: skip
+                        seed_used = gr.Markdown(elem_id="seed-used")
+                        details = gr.Markdown(elem_id="result-details")
+                        reuse_btn = gr.Button("Use these settings", visible=False)
+
+            # -------------------------------------------------------------------------------------- Compare
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        c_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
+                        c_negative = gr.Textbox(label="Negative prompt (Raw)")
+                        with gr.Row():
+                            c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                            c_random = gr.Checkbox(value=True, label="Randomize seed")
+                        with gr.Row():
+                            c_width = gr.Slider(256, 2048, value=1024, step=16, label="Width")
+                            c_height = gr.Slider(256, 2048, value=1024, step=16, label="Height")
+                        c_raw_steps = gr.Slider(1, 100, value=52, step=1, label="Raw steps (recommended 52)")
+                        c_raw_guidance = gr.Slider(0, 20, value=3.5, step=0.1, label="Raw guidance (recommended 3.5)")
+                        c_turbo_steps = gr.Slider(1, 100, value=8, step=1, label="Turbo steps (recommended 8)")
+                        with gr.Row():
+                            compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                            c_cancel = gr.Button("Cancel", variant="stop")
+                    with gr.Column(scale=3):
+                        c_progress = gr.Markdown(elem_id="compare-progress")
+                        with gr.Row():
+                            c_raw = gr.Image(label="Raw", type="filepath", interactive=False, elem_id="compare-raw")
+                            c_turbo = gr.Image(label="Turbo", type="filepath", interactive=False,
+                                               elem_id="compare-turbo")  # fmt: skip
+                        c_slider = gr.ImageSlider(label="Raw ↔ Turbo", type="filepath", elem_id="compare-slider")
+                        c_info = gr.Markdown(elem_id="compare-info")
+
+            # -------------------------------------------------------------------------------------- History
+            with gr.Tab("History", id="history") as history_tab:
+                with gr.Row():
+                    h_search = gr.Textbox(label="Search prompts", elem_id="history-search", scale=3)
+                    h_checkpoint = gr.Dropdown([("All", "all"), ("Turbo", "turbo"), ("Raw", "raw")], value="all",
+                                               label="Checkpoint")  # fmt: skip
+                    h_favorites = gr.Checkbox(label="Favorites only")
+                    h_comparisons = gr.Checkbox(label="Comparisons only")
+                    h_refresh = gr.Button("Refresh", elem_id="history-refresh")
+                h_count = gr.Markdown(elem_id="history-count")
+                h_gallery = gr.Gallery(label="History", columns=6, height=420, allow_preview=False,
+                                       elem_id="history-gallery")  # fmt: skip
+                with gr.Row():
+                    h_newer = gr.Button("← Newer")
+                    h_older = gr.Button("Older →")
+                h_nav = gr.State({"stack": [None], "next": None, "ids": []})
+                h_selected = gr.State(None)
+                with gr.Row(visible=False) as h_detail:
+                    h_image = gr.Image(label="Original", type="filepath", interactive=False, elem_id="history-image")
+                    with gr.Column():
+                        h_params = gr.Markdown(elem_id="history-params")
+                        with gr.Row():
+                            h_favorite = gr.Button("☆ Favorite", elem_id="history-favorite")
+                            h_reuse = gr.Button("Reuse settings", elem_id="history-reuse")
+                            h_download = gr.DownloadButton("Download PNG", elem_id="history-download")
+                            h_delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
+                        h_confirm = gr.Button("Confirm delete", variant="stop", visible=False,
+                                              elem_id="history-confirm-delete")  # fmt: skip
+
+            # -------------------------------------------------------------------------------------- PNG info
+            with gr.Tab("PNG info", id="pnginfo"):
+                p_file = gr.File(label="Drop a PNG", file_types=[".png"], type="filepath", elem_id="png-file")
+                p_text = gr.Textbox(label="parameters", lines=5, interactive=False, elem_id="png-parameters")
+                p_json = gr.JSON(label="Parsed")
+                p_values = gr.State(None)
+                p_send = gr.Button("Send to Generate", elem_id="png-send")
+
+        # ------------------------------------------------------------------------------------------ wiring
+        register_api(service)  # first, so the public endpoints get the plain names generate / compare / history
+        fill_outputs = [prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, preset,
+                        checkpoint_info, current, settings, tabs]  # fmt: skip
+        checkpoint.input(
+            handlers.switch_checkpoint,
+            [checkpoint, steps, guidance, current, settings],
+            [steps, guidance, negative, checkpoint_info, preset, current, settings],
+            queue=False, **private,
+        )  # fmt: skip
+        guidance.change(handlers.negative_visibility, guidance, negative, queue=False, **private)
+        preset.input(handlers.apply_preset, preset, [width, height], queue=False, **private)
+        for side in (width, height):
+            side.input(handlers.to_custom, None, preset, queue=False, **private)
+
+        gen_inputs = [
+            prompt,
+            negative,
+            checkpoint,
+            steps,
+            guidance,
+            width,
+            height,
+            seed,
+            randomize,
+            num_images,
+            results,
+        ]
+        gen_outputs = [preview, progress, gallery, seed_used, results]
+        for trigger in (generate_btn.click, prompt.submit):
+            trigger(handlers.generate, gen_inputs, gen_outputs, show_progress="minimal", **gpu)
+        cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
+        gallery.select(handlers.select_result, results, [details, reuse_btn, selected], **private)
+        reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private)
+
+        compare_btn.click(
+            handlers.compare,
+            [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps],
+            [c_progress, c_raw, c_turbo, c_slider, c_info],
+            show_progress="minimal", **gpu,
+        )  # fmt: skip
+        c_cancel.click(handlers.cancel, None, c_progress, queue=False, **private)
+
+        h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav]
+        h_outputs = [h_gallery, h_count, h_nav, h_detail]
+        for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input):
+            trigger(handlers.history, h_inputs, h_outputs, **private)
+        h_older.click(lambda *a: handlers.history(*a, direction="older"), h_inputs, h_outputs, **private)
+        h_newer.click(lambda *a: handlers.history(*a, direction="newer"), h_inputs, h_outputs, **private)
+        # History loads with the page and again whenever its tab is opened (new generations show up).
+        app.load(handlers.history, h_inputs, h_outputs, **private)
+        history_tab.select(handlers.history, h_inputs, h_outputs, **private)
+        h_gallery.select(
+            handlers.select_history, h_nav,
+            [h_detail, h_image, h_params, h_selected, h_favorite, h_download, h_confirm], **private,
+        )  # fmt: skip
+        h_favorite.click(handlers.toggle_favorite, h_selected, h_favorite, **private)
+        h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private)
+        h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
+        h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+
+        p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
+        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private)
+    return app

@@ -1,0 +1,45 @@
+"""Size presets by aspect ratio. Sides are multiples of 16 and within the 256..2048 request limits."""
+
+from __future__ import annotations
+
+# ~1 MP, good for both checkpoints.
+PRESETS_1MP: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "4:3": (1152, 864),
+    "3:4": (864, 1152),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+}
+# Turbo is trained up to 2K: the largest size of each ratio within the 2048-pixel side limit (1:1 is 4 MP).
+PRESETS_LARGE: dict[str, tuple[int, int]] = {
+    "1:1": (2048, 2048),
+    "4:3": (2048, 1536),
+    "3:4": (1536, 2048),
+    "3:2": (2048, 1360),
+    "2:3": (1360, 2048),
+    "16:9": (2048, 1152),
+    "9:16": (1152, 2048),
+}
+CUSTOM = "Custom"
+
+
+def preset_label(ratio: str, size: tuple[int, int]) -> str:
+    width, height = size
+    return f"{ratio} · {width}×{height} ({width * height / 1e6:.1f} MP)"
+
+
+def preset_choices(checkpoint: str) -> list[str]:
+    labels = [preset_label(r, s) for r, s in PRESETS_1MP.items()]
+    if checkpoint == "turbo":
+        labels += [preset_label(r, s) for r, s in PRESETS_LARGE.items()]
+    return [*labels, CUSTOM]
+
+
+def preset_size(label: str) -> tuple[int, int] | None:
+    for table in (PRESETS_1MP, PRESETS_LARGE):
+        for ratio, size in table.items():
+            if preset_label(ratio, size) == label:
+                return size
+    return None
