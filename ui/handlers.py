@@ -45,6 +45,12 @@ def friendly(fn):
     return wrapper
 
 
+def display_preview(preview, min_side: int = 256):
+    """The latent preview is 1/8 of the image; scale it up (smoothly) so it is visible."""
+    scale = max(1, -(-min_side // min(preview.size)))
+    return preview.resize((preview.width * scale, preview.height * scale), resample=2)  # bilinear
+
+
 def session_of(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
@@ -129,7 +135,7 @@ class Handlers:
                 elapsed = time.monotonic() - started
                 if isinstance(event, StepEvent):
                     text = f"**Step {event.step}/{event.total}** · {elapsed:.1f} s"
-                    yield event.preview, text, gr.skip(), gr.skip(), gr.skip()
+                    yield display_preview(event.preview), text, gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, DoneEvent):
                     generation = event.generation
                     name = get_spec(generation.checkpoint).display_name
@@ -214,6 +220,7 @@ class Handlers:
         started = time.monotonic()
         paths: dict[str, str] = {}
         info: list[str] = []
+        used_seed = raw.seed
         yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             for event in self.service.compare(raw, turbo, session_of(request)):
@@ -223,13 +230,14 @@ class Handlers:
                     yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     r = event.result.request
+                    used_seed = r.seed
                     paths[event.label] = str(self.service.store.absolute(event.generation.images[0].path))
                     info.append(f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
                                 f"{event.result.timings.total_s:.2f} s")  # fmt: skip
                     image = paths[event.label]
                     yield (f"{name} done", image if event.label == "raw" else gr.skip(),
                            image if event.label == "turbo" else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{raw.seed if raw.seed is not None else 'random'}** · prompt encoded once for both"
+            seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
             yield ("**Done**", gr.skip(), gr.skip(), (paths["raw"], paths["turbo"]),
                    "  \n".join([*info, seed_text]))  # fmt: skip
         except Krea2Error as error:

@@ -30,6 +30,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         gr.Markdown(DEMO_BANNER, visible=service.demo, elem_id="demo-banner")
         status = gr.Markdown(service.status_line(), elem_id="status-line")
         gr.Timer(2.0).tick(service.status_line, outputs=status, queue=False, **private)
+        app.load(service.status_line, outputs=status, queue=False, **private)
 
         settings = gr.State(default_settings())
         current = gr.State("turbo")
@@ -41,7 +42,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
+                        prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="prompt",
                                             placeholder="Describe the image… (Enter to generate)")  # fmt: skip
                         negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
                         checkpoint = gr.Radio(CHECKPOINT_CHOICES, value="turbo", label="Checkpoint", elem_id="ckpt")
@@ -75,15 +76,17 @@ def build_ui(service: StudioService) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        c_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
+                        c_prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="compare-prompt")
                         c_negative = gr.Textbox(label="Negative prompt (Raw)")
                         with gr.Row():
                             c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                             c_random = gr.Checkbox(value=True, label="Randomize seed")
                         with gr.Row():
-                            c_width = gr.Slider(256, 2048, value=1024, step=16, label="Width")
-                            c_height = gr.Slider(256, 2048, value=1024, step=16, label="Height")
-                        c_raw_steps = gr.Slider(1, 100, value=52, step=1, label="Raw steps (recommended 52)")
+                            c_width = gr.Slider(256, 2048, value=1024, step=16, label="Width", elem_id="compare-width")
+                            c_height = gr.Slider(256, 2048, value=1024, step=16, label="Height",
+                                                 elem_id="compare-height")  # fmt: skip
+                        c_raw_steps = gr.Slider(1, 100, value=52, step=1, label="Raw steps (recommended 52)",
+                                                elem_id="compare-raw-steps")  # fmt: skip
                         c_raw_guidance = gr.Slider(0, 20, value=3.5, step=0.1, label="Raw guidance (recommended 3.5)")
                         c_turbo_steps = gr.Slider(1, 100, value=8, step=1, label="Turbo steps (recommended 8)")
                         with gr.Row():
@@ -109,7 +112,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                     h_refresh = gr.Button("Refresh", elem_id="history-refresh")
                 h_count = gr.Markdown(elem_id="history-count")
                 h_gallery = gr.Gallery(label="History", columns=6, height=420, allow_preview=False,
-                                       elem_id="history-gallery")  # fmt: skip
+                                       fit_columns=False, elem_id="history-gallery")  # fmt: skip
                 with gr.Row():
                     h_newer = gr.Button("← Newer")
                     h_older = gr.Button("Older →")

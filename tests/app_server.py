@@ -1,0 +1,66 @@
+"""Starts `python app.py --demo` on a free loopback port for browser and API tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppServer:
+    def __init__(self, data_dir: Path, demo_cache: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.demo_cache, self.extra_env = data_dir, demo_cache, extra_env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"app-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 90) -> AppServer:
+        env = {**os.environ, "KREA2_DATA_DIR": str(self.data_dir), "KREA2_DEMO_CACHE": str(self.demo_cache),
+               "GRADIO_ANALYTICS_ENABLED": "False", **self.extra_env}  # fmt: skip
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # closed when the process ends
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py", "--demo", "--port", str(self.port)], cwd=ROOT, env=env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited early: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "config", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"app did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,156 @@
+"""The app as a person uses it: headless Chromium (Debian's package) driven by Playwright, demo checkpoints.
+
+Screenshots land in artifacts/browser/ (look at them)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from app_server import ROOT, AppServer
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "browser"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    data = tmp_path_factory.mktemp("browser") / "data"
+    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def set_number(page, elem_id: str, value: int | float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def small(page) -> None:
+    set_number(page, "width", 256)
+    set_number(page, "height", 256)
+
+
+def test_generate_shows_preview_then_gallery_image(page):
+    assert page.get_by_text("Demo checkpoints in use").is_visible()
+    small(page)
+    page.locator("#prompt textarea").fill("a red fox in the snow")
+    page.locator("#prompt textarea").press("Enter")  # Enter submits
+    page.locator("#preview img").wait_for(timeout=60_000)
+    page.locator("#results img").first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
+    assert page.get_by_text(re.compile(r"Seed used: \d+")).is_visible()
+    shot(page, "01-generate")
+    page.locator("#results img").first.click()
+    page.locator("#result-details").get_by_text("a red fox in the snow").wait_for(timeout=10_000)
+    assert page.get_by_role("button", name="Use these settings").is_visible()
+
+
+def test_raw_toggle_shows_negative_and_keeps_each_checkpoints_settings(page):
+    negative = page.locator("#negative-prompt")
+    assert not negative.is_visible()
+    set_number(page, "steps", 6)
+    page.locator("#ckpt").get_by_text("Raw").click()
+    negative.wait_for(state="visible", timeout=10_000)
+    steps = page.locator("#steps input[type=number]")
+    assert steps.input_value() == "52"
+    assert page.locator("#guidance input[type=number]").input_value() == "3.5"
+    set_number(page, "steps", 30)
+    page.locator("#ckpt").get_by_text("Turbo").click()
+    negative.wait_for(state="hidden", timeout=10_000)
+    assert steps.input_value() == "6"  # Turbo's own value came back
+    page.locator("#ckpt").get_by_text("Raw").click()
+    page.wait_for_timeout(500)
+    assert steps.input_value() == "30"  # and Raw's
+    shot(page, "02-raw-toggle")
+
+
+def test_compare_shows_two_images(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill("a lighthouse at night")
+    set_number(page, "compare-width", 256)
+    set_number(page, "compare-height", 256)
+    set_number(page, "compare-raw-steps", 4)
+    page.locator("#compare-btn").click()
+    page.locator("#compare-info").get_by_text("prompt encoded once").wait_for(timeout=120_000)
+    assert page.locator("#compare-raw img").count() == 1
+    assert page.locator("#compare-turbo img").count() == 1
+    shot(page, "03-compare")
+
+
+def test_cancel_stops_a_long_run(page):
+    page.locator("#ckpt").get_by_text("Raw").click()
+    set_number(page, "steps", 100)
+    set_number(page, "width", 1024)
+    set_number(page, "height", 1024)
+    page.locator("#prompt textarea").fill("a very long run")
+    page.locator("#generate-btn").click()
+    page.locator("#progress").get_by_text(re.compile(r"Step \d+/100")).wait_for(timeout=60_000)
+    page.locator("#cancel-btn").click()
+    page.locator("#progress").get_by_text("Cancelled").wait_for(timeout=30_000)
+    shot(page, "04-cancelled")
+
+
+def test_history_survives_restart_then_search_and_delete(server, browser):
+    server.stop()
+    server.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_role("tab", name="History").click()
+    gallery = page.locator("#history-gallery")
+    gallery.locator("img").first.wait_for(timeout=30_000)
+    count = page.locator("#history-count")
+    count.get_by_text(re.compile(r"of [1-9]\d* generations")).wait_for(timeout=10_000)
+    total = int(re.search(r"of (\d+) generations", count.inner_text()).group(1))
+    assert total >= 4  # generate + compare pair + cancelled run, from before the restart
+    page.wait_for_timeout(1500)  # let the reload that opening the tab triggers finish
+    shot(page, "05-history")
+
+    page.locator("#history-search textarea, #history-search input").first.fill("lighthouse")
+    page.locator("#history-search textarea, #history-search input").first.press("Enter")
+    count.get_by_text("of 2 generations").wait_for(timeout=10_000)
+    shot(page, "06-history-search")
+
+    gallery.locator("img").first.click()
+    page.locator("#history-params").get_by_text("a lighthouse at night").wait_for(timeout=10_000)
+    assert page.locator("#history-image img").count() == 1
+    page.locator("#history-delete").click()
+    page.locator("#history-confirm-delete").click()
+    count.get_by_text("of 1 generations").wait_for(timeout=10_000)
+    shot(page, "07-history-deleted")
+    context.close()
