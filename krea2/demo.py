@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO_VERSION = "1"  # bump when the tiny configs change, so stale caches are rebuilt
+DEMO_VERSION = "2"  # bump when the tiny configs change, so stale caches are rebuilt
 _MARKER = "KREA2_DEMO_VERSION"
 TEXT_LAYERS = (1, 2, 3, 4)
 
@@ -97,7 +97,7 @@ def _build_vae():
     torch.manual_seed(3)
     # 16 latent channels and 8x downsampling like the real Qwen-Image VAE, so previews and shapes match.
     return AutoencoderKLQwenImage(
-        base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
 
 
