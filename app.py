@@ -43,8 +43,11 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from starlette.middleware import Middleware
+
     from storage import HistoryStore, StorageError
     from ui.layout import CSS, build_ui
+    from ui.security import SameOriginGuard, allowed_origins_from_env
     from ui.service import StudioService
 
     try:
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         show_error=False,
         css=CSS,
         footer_links=["api"],
+        app_kwargs={"middleware": [Middleware(SameOriginGuard, allowed_origins=allowed_origins_from_env())]},
     )
     return 0
 

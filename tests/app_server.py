@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class AppServer:
                 with urllib.request.urlopen(self.url + "config", timeout=2) as response:
                     if response.status == 200:
                         return self
+            except urllib.error.HTTPError as error:
+                if error.code in (401, 403):  # up, behind auth
+                    return self
+                time.sleep(0.5)
             except OSError:
                 time.sleep(0.5)
         raise RuntimeError(f"app did not start: {self.log.read_text()[-2000:]}")

@@ -1,0 +1,155 @@
+"""Security probes against the running app (demo checkpoints, loopback only)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from app_server import AppServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    app = AppServer(tmp_path_factory.mktemp("sec") / "data", Path(demo_sources["turbo"]).parent).start()
+    yield app
+    app.stop()
+
+
+def fetch(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def multipart(name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = "krea2boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+    body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/gradio_api/file=/etc/passwd",
+        "/gradio_api/file=../../../../../../etc/passwd",
+        "/gradio_api/file=%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/gradio_api/file=%2Fetc%2Fpasswd",
+        "/gradio_api/file=..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/file=/etc/passwd",
+        "/gradio_api/file=/proc/self/environ",
+    ],
+)
+def test_path_traversal_is_refused(server, path):
+    status, _headers, body = fetch(server.url.rstrip("/") + path)
+    assert status in (403, 404)
+    assert b"root:" not in body and b"PATH=" not in body
+
+
+def test_database_files_are_never_served(server):
+    for suffix in ("", "-wal", "-shm"):
+        db = (server.data_dir / f"history.sqlite3{suffix}").resolve()
+        status, _h, body = fetch(server.url + "gradio_api/file=" + urllib.parse.quote(str(db)))
+        assert status in (403, 404), suffix
+        assert not body.startswith(b"SQLite format")
+
+
+def test_url_as_file_path_makes_no_outbound_request(server):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(3)
+    port = listener.getsockname()[1]
+    hits = []
+
+    def accept():
+        try:
+            hits.append(listener.accept())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    for target in (f"http://127.0.0.1:{port}/x.png", f"http%3A//127.0.0.1%3A{port}/x.png"):
+        status, _h, _b = fetch(server.url + "gradio_api/file=" + target)
+        assert status in (403, 404)
+    thread.join()
+    listener.close()
+    assert hits == []
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example"])
+def test_cross_origin_posts_are_refused(server, origin):
+    join = b'{"data": [], "fn_index": 0, "session_hash": "probe"}'
+    status, _h, _b = fetch(server.url + "gradio_api/queue/join", "POST", join,
+                           {"Origin": origin, "Content-Type": "application/json"})  # fmt: skip
+    assert status == 403
+    body, ctype = multipart("a.png", b"x")
+    status, _h, _b = fetch(server.url + "gradio_api/upload", "POST", body, {"Origin": origin, "Content-Type": ctype})
+    assert status == 403
+
+
+def test_same_origin_post_is_allowed(server):
+    body, ctype = multipart("a.png", b"x")
+    origin = server.url.rstrip("/")
+    status, _h, _b = fetch(server.url + "gradio_api/upload", "POST", body, {"Origin": origin, "Content-Type": ctype})
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("x.html", b"<html><script>alert(1)</script></html>"),
+     ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')],
+)  # fmt: skip
+def test_html_and_svg_uploads_are_never_rendered(server, name, content):
+    body, ctype = multipart(name, content)
+    status, _h, payload = fetch(server.url + "gradio_api/upload", "POST", body, {"Content-Type": ctype})
+    if status != 200:
+        return  # refused outright: fine
+    stored = payload.decode().strip('[]"\n ')
+    status, headers, _b = fetch(server.url + "gradio_api/file=" + urllib.parse.quote(stored))
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert status != 200 or (
+        "html" not in headers.get("content-type", "") and "svg" not in headers.get("content-type", "")
+        and "attachment" in headers.get("content-disposition", "")
+    )  # fmt: skip
+
+
+def test_oversized_upload_is_refused(server):
+    body, ctype = multipart("big.png", b"\0" * (21 * 1024 * 1024))
+    status, _h, _b = fetch(server.url + "gradio_api/upload", "POST", body, {"Content-Type": ctype})
+    assert status == 413
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory, demo_sources):
+    app = AppServer(tmp_path_factory.mktemp("auth") / "data", Path(demo_sources["turbo"]).parent,
+                    {"KREA2_AUTH": "alice:s3cret-pass"})  # fmt: skip
+    yield app.start()
+    app.stop()
+
+
+def test_with_auth_nothing_works_without_credentials(auth_server):
+    from gradio_client import Client
+
+    for path in ("config", "gradio_api/info", "gradio_api/file=/etc/passwd"):
+        status, _h, _body = fetch(auth_server.url + path)
+        assert status in (401, 403), path
+    join = b'{"data": ["x"], "fn_index": 0, "session_hash": "probe"}'
+    status, _h, _b = fetch(
+        auth_server.url + "gradio_api/queue/join", "POST", join, {"Content-Type": "application/json"}
+    )
+    assert status in (401, 403)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; what matters is that it does not connect
+        Client(auth_server.url, verbose=False)
+    client = Client(auth_server.url, auth=("alice", "s3cret-pass"), verbose=False)
+    assert client.predict(search="", api_name="/history")["total"] == 0
