@@ -1,0 +1,264 @@
+"""Load, faults and hostile input: the app keeps serving and history keeps exactly what happened."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from app_server import AppServer
+from PIL import Image
+
+from krea2 import GenerationFailed, GenerationRequest
+from storage import HistoryFilter, HistoryStore, StorageError
+from ui.service import DoneEvent, StudioService
+
+SMALL = {"width": 256, "height": 256}
+
+
+# ------------------------------------------------------------------------------------------------ in-process faults
+@pytest.fixture
+def service(manager, tmp_path):
+    store = HistoryStore(tmp_path / "data").open()
+    yield StudioService(manager, store)
+    store.close()
+
+
+def run(service: StudioService, request: GenerationRequest, session: str = "s"):
+    return [e for e in service.generate(request, session) if isinstance(e, DoneEvent)]
+
+
+def statuses(store: HistoryStore) -> list[str]:
+    return [g.status for g in store.page(limit=100).items]
+
+
+def test_out_of_memory_is_a_friendly_message_and_the_next_request_works(service, manager):
+    calls = []
+
+    def explode(_module, _args, _kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = manager.pipes["turbo"].transformer.register_forward_pre_hook(explode, with_kwargs=True)
+    try:
+        with pytest.raises(GenerationFailed, match="ran out of memory"):
+            run(service, GenerationRequest(prompt="too big", seed=1, **SMALL))
+    finally:
+        handle.remove()
+    assert calls
+    assert run(service, GenerationRequest(prompt="fits", seed=1, **SMALL))
+    assert statuses(service.store) == ["ok", "failed"]
+    assert "ran out of memory" in service.store.page().items[1].error
+
+
+def test_cancel_mid_run_leaves_no_image_and_records_cancelled(service):
+    stream = service.generate(GenerationRequest(prompt="cancel me", checkpoint="raw", steps=100, **SMALL), "sess")
+    first = next(stream)  # the first step is running: cancel now
+    assert first.step == 1
+    assert service.cancel("sess")
+    with pytest.raises(Exception, match="cancelled"):
+        list(stream)
+    assert statuses(service.store) == ["cancelled"]
+    assert not list((service.store.data_dir / "images").rglob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [(errno.ENOSPC, "is full"), (errno.EROFS, "not writable"), (errno.EACCES, "not writable")],
+)
+def test_disk_full_or_read_only_is_clear_with_no_row_and_no_file(service, monkeypatch, error, message):
+    import storage.files as files
+
+    def refuse(*_a, **_k):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(StorageError, match=message):
+        run(service, GenerationRequest(prompt="no room", seed=1, **SMALL))
+    monkeypatch.undo()
+    assert service.store.count(HistoryFilter()) == 0
+    assert not [
+        p for p in service.store.data_dir.rglob("*") if p.suffix in {".png", ".webp"} and "static" not in str(p)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+HOSTILE = [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   \t\n "}, "prompt"),
+    ({"prompt": "x" * 1_000_000}, "prompt"),
+    ({"prompt": "a\x00b"}, "prompt"),
+    ({"width": 17}, "width"),
+    ({"width": 0}, "width"),
+    ({"width": 100000}, "width"),
+    ({"steps": 0}, "steps"),
+    ({"steps": -1}, "steps"),
+    ({"steps": 10**9}, "steps"),
+    ({"guidance": "nan"}, "guidance"),
+    ({"guidance": "inf"}, "guidance"),
+    ({"guidance": -1}, "guidance"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**70}, "seed"),
+    ({"seed": "abc"}, "seed"),
+    ({"checkpoint": "sdxl"}, "checkpoint"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    app = AppServer(tmp_path_factory.mktemp("rel") / "data", Path(demo_sources["turbo"]).parent)
+    yield app.start()
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+@pytest.mark.parametrize(("fields", "field"), HOSTILE, ids=[f"{f}-{i}" for i, (_, f) in enumerate(HOSTILE)])
+def test_hostile_api_input_gets_a_clear_message(client, fields, field):
+    args = {"prompt": "a fox", **SMALL, **fields}
+    with pytest.raises(Exception) as caught:
+        client.predict(**args, api_name="/generate")
+    text = str(caught.value)
+    assert text.startswith(f"{field}:") or f"\n{field}:" in text or f" {field}:" in text, text
+    assert "Traceback" not in text and len(text) < 300
+
+
+def test_emoji_prompt_works_and_server_still_serves(client):
+    images, info = client.predict(prompt="🦊 in ❄️ — 雪の中の狐", seed=3, steps=1, api_name="/generate", **SMALL)
+    assert info["seed"] == 3 and len(images) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"GIF89a not a png", "not"), (None, "readable"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "readable")],
+)
+def test_png_info_rejects_non_png_and_truncated_files(service, tmp_path, content, needle):
+    import gradio as gr
+
+    from ui.handlers import Handlers
+
+    path = tmp_path / "upload.png"
+    if content is None:  # a real PNG cut in half
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="PNG")
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(gr.Error) as caught:
+        Handlers(service).png_info(str(path))
+    assert needle in str(caught.value).lower()
+
+
+def test_png_info_reads_a_foreign_a1111_png(service, tmp_path):
+    from PIL import PngImagePlugin
+
+    from ui.handlers import Handlers
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
+                                "Seed: 42, Size: 512x768, Model: sdxl")  # fmt: skip
+    path = tmp_path / "foreign.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    text, parsed, values = Handlers(service).png_info(str(path))
+    assert text.startswith("a castle") and parsed["Sampler"] == "Euler a"
+    assert values["prompt"] == "a castle" and values["negative_prompt"] == "fog"
+    assert (values["steps"], values["seed"], values["width"], values["height"]) == (20, 42, 512, 768)
+
+
+# ------------------------------------------------------------------------------------------------ load and crashes
+def test_forty_concurrent_callers(tmp_path, demo_sources):
+    """Every request completes or gets a clear 'queue is full' answer; the database holds exactly one ok row per
+    completed request; the server keeps serving."""
+    from gradio_client import Client
+
+    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent, {"KREA2_QUEUE_SIZE": "16"}).start()
+    try:
+        completed, busy, other = [], [], []
+        barrier = threading.Barrier(40)
+
+        def caller(n: int) -> None:
+            client = Client(app.url, verbose=False)
+            barrier.wait()
+            try:
+                _images, info = client.predict(prompt=f"load {n}", steps=1, seed=n, api_name="/generate", **SMALL)
+                completed.append(info["generation_id"])
+            except Exception as error:  # noqa: BLE001
+                (busy if "queue is full" in str(error).lower() else other).append(str(error))
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert other == []
+        assert len(completed) + len(busy) == 40
+        assert len(completed) >= 16
+        assert Client(app.url, verbose=False).predict(prompt="after", steps=1, api_name="/generate", **SMALL)
+        store = HistoryStore(app.data_dir).open(repair=False)
+        ok = [g.id for g in store.page(limit=200).items if g.status == "ok"]
+        assert sorted(ok) == sorted([*completed, max(ok)])  # plus the one made after the burst
+        store.close()
+    finally:
+        app.stop()
+
+
+def test_sigkill_mid_generation_loses_nothing(tmp_path, demo_sources):
+    from gradio_client import Client
+
+    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
+    client = Client(app.url, verbose=False)
+    for n in range(3):
+        client.predict(prompt=f"kept {n}", steps=1, api_name="/generate", **SMALL)
+    job = client.submit(prompt="killed mid-run", checkpoint="raw", steps=100, width=1024, height=1024,
+                        api_name="/generate")  # fmt: skip
+    time.sleep(4)
+    assert not job.done()
+    os.kill(app.proc.pid, signal.SIGKILL)
+    app.proc.wait()
+
+    db = app.data_dir / "history.sqlite3"
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    app.start()  # restart: migrations + repair run
+    try:
+        log = app.log.read_text()
+        assert "0 generations missing files" in log.split("History repair:")[-1]
+        store = HistoryStore(app.data_dir).open(repair=False)
+        assert [g.prompt for g in store.page().items if g.status == "ok"] == ["kept 2", "kept 1", "kept 0"]
+        store.close()
+        assert Client(app.url, verbose=False).predict(prompt="after restart", steps=1, api_name="/generate", **SMALL)
+    finally:
+        app.stop()
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_over_200_requests(tmp_path, demo_sources):
+    """RSS of the server before and after 200 requests (slow: run with -m slow)."""
+    import psutil
+    from gradio_client import Client
+
+    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
+    try:
+        client = Client(app.url, verbose=False)
+        process = psutil.Process(app.proc.pid)
+        for n in range(20):
+            client.predict(prompt=f"warm {n}", steps=1, api_name="/generate", **SMALL)
+        before = process.memory_info().rss
+        for n in range(200):
+            client.predict(prompt=f"request {n % 17}", steps=1, seed=n, api_name="/generate", **SMALL)
+        after = process.memory_info().rss
+        print(f"RSS before {before / 1e6:.0f} MB, after 200 requests {after / 1e6:.0f} MB")
+        assert after < before * 1.25 + 50e6
+    finally:
+        app.stop()
