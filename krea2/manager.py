@@ -84,6 +84,7 @@ class FastPathOptions:
     drop_text_padding: bool = True  # exact
     compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
     fp8: bool = False  # torchao fp8 rowwise weights+activations for the transformers (GPU, compute capability >= 8.9)
+    attention_backend: str | None = None  # a diffusers attention backend, e.g. "_native_cudnn" (GPU)
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -184,6 +185,9 @@ class ModelManager:
 
             for pipe in self.pipes.values():
                 quantize_fp8(pipe.transformer)
+        if self.options.attention_backend and self.device.type == "cuda":
+            for pipe in self.pipes.values():
+                pipe.transformer.set_attention_backend(self.options.attention_backend)
         apply_placement(modules, self.placement, self.device)
         log.info("Placement: %s on %s", self.placement, self.device)
 
