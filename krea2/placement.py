@@ -56,5 +56,5 @@ def apply_placement(modules: list[torch.nn.Module], placement: Placement, device
 
         for module in modules:
             apply_group_offloading(
-                module, onload_device=device, offload_type="leaf_level", use_stream=True
+                module, onload_device=device, offload_type="leaf_level", use_stream=True, record_stream=True
             )
