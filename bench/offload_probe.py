@@ -30,7 +30,22 @@ def resident(manager: ModelManager) -> str:
         for name, m in parts.items()
     }
     allocated = torch.cuda.memory_allocated() / 1e9
-    return f"allocated {allocated:.2f} GB | " + ", ".join(f"{k} {v:.2f}" for k, v in gb.items())
+    gc.collect()
+    after_gc = torch.cuda.memory_allocated() / 1e9
+    census: dict[tuple, list[int]] = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                key = (tuple(obj.shape), str(obj.dtype), type(obj).__name__)
+                entry = census.setdefault(key, [0, 0])
+                entry[0] += 1
+                entry[1] += obj.numel() * obj.element_size()
+        except Exception:  # noqa: BLE001 - some objects raise on isinstance/attribute access
+            continue
+    top = sorted(census.items(), key=lambda kv: -kv[1][1])[:6]
+    tensors = "; ".join(f"{k[0]} {k[1]} x{n} = {b / 1e9:.2f} GB" for k, (n, b) in top)
+    params = ", ".join(f"{k} {v:.2f}" for k, v in gb.items())
+    return f"allocated {allocated:.2f} GB, after gc {after_gc:.2f} GB | params on GPU: {params} | live: {tensors}"
 
 
 def main() -> None:
