@@ -220,7 +220,8 @@ class ModelManager:
         """Prompt embeddings (cached; Raw and Turbo share the encoder, so one entry serves both)."""
         pipe = self._pipe("turbo") if "turbo" in self.pipes else next(iter(self.pipes.values()))
 
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        @torch.inference_mode()  # outside the pipeline's no_grad: without this autograd keeps every encoder
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:  # layer's activations alive in the cache (GBs/prompt)
             embeds, mask = pipe.get_text_hidden_states(text, MAX_SEQUENCE_LENGTH, pipe._execution_device)
             if pipe.drop_text_padding:
                 embeds, mask = drop_padding(embeds, mask)

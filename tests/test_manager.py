@@ -42,6 +42,13 @@ def test_prompt_is_encoded_once_across_checkpoints(manager):
     assert manager.prompt_cache.hits == hits + 1
 
 
+def test_cached_embeddings_hold_no_autograd_graph(manager):
+    """A cached prompt must be just its embeddings: a grad graph would pin every encoder activation in memory."""
+    embeds, mask = manager.encode("no graph please")
+    assert not embeds.requires_grad and embeds.grad_fn is None
+    assert mask.dtype == torch.bool
+
+
 def test_random_seed_is_reported_and_reproduces(manager):
     first = manager.generate(GenerationRequest(prompt="seedless", **SMALL))
     assert 0 <= first.request.seed < 2**32
