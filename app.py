@@ -55,12 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
+
     settings = EngineSettings.from_env()
     settings.demo = settings.demo or args.demo
     settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
+    spaces = zero_gpu()
+    if spaces is not None:
+        adapt_settings(settings)
     manager = build_manager(settings)
-    manager.start(background=True)  # the page is usable while models load; the status line says how far
+    # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
+    manager.start(background=spaces is None)
     service = StudioService(manager, store)
+    if spaces is not None:
+        wrap_service(service, spaces)
     app = build_ui(service)
     app.queue(max_size=args.queue_size, default_concurrency_limit=8)
     data = store.data_dir.resolve()

@@ -125,6 +125,22 @@ def test_cancel_stops_a_long_run(page):
     shot(page, "04-cancelled")
 
 
+def test_png_info_then_send_to_generate(page, server):
+    png = next((server.data_dir / "images").rglob("*.png"))
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#png-file input[type=file]").set_input_files(str(png))
+    parameters = page.locator("#png-parameters textarea")
+    page.wait_for_function("el => el.value.includes('Seed:')", arg=parameters.element_handle(), timeout=20_000)
+    prompt_line = parameters.input_value().splitlines()[0]
+    shot(page, "05-png-info")
+    page.locator("#png-send").click()
+    page.wait_for_function(
+        "([el, text]) => el.value === text", arg=[page.locator("#prompt textarea").element_handle(), prompt_line],
+        timeout=10_000,
+    )  # fmt: skip
+    assert page.locator("#prompt textarea").is_visible()  # switched to the Generate tab
+
+
 def test_history_survives_restart_then_search_and_delete(server, browser):
     server.stop()
     server.start()
@@ -139,7 +155,7 @@ def test_history_survives_restart_then_search_and_delete(server, browser):
     total = int(re.search(r"of (\d+) generations", count.inner_text()).group(1))
     assert total >= 4  # generate + compare pair + cancelled run, from before the restart
     page.wait_for_timeout(1500)  # let the reload that opening the tab triggers finish
-    shot(page, "05-history")
+    shot(page, "06-history")
 
     page.locator("#history-search textarea, #history-search input").first.fill("lighthouse")
     page.locator("#history-search textarea, #history-search input").first.press("Enter")
@@ -149,8 +165,22 @@ def test_history_survives_restart_then_search_and_delete(server, browser):
     gallery.locator("img").first.click()
     page.locator("#history-params").get_by_text("a lighthouse at night").wait_for(timeout=10_000)
     assert page.locator("#history-image img").count() == 1
+    page.locator("#history-favorite").click()
+    page.get_by_role("button", name="★ Unfavorite").wait_for(timeout=10_000)
+    with page.expect_download(timeout=20_000) as download:
+        page.locator("#history-download").click()
+    assert download.value.suggested_filename.endswith(".png")
     page.locator("#history-delete").click()
     page.locator("#history-confirm-delete").click()
     count.get_by_text("of 1 generations").wait_for(timeout=10_000)
     shot(page, "07-history-deleted")
+
+    gallery.locator("img").first.click()
+    page.locator("#history-params").get_by_text("a lighthouse at night").wait_for(timeout=10_000)
+    page.locator("#history-reuse").click()
+    page.wait_for_function(
+        "el => el.value === 'a lighthouse at night'", arg=page.locator("#prompt textarea").element_handle(),
+        timeout=10_000,
+    )  # fmt: skip
+    shot(page, "08-reused")
     context.close()

@@ -1,0 +1,53 @@
+"""ZeroGPU wiring, with a stand-in `spaces` module (a real ZeroGPU Space is not reachable from CI)."""
+
+import sys
+import types
+
+from krea2 import GenerationRequest
+from krea2.runtime import EngineSettings
+from storage import HistoryStore
+from ui.service import DoneEvent, StudioService
+from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
+
+
+def fake_spaces(calls: list):
+    module = types.ModuleType("spaces")
+
+    def gpu(duration: int):
+        def decorate(fn):
+            def wrapper(*args, **kwargs):
+                calls.append(duration)
+                yield from fn(*args, **kwargs)
+
+            return wrapper
+
+        return decorate
+
+    module.GPU = gpu
+    return module
+
+
+def test_only_on_zero_gpu_spaces(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.setitem(sys.modules, "spaces", fake_spaces([]))
+    assert zero_gpu() is None
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert zero_gpu() is sys.modules["spaces"]
+
+
+def test_settings_fit_zero_gpu():
+    settings = adapt_settings(EngineSettings(compile=True, fp8=False, placement="offload"))
+    assert (settings.compile, settings.fp8, settings.placement) == (False, True, "gpu")
+
+
+def test_generations_run_inside_spaces_gpu(manager, tmp_path):
+    calls: list = []
+    store = HistoryStore(tmp_path / "data").open()
+    service = StudioService(manager, store)
+    wrap_service(service, fake_spaces(calls))
+    events = list(service.generate(GenerationRequest(prompt="zero", steps=1, width=256, height=256), "s"))
+    assert calls == [120] and isinstance(events[-1], DoneEvent)
+    list(service.compare(GenerationRequest(prompt="z", checkpoint="raw", steps=1, width=256, height=256),
+                         GenerationRequest(prompt="z", steps=1, width=256, height=256), "s"))  # fmt: skip
+    assert calls == [120, 120]
+    store.close()
