@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,10 +84,6 @@ def _module_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def _describe(label: str, module: torch.nn.Module, seconds: float) -> None:
-    log.info("  %s: %.2f GB in %.1f s", label, _module_bytes(module) / 1e9, seconds)
-
-
 class PipelineLoader:
     """Loads Turbo (whole) and Raw (transformer only, sharing Turbo's other components) via ``from_pretrained``."""
 
@@ -102,38 +99,42 @@ class PipelineLoader:
             return str(Path(source).expanduser())
         return source
 
-    def load_full(self, spec: CheckpointSpec) -> Krea2Pipeline:
-        from diffusers import Krea2Pipeline
-
+    def _load(self, spec: CheckpointSpec, what: str, load: Callable[[str], object], parts: dict[str, object]):
+        """Resolve the source, load it, translate any failure into one LoadError line, log sizes and time."""
         source = self._prepare(spec)
-        log.info("Loading %s from %s ...", spec.display_name, source)
+        log.info("Loading %s%s from %s ...", spec.display_name, what, source)
         start = time.perf_counter()
         try:
-            pipe = Krea2Pipeline.from_pretrained(
-                source, dtype=self.dtype, token=self.token, is_distilled=spec.is_distilled
-            )
+            loaded = load(source)
         except Exception as error:
             raise explain_load_error(error, source, spec) from error
         seconds = time.perf_counter() - start
-        for label in ("transformer", "text_encoder", "vae"):
-            _describe(label, getattr(pipe, label), seconds)
-        log.info("%s loaded in %.1f s", spec.display_name, seconds)
-        return pipe
+        for label, attribute in parts.items():
+            module = loaded if attribute is None else getattr(loaded, attribute)
+            log.info("  %s: %.2f GB", label, _module_bytes(module) / 1e9)
+        log.info("%s%s loaded in %.1f s", spec.display_name, what, seconds)
+        return loaded
+
+    def load_full(self, spec: CheckpointSpec) -> Krea2Pipeline:
+        from diffusers import Krea2Pipeline
+
+        def load(source: str) -> Krea2Pipeline:
+            return Krea2Pipeline.from_pretrained(
+                source, dtype=self.dtype, token=self.token, is_distilled=spec.is_distilled
+            )
+
+        parts = {name: name for name in ("transformer", "text_encoder", "vae")}
+        return self._load(spec, "", load, parts)
 
     def load_transformer(self, spec: CheckpointSpec) -> Krea2Transformer2DModel:
         from diffusers import Krea2Transformer2DModel
 
-        source = self._prepare(spec)
-        log.info("Loading %s transformer from %s ...", spec.display_name, source)
-        start = time.perf_counter()
-        try:
-            transformer = Krea2Transformer2DModel.from_pretrained(
+        def load(source: str) -> Krea2Transformer2DModel:
+            return Krea2Transformer2DModel.from_pretrained(
                 source, subfolder="transformer", dtype=self.dtype, token=self.token
             )
-        except Exception as error:
-            raise explain_load_error(error, source, spec) from error
-        _describe("transformer", transformer, time.perf_counter() - start)
-        return transformer
+
+        return self._load(spec, " transformer", load, {"transformer": None})
 
 
 def derive_prompt_template_lengths(pipe: Krea2Pipeline) -> None:
