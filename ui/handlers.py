@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from krea2 import CHECKPOINTS, GenerationRequest, Krea2Error, get_spec
+from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, get_spec
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 
@@ -152,7 +152,7 @@ class Handlers:
                     seed_text = f"Seed used: **{event.result.request.seed}**" + warnings
                     yield gr.skip(), text, [(i["path"], i["caption"]) for i in items], seed_text, items
         except Krea2Error as error:
-            if type(error).__name__ == "Cancelled":
+            if isinstance(error, Cancelled):
                 yield (
                     gr.skip(),
                     f"**Cancelled** after {time.monotonic() - started:.1f} s",
@@ -241,7 +241,7 @@ class Handlers:
             yield ("**Done**", gr.skip(), gr.skip(), (paths["raw"], paths["turbo"]),
                    "  \n".join([*info, seed_text]))  # fmt: skip
         except Krea2Error as error:
-            if type(error).__name__ == "Cancelled":
+            if isinstance(error, Cancelled):
                 yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 return
             raise user_error(error) from None

@@ -140,6 +140,9 @@ class StudioService:
         finally:
             if not done:
                 cancel_event.set()
+            with self._lock:  # forget this run's cancel handle (sessions come and go)
+                if self._cancel_events.get(session) is cancel_event:
+                    del self._cancel_events[session]
 
     def generate(self, request: GenerationRequest, session: str) -> Iterator[StepEvent | DoneEvent]:
         return self.stream([(request.checkpoint, request)], session)
