@@ -155,3 +155,25 @@ def test_eight_threads_fifty_writes_each(store):
         thread.join()
     assert errors == []
     assert store.count() == 400
+
+
+def test_a_locked_database_waits_instead_of_failing(tmp_path):
+    """Another process holds the write lock for a second: the write waits for it (busy_timeout), then succeeds."""
+    import sqlite3
+    import time
+
+    from storage import HistoryStore
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    store = HistoryStore(tmp_path / "data", url).open()
+    blocker = sqlite3.connect(tmp_path / "h.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
+    release = threading.Timer(1.0, lambda: blocker.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    store.add(new_generation(images=0))
+    waited = time.monotonic() - started
+    release.join()
+    blocker.close()
+    assert waited >= 0.9 and store.count() == 1
+    store.close()
