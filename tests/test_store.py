@@ -166,7 +166,7 @@ def test_a_locked_database_waits_instead_of_failing(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
     store = HistoryStore(tmp_path / "data", url).open()
-    blocker = sqlite3.connect(tmp_path / "h.sqlite3", isolation_level=None)
+    blocker = sqlite3.connect(tmp_path / "h.sqlite3", isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
     release = threading.Timer(1.0, lambda: blocker.execute("COMMIT"))
     release.start()
