@@ -14,19 +14,18 @@ if TYPE_CHECKING:
 APP_VERSION = "0.1.0"
 
 
+# The settings a generation is made from: the same names on GenerationRequest, the Generation row, and the JSON
+# chunk of every PNG, so "reuse settings" and "send to Generate" can copy them across.
+SETTINGS_FIELDS = ("prompt", "negative_prompt", "checkpoint", "steps", "guidance", "width", "height", "seed")
+
+
+def settings_of(source: Any) -> dict[str, Any]:
+    """The SETTINGS_FIELDS of a request or a history row."""
+    return {name: getattr(source, name) for name in SETTINGS_FIELDS}
+
+
 def _request_fields(request: GenerationRequest) -> dict[str, Any]:
-    return {
-        "checkpoint": request.checkpoint,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "seed": request.seed,
-        "steps": request.steps,
-        "guidance": request.guidance,
-        "width": request.width,
-        "height": request.height,
-        "num_images": request.num_images,
-        "app_version": APP_VERSION,
-    }
+    return {**settings_of(request), "num_images": request.num_images, "app_version": APP_VERSION}
 
 
 def png_parameters(request: GenerationRequest) -> dict[str, Any]:

@@ -16,9 +16,10 @@ import gradio as gr
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, get_spec
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
+from storage.recording import SETTINGS_FIELDS, settings_of
 
 from .presets import CUSTOM, preset_choices, preset_size
-from .service import DoneEvent, StepEvent, StudioService, describe, settings_of
+from .service import DoneEvent, StepEvent, StudioService, describe
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
@@ -328,8 +329,7 @@ class Handlers:
         info = self.service.png_info(path)
         values = dict(info["parsed"])
         if info["request"]:
-            keys = ("prompt", "negative_prompt", "checkpoint", "steps", "guidance", "width", "height", "seed")
-            values.update({k: v for k, v in info["request"].items() if k in keys})
+            values.update({k: v for k, v in info["request"].items() if k in SETTINGS_FIELDS})
         return info["parameters"] or "", info["request"] or info["parsed"], values
 
     @friendly

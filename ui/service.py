@@ -212,16 +212,3 @@ def describe(generation: Generation) -> str:
         rows.append(("Files", "missing on disk"))
     escape = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     return "| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {escape(v)} |" for k, v in rows)
-
-
-def settings_of(generation: Generation) -> dict[str, Any]:
-    return {
-        "prompt": generation.prompt,
-        "negative_prompt": generation.negative_prompt,
-        "checkpoint": generation.checkpoint,
-        "steps": generation.steps,
-        "guidance": generation.guidance,
-        "width": generation.width,
-        "height": generation.height,
-        "seed": generation.seed,
-    }
