@@ -140,12 +140,13 @@ class GenerationRequest:
     def with_seed(self, seed: int) -> GenerationRequest:
         return GenerationRequest(**{**self.to_dict(), "seed": seed})
 
-    def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False) -> GenerationRequest:
-        """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept."""
+    def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False, **overrides: Any) -> GenerationRequest:
+        """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept.
+        `overrides` set fields of the new request (validated like any other)."""
         data = {**self.to_dict(), "checkpoint": checkpoint}
         if not keep_settings:
             data["steps"] = data["guidance"] = None
-        return GenerationRequest(**data)
+        return GenerationRequest(**{**data, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

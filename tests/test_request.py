@@ -68,3 +68,6 @@ def test_with_checkpoint_resets_settings_unless_kept():
     assert turbo.with_checkpoint("raw").steps == 52
     assert turbo.with_checkpoint("raw", keep_settings=True).steps == 4
     assert turbo.with_checkpoint("raw").seed == 3
+    assert turbo.with_checkpoint("raw", steps=20).steps == 20
+    with pytest.raises(InvalidRequest, match="steps"):
+        turbo.with_checkpoint("raw", steps=0)  # overrides are validated too

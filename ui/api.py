@@ -74,7 +74,7 @@ def register_api(service: StudioService) -> None:
                 prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=raw_steps,
                 guidance=raw_guidance, width=width, height=height, seed=_optional(seed),
             )  # fmt: skip
-            turbo = GenerationRequest(**{**raw.with_checkpoint("turbo").to_dict(), "steps": turbo_steps})
+            turbo = raw.with_checkpoint("turbo", steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             raise user_error(error) from None
         images, infos = run(service.compare(raw, turbo, session_of(request)))

@@ -215,7 +215,7 @@ class Handlers:
         """Streams: (progress text, raw image, turbo image, slider, info)."""
         try:
             raw = build_request(prompt, negative, "raw", raw_steps, raw_guidance, width, height, seed, randomize, 1)
-            turbo = GenerationRequest(**{**raw.with_checkpoint("turbo").to_dict(), "steps": turbo_steps})
+            turbo = raw.with_checkpoint("turbo", steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             raise user_error(error) from None
         started = time.monotonic()
