@@ -13,7 +13,7 @@ import gradio as gr
 from krea2 import GenerationRequest, Krea2Error
 
 from .handlers import Handlers, session_of, user_error
-from .service import DoneEvent, StudioService
+from .service import HISTORY_PAGE_SIZE, DoneEvent, StudioService
 
 
 def _summary(event: DoneEvent) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def register_api(service: StudioService) -> None:
     def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit):
         try:
             filters = Handlers.history_filter(search, checkpoint, favorites_only, comparisons_only)
-            limit = max(1, min(int(limit or 24), 100))
+            limit = max(1, min(int(limit or HISTORY_PAGE_SIZE), 100))
             cursor = _optional(cursor)
             page = service.page(filters, int(cursor) if cursor is not None else None, limit)
             total = service.count(filters)
@@ -121,7 +121,7 @@ def register_api(service: StudioService) -> None:
         favorites_only = gr.Checkbox(label="favorites_only", value=False)
         comparisons_only = gr.Checkbox(label="comparisons_only", value=False)
         cursor = gr.Textbox(label="cursor", value="")
-        limit = gr.Number(label="limit", value=24, precision=0)
+        limit = gr.Number(label="limit", value=HISTORY_PAGE_SIZE, precision=0)
         history_checkpoint = gr.Textbox(label="history_checkpoint", value="all")
         page = gr.JSON(label="page")
         trigger = gr.Button(visible=False)

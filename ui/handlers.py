@@ -19,7 +19,7 @@ from storage.pnginfo import PngInfoError
 from storage.recording import SETTINGS_FIELDS, settings_of
 
 from .presets import CUSTOM, preset_choices, preset_size
-from .service import DoneEvent, StepEvent, StudioService, describe
+from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
@@ -282,7 +282,7 @@ class Handlers:
                 label = "★ " + label
             items.append((thumb, f"{label} · {generation.prompt[:60]}"))
             ids.append(generation.id)
-        first = (len(stack) - 1) * 24
+        first = (len(stack) - 1) * HISTORY_PAGE_SIZE
         shown = f"{first + 1}–{first + len(items)}" if items else "0"
         text = f"{shown} of {total} generations"
         return items, text, {"stack": stack, "next": page.next_cursor, "ids": ids}, gr.update(visible=False)

@@ -27,6 +27,7 @@ from storage.pnginfo import read_parameters
 from storage.recording import record_failure, record_result
 
 log = logging.getLogger(__name__)
+HISTORY_PAGE_SIZE = 24  # thumbnails per history page (UI pager and the API's default)
 
 
 @dataclass
@@ -158,7 +159,7 @@ class StudioService:
         return self.stream([("raw", raw), ("turbo", turbo)], session, comparison_id)
 
     # ------------------------------------------------------------------------------------------------ history
-    def page(self, filters: HistoryFilter, cursor: int | None, limit: int = 24) -> Page:
+    def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
         return self.store.page(cursor=cursor, limit=limit, filters=filters)
 
     def count(self, filters: HistoryFilter) -> int:
