@@ -181,10 +181,7 @@ class Handlers:
         """Fill the Generate tab with a history row's settings (and switch to it)."""
         if generation_id is None:
             raise gr.Error("Select an image first.")
-        values = settings_of(self.service.get(generation_id))
-        checkpoint = values["checkpoint"]
-        settings = {**settings, checkpoint: {"steps": values["steps"], "guidance": values["guidance"]}}
-        return self._fill_generate(values, settings)
+        return self._fill_generate(settings_of(self.service.get(generation_id)), settings)
 
     def _fill_generate(self, values: dict[str, Any], settings: dict):
         checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else "turbo"
