@@ -45,8 +45,9 @@ CASES = {
 
 
 # ------------------------------------------------------------------------------------------------ full-size model
-def build_full_size(device: str, seed: int = 0):
-    """Turbo pipeline + Raw transformer, full size, random bf16 weights, built directly on `device`."""
+def build_full_size(device: str, seed: int = 0, raw: bool = True):
+    """Turbo pipeline + Raw transformer (None when `raw` is false), full size, random bf16 weights, built directly on
+    `device`."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -69,7 +70,7 @@ def build_full_size(device: str, seed: int = 0):
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            turbo_t, raw_t = transformer(seed + 1), transformer(seed + 2)
+            turbo_t, raw_t = transformer(seed + 1), transformer(seed + 2) if raw else None
             torch.manual_seed(seed)
             text_config = {
                 "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
@@ -162,10 +163,14 @@ def run_stock(pipe, case: dict, seed: int):
 
 
 def run_ours(manager: ModelManager, case: dict, seed: int):
+    """End to end to a finished (PIL) image, as stock's run ends at its finished (numpy) image."""
     manager.prompt_cache.clear()  # honest end to end: the text encoder runs every time
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, **case)
-    result = manager.generate(request)
-    return np.asarray(result.images[0], dtype=np.float32) / 255, result
+    return manager.generate(request)
+
+
+def as_array(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.float32) / 255
 
 
 def rel_l2(a, b) -> float:
@@ -176,14 +181,15 @@ def rel_l2(a, b) -> float:
 def velocity_error(transformer, quantize) -> float:
     """Relative L2 of one transformer call's output (velocity) after fp8 quantisation vs bf16, same inputs."""
     torch.manual_seed(0)
-    dev = next(transformer.parameters()).device
-    hidden = torch.randn(1, 4096, 64, device=dev, dtype=torch.bfloat16)
-    text = torch.randn(1, 64, 12, 2560, device=dev, dtype=torch.bfloat16)
-    timestep = torch.tensor([0.7], device=dev, dtype=torch.bfloat16)
+    dev, dtype, config = next(transformer.parameters()).device, next(transformer.parameters()).dtype, transformer.config
+    hidden = torch.randn(1, 4096, config.in_channels, device=dev, dtype=dtype)
+    text = torch.randn(1, 64, config.num_text_layers, config.text_hidden_dim, device=dev, dtype=dtype)
+    timestep = torch.tensor([0.7], device=dev, dtype=dtype)
     from diffusers import Krea2Pipeline
 
     positions = Krea2Pipeline.prepare_position_ids(64, 64, 64, dev)
-    with torch.no_grad():
+    # Eager on both sides: the compiled blocks of the previous mode would otherwise recompile for the changed modules.
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         inputs = {"hidden_states": hidden, "encoder_hidden_states": text, "timestep": timestep}
         ref = transformer(**inputs, position_ids=positions, return_dict=False)[0].float()
         quantize(transformer)
@@ -202,7 +208,7 @@ def build_smoke():
 
 
 def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool = False) -> dict:
-    from krea2.acceleration import compile_and_warm_up, quantize_fp8
+    from krea2.acceleration import compile_and_warm_up, prepare_transformer
 
     t0 = time.perf_counter()
     turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
@@ -239,7 +245,8 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
             case = CASES[name]
             run_ours(manager, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up at this size
             reset_peak()
-            times, (image, result) = timed(lambda c=case: run_ours(manager, c, seed=1), repeats)
+            times, result = timed(lambda c=case: run_ours(manager, c, seed=1), repeats)
+            image = as_array(result)
             entry = results["cases"][name]
             entry[f"{mode}_s"] = statistics.median(times)
             entry[f"{mode}_runs_s"] = times
@@ -254,33 +261,34 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
                 entry[f"{mode}_peak_gb"], entry[f"{mode}_vs_stock_max_abs_pixel"],
             )  # fmt: skip
 
-    def recompile(backend: str, key: str) -> None:
-        """Switch the attention backend of both transformers, then recompile and warm up (as the app does)."""
-        for pipe in manager.pipes.values():
-            pipe.transformer.set_attention_backend(backend)
+    def recompile(key: str) -> None:
+        """Recompile both transformers and warm up, as the app does at start-up."""
         torch._dynamo.reset()
         with manager._generate_lock:
-            results[key] = compile_and_warm_up(manager, sizes=((1024, 1024),))
+            results[key] = compile_and_warm_up(manager, sizes=((1024, 1024),), batch_sizes=(1,))
 
+    from krea2.attention import FLASH4, flash4_unavailable_reason
+
+    attention = FLASH4 if flash4_unavailable_reason() is None else None
+    results["attention"] = attention or "sdpa"
+    results["flash4_unavailable_reason"] = flash4_unavailable_reason()
     if "padfree" in modes:
-        measure("padfree")  # exact, eager
-    # Each mode adds one change, in this order: compile; cuDNN attention; fp8 (+ default or cuDNN attention).
+        measure("padfree")  # exact, eager, stock attention processor
+    # Each mode adds changes, in this order: exact = compile + FA4 attention (exact attention); fast = + fused
+    # projections and fp8. The same `prepare_transformer` the app's manager applies.
     if "exact" in modes:
-        recompile("native", "compile_warmup_s")
-        measure("exact")  # exact (PAD-free) + regional compile, bf16
-    if "exact_cudnn" in modes:
-        recompile("_native_cudnn", "cudnn_compile_warmup_s")
-        measure("exact_cudnn")
-    if "fast" in modes or "fast_cudnn" in modes:
-        results["errors"]["fp8_velocity_rel_l2"] = velocity_error(manager.pipes["turbo"].transformer, quantize_fp8)
-        quantize_fp8(manager.pipes["raw"].transformer)
-        results["both_checkpoints_resident_fp8_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
+        for pipe in manager.pipes.values():
+            prepare_transformer(pipe.transformer, fp8=False, attention=attention)
+        recompile("compile_warmup_s")
+        measure("exact")
     if "fast" in modes:
-        recompile("native", "fp8_compile_warmup_s")
+        results["errors"]["fp8_velocity_rel_l2"] = velocity_error(
+            manager.pipes["turbo"].transformer, lambda t: prepare_transformer(t, fp8=True, attention=attention)
+        )
+        prepare_transformer(manager.pipes["raw"].transformer, fp8=True, attention=attention)
+        results["both_checkpoints_resident_fp8_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
+        recompile("fp8_compile_warmup_s")
         measure("fast")
-    if "fast_cudnn" in modes:
-        recompile("_native_cudnn", "fp8_cudnn_compile_warmup_s")
-        measure("fast_cudnn")
     return results
 
 
@@ -345,7 +353,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="turbo1024,turbo2048,raw1024")
     parser.add_argument(
-        "--modes", default="exact,fast", help="padfree, exact (+compile), exact_cudnn, fast (+fp8), fast_cudnn"
+        "--modes", default="exact,fast", help="padfree (eager), exact (+compile, FA4), fast (+fused projections, fp8)"
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-24gb", action="store_true")

@@ -83,8 +83,8 @@ class GenerationResult:
 class FastPathOptions:
     drop_text_padding: bool = True  # exact
     compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
-    fp8: bool = False  # torchao fp8 rowwise weights+activations for the transformers (GPU, compute capability >= 8.9)
-    attention_backend: str | None = None  # a diffusers attention backend, e.g. "_native_cudnn" (GPU)
+    fp8: bool = False  # fused projections + torchao fp8 rowwise weights+activations (GPU, compute capability >= 8.9)
+    attention: str | None = None  # "flash4" (FlashAttention-4) or a diffusers attention backend name (GPU)
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -180,14 +180,11 @@ class ModelManager:
     def _place(self) -> None:
         modules = unique_modules(list(self.pipes.values()))
         self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
-        if self.options.fp8 and self.device.type == "cuda":
-            from .acceleration import quantize_fp8
+        if self.device.type == "cuda" and (self.options.fp8 or self.options.attention):
+            from .acceleration import prepare_transformer
 
             for pipe in self.pipes.values():
-                quantize_fp8(pipe.transformer)
-        if self.options.attention_backend and self.device.type == "cuda":
-            for pipe in self.pipes.values():
-                pipe.transformer.set_attention_backend(self.options.attention_backend)
+                prepare_transformer(pipe.transformer, fp8=self.options.fp8, attention=self.options.attention)
         apply_placement(modules, self.placement, self.device)
         log.info("Placement: %s on %s", self.placement, self.device)
 

@@ -30,6 +30,7 @@ class EngineSettings:
     turbo_source: str | None = None
     compile: bool | None = None  # None: on where it pays (CUDA)
     fp8: bool | None = None  # None: on where supported (CUDA, compute capability >= 8.9, torchao installed)
+    attention: str | None = None  # None: FlashAttention-4 where it runs, else PyTorch SDPA; "sdpa" forces SDPA
 
     @classmethod
     def from_env(cls) -> EngineSettings:
@@ -38,6 +39,7 @@ class EngineSettings:
             placement=os.environ.get("KREA2_PLACEMENT", "auto"),
             compile=env_flag("KREA2_COMPILE") if "KREA2_COMPILE" in os.environ else None,
             fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
+            attention=os.environ.get("KREA2_ATTENTION") or None,
         )
 
 
@@ -49,6 +51,21 @@ def fp8_supported() -> bool:
     except ImportError:
         return False
     return True
+
+
+def choose_attention(requested: str | None, cuda: bool) -> str | None:
+    """The attention the transformers run: FA4 by default where it can run; "sdpa" means PyTorch's own."""
+    from .attention import FLASH4, flash4_unavailable_reason
+
+    if requested == "sdpa" or not cuda:
+        return None
+    if requested is None:
+        reason = flash4_unavailable_reason()
+        if reason is not None:
+            log.info("Attention: PyTorch SDPA (FlashAttention-4 not used: %s)", reason)
+            return None
+        return FLASH4
+    return requested
 
 
 def build_manager(settings: EngineSettings) -> ModelManager:
@@ -68,5 +85,6 @@ def build_manager(settings: EngineSettings) -> ModelManager:
         drop_text_padding=True,
         compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
+        attention=None if demo else choose_attention(settings.attention, cuda),
     )
     return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)

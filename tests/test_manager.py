@@ -159,3 +159,19 @@ def test_parity_with_stock_pipeline(manager, checkpoint):
     ).images[0]
     ours_np = np.asarray(ours.images[0], dtype=np.float64) / 255
     assert np.abs(ours_np - reference).max() <= 2 / 255  # PAD-free attention: same math, other summation order
+
+
+@pytest.mark.parametrize("prompt", ["a fox", "long " * 700])  # the second is cut at the stock truncation length
+def test_text_encoder_without_padding_matches_stock_real_tokens(manager, prompt):
+    """The PAD-free encoder reads only real tokens; its features equal stock's padded run at the real positions."""
+    pipe = manager.pipes["turbo"]
+    stock = Krea2Pipeline(
+        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
+    )
+    derive_prompt_template_lengths(stock)
+    with torch.inference_mode():
+        ours, ours_mask = pipe.get_text_hidden_states(prompt, MAX_SEQUENCE_LENGTH)
+        reference, mask = stock.get_text_hidden_states(prompt, MAX_SEQUENCE_LENGTH)
+    assert bool(ours_mask.all())
+    assert ours.shape[1] == int(mask.sum())
+    torch.testing.assert_close(ours, reference[:, mask[0]], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,443 @@
+"""Where one full-size Krea 2 step's time goes, and what the candidate kernels would save. Run on a CUDA GPU:
+
+    python bench/profile_step.py --out bench/results
+
+Sections (each result is written as soon as it exists, so a run cut short still reports what it measured):
+  attention  the attention call at 1024² and 2048² shapes: SDPA's kernels (with the stock head repetition), SDPA with
+             native grouped-query, FlashAttention-4 (flash-attn-4 package) and SageAttention 1 when installed;
+  gemm       one block's linear layers: bf16, fp8 row-wise and tensor-wise scaling, and fused QKV+gate / gate+up;
+  step       one compiled fp8 transformer call, profiled by kernel category, with SDPA and with FA4;
+  encode     the text encoder on the 512-token padded template (stock) and on the real tokens only;
+  decode     the VAE decode at 1024², plain and with cuDNN autotuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.benchmark import PROMPT, build_full_size, environment
+
+log = logging.getLogger("profile")
+HEADS, KV_HEADS, HEAD_DIM, WIDTH, FFN = 48, 12, 128, 6144, 16384
+TEXT_TOKENS = 64
+
+
+def cuda_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> float:
+    """Median milliseconds of `fn` on the GPU (CUDA events around each call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def attention(results: dict) -> None:
+    out: dict = {}
+    results["attention"] = out
+    for label, image_tokens in (("1024", 4096), ("2048", 16384)):
+        out.update(attention_case(label, image_tokens + TEXT_TOKENS))
+
+
+def attention_case(label: str, seq: int) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out: dict = {}
+    q = torch.randn(1, seq, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, seq, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, seq, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    flops = 4 * seq * seq * HEADS * HEAD_DIM
+    groups = HEADS // KV_HEADS
+
+    def sdpa(backend=None, gqa=False):
+        def run():
+            kk, vv = (k, v) if gqa else (k.repeat_interleave(groups, 2), v.repeat_interleave(groups, 2))
+            args = (q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2))
+            if backend is None:
+                return F.scaled_dot_product_attention(*args, enable_gqa=gqa).transpose(1, 2)
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(*args, enable_gqa=gqa).transpose(1, 2)
+
+        return run
+
+    variants: dict[str, Callable] = {
+        "sdpa_default_repeat_kv": sdpa(),  # what diffusers' native backend does for Krea 2 today
+        "sdpa_flash_repeat_kv": sdpa(SDPBackend.FLASH_ATTENTION),
+        "sdpa_cudnn_repeat_kv": sdpa(SDPBackend.CUDNN_ATTENTION),
+        "sdpa_efficient_repeat_kv": sdpa(SDPBackend.EFFICIENT_ATTENTION),
+        "sdpa_flash_gqa": sdpa(SDPBackend.FLASH_ATTENTION, gqa=True),
+    }
+    try:
+        from krea2.attention import flash4_attention
+
+        variants["flash4_gqa"] = lambda: flash4_attention(q, k, v)
+    except Exception as error:  # noqa: BLE001 - record why a candidate is missing, measure the rest
+        out[f"{label}_flash4_error"] = repr(error)
+    try:
+        from sageattention import sageattn
+
+        def sage():
+            kk, vv = k.repeat_interleave(groups, 2), v.repeat_interleave(groups, 2)
+            return sageattn(q, kk, vv, tensor_layout="NHD")
+
+        variants["sage1_repeat_kv"] = sage
+    except Exception as error:  # noqa: BLE001
+        out[f"{label}_sage_error"] = repr(error)
+
+    reference = variants["sdpa_flash_repeat_kv"]()
+    for name, fn in variants.items():
+        try:
+            result = fn()
+            ms = cuda_ms(fn)
+            out[f"{label}_{name}"] = {"ms": ms, "tflops": flops / ms / 1e9, "rel_l2_vs_flash": rel(result, reference)}
+        except Exception as error:  # noqa: BLE001
+            out[f"{label}_{name}"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+        log.info("attention %s %s: %s", label, name, out.get(f"{label}_{name}"))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:  # the default's kernel
+        variants["sdpa_default_repeat_kv"]()
+        torch.cuda.synchronize()
+    out[f"{label}_default_kernels"] = [e.key[:120] for e in prof.key_averages()][:8]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ gemm
+LAYERS = {  # (out_features, in_features) of one Krea2TransformerBlock's linears
+    "to_q": (WIDTH, WIDTH), "to_k": (KV_HEADS * HEAD_DIM, WIDTH), "to_v": (KV_HEADS * HEAD_DIM, WIDTH),
+    "to_gate": (WIDTH, WIDTH), "to_out": (WIDTH, WIDTH), "ff_gate": (FFN, WIDTH), "ff_up": (FFN, WIDTH),
+    "ff_down": (WIDTH, FFN),
+}  # fmt: skip
+FUSED = {"qkv_gate": (WIDTH * 2 + 2 * KV_HEADS * HEAD_DIM, WIDTH), "ff_gate_up": (2 * FFN, WIDTH)}
+
+
+def gemm(results: dict) -> None:
+    out: dict = {}
+    results["gemm"] = out
+    for m in (4096 + TEXT_TOKENS, 16384 + TEXT_TOKENS):
+        per = {name: gemm_case(m, n, kdim) for name, (n, kdim) in {**LAYERS, **FUSED}.items()}
+        for key in ("bf16_ms", "fp8_row_fast1_ms", "fp8_tensor_ms"):
+            per[f"block_separate_{key}"] = sum(per[n][key] for n in LAYERS)
+            per[f"block_fused_{key}"] = sum(per[n][key] for n in ("qkv_gate", "to_out", "ff_gate_up", "ff_down"))
+        out[f"M{m}"] = per
+        log.info("gemm M=%d: %s", m, {k: round(v, 3) for k, v in per.items() if k.startswith("block_")})
+
+
+def gemm_case(m: int, n: int, kdim: int) -> dict:
+    e4m3 = torch.float8_e4m3fn
+    a = torch.randn(m, kdim, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
+    a8, w8 = a.to(e4m3), w.to(e4m3)
+    row_a = torch.ones(m, 1, device="cuda", dtype=torch.float32)
+    row_b = torch.ones(1, n, device="cuda", dtype=torch.float32)
+    one = torch.ones((), device="cuda", dtype=torch.float32)
+    flops = 2 * m * n * kdim
+
+    def scaled(scale_a, scale_b, fast):
+        return lambda: torch._scaled_mm(
+            a8, w8.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16, use_fast_accum=fast
+        )
+
+    entry = {
+        "bf16_ms": cuda_ms(lambda: F.linear(a, w)),
+        "fp8_row_fast1_ms": cuda_ms(scaled(row_a, row_b, True)),
+        "fp8_row_fast0_ms": cuda_ms(scaled(row_a, row_b, False)),
+        "fp8_tensor_ms": cuda_ms(scaled(one, one, True)),
+    }
+    for key in ("bf16", "fp8_row_fast1", "fp8_tensor"):
+        entry[f"{key}_tflops"] = flops / entry[f"{key}_ms"] / 1e9
+    return entry
+
+
+# ------------------------------------------------------------------------------------------------ step
+CATEGORIES = (
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
+    ("gemm", re.compile(r"gemm|scaled_mm|cutlass|xmma|nvjet|sm90_|matmul|f8f8", re.I)),
+    ("fused_triton", re.compile(r"^triton_", re.I)),
+)
+
+
+def categorize(name: str) -> str:
+    for category, pattern in CATEGORIES:
+        if pattern.search(name):
+            return category
+    return "other"
+
+
+def profile_step(transformer, image_tokens: int, label: str, text_tokens: int = TEXT_TOKENS) -> dict:
+    from diffusers import Krea2Pipeline
+
+    side = int(image_tokens**0.5)
+    hidden = torch.randn(1, image_tokens, 64, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, text_tokens, 12, 2560, device="cuda", dtype=torch.bfloat16)
+    timestep = torch.tensor([0.7], device="cuda", dtype=torch.bfloat16)
+    positions = Krea2Pipeline.prepare_position_ids(text_tokens, side, side, "cuda")
+
+    def call():
+        with torch.inference_mode():
+            return transformer(hidden, text, timestep, positions, return_dict=False)[0]
+
+    t0 = time.perf_counter()
+    call()
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    ms = cuda_ms(call, repeats=5, warmup=2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+        if us <= 0:
+            continue
+        totals[categorize(event.key)] = totals.get(categorize(event.key), 0.0) + us / 1000
+        kernels.append((us / 1000, event.count, event.key[:110]))
+    kernels.sort(reverse=True)
+    entry = {
+        "wall_ms": ms,
+        "first_call_s": first_s,
+        "kernel_ms_by_category": {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+        "kernel_ms_total": round(sum(totals.values()), 2),
+        "top_kernels": [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:14]],
+    }
+    log.info("step %s: %s", label, {k: v for k, v in entry.items() if k != "top_kernels"})
+    return entry
+
+
+def variants(results: dict) -> None:
+    """fp8 + FA4 steps: unfused with dynamic=True compilation (the previous default), fused projections with
+    dynamic=True, and fused with automatic dynamic shapes (sequence length marked dynamic after a second length)."""
+    from bench.benchmark import build_full_size
+    from krea2.acceleration import fuse_projections, quantize_fp8
+    from krea2.attention import flash4_unavailable_reason, install_fast_attention
+
+    out: dict = {}
+    results["variants"] = out
+    flash4 = flash4_unavailable_reason() is None
+    out["flash4"] = flash4
+
+    def compiled(transformer, dynamic) -> None:
+        torch._dynamo.reset()
+        transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic)
+
+    transformer = build_full_size("cuda", raw=False)[0].transformer
+    quantize_fp8(transformer)
+    install_fast_attention(transformer, flash4=flash4)
+    compiled(transformer, True)
+    for tokens in (4096, 16384):
+        out[f"unfused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"unfused dynamic {tokens}")
+    del transformer
+    torch.cuda.empty_cache()
+    transformer = build_full_size("cuda", raw=False)[0].transformer
+    fuse_projections(transformer)
+    quantize_fp8(transformer)
+    install_fast_attention(transformer, flash4=flash4)
+    compiled(transformer, True)
+    for tokens in (4096, 16384):
+        out[f"fused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"fused dynamic {tokens}")
+    compiled(transformer, None)
+    profile_step(transformer, 4096, "automatic: first length", text_tokens=TEXT_TOKENS + 16)
+    for tokens in (4096, 16384):
+        out[f"fused_automatic_{tokens}"] = profile_step(transformer, tokens, f"fused automatic {tokens}")
+
+
+def step(results: dict, transformer) -> None:
+    from krea2.acceleration import compile_blocks, quantize_fp8
+    from krea2.attention import flash4_unavailable_reason, install_fast_attention
+
+    out: dict = {}
+    results["step"] = out
+    quantize_fp8(transformer)
+    compile_blocks(transformer)
+    for tokens in (4096, 16384):
+        out[f"fp8_compiled_sdpa_{tokens}"] = profile_step(transformer, tokens, f"fp8 sdpa {tokens}")
+    reason = flash4_unavailable_reason()
+    if reason:
+        out["flash4"] = reason
+        return
+    install_fast_attention(transformer, flash4=True)
+    torch._dynamo.reset()
+    compile_blocks(transformer)
+    for tokens in (4096, 16384):
+        out[f"fp8_compiled_flash4_{tokens}"] = profile_step(transformer, tokens, f"fp8 flash4 {tokens}")
+
+
+# ------------------------------------------------------------------------------------------------ encode / decode
+def encode_decode(results: dict, pipe) -> dict:
+    from krea2.pipeline import Krea2StudioPipeline
+
+    out: dict = {}
+    results["encode_decode"] = out
+    studio = Krea2StudioPipeline(
+        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
+    )
+    from krea2.loading import derive_prompt_template_lengths
+
+    derive_prompt_template_lengths(studio)
+    with torch.inference_mode():
+        padded = lambda: pipe.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
+        unpadded = lambda: studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
+        emb_p, mask_p = padded()
+        emb_u, mask_u = unpadded()
+        out["encode_tokens_padded"] = int(mask_p.shape[1])
+        out["encode_tokens_unpadded"] = int(mask_u.shape[1])
+        out["encode_unpadded_vs_padded_rel_l2"] = rel(emb_u, emb_p[:, mask_p[0]])
+        out["encode_padded_ms"] = cuda_ms(padded)
+        out["encode_unpadded_ms"] = cuda_ms(unpadded)
+        log.info("encode: %s", out)
+        latents = torch.randn(1, 16, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+        decode = lambda: pipe.vae.decode(latents, return_dict=False)[0]  # noqa: E731
+        out["decode_1024_ms"] = cuda_ms(decode, repeats=5)
+        torch.backends.cudnn.benchmark = True
+        out["decode_1024_cudnn_benchmark_ms"] = cuda_ms(decode, repeats=5)
+        latents = torch.randn(1, 16, 1, 256, 256, device="cuda", dtype=torch.bfloat16)
+        out["decode_2048_cudnn_benchmark_ms"] = cuda_ms(decode, repeats=3)
+        torch.backends.cudnn.benchmark = False
+        out["decode_2048_ms"] = cuda_ms(decode, repeats=3)
+        log.info("decode: %s", out)
+    return out
+
+
+def compiled_encode_decode(results: dict, pipe) -> None:
+    """The same encode and decode with the text model and the VAE decoder under torch.compile."""
+    from krea2.loading import derive_prompt_template_lengths
+    from krea2.pipeline import Krea2StudioPipeline
+
+    out: dict = {}
+    results["compiled_encode_decode"] = out
+    studio = Krea2StudioPipeline(
+        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
+    )
+    derive_prompt_template_lengths(studio)
+    with torch.inference_mode():
+        reference, _ = studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
+        language_model = pipe.text_encoder.language_model
+        language_model.compile(dynamic=True)
+        t0 = time.perf_counter()
+        compiled, _ = studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
+        out["encode_compile_s"] = time.perf_counter() - t0
+        out["encode_compiled_vs_eager_rel_l2"] = rel(compiled, reference)
+        out["encode_unpadded_compiled_ms"] = cuda_ms(
+            lambda: studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
+        )
+        out["encode_other_length_ms"] = cuda_ms(lambda: studio.get_text_hidden_states("a cat", 512, "cuda"))
+        log.info("compiled encode: %s", out)
+        latents = torch.randn(1, 16, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+        eager = pipe.vae.decode(latents, return_dict=False)[0]
+        pipe.vae.decoder.compile(dynamic=True)
+        t0 = time.perf_counter()
+        decoded = pipe.vae.decode(latents, return_dict=False)[0]
+        out["decode_compile_s"] = time.perf_counter() - t0
+        out["decode_compiled_vs_eager_rel_l2"] = rel(decoded, eager)
+        out["decode_1024_compiled_ms"] = cuda_ms(lambda: pipe.vae.decode(latents, return_dict=False)[0], repeats=5)
+        big = torch.randn(1, 16, 1, 256, 256, device="cuda", dtype=torch.bfloat16)
+        out["decode_2048_compiled_ms"] = cuda_ms(lambda: pipe.vae.decode(big, return_dict=False)[0], repeats=3)
+        log.info("compiled decode: %s", out)
+
+
+def tuned_step(results: dict, transformer) -> None:
+    """The fp8 step (SDPA) as compiled by default (its generated code logged), then with inductor's coordinate-descent
+    tuning of the fused (quantisation) kernels."""
+    import torch._inductor.config as inductor_config
+
+    from krea2.acceleration import compile_blocks, quantize_fp8
+
+    out: dict = {}
+    results["tuned_step"] = out
+    quantize_fp8(transformer)
+    compile_blocks(transformer)
+    torch._logging.set_logs(output_code=True)
+    out["fp8_default_4096"] = profile_step(transformer, 4096, "default 4096")
+    torch._logging.set_logs(output_code=False)
+    out["fp8_default_16384"] = profile_step(transformer, 16384, "default 16384")
+    inductor_config.coordinate_descent_tuning = True
+    torch._dynamo.reset()
+    compile_blocks(transformer)
+    for tokens in (4096, 16384):
+        out[f"fp8_coordinate_descent_{tokens}"] = profile_step(transformer, tokens, f"tuned {tokens}")
+    inductor_config.coordinate_descent_tuning = False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument(
+        "--sections", default="attention,gemm,encode,step", help="also: compiled_encode, tuned_step, variants"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sections = args.sections.split(",")
+    env = environment()
+    results: dict = {"environment": env, "command": "python " + " ".join(sys.argv)}
+    path = Path(args.out) / f"{env['date'][:10]}_{env['gpu'].replace(' ', '-')}_profile.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=2))
+
+    for name, fn in (("attention", attention), ("gemm", gemm), ("variants", variants)):
+        if name in sections:
+            try:
+                fn(results)
+            except Exception as error:
+                log.exception("%s failed", name)
+                results[f"{name}_error"] = repr(error)
+            save()
+    if {"encode", "step", "compiled_encode", "tuned_step"} & set(sections):
+        turbo, _ = build_full_size("cuda", raw=False)
+        if "encode" in sections:
+            try:
+                encode_decode(results, turbo)
+            except Exception as error:
+                log.exception("encode/decode failed")
+                results["encode_decode_error"] = repr(error)
+            save()
+        if "compiled_encode" in sections:
+            try:
+                compiled_encode_decode(results, turbo)
+            except Exception as error:
+                log.exception("compiled encode/decode failed")
+                results["compiled_encode_decode_error"] = repr(error)
+            save()
+        if "tuned_step" in sections:
+            try:
+                tuned_step(results, turbo.transformer)
+            except Exception as error:
+                log.exception("tuned step failed")
+                results["tuned_step_error"] = repr(error)
+            save()
+        if "step" in sections:
+            try:
+                step(results, turbo.transformer)
+            except Exception as error:
+                log.exception("step failed")
+                results["step_error"] = repr(error)
+            save()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

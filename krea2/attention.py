@@ -1,0 +1,106 @@
+"""Krea 2's attention for the fast path: fused projections and FlashAttention-4, each a setting.
+
+- Fused projections (see `acceleration.fuse_projections`) give each block one `to_qkvg` GEMM instead of four; this
+  processor reads either layout.
+- FlashAttention-4 (the CuTe-DSL kernels of the `flash-attn-4` package). On an H200 its SM90 kernel ran Krea 2's
+  attention at 565-671 TFLOP/s against 527-550 for the cuDNN kernel PyTorch's SDPA picks there (bench/results,
+  profile). It takes the grouped-query layout (48 query heads over 12 KV heads) directly, so keys and values are not
+  repeated to 48 heads first. Exact attention (bf16 in, fp32 softmax), not an approximation. It covers the unmasked
+  case (PAD-free text, the fast path); with a mask the call goes through diffusers' attention dispatch as in stock.
+
+The processor is installed through diffusers' public `set_attn_processor`; the computation is diffusers'
+`Krea2AttnProcessor` (projections, q/k RMSNorm, RoPE, sigmoid output gate) with those two changes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+
+FLASH4 = "flash4"
+
+
+@functools.cache
+def flash4_unavailable_reason() -> str | None:
+    """None when FA4 can run here, else why not (one line)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if torch.cuda.get_device_capability() < (9, 0):
+        return "needs compute capability >= 9.0 (Hopper or newer)"
+    try:
+        import flash_attn.cute  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - an import of compiled DSL libraries can fail in many ways
+        return f"flash-attn-4 is not importable ({type(error).__name__}: {error})"
+    return None
+
+
+# A custom op, so torch.compile (regional compilation of the blocks, fullgraph) treats the DSL kernel as one opaque
+# call instead of trying to trace into it.
+@torch.library.custom_op("krea2studio::flash4_attention", mutates_args=())
+def flash4_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, heads, dim) in and out; key/value may have fewer heads (grouped-query)."""
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(query, key, value)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@flash4_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(query)
+
+
+class Krea2FastAttnProcessor:
+    _attention_backend = None  # diffusers' dispatch reads these, as on its own processors
+    _parallel_config = None
+
+    def __init__(self, flash4: bool = False) -> None:
+        self.flash4 = flash4
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        inner, kv = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
+        if hasattr(attn, "to_qkvg"):
+            query, key, value, gate = attn.to_qkvg(hidden_states).split([inner, kv, kv, inner], dim=-1)
+        else:
+            query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+            value, gate = attn.to_v(hidden_states), attn.to_gate(hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (attn.num_heads, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (attn.num_kv_heads, attn.head_dim)))
+        value = value.unflatten(-1, (attn.num_kv_heads, attn.head_dim))
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        if self.flash4 and attention_mask is None:
+            hidden_states = flash4_attention(query.contiguous(), key.contiguous(), value.contiguous())
+        else:  # as stock: repeat the KV heads so every SDPA kernel accepts the (optional) mask
+            groups = attn.num_heads // attn.num_kv_heads
+            if groups > 1:
+                key, value = key.repeat_interleave(groups, dim=2), value.repeat_interleave(groups, dim=2)
+            hidden_states = dispatch_attention_fn(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+        hidden_states = hidden_states.flatten(2, 3) * torch.sigmoid(gate)
+        return attn.to_out[0](hidden_states)
+
+
+def install_fast_attention(transformer, flash4: bool) -> None:
+    """Put the fast processor on every Krea 2 attention layer of `transformer` (raises RuntimeError when FA4 is asked
+    for and cannot run)."""
+    if flash4 and (reason := flash4_unavailable_reason()) is not None:
+        raise RuntimeError(f"FlashAttention-4 unavailable: {reason}")
+    transformer.set_attn_processor(Krea2FastAttnProcessor(flash4=flash4))

@@ -1,0 +1,54 @@
+"""The fast path's model surgery, checked on a tiny real Krea 2 transformer: same outputs as stock."""
+
+import pytest
+import torch
+from diffusers import Krea2Pipeline
+
+from krea2.acceleration import FusedSwiGLU, fuse_projections
+from krea2.attention import Krea2FastAttnProcessor, flash4_unavailable_reason, install_fast_attention
+from krea2.demo import TEXT_LAYERS, build_transformer
+
+
+def inputs(text_tokens: int = 5, grid: int = 4, masked: bool = False):
+    torch.manual_seed(0)
+    kwargs = {
+        "hidden_states": torch.randn(1, grid * grid, 64),
+        "encoder_hidden_states": torch.randn(1, text_tokens, len(TEXT_LAYERS), 32),
+        "timestep": torch.tensor([0.6]),
+        "position_ids": Krea2Pipeline.prepare_position_ids(text_tokens, grid, grid, "cpu"),
+    }
+    if masked:
+        kwargs["encoder_attention_mask"] = torch.tensor([[True, True, True, False, False]])
+    return kwargs
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_projections_and_fast_processor_match_stock(masked):
+    transformer = build_transformer(seed=3).eval()
+    with torch.no_grad():
+        reference = transformer(**inputs(masked=masked), return_dict=False)[0]
+        fuse_projections(transformer)
+        install_fast_attention(transformer, flash4=False)
+        fused = transformer(**inputs(masked=masked), return_dict=False)[0]
+    block = transformer.transformer_blocks[0]
+    assert hasattr(block.attn, "to_qkvg") and not hasattr(block.attn, "to_q")
+    assert isinstance(block.ff, FusedSwiGLU)
+    assert isinstance(block.attn.processor, Krea2FastAttnProcessor)
+    # Text-fusion blocks keep their separate projections and run through the same processor.
+    assert hasattr(transformer.text_fusion.refiner_blocks[0].attn, "to_q")
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_fusing_twice_is_a_no_op():
+    transformer = build_transformer(seed=3).eval()
+    fuse_projections(transformer)
+    weights = [p.data_ptr() for p in transformer.parameters()]
+    fuse_projections(transformer)
+    assert [p.data_ptr() for p in transformer.parameters()] == weights
+
+
+def test_flash4_is_refused_with_a_reason_where_it_cannot_run():
+    if flash4_unavailable_reason() is None:
+        pytest.skip("FlashAttention-4 runs here")
+    with pytest.raises(RuntimeError, match="FlashAttention-4 unavailable"):
+        install_fast_attention(build_transformer(seed=3), flash4=True)
