@@ -13,8 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/data/hf-cache
 
 WORKDIR /app
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
+COPY requirements.txt requirements-gpu.txt ./
+RUN pip install -r requirements-gpu.txt
 
 COPY app.py ./
 COPY krea2 ./krea2

@@ -25,15 +25,30 @@ FLASH4 = "flash4"
 
 @functools.cache
 def flash4_unavailable_reason() -> str | None:
-    """None when FA4 can run here, else why not (one line)."""
+    """None when FA4 ran here, else why not (one line). It runs a small attention call first, with Krea 2's head
+    layout, and compares it with SDPA: an importable package can still fail to JIT-compile its kernel (for example
+    with a driver older than the CUDA 13 DSL libraries), and that must show up at start-up, not in a user's request.
+    The probe compiles the very kernel the transformer uses (FA4 keys its compile cache on head dim and group size,
+    not sequence length)."""
     if not torch.cuda.is_available():
         return "no CUDA GPU"
     if torch.cuda.get_device_capability() < (9, 0):
         return "needs compute capability >= 9.0 (Hopper or newer)"
     try:
         import flash_attn.cute  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - an import of compiled DSL libraries can fail in many ways
-        return f"flash-attn-4 is not importable ({type(error).__name__}: {error})"
+
+        torch.manual_seed(0)
+        query = torch.randn(1, 256, 4, 128, device="cuda", dtype=torch.bfloat16)
+        key, value = (torch.randn(1, 256, 1, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        out = flash4_attention(query, key, value)
+        reference = torch.nn.functional.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), enable_gqa=True
+        ).transpose(1, 2)
+        error = float((out.float() - reference.float()).abs().max())
+    except Exception as failure:  # noqa: BLE001 - importing and JIT-compiling DSL kernels can fail in many ways
+        return f"flash-attn-4 did not run ({type(failure).__name__}: {str(failure).splitlines()[0][:200]})"
+    if not error < 0.02:
+        return f"flash-attn-4 gave wrong results (max abs difference {error:.3g} against SDPA)"
     return None
 
 

@@ -52,3 +52,28 @@ def test_flash4_is_refused_with_a_reason_where_it_cannot_run():
         pytest.skip("FlashAttention-4 runs here")
     with pytest.raises(RuntimeError, match="FlashAttention-4 unavailable"):
         install_fast_attention(build_transformer(seed=3), flash4=True)
+
+
+def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
+    """fp8, compile and the attention kernel were measured resident on the GPU only; elsewhere (CPU here, offload
+    on a small GPU) the manager runs the plain path instead of an untested combination."""
+    from krea2.loading import PipelineLoader
+    from krea2.manager import FastPathOptions, ModelManager
+
+    options = FastPathOptions(fp8=True, compile=True, attention="flash4")
+    manager = ModelManager(PipelineLoader(demo_sources, torch.float32), options=options, demo=True)
+    manager.start(background=False)
+    assert manager.placement == "cpu"
+    assert manager.options == FastPathOptions(drop_text_padding=True)
+    assert manager.status().warmup == "off"
+    assert hasattr(manager.pipes["turbo"].transformer.transformer_blocks[0].attn, "to_q")  # not fused
+
+
+def test_attention_choice():
+    from krea2.runtime import choose_attention
+
+    assert choose_attention(None, cuda=False) is None
+    assert choose_attention("sdpa", cuda=True) is None
+    assert choose_attention("_native_cudnn", cuda=True) == "_native_cudnn"
+    expected = "flash4" if flash4_unavailable_reason() is None else None
+    assert choose_attention(None, cuda=True) == expected
