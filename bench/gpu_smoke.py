@@ -1,0 +1,78 @@
+"""GPU smoke check of the app's own fast path at full size (random weights): the options `runtime.build_manager`
+chooses on this machine, FA4's start-up probe, then 1- and 2-image Turbo and a Raw request through `ModelManager`.
+
+    python bench/gpu_smoke.py --out bench/results [--compile]
+
+Without --compile it skips the (minutes-long) compile warm-up and checks the eager fast path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment
+from krea2.attention import flash4_unavailable_reason
+from krea2.manager import FastPathOptions, ModelManager
+from krea2.request import GenerationRequest
+from krea2.runtime import EngineSettings, choose_attention, fp8_supported
+
+log = logging.getLogger("smoke")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    env = environment()
+    t0 = time.perf_counter()
+    reason = flash4_unavailable_reason()
+    result: dict = {"environment": env, "flash4_probe_s": time.perf_counter() - t0, "flash4_unavailable": reason}
+    options = FastPathOptions(
+        drop_text_padding=True,
+        compile=args.compile,
+        fp8=fp8_supported(),
+        attention=choose_attention(EngineSettings().attention, cuda=True),
+    )
+    result["options"] = options.__dict__
+    log.info("%s", result)
+    turbo, raw = build_full_size("cuda")
+    manager = ModelManager(InMemoryLoader(turbo, raw), placement="gpu", options=options)
+    manager.start(background=False)
+    while manager.status().warmup == "running" or (args.compile and manager.status().warmup == "off"):
+        time.sleep(2)
+    result["status"] = manager.status().summary()
+    processor = type(manager.pipes["turbo"].transformer.transformer_blocks[0].attn.processor).__name__
+    result["block_attention_processor"] = processor
+    runs = {
+        "turbo_1": GenerationRequest(prompt=PROMPT, seed=1),
+        "turbo_2_images": GenerationRequest(prompt=PROMPT, seed=1, num_images=2),
+        "raw_8_steps": GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", steps=8, seed=1),
+    }
+    for name, request in runs.items():
+        for attempt in ("first", "second"):
+            start = time.perf_counter()
+            out = manager.generate(request)
+            torch.cuda.synchronize()
+            result[f"{name}_{attempt}_s"] = time.perf_counter() - start
+            result[f"{name}_images"] = len(out.images)
+        log.info("%s: %.2f s then %.2f s", name, result[f"{name}_first_s"], result[f"{name}_second_s"])
+    path = Path(args.out) / f"{env['date'][:10]}_{env['gpu'].replace(' ', '-')}_gpu-smoke.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
