@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
 
-    settings = EngineSettings.from_env()
+    try:
+        settings = EngineSettings.from_env()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     settings.demo = settings.demo or args.demo
     settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
     spaces = zero_gpu()

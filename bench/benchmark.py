@@ -207,8 +207,15 @@ def build_smoke():
     return turbo, build_transformer(seed=2)
 
 
-def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool = False) -> dict:
+def benchmark(
+    case_names: list[str],
+    repeats: int,
+    modes: list[str],
+    smoke: bool = False,
+    step_cache_thresholds: tuple[float, ...] = (),
+) -> dict:
     from krea2.acceleration import compile_and_warm_up, prepare_transformer
+    from krea2.step_cache import install_step_cache, step_cache_of
 
     t0 = time.perf_counter()
     turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
@@ -240,8 +247,11 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
     manager.start(background=False)
     results["both_checkpoints_resident_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
 
-    def measure(mode: str) -> None:
-        for name in case_names:
+    # The last uncached mode's images: the step cache's speed and error are measured against that mode.
+    reference: dict[str, tuple[str, np.ndarray]] = {}
+
+    def measure(mode: str, names: list[str] = case_names) -> None:
+        for name in names:
             case = CASES[name]
             run_ours(manager, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up at this size
             reset_peak()
@@ -255,6 +265,17 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
             entry[f"{mode}_phases_ms"] = result.timings.as_ms()
             entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
             entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
+            if not mode.startswith("cache"):
+                reference[name] = (mode, image)
+            else:
+                cache = step_cache_of(manager.pipes[case["checkpoint"]].transformer)
+                entry[f"{mode}_skipped_calls"] = f"{cache.skipped}/{cache.skipped + cache.computed}"
+                if name in reference:
+                    base, base_image = reference[name]
+                    entry[f"{mode}_on_top_of"] = base
+                    entry[f"{mode}_vs_{base}_speedup"] = entry[f"{base}_s"] / entry[f"{mode}_s"]
+                    entry[f"{mode}_vs_{base}_max_abs_pixel"] = float(np.abs(image - base_image).max())
+                    entry[f"{mode}_vs_{base}_rel_l2"] = rel_l2(image, base_image)
             log.info(
                 "%s %s: %s (x%.2f) phases %s peak %.1f GB max|diff| %.4f",
                 mode, name, [f"{t:.3f}" for t in times], entry[f"{mode}_speedup"], entry[f"{mode}_phases_ms"],
@@ -289,6 +310,11 @@ def benchmark(case_names: list[str], repeats: int, modes: list[str], smoke: bool
         results["both_checkpoints_resident_fp8_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
         recompile("fp8_compile_warmup_s")
         measure("fast")
+    # Raw's optional step cache on top of the last mode measured, one mode per threshold: speed and error against it.
+    raw_cases = [n for n in case_names if CASES[n]["checkpoint"] == "raw"]
+    for threshold in step_cache_thresholds if raw_cases else ():
+        install_step_cache(manager.pipes["raw"].transformer, threshold)
+        measure(f"cache{threshold:g}", raw_cases)
     return results
 
 
@@ -356,6 +382,9 @@ def main() -> int:
         "--modes", default="exact,fast", help="padfree (eager), exact (+compile, FA4), fast (+fused projections, fp8)"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--step-cache", default="", help="Raw's first-block cache thresholds to measure after the modes, e.g. 0.05,0.1"
+    )
     parser.add_argument("--memory-24gb", action="store_true")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script, not the speed")
@@ -372,7 +401,13 @@ def main() -> int:
         payload = {
             "environment": env,
             "repeats": args.repeats,
-            **benchmark(cases, args.repeats, args.modes.split(","), args.smoke),
+            **benchmark(
+                cases,
+                args.repeats,
+                args.modes.split(","),
+                args.smoke,
+                tuple(float(t) for t in args.step_cache.split(",") if t),
+            ),
         }
         tag = "-".join(cases)
     payload["command"] = "python " + " ".join(sys.argv)

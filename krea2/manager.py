@@ -22,6 +22,7 @@ from .placement import Placement, apply_placement, choose_placement, unique_modu
 from .preview import latents_to_preview
 from .prompt_cache import LRUCache
 from .request import MAX_SEED, GenerationRequest, random_seed
+from .step_cache import step_cache_of
 
 if TYPE_CHECKING:
     from .loading import PipelineLoader
@@ -85,6 +86,7 @@ class FastPathOptions:
     compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
     fp8: bool = False  # fused projections + torchao fp8 rowwise weights+activations (GPU, compute capability >= 8.9)
     attention: str | None = None  # "flash4" (FlashAttention-4) or a diffusers attention backend name (GPU)
+    step_cache: float | None = None  # Raw only: first-block cache threshold (krea2/step_cache.py); None = off
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -183,13 +185,19 @@ class ModelManager:
         if self.placement != "gpu" and (self.options.fp8 or self.options.attention or self.options.compile):
             # Offload was measured in bf16 with stock attention and no compile (bench/results/*memory24gb*); fp8 and
             # compile on top of group offloading were never run together, so they are not switched on here.
-            log.info("Offload placement: the fast path (fp8, compile, attention kernel) is off")
-            self.options = FastPathOptions(drop_text_padding=self.options.drop_text_padding)
+            log.info("Placement %s: fp8, compile and the attention kernel are off", self.placement)
+            self.options = FastPathOptions(
+                drop_text_padding=self.options.drop_text_padding, step_cache=self.options.step_cache
+            )
         elif self.device.type == "cuda" and (self.options.fp8 or self.options.attention):
             from .acceleration import prepare_transformer
 
             for pipe in self.pipes.values():
                 prepare_transformer(pipe.transformer, fp8=self.options.fp8, attention=self.options.attention)
+        if self.options.step_cache is not None and "raw" in self.pipes:
+            from .step_cache import install_step_cache
+
+            install_step_cache(self.pipes["raw"].transformer, self.options.step_cache)
         apply_placement(modules, self.placement, self.device)
         log.info("Placement: %s on %s", self.placement, self.device)
 
@@ -306,6 +314,8 @@ class ModelManager:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        if (cache := step_cache_of(pipe.transformer)) is not None:
+            cache.reset()  # residuals from another image must never be reused
         sync = torch.cuda.synchronize if cuda else (lambda *a: None)
         start = time.perf_counter()
 

@@ -31,6 +31,7 @@ class EngineSettings:
     compile: bool | None = None  # None: on where it pays (CUDA)
     fp8: bool | None = None  # None: on where supported (CUDA, compute capability >= 8.9, torchao installed)
     attention: str | None = None  # None: FlashAttention-4 where it runs, else PyTorch SDPA; "sdpa" forces SDPA
+    step_cache: float | None = None  # Raw's first-block cache threshold; None = off (changes images)
 
     @classmethod
     def from_env(cls) -> EngineSettings:
@@ -40,7 +41,21 @@ class EngineSettings:
             compile=env_flag("KREA2_COMPILE") if "KREA2_COMPILE" in os.environ else None,
             fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
             attention=os.environ.get("KREA2_ATTENTION") or None,
+            step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
         )
+
+
+def step_cache_threshold(text: str | None) -> float | None:
+    """KREA2_STEP_CACHE: empty or unset = off, else a threshold >= 0 (e.g. 0.05)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"KREA2_STEP_CACHE must be a number such as 0.05, got {text!r}") from None
+    if not value >= 0:
+        raise ValueError(f"KREA2_STEP_CACHE must be >= 0, got {text!r}")
+    return value
 
 
 def fp8_supported() -> bool:
@@ -86,5 +101,6 @@ def build_manager(settings: EngineSettings) -> ModelManager:
         compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
         attention=None if demo else choose_attention(settings.attention, cuda),
+        step_cache=settings.step_cache,
     )
     return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
