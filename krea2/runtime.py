@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class EngineSettings:
             placement=os.environ.get("KREA2_PLACEMENT", "auto"),
             compile=env_flag("KREA2_COMPILE") if "KREA2_COMPILE" in os.environ else None,
             fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
-            attention=os.environ.get("KREA2_ATTENTION") or None,
+            attention=attention_setting(os.environ.get("KREA2_ATTENTION")),
             step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
         )
 
@@ -53,9 +54,23 @@ def step_cache_threshold(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"KREA2_STEP_CACHE must be a number such as 0.05, got {text!r}") from None
-    if not value >= 0:
-        raise ValueError(f"KREA2_STEP_CACHE must be >= 0, got {text!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"KREA2_STEP_CACHE must be a finite number >= 0, got {text!r}")
     return value
+
+
+def attention_setting(text: str | None) -> str | None:
+    """KREA2_ATTENTION: unset = automatic, else flash4, sdpa or one of diffusers' attention backend names."""
+    if text is None or not text.strip():
+        return None
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    from .attention import FLASH4
+
+    choices = [FLASH4, "sdpa", *(name.value for name in AttentionBackendName)]
+    if text.strip() not in choices:
+        raise ValueError(f"KREA2_ATTENTION must be one of {', '.join(choices)}; got {text!r}")
+    return text.strip()
 
 
 def fp8_supported() -> bool:

@@ -77,3 +77,12 @@ def test_attention_choice():
     assert choose_attention("_native_cudnn", cuda=True) == "_native_cudnn"
     expected = "flash4" if flash4_unavailable_reason() is None else None
     assert choose_attention(None, cuda=True) == expected
+
+
+def test_attention_setting():
+    from krea2.runtime import attention_setting
+
+    assert attention_setting(None) is None and attention_setting(" ") is None
+    assert attention_setting("flash4") == "flash4" and attention_setting("_native_cudnn") == "_native_cudnn"
+    with pytest.raises(ValueError, match="KREA2_ATTENTION must be one of flash4, sdpa"):
+        attention_setting("flash5")

@@ -42,3 +42,11 @@ def test_cli_bad_input_is_exit_2_and_one_line(tmp_path):
         done = run_cli("generate", *args, env=env)
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
+
+
+def test_cli_bad_engine_setting_is_exit_2_and_one_line(tmp_path):
+    base = {**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data")}
+    for name, value in (("KREA2_STEP_CACHE", "fast"), ("KREA2_ATTENTION", "flash5")):
+        done = run_cli("generate", "--demo", "--prompt", "x", env={**base, name: value})
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"error: {name}")  # (torchao may log import noise)

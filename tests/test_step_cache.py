@@ -94,7 +94,7 @@ def test_step_cache_setting(text, expected):
     assert step_cache_threshold(text) == expected
 
 
-@pytest.mark.parametrize("text", ["-1", "abc", "nan"])
+@pytest.mark.parametrize("text", ["-1", "abc", "nan", "inf"])
 def test_bad_step_cache_setting_is_one_clear_error(text):
     with pytest.raises(ValueError, match="KREA2_STEP_CACHE"):
         step_cache_threshold(text)

@@ -30,6 +30,8 @@ def adapt_settings(settings: EngineSettings) -> EngineSettings:
     settings.compile = False
     settings.fp8 = True
     settings.placement = "gpu"
+    # FlashAttention-4 must pass a start-up probe that runs a kernel; outside a ZeroGPU allocation none can run.
+    settings.attention = "sdpa"
     return settings
 
 
