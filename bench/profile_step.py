@@ -285,17 +285,22 @@ def step(results: dict, transformer) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ encode / decode
-def encode_decode(results: dict, pipe) -> dict:
+def studio_pipeline(pipe):
+    """This project's pipeline (PAD-free text encoder) over the stock pipeline's components."""
+    from krea2.loading import derive_prompt_template_lengths
     from krea2.pipeline import Krea2StudioPipeline
 
-    out: dict = {}
-    results["encode_decode"] = out
     studio = Krea2StudioPipeline(
         **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
     )
-    from krea2.loading import derive_prompt_template_lengths
-
     derive_prompt_template_lengths(studio)
+    return studio
+
+
+def encode_decode(results: dict, pipe) -> dict:
+    out: dict = {}
+    results["encode_decode"] = out
+    studio = studio_pipeline(pipe)
     with torch.inference_mode():
         padded = lambda: pipe.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
         unpadded = lambda: studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
@@ -322,15 +327,9 @@ def encode_decode(results: dict, pipe) -> dict:
 
 def compiled_encode_decode(results: dict, pipe) -> None:
     """The same encode and decode with the text model and the VAE decoder under torch.compile."""
-    from krea2.loading import derive_prompt_template_lengths
-    from krea2.pipeline import Krea2StudioPipeline
-
     out: dict = {}
     results["compiled_encode_decode"] = out
-    studio = Krea2StudioPipeline(
-        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
-    )
-    derive_prompt_template_lengths(studio)
+    studio = studio_pipeline(pipe)
     with torch.inference_mode():
         reference, _ = studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
         language_model = pipe.text_encoder.language_model
@@ -394,47 +393,27 @@ def main() -> int:
     path = Path(args.out) / f"{env['date'][:10]}_{env['gpu'].replace(' ', '-')}_profile.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def save() -> None:
+    def run(name: str, fn: Callable[[], object]) -> None:
+        """One section; a failure is recorded and the other sections still run."""
+        if name not in sections:
+            return
+        try:
+            fn()
+        except Exception as error:
+            log.exception("%s failed", name)
+            results[f"{name}_error"] = repr(error)
         path.write_text(json.dumps(results, indent=2))
 
-    for name, fn in (("attention", attention), ("gemm", gemm), ("variants", variants)):
-        if name in sections:
-            try:
-                fn(results)
-            except Exception as error:
-                log.exception("%s failed", name)
-                results[f"{name}_error"] = repr(error)
-            save()
+    run("attention", lambda: attention(results))
+    run("gemm", lambda: gemm(results))
+    run("variants", lambda: variants(results))
     if {"encode", "step", "compiled_encode", "tuned_step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
-        if "encode" in sections:
-            try:
-                encode_decode(results, turbo)
-            except Exception as error:
-                log.exception("encode/decode failed")
-                results["encode_decode_error"] = repr(error)
-            save()
-        if "compiled_encode" in sections:
-            try:
-                compiled_encode_decode(results, turbo)
-            except Exception as error:
-                log.exception("compiled encode/decode failed")
-                results["compiled_encode_decode_error"] = repr(error)
-            save()
-        if "tuned_step" in sections:
-            try:
-                tuned_step(results, turbo.transformer)
-            except Exception as error:
-                log.exception("tuned step failed")
-                results["tuned_step_error"] = repr(error)
-            save()
-        if "step" in sections:
-            try:
-                step(results, turbo.transformer)
-            except Exception as error:
-                log.exception("step failed")
-                results["step_error"] = repr(error)
-            save()
+        # Order matters: the last two quantise the transformer in place.
+        run("encode", lambda: encode_decode(results, turbo))
+        run("compiled_encode", lambda: compiled_encode_decode(results, turbo))
+        run("tuned_step", lambda: tuned_step(results, turbo.transformer))
+        run("step", lambda: step(results, turbo.transformer))
     print(json.dumps(results, indent=2))
     return 0
 
