@@ -46,6 +46,7 @@ class ManagerStatus:
     demo: bool
     checkpoints: dict[str, CheckpointStatus]
     warmup: str = "off"  # off | running | ready | failed
+    fast_path: str = ""  # what of the fast path is active, e.g. "fp8 + FlashAttention-4"
 
     def summary(self) -> str:
         parts = [f"device {self.device}", f"placement {self.placement}"]
@@ -54,6 +55,8 @@ class ManagerStatus:
             parts.append(text + (f" ({status.reason})" if status.reason else ""))
         if self.warmup != "off":
             parts.append(f"compile warm-up: {self.warmup}")
+        if self.fast_path:
+            parts.append(self.fast_path)
         return " | ".join(parts)
 
 
@@ -223,7 +226,20 @@ class ModelManager:
             demo=self.demo,
             checkpoints={k: CheckpointStatus(s.state, s.reason) for k, s in self._status.items()},
             warmup=self._warmup,
+            fast_path=self._fast_path_summary(),
         )
+
+    def _fast_path_summary(self) -> str:
+        if not self._ready.is_set():  # the options settle once placement is known
+            return ""
+        options, parts = self.options, []
+        if options.fp8:
+            parts.append("fp8")
+        if options.attention:
+            parts.append("FlashAttention-4" if options.attention == "flash4" else f"attention {options.attention}")
+        if options.step_cache is not None:
+            parts.append(f"Raw step cache {options.step_cache:g}")
+        return " + ".join(parts)
 
     # ----------------------------------------------------------------------------------------------- prompts
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,7 +65,7 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     manager.start(background=False)
     assert manager.placement == "cpu"
     assert manager.options == FastPathOptions(drop_text_padding=True)
-    assert manager.status().warmup == "off"
+    assert manager.status().warmup == "off" and manager.status().fast_path == ""
     assert hasattr(manager.pipes["turbo"].transformer.transformer_blocks[0].attn, "to_q")  # not fused
 
 
