@@ -169,6 +169,30 @@ def run_ours(manager: ModelManager, case: dict, seed: int):
     return manager.generate(request)
 
 
+def final_latents(manager: ModelManager, case: dict, seed: int) -> torch.Tensor:
+    """The denoised latents of the same request, before the VAE: the fp8 error that the image comparison (dominated
+    by uint8 rounding and the decoder) cannot show. The pipeline call mirrors `ModelManager._generate_locked`."""
+    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, **case)
+    pipe = manager.pipes[request.checkpoint]
+    embeds, mask = manager.encode(request.prompt)
+    negative = request.effective_negative_prompt
+    neg_embeds, neg_mask = manager.encode(negative) if negative is not None else (None, None)
+    with torch.inference_mode():
+        return pipe(
+            prompt_embeds=embeds,
+            prompt_embeds_mask=mask,
+            negative_prompt_embeds=neg_embeds,
+            negative_prompt_embeds_mask=neg_mask,
+            guidance_scale=request.guidance,
+            num_inference_steps=request.steps,
+            height=request.height,
+            width=request.width,
+            generator=[torch.Generator("cpu").manual_seed(seed)],
+            output_type="latent",
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        ).images.float()
+
+
 def as_array(result) -> np.ndarray:
     return np.asarray(result.images[0], dtype=np.float32) / 255
 
@@ -249,6 +273,7 @@ def benchmark(
 
     # The last uncached mode's images: the step cache's speed and error are measured against that mode.
     reference: dict[str, tuple[str, np.ndarray]] = {}
+    first_latents: dict[str, tuple[str, torch.Tensor]] = {}  # the first mode's final latents (exact, in bf16)
 
     def measure(mode: str, names: list[str] = case_names) -> None:
         for name in names:
@@ -265,6 +290,10 @@ def benchmark(
             entry[f"{mode}_phases_ms"] = result.timings.as_ms()
             entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
             entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
+            latents = final_latents(manager, case, seed=1)
+            base, base_latents = first_latents.setdefault(name, (mode, latents))
+            if base != mode:
+                entry[f"{mode}_final_latent_rel_l2_vs_{base}"] = rel_l2(latents.cpu(), base_latents.cpu())
             if not mode.startswith("cache"):
                 reference[name] = (mode, image)
             else:
