@@ -33,6 +33,7 @@ class EngineSettings:
     fp8: bool | None = None  # None: on where supported (CUDA, compute capability >= 8.9, torchao installed)
     attention: str | None = None  # None: FlashAttention-4 where it runs, else PyTorch SDPA; "sdpa" forces SDPA
     step_cache: float | None = None  # Raw's first-block cache threshold; None = off (changes images)
+    prepare_on_cpu: bool = False  # fuse/quantise the transformers before moving them to the GPU (ZeroGPU)
 
     @classmethod
     def from_env(cls) -> EngineSettings:
@@ -117,5 +118,6 @@ def build_manager(settings: EngineSettings) -> ModelManager:
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
         attention=None if demo else choose_attention(settings.attention, cuda),
         step_cache=settings.step_cache,
+        prepare_on_cpu=settings.prepare_on_cpu,
     )
     return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)

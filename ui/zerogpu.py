@@ -30,8 +30,10 @@ def adapt_settings(settings: EngineSettings) -> EngineSettings:
     settings.compile = False
     settings.fp8 = True
     settings.placement = "gpu"
-    # FlashAttention-4 must pass a start-up probe that runs a kernel; outside a ZeroGPU allocation none can run.
+    # Outside a ZeroGPU allocation no kernel can run: FlashAttention-4's start-up probe would need one, and fp8
+    # quantisation happens on the CPU before the weights move to CUDA.
     settings.attention = "sdpa"
+    settings.prepare_on_cpu = True
     return settings
 
 
