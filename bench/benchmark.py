@@ -3,12 +3,13 @@
 The full-size architecture is built with random weights (diffusers' class defaults are the real Krea 2 configs, and
 a Qwen3-VL-4B-sized text encoder), so the work per image is exactly the real model's. Run on a CUDA GPU:
 
-    python bench/benchmark.py --cases turbo1024,turbo2048 --out bench/results
-    python bench/benchmark.py --cases raw1024 --out bench/results
+    python bench/benchmark.py --cases turbo1024,turbo2048 --modes exact,fast --out bench/results
+    python bench/benchmark.py --cases raw1024 --modes fast --step-cache 0.05,0.1 --out bench/results
     python bench/benchmark.py --memory-24gb --out bench/results
 
-Order matters and is fixed: stock first (its modules untouched), then ours in bf16-exact mode (PAD-free + regional
-compile), then ours in fast mode (+ fp8), because compile and fp8 modify the shared transformer modules in place.
+Order matters and is fixed: stock first (its modules untouched), then ours: padfree (eager), exact (bf16: PAD-free +
+regional compile + FlashAttention-4 where it runs), fast (+ fused projections + fp8), then Raw's step cache per
+threshold, because each of these changes the shared transformer modules in place.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def benchmark(
 
     # The last uncached mode's images: the step cache's speed and error are measured against that mode.
     reference: dict[str, tuple[str, np.ndarray]] = {}
-    first_latents: dict[str, tuple[str, torch.Tensor]] = {}  # the first mode's final latents (exact, in bf16)
+    first_latents: dict[str, tuple[str, torch.Tensor]] = {}  # the first mode's final latents (bf16, no fp8)
 
     def measure(mode: str, names: list[str] = case_names) -> None:
         for name in names:
