@@ -396,12 +396,13 @@ def environment() -> dict:
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    try:
-        import torchao
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["torchao"] = torchao.__version__
-    except ImportError:
-        pass
+    for package in ("torchao", "flash-attn-4", "nvidia-cutlass-dsl"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            pass
     return info
 
 
