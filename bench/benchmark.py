@@ -172,25 +172,13 @@ def run_ours(manager: ModelManager, case: dict, seed: int):
 
 def final_latents(manager: ModelManager, case: dict, seed: int) -> torch.Tensor:
     """The denoised latents of the same request, before the VAE: the fp8 error that the image comparison (dominated
-    by uint8 rounding and the decoder) cannot show. The pipeline call mirrors `ModelManager._generate_locked`."""
+    by uint8 rounding and the decoder) cannot show. Same pipeline arguments as `ModelManager.generate`."""
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, **case)
-    pipe = manager.pipes[request.checkpoint]
-    embeds, mask = manager.encode(request.prompt)
-    negative = request.effective_negative_prompt
-    neg_embeds, neg_mask = manager.encode(negative) if negative is not None else (None, None)
     with torch.inference_mode():
-        return pipe(
-            prompt_embeds=embeds,
-            prompt_embeds_mask=mask,
-            negative_prompt_embeds=neg_embeds,
-            negative_prompt_embeds_mask=neg_mask,
-            guidance_scale=request.guidance,
-            num_inference_steps=request.steps,
-            height=request.height,
-            width=request.width,
+        return manager.pipes[request.checkpoint](
+            **manager.pipeline_inputs(request),
             generator=[torch.Generator("cpu").manual_seed(seed)],
             output_type="latent",
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
         ).images.float()
 
 

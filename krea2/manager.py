@@ -321,6 +321,23 @@ class ModelManager:
             finally:
                 self._cancel_current = None
 
+    def pipeline_inputs(self, request: GenerationRequest) -> dict:
+        """The pipeline arguments a request fixes: its (cached) prompt embeddings and its settings."""
+        embeds, mask = self.encode(request.prompt)
+        negative = request.effective_negative_prompt
+        neg_embeds, neg_mask = self.encode(negative) if negative is not None else (None, None)
+        return {
+            "prompt_embeds": embeds,
+            "prompt_embeds_mask": mask,
+            "negative_prompt_embeds": neg_embeds,
+            "negative_prompt_embeds_mask": neg_mask,
+            "guidance_scale": request.guidance,
+            "num_inference_steps": request.steps,
+            "height": request.height,
+            "width": request.width,
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
+        }
+
     def _generate_locked(
         self,
         pipe: Krea2StudioPipeline,
@@ -345,9 +362,7 @@ class ModelManager:
         start = time.perf_counter()
 
         # 2. Encode the prompt(s) through the shared cache.
-        embeds, mask = self.encode(request.prompt)
-        negative = request.effective_negative_prompt
-        neg_embeds, neg_mask = self.encode(negative) if negative is not None else (None, None)
+        inputs = self.pipeline_inputs(request)
         sync()
         encoded_at = time.perf_counter()
 
@@ -365,19 +380,11 @@ class ModelManager:
             return {}
 
         output = pipe(
-            prompt_embeds=embeds,
-            prompt_embeds_mask=mask,
-            negative_prompt_embeds=neg_embeds,
-            negative_prompt_embeds_mask=neg_mask,
-            guidance_scale=request.guidance,
-            num_inference_steps=request.steps,
-            height=request.height,
-            width=request.width,
+            **inputs,
             num_images_per_prompt=request.num_images,
             generator=generators,
             output_type="np",
             callback_on_step_end=on_step_end,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
         # 4. Decoded: check, then hand back PIL images.
         sync()
