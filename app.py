@@ -58,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
 
     try:
-        settings = EngineSettings.from_env()
+        settings = EngineSettings.from_env_and_args(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings.demo = settings.demo or args.demo
-    settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
     spaces = zero_gpu()
     if spaces is not None:
         adapt_settings(settings)

@@ -63,12 +63,10 @@ def _generate(args: argparse.Namespace) -> int:
     from .runtime import EngineSettings, build_manager
 
     try:
-        settings = EngineSettings.from_env()
+        settings = EngineSettings.from_env_and_args(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings.demo = settings.demo or args.demo
-    settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
     store = None if args.no_history else HistoryStore(args.data_dir).open()
     manager = build_manager(settings)
     manager.start(background=False)

@@ -46,6 +46,15 @@ class EngineSettings:
             step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
         )
 
+    @classmethod
+    def from_env_and_args(cls, args) -> EngineSettings:
+        """The environment's settings, then the command line's (`--demo`, `--placement`, `--raw`, `--turbo`) on top.
+        Raises ValueError with a one-line message for a bad value."""
+        settings = cls.from_env()
+        settings.demo = settings.demo or args.demo
+        settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
+        return settings
+
 
 def step_cache_threshold(text: str | None) -> float | None:
     """KREA2_STEP_CACHE: empty or unset = off, else a threshold >= 0 (e.g. 0.05)."""
