@@ -113,7 +113,11 @@ def test_compare_shows_two_images(page):
 
 
 def test_cancel_stops_a_long_run(page):
+    from playwright.sync_api import expect
+
     page.locator("#ckpt").get_by_text("Raw").click()
+    # The toggle's round trip sets Raw's defaults; typing before it lands gets overwritten by steps=52.
+    expect(page.locator("#steps input[type=number]")).to_have_value("52", timeout=10_000)
     set_number(page, "steps", 100)
     set_number(page, "width", 1024)
     set_number(page, "height", 1024)
