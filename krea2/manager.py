@@ -151,6 +151,7 @@ class ModelManager:
             self._place()
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
+            log.info("Checkpoints ready: %s", self.status().summary())
             if self.options.compile:
                 self._start_warmup()
         except Krea2Error as error:

@@ -32,10 +32,13 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 90) -> AppServer:
+        """Start the app and return once it answers HTTP and its checkpoints are loaded (the manager logs "Checkpoints
+        ready"): a request before that gets "is loading; try again", correctly, but not what a test means to check."""
         env = {**os.environ, "KREA2_DATA_DIR": str(self.data_dir), "KREA2_DEMO_CACHE": str(self.demo_cache),
                "GRADIO_ANALYTICS_ENABLED": "False", **self.extra_env}  # fmt: skip
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "ab")  # closed when the process ends
+        log_start = log.tell()  # a restart appends to the same log: look only at this run's lines
         self.proc = subprocess.Popen(
             [sys.executable, "app.py", "--demo", "--port", str(self.port)], cwd=ROOT, env=env, stdout=log,
             stderr=subprocess.STDOUT,
@@ -44,17 +47,19 @@ class AppServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"app exited early: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "config", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except urllib.error.HTTPError as error:
-                if error.code in (401, 403):  # up, behind auth
-                    return self
-                time.sleep(0.5)
-            except OSError:
-                time.sleep(0.5)
+            if self._answers() and b"Checkpoints ready" in self.log.read_bytes()[log_start:]:
+                return self
+            time.sleep(0.5)
         raise RuntimeError(f"app did not start: {self.log.read_text()[-2000:]}")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "config", timeout=2) as response:
+                return response.status == 200
+        except urllib.error.HTTPError as error:
+            return error.code in (401, 403)  # up, behind auth
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
