@@ -240,7 +240,7 @@ class ModelManager:
         )
 
     def _fast_path_summary(self) -> str:
-        if not self._ready.is_set():  # the options settle once placement is known
+        if not any(status.state == "ready" for status in self._status.values()):  # options settle at placement
             return ""
         options, parts = self.options, []
         if options.fp8:
