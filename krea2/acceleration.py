@@ -77,13 +77,14 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
 def prepare_transformer(transformer: nn.Module, *, fp8: bool, attention: str | None) -> None:
     """The fast path's changes to one transformer, in the order they need: fused projections and fp8 (together: fusion
     pays through fp8's per-input quantisation), then the attention processor or backend."""
-    from .attention import FLASH4, install_fast_attention
+    from .attention import KERNEL_NAMES, install_fast_attention
 
     if fp8:
         fuse_projections(transformer)
         quantize_fp8(transformer)
-    if fp8 or attention == FLASH4:  # fused projections need the fast processor, which reads `to_qkvg`
-        install_fast_attention(transformer, flash4=attention == FLASH4)
+    kernel = attention if attention in KERNEL_NAMES else None  # ours (FA4, cuDNN fp8), not a diffusers backend
+    if fp8 or kernel:  # fused projections need the fast processor, which reads `to_qkvg`
+        install_fast_attention(transformer, kernel)
     elif attention:
         transformer.set_attention_backend(attention)
 

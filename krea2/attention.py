@@ -20,7 +20,10 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
+from .fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason, fp8_attention
+
 FLASH4 = "flash4"
+KERNEL_NAMES = {FLASH4: "FlashAttention-4", CUDNN_FP8: "cuDNN fp8 attention"}
 
 
 @functools.cache
@@ -72,8 +75,8 @@ class Krea2FastAttnProcessor:
     _attention_backend = None  # diffusers' dispatch reads these, as on its own processors
     _parallel_config = None
 
-    def __init__(self, flash4: bool = False) -> None:
-        self.flash4 = flash4
+    def __init__(self, kernel: str | None = None) -> None:
+        self.kernel = kernel  # FLASH4, CUDNN_FP8 (krea2/fp8_attention.py) or None: diffusers' dispatch
 
     def __call__(
         self,
@@ -95,8 +98,10 @@ class Krea2FastAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        if self.flash4 and attention_mask is None:
+        if self.kernel == FLASH4 and attention_mask is None:
             hidden_states = flash4_attention(query.contiguous(), key.contiguous(), value.contiguous())
+        elif self.kernel == CUDNN_FP8 and attention_mask is None:
+            hidden_states = fp8_attention(query, key, value)
         else:  # as stock: repeat the KV heads so every SDPA kernel accepts the (optional) mask
             groups = attn.num_heads // attn.num_kv_heads
             if groups > 1:
@@ -113,9 +118,12 @@ class Krea2FastAttnProcessor:
         return attn.to_out[0](hidden_states)
 
 
-def install_fast_attention(transformer, flash4: bool) -> None:
-    """Put the fast processor on every Krea 2 attention layer of `transformer` (raises RuntimeError when FA4 is asked
-    for and cannot run)."""
-    if flash4 and (reason := flash4_unavailable_reason()) is not None:
-        raise RuntimeError(f"FlashAttention-4 unavailable: {reason}")
-    transformer.set_attn_processor(Krea2FastAttnProcessor(flash4=flash4))
+def install_fast_attention(transformer, kernel: str | None = None) -> None:
+    """Put the fast processor on every Krea 2 attention layer of `transformer`, running `kernel` (FLASH4, CUDNN_FP8 or
+    None for diffusers' dispatch). Raises RuntimeError when the kernel cannot run here."""
+    probes = {FLASH4: flash4_unavailable_reason, CUDNN_FP8: cudnn_fp8_unavailable_reason}
+    if kernel is not None and kernel not in probes:
+        raise ValueError(f"unknown attention kernel {kernel!r}")
+    if kernel is not None and (reason := probes[kernel]()) is not None:
+        raise RuntimeError(f"{KERNEL_NAMES[kernel]} unavailable: {reason}")
+    transformer.set_attn_processor(Krea2FastAttnProcessor(kernel=kernel))

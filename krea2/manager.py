@@ -7,10 +7,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,6 +22,8 @@ from .preview import latents_to_preview
 from .prompt_cache import LRUCache
 from .request import MAX_SEED, GenerationRequest, random_seed
 from .step_cache import step_cache_of
+from .text_graphs import TextEncoderGraphs
+from .vae_decode import use_single_frame_decode
 
 if TYPE_CHECKING:
     from .loading import PipelineLoader
@@ -91,6 +92,8 @@ class FastPathOptions:
     attention: str | None = None  # "flash4" (FlashAttention-4) or a diffusers attention backend name (GPU)
     step_cache: float | None = None  # Raw only: first-block cache threshold (krea2/step_cache.py); None = off
     prepare_on_cpu: bool = False  # fuse/quantise before the move to the GPU (ZeroGPU: no GPU work at start-up)
+    single_frame_decode: bool = True  # exact: the VAE's causal 3D convolutions as 2D ones (krea2/vae_decode.py)
+    text_graphs: bool = False  # the text encoder from CUDA graphs (GPU-resident only; krea2/text_graphs.py)
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -187,13 +190,14 @@ class ModelManager:
     def _place(self) -> None:
         modules = unique_modules(list(self.pipes.values()))
         self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
-        if self.placement != "gpu" and (self.options.fp8 or self.options.attention or self.options.compile):
+        options = self.options
+        if self.placement != "gpu" and (options.fp8 or options.attention or options.compile or options.text_graphs):
             # Offload was measured in bf16 with stock attention and no compile (bench/results/*memory24gb*); fp8 and
-            # compile on top of group offloading were never run together, so they are not switched on here.
-            log.info("Placement %s: fp8, compile and the attention kernel are off", self.placement)
-            self.options = FastPathOptions(
-                drop_text_padding=self.options.drop_text_padding, step_cache=self.options.step_cache
-            )
+            # compile on top of group offloading were never run together, so they are not switched on here. CUDA
+            # graphs hold the addresses of weights that offloading moves.
+            log.info("Placement %s: fp8, compile, the attention kernel and CUDA graphs are off", self.placement)
+            self.options = replace(options, fp8=False, compile=False, attention=None, text_graphs=False)
+        self._install_shared_speedups()
         if self.options.step_cache is not None and "raw" in self.pipes:
             from .step_cache import install_step_cache
 
@@ -207,6 +211,18 @@ class ModelManager:
             # the placement rule, and quantising frees half of the transformers' memory afterwards.
             self._prepare_transformers()
         log.info("Placement: %s on %s", self.placement, self.device)
+
+    def _install_shared_speedups(self) -> None:
+        """The exact speed-ups of the components Raw and Turbo share: single-frame VAE decode, text encoder graphs."""
+        for pipe in self.pipes.values():
+            use_single_frame_decode(pipe.vae, self.options.single_frame_decode)
+        if self.options.text_graphs and self.pipes:
+            base = self.pipes.get("turbo") or next(iter(self.pipes.values()))
+            graphs = TextEncoderGraphs(
+                base.text_encoder, base.text_encoder_select_layers, pad_id=base.tokenizer.pad_token_id or 0
+            )
+            for pipe in self.pipes.values():
+                pipe.text_graphs = graphs  # one encoder, one set of graphs
 
     def _prepare_transformers(self) -> None:
         from .acceleration import prepare_transformer
@@ -246,7 +262,9 @@ class ModelManager:
         if options.fp8:
             parts.append("fp8")
         if options.attention:
-            parts.append("FlashAttention-4" if options.attention == "flash4" else f"attention {options.attention}")
+            from .attention import KERNEL_NAMES
+
+            parts.append(KERNEL_NAMES.get(options.attention, f"attention {options.attention}"))
         if options.step_cache is not None:
             parts.append(f"Raw step cache {options.step_cache:g}")
         return " + ".join(parts)
@@ -384,13 +402,13 @@ class ModelManager:
             **inputs,
             num_images_per_prompt=request.num_images,
             generator=generators,
-            output_type="np",
+            output_type="pt",  # stays on the device: `to_pil_images` checks and converts it there
             callback_on_step_end=on_step_end,
         )
         # 4. Decoded: check, then hand back PIL images.
+        images = to_pil_images(output.images)
         sync()
         finished_at = time.perf_counter()
-        images = check_images(output.images)
         timings = PhaseTimings(
             encode_s=encoded_at - start,
             denoise_s=denoised_at[0] - encoded_at,
@@ -409,11 +427,17 @@ class ModelManager:
         )
 
 
-def check_images(batch: np.ndarray) -> list[Image.Image]:
-    """Refuse garbage: NaN anywhere, or an image with nothing brighter than one grey level."""
-    if not np.isfinite(batch).all():
+def to_pil_images(batch: torch.Tensor) -> list[Image.Image]:
+    """A decoded (images, 3, height, width) batch in [0, 1] as 8-bit PIL images, refusing garbage: NaN anywhere, or an
+    image with nothing brighter than one grey level.
+
+    The checks and the 8-bit rounding run where the batch is (the GPU), so only the 8-bit pixels cross to the CPU.
+    The rounding is diffusers' own (`numpy_to_pil`: float32, times 255, round half to even), so the pixels are the
+    ones `output_type="pil"` would give."""
+    batch = batch.float()
+    if not bool(torch.isfinite(batch).all()):
         raise GenerationFailed("The model produced NaN values; no image was saved. Try another seed or settings.")
-    for image in batch:
-        if float(image.max()) < 1.0 / 255:
-            raise GenerationFailed("The model produced an all-black image; no image was saved.")
-    return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in batch]
+    if bool((batch.amax(dim=(1, 2, 3)) < 1.0 / 255).any()):
+        raise GenerationFailed("The model produced an all-black image; no image was saved.")
+    pixels = (batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [Image.fromarray(image) for image in pixels]

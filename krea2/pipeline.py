@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from diffusers import Krea2Pipeline
 
+from .text_graphs import TextEncoderGraphs, text_features
+
 
 def drop_padding(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep only the text tokens that are real in every row (a single prompt: exactly its real tokens)."""
@@ -36,6 +38,7 @@ class Krea2StudioPipeline(Krea2Pipeline):
     """Krea2Pipeline whose `encode_prompt` hands the transformer no mask when no token is padding."""
 
     drop_text_padding: bool = True
+    text_graphs: TextEncoderGraphs | None = None  # set by the manager where the encoder stays on the GPU
 
     def get_text_hidden_states(
         self, prompt: str | list[str], max_sequence_length: int = 512, device: torch.device | None = None
@@ -54,10 +57,10 @@ class Krea2StudioPipeline(Krea2Pipeline):
         ).input_ids
         suffix_ids = self.tokenizer(self.prompt_template_encode_suffix, return_tensors="pt").input_ids
         input_ids = torch.cat([text_ids, suffix_ids], dim=1).to(device)
-        # Stock counts positions over real tokens only (cumsum of the mask); with no padding that is arange.
-        position_ids = torch.arange(input_ids.shape[1], device=device).expand(3, 1, -1)
-        outputs = self.text_encoder(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True)
-        hidden_states = torch.stack([outputs.hidden_states[i] for i in self.text_encoder_select_layers], dim=2)
+        if self.text_graphs is not None:  # the same features, replayed from a CUDA graph (krea2/text_graphs.py)
+            hidden_states = self.text_graphs(input_ids)
+        else:
+            hidden_states = text_features(self.text_encoder, input_ids, self.text_encoder_select_layers)
         hidden_states = hidden_states[:, prefix_idx:]
         mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=device)
         return hidden_states, mask

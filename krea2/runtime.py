@@ -34,6 +34,7 @@ class EngineSettings:
     attention: str | None = None  # None: FlashAttention-4 where it runs, else PyTorch SDPA; "sdpa" forces SDPA
     step_cache: float | None = None  # Raw's first-block cache threshold; None = off (changes images)
     prepare_on_cpu: bool = False  # fuse/quantise the transformers before moving them to the GPU (ZeroGPU)
+    text_graphs: bool | None = None  # None: the text encoder replays CUDA graphs where it stays on a GPU
 
     @classmethod
     def from_env(cls) -> EngineSettings:
@@ -44,6 +45,7 @@ class EngineSettings:
             fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
             attention=attention_setting(os.environ.get("KREA2_ATTENTION")),
             step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
+            text_graphs=env_flag("KREA2_TEXT_GRAPHS") if "KREA2_TEXT_GRAPHS" in os.environ else None,
         )
 
     @classmethod
@@ -70,14 +72,14 @@ def step_cache_threshold(text: str | None) -> float | None:
 
 
 def attention_setting(text: str | None) -> str | None:
-    """KREA2_ATTENTION: unset = automatic, else flash4, sdpa or one of diffusers' attention backend names."""
+    """KREA2_ATTENTION: unset = automatic, else flash4, cudnn-fp8, sdpa or one of diffusers' attention backend names."""
     if text is None or not text.strip():
         return None
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from .attention import FLASH4
+    from .attention import KERNEL_NAMES
 
-    choices = [FLASH4, "sdpa", *(name.value for name in AttentionBackendName)]
+    choices = [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
     if text.strip() not in choices:
         raise ValueError(f"KREA2_ATTENTION must be one of {', '.join(choices)}; got {text!r}")
     return text.strip()
@@ -128,5 +130,7 @@ def build_manager(settings: EngineSettings) -> ModelManager:
         attention=None if demo else choose_attention(settings.attention, cuda),
         step_cache=settings.step_cache,
         prepare_on_cpu=settings.prepare_on_cpu,
+        # Not with ZeroGPU: its GPU is attached per call, and graphs hold device addresses across calls.
+        text_graphs=cuda and not settings.prepare_on_cpu and settings.text_graphs is not False,
     )
     return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)

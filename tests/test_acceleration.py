@@ -1,5 +1,7 @@
 """The fast path's model surgery, checked on a tiny real Krea 2 transformer: same outputs as stock."""
 
+import math
+
 import pytest
 import torch
 from diffusers import Krea2Pipeline
@@ -28,7 +30,7 @@ def test_fused_projections_and_fast_processor_match_stock(masked):
     with torch.no_grad():
         reference = transformer(**inputs(masked=masked), return_dict=False)[0]
         fuse_projections(transformer)
-        install_fast_attention(transformer, flash4=False)
+        install_fast_attention(transformer)
         fused = transformer(**inputs(masked=masked), return_dict=False)[0]
     block = transformer.transformer_blocks[0]
     assert hasattr(block.attn, "to_qkvg") and not hasattr(block.attn, "to_q")
@@ -51,7 +53,7 @@ def test_flash4_is_refused_with_a_reason_where_it_cannot_run():
     if flash4_unavailable_reason() is None:
         pytest.skip("FlashAttention-4 runs here")
     with pytest.raises(RuntimeError, match="FlashAttention-4 unavailable"):
-        install_fast_attention(build_transformer(seed=3), flash4=True)
+        install_fast_attention(build_transformer(seed=3), "flash4")
 
 
 def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
@@ -60,11 +62,12 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     from krea2.loading import PipelineLoader
     from krea2.manager import FastPathOptions, ModelManager
 
-    options = FastPathOptions(fp8=True, compile=True, attention="flash4")
+    options = FastPathOptions(fp8=True, compile=True, attention="flash4", text_graphs=True)
     manager = ModelManager(PipelineLoader(demo_sources, torch.float32), options=options, demo=True)
     manager.start(background=False)
     assert manager.placement == "cpu"
-    assert manager.options == FastPathOptions(drop_text_padding=True)
+    assert manager.options == FastPathOptions(drop_text_padding=True)  # exact single-frame decode stays on
+    assert all(pipe.text_graphs is None for pipe in manager.pipes.values())
     assert manager.status().warmup == "off" and manager.status().fast_path == ""
     assert hasattr(manager.pipes["turbo"].transformer.transformer_blocks[0].attn, "to_q")  # not fused
 
@@ -84,5 +87,45 @@ def test_attention_setting():
 
     assert attention_setting(None) is None and attention_setting(" ") is None
     assert attention_setting("flash4") == "flash4" and attention_setting("_native_cudnn") == "_native_cudnn"
-    with pytest.raises(ValueError, match="KREA2_ATTENTION must be one of flash4, sdpa"):
+    assert attention_setting("cudnn-fp8") == "cudnn-fp8"
+    with pytest.raises(ValueError, match="KREA2_ATTENTION must be one of flash4, cudnn-fp8, sdpa"):
         attention_setting("flash5")
+
+
+def test_per_tensor_fp8_scale_is_a_power_of_two_that_fills_the_range():
+    from krea2.fp8_attention import FP8_MAX, quantize_per_tensor
+
+    x = torch.randn(2, 50, 3, 16) * 7.3
+    quantized, descale = quantize_per_tensor(x)
+    scale = 1 / float(descale)
+    assert quantized.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
+    assert scale == 2.0 ** round(math.log2(scale))  # exact scaling both ways
+    assert FP8_MAX / 2 < float(x.abs().max()) * scale <= FP8_MAX
+    restored = quantized.float() * descale
+    assert float((restored - x).norm() / x.norm()) < 0.05
+
+
+def test_fp8_attention_scales_round_trip_through_the_kernel_fallback():
+    """On a machine without cuDNN's fp8 kernel the op computes SDPA on the dequantised inputs: that checks the scales
+    around the kernel (Q/K/V descales, O's scale) end to end, grouped-query heads included."""
+    from krea2.fp8_attention import fp8_attention
+
+    torch.manual_seed(0)
+    query = torch.randn(1, 64, 8, 32, dtype=torch.bfloat16)
+    key = torch.randn(1, 64, 2, 32, dtype=torch.bfloat16) + 4  # an offset shared by all keys: smoothed away
+    value = torch.randn(1, 64, 2, 32, dtype=torch.bfloat16) * 5
+    out = fp8_attention(query, key, value)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2).float(), key.transpose(1, 2).float(), value.transpose(1, 2).float(), enable_gqa=True
+    ).transpose(1, 2)
+    assert out.dtype == torch.bfloat16 and out.shape == query.shape
+    assert float((out.float() - reference).norm() / reference.norm()) < 0.08
+
+
+def test_cudnn_fp8_attention_is_refused_with_a_reason_where_it_cannot_run():
+    from krea2.fp8_attention import cudnn_fp8_unavailable_reason
+
+    if cudnn_fp8_unavailable_reason() is None:
+        pytest.skip("cuDNN fp8 attention runs here")
+    with pytest.raises(RuntimeError, match="cuDNN fp8 attention unavailable"):
+        install_fast_attention(build_transformer(seed=3), "cudnn-fp8")
