@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment
+from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment, result_path
 from krea2.attention import flash4_unavailable_reason
 from krea2.manager import FastPathOptions, ModelManager
 from krea2.request import GenerationRequest
@@ -67,7 +67,7 @@ def main() -> int:
             result[f"{name}_{attempt}_s"] = time.perf_counter() - start
             result[f"{name}_images"] = len(out.images)
         log.info("%s: %.2f s then %.2f s", name, result[f"{name}_first_s"], result[f"{name}_second_s"])
-    path = Path(args.out) / f"{env['date'][:10]}_{env['gpu'].replace(' ', '-')}_gpu-smoke.json"
+    path = result_path(args.out, env, "gpu-smoke")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))

@@ -7,8 +7,10 @@ Sections (each result is written as soon as it exists, so a run cut short still 
              native grouped-query, FlashAttention-4 (flash-attn-4 package) and SageAttention 1 when installed;
   gemm       one block's linear layers: bf16, fp8 row-wise and tensor-wise scaling, and fused QKV+gate / gate+up;
   step       one compiled fp8 transformer call, profiled by kernel category, with SDPA and with FA4;
-  encode     the text encoder on the 512-token padded template (stock) and on the real tokens only;
-  decode     the VAE decode at 1024², plain and with cuDNN autotuning.
+  encode     the text encoder on the 512-token padded template (stock) and on the real tokens only, and the VAE decode
+             at 1024², plain and with cuDNN autotuning;
+  exact_io   text encoder from CUDA graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU.
+The attention section includes cuDNN's fp8 attention (nvidia-cudnn-frontend) where it runs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchmark import PROMPT, build_full_size, environment
+from bench.benchmark import PROMPT, build_full_size, environment, result_path
 
 log = logging.getLogger("profile")
 HEADS, KV_HEADS, HEAD_DIM, WIDTH, FFN = 48, 12, 128, 6144, 16384
@@ -107,6 +109,22 @@ def attention_case(label: str, seq: int) -> dict:
     except Exception as error:  # noqa: BLE001
         out[f"{label}_sage_error"] = repr(error)
 
+    try:
+        from krea2.fp8_attention import cudnn_fp8_unavailable_reason, fp8_attention
+
+        reason = cudnn_fp8_unavailable_reason()
+        if reason is None:
+            start = time.perf_counter()
+            fp8_attention(q, k, v)  # builds this shape's cuDNN plan
+            torch.cuda.synchronize()
+            out[f"{label}_cudnn_fp8_first_call_s"] = time.perf_counter() - start
+            variants["cudnn_fp8_gqa"] = lambda: fp8_attention(q, k, v)  # eager: quantisation unfused, counted
+            out.update(fp8_kernel_only(label, q, k, v, flops))
+        else:
+            out[f"{label}_cudnn_fp8_error"] = reason
+    except Exception as error:  # noqa: BLE001
+        out[f"{label}_cudnn_fp8_error"] = repr(error)
+
     reference = variants["sdpa_flash_repeat_kv"]()
     for name, fn in variants.items():
         try:
@@ -121,6 +139,16 @@ def attention_case(label: str, seq: int) -> dict:
         torch.cuda.synchronize()
     out[f"{label}_default_kernels"] = [e.key[:120] for e in prof.key_averages()][:8]
     return out
+
+
+def fp8_kernel_only(label: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flops: int) -> dict:
+    """cuDNN's fp8 kernel alone, on already-quantised inputs (compiled blocks fuse the quantisation into RoPE)."""
+    from krea2.fp8_attention import cudnn_fp8_attention, quantize_per_tensor
+
+    (q8, dq), (k8, dk), (v8, dv) = (quantize_per_tensor(t) for t in (q, k, v))
+    o_scale = 0.5 / dv
+    ms = cuda_ms(lambda: cudnn_fp8_attention(q8, k8, v8, dq, dk, dv, o_scale))
+    return {f"{label}_cudnn_fp8_kernel_only": {"ms": ms, "tflops": flops / ms / 1e9}}
 
 
 # ------------------------------------------------------------------------------------------------ gemm
@@ -231,7 +259,7 @@ def variants(results: dict) -> None:
     dynamic=True, and fused with automatic dynamic shapes (sequence length marked dynamic after a second length)."""
     from bench.benchmark import build_full_size
     from krea2.acceleration import fuse_projections, quantize_fp8
-    from krea2.attention import flash4_unavailable_reason, install_fast_attention
+    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
 
     out: dict = {}
     results["variants"] = out
@@ -244,7 +272,7 @@ def variants(results: dict) -> None:
 
     transformer = build_full_size("cuda", raw=False)[0].transformer
     quantize_fp8(transformer)
-    install_fast_attention(transformer, flash4=flash4)
+    install_fast_attention(transformer, FLASH4 if flash4 else None)
     compiled(transformer, True)
     for tokens in (4096, 16384):
         out[f"unfused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"unfused dynamic {tokens}")
@@ -253,7 +281,7 @@ def variants(results: dict) -> None:
     transformer = build_full_size("cuda", raw=False)[0].transformer
     fuse_projections(transformer)
     quantize_fp8(transformer)
-    install_fast_attention(transformer, flash4=flash4)
+    install_fast_attention(transformer, FLASH4 if flash4 else None)
     compiled(transformer, True)
     for tokens in (4096, 16384):
         out[f"fused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"fused dynamic {tokens}")
@@ -265,7 +293,7 @@ def variants(results: dict) -> None:
 
 def step(results: dict, transformer) -> None:
     from krea2.acceleration import compile_blocks, quantize_fp8
-    from krea2.attention import flash4_unavailable_reason, install_fast_attention
+    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
 
     out: dict = {}
     results["step"] = out
@@ -277,7 +305,7 @@ def step(results: dict, transformer) -> None:
     if reason:
         out["flash4"] = reason
         return
-    install_fast_attention(transformer, flash4=True)
+    install_fast_attention(transformer, FLASH4)
     torch._dynamo.reset()
     compile_blocks(transformer)
     for tokens in (4096, 16384):
@@ -323,6 +351,79 @@ def encode_decode(results: dict, pipe) -> dict:
         out["decode_2048_ms"] = cuda_ms(decode, repeats=3)
         log.info("decode: %s", out)
     return out
+
+
+def exact_io(results: dict, pipe) -> None:
+    """The exact speed-ups around the transformer, each against what it replaces: the text encoder from CUDA graphs
+    vs eager (PAD-free both), single-frame vs stock VAE decode, and 8-bit conversion on the GPU vs in numpy."""
+    import numpy as np
+
+    from krea2.manager import to_pil_images
+    from krea2.text_graphs import TextEncoderGraphs
+    from krea2.vae_decode import use_single_frame_decode
+
+    out: dict = {}
+    results["exact_io"] = out
+    studio = studio_pipeline(pipe)
+    cuda = torch.device("cuda")
+    with torch.inference_mode():
+        encode = lambda: studio.get_text_hidden_states(PROMPT, 512, cuda)[0]  # noqa: E731
+        eager = encode()
+        out["encode_tokens"] = int(eager.shape[1])
+        out["encode_eager_ms"] = cuda_ms(encode)
+        studio.text_graphs = TextEncoderGraphs(
+            pipe.text_encoder, pipe.text_encoder_select_layers, pad_id=pipe.tokenizer.pad_token_id or 0
+        )
+        start = time.perf_counter()
+        graphed = encode()
+        torch.cuda.synchronize()
+        out["encode_graph_first_call_s"] = time.perf_counter() - start
+        out["encode_graph_disabled_reason"] = studio.text_graphs.disabled_reason
+        out["encode_graph_vs_eager_rel_l2"] = rel(graphed, eager)
+        out["encode_graph_ms"] = cuda_ms(encode)
+        out["encode_graph_other_prompt_same_bucket_ms"] = cuda_ms(
+            lambda: studio.get_text_hidden_states("a cat", 512, cuda)
+        )
+        log.info("exact_io encode: %s", out)
+        for label, side in (("1024", 128), ("2048", 256)):
+            latents = torch.randn(1, 16, 1, side, side, device="cuda", dtype=torch.bfloat16)
+            decode = lambda z=latents: pipe.vae.decode(z, return_dict=False)[0]  # noqa: E731
+            images = {}
+            for name, enabled in (("stock", False), ("single_frame", True)):
+                use_single_frame_decode(pipe.vae, enabled)
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                images[name] = decode()
+                out[f"decode_{label}_{name}_peak_extra_gb"] = (torch.cuda.max_memory_allocated() - before) / 1e9
+                out[f"decode_{label}_{name}_ms"] = cuda_ms(decode, repeats=5)
+            difference = (images["single_frame"] - images["stock"]).abs().max()
+            out[f"decode_{label}_single_frame_vs_stock_max_abs"] = float(difference)
+            out[f"decode_{label}_single_frame_vs_stock_rel_l2"] = rel(images["single_frame"], images["stock"])
+            log.info("exact_io decode %s: %s", label, {k: v for k, v in out.items() if f"_{label}_" in k})
+        for label, side in (("1024", 1024), ("2048", 2048)):
+            decoded = torch.rand(1, 3, side, side, device="cuda", dtype=torch.bfloat16)
+
+            def numpy_path(x=decoded):  # what the manager did before: diffusers' "np" output, then numpy rounding
+                array = x.cpu().permute(0, 2, 3, 1).float().numpy()
+                return (array * 255).round().astype(np.uint8)
+
+            out[f"to_8bit_{label}_numpy_ms"] = wall_ms(numpy_path)
+            out[f"to_8bit_{label}_gpu_ms"] = wall_ms(lambda x=decoded: to_pil_images(x))
+            same = np.array_equal(numpy_path(), np.asarray(to_pil_images(decoded)[0])[None])
+            out[f"to_8bit_{label}_identical"] = same
+        log.info("exact_io: %s", out)
+
+
+def wall_ms(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall milliseconds of `fn` (host work included), synchronised before and after."""
+    times = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times[1:])
 
 
 def compiled_encode_decode(results: dict, pipe) -> None:
@@ -383,14 +484,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
-        "--sections", default="attention,gemm,encode,step", help="also: compiled_encode, tuned_step, variants"
+        "--sections", default="attention,gemm,encode,step", help="also: exact_io, compiled_encode, tuned_step, variants"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sections = args.sections.split(",")
     env = environment()
     results: dict = {"environment": env, "command": "python " + " ".join(sys.argv)}
-    path = Path(args.out) / f"{env['date'][:10]}_{env['gpu'].replace(' ', '-')}_profile.json"
+    path = result_path(args.out, env, "profile-" + args.sections.replace(",", "-"))
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def run(name: str, fn: Callable[[], object]) -> None:
@@ -407,10 +508,11 @@ def main() -> int:
     run("attention", lambda: attention(results))
     run("gemm", lambda: gemm(results))
     run("variants", lambda: variants(results))
-    if {"encode", "step", "compiled_encode", "tuned_step"} & set(sections):
+    if {"encode", "exact_io", "step", "compiled_encode", "tuned_step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
         # Order matters: the last two quantise the transformer in place.
         run("encode", lambda: encode_decode(results, turbo))
+        run("exact_io", lambda: exact_io(results, turbo))
         run("compiled_encode", lambda: compiled_encode_decode(results, turbo))
         run("tuned_step", lambda: tuned_step(results, turbo.transformer))
         run("step", lambda: step(results, turbo.transformer))
