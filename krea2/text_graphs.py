@@ -70,14 +70,19 @@ class TextEncoderGraphs:
             entry = self._capture_checked(padded, input_ids)
             if entry is None:
                 return text_features(self.text_encoder, input_ids, self.select_layers)
+        # A copy: the static output is overwritten by the next replay, and callers cache what they get.
+        return self._run(entry, input_ids).clone()
+
+    def _run(self, entry: _Captured, input_ids: torch.Tensor) -> torch.Tensor:
+        """Pad `input_ids` into the static input, run, and return the prompt's rows of the static output (a view)."""
+        length = input_ids.shape[1]
         entry.input_ids.fill_(self.pad_id)
         entry.input_ids[:, :length].copy_(input_ids)
         if entry.graph is not None:
             entry.graph.replay()
         else:
             entry.output.copy_(text_features(self.text_encoder, entry.input_ids, self.select_layers))
-        # A copy: the static output is overwritten by the next replay, and callers cache what they get.
-        return entry.output[:, :length].clone()
+        return entry.output[:, :length]
 
     def _capture_checked(self, padded: int, input_ids: torch.Tensor) -> _Captured | None:
         try:
@@ -87,14 +92,7 @@ class TextEncoderGraphs:
         self.captured[padded] = entry
         # Check the new graph once against the eager computation on this very prompt.
         reference = text_features(self.text_encoder, input_ids, self.select_layers).float()
-        length = input_ids.shape[1]
-        entry.input_ids.fill_(self.pad_id)
-        entry.input_ids[:, :length].copy_(input_ids)
-        if entry.graph is not None:
-            entry.graph.replay()
-        else:
-            entry.output.copy_(text_features(self.text_encoder, entry.input_ids, self.select_layers))
-        error = float((entry.output[:, :length].float() - reference).norm() / reference.norm().clamp_min(1e-12))
+        error = float((self._run(entry, input_ids).float() - reference).norm() / reference.norm().clamp_min(1e-12))
         if not error < CHECK_TOLERANCE:
             self.captured.clear()
             return self._disable(f"graph disagreed with eager (relative L2 {error:.3g})")
