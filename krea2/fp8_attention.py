@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 
 import torch
 import torch.nn.functional as F
+
+from .prompt_cache import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +152,22 @@ class _Plan:
         self.graph.execute(pack, self.workspace, handle=self.handle)
 
 
-_plans: dict[tuple, _Plan | None] = {}
-_plans_lock = threading.Lock()
+# Plans per shape, bounded: every new prompt length (and image size) makes new shapes; a plan rebuilds in ~0.05 s.
+_plans: LRUCache[_Plan | None] = LRUCache(64)
 
 
 def _plan_for(q8: torch.Tensor, k8: torch.Tensor) -> _Plan | None:
-    key = (q8.device, tuple(q8.shape), tuple(k8.shape))
-    with _plans_lock:
-        if key not in _plans:
-            start = time.perf_counter()
-            try:
-                _plans[key] = _Plan(q8, k8)
-                log.info("cuDNN fp8 attention plan for %s built in %.2f s", key[1:], time.perf_counter() - start)
-            except Exception as error:  # noqa: BLE001 - cuDNN says "not supported" in many ways
-                log.warning("cuDNN fp8 attention refused %s (%s); using SDPA for it", key[1:], error)
-                _plans[key] = None
-        return _plans[key]
+    def build() -> _Plan | None:
+        start = time.perf_counter()
+        try:
+            plan = _Plan(q8, k8)
+        except Exception as error:  # noqa: BLE001 - cuDNN says "not supported" in many ways
+            log.warning("cuDNN fp8 attention refused %s/%s (%s); using SDPA for it", q8.shape, k8.shape, error)
+            return None
+        log.info("cuDNN fp8 attention plan for %s/%s built in %.2f s", q8.shape, k8.shape, time.perf_counter() - start)
+        return plan
+
+    return _plans.get_or_compute((q8.device, tuple(q8.shape), tuple(k8.shape)), build)
 
 
 @functools.cache

@@ -89,7 +89,7 @@ class FastPathOptions:
     drop_text_padding: bool = True  # exact
     compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
     fp8: bool = False  # fused projections + torchao fp8 rowwise weights+activations (GPU, compute capability >= 8.9)
-    attention: str | None = None  # "flash4" (FlashAttention-4) or a diffusers attention backend name (GPU)
+    attention: str | None = None  # "flash4", "cudnn-fp8" (fp8, approximate) or a diffusers backend name (GPU)
     step_cache: float | None = None  # Raw only: first-block cache threshold (krea2/step_cache.py); None = off
     prepare_on_cpu: bool = False  # fuse/quantise before the move to the GPU (ZeroGPU: no GPU work at start-up)
     single_frame_decode: bool = True  # exact: the VAE's causal 3D convolutions as 2D ones (krea2/vae_decode.py)

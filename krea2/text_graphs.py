@@ -118,6 +118,7 @@ class TextEncoderGraphs:
                 text_features(self.text_encoder, input_ids, self.select_layers)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: in a server, another thread's CUDA call (a status query, say) must not spoil this capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = text_features(self.text_encoder, input_ids, self.select_layers)
         return _Captured(graph, input_ids, output)

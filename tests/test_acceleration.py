@@ -63,7 +63,8 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     from krea2.manager import FastPathOptions, ModelManager
 
     options = FastPathOptions(fp8=True, compile=True, attention="flash4", text_graphs=True)
-    manager = ModelManager(PipelineLoader(demo_sources, torch.float32), options=options, demo=True)
+    loader = PipelineLoader(demo_sources, torch.float32)
+    manager = ModelManager(loader, device="cpu", options=options, demo=True)  # CPU also where a GPU is present
     manager.start(background=False)
     assert manager.placement == "cpu"
     assert manager.options == FastPathOptions(drop_text_padding=True)  # exact single-frame decode stays on

@@ -40,7 +40,7 @@ def test_manager_decodes_single_frame(manager):
 def encoder_and_ids(manager, prompt: str):
     pipe = manager.pipes["turbo"]
     ids = pipe.tokenizer(pipe.prompt_template_encode_prefix + prompt, return_tensors="pt").input_ids
-    return pipe, ids
+    return pipe, ids.to(pipe.text_encoder.device)  # a GPU run of the tests captures real CUDA graphs
 
 
 @pytest.mark.parametrize("prompt", ["a fox", "a long prompt " * 12])
@@ -94,7 +94,10 @@ def test_a_bad_capture_falls_back_to_eager_with_a_reason(manager, monkeypatch, f
         if failure == "raises":
             raise RuntimeError("operation not permitted when stream is capturing")
         layers = len(pipe.text_encoder_select_layers)
-        static = torch.zeros(1, padded, dtype=torch.long), torch.zeros(1, padded, layers, 32)
+        static = (
+            torch.zeros(1, padded, dtype=torch.long, device=device),
+            torch.zeros(1, padded, layers, 32, device=device),
+        )
         return _Captured(_GraphThatWritesNothing(), *static)
 
     monkeypatch.setattr(graphs, "_capture", capture)
