@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment, result_path
 from krea2.attention import flash4_unavailable_reason
-from krea2.manager import FastPathOptions, ModelManager
+from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
-from krea2.runtime import EngineSettings, choose_attention, fp8_supported
+from krea2.runtime import EngineSettings, fast_path_options
 
 log = logging.getLogger("smoke")
 
@@ -38,12 +38,7 @@ def main() -> int:
     t0 = time.perf_counter()
     reason = flash4_unavailable_reason()
     result: dict = {"environment": env, "flash4_probe_s": time.perf_counter() - t0, "flash4_unavailable": reason}
-    options = FastPathOptions(
-        drop_text_padding=True,
-        compile=args.compile,
-        fp8=fp8_supported(),
-        attention=choose_attention(EngineSettings().attention, cuda=True),
-    )
+    options = fast_path_options(EngineSettings(compile=args.compile), cuda=True, demo=False)  # as the app chooses
     result["options"] = options.__dict__
     log.info("%s", result)
     turbo, raw = build_full_size("cuda")

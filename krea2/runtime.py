@@ -123,7 +123,14 @@ def build_manager(settings: EngineSettings) -> ModelManager:
     else:
         sources = {"raw": RAW.source(settings.raw_source), "turbo": TURBO.source(settings.turbo_source)}
         dtype = torch.bfloat16
-    options = FastPathOptions(
+    options = fast_path_options(settings, cuda=cuda, demo=demo)
+    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+
+
+def fast_path_options(settings: EngineSettings, *, cuda: bool, demo: bool) -> FastPathOptions:
+    """The fast path the settings ask for, on by default where it runs (the manager turns the GPU-resident parts off
+    again if the weights end up offloaded)."""
+    return FastPathOptions(
         drop_text_padding=True,
         compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
@@ -133,4 +140,3 @@ def build_manager(settings: EngineSettings) -> ModelManager:
         # Not with ZeroGPU: its GPU is attached per call, and graphs hold device addresses across calls.
         text_graphs=cuda and not settings.prepare_on_cpu and settings.text_graphs is not False,
     )
-    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)

@@ -130,3 +130,12 @@ def test_cudnn_fp8_attention_is_refused_with_a_reason_where_it_cannot_run():
         pytest.skip("cuDNN fp8 attention runs here")
     with pytest.raises(RuntimeError, match="cuDNN fp8 attention unavailable"):
         install_fast_attention(build_transformer(seed=3), "cudnn-fp8")
+
+
+def test_text_graphs_default_on_a_resident_gpu_only():
+    from krea2.runtime import EngineSettings, fast_path_options
+
+    assert fast_path_options(EngineSettings(), cuda=True, demo=False).text_graphs
+    assert not fast_path_options(EngineSettings(), cuda=False, demo=True).text_graphs
+    assert not fast_path_options(EngineSettings(text_graphs=False), cuda=True, demo=False).text_graphs  # env off
+    assert not fast_path_options(EngineSettings(prepare_on_cpu=True), cuda=True, demo=False).text_graphs  # ZeroGPU
