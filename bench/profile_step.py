@@ -9,7 +9,8 @@ Sections (each result is written as soon as it exists, so a run cut short still 
   step       one compiled fp8 transformer call, profiled by kernel category, with SDPA and with FA4;
   encode     the text encoder on the 512-token padded template (stock) and on the real tokens only, and the VAE decode
              at 1024², plain and with cuDNN autotuning;
-  exact_io   text encoder from CUDA graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU.
+  exact_io   text encoder from CUDA graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU;
+  decode_kernels  the single-frame VAE decode by kernel (the VAE alone).
 The attention section includes cuDNN's fp8 attention (nvidia-cudnn-frontend) where it runs.
 """
 
@@ -414,6 +415,38 @@ def exact_io(results: dict, pipe) -> None:
         log.info("exact_io: %s", out)
 
 
+def decode_kernels(results: dict) -> None:
+    """Where the single-frame VAE decode's time goes, by kernel, at 1024² and 2048² (the VAE alone: a quick run)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    from krea2.vae_decode import use_single_frame_decode
+
+    out: dict = {}
+    results["decode_kernels"] = out
+    vae = AutoencoderKLQwenImage().to("cuda", torch.bfloat16).eval()  # defaults = the Qwen-Image VAE
+    use_single_frame_decode(vae)
+    for label, side in (("1024", 128), ("2048", 256)):
+        latents = torch.randn(1, 16, 1, side, side, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            decode = lambda z=latents: vae.decode(z, return_dict=False)[0]  # noqa: E731
+            ms = cuda_ms(decode, repeats=3, warmup=1)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                decode()
+                torch.cuda.synchronize()
+        kernels = []
+        for event in prof.key_averages():
+            us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+            if us > 0:
+                kernels.append((us / 1000, event.count, event.key[:110]))
+        kernels.sort(reverse=True)
+        out[label] = {
+            "wall_ms": ms,
+            "kernel_ms_total": round(sum(k[0] for k in kernels), 2),
+            "top_kernels": [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:16]],
+        }
+        log.info("decode kernels %s: %s", label, out[label])
+
+
 def wall_ms(fn: Callable[[], object], repeats: int = 5) -> float:
     """Median wall milliseconds of `fn` (host work included), synchronised before and after."""
     times = []
@@ -484,7 +517,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
-        "--sections", default="attention,gemm,encode,step", help="also: exact_io, compiled_encode, tuned_step, variants"
+        "--sections",
+        default="attention,gemm,encode,step",
+        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -508,6 +543,7 @@ def main() -> int:
     run("attention", lambda: attention(results))
     run("gemm", lambda: gemm(results))
     run("variants", lambda: variants(results))
+    run("decode_kernels", lambda: decode_kernels(results))
     if {"encode", "exact_io", "step", "compiled_encode", "tuned_step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
         # Order matters: the last two quantise the transformer in place.
