@@ -63,13 +63,9 @@ class TextEncoderGraphs:
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.disabled_reason is not None or input_ids.shape[0] != 1:
             return text_features(self.text_encoder, input_ids, self.select_layers)
-        length = input_ids.shape[1]
-        padded = self.padded_length(length)
-        entry = self.captured.get(padded)
+        entry = self.captured.get(self.padded_length(input_ids.shape[1]))
         if entry is None:
-            entry = self._capture_checked(padded, input_ids)
-            if entry is None:
-                return text_features(self.text_encoder, input_ids, self.select_layers)
+            return self._capture_checked(input_ids)
         # A copy: the static output is overwritten by the next replay, and callers cache what they get.
         return self._run(entry, input_ids).clone()
 
@@ -84,25 +80,29 @@ class TextEncoderGraphs:
             entry.output.copy_(text_features(self.text_encoder, entry.input_ids, self.select_layers))
         return entry.output[:, :length]
 
-    def _capture_checked(self, padded: int, input_ids: torch.Tensor) -> _Captured | None:
+    def _capture_checked(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Capture the graph of this prompt's bucket and check it once against eager on this very prompt. Returns the
+        prompt's features: the graph's, or the eager ones when the capture failed or disagreed."""
+        padded = self.padded_length(input_ids.shape[1])
+        reference = text_features(self.text_encoder, input_ids, self.select_layers)
         try:
             entry = self._capture(padded, input_ids.device)
         except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager, say why once
-            return self._disable(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
-        self.captured[padded] = entry
-        # Check the new graph once against the eager computation on this very prompt.
-        reference = text_features(self.text_encoder, input_ids, self.select_layers).float()
-        error = float((self._run(entry, input_ids).float() - reference).norm() / reference.norm().clamp_min(1e-12))
+            self._disable(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+            return reference
+        features = self._run(entry, input_ids).clone()
+        error = float((features.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
         if not error < CHECK_TOLERANCE:
-            self.captured.clear()
-            return self._disable(f"graph disagreed with eager (relative L2 {error:.3g})")
+            self._disable(f"graph disagreed with eager (relative L2 {error:.3g})")
+            return reference
+        self.captured[padded] = entry
         log.info("Text encoder: %s for %d tokens", "CUDA graph captured" if entry.graph else "padded", padded)
-        return entry
+        return features
 
     def _disable(self, reason: str) -> None:
         self.disabled_reason = reason
+        self.captured.clear()  # never replayed again: free the graphs' memory
         log.warning("Text encoder CUDA graphs off: %s", reason)
-        return None
 
     def _capture(self, padded: int, device: torch.device) -> _Captured:
         input_ids = torch.full((1, padded), self.pad_id, dtype=torch.long, device=device)

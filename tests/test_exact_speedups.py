@@ -59,13 +59,17 @@ def test_each_call_returns_its_own_tensor(manager):
     """The static output is rewritten by the next call; what a caller got (and cached) must not change with it."""
     pipe, first_ids = encoder_and_ids(manager, "a fox")
     _, second_ids = encoder_and_ids(manager, "a cat")
+    _, third_ids = encoder_and_ids(manager, "a dog")
     graphs = TextEncoderGraphs(pipe.text_encoder, pipe.text_encoder_select_layers, bucket=64)
     with torch.inference_mode():
-        first = graphs(first_ids)
-        kept = first.clone()
-        graphs(second_ids)
-    assert len(graphs.captured) == 1  # both prompts fall in the same bucket
-    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+        results = [graphs(first_ids)]  # captures
+        kept = [results[0].clone()]
+        for ids in (second_ids, third_ids):  # replays: each rewrites the static output
+            results.append(graphs(ids))
+            kept.append(results[-1].clone())
+    assert len(graphs.captured) == 1  # all prompts fall in the same bucket
+    for result, copy in zip(results, kept, strict=True):
+        torch.testing.assert_close(result, copy, rtol=0, atol=0)
 
 
 def test_pipeline_with_graphs_gives_the_same_embeddings(manager):
