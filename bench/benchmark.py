@@ -412,8 +412,9 @@ def environment() -> dict:
 
 
 def result_path(out: str, env: dict, tag: str) -> Path:
-    """Where a run's JSON goes: named by its start (date and minute, so runs of one day do not overwrite each other),
-    GPU and what it measured."""
+    """Where a run's JSON goes (the folder is created): named by its start (date and minute, so runs of one day do not
+    overwrite each other), GPU and what it measured."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     stamp = env["date"][:16].replace(":", "")  # 2026-11-26T0822
     return Path(out) / f"{stamp}_{env['gpu'].replace(' ', '-')}_{tag}.json"
 
@@ -457,7 +458,6 @@ def main() -> int:
         tag = "-".join(cases) + "_" + args.modes.replace(",", "-")
     payload["command"] = "python " + " ".join(sys.argv)
     path = result_path(args.out, env, tag)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     print(json.dumps(payload, indent=2))
     gc.collect()

@@ -63,7 +63,6 @@ def main() -> int:
             result[f"{name}_images"] = len(out.images)
         log.info("%s: %.2f s then %.2f s", name, result[f"{name}_first_s"], result[f"{name}_second_s"])
     path = result_path(args.out, env, "gpu-smoke")
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
     return 0

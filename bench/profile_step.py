@@ -527,7 +527,6 @@ def main() -> int:
     env = environment()
     results: dict = {"environment": env, "command": "python " + " ".join(sys.argv)}
     path = result_path(args.out, env, "profile-" + args.sections.replace(",", "-"))
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def run(name: str, fn: Callable[[], object]) -> None:
         """One section; a failure is recorded and the other sections still run."""
