@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cuda_graphs import capture, relative_l2
+
 log = logging.getLogger(__name__)
 
 # Relative L2 of a new graph against eager. A wrong capture (stale input, wrong positions) lands near 1. The full-size
@@ -91,7 +93,7 @@ class TextEncoderGraphs:
             self._disable(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
             return reference
         features = self._run(entry, input_ids).clone()
-        error = float((features.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
+        error = relative_l2(features, reference)
         if not error < CHECK_TOLERANCE:
             self._disable(f"graph disagreed with eager (relative L2 {error:.3g})")
             return reference
@@ -109,16 +111,7 @@ class TextEncoderGraphs:
         if device.type != "cuda":
             output = text_features(self.text_encoder, input_ids, self.select_layers)
             return _Captured(None, input_ids, torch.empty_like(output))
-        # As torch.cuda.graphs documents: warm up on a side stream (lazy cuBLAS/cuDNN set-up must not be captured),
-        # then capture.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                text_features(self.text_encoder, input_ids, self.select_layers)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: in a server, another thread's CUDA call (a status query, say) must not spoil this capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            output = text_features(self.text_encoder, input_ids, self.select_layers)
+        graph, output = capture(
+            lambda: text_features(self.text_encoder, input_ids, self.select_layers), device, warmups=2
+        )
         return _Captured(graph, input_ids, output)
