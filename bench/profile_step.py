@@ -416,20 +416,41 @@ def exact_io(results: dict, pipe) -> None:
 
 
 def decode_kernels(results: dict) -> None:
-    """Where the single-frame VAE decode's time goes, by kernel, at 1024² and 2048² (the VAE alone: a quick run)."""
+    """The VAE decode alone at 1024² and 2048², side by side: stock (3D), the previous single-frame path (2D
+    convolutions inside the stock decoder), the frame decoder eager and with the compiled norm+SiLU; each one's max
+    difference from stock, and the fastest one's kernels. Then the mid-block attention alone (head dim 384): SDPA vs
+    chunked."""
+    import torch.nn.functional as F
     from diffusers import AutoencoderKLQwenImage
 
-    from krea2.vae_decode import use_single_frame_decode
+    from krea2.vae_decode import DecodeOps, SingleFrameCausalConv3d, chunked_attention, use_single_frame_decode
 
     out: dict = {}
     results["decode_kernels"] = out
     vae = AutoencoderKLQwenImage().to("cuda", torch.bfloat16).eval()  # defaults = the Qwen-Image VAE
-    use_single_frame_decode(vae)
+
+    def variant(name: str) -> None:
+        use_single_frame_decode(vae, name != "stock", compiled=name == "frame_compiled")
+        if name == "conv2d_only":  # the stock VAE class over single-frame convolutions: the previous session's path
+            vae.__class__ = AutoencoderKLQwenImage
+            assert isinstance(vae.decoder.conv_in, SingleFrameCausalConv3d)
+
+    names = ("stock", "conv2d_only", "frame_eager", "frame_compiled")
     for label, side in (("1024", 128), ("2048", 256)):
         latents = torch.randn(1, 16, 1, side, side, device="cuda", dtype=torch.bfloat16)
+        decode = lambda z=latents: vae.decode(z, return_dict=False)[0]  # noqa: E731
+        images = {}
         with torch.inference_mode():
-            decode = lambda z=latents: vae.decode(z, return_dict=False)[0]  # noqa: E731
-            ms = cuda_ms(decode, repeats=3, warmup=1)
+            for name in names:
+                variant(name)
+                images[name] = decode()  # (the compiled variant compiles here)
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                out[f"{label}_{name}_ms"] = cuda_ms(decode, repeats=5, warmup=1)
+                out[f"{label}_{name}_peak_extra_gb"] = (torch.cuda.max_memory_allocated() - before) / 1e9
+                out[f"{label}_{name}_vs_stock_max_abs"] = float((images[name] - images["stock"]).abs().max())
+                log.info("decode %s %s: %.1f ms", label, name, out[f"{label}_{name}_ms"])
+            variant("frame_compiled")
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 decode()
                 torch.cuda.synchronize()
@@ -439,12 +460,21 @@ def decode_kernels(results: dict) -> None:
             if us > 0:
                 kernels.append((us / 1000, event.count, event.key[:110]))
         kernels.sort(reverse=True)
-        out[label] = {
-            "wall_ms": ms,
+        out[f"{label}_frame_compiled_kernels"] = {
             "kernel_ms_total": round(sum(k[0] for k in kernels), 2),
             "top_kernels": [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:16]],
         }
-        log.info("decode kernels %s: %s", label, out[label])
+        log.info("decode kernels %s: %s", label, out[f"{label}_frame_compiled_kernels"])
+    softmax = DecodeOps.compiled().softmax
+    for label, tokens in (("1024", 128 * 128), ("2048", 256 * 256)):
+        qkv = torch.randn(3, 1, tokens, 384, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            sdpa = lambda x=qkv: F.scaled_dot_product_attention(*x[:, :, None])[:, 0]  # noqa: E731
+            chunked = lambda x=qkv: chunked_attention(*x, softmax)  # noqa: E731
+            out[f"attention_{label}_sdpa_ms"] = cuda_ms(sdpa, repeats=5, warmup=1)
+            out[f"attention_{label}_chunked_ms"] = cuda_ms(chunked, repeats=5, warmup=1)
+            out[f"attention_{label}_chunked_vs_sdpa_rel_l2"] = rel(chunked(), sdpa())
+    log.info("decode: %s", {k: v for k, v in out.items() if not k.endswith("_kernels")})
 
 
 def wall_ms(fn: Callable[[], object], repeats: int = 5) -> float:

@@ -1,52 +1,304 @@
-"""Single-frame VAE decode: the Qwen-Image VAE's causal 3D convolutions run as 2D convolutions on an image.
+"""Single-frame VAE decode: the Qwen-Image video VAE run as the 2D image decoder it is for one frame.
 
-Krea 2 decodes through the Qwen-Image (Wan 2.1) video VAE, one frame. Each of its causal convolutions pads the time
-axis with `kernel_t - 1` zero frames in front of the input; on the first (here: only) frame nothing is cached, so a
-3x3x3 kernel multiplies two of its three time slices by zeros. Only the last time slice touches real data, and running
-that slice as a 2D convolution computes the same sums without the zero products: a third of the decoder's convolution
-work (bench/NOTES.md has the measured time). The math is unchanged; the floating-point summation order may differ, as
-between any two convolution algorithms.
+Krea 2 decodes through the Qwen-Image (Wan 2.1) video VAE, one frame. Stock, every causal 3D convolution pads the time
+axis with `kernel_t - 1` zero frames in front of its input, so a 3x3x3 kernel multiplies two of its three time slices by
+zeros; only the last slice meets real data. The decoder also clones every convolution's input into a feature cache for
+the next frame (there is none), upsamples in fp32 (nearest-neighbour: a copy, the same values in bf16), and between
+convolutions runs its RMS norm and SiLU as about eight separate elementwise passes in fp32.
 
-The swap changes the class of the VAE's causal convolution modules in place (weights, state dict and `from_pretrained`
-are untouched) and is undone by `use_single_frame_decode(vae, False)`.
+`decode_frame` walks the same modules with the same weights on 4D tensors: each convolution as a 2D one with the last
+time slice of its kernel and its spatial padding inside the convolution (no padded copy), no feature cache, activations
+in channels_last (cuDNN's native layout: no transposes around each convolution), nearest upsampling as one bf16 copy,
+and the elementwise work between convolutions through `DecodeOps`, which the compiled fast path turns into one fused
+kernel per norm+SiLU and per residual add, with a chunked attention for the mid-block's head dim of 384. The math is
+the stock decoder's; only the floating-point rounding may differ, as between any two convolution algorithms
+(tests/test_exact_speedups.py checks it against the stock 3D decode).
+
+`use_single_frame_decode(vae)` switches a VAE to this path by swapping classes in place (weights, state dict and
+`from_pretrained` are untouched); `use_single_frame_decode(vae, False)` switches it back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import (
+    AutoencoderKLQwenImage,
+    QwenImageAttentionBlock,
+    QwenImageCausalConv3d,
+    QwenImageResample,
+    QwenImageResidualBlock,
+    QwenImageRMS_norm,
+)
 from torch import nn
+
+# Flash and cuDNN attention kernels take head dims up to 256; the VAE's mid-block attention has one head of 384, which
+# PyTorch then runs on its memory-efficient kernel (55 ms at 2048² on an H100, bench/NOTES.md).
+FLASH_MAX_HEAD_DIM = 256
+SCORES_PER_CHUNK = 1 << 28  # 1 GB of fp32 attention scores per query chunk
+
+
+def frame_conv(conv: nn.Conv3d, image: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+    """A causal 3D convolution applied to one uncached frame, as a 2D convolution on `image` (batch, c, h, w).
+    `with_bias=False` leaves the bias to the caller (to add it inside a fused kernel)."""
+    left, right, top, bottom = conv._padding[:4]
+    weight = conv.weight[:, :, -1]  # the time slice that meets the frame itself; the others meet zero padding
+    bias = conv.bias if with_bias else None
+    if left == right and top == bottom:  # the usual case: padding inside the convolution, no padded copy
+        return F.conv2d(image, weight, bias, conv.stride[1:], (top, left), conv.dilation[1:], conv.groups)
+    image = F.pad(image, (left, right, top, bottom))
+    return F.conv2d(image, weight, bias, conv.stride[1:], 0, conv.dilation[1:], conv.groups)
+
+
+def single_frame_exact(conv: QwenImageCausalConv3d) -> bool:
+    """True when one frame in gives one frame out, computed by the last time slice alone: the causal padding is exactly
+    `kernel_t - 1` zero frames and the time axis is neither strided nor dilated."""
+    return conv._padding[4] == conv.kernel_size[0] - 1 and conv.stride[0] == 1 and conv.dilation[0] == 1
 
 
 class SingleFrameCausalConv3d(QwenImageCausalConv3d):
-    """A `QwenImageCausalConv3d` that takes the 2D path on one uncached frame and the stock path otherwise."""
+    """A `QwenImageCausalConv3d` that takes the 2D path on one uncached frame and the stock path otherwise (tiled
+    decodes and video latents still come through the stock decoder)."""
 
     def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-        if cache_x is not None or x.shape[2] != 1 or not self.single_frame_exact():
+        if cache_x is not None or x.shape[2] != 1 or not single_frame_exact(self):
             return super().forward(x, cache_x)
-        left, right, top, bottom = self._padding[:4]
-        image = F.pad(x[:, :, 0], (left, right, top, bottom))
-        weight = self.weight[:, :, -1]  # the time slice that meets the frame itself; the others meet zero padding
-        out = F.conv2d(image, weight, self.bias, self.stride[1:], 0, self.dilation[1:], self.groups)
-        return out.unsqueeze(2)
-
-    def single_frame_exact(self) -> bool:
-        """True when one frame in gives one frame out, computed by the last time slice alone: the causal padding is
-        exactly `kernel_t - 1` zero frames and the time axis is neither strided nor dilated."""
-        return self._padding[4] == self.kernel_size[0] - 1 and self.stride[0] == 1 and self.dilation[0] == 1
+        return frame_conv(self, x[:, :, 0]).unsqueeze(2)
 
 
-def use_single_frame_decode(vae: nn.Module, enabled: bool = True) -> int:
-    """Switch the decoder side of `vae` (its `post_quant_conv` and `decoder`) to single-frame convolutions, or back to
-    stock with `enabled=False`. Returns how many modules were switched."""
+def norm_args(norm: QwenImageRMS_norm) -> tuple[torch.Tensor, torch.Tensor | float, float]:
+    """A `QwenImageRMS_norm`'s gamma, bias and scale, shaped for 4D (batch, c, h, w) tensors. Tensors, not the module:
+    a compiled function would guard on (and recompile for) every distinct module object."""
+    bias = norm.bias if isinstance(norm.bias, float) else norm.bias.view(-1, 1, 1)
+    return norm.gamma.view(-1, 1, 1), bias, norm.scale
+
+
+def rms_norm(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | float, scale: float) -> torch.Tensor:
+    """`QwenImageRMS_norm.forward` on a 4D tensor: the same operations in the same order and precision."""
+    return F.normalize(x.float(), dim=1).to(x.dtype) * scale * gamma + bias
+
+
+def norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | float, scale: float) -> torch.Tensor:
+    """The residual blocks' norm, then SiLU."""
+    return F.silu(rms_norm(x, gamma, bias, scale))
+
+
+def bias_norm_silu(
+    x: torch.Tensor, conv_bias: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | float, scale: float
+) -> torch.Tensor:
+    """The preceding convolution's bias, then the norm and SiLU."""
+    return norm_silu(x + conv_bias.view(-1, 1, 1), gamma, bias, scale)
+
+
+def bias_add(x: torch.Tensor, conv_bias: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """A residual block's output: its last convolution's bias, then the shortcut."""
+    return x + conv_bias.view(-1, 1, 1) + shortcut
+
+
+def scaled_softmax(scores: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """softmax(scores · scale) in the scores' precision (fp32), rounded to `dtype` for the value GEMM."""
+    return torch.softmax(scores * scale, dim=-1).to(dtype)
+
+
+@dataclass(frozen=True)
+class DecodeOps:
+    """The decoder's elementwise work between convolutions. Eager (the default): PyTorch's kernels, several passes
+    each, and SDPA. `compiled()`: one fused kernel each, and the attention over chunks of fp32 scores (see
+    `single_head_attention`).
+
+    Compiled, a residual block's two convolutions leave their bias to the fused kernel that follows (cuDNN adds a
+    channels_last bias in a separate, unvectorised pass: 16 ms of a 2048² decode on an H100, bench/NOTES.md)."""
+
+    norm_silu: Callable[..., torch.Tensor] = norm_silu
+    bias_norm_silu: Callable[..., torch.Tensor] | None = None  # None: the convolutions add their own bias
+    bias_add: Callable[..., torch.Tensor] | None = None
+    softmax: Callable[..., torch.Tensor] | None = None  # None: SDPA for every head dim
+
+    @classmethod
+    def compiled(cls) -> DecodeOps:
+        return cls(
+            norm_silu=compiled_per_width(norm_silu),
+            bias_norm_silu=compiled_per_width(bias_norm_silu),
+            bias_add=compiled_per_width(bias_add),
+            softmax=torch.compile(scaled_softmax),
+        )
+
+
+def compiled_per_width(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` compiled with dynamic batch and spatial sizes but a static channel count: a known row length lets inductor
+    keep each row of the norm's reduction in registers (one read) instead of looping over it twice. One compilation
+    per width (the decoder has three) and batch-size class (one, several). Not `fullgraph`: past dynamo's recompile
+    limit it runs eagerly rather than failing."""
+    compiled = torch.compile(fn, dynamic=True)
+
+    def call(*args):
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                torch._dynamo.mark_static(arg, 1 if arg.dim() == 4 else 0)  # the channel dim
+        return compiled(*args)
+
+    return call
+
+
+def single_head_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v for (batch, tokens, d) tensors, one head.
+
+    PyTorch's SDPA, unless a fused `softmax` is given and the head dim is past the flash kernels' 256 on a GPU: then
+    SDPA would run its memory-efficient kernel, and the same math runs faster as two GEMMs per chunk of queries: scores
+    accumulated and kept in fp32 (cuBLAS with an fp32 output), softmax in fp32, probabilities rounded to the value
+    dtype for the second GEMM as the flash kernels do."""
+    if softmax is None or q.shape[-1] <= FLASH_MAX_HEAD_DIM or not q.is_cuda:
+        return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    return chunked_attention(q, k, v, softmax)
+
+
+def chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax: Callable[..., torch.Tensor] = scaled_softmax
+) -> torch.Tensor:
+    """Exact attention by query chunks, holding at most `SCORES_PER_CHUNK` scores (see `single_head_attention`)."""
+    tokens, keys, scale = q.shape[1], k.shape[1], q.shape[-1] ** -0.5
+    chunk = max(1, SCORES_PER_CHUNK // keys)
+    keys_t = k.transpose(1, 2)
+    out = torch.empty(q.shape[0], tokens, v.shape[-1], dtype=v.dtype, device=v.device)
+    for start in range(0, tokens, chunk):
+        queries = q[:, start : start + chunk]
+        if q.is_cuda:
+            scores = torch.bmm(queries, keys_t, out_dtype=torch.float32)
+        else:
+            scores = torch.bmm(queries.float(), keys_t.float())
+        torch.bmm(softmax(scores, scale, v.dtype), v, out=out[:, start : start + chunk])
+    return out
+
+
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest (and nearest-exact: the same at scale 2) 2x upsampling as one copy into channels_last."""
+    batch, channels, height, width = x.shape
+    pixels = x.permute(0, 2, 3, 1)[:, :, None, :, None, :]
+    pixels = pixels.expand(batch, height, 2, width, 2, channels).reshape(batch, 2 * height, 2 * width, channels)
+    return pixels.permute(0, 3, 1, 2)
+
+
+@dataclass
+class FrameDecoder:
+    """The Qwen-Image decoder's forward pass for one frame, on 4D channels_last tensors (see the module docstring)."""
+
+    ops: DecodeOps = DecodeOps()
+
+    def __call__(self, vae: AutoencoderKLQwenImage, z: torch.Tensor) -> torch.Tensor:
+        """(batch, z_dim, 1, h, w) latents → (batch, 3, 1, 8h, 8w) images in [-1, 1], like `vae._decode`."""
+        decoder = vae.decoder
+        x = frame_conv(vae.post_quant_conv, z[:, :, 0])
+        x = frame_conv(decoder.conv_in, x.contiguous(memory_format=torch.channels_last))
+        x = self.residual(decoder.mid_block.resnets[0], x)
+        for attention, resnet in zip(decoder.mid_block.attentions, decoder.mid_block.resnets[1:], strict=True):
+            x = self.residual(resnet, self.attention(attention, x))
+        for up_block in decoder.up_blocks:
+            for resnet in up_block.resnets:
+                x = self.residual(resnet, x)
+            if up_block.upsamplers is not None:
+                x = up_block.upsamplers[0].resample[1](upsample_nearest_2x(x))  # see `frame_decodable`
+        x = frame_conv(decoder.conv_out, self.ops.norm_silu(x, *norm_args(decoder.norm_out)))
+        return x.clamp(-1.0, 1.0).unsqueeze(2)
+
+    def residual(self, block: QwenImageResidualBlock, x: torch.Tensor) -> torch.Tensor:
+        ops = self.ops
+        shortcut = x if isinstance(block.conv_shortcut, nn.Identity) else frame_conv(block.conv_shortcut, x)
+        x = ops.norm_silu(x, *norm_args(block.norm1))
+        if ops.bias_norm_silu is None or ops.bias_add is None:
+            x = frame_conv(block.conv1, x)
+            x = frame_conv(block.conv2, ops.norm_silu(x, *norm_args(block.norm2)))  # (dropout: identity in eval)
+            return x + shortcut
+        x = ops.bias_norm_silu(frame_conv(block.conv1, x, with_bias=False), block.conv1.bias, *norm_args(block.norm2))
+        return ops.bias_add(frame_conv(block.conv2, x, with_bias=False), block.conv2.bias, shortcut)
+
+    def attention(self, block: QwenImageAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        qkv = block.to_qkv(rms_norm(x, *norm_args(block.norm)))
+        qkv = qkv.permute(0, 2, 3, 1).reshape(batch, height * width, 3 * channels)  # a view in channels_last
+        q, k, v = qkv.split(channels, dim=-1)
+        out = single_head_attention(q, k, v, self.ops.softmax)
+        out = out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels_last again, no copy
+        return block.proj(out) + x
+
+
+def frame_decodable(vae: AutoencoderKLQwenImage) -> bool:
+    """Whether `FrameDecoder` computes exactly what this VAE's decoder does: SiLU activations, spatial-only resampling
+    on a first frame, and causal convolutions whose single-frame form is exact."""
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None or not isinstance(decoder.nonlinearity, nn.SiLU):
+        return False
+    modules = [*vae.post_quant_conv.modules(), *decoder.modules()]
+    convs = [m for m in modules if isinstance(m, QwenImageCausalConv3d)]
+    resamples = [m for m in decoder.modules() if isinstance(m, QwenImageResample)]
+    residuals = [m for m in decoder.modules() if isinstance(m, QwenImageResidualBlock)]
+    return (
+        all(single_frame_exact(conv) for conv in convs)
+        and all(nearest_2x_then_conv(m) for m in resamples)
+        and all(isinstance(m.nonlinearity, nn.SiLU) for m in residuals)
+    )
+
+
+def nearest_2x_then_conv(resample: QwenImageResample) -> bool:
+    """On a first frame the time convolution of "upsample3d" is skipped (the stock cache marks it "Rep"), so both
+    upsampling modes are the spatial resample: nearest-exact 2x (stock runs it in fp32; a copy gives the same values in
+    bf16), then a 2D convolution."""
+    if resample.mode not in ("upsample2d", "upsample3d"):
+        return False
+    upsample, conv = resample.resample
+    scale = upsample.scale_factor if isinstance(upsample.scale_factor, tuple) else (upsample.scale_factor,) * 2
+    return upsample.mode in ("nearest", "nearest-exact") and tuple(scale) == (2.0, 2.0) and isinstance(conv, nn.Conv2d)
+
+
+def hooked(*parts: nn.Module) -> bool:
+    """Whether any module in `parts` has forward hooks: PyTorch's, diffusers' (group offloading onloads weights in them)
+    or accelerate's. `FrameDecoder` reads weights and calls functions directly, so it would skip them; the stock path
+    (still with 2D convolutions, called as modules) runs them."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_diffusers_hook") or hasattr(m, "_hf_hook")
+        for part in parts
+        for m in part.modules()
+    )
+
+
+class SingleFrameQwenImageVAE(AutoencoderKLQwenImage):
+    """The Qwen-Image VAE whose untiled one-frame decode runs `FrameDecoder`; everything else is stock."""
+
+    frame_decoder: FrameDecoder = FrameDecoder()
+
+    def _decode(self, z: torch.Tensor, return_dict: bool = True):
+        tiled = self.use_tiling and (
+            z.shape[-1] > self.tile_sample_min_width // self.spatial_compression_ratio
+            or z.shape[-2] > self.tile_sample_min_height // self.spatial_compression_ratio
+        )
+        if z.shape[2] != 1 or tiled or hooked(self.post_quant_conv, self.decoder):
+            return super()._decode(z, return_dict)
+        out = self.frame_decoder(self, z)
+        if not return_dict:
+            return (out,)
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        return DecoderOutput(sample=out)
+
+
+def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: bool = False) -> int:
+    """Switch `vae` to the single-frame decoder (`compiled`: its elementwise work compiled into fused kernels, see
+    `DecodeOps`), or back to stock with `enabled=False`. Returns how many causal convolutions changed class (0 when
+    already switched)."""
     target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
     count = 0
     for part in (getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)):
-        if part is None:
-            continue
-        for module in part.modules():
+        for module in part.modules() if part is not None else ():
             if isinstance(module, QwenImageCausalConv3d) and type(module) is not target:
                 module.__class__ = target
                 count += 1
+    if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):  # not someone else's subclass
+        whole = enabled and frame_decodable(vae)
+        vae.__class__ = SingleFrameQwenImageVAE if whole else AutoencoderKLQwenImage
+        if whole:
+            vae.frame_decoder = FrameDecoder(DecodeOps.compiled() if compiled else DecodeOps())
     return count

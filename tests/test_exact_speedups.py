@@ -1,17 +1,25 @@
-"""Exact speed-ups of the shared components, each against the stock computation: single-frame VAE decode and the
-text encoder's padded CUDA-graph path (its padding and checks; the capture itself needs a GPU)."""
+"""Exact speed-ups of the shared components, each against the stock computation: the single-frame VAE decode (eager
+and compiled) and the text encoder's padded CUDA-graph path (its padding and checks; the capture itself needs a GPU)."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLQwenImage
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
+import krea2.vae_decode as vae_decode
 from krea2.demo import _build_vae
 from krea2.manager import MAX_SEQUENCE_LENGTH
 from krea2.text_graphs import TextEncoderGraphs, _Captured, text_features
-from krea2.vae_decode import SingleFrameCausalConv3d, use_single_frame_decode
+from krea2.vae_decode import (
+    SingleFrameCausalConv3d,
+    SingleFrameQwenImageVAE,
+    upsample_nearest_2x,
+    use_single_frame_decode,
+)
 
 
-@pytest.mark.parametrize("frames", [1, 3])  # one image; a video latent, whose later frames take the cached path
+@pytest.mark.parametrize("frames", [1, 3])  # one image; a video latent, which takes the stock decoder
 def test_single_frame_decode_matches_stock(frames):
     vae = _build_vae().eval()
     torch.manual_seed(0)
@@ -21,7 +29,50 @@ def test_single_frame_decode_matches_stock(frames):
         switched = use_single_frame_decode(vae)
         fast = vae.decode(latents).sample
     assert switched > 0 and isinstance(vae.decoder.conv_in, SingleFrameCausalConv3d)
+    assert isinstance(vae, SingleFrameQwenImageVAE)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_frame_decode_matches_stock():
+    """The fast path's decode: fused kernels, convolution biases folded into them (torch.compile's CPU backend here)."""
+    vae = _build_vae().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for shape in ((1, 16, 1, 12, 10), (2, 16, 1, 8, 8)):  # two shapes: the second runs the dynamic kernels
+            latents = torch.randn(shape)
+            use_single_frame_decode(vae, False)
+            reference = vae.decode(latents).sample
+            use_single_frame_decode(vae, compiled=True)
+            assert vae.frame_decoder.ops.bias_add is not None
+            torch.testing.assert_close(vae.decode(latents).sample, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_decoder_runs_on_channels_last_activations(monkeypatch):
+    vae = _build_vae().eval()
+    layouts = []
+    original = vae_decode.frame_conv
+
+    def recording(conv, image, with_bias=True):
+        layouts.append(image.is_contiguous(memory_format=torch.channels_last))
+        return original(conv, image, with_bias)
+
+    monkeypatch.setattr(vae_decode, "frame_conv", recording)
+    use_single_frame_decode(vae)
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 16, 1, 8, 8))
+    assert len(layouts) > 10 and all(layouts[1:])  # all but post_quant_conv, which reads the latents as given
+
+
+def test_a_hooked_decoder_takes_the_stock_path():
+    """Group offloading puts its weight-loading hooks on the decoder's modules; the frame decoder, which reads weights
+    directly, must not skip them."""
+    vae = _build_vae().eval()
+    use_single_frame_decode(vae)
+    calls = []
+    vae.decoder.conv_out.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 16, 1, 8, 8))
+    assert calls == [1]
 
 
 def test_single_frame_decode_switches_back_and_leaves_the_encoder():
@@ -31,10 +82,27 @@ def test_single_frame_decode_switches_back_and_leaves_the_encoder():
     assert use_single_frame_decode(vae) == 0  # already switched
     use_single_frame_decode(vae, False)
     assert not any(isinstance(m, SingleFrameCausalConv3d) for m in vae.modules())
+    assert type(vae) is AutoencoderKLQwenImage
+
+
+def test_nearest_upsampling_is_one_copy_with_the_same_pixels():
+    x = torch.randn(2, 5, 3, 4).contiguous(memory_format=torch.channels_last)
+    up = upsample_nearest_2x(x)
+    assert torch.equal(up, F.interpolate(x, scale_factor=2.0, mode="nearest-exact"))
+    assert up.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chunked_attention_matches_sdpa_for_the_vaes_head_dim(monkeypatch):
+    monkeypatch.setattr(vae_decode, "SCORES_PER_CHUNK", 300 * 64)  # five query chunks
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 300, 3 * 384).split(384, dim=-1)  # strided views, as the decoder slices them
+    reference = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    torch.testing.assert_close(vae_decode.chunked_attention(q, k, v), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_manager_decodes_single_frame(manager):
     assert isinstance(manager.pipes["raw"].vae.decoder.conv_out, SingleFrameCausalConv3d)
+    assert isinstance(manager.pipes["raw"].vae, SingleFrameQwenImageVAE)
 
 
 def encoder_and_ids(manager, prompt: str):
