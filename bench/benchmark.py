@@ -230,6 +230,7 @@ def benchmark(
     step_cache_thresholds: tuple[float, ...] = (),
 ) -> dict:
     from krea2.acceleration import compile_and_warm_up, prepare_transformer
+    from krea2.denoiser_graphs import denoiser_graphs_of
     from krea2.step_cache import install_step_cache, step_cache_of
 
     t0 = time.perf_counter()
@@ -259,7 +260,7 @@ def benchmark(
     manager = ModelManager(
         InMemoryLoader(turbo, raw_transformer),
         placement="gpu",
-        options=FastPathOptions(drop_text_padding=True, text_graphs=CUDA),
+        options=FastPathOptions(drop_text_padding=True, text_graphs=CUDA, denoiser_graphs=CUDA),
     )
     manager.start(background=False)
     results["both_checkpoints_resident_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
@@ -281,6 +282,8 @@ def benchmark(
             entry[f"{mode}_speedup"] = entry["stock_s"] / entry[f"{mode}_s"]
             entry[f"{mode}_peak_gb"] = peak_gb()
             entry[f"{mode}_phases_ms"] = result.timings.as_ms()
+            if (graphs := denoiser_graphs_of(manager.pipes[case["checkpoint"]].transformer)) is not None:
+                entry[f"{mode}_denoiser_graphs"] = graphs.disabled_reason or f"{len(graphs.graphs)} captured"
             entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
             entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
             latents = final_latents(manager, case, seed=1)
@@ -333,6 +336,12 @@ def benchmark(
     if "fast" in modes:
         recompile("fp8_compile_warmup_s")
         measure("fast")
+    if "nographs" in modes:  # fast without the denoiser's CUDA graphs: what they are worth, side by side
+        from krea2.denoiser_graphs import drop_denoiser_graphs
+
+        for pipe in manager.pipes.values():
+            drop_denoiser_graphs(pipe.transformer)
+        measure("nographs", [n for n in case_names if CASES[n]["checkpoint"] == "turbo"])
     if "fp8attn" in modes:  # optional, lossy: fp8 attention (cuDNN) on top of fast
         from krea2.attention import install_fast_attention
         from krea2.fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason
@@ -425,7 +434,8 @@ def main() -> int:
     parser.add_argument(
         "--modes",
         default="exact,fast",
-        help="padfree (eager), exact (+compile, FA4), fast (+fused projections, fp8), fp8attn (+cuDNN fp8 attention)",
+        help="padfree (eager), exact (+compile, FA4, CUDA graphs), fast (+fused projections, fp8), nographs (fast "
+        "without the denoiser's CUDA graphs, Turbo only), fp8attn (+cuDNN fp8 attention)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

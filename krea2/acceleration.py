@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .denoiser_graphs import drop_denoiser_graphs, install_denoiser_graphs
 from .request import GenerationRequest
+from .vae_decode import use_single_frame_decode
 
 if TYPE_CHECKING:
     from .manager import ModelManager
@@ -79,6 +81,7 @@ def prepare_transformer(transformer: nn.Module, *, fp8: bool, attention: str | N
     pays through fp8's per-input quantisation), then the attention processor or backend."""
     from .attention import KERNEL_NAMES, install_fast_attention
 
+    drop_denoiser_graphs(transformer)  # captured kernels would keep reading the replaced weights
     if fp8:
         fuse_projections(transformer)
         quantize_fp8(transformer)
@@ -101,13 +104,19 @@ def compile_blocks(transformer) -> None:
 def compile_and_warm_up(
     manager: ModelManager, sizes=WARMUP_SIZES, steps: int = 2, batch_sizes: tuple[int, ...] = (1, 2)
 ) -> float:
-    """Compile both transformers and run short generations so no user waits for compilation. Returns seconds.
+    """Compile both transformers (and the VAE decoder's norm+SiLU), put fresh denoiser CUDA graphs on them where the
+    options ask, and run short generations so no user waits for compilation or capture. Returns seconds.
 
     Batch size 1 compiles a graph of its own (torch specialises size-1 dimensions), so a 2-image request is part of the
-    warm-up too."""
+    warm-up too. Two steps per run: the first compiles, the second captures the denoiser's graph for that shape."""
     start = time.perf_counter()
+    options = manager.options
+    pool = torch.cuda.graph_pool_handle() if options.denoiser_graphs else None  # Raw and Turbo never run together
     for pipe in manager.pipes.values():
         compile_blocks(pipe.transformer)
+        if options.denoiser_graphs:
+            install_denoiser_graphs(pipe.transformer, pool)
+        use_single_frame_decode(pipe.vae, options.single_frame_decode, compiled=True)
     runs = [(w, h, prompt, 1) for w, h in sizes for prompt in WARMUP_PROMPTS]
     runs += [(*sizes[0], WARMUP_PROMPTS[0], n) for n in batch_sizes if n > 1]
     for width, height, prompt, count in runs:

@@ -20,6 +20,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
+from .denoiser_graphs import drop_denoiser_graphs
 from .fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason, fp8_attention
 
 FLASH4 = "flash4"
@@ -126,4 +127,5 @@ def install_fast_attention(transformer, kernel: str | None = None) -> None:
         raise ValueError(f"unknown attention kernel {kernel!r}")
     if kernel is not None and (reason := probes[kernel]()) is not None:
         raise RuntimeError(f"{KERNEL_NAMES[kernel]} unavailable: {reason}")
+    drop_denoiser_graphs(transformer)  # captured kernels would keep calling the old attention
     transformer.set_attn_processor(Krea2FastAttnProcessor(kernel=kernel))

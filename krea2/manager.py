@@ -94,6 +94,7 @@ class FastPathOptions:
     prepare_on_cpu: bool = False  # fuse/quantise before the move to the GPU (ZeroGPU: no GPU work at start-up)
     single_frame_decode: bool = True  # exact: the VAE's causal 3D convolutions as 2D ones (krea2/vae_decode.py)
     text_graphs: bool = False  # the text encoder from CUDA graphs (GPU-resident only; krea2/text_graphs.py)
+    denoiser_graphs: bool = False  # exact: compiled transformer calls from CUDA graphs (krea2/denoiser_graphs.py)
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -191,12 +192,15 @@ class ModelManager:
         modules = unique_modules(list(self.pipes.values()))
         self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
         options = self.options
-        if self.placement != "gpu" and (options.fp8 or options.attention or options.compile or options.text_graphs):
+        gpu_only = (options.fp8, options.attention, options.compile, options.text_graphs, options.denoiser_graphs)
+        if self.placement != "gpu" and any(gpu_only):
             # Offload was measured in bf16 with stock attention and no compile (bench/results/*memory24gb*); fp8 and
             # compile on top of group offloading were never run together, so they are not switched on here. CUDA
             # graphs hold the addresses of weights that offloading moves.
             log.info("Placement %s: fp8, compile, the attention kernel and CUDA graphs are off", self.placement)
-            self.options = replace(options, fp8=False, compile=False, attention=None, text_graphs=False)
+            self.options = replace(
+                options, fp8=False, compile=False, attention=None, text_graphs=False, denoiser_graphs=False
+            )
         self._install_shared_speedups()
         if self.options.step_cache is not None and "raw" in self.pipes:
             from .step_cache import install_step_cache
@@ -265,6 +269,8 @@ class ModelManager:
             from .attention import KERNEL_NAMES
 
             parts.append(KERNEL_NAMES.get(options.attention, f"attention {options.attention}"))
+        if options.denoiser_graphs and options.compile:
+            parts.append("CUDA graphs")
         if options.step_cache is not None:
             parts.append(f"Raw step cache {options.step_cache:g}")
         return " + ".join(parts)

@@ -35,6 +35,7 @@ class EngineSettings:
     step_cache: float | None = None  # Raw's first-block cache threshold; None = off (changes images)
     prepare_on_cpu: bool = False  # fuse/quantise the transformers before moving them to the GPU (ZeroGPU)
     text_graphs: bool | None = None  # None: the text encoder replays CUDA graphs where it stays on a GPU
+    denoiser_graphs: bool | None = None  # None: compiled transformer calls replay CUDA graphs where they stay on a GPU
 
     @classmethod
     def from_env(cls) -> EngineSettings:
@@ -46,6 +47,7 @@ class EngineSettings:
             attention=attention_setting(os.environ.get("KREA2_ATTENTION")),
             step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
             text_graphs=env_flag("KREA2_TEXT_GRAPHS") if "KREA2_TEXT_GRAPHS" in os.environ else None,
+            denoiser_graphs=env_flag("KREA2_DENOISER_GRAPHS") if "KREA2_DENOISER_GRAPHS" in os.environ else None,
         )
 
     @classmethod
@@ -139,4 +141,6 @@ def fast_path_options(settings: EngineSettings, *, cuda: bool, demo: bool) -> Fa
         prepare_on_cpu=settings.prepare_on_cpu,
         # Not with ZeroGPU: its GPU is attached per call, and graphs hold device addresses across calls.
         text_graphs=cuda and not settings.prepare_on_cpu and settings.text_graphs is not False,
+        # Captured by the compile warm-up, so only with compile.
+        denoiser_graphs=cuda and not settings.prepare_on_cpu and settings.denoiser_graphs is not False,
     )

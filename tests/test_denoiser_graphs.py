@@ -1,0 +1,153 @@
+"""The denoiser's CUDA-graph bookkeeping on a tiny real Krea 2 transformer. The CPU has no CUDA graphs, so `capture`
+is replaced by a stand-in whose replay re-runs the captured function into the same static output: what a graph does,
+minus the GPU. What is checked is ours: static inputs refreshed on every call, one capture per shape on its second call,
+outputs that never alias, the first capture checked against eager, and every way back to eager."""
+
+import pytest
+import torch
+from diffusers import Krea2Pipeline
+
+import krea2.denoiser_graphs as denoiser_graphs
+from krea2.acceleration import prepare_transformer
+from krea2.attention import install_fast_attention
+from krea2.demo import TEXT_LAYERS, build_transformer
+from krea2.denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
+from krea2.step_cache import install_step_cache
+
+
+class ReplayedFunction:
+    """A CPU stand-in for a captured graph: `replay` runs the function again and writes into the static output."""
+
+    def __init__(self, fn, output: torch.Tensor, corrupt: bool = False) -> None:
+        self.fn, self.output, self.corrupt = fn, output, corrupt
+
+    def replay(self) -> None:
+        self.output.copy_(self.fn() + (1.0 if self.corrupt else 0.0))
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """Counts captures; `captures.corrupt = True` makes replays wrong, `captures.fail = True` makes capture raise."""
+
+    class Captures:
+        count, corrupt, fail = 0, False, False
+
+    def fake_capture(fn, device, *, warmups=0, pool=None):
+        if Captures.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        Captures.count += 1
+        output = fn().clone()
+        return ReplayedFunction(fn, output, Captures.corrupt), output
+
+    monkeypatch.setattr(denoiser_graphs, "capture", fake_capture)
+    monkeypatch.setattr(denoiser_graphs.DenoiserGraphs, "device_types", ("cpu",))
+    return Captures
+
+
+def inputs(seed: int, text_tokens: int = 5, batch: int = 1) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, 16, 64, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, len(TEXT_LAYERS), 32, generator=generator),
+        "timestep": torch.rand(batch, generator=generator),
+        "position_ids": Krea2Pipeline.prepare_position_ids(text_tokens, 4, 4, "cpu"),
+    }
+
+
+def pair():
+    """The same weights twice: one transformer plain, one with graphs."""
+    return build_transformer(seed=3).eval(), build_transformer(seed=3).eval()
+
+
+def run(transformer, kwargs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return transformer(**kwargs, return_dict=False)[0]
+
+
+def test_replays_follow_each_calls_inputs(captures):
+    plain, graphed = pair()
+    install_denoiser_graphs(graphed)
+    for seed in range(4):  # eager, capture, replay, replay: new latents and timestep every call, as in denoising
+        torch.testing.assert_close(run(graphed, inputs(seed)), run(plain, inputs(seed)), rtol=1e-6, atol=1e-6)
+    assert captures.count == 1
+    assert denoiser_graphs_of(graphed).checked
+
+
+def test_one_graph_per_shape_captured_on_its_second_call(captures):
+    _, graphed = pair()
+    graphs = install_denoiser_graphs(graphed)
+    for tokens in (5, 7, 5, 7, 5):
+        run(graphed, inputs(0, text_tokens=tokens))
+    run(graphed, inputs(0, batch=2))
+    assert captures.count == 2 and len(graphs.graphs) == 2
+
+
+def test_outputs_never_alias_the_static_buffer(captures):
+    """Raw calls the transformer twice per step with the same shape (prompt, then negative prompt): the first result
+    must survive the second replay."""
+    plain, graphed = pair()
+    install_denoiser_graphs(graphed)
+    run(graphed, inputs(0))
+    first = run(graphed, inputs(1))
+    second = run(graphed, inputs(2))
+    torch.testing.assert_close(first, run(plain, inputs(1)), rtol=1e-6, atol=1e-6)
+    assert first.data_ptr() != second.data_ptr()
+
+
+def test_a_graph_that_disagrees_with_eager_is_never_used(captures):
+    plain, graphed = pair()
+    captures.corrupt = True
+    graphs = install_denoiser_graphs(graphed)
+    for seed in range(3):
+        torch.testing.assert_close(run(graphed, inputs(seed)), run(plain, inputs(seed)), rtol=1e-6, atol=1e-6)
+    assert "disagreed" in graphs.disabled_reason and len(graphs.graphs) == 0
+
+
+def test_a_failed_capture_falls_back_to_eager(captures):
+    plain, graphed = pair()
+    captures.fail = True
+    graphs = install_denoiser_graphs(graphed)
+    for seed in range(3):
+        torch.testing.assert_close(run(graphed, inputs(seed)), run(plain, inputs(seed)), rtol=1e-6, atol=1e-6)
+    assert graphs.disabled_reason.startswith("capture failed (RuntimeError")
+
+
+def test_masked_calls_and_the_step_cache_stay_eager(captures):
+    _, graphed = pair()
+    install_denoiser_graphs(graphed)
+    masked = {**inputs(0), "encoder_attention_mask": torch.tensor([[True, True, True, False, False]])}
+    for _ in range(3):
+        run(graphed, masked)
+    install_step_cache(graphed, threshold=0.0)  # skipping blocks is a CPU decision per call: no graph can replay it
+    for seed in range(3):
+        run(graphed, inputs(seed))
+    assert captures.count == 0
+
+
+def test_changing_the_transformer_drops_its_graphs(captures):
+    _, graphed = pair()
+    install_denoiser_graphs(graphed)
+    install_fast_attention(graphed)
+    assert denoiser_graphs_of(graphed) is None
+    install_denoiser_graphs(graphed)
+    prepare_transformer(graphed, fp8=False, attention=None)
+    assert denoiser_graphs_of(graphed) is None
+    drop_denoiser_graphs(graphed)  # nothing installed: a no-op
+    run(graphed, inputs(0))
+
+
+def test_return_dict_matches_the_stock_forward(captures):
+    plain, graphed = pair()
+    install_denoiser_graphs(graphed)
+    with torch.no_grad():
+        for seed in range(3):
+            torch.testing.assert_close(graphed(**inputs(seed)).sample, plain(**inputs(seed)).sample)
+
+
+def test_denoiser_graphs_default_on_a_resident_gpu_only():
+    from krea2.runtime import EngineSettings, fast_path_options
+
+    assert fast_path_options(EngineSettings(), cuda=True, demo=False).denoiser_graphs
+    assert not fast_path_options(EngineSettings(), cuda=False, demo=True).denoiser_graphs
+    assert not fast_path_options(EngineSettings(denoiser_graphs=False), cuda=True, demo=False).denoiser_graphs
+    assert not fast_path_options(EngineSettings(prepare_on_cpu=True), cuda=True, demo=False).denoiser_graphs
