@@ -64,8 +64,7 @@ def test_frame_decoder_runs_on_channels_last_activations(monkeypatch):
 
 
 def test_a_hooked_decoder_takes_the_stock_path():
-    """Group offloading puts its weight-loading hooks on the decoder's modules; the frame decoder, which reads weights
-    directly, must not skip them."""
+    """The frame decoder reads weights directly; a module's forward hooks must still run."""
     vae = _build_vae().eval()
     use_single_frame_decode(vae)
     calls = []
@@ -73,6 +72,21 @@ def test_a_hooked_decoder_takes_the_stock_path():
     with torch.no_grad():
         vae.decode(torch.randn(1, 16, 1, 8, 8))
     assert calls == [1]
+
+
+def test_group_offloaded_decoder_decodes_through_its_hooks():
+    """The offload placement's group offloading loads each module's weights in a hook (CPU to CPU here)."""
+    from diffusers.hooks import apply_group_offloading
+
+    vae = _build_vae().eval()
+    latents = torch.randn(1, 16, 1, 8, 8)
+    with torch.no_grad():
+        reference = vae.decode(latents).sample
+        use_single_frame_decode(vae)
+        cpu = torch.device("cpu")
+        apply_group_offloading(vae, onload_device=cpu, offload_device=cpu, offload_type="leaf_level")
+        assert vae_decode.hooked(vae.post_quant_conv, vae.decoder)
+        torch.testing.assert_close(vae.decode(latents).sample, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_single_frame_decode_switches_back_and_leaves_the_encoder():
