@@ -543,13 +543,62 @@ def tuned_step(results: dict, transformer) -> None:
     inductor_config.coordinate_descent_tuning = False
 
 
+def flash4_tiles(results: dict) -> None:
+    """FA4's SM90 forward at Krea 2's shapes (48 query / 12 KV heads of 128) with other tile shapes and GQA packing than
+    its defaults (128x128, packed): time, TFLOP/s and the difference from the default's output."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    out: dict = {}
+    results["flash4_tiles"] = out
+    configs = [(None, None), ((128, 176), None), ((128, 160), None), ((128, 192), None), ((128, 112), None)]
+    configs += [(None, False), ((128, 176), False)]
+    for label, seq in (("1024", 4096 + TEXT_TOKENS), ("2048", 16384 + TEXT_TOKENS)):
+        q = torch.randn(1, seq, 48, 128, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(1, seq, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        flops = 4 * seq * seq * 48 * 128
+        reference = _flash_attn_fwd(q, k, v)[0]
+        for tile, pack in configs:
+            name = f"{label}_tile{'default' if tile is None else 'x'.join(map(str, tile))}_pack{pack}"
+            try:
+                run = lambda t=tile, p=pack, x=(q, k, v): _flash_attn_fwd(*x, tile_mn=t, pack_gqa=p)[0]  # noqa: E731
+                ms = cuda_ms(run, repeats=10, warmup=2)
+                out[name] = {"ms": ms, "tflops": flops / ms / 1e9, "vs_default_rel_l2": rel(run(), reference)}
+            except Exception as error:  # noqa: BLE001 - a config the kernel refuses is a result too
+                out[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+            log.info("flash4 %s: %s", name, out[name])
+
+
+def multi_kernel(results: dict) -> None:
+    """The compiled fp8 step (fused projections, SDPA) with inductor's defaults, then with `triton.multi_kernel`
+    (each reduction compiled persistent and looped, the faster picked at run time): the quantisation kernels."""
+    import torch._inductor.config as inductor_config
+
+    from bench.benchmark import build_full_size
+    from krea2.acceleration import compile_blocks, fuse_projections, quantize_fp8
+    from krea2.attention import install_fast_attention
+
+    out: dict = {}
+    results["multi_kernel"] = out
+    transformer = build_full_size("cuda", raw=False)[0].transformer
+    fuse_projections(transformer)
+    quantize_fp8(transformer)
+    install_fast_attention(transformer, None)
+    for name, setting in (("default", 0), ("multi_kernel", 1)):
+        inductor_config.triton.multi_kernel = setting
+        torch._dynamo.reset()
+        compile_blocks(transformer)
+        profile_step(transformer, 4096, f"{name} first length", text_tokens=TEXT_TOKENS + 16)
+        out[name] = profile_step(transformer, 4096, name)
+    inductor_config.triton.multi_kernel = 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
         "--sections",
         default="attention,gemm,encode,step",
-        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants",
+        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants, flash4_tiles, multi_kernel",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -573,6 +622,8 @@ def main() -> int:
     run("gemm", lambda: gemm(results))
     run("variants", lambda: variants(results))
     run("decode_kernels", lambda: decode_kernels(results))
+    run("flash4_tiles", lambda: flash4_tiles(results))
+    run("multi_kernel", lambda: multi_kernel(results))
     if {"encode", "exact_io", "step", "compiled_encode", "tuned_step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
         # Order matters: the last two quantise the transformer in place.
