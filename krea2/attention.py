@@ -21,6 +21,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from .denoiser_graphs import drop_denoiser_graphs
+from .errors import error_summary
 from .fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason, fp8_attention
 
 FLASH4 = "flash4"
@@ -50,7 +51,7 @@ def flash4_unavailable_reason() -> str | None:
         ).transpose(1, 2)
         error = float((out.float() - reference.float()).abs().max())
     except Exception as failure:  # noqa: BLE001 - importing and JIT-compiling DSL kernels can fail in many ways
-        return f"flash-attn-4 did not run ({type(failure).__name__}: {str(failure).splitlines()[0][:200]})"
+        return f"flash-attn-4 did not run ({error_summary(failure)})"
     if not error < 0.02:
         return f"flash-attn-4 gave wrong results (max abs difference {error:.3g} against SDPA)"
     return None

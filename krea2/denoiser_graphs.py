@@ -27,6 +27,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from .cuda_graphs import capture, relative_l2
+from .errors import error_summary
 from .prompt_cache import LRUCache
 from .step_cache import step_cache_of
 
@@ -108,7 +109,7 @@ class DenoiserGraphs:
             graph, output = capture(lambda: self.eager(**static, return_dict=False)[0], static["hidden_states"].device,
                                     pool=self.pool)  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager, say why once
-            return self._disable(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+            return self._disable(f"capture failed ({error_summary(error)})")
         if not self.checked:  # the first capture: its replay against eager, on the same inputs
             graph.replay()
             reference = self.eager(**static, return_dict=False)[0]

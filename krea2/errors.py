@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def error_summary(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (at most `limit` characters of it), for one-line logs and status reasons.
+    An exception with an empty message gives its type alone."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
+
+
 class Krea2Error(Exception):
     """Base class: `str(error)` is a complete, user-facing sentence."""
 

@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .errors import error_summary
 from .prompt_cache import LRUCache
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def cudnn_fp8_unavailable_reason() -> str | None:
         ).transpose(1, 2)
         error = float((out - reference.float()).norm() / reference.float().norm())
     except Exception as failure:  # noqa: BLE001 - import, library loading and planning fail in many ways
-        return f"cuDNN fp8 attention did not run ({type(failure).__name__}: {str(failure).splitlines()[0][:200]})"
+        return f"cuDNN fp8 attention did not run ({error_summary(failure)})"
     if not error < PROBE_TOLERANCE:
         return f"cuDNN fp8 attention gave wrong results (relative L2 {error:.3g} against SDPA)"
     log.info("cuDNN fp8 attention: relative L2 %.4f against SDPA on the start-up probe", error)

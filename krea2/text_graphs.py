@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .cuda_graphs import capture, relative_l2
+from .errors import error_summary
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class TextEncoderGraphs:
         try:
             entry = self._capture(padded, input_ids.device)
         except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager, say why once
-            self._disable(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+            self._disable(f"capture failed ({error_summary(error)})")
             return reference
         features = self._run(entry, input_ids).clone()
         error = relative_l2(features, reference)

@@ -27,14 +27,17 @@ class ReplayedFunction:
 
 @pytest.fixture
 def captures(monkeypatch):
-    """Counts captures; `captures.corrupt = True` makes replays wrong, `captures.fail = True` makes capture raise."""
+    """Counts captures; `captures.corrupt = True` makes replays wrong, `captures.fail = True` makes capture raise
+    (`fail_quietly`: with an empty message)."""
 
     class Captures:
-        count, corrupt, fail = 0, False, False
+        count, corrupt, fail, fail_quietly = 0, False, False, False
 
     def fake_capture(fn, device, *, warmups=0, pool=None):
         if Captures.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
+        if Captures.fail_quietly:
+            raise RuntimeError()
         Captures.count += 1
         output = fn().clone()
         return ReplayedFunction(fn, output, Captures.corrupt), output
@@ -96,7 +99,11 @@ def test_outputs_never_alias_the_static_buffer(captures):
 
 @pytest.mark.parametrize(
     ("failure", "reason"),
-    [("corrupt", "graph disagreed with eager"), ("fail", "capture failed (RuntimeError")],
+    [
+        ("corrupt", "graph disagreed with eager"),
+        ("fail", "capture failed (RuntimeError: operation not permitted"),
+        ("fail_quietly", "capture failed (RuntimeError)"),
+    ],
 )
 def test_a_bad_capture_turns_graphs_off_and_eager_carries_on(captures, failure, reason):
     plain, graphed = pair()
