@@ -1,5 +1,6 @@
 """GPU smoke check of the app's own fast path at full size (random weights): the options `runtime.build_manager`
-chooses on this machine, FA4's start-up probe, then 1- and 2-image Turbo and a Raw request through `ModelManager`.
+chooses on this machine, FA4's start-up probe, then 1- and 2-image Turbo and Raw requests (8 steps, and its default
+52) through `ModelManager`, and the 1-image Turbo request again with step previews, as the UI asks for them.
 
     python bench/gpu_smoke.py --out bench/results [--compile]
 
@@ -53,15 +54,30 @@ def main() -> int:
         "turbo_1": GenerationRequest(prompt=PROMPT, seed=1),
         "turbo_2_images": GenerationRequest(prompt=PROMPT, seed=1, num_images=2),
         "raw_8_steps": GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", steps=8, seed=1),
+        "raw_default_steps": GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", seed=1),
     }
+    previews: list[int] = []
+
+    def collect(step: int, _total: int, _preview) -> None:  # what the UI's callback costs, near enough: a queue put
+        previews.append(step)
+
+    callbacks = {"": None, "_previews": collect}
     for name, request in runs.items():
-        for attempt in ("first", "second"):
-            start = time.perf_counter()
-            out = manager.generate(request)
-            torch.cuda.synchronize()
-            result[f"{name}_{attempt}_s"] = time.perf_counter() - start
-            result[f"{name}_images"] = len(out.images)
-        log.info("%s: %.2f s then %.2f s", name, result[f"{name}_first_s"], result[f"{name}_second_s"])
+        for suffix, on_step in callbacks.items():
+            if suffix and name != "turbo_1":
+                continue
+            attempts = ("first", "second") if request.steps > 8 else ("first", "second", "third")
+            for attempt in attempts:
+                previews.clear()
+                start = time.perf_counter()
+                out = manager.generate(request, on_step)
+                torch.cuda.synchronize()
+                result[f"{name}{suffix}_{attempt}_s"] = time.perf_counter() - start
+                result[f"{name}{suffix}_images"] = len(out.images)
+            if on_step is not None:
+                result[f"{name}{suffix}_preview_steps"] = list(previews)
+            times = [result[f"{name}{suffix}_{attempt}_s"] for attempt in attempts]
+            log.info("%s%s: %s s", name, suffix, ", ".join(f"{t:.3f}" for t in times))
     path = result_path(args.out, env, "gpu-smoke")
     path.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))

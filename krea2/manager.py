@@ -6,7 +6,6 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from .errors import Cancelled, GenerationFailed, Krea2Error, LoadError, NotReady
 from .loading import build_pipeline_sharing, derive_prompt_template_lengths
 from .pipeline import Krea2StudioPipeline, drop_padding
 from .placement import Placement, apply_placement, choose_placement, unique_modules, weight_bytes
-from .preview import latents_to_preview
+from .preview import StepCallback, StepPreviews
 from .prompt_cache import LRUCache
 from .request import MAX_SEED, GenerationRequest, random_seed
 from .step_cache import step_cache_of
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, Image.Image], None]
 MAX_SEQUENCE_LENGTH = 512  # the text length Krea 2 was trained with
 
 
@@ -393,14 +391,19 @@ class ModelManager:
 
         # 3. Denoise; the step callback previews, honours cancel and timestamps the end of the loop.
         denoised_at = [encoded_at]
+        previews = None
+        if on_step is not None:
+            previews = StepPreviews(on_step, request.steps, request.height, request.width, self.device)
 
         def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
             if cancel_event.is_set():
                 raise Cancelled()
-            if on_step is not None:
-                on_step(i + 1, request.steps, latents_to_preview(tensors["latents"], request.height, request.width))
+            if previews is not None:
+                previews.push(i + 1, tensors["latents"])
             if i + 1 == request.steps:
                 sync()
+                if previews is not None:
+                    previews.flush()
                 denoised_at[0] = time.perf_counter()
             return {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from PIL import Image
 
@@ -25,11 +27,64 @@ def unpack_latents(packed: torch.Tensor, height: int, width: int, vae_scale: int
     return latents.reshape(batch, channels, rows * patch, cols * patch)
 
 
-def latents_to_preview(packed: torch.Tensor, height: int, width: int) -> Image.Image:
-    """First image of the batch as a small PIL preview (1/8 of the output size)."""
+def latent_rgb_map(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (16, 3) factors and (3,) bias on `device`. Made once per generation, before its steps: copying a Python list
+    to a GPU waits for everything queued on the stream first (a pageable host-to-device copy)."""
+    return torch.tensor(_LATENT_RGB_FACTORS, device=device), torch.tensor(_LATENT_RGB_BIAS, device=device)
+
+
+def preview_pixels(
+    packed: torch.Tensor, height: int, width: int, rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """First image of the batch as 8-bit RGB pixels (1/8 of the output size, (h, w, 3)), where the latents are."""
     latents = unpack_latents(packed[:1].float(), height, width)[0]  # (16, h, w)
-    factors = torch.tensor(_LATENT_RGB_FACTORS, device=latents.device)
-    bias = torch.tensor(_LATENT_RGB_BIAS, device=latents.device)
+    factors, bias = rgb_map if rgb_map is not None else latent_rgb_map(latents.device)
     rgb = torch.einsum("chw,cr->hwr", latents, factors) + bias
-    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(rgb, mode="RGB")
+    return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+StepCallback = Callable[[int, int, Image.Image], None]  # (step, total steps, preview)
+
+
+class StepPreviews:
+    """Step previews that never leave the GPU idle.
+
+    Reading a preview back right after its step waits for that step to finish, and the GPU then idles while the CPU
+    converts the preview and queues the next step. Here a CUDA step's preview is computed and copied to pinned host
+    memory without waiting, and handed on at the next step, once the step after it is already queued: the GPU always
+    has work, and the CPU stays at most one step ahead, so previews stay live and a cancel still lands within a step.
+    Nothing in `push` may wait for the GPU: the colour map and two pinned buffers (used in turn: the one a step writes
+    was read back one step earlier) are made up front. On the CPU there is nothing to overlap, and each preview is
+    handed on at once."""
+
+    def __init__(
+        self, on_step: StepCallback, total_steps: int, height: int, width: int, device: torch.device | str = "cpu"
+    ) -> None:
+        self.on_step, self.total_steps, self.height, self.width = on_step, total_steps, height, width
+        self.rgb_map = latent_rgb_map(device)
+        self.cuda = torch.device(device).type == "cuda"
+        shape = (height // 8, width // 8, 3)
+        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)] if self.cuda else []
+        self.pending: tuple[int, torch.Tensor, torch.cuda.Event] | None = None
+
+    def push(self, step: int, packed_latents: torch.Tensor) -> None:
+        """Start the preview of `step` (1-based), and hand on the previous one."""
+        pixels = preview_pixels(packed_latents, self.height, self.width, self.rgb_map)
+        if not self.cuda:
+            self.on_step(step, self.total_steps, Image.fromarray(pixels.cpu().numpy(), mode="RGB"))
+            return
+        host = self.buffers[step % 2]
+        host.copy_(pixels, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self.flush()
+        self.pending = (step, host, copied)
+
+    def flush(self) -> None:
+        """Hand on the preview still in flight, if any (waits for its copy)."""
+        if self.pending is None:
+            return
+        step, host, copied = self.pending
+        self.pending = None
+        copied.synchronize()
+        self.on_step(step, self.total_steps, Image.fromarray(host.numpy().copy(), mode="RGB"))  # the buffer is reused
