@@ -592,13 +592,117 @@ def multi_kernel(results: dict) -> None:
     inductor_config.triton.multi_kernel = 0
 
 
+def max_autotune(results: dict) -> None:
+    """The compiled fp8 step (fused projections, SDPA) with inductor's defaults, then with GEMM autotuning
+    (`max_autotune_gemm`: cuBLAS against inductor's Triton scaled-mm templates per shape, epilogues fused into the
+    templates that win): the GEMMs and the memory-bound kernels around them."""
+    import torch._inductor.config as inductor_config
+
+    from bench.benchmark import build_full_size
+    from krea2.acceleration import compile_blocks, fuse_projections, quantize_fp8
+    from krea2.attention import install_fast_attention
+
+    out: dict = {}
+    results["max_autotune"] = out
+    transformer = build_full_size("cuda", raw=False)[0].transformer
+    fuse_projections(transformer)
+    quantize_fp8(transformer)
+    install_fast_attention(transformer, None)
+    for name, setting in (("default", False), ("max_autotune_gemm", True)):
+        inductor_config.max_autotune_gemm = setting
+        inductor_config.max_autotune_gemm_backends = "ATEN,TRITON"
+        torch._dynamo.reset()
+        compile_blocks(transformer)
+        start = time.perf_counter()
+        profile_step(transformer, 4096, f"{name} first length", text_tokens=TEXT_TOKENS + 16)
+        out[f"{name}_compile_s"] = time.perf_counter() - start
+        out[name] = profile_step(transformer, 4096, name)
+        results["max_autotune"] = out
+    inductor_config.max_autotune_gemm = False
+
+
+def quantized_attention(results: dict) -> None:
+    """The Triton 8-bit attention (krea2/quantized_attention*.py) at Krea 2's shapes against SDPA in the same run:
+    kernel time and TFLOP/s per tile configuration, int8 or fp8 Q·K, with and without fp32 sums across key blocks;
+    the quantisation's own cost (eager and compiled); relative L2 against bf16 SDPA for plain random inputs and for
+    peaked ones (queries x4: softmax logits with a standard deviation of 4)."""
+    out: dict = {}
+    results["quantized_attention"] = out
+    for label, seq in (("1024", 4096 + TEXT_TOKENS), ("2048", 16384 + TEXT_TOKENS)):
+        out.update(quantized_attention_case(label, seq))
+
+
+def quantized_attention_case(label: str, seq: int) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bench.quantized_attention import (
+        FP8,
+        INT8,
+        quantize_per_token,
+        quantize_value,
+        quantized_attention_kernel,
+        quantized_attention_reference,
+    )
+
+    # (block_m, block_n, warps, stages, fp32 sums across key blocks, warp specialisation)
+    configs = [(128, 128, 8, 3, False, False), (64, 128, 4, 3, False, False), (128, 128, 8, 3, False, True),
+               (64, 128, 4, 3, False, True), (128, 128, 8, 2, False, True), (128, 64, 4, 3, False, True),
+               (128, 128, 4, 2, False, True), (128, 128, 8, 3, True, False)]  # fmt: skip
+    out: dict = {}
+    q = torch.randn(1, seq, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, seq, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    flops = 4 * seq * seq * HEADS * HEAD_DIM
+
+    def sdpa(query: torch.Tensor, backend) -> torch.Tensor:
+        with sdpa_kernel(backend):
+            args = (query.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            return F.scaled_dot_product_attention(*args, enable_gqa=True).transpose(1, 2)
+
+    def quantize(query: torch.Tensor, dtype: torch.dtype) -> tuple:
+        return (*quantize_per_token(query, dtype), *quantize_per_token(k, dtype, smooth=True), *quantize_value(v))
+
+    compiled_quantize = torch.compile(quantize)
+    references = {"random": sdpa(q, SDPBackend.FLASH_ATTENTION), "peaked": sdpa(q * 4, SDPBackend.FLASH_ATTENTION)}
+    ms = cuda_ms(lambda: sdpa(q, SDPBackend.CUDNN_ATTENTION))
+    out[f"{label}_sdpa_cudnn"] = {"ms": ms, "tflops": flops / ms / 1e9}
+    for dtype, dtype_name in ((INT8, "int8"), (FP8, "fp8")):
+        inputs, peaked = quantize(q, dtype), quantize(q * 4, dtype)
+        out[f"{label}_{dtype_name}_quantize_eager_ms"] = cuda_ms(lambda d=dtype: quantize(q, d))
+        out[f"{label}_{dtype_name}_quantize_compiled_ms"] = cuda_ms(lambda d=dtype: compiled_quantize(q, d))
+        reference_quantized = quantized_attention_reference(q, k, v, dtype)
+        out[f"{label}_{dtype_name}_reference_rel_l2"] = rel(reference_quantized, references["random"])
+        for block_m, block_n, warps, stages, split, specialize in configs:
+            name = f"{label}_{dtype_name}_m{block_m}_n{block_n}_w{warps}_s{stages}_split{split}_ws{specialize}"
+            options = {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
+            options |= {"split_acc": split, "warp_specialize": specialize}
+
+            def run(x: tuple = inputs, o: dict = options) -> torch.Tensor:
+                return quantized_attention_kernel(*x, **o)
+
+            try:
+                result = run()
+                ms = cuda_ms(run)
+                out[name] = {
+                    "ms": ms,
+                    "tflops": flops / ms / 1e9,
+                    "rel_l2_vs_sdpa": rel(result, references["random"]),
+                    "rel_l2_vs_dequantised_sdpa": rel(result, reference_quantized),
+                    "peaked_rel_l2_vs_sdpa": rel(run(peaked), references["peaked"]),
+                }
+            except Exception as error:  # noqa: BLE001 - a config the compiler refuses is a result too
+                out[name] = {"error": f"{type(error).__name__}: {str(error)[-600:]}"}
+            log.info("quantized attention %s: %s", name, out[name])
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
         "--sections",
         default="attention,gemm,encode,step",
-        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants, flash4_tiles, multi_kernel",
+        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants, flash4_tiles, multi_kernel, "
+        "quantized_attention, max_autotune",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -624,6 +728,8 @@ def main() -> int:
     run("decode_kernels", lambda: decode_kernels(results))
     run("flash4_tiles", lambda: flash4_tiles(results))
     run("multi_kernel", lambda: multi_kernel(results))
+    run("quantized_attention", lambda: quantized_attention(results))
+    run("max_autotune", lambda: max_autotune(results))
     if {"encode", "exact_io", "step", "compiled_encode", "tuned_step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
         # Order matters: the last two quantise the transformer in place.
