@@ -11,7 +11,7 @@ import os
 import sys
 
 from krea2.placement import PLACEMENTS
-from krea2.runtime import EngineSettings, build_manager, env_flag
+from krea2.runtime import EngineSettings, build_manager, env_flag, use_compile_cache
 
 log = logging.getLogger("krea2.app")
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     spaces = zero_gpu()
     if spaces is not None:
         adapt_settings(settings)
+    use_compile_cache(store.data_dir)
     manager = build_manager(settings)
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)

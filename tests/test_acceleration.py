@@ -1,6 +1,7 @@
 """The fast path's model surgery, checked on a tiny real Krea 2 transformer: same outputs as stock."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -139,3 +140,17 @@ def test_text_graphs_default_on_a_resident_gpu_only():
     assert not fast_path_options(EngineSettings(), cuda=False, demo=True).text_graphs
     assert not fast_path_options(EngineSettings(text_graphs=False), cuda=True, demo=False).text_graphs  # env off
     assert not fast_path_options(EngineSettings(prepare_on_cpu=True), cuda=True, demo=False).text_graphs  # ZeroGPU
+
+
+def test_compile_caches_go_to_the_data_folder_unless_set(tmp_path, monkeypatch):
+    from krea2.runtime import use_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere/triton")
+    use_compile_cache(tmp_path)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile-cache" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == "/elsewhere/triton"  # an operator's choice wins
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert cache_dir() == str(tmp_path / "compile-cache" / "inductor")  # read when used, so setting it late works
