@@ -11,6 +11,8 @@ Sections (each result is written as soon as it exists, so a run cut short still 
              at 1024², plain and with cuDNN autotuning;
   exact_io   text encoder from CUDA graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU;
   decode_kernels  the single-frame VAE decode by kernel (the VAE alone).
+  quantized_attention  an 8-bit attention kernel in Triton (bench/quantized_attention.py) against SDPA: time, error;
+  max_autotune  the compiled fp8 step with inductor's GEMM autotuning (cuBLAS against Triton templates) and without.
 The attention section includes cuDNN's fp8 attention (nvidia-cudnn-frontend) where it runs.
 """
 
