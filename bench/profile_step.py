@@ -34,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import PROMPT, build_full_size, environment, result_path
+from krea2.errors import error_summary
 
 log = logging.getLogger("profile")
 HEADS, KV_HEADS, HEAD_DIM, WIDTH, FFN = 48, 12, 128, 6144, 16384
@@ -216,6 +217,20 @@ def categorize(name: str) -> str:
     return "other"
 
 
+def kernel_times(prof) -> list[tuple[float, int, str]]:
+    """(total ms, calls, name) of every GPU kernel in a torch.profiler run, longest first."""
+    kernels = []
+    for event in prof.key_averages():
+        us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+        if us > 0:
+            kernels.append((us / 1000, event.count, event.key[:110]))
+    return sorted(kernels, reverse=True)
+
+
+def top_kernels(kernels: list[tuple[float, int, str]], count: int) -> list[str]:
+    return [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:count]]
+
+
 def profile_step(transformer, image_tokens: int, label: str, text_tokens: int = TEXT_TOKENS) -> dict:
     from diffusers import Krea2Pipeline
 
@@ -237,21 +252,16 @@ def profile_step(transformer, image_tokens: int, label: str, text_tokens: int = 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         call()
         torch.cuda.synchronize()
+    kernels = kernel_times(prof)
     totals: dict[str, float] = {}
-    kernels = []
-    for event in prof.key_averages():
-        us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
-        if us <= 0:
-            continue
-        totals[categorize(event.key)] = totals.get(categorize(event.key), 0.0) + us / 1000
-        kernels.append((us / 1000, event.count, event.key[:110]))
-    kernels.sort(reverse=True)
+    for ms_total, _, name in kernels:
+        totals[categorize(name)] = totals.get(categorize(name), 0.0) + ms_total
     entry = {
         "wall_ms": ms,
         "first_call_s": first_s,
         "kernel_ms_by_category": {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
         "kernel_ms_total": round(sum(totals.values()), 2),
-        "top_kernels": [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:14]],
+        "top_kernels": top_kernels(kernels, 14),
     }
     log.info("step %s: %s", label, {k: v for k, v in entry.items() if k != "top_kernels"})
     return entry
@@ -456,15 +466,10 @@ def decode_kernels(results: dict) -> None:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 decode()
                 torch.cuda.synchronize()
-        kernels = []
-        for event in prof.key_averages():
-            us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
-            if us > 0:
-                kernels.append((us / 1000, event.count, event.key[:110]))
-        kernels.sort(reverse=True)
+        kernels = kernel_times(prof)
         out[f"{label}_frame_compiled_kernels"] = {
             "kernel_ms_total": round(sum(k[0] for k in kernels), 2),
-            "top_kernels": [f"{t:.2f} ms x{c} {n}" for t, c, n in kernels[:16]],
+            "top_kernels": top_kernels(kernels, 16),
         }
         log.info("decode kernels %s: %s", label, out[f"{label}_frame_compiled_kernels"])
     softmax = DecodeOps.compiled().softmax
@@ -566,7 +571,7 @@ def flash4_tiles(results: dict) -> None:
                 ms = cuda_ms(run, repeats=10, warmup=2)
                 out[name] = {"ms": ms, "tflops": flops / ms / 1e9, "vs_default_rel_l2": rel(run(), reference)}
             except Exception as error:  # noqa: BLE001 - a config the kernel refuses is a result too
-                out[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+                out[name] = {"error": error_summary(error, 160)}
             log.info("flash4 %s: %s", name, out[name])
 
 
@@ -628,7 +633,7 @@ def max_autotune(results: dict) -> None:
 
 
 def quantized_attention(results: dict) -> None:
-    """The Triton 8-bit attention (krea2/quantized_attention*.py) at Krea 2's shapes against SDPA in the same run:
+    """The Triton 8-bit attention (bench/quantized_attention.py) at Krea 2's shapes against SDPA in the same run:
     kernel time and TFLOP/s per tile configuration, int8 or fp8 Q·K, with and without fp32 sums across key blocks;
     the quantisation's own cost (eager and compiled); relative L2 against bf16 SDPA for plain random inputs and for
     peaked ones (queries x4: softmax logits with a standard deviation of 4)."""

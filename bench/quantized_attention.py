@@ -173,8 +173,8 @@ def quantized_attention_kernel(
     split_acc: bool = True,
     warp_specialize: bool = False,
 ) -> torch.Tensor:
-    """Attention of quantised inputs (see krea2/quantized_attention.py for the layouts); (batch, seq, heads, dim)
-    out in `out_dtype`."""
+    """Attention of quantised inputs (the layouts of `quantize_per_token` and `quantize_value`); (batch, seq, heads,
+    dim) out in `out_dtype`."""
     batch, seq_q, heads, dim = q8.shape
     _, seq_kv, kv_heads, _ = k8.shape
     assert q8.stride(-1) == k8.stride(-1) == vt8.stride(-1) == 1 and heads % kv_heads == 0
