@@ -50,34 +50,33 @@ def main() -> int:
     result["status"] = manager.status().summary()
     processor = type(manager.pipes["turbo"].transformer.transformer_blocks[0].attn.processor).__name__
     result["block_attention_processor"] = processor
-    runs = {
-        "turbo_1": GenerationRequest(prompt=PROMPT, seed=1),
-        "turbo_2_images": GenerationRequest(prompt=PROMPT, seed=1, num_images=2),
-        "raw_8_steps": GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", steps=8, seed=1),
-        "raw_default_steps": GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", seed=1),
-    }
     previews: list[int] = []
 
     def collect(step: int, _total: int, _preview) -> None:  # what the UI's callback costs, near enough: a queue put
         previews.append(step)
 
-    callbacks = {"": None, "_previews": collect}
-    for name, request in runs.items():
-        for suffix, on_step in callbacks.items():
-            if suffix and name != "turbo_1":
-                continue
-            attempts = ("first", "second") if request.steps > 8 else ("first", "second", "third")
-            for attempt in attempts:
-                previews.clear()
-                start = time.perf_counter()
-                out = manager.generate(request, on_step)
-                torch.cuda.synchronize()
-                result[f"{name}{suffix}_{attempt}_s"] = time.perf_counter() - start
-                result[f"{name}{suffix}_images"] = len(out.images)
-            if on_step is not None:
-                result[f"{name}{suffix}_preview_steps"] = list(previews)
-            times = [result[f"{name}{suffix}_{attempt}_s"] for attempt in attempts]
-            log.info("%s%s: %s s", name, suffix, ", ".join(f"{t:.3f}" for t in times))
+    turbo_1 = GenerationRequest(prompt=PROMPT, seed=1)
+    runs = [  # (name, request, step callback)
+        ("turbo_1", turbo_1, None),
+        ("turbo_1_previews", turbo_1, collect),
+        ("turbo_2_images", GenerationRequest(prompt=PROMPT, seed=1, num_images=2), None),
+        ("raw_8_steps", GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", steps=8, seed=1),
+         None),
+        ("raw_default_steps", GenerationRequest(prompt=PROMPT, checkpoint="raw", negative_prompt="blurry", seed=1),
+         None),
+    ]  # fmt: skip
+    for name, request, on_step in runs:
+        attempts = ("first", "second") if request.steps > 8 else ("first", "second", "third")
+        for attempt in attempts:
+            previews.clear()
+            start = time.perf_counter()
+            out = manager.generate(request, on_step)
+            torch.cuda.synchronize()
+            result[f"{name}_{attempt}_s"] = time.perf_counter() - start
+            result[f"{name}_images"] = len(out.images)
+        if on_step is not None:
+            result[f"{name}_preview_steps"] = list(previews)
+        log.info("%s: %s s", name, ", ".join(f"{result[f'{name}_{attempt}_s']:.3f}" for attempt in attempts))
     path = result_path(args.out, env, "gpu-smoke")
     path.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
