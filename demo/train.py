@@ -1,0 +1,570 @@
+"""Train the demo checkpoints: a miniature Krea 2 that draws what its prompt says, the way the real release was made.
+
+    python -m demo.train --work artifacts/demo-train                 # every stage, on the GPU if there is one
+    python -m demo.train --work artifacts/demo-train --stages vae raw # some stages (each resumes from the last)
+
+Stages, each reading the previous stages' results from `--work`:
+1. `vae`: the Qwen-Image VAE architecture (narrow) trained to reconstruct the scene generator's pictures; then the
+   per-channel latent mean/std the pipeline normalises with, and the latent->RGB factors of the live preview.
+2. `raw`: text encoder and transformer trained together by flow matching (the pipeline's resolution-dependent time
+   shift, 10% caption dropout so classifier-free guidance works), at 256² and 512², with an EMA of the weights.
+3. `turbo`: distilled from Raw: Raw's guided trajectories (6 Euler sub-steps per Turbo step, guidance 3.5) sampled at
+   Turbo's 8-step schedule with its fixed shift (`mu=1.15`, `is_distilled`); the student, started from Raw, learns
+   to make each step in one, without guidance. It shares Raw's text encoder and VAE.
+4. `export`: the real repos' layouts in `--out` (Turbo: a whole diffusers pipeline; Raw: `transformer/` only), bf16.
+
+Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
+cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from demo.scenes import (
+    COLOURS,
+    COUNT_WORDS,
+    KINDS,
+    PLACES,
+    PLURALS,
+    RELATIONS,
+    TEXTURES,
+    held_out_triples,
+    render,
+    sample_scene,
+)
+from krea2.demo import (
+    RAW_FOLDER,
+    TEXT_LAYERS,
+    TURBO_FOLDER,
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+)
+from krea2.loading import derive_prompt_template_lengths
+from krea2.preview import LATENT_RGB_FILE
+
+log = logging.getLogger("demo.train")
+
+TEXT_TOKENS = 40  # the training captions' token window (the longest caption is about 20 tokens)
+CAPTION_DROPOUT = 0.1
+TEACHER_GUIDANCE = 3.5
+TURBO_STEPS, TEACHER_SUBSTEPS = 8, 6
+TURBO_MU = 1.15  # Krea2Pipeline's fixed shift for distilled checkpoints
+
+
+@dataclass
+class Budget:
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    raw_steps: int = 9000
+    raw_batch: int = 192  # at 256²; a 512² batch holds a quarter as many pictures (the same number of tokens)
+    raw_pool: dict[int, int] | None = None  # pictures drawn per size for the latent pool
+    raw_round: int = 0  # 0: from scratch; 1, 2...: continue from the previous round's weights
+    raw_lr: float = 4e-4
+    turbo_trajectories: int = 12288
+    turbo_steps: int = 3000
+    turbo_batch: int = 192
+    minutes: dict[str, float] | None = None  # per-stage time caps
+    stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption (or the pipeline's prompt template) uses: each becomes one token."""
+    words = set(COLOURS) | set(KINDS) | set(PLURALS.values()) | set(TEXTURES) | set(COUNT_WORDS.values())
+    for phrase in [*PLACES, *RELATIONS.values(), "a an on background small large system user assistant"]:
+        words |= set(phrase.split())
+    template = (
+        "Describe the image by detailing the color shape size texture quantity text spatial relationships of the "
+        "objects and background"
+    )
+    return sorted(words | set(template.lower().split()))
+
+
+def time_shift(mu: float, sigma: torch.Tensor) -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler's exponential shift (what the pipeline applies to its sigmas)."""
+    return math.exp(mu) / (math.exp(mu) + (1 / sigma - 1))
+
+
+def raw_mu(image_tokens: int) -> float:
+    """Krea2Pipeline's resolution-dependent shift for Raw (calculate_shift with the scheduler's defaults)."""
+    slope = (1.15 - 0.5) / (6400 - 256)
+    return image_tokens * slope + (0.5 - slope * 256)
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, 16, h, w) -> (B, h/2 * w/2, 64), as Krea2Pipeline._pack_latents."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def image_positions(text_len: int, grid: int, device) -> torch.Tensor:
+    from diffusers import Krea2Pipeline
+
+    return Krea2Pipeline.prepare_position_ids(text_len, grid, grid, device)
+
+
+class Ema:
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema.lerp_(live.detach(), 1 - decay)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Stopwatch:
+    """A stage's clock and step budget. With a time cap, the step count is fixed once, after the first 50 steps, to
+    what fits in the cap (so the learning-rate schedule still runs to its end); the report records it, and
+    `--steps STAGE=N` without a cap repeats the same schedule."""
+
+    WARM, CALIBRATE_AT = 10, 60  # the rate is measured between these steps (the first ones pay for warm-up)
+
+    def __init__(self, stage: str, minutes: float | None, total: int) -> None:
+        self.stage, self.limit, self.total = stage, (minutes or 0) * 60, total
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def steps(self) -> Iterator[int]:
+        step, warm_at = 0, 0.0
+        while step < self.total:
+            yield step
+            step += 1
+            if step == self.WARM:
+                warm_at = self.seconds
+            if step == self.CALIBRATE_AT and self.limit:
+                rate = (self.CALIBRATE_AT - self.WARM) / (self.seconds - warm_at)
+                fits = self.CALIBRATE_AT + int(0.97 * (self.limit - self.seconds) * rate)
+                if fits < self.total:
+                    log.warning("%s: %d of %d steps fit in %.1f min", self.stage, fits, self.total, self.limit / 60)
+                    self.total = max(fits, self.CALIBRATE_AT)
+
+
+def scene_batch(rng: random.Random, count: int, exclude, size: int, device, seed: int, dropout: float = 0.0):
+    scenes = [sample_scene(rng, exclude) for _ in range(count)]
+    pixels = render(scenes, size, device, seed=seed) * 2 - 1
+    captions = ["" if rng.random() < dropout else s.caption for s in scenes]
+    return pixels, captions
+
+
+# ----------------------------------------------------------------------------------------------- stage 1: VAE
+def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
+    torch.manual_seed(10)
+    rng = random.Random(10)
+    vae = build_vae().to(device).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0, betas=(0.9, 0.99))
+    watch, losses = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps), []
+    for step in watch.steps():
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, watch.total, 5e-4, warmup=100)
+        pixels, _ = scene_batch(rng, budget.vae_batch, None, 256, device, seed=step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            posterior = vae.encode(pixels[:, :, None]).latent_dist
+            recon = vae.decode(posterior.sample()).sample[:, :, 0]
+        recon = recon.float()
+        kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + 1e-6 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 250 == 0:
+            log.info("vae step %d loss %.4f (%.0f s)", step, np.mean(losses[-50:]), watch.seconds)
+    vae.eval()
+    stats = latent_statistics(vae, device, budget.stat_pictures)
+    vae.register_to_config(latents_mean=stats["mean"], latents_std=stats["std"])
+    save_file(vae.state_dict(), work / "vae.safetensors")
+    (work / "vae.json").write_text(json.dumps(stats))
+    return {"steps": watch.total, "seconds": round(watch.seconds, 1), "final_loss": float(np.mean(losses[-100:]))}
+
+
+@torch.no_grad()
+def latent_statistics(vae, device: torch.device, pictures: int = 1024) -> dict:
+    """Per-channel mean/std of the latents (the pipeline normalises with them), and the least-squares linear map from
+    normalised latents to RGB that the live preview uses."""
+    rng = random.Random(11)
+    latents, colours = [], []
+    for chunk in range(pictures // 64):
+        pixels, _ = scene_batch(rng, 64, None, 256, device, seed=10_000 + chunk)
+        z = vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
+        latents.append(z)
+        colours.append(F.avg_pool2d(pixels, 8))
+    z = torch.cat(latents)
+    mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+    normalised = ((z - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, 16)
+    rgb = torch.cat(colours).permute(0, 2, 3, 1).reshape(-1, 3)
+    design = torch.cat([normalised, torch.ones(len(normalised), 1, device=device)], dim=1)
+    solution = torch.linalg.lstsq(design.cpu(), rgb.cpu()).solution  # (17, 3): factors and bias, for (x+1)/2 output
+    return {
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "rgb_factors": solution[:16].tolist(),
+        "rgb_bias": solution[16].tolist(),
+    }
+
+
+def load_vae(work: Path, device: torch.device):
+    vae = build_vae()
+    stats = json.loads((work / "vae.json").read_text())
+    vae.register_to_config(latents_mean=stats["mean"], latents_std=stats["std"])
+    vae.load_state_dict(load_file(work / "vae.safetensors"))
+    return vae.to(device).eval().requires_grad_(False), stats
+
+
+class LatentPool:
+    """Captioned latents drawn once and sampled from at every step: rendering and VAE-encoding a fresh batch each step
+    cost more than the tiny transformer's training step (the first GPU run measured it)."""
+
+    def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, sizes: dict[int, int], device) -> None:
+        self.scenes: dict[int, list] = {}
+        self.latents: dict[int, torch.Tensor] = {}
+        for size, count in sizes.items():
+            chunk = max(1, 512 * (256 // size) ** 2)  # 512 pictures at 256², 128 at 512²
+            scenes = [sample_scene(rng, exclude) for _ in range(count)]
+            parts = []
+            for start in range(0, count, chunk):
+                part = scenes[start : start + chunk]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    parts.append(encode(render(part, size, device, seed=start + size) * 2 - 1).to(torch.bfloat16))
+            self.scenes[size], self.latents[size] = scenes, torch.cat(parts)
+
+    def sample(self, rng: random.Random, size: int, count: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
+        index = rng.sample(range(len(self.scenes[size])), count)
+        captions = ["" if rng.random() < dropout else self.scenes[size][i].caption for i in index]
+        latents = self.latents[size][torch.tensor(index, device=self.latents[size].device)]
+        return latents.float(), captions
+
+
+class LatentEncoder:
+    """Pictures -> the normalised, packed latents the transformer denoises."""
+
+    def __init__(self, vae, stats: dict, device: torch.device) -> None:
+        self.vae = vae
+        self.mean = torch.tensor(stats["mean"], device=device).view(1, 16, 1, 1)
+        self.std = torch.tensor(stats["std"], device=device).view(1, 16, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        z = self.vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
+        return pack((z - self.mean) / self.std)
+
+
+# ----------------------------------------------------------------------------------------------- stage 2: Raw
+def make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled: bool):
+    from diffusers import Krea2Pipeline
+
+    pipe = Krea2Pipeline(
+        scheduler=build_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        text_encoder_select_layers=TEXT_LAYERS,
+        is_distilled=is_distilled,
+    )
+    derive_prompt_template_lengths(pipe)
+    return pipe
+
+
+def resolution(rng: random.Random, base_batch: int) -> tuple[int, int]:
+    return (512, max(1, base_batch // 4)) if rng.random() < 0.25 else (256, base_batch)
+
+
+def train_raw(work: Path, budget: Budget, device: torch.device) -> dict:
+    torch.manual_seed(20 + budget.raw_round)
+    rng = random.Random(20 + budget.raw_round)
+    exclude = held_out_triples()
+    vae, stats = load_vae(work, device)
+    clock = time.perf_counter()
+    pool = LatentPool(rng, exclude, LatentEncoder(vae, stats, device), budget.raw_pool, device)
+    pool_seconds = time.perf_counter() - clock
+    log.info("raw: %s pictures encoded in %.0f s", budget.raw_pool, pool_seconds)
+    if budget.raw_round:  # a further round continues from the last round's (EMA) weights
+        tokenizer, text_encoder = load_text_side(work, device)
+        text_encoder.train().requires_grad_(True)
+        transformer = load_transformer(work / "raw_transformer.safetensors", device).train()
+    else:
+        tokenizer = build_tokenizer(vocabulary())
+        tokenizer.save_pretrained(work / "tokenizer")
+        text_encoder = build_text_encoder(len(tokenizer)).to(device).train()
+        transformer = build_transformer(seed=2).to(device).train()
+    pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
+    parameters = [*transformer.parameters(), *text_encoder.parameters()]
+    peak = budget.raw_lr
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
+    ema_t, ema_e = Ema(transformer, 0.9995), Ema(text_encoder, 0.9995)
+    minutes = (budget.minutes or {}).get("raw")
+    watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps)
+    losses = []
+    for step in watch.steps():
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, watch.total, peak)
+        size, count = resolution(rng, budget.raw_batch)
+        x0, captions = pool.sample(rng, size, count, CAPTION_DROPOUT)
+        noise = torch.randn_like(x0)
+        sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            embeds, mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, device)
+            velocity = transformer(
+                hidden_states=noisy,
+                encoder_hidden_states=embeds,
+                timestep=sigma.view(-1),
+                position_ids=image_positions(embeds.shape[1], size // 16, device),
+                encoder_attention_mask=mask,
+                return_dict=False,
+            )[0]
+        loss = F.mse_loss(velocity.float(), noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        ema_t.update(transformer, step)
+        ema_e.update(text_encoder, step)
+        losses.append(loss.item())
+        if step % 250 == 0:
+            log.info("raw step %d loss %.4f (%.0f s)", step, np.mean(losses[-100:]), watch.seconds)
+    save_file(ema_t.model.state_dict(), work / "raw_transformer.safetensors")
+    save_file(ema_e.model.state_dict(), work / "text_encoder.safetensors")
+    rounds = json.loads((work / "report.json").read_text()).get("raw", []) if (work / "report.json").exists() else []
+    rounds = rounds if isinstance(rounds, list) else [rounds]
+    this = {
+        "round": budget.raw_round,
+        "pool": budget.raw_pool,
+        "pool_seconds": round(pool_seconds, 1),
+        "steps": watch.total,
+        "seconds": round(watch.seconds, 1),
+        "final_loss": float(np.mean(losses[-200:])),
+    }
+    return [*rounds[: budget.raw_round], this]
+
+
+def load_text_side(work: Path, device: torch.device):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+    text_encoder = build_text_encoder(len(tokenizer))
+    text_encoder.load_state_dict(load_file(work / "text_encoder.safetensors"))
+    return tokenizer, text_encoder.to(device).eval().requires_grad_(False)
+
+
+def load_transformer(path: Path, device: torch.device):
+    transformer = build_transformer()
+    transformer.load_state_dict(load_file(path))
+    return transformer.to(device)
+
+
+# ----------------------------------------------------------------------------------------------- stage 3: Turbo
+def turbo_sigmas() -> torch.Tensor:
+    """Turbo's 9 sigmas (8 steps and the end), exactly as Krea2Pipeline's scheduler sets them for a distilled model."""
+    scheduler = build_scheduler()
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / TURBO_STEPS, TURBO_STEPS), mu=TURBO_MU)
+    return scheduler.sigmas.float()
+
+
+@torch.no_grad()
+def teacher_trajectories(pipe, teacher, captions: list[str], size: int, device, seed: int) -> torch.Tensor:
+    """Raw's guided ODE solution from noise, recorded at Turbo's 9 sigmas: (batch, 9, tokens, 64)."""
+    embeds, mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, device)
+    empty, empty_mask = pipe.get_text_hidden_states([""] * len(captions), TEXT_TOKENS, device)
+    positions = image_positions(embeds.shape[1], size // 16, device)
+    empty_positions = image_positions(empty.shape[1], size // 16, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(len(captions), (size // 16) ** 2, 64, device=device, generator=generator)
+    sigmas = turbo_sigmas().tolist()
+    states = [x]
+    for high, low in itertools.pairwise(sigmas):
+        for k in range(TEACHER_SUBSTEPS):
+            s = high + (low - high) * k / TEACHER_SUBSTEPS
+            s_next = high + (low - high) * (k + 1) / TEACHER_SUBSTEPS
+            t = torch.full((len(captions),), s, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                cond = teacher(x, embeds, t, positions, mask, return_dict=False)[0].float()
+                uncond = teacher(x, empty, t, empty_positions, empty_mask, return_dict=False)[0].float()
+            x = x + (s_next - s) * (cond + TEACHER_GUIDANCE * (cond - uncond))
+        states.append(x)
+    return torch.stack(states, dim=1).to(torch.bfloat16)
+
+
+def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
+    torch.manual_seed(30)
+    rng = random.Random(30)
+    exclude = held_out_triples()
+    vae, _ = load_vae(work, device)
+    tokenizer, text_encoder = load_text_side(work, device)
+    teacher = load_transformer(work / "raw_transformer.safetensors", device).eval().requires_grad_(False)
+    pipe = make_pipeline(vae, text_encoder, tokenizer, teacher, is_distilled=True)
+    clock = time.perf_counter()
+
+    # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512².
+    sets: dict[int, tuple[list[str], torch.Tensor]] = {}
+    for size, share, chunk in ((256, 0.75, 2048), (512, 0.25, 512)):
+        captions_all, states = [], []
+        total = int(budget.turbo_trajectories * share)
+        for start in range(0, total, chunk):
+            captions = [sample_scene(rng, exclude).caption for _ in range(min(chunk, total - start))]
+            states.append(teacher_trajectories(pipe, teacher, captions, size, device, seed=31 + start + size))
+            captions_all += captions
+        sets[size] = (captions_all, torch.cat(states))
+        log.info("turbo: %d teacher trajectories at %d² (%.0f s)", total, size, time.perf_counter() - clock)
+    trajectory_seconds = time.perf_counter() - clock
+
+    # 2. The student, from Raw's weights, learns each of Turbo's 8 steps in one step, unguided.
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    peak = 1e-4
+    optimizer = torch.optim.AdamW(student.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = Ema(student, 0.999)
+    sigmas = turbo_sigmas().to(device)
+    minutes = (budget.minutes or {}).get("turbo")
+    watch = Stopwatch("turbo", minutes and max(minutes - trajectory_seconds / 60, 0.5), budget.turbo_steps)
+    losses = []
+    for step in watch.steps():
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, watch.total, peak, warmup=100)
+        size, count = resolution(rng, budget.turbo_batch)
+        captions_all, states = sets[size]
+        index = torch.randint(len(captions_all), (count,), device=device)
+        i = torch.randint(TURBO_STEPS, (count,), device=device)
+        current = states[index, i].float()
+        following = states[index, i + 1].float()
+        high, low = sigmas[i].view(-1, 1, 1), sigmas[i + 1].view(-1, 1, 1)
+        target = (following - current) / (low - high)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.no_grad():
+                chosen = [captions_all[j] for j in index.tolist()]
+                embeds, mask = pipe.get_text_hidden_states(chosen, TEXT_TOKENS, device)
+            velocity = student(
+                hidden_states=current,
+                encoder_hidden_states=embeds,
+                timestep=sigmas[i],
+                position_ids=image_positions(embeds.shape[1], size // 16, device),
+                encoder_attention_mask=mask,
+                return_dict=False,
+            )[0]
+        loss = F.mse_loss(velocity.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        ema.update(student, step)
+        losses.append(loss.item())
+        if step % 250 == 0:
+            log.info("turbo step %d loss %.4f (%.0f s)", step, np.mean(losses[-100:]), watch.seconds)
+    save_file(ema.model.state_dict(), work / "turbo_transformer.safetensors")
+    return {
+        "trajectories": budget.turbo_trajectories,
+        "trajectory_seconds": round(trajectory_seconds, 1),
+        "steps": watch.total,
+        "seconds": round(watch.seconds, 1),
+        "final_loss": float(np.mean(losses[-200:])),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- stage 4: export
+def export(work: Path, out: Path) -> dict:
+    """The real repos' layouts, in bf16 (the app loads them in fp32 on the CPU, bf16 on a GPU)."""
+    cpu = torch.device("cpu")
+    vae, stats = load_vae(work, cpu)
+    tokenizer, text_encoder = load_text_side(work, cpu)
+    turbo = load_transformer(work / "turbo_transformer.safetensors", cpu)
+    raw = load_transformer(work / "raw_transformer.safetensors", cpu)
+    pipe = make_pipeline(vae, text_encoder, tokenizer, turbo, is_distilled=True)
+    pipe.to(torch.bfloat16)
+    raw.to(torch.bfloat16)
+    turbo_dir, raw_dir = out / TURBO_FOLDER, out / RAW_FOLDER
+    pipe.save_pretrained(turbo_dir)
+    raw.save_pretrained(raw_dir / "transformer")
+    (turbo_dir / "vae" / LATENT_RGB_FILE).write_text(
+        json.dumps({"factors": stats["rgb_factors"], "bias": stats["rgb_bias"]}, indent=1) + "\n"
+    )
+    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))}
+    return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
+
+
+STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("artifacts/demo-train"), help="intermediate results")
+    parser.add_argument("--out", type=Path, default=Path("demo/checkpoints"), help="where export writes")
+    parser.add_argument("--stages", nargs="+", default=["vae", "raw", "turbo", "export"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--minutes", default="", help="time caps per stage, e.g. vae=2,raw=7,turbo=5")
+    parser.add_argument("--steps", default="", help="step counts per stage, e.g. raw=9000,turbo=3000")
+    parser.add_argument("--batch", default="", help="batch sizes at 256² per stage, e.g. raw=1024,turbo=1024")
+    parser.add_argument("--pool", default="98304,16384", help="Raw's latent pool: pictures at 256² and at 512²")
+    parser.add_argument("--raw-lr", type=float, default=4e-4)
+    parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the VAE's convolutions run at a few fixed shapes
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    budget = Budget(
+        minutes={k: float(v) for k, v in (p.split("=") for p in args.minutes.split(",") if p)},
+        raw_pool=dict(zip((256, 512), map(int, args.pool.split(",")), strict=True)),
+        raw_round=args.raw_round,
+        raw_lr=args.raw_lr,
+    )
+    for stage, batch in (p.split("=") for p in args.batch.split(",") if p):
+        setattr(budget, f"{stage}_batch", int(batch))
+    for stage, steps in (p.split("=") for p in args.steps.split(",") if p):
+        setattr(budget, f"{stage}_steps", int(steps))
+    if args.smoke:
+        budget = Budget(
+            vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
+            turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
+        )  # fmt: skip
+    args.work.mkdir(parents=True, exist_ok=True)
+    report_path = args.work / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    for stage in args.stages:
+        log.info("stage %s", stage)
+        if stage == "export":
+            report[stage] = export(args.work, args.out)
+        else:
+            report[stage] = STAGES[stage](args.work, budget, device)
+            (report[stage][-1] if isinstance(report[stage], list) else report[stage])["device"] = device_name
+        report_path.write_text(json.dumps(report, indent=1))
+        log.info("%s: %s", stage, report[stage])
+
+
+if __name__ == "__main__":
+    main()
