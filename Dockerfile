@@ -20,6 +20,7 @@ COPY app.py ./
 COPY krea2 ./krea2
 COPY storage ./storage
 COPY ui ./ui
+COPY demo/checkpoints ./demo/checkpoints
 
 RUN useradd --create-home --uid 1000 studio && mkdir -p /data && chown studio /data
 USER studio

@@ -59,7 +59,7 @@ def build_full_size(device: str, seed: int = 0, raw: bool = True):
     )
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
-    from krea2.demo import _build_tokenizer
+    from krea2.demo import build_tokenizer
 
     def transformer(s: int) -> Krea2Transformer2DModel:
         torch.manual_seed(s)
@@ -90,7 +90,7 @@ def build_full_size(device: str, seed: int = 0, raw: bool = True):
         use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=6400
     )
     turbo = Krea2Pipeline(
-        scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=_build_tokenizer(), transformer=turbo_t,
+        scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=build_tokenizer(), transformer=turbo_t,
         is_distilled=True,
     )  # fmt: skip
     derive_prompt_template_lengths(turbo)

@@ -1,152 +1,150 @@
-"""Demo checkpoints: a miniature Krea 2 built from the real classes, for machines with no GPU or no weights.
+"""Demo checkpoints: a miniature Krea 2, trained by the project, for machines with no GPU or no weights.
 
-They are written once into a cache folder in the same layout as the real Hub repos (Turbo: a whole diffusers
-pipeline; Raw: ``transformer/`` only) and then loaded by the same code as real checkpoints, so the demo exercises
-the real loading path. Weights are random but seeded, so every machine builds the same demo models.
+The architecture is the real one (`Krea2Transformer2DModel`, `AutoencoderKLQwenImage`, a Qwen3-VL text encoder and a
+byte-level BPE tokenizer), only small. `demo/train.py` trains it on captioned pictures of flat shapes and saves it
+into `demo/checkpoints/` in the real Hub repos' layouts (Turbo: a whole diffusers pipeline; Raw: `transformer/`
+only), where the app loads it through the same `from_pretrained` code as the real weights.
+
+The builders here define the miniature architecture once: training starts from them, and tests that need a model of
+the right shape but not its weights (speed-up parity checks) build a randomly initialised one.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-DEMO_VERSION = "2"  # bump when the tiny configs change, so stale caches are rebuilt
-_MARKER = "KREA2_DEMO_VERSION"
-TEXT_LAYERS = (1, 2, 3, 4)
+from .errors import LoadError
 
-log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("KREA2_DEMO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "krea2-studio", "demo"
-    )
-    return Path(base)
+TEXT_LAYERS = (1, 2, 3, 4)  # the text encoder's tapped hidden states (0 is the embedding output)
+TEXT_HIDDEN = 64
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TURBO_FOLDER, RAW_FOLDER = "Krea-2-Turbo-demo", "Krea-2-Raw-demo"
+CHECKPOINTS_ENV = "KREA2_DEMO_CHECKPOINTS"
 
 
-def _build_tokenizer():
-    """A byte-level BPE tokenizer with the chat special tokens the Krea 2 prompt template uses (built offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def default_checkpoints_dir() -> Path:
+    """The trained demo checkpoints committed with the project (or the folder KREA2_DEMO_CHECKPOINTS names)."""
+    configured = os.environ.get(CHECKPOINTS_ENV)
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "demo" / "checkpoints"
+
+
+def demo_checkpoints(folder: Path | None = None) -> dict[str, str]:
+    """{"turbo": folder, "raw": folder} of the trained demo checkpoints, for the normal loader."""
+    folder = Path(folder or default_checkpoints_dir())
+    turbo, raw = folder / TURBO_FOLDER, folder / RAW_FOLDER
+    for path in (turbo / "model_index.json", raw / "transformer" / "config.json"):
+        if not path.is_file():
+            raise LoadError(
+                f"The demo checkpoints are missing ({path} not found). They ship with the project in demo/checkpoints;"
+                f" restore them with `git checkout -- demo/checkpoints` or rebuild them with `python -m demo.train`."
+            )
+    return {"turbo": str(turbo), "raw": str(raw)}
+
+
+def build_tokenizer(words: Iterable[str] = ()):
+    """A byte-level BPE tokenizer with the chat special tokens of the Krea 2 prompt template, built offline.
+
+    With `words`, BPE merges are learnt so that each of them is one token (the demo's vocabulary); any other text
+    still encodes, byte by byte. Lower-casing first: "A Red Circle" means what "a red circle" means."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in specials:
-        vocab[token] = len(vocab)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(specials)
+    words = sorted(set(words))
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + len(SPECIAL_TOKENS) + 8 * max(len(words), 1),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    # Each word preceded by a space, the way it appears inside a caption (the byte-level pre-tokenizer keeps it).
+    tokenizer.train_from_iterator([" " + " ".join(words)] * 2 + [w for w in words], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def _build_text_encoder(vocab_size: int):
+def build_text_encoder(vocab_size: int, seed: int = 0):
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = Qwen3VLConfig(
         text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 4,
+            "hidden_size": TEXT_HIDDEN,
+            "intermediate_size": 2 * TEXT_HIDDEN,
+            "num_hidden_layers": len(TEXT_LAYERS),
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "head_dim": 8,
+            "head_dim": 16,
             "vocab_size": vocab_size,
-            "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+            "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
         },
-        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 32},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 64},
         vocab_size=vocab_size,
     )
     return Qwen3VLModel(config).eval()
 
 
-def build_transformer(seed: int):
-    """A tiny Krea2Transformer2DModel; Raw and Turbo use different seeds so their images differ."""
+def build_transformer(seed: int = 0):
+    """The miniature Krea2Transformer2DModel: 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M parameters."""
     import torch
     from diffusers import Krea2Transformer2DModel
 
     torch.manual_seed(seed)
     return Krea2Transformer2DModel(
         in_channels=64,  # 16 latent channels x 2x2 patches, as in the real model
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        timestep_embed_dim=32,
-        text_hidden_dim=32,
+        num_layers=6,
+        attention_head_dim=32,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        intermediate_size=512,
+        timestep_embed_dim=64,
+        text_hidden_dim=TEXT_HIDDEN,
         num_text_layers=len(TEXT_LAYERS),
-        text_num_attention_heads=2,
-        text_num_key_value_heads=1,
-        text_intermediate_size=64,
+        text_num_attention_heads=4,
+        text_num_key_value_heads=2,
+        text_intermediate_size=2 * TEXT_HIDDEN,
         num_layerwise_text_blocks=1,
-        num_refiner_text_blocks=1,
-        axes_dims_rope=(4, 6, 6),
+        num_refiner_text_blocks=2,
+        axes_dims_rope=(8, 12, 12),
     )
 
 
-def _build_vae():
+def build_vae(seed: int = 0):
+    """The Qwen-Image VAE's architecture with 16 latent channels and 8x downsampling, like the real one, but narrow."""
     import torch
     from diffusers import AutoencoderKLQwenImage
 
-    torch.manual_seed(3)
-    # 16 latent channels and 8x downsampling like the real Qwen-Image VAE, so previews and shapes match.
+    torch.manual_seed(seed)
     return AutoencoderKLQwenImage(
-        base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
 
 
-def build_demo_pipeline(transformer_seed: int = 1):
-    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
+def build_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    tokenizer = _build_tokenizer()
-    scheduler = FlowMatchEulerDiscreteScheduler(
+    return FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=6400
     )
+
+
+def build_demo_pipeline(transformer_seed: int = 1, *, is_distilled: bool = True, words: Iterable[str] = ()):
+    """A randomly initialised miniature pipeline (the starting point of training, and a stand-in in speed tests)."""
+    from diffusers import Krea2Pipeline
+
+    tokenizer = build_tokenizer(words)
     return Krea2Pipeline(
-        scheduler=scheduler,
-        vae=_build_vae(),
-        text_encoder=_build_text_encoder(len(tokenizer)),
+        scheduler=build_scheduler(),
+        vae=build_vae(),
+        text_encoder=build_text_encoder(len(tokenizer)),
         tokenizer=tokenizer,
         transformer=build_transformer(transformer_seed),
         text_encoder_select_layers=TEXT_LAYERS,
-        is_distilled=True,
+        is_distilled=is_distilled,
     )
-
-
-def _is_built(folder: Path) -> bool:
-    marker = folder / _MARKER
-    return marker.is_file() and marker.read_text().strip() == DEMO_VERSION
-
-
-def _write_atomically(target: Path, write) -> None:
-    """Build into a temp folder beside `target`, then rename: a crash never leaves a half-written checkpoint."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(tmp)
-        (tmp / _MARKER).write_text(DEMO_VERSION)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_demo_checkpoints(cache_dir: Path | None = None) -> dict[str, str]:
-    """Write the demo checkpoints if missing; return {"turbo": folder, "raw": folder} for the normal loader."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    turbo_dir, raw_dir = cache_dir / "Krea-2-Turbo-demo", cache_dir / "Krea-2-Raw-demo"
-    if not _is_built(turbo_dir):
-        log.info("Building demo Turbo checkpoint in %s (first start only)", turbo_dir)
-        _write_atomically(turbo_dir, lambda d: build_demo_pipeline(transformer_seed=1).save_pretrained(d))
-    if not _is_built(raw_dir):
-        log.info("Building demo Raw checkpoint in %s (first start only)", raw_dir)
-        # Like the real Raw repo: only transformer/, everything else comes from Turbo.
-        _write_atomically(raw_dir, lambda d: build_transformer(seed=2).save_pretrained(d / "transformer"))
-    return {"turbo": str(turbo_dir), "raw": str(raw_dir)}

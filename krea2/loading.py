@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import Krea2Pipeline, Krea2Transformer2DModel
 
+    from .preview import LatentRGB
+
 log = logging.getLogger(__name__)
 
 
@@ -125,6 +127,14 @@ class PipelineLoader:
 
         parts = {name: name for name in ("transformer", "text_encoder", "vae")}
         return self._load(spec, "", load, parts)
+
+    def latent_rgb(self, spec: CheckpointSpec) -> LatentRGB:
+        """The live preview's latent->RGB map: the one saved beside a local checkpoint's VAE (the demo's is fitted to
+        its own latent space), else the Qwen-Image VAE's, which the real checkpoints use."""
+        from .preview import LatentRGB
+
+        source = self.sources[spec.key]
+        return LatentRGB.for_vae_folder(Path(source).expanduser() / "vae" if looks_like_path(source) else None)
 
     def load_transformer(self, spec: CheckpointSpec) -> Krea2Transformer2DModel:
         from diffusers import Krea2Transformer2DModel

@@ -17,7 +17,7 @@ from .errors import Cancelled, GenerationFailed, Krea2Error, LoadError, NotReady
 from .loading import build_pipeline_sharing, derive_prompt_template_lengths
 from .pipeline import Krea2StudioPipeline, drop_padding
 from .placement import Placement, apply_placement, choose_placement, unique_modules, weight_bytes
-from .preview import StepCallback, StepPreviews
+from .preview import QWEN_IMAGE_LATENT_RGB, LatentRGB, StepCallback, StepPreviews
 from .prompt_cache import LRUCache
 from .request import MAX_SEED, GenerationRequest, random_seed
 from .step_cache import step_cache_of
@@ -130,6 +130,7 @@ class ModelManager:
         self._cancel_current: threading.Event | None = None
         self._prompt_cache: LRUCache[tuple[torch.Tensor, torch.Tensor]] = LRUCache(prompt_cache_size)
         self._loader_thread: threading.Thread | None = None
+        self.latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB  # the live preview's colours, set with the VAE at load
 
     # ----------------------------------------------------------------------------------------------- loading
     def start(self, background: bool = True) -> None:
@@ -146,6 +147,7 @@ class ModelManager:
     def _load_all(self) -> None:
         try:
             turbo = self._wrap(self.loader.load_full(TURBO))
+            self.latent_rgb = self.loader.latent_rgb(TURBO)
             self.load_count += 1
             self.pipes["turbo"] = turbo
             self.pipes["raw"] = self._wrap_shared(turbo, self.loader.load_transformer(RAW))
@@ -393,7 +395,9 @@ class ModelManager:
         denoised_at = [encoded_at]
         previews = None
         if on_step is not None:
-            previews = StepPreviews(on_step, request.steps, request.height, request.width, self.device)
+            previews = StepPreviews(
+                on_step, request.steps, request.height, request.width, self.device, self.latent_rgb
+            )
 
         def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
             if cancel_event.is_set():

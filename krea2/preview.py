@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -16,6 +19,33 @@ _LATENT_RGB_FACTORS = [
     [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950], [0.1984, 0.0913, 0.1861],
 ]  # fmt: skip
 _LATENT_RGB_BIAS = [-0.1835, -0.0868, -0.3360]
+# A VAE folder may carry its own factors (the demo VAE does: demo/train.py fits them to its latent space).
+LATENT_RGB_FILE = "latent_rgb.json"
+
+
+@dataclass(frozen=True)
+class LatentRGB:
+    """A linear map from the 16 normalised latent channels to RGB in [-1, 1]: (16, 3) factors and a (3,) bias."""
+
+    factors: list[list[float]]
+    bias: list[float]
+
+    @classmethod
+    def for_vae_folder(cls, folder: str | Path | None) -> LatentRGB:
+        """The factors saved beside a VAE (`<folder>/latent_rgb.json`), else the Qwen-Image VAE's."""
+        path = Path(folder) / LATENT_RGB_FILE if folder else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            return cls(factors=data["factors"], bias=data["bias"])
+        return QWEN_IMAGE_LATENT_RGB
+
+    def on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors and bias on `device`. Made once per generation, before its steps: copying a Python list to a GPU
+        waits for everything queued on the stream first (a pageable host-to-device copy)."""
+        return torch.tensor(self.factors, device=device), torch.tensor(self.bias, device=device)
+
+
+QWEN_IMAGE_LATENT_RGB = LatentRGB(_LATENT_RGB_FACTORS, _LATENT_RGB_BIAS)
 
 
 def unpack_latents(packed: torch.Tensor, height: int, width: int, vae_scale: int = 8, patch: int = 2) -> torch.Tensor:
@@ -27,18 +57,12 @@ def unpack_latents(packed: torch.Tensor, height: int, width: int, vae_scale: int
     return latents.reshape(batch, channels, rows * patch, cols * patch)
 
 
-def latent_rgb_map(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (16, 3) factors and (3,) bias on `device`. Made once per generation, before its steps: copying a Python list
-    to a GPU waits for everything queued on the stream first (a pageable host-to-device copy)."""
-    return torch.tensor(_LATENT_RGB_FACTORS, device=device), torch.tensor(_LATENT_RGB_BIAS, device=device)
-
-
 def preview_pixels(
     packed: torch.Tensor, height: int, width: int, rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """First image of the batch as 8-bit RGB pixels (1/8 of the output size, (h, w, 3)), where the latents are."""
     latents = unpack_latents(packed[:1].float(), height, width)[0]  # (16, h, w)
-    factors, bias = rgb_map if rgb_map is not None else latent_rgb_map(latents.device)
+    factors, bias = rgb_map if rgb_map is not None else QWEN_IMAGE_LATENT_RGB.on(latents.device)
     rgb = torch.einsum("chw,cr->hwr", latents, factors) + bias
     return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
 
@@ -58,10 +82,16 @@ class StepPreviews:
     handed on at once."""
 
     def __init__(
-        self, on_step: StepCallback, total_steps: int, height: int, width: int, device: torch.device | str = "cpu"
+        self,
+        on_step: StepCallback,
+        total_steps: int,
+        height: int,
+        width: int,
+        device: torch.device | str = "cpu",
+        latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB,
     ) -> None:
         self.on_step, self.total_steps, self.height, self.width = on_step, total_steps, height, width
-        self.rgb_map = latent_rgb_map(device)
+        self.rgb_map = latent_rgb.on(device)
         self.cuda = torch.device(device).type == "cuda"
         shape = (height // 8, width // 8, 3)
         self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)] if self.cuda else []

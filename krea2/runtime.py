@@ -126,11 +126,11 @@ def build_manager(settings: EngineSettings) -> ModelManager:
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
-        from .demo import ensure_demo_checkpoints
+        from .demo import demo_checkpoints
 
         if not cuda and not settings.demo:
-            log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (random miniature Krea 2).")
-        sources = ensure_demo_checkpoints()
+            log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (a miniature Krea 2 drawing shapes).")
+        sources = demo_checkpoints()
         dtype = torch.float32 if not cuda else torch.bfloat16
     else:
         sources = {"raw": RAW.source(settings.raw_source), "turbo": TURBO.source(settings.turbo_source)}

@@ -34,7 +34,7 @@ class AppServer:
     def start(self, timeout: float = 90) -> AppServer:
         """Start the app and return once it answers HTTP and its checkpoints are loaded (the manager logs "Checkpoints
         ready"): a request before that gets "is loading; try again", correctly, but not what a test means to check."""
-        env = {**os.environ, "KREA2_DATA_DIR": str(self.data_dir), "KREA2_DEMO_CACHE": str(self.demo_cache),
+        env = {**os.environ, "KREA2_DATA_DIR": str(self.data_dir), "KREA2_DEMO_CHECKPOINTS": str(self.demo_cache),
                "GRADIO_ANALYTICS_ENABLED": "False", **self.extra_env}  # fmt: skip
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "ab")  # closed when the process ends

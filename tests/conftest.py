@@ -14,9 +14,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def demo_sources(tmp_path_factory) -> dict[str, str]:
-    from krea2.demo import ensure_demo_checkpoints
+    from krea2.demo import demo_checkpoints
 
-    return ensure_demo_checkpoints(tmp_path_factory.mktemp("demo-cache"))
+    return demo_checkpoints()
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,14 @@ from diffusers import Krea2Pipeline
 
 from krea2.acceleration import FusedSwiGLU, fuse_projections
 from krea2.attention import Krea2FastAttnProcessor, flash4_unavailable_reason, install_fast_attention
-from krea2.demo import TEXT_LAYERS, build_transformer
+from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
 
 
 def inputs(text_tokens: int = 5, grid: int = 4, masked: bool = False):
     torch.manual_seed(0)
     kwargs = {
         "hidden_states": torch.randn(1, grid * grid, 64),
-        "encoder_hidden_states": torch.randn(1, text_tokens, len(TEXT_LAYERS), 32),
+        "encoder_hidden_states": torch.randn(1, text_tokens, len(TEXT_LAYERS), TEXT_HIDDEN),
         "timestep": torch.tensor([0.6]),
         "position_ids": Krea2Pipeline.prepare_position_ids(text_tokens, grid, grid, "cpu"),
     }

@@ -20,7 +20,7 @@ def test_cli_twice_is_pixel_identical_and_recorded(tmp_path, demo_sources):
     env = {
         **os.environ,
         "KREA2_DATA_DIR": str(tmp_path / "data"),
-        "KREA2_DEMO_CACHE": str(Path(demo_sources["turbo"]).parent),
+        "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent),
     }
     outs = []
     for name in ("a.png", "b.png"):

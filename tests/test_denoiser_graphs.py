@@ -10,7 +10,7 @@ from diffusers import Krea2Pipeline
 import krea2.denoiser_graphs as denoiser_graphs
 from krea2.acceleration import prepare_transformer
 from krea2.attention import install_fast_attention
-from krea2.demo import TEXT_LAYERS, build_transformer
+from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
 from krea2.denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
 from krea2.step_cache import install_step_cache
 
@@ -51,7 +51,7 @@ def inputs(seed: int, text_tokens: int = 5, batch: int = 1) -> dict:
     generator = torch.Generator().manual_seed(seed)
     return {
         "hidden_states": torch.randn(batch, 16, 64, generator=generator),
-        "encoder_hidden_states": torch.randn(batch, text_tokens, len(TEXT_LAYERS), 32, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, len(TEXT_LAYERS), TEXT_HIDDEN, generator=generator),
         "timestep": torch.rand(batch, generator=generator),
         "position_ids": Krea2Pipeline.prepare_position_ids(text_tokens, 4, 4, "cpu"),
     }

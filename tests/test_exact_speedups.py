@@ -8,7 +8,7 @@ from diffusers import AutoencoderKLQwenImage
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
 import krea2.vae_decode as vae_decode
-from krea2.demo import _build_vae
+from krea2.demo import build_vae
 from krea2.manager import MAX_SEQUENCE_LENGTH
 from krea2.text_graphs import TextEncoderGraphs, _Captured, text_features
 from krea2.vae_decode import (
@@ -21,7 +21,7 @@ from krea2.vae_decode import (
 
 @pytest.mark.parametrize("frames", [1, 3])  # one image; a video latent, which takes the stock decoder
 def test_single_frame_decode_matches_stock(frames):
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     torch.manual_seed(0)
     latents = torch.randn(2, 16, frames, 12, 10)
     with torch.no_grad():
@@ -35,7 +35,7 @@ def test_single_frame_decode_matches_stock(frames):
 
 def test_compiled_frame_decode_matches_stock():
     """The fast path's decode: fused kernels, convolution biases folded into them (torch.compile's CPU backend here)."""
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for shape in ((1, 16, 1, 12, 10), (2, 16, 1, 8, 8)):  # two shapes: the second runs the dynamic kernels
@@ -48,7 +48,7 @@ def test_compiled_frame_decode_matches_stock():
 
 
 def test_frame_decoder_runs_on_channels_last_activations(monkeypatch):
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     layouts = []
     original = vae_decode.frame_conv
 
@@ -65,7 +65,7 @@ def test_frame_decoder_runs_on_channels_last_activations(monkeypatch):
 
 def test_a_hooked_decoder_takes_the_stock_path():
     """The frame decoder reads weights directly; a module's forward hooks must still run."""
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     use_single_frame_decode(vae)
     calls = []
     vae.decoder.conv_out.register_forward_hook(lambda *_: calls.append(1))
@@ -78,7 +78,7 @@ def test_group_offloaded_decoder_decodes_through_its_hooks():
     """The offload placement's group offloading loads each module's weights in a hook (CPU to CPU here)."""
     from diffusers.hooks import apply_group_offloading
 
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     latents = torch.randn(1, 16, 1, 8, 8)
     with torch.no_grad():
         reference = vae.decode(latents).sample
@@ -90,7 +90,7 @@ def test_group_offloaded_decoder_decodes_through_its_hooks():
 
 
 def test_single_frame_decode_switches_back_and_leaves_the_encoder():
-    vae = _build_vae().eval()
+    vae = build_vae().eval()
     use_single_frame_decode(vae)
     assert type(vae.encoder.conv_in) is QwenImageCausalConv3d  # encoding is not single-frame-only: untouched
     assert use_single_frame_decode(vae) == 0  # already switched
@@ -182,7 +182,7 @@ def test_a_bad_capture_falls_back_to_eager_with_a_reason(manager, monkeypatch, f
         layers = len(pipe.text_encoder_select_layers)
         static = (
             torch.zeros(1, padded, dtype=torch.long, device=device),
-            torch.zeros(1, padded, layers, 32, device=device),
+            torch.zeros(1, padded, layers, pipe.text_encoder.config.text_config.hidden_size, device=device),
         )
         return _Captured(_GraphThatWritesNothing(), *static)
 

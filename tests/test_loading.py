@@ -29,9 +29,22 @@ def test_raw_and_turbo_share_encoder_and_vae_objects(manager):
 
 
 def test_template_lengths_come_from_the_loaded_tokenizer(manager):
+    from krea2.loading import derive_prompt_template_lengths
+
     pipe = manager.pipes["turbo"]
-    expected = len(pipe.tokenizer(pipe.prompt_template_encode_prefix).input_ids)
-    assert pipe.prompt_template_encode_start_idx == expected != 34
+    prefix = len(pipe.tokenizer(pipe.prompt_template_encode_prefix).input_ids)
+    suffix = len(pipe.tokenizer(pipe.prompt_template_encode_suffix).input_ids)
+    assert (pipe.prompt_template_encode_start_idx, pipe.prompt_template_encode_num_suffix_tokens) == (prefix, suffix)
+    # (The demo tokenizer happens to give the Qwen tokenizer's 34 and 5: the lengths must follow the tokenizer.)
+    longer = pipe.prompt_template_encode_prefix
+    try:
+        pipe.prompt_template_encode_prefix = longer + "And more words."
+        derive_prompt_template_lengths(pipe)
+        expected = len(pipe.tokenizer(longer + "And more words.").input_ids)
+        assert pipe.prompt_template_encode_start_idx == expected > prefix
+    finally:
+        pipe.prompt_template_encode_prefix = longer
+        derive_prompt_template_lengths(pipe)
 
 
 def test_missing_folder_is_one_clear_line(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from diffusers import Krea2Pipeline
 
 from krea2 import GenerationRequest
-from krea2.demo import TEXT_LAYERS, build_transformer
+from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
 from krea2.runtime import step_cache_threshold
 from krea2.step_cache import install_step_cache, step_cache_of
 
@@ -21,7 +21,7 @@ def call(transformer, hidden, text):
 
 def make(seed=0, text_tokens=5):
     torch.manual_seed(seed)
-    return torch.randn(1, 16, 64), torch.randn(1, text_tokens, len(TEXT_LAYERS), 32)
+    return torch.randn(1, 16, 64), torch.randn(1, text_tokens, len(TEXT_LAYERS), TEXT_HIDDEN)
 
 
 def test_threshold_zero_runs_every_block_and_changes_nothing():
