@@ -395,9 +395,7 @@ class ModelManager:
         denoised_at = [encoded_at]
         previews = None
         if on_step is not None:
-            previews = StepPreviews(
-                on_step, request.steps, request.height, request.width, self.device, self.latent_rgb
-            )
+            previews = StepPreviews(on_step, request.steps, request.height, request.width, self.device, self.latent_rgb)
 
         def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
             if cancel_event.is_set():
