@@ -20,17 +20,22 @@ from storage.recording import SETTINGS_FIELDS, settings_of
 
 from .presets import CUSTOM, preset_choices, preset_size
 from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
+from .text import as_text
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 CHECKPOINT_CHOICES = [("Turbo", "turbo"), ("Raw", "raw")]
 
 
-def user_error(error: Exception) -> gr.Error:
+def user_error(error: Exception, *, html: bool = True) -> gr.Error:
+    """One sentence for the person. The page shows it as HTML (Gradio's toasts), so there it is escaped: an error
+    quotes what was typed, and typed markup must stay text. API callers (`html=False`) get it as sent."""
     if isinstance(error, USER_ERRORS):
-        return gr.Error(str(error), print_exception=False)
-    log.exception("Unexpected error in a UI handler")
-    return gr.Error(f"Something went wrong ({type(error).__name__}). The server is still running; try again.")
+        message = str(error)
+    else:
+        log.error("Unexpected error in a handler", exc_info=error)
+        message = f"Something went wrong ({type(error).__name__}). The server is still running; try again."
+    return gr.Error(as_text(message) if html else message, print_exception=False)
 
 
 def friendly(fn):
