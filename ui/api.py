@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from krea2 import GenerationRequest
+from krea2 import GenerationRequest, InvalidRequest
 from krea2.request import HistoryQuery
 
 from .handlers import Handlers, session_of, user_error
@@ -47,6 +47,10 @@ def event_id() -> str | None:
     from gradio.context import LocalContext
 
     return LocalContext.event_id.get(None)
+
+
+def renamed(error: InvalidRequest, names: dict[str, str]) -> InvalidRequest:
+    return InvalidRequest(names.get(error.field, error.field), error.value, error.problem)
 
 
 def _refused(error: Exception) -> gr.Error:
@@ -99,9 +103,14 @@ def register_api(service: StudioService) -> None:
                 prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=_optional(raw_steps),
                 guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed),
             )  # fmt: skip
-            turbo = raw.with_checkpoint("turbo", steps=_optional(turbo_steps))
+        except InvalidRequest as error:  # named as this endpoint names them
+            raise _refused(renamed(error, {"steps": "raw_steps", "guidance": "raw_guidance"})) from None
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
+        try:
+            turbo = raw.with_checkpoint("turbo", steps=_optional(turbo_steps))
+        except InvalidRequest as error:
+            raise _refused(renamed(error, {"steps": "turbo_steps"})) from None
         for images, infos in run(service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())):
             yield images, {"raw": infos[0], "turbo": infos[1]} if isinstance(infos, list) else infos
 
