@@ -175,9 +175,17 @@ class Handlers:
         cancelled = self.service.cancel(session_of(request))
         return "**Cancelling…**" if cancelled else gr.skip()
 
+    @staticmethod
+    def _selected(evt: gr.SelectData, count: int) -> int:
+        """The index a select event names, when it names one of the `count` items shown."""
+        index = evt.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+            raise gr.Error("That image is no longer in the list; select another one.", print_exception=False)
+        return index
+
     @friendly
     def select_result(self, items: list, evt: gr.SelectData):
-        item = (items or [])[evt.index]
+        item = (items or [])[self._selected(evt, len(items or []))]
         generation = self.service.get(item["generation_id"])
         return describe(generation), gr.update(visible=True), generation.id
 
@@ -291,7 +299,8 @@ class Handlers:
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):
-        generation = self.service.get(nav["ids"][evt.index])
+        ids = (nav or {}).get("ids") or []
+        generation = self.service.get(ids[self._selected(evt, len(ids))])
         path = self.service.image_path(generation)
         star = "★ Unfavorite" if generation.favorite else "☆ Favorite"
         return (

@@ -45,6 +45,17 @@ def _value_problem(block: Any, value: Any) -> str | None:
 
 
 class StudioBlocks(gr.Blocks):
+    async def process_api(self, block_fn: BlockFunction | int, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A select event's data comes from the client; Gradio builds `gr.SelectData` from it by indexing
+        `data["index"]`, which fails with a bare TypeError on anything but an object with those keys."""
+        fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        event_data = kwargs.get("event_data")
+        if fn.collects_event_data and event_data is not None:
+            data = getattr(event_data, "_data", None)
+            if not isinstance(data, dict) or not {"index", "value"} <= data.keys():
+                raise gr.Error("The selection sent is not valid; select an image again.", print_exception=False)
+        return await super().process_api(block_fn, *args, **kwargs)
+
     async def preprocess_data(
         self, block_fn: BlockFunction, inputs: list[Any], state: Any, explicit_call: bool = False
     ) -> list[Any]:
