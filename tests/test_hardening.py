@@ -160,8 +160,12 @@ def test_storage_errors_reach_api_callers_as_their_sentence(server):
     assert row.status == "failed" and "nothing was saved" in row.error
 
 
-def wait_settled(server: AppServer, prompt: str, timeout: float = 60) -> list:
-    """The rows of `prompt` once none is running any more."""
+def wait_settled(server: AppServer, prompt: str, timeout: float = 120) -> list:
+    """The rows of `prompt` once the GPU queue has drained: a generation that went on regardless of a cancel (and
+    would then be recorded at its end) has finished by the time a later one has run."""
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict(prompt="after the cancel", steps=1, api_name="/generate", **SMALL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [g for g in rows(server, prompt) if g.prompt == prompt]
