@@ -166,6 +166,7 @@ def wait_settled(server: AppServer, prompt: str, timeout: float = 120) -> list:
     from gradio_client import Client
 
     Client(server.url, verbose=False).predict(prompt="after the cancel", steps=1, api_name="/generate", **SMALL)
+    time.sleep(3)  # a 1024x1024 result that went on regardless may still be writing its files (old behaviour)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [g for g in rows(server, prompt) if g.prompt == prompt]
