@@ -220,8 +220,12 @@ def test_a_client_that_disconnects_cancels_its_generation(server):
     stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     stream.request("GET", f"/gradio_api/queue/data?session_hash={session}")
     response = stream.getresponse()
-    while b"process_generating" not in response.readline():  # the generation is under way
-        pass
+    deadline = time.monotonic() + 60
+    while True:  # until the generation is under way (a function that streams no progress fails here)
+        line = response.readline()
+        assert b"process_completed" not in line and line and time.monotonic() < deadline, line
+        if b"process_generating" in line:
+            break
     stream.sock.shutdown(socket.SHUT_RDWR)  # the client vanishes mid-run
     stream.close()
     found = wait_settled(server, prompt)
