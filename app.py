@@ -40,28 +40,49 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
     return [(user, password)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process already listens on host:port. Checked before anything starts: Gradio's own failure
+    comes after the models load, as a traceback, and the interpreter then aborts with loader threads running."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # an unknown host is Gradio's to report
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not "taken"
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
+def build_app(args: argparse.Namespace):
+    """The Gradio app and its launch arguments, from parsed flags and the environment. Raises SystemExit(code) with
+    a one-line message on stderr when the settings are unusable."""
     from starlette.middleware import Middleware
 
     from storage import HistoryStore, StorageError
+    from ui.cancel import CancelRelay
     from ui.layout import CSS, build_ui
-    from ui.security import SameOriginGuard, allowed_origins_from_env
+    from ui.security import LoginGuard, SameOriginGuard, allowed_origins_from_env
     from ui.service import StudioService
 
+    auth = parse_auth(os.environ.get("KREA2_AUTH"))
     try:
         store = HistoryStore(args.data_dir).open()
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise SystemExit(1) from None
     from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
 
     try:
         settings = EngineSettings.from_env_and_args(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     spaces = zero_gpu()
     if spaces is not None:
         adapt_settings(settings)
@@ -76,20 +97,50 @@ def main(argv: list[str] | None = None) -> int:
     app.queue(max_size=args.queue_size, default_concurrency_limit=8)
     data = store.data_dir.resolve()
     db_files = [str(data / f"history.sqlite3{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
-    app.launch(
-        server_name=args.host,
-        server_port=args.port,
-        auth=parse_auth(os.environ.get("KREA2_AUTH")),
+    launch = {
+        "server_name": args.host,
+        "server_port": args.port,
+        "auth": auth,
         # Only image folders are served; the database never is.
-        allowed_paths=[str(data / "images"), str(data / "thumbs"), str(data / "static")],
-        blocked_paths=db_files,
-        max_file_size="20mb",
-        ssr_mode=False,
-        show_error=False,
-        css=CSS,
-        footer_links=["api"],
-        app_kwargs={"middleware": [Middleware(SameOriginGuard, allowed_origins=allowed_origins_from_env())]},
-    )
+        "allowed_paths": [str(data / "images"), str(data / "thumbs"), str(data / "static")],
+        "blocked_paths": db_files,
+        "max_file_size": "20mb",
+        "ssr_mode": False,
+        "show_error": False,
+        "css": CSS,
+        "footer_links": ["api"],
+        # Outermost first: cross-site requests are refused before anything else, then anything without a login
+        # (with auth on), and only then may a cancel reach the service.
+        "app_kwargs": {
+            "middleware": [
+                Middleware(SameOriginGuard, allowed_origins=allowed_origins_from_env()),
+                Middleware(LoginGuard),
+                Middleware(CancelRelay, on_cancel=service.cancel_job),
+            ]
+        },
+    }
+    return app, launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if port_taken(args.host, args.port):
+        print(f"error: port {args.port} on {args.host} is already in use; choose another with --port", file=sys.stderr)
+        return 1
+    try:
+        app, launch = build_app(args)
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # parse_auth's message
+            print(exit_.code, file=sys.stderr)
+            return 2
+        return int(exit_.code or 1)
+    try:
+        app.launch(**launch)
+    except OSError as error:  # the port was taken between the check and the bind
+        print(f"error: cannot serve on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)  # loader/warm-up threads are running: a normal exit would abort inside them
     return 0
 
 

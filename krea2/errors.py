@@ -18,7 +18,10 @@ class InvalidRequest(Krea2Error):
     """A request field is out of range or of the wrong type. Names the field and the value."""
 
     def __init__(self, field: str, value: object, problem: str) -> None:
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except ValueError:  # an int beyond Python's 4300-digit str() limit
+            shown = "a number too large to show"
         if len(shown) > 60:
             shown = shown[:57] + "..."
         super().__init__(f"{field}: {problem} (got {shown})")

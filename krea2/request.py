@@ -7,6 +7,7 @@ unambiguous (``"8"`` or ``8.0`` for an integer) and rejects everything else with
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,12 @@ MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 2048, 16
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 4
+# The text encoder's tokenizer turns these (<|im_start|>, <|im_end|>, <|endoftext|>, <|vision_start|>, ...: every
+# special token of the Qwen tokenizers is spelled <|name|>) into real control tokens even inside the chat template,
+# so typed into a prompt they would end the user turn or the text early. They are refused, not escaped: encoding
+# them as literal text would need the prompt tokenised apart from the template, which changes how ordinary prompts
+# encode at the boundary, and the stock pipeline's encoding of every ordinary prompt must stay exactly as it is.
+CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
 
 
 def random_seed() -> int:
@@ -66,6 +73,12 @@ def _check_text(name: str, value: Any, *, required: bool) -> str:
         raise InvalidRequest(name, f"{len(value)} characters", f"must be at most {MAX_PROMPT_CHARS} characters")
     if "\x00" in value:
         raise InvalidRequest(name, value, "must not contain NUL bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" sent as a JSON escape: unstorable, unencodable
+        raise InvalidRequest(name, value, "must be valid Unicode text (it contains an unpaired surrogate)") from None
+    if token := CONTROL_TOKEN.search(value):
+        raise InvalidRequest(name, token.group(), "must not contain chat-template control tokens such as <|im_end|>")
     text = value.strip()
     if required and not text:
         raise InvalidRequest(name, value, "must not be empty")
@@ -152,3 +165,52 @@ class GenerationRequest:
         data = asdict(self)
         data.pop("extra")
         return data
+
+
+HISTORY_CHECKPOINTS = ("all", *CHECKPOINTS)
+MAX_SEARCH_CHARS = 200
+MAX_HISTORY_LIMIT = 100
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(name, value, "must be true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """A validated history query from the API: search text, filters, keyset cursor (an id) and page size."""
+
+    search: str = ""
+    checkpoint: str = "all"
+    favorites_only: bool = False
+    comparisons_only: bool = False
+    cursor: int | None = None
+    limit: int = 24
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        search = "" if self.search is None else self.search
+        if not isinstance(search, str):
+            raise InvalidRequest("search", search, "must be text")
+        if "\x00" in search:
+            raise InvalidRequest("search", search, "must not contain NUL bytes")
+        set_(self, "search", search[:MAX_SEARCH_CHARS])
+        checkpoint = self.checkpoint if self.checkpoint not in (None, "") else "all"
+        if not isinstance(checkpoint, str) or checkpoint not in HISTORY_CHECKPOINTS:
+            raise InvalidRequest("checkpoint", checkpoint, f"must be one of: {', '.join(HISTORY_CHECKPOINTS)}")
+        set_(self, "checkpoint", checkpoint)
+        set_(self, "favorites_only", _as_bool("favorites_only", self.favorites_only))
+        set_(self, "comparisons_only", _as_bool("comparisons_only", self.comparisons_only))
+        if self.cursor is None or (isinstance(self.cursor, str) and not self.cursor.strip()):
+            set_(self, "cursor", None)
+        else:
+            cursor = _as_int("cursor", self.cursor)
+            _in_range("cursor", cursor, 1, 2**63 - 1)  # an id: beyond a BIGINT it would fail in the database
+            set_(self, "cursor", cursor)
+        limit = 24 if self.limit is None else _as_int("limit", self.limit)
+        _in_range("limit", limit, 1, MAX_HISTORY_LIMIT)
+        set_(self, "limit", limit)

@@ -1,15 +1,21 @@
 """Generation parameters inside PNGs: an A1111-style `parameters` text chunk plus a JSON chunk with the full request.
 
-`read_parameters` reads either from any PNG (also ones written by other tools in the A1111 layout).
+`read_parameters` reads either from any PNG (also ones written by other tools in the A1111 layout), from the text
+chunks alone: no pixel is ever decoded, so an upload costs what its text costs.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
+import struct
+import zlib
+from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import PngImagePlugin
 
 PARAMETERS_KEY = "parameters"
 JSON_KEY = "krea2"
@@ -72,24 +78,114 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return result
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_TEXT_BYTES = 1024 * 1024  # per text chunk, after decompression: generation parameters are a few KB
+MAX_TEXT_TOTAL = 4 * MAX_TEXT_BYTES
+MAX_JSON_INT = 2**53  # beyond this an integer is not a parameter of ours (and JSON clients cannot hold it)
+
+
+def _inflate(data: bytes, what: str) -> bytes:
+    """zlib-decompress at most MAX_TEXT_BYTES: a compressed text chunk can expand a thousandfold (a text bomb)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_TEXT_BYTES + 1)
+    except zlib.error as error:
+        raise PngInfoError(f"Not a readable PNG (its {what} text chunk is corrupt).") from error
+    if len(out) > MAX_TEXT_BYTES or inflater.unconsumed_tail:
+        raise PngInfoError(f"This PNG's {what} text chunk is too large (over 1 MB uncompressed); it was not read.")
+    return out
+
+
+def _text_chunk(kind: bytes, data: bytes) -> tuple[str, str] | None:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk (PNG spec 11.3.4), or None for a kind we skip."""
+    keyword, sep, rest = data.partition(b"\0")
+    if not sep:
+        raise PngInfoError("Not a readable PNG (a text chunk has no keyword).")
+    name = keyword.decode("latin-1")
+    if kind == b"tEXt":
+        return name, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return name, _inflate(rest[1:], name).decode("latin-1")
+    compressed, _method = rest[:1] == b"\1", rest[1:2]
+    _language, _, rest = rest[2:].partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    raw = _inflate(text, name) if compressed else text
+    return name, raw.decode("utf-8", errors="replace")
+
+
+def read_text_chunks(source) -> dict[str, str]:
+    """Every text chunk of a PNG, read chunk by chunk without decoding a single pixel: the cost is the file's text,
+    whatever its width and height (a 13000x13000 upload used to cost 640 MB of decoded pixels). Checks the structure
+    a decoder would (signature, IHDR first, chunk CRCs, IEND), so a truncated or corrupt file is still refused."""
+    handle = open(source, "rb") if isinstance(source, (str, Path)) else source
+    try:
+        if handle.read(8) != PNG_SIGNATURE:
+            raise PngInfoError("This is not a PNG file.")
+        texts: dict[str, str] = {}
+        total, first = 0, True
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise PngInfoError("Not a readable PNG (the file is truncated).")
+            length, kind = struct.unpack(">I4s", head)
+            if first and kind != b"IHDR":
+                raise PngInfoError("Not a readable PNG (no image header).")
+            first = False
+            if length > 2**31 - 1 or not kind.isalpha():
+                raise PngInfoError("Not a readable PNG (a chunk is malformed).")
+            if kind in (b"tEXt", b"zTXt", b"iTXt"):
+                if length > MAX_TEXT_TOTAL:
+                    raise PngInfoError("This PNG's text is too large (over 4 MB); it was not read.")
+                data = handle.read(length)
+                crc = handle.read(4)
+                if len(data) < length or len(crc) < 4:
+                    raise PngInfoError("Not a readable PNG (the file is truncated).")
+                if zlib.crc32(kind + data) != struct.unpack(">I", crc)[0]:
+                    raise PngInfoError("Not a readable PNG (a text chunk is corrupt).")
+                name, text = _text_chunk(kind, data)
+                total += len(text)
+                if total > MAX_TEXT_TOTAL:
+                    raise PngInfoError("This PNG's text is too large (over 4 MB); it was not read.")
+                texts.setdefault(name, text)
+            elif kind == b"IEND":
+                return texts
+            else:  # pixels and everything else: skipped, never decompressed (a cut-off file fails at the next read)
+                handle.seek(length + 4, io.SEEK_CUR)
+    finally:
+        if handle is not source:
+            handle.close()
+
+
+def _bounded(value: Any) -> Any:
+    """JSON from a foreign PNG made safe to show and send on: integers beyond 2**53 and non-finite numbers become
+    text (Gradio's JSON encoder refuses integers beyond 64 bits and NaN)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= MAX_JSON_INT else "a number too large to show"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return [_bounded(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _bounded(item) for key, item in value.items()}
+    return str(value)
+
+
 def read_parameters(path_or_file) -> dict[str, Any]:
     """{'parameters': text or None, 'parsed': dict, 'request': dict or None} from a PNG file."""
     try:
-        with Image.open(path_or_file) as image:
-            if image.format != "PNG":
-                raise PngInfoError(f"This is a {image.format or 'non-PNG'} file, not a PNG.")
-            image.load()  # reads through the data: a truncated file fails here
-            text_chunks = dict(getattr(image, "text", {}) or {})
-    except PngInfoError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise PngInfoError(f"Not a readable PNG ({type(error).__name__}).") from error
+        text_chunks = read_text_chunks(path_or_file)
+    except OSError as error:
+        raise PngInfoError(f"Not a readable PNG ({error.strerror or type(error).__name__}).") from error
     parameters = text_chunks.get(PARAMETERS_KEY)
     request = None
     if JSON_KEY in text_chunks:
         try:
-            request = json.loads(text_chunks[JSON_KEY])
-        except json.JSONDecodeError:
+            request = _bounded(json.loads(text_chunks[JSON_KEY]))
+        except (ValueError, RecursionError):  # malformed, a 5000-digit integer, nesting too deep
+            request = None
+        if not isinstance(request, dict):
             request = None
     if parameters is None and request is None:
         raise PngInfoError("This PNG carries no generation parameters.")

@@ -25,7 +25,20 @@ def settings_of(source: Any) -> dict[str, Any]:
 
 
 def _request_fields(request: GenerationRequest) -> dict[str, Any]:
-    return {**settings_of(request), "num_images": request.num_images, "app_version": APP_VERSION}
+    # The negative prompt the image was made with (none when guidance is off), as in the PNG: a row must not claim a
+    # negative prompt the model never saw.
+    return {
+        **settings_of(request),
+        "negative_prompt": request.effective_negative_prompt or "",
+        "num_images": request.num_images,
+        "app_version": APP_VERSION,
+    }
+
+
+def record_start(store: HistoryStore, request: GenerationRequest, comparison_id: str | None = None) -> Generation:
+    """A `running` row for a generation that starts now, so a crash leaves a trace (repair marks it `interrupted`).
+    The seed is filled in at the end when it is drawn at random."""
+    return store.start({**_request_fields(request), "comparison_id": comparison_id})
 
 
 def png_parameters(request: GenerationRequest) -> dict[str, Any]:
@@ -37,7 +50,13 @@ def png_parameters(request: GenerationRequest) -> dict[str, Any]:
     }
 
 
-def record_result(store: HistoryStore, result: GenerationResult, comparison_id: str | None = None) -> Generation:
+def record_result(
+    store: HistoryStore,
+    result: GenerationResult,
+    comparison_id: str | None = None,
+    running: Generation | None = None,
+) -> Generation:
+    """Record a finished generation: a new row, or the `running` row of `record_start` finalised."""
     fields = {
         **_request_fields(result.request),
         **result.timings.as_ms(),
@@ -47,11 +66,20 @@ def record_result(store: HistoryStore, result: GenerationResult, comparison_id: 
         "comparison_id": comparison_id,
     }
     images = [NewImage(image, seed) for image, seed in zip(result.images, result.seeds, strict=True)]
-    return store.add(NewGeneration(fields, images, png_parameters(result.request)))
+    new = NewGeneration(fields, images, png_parameters(result.request))
+    return store.add(new) if running is None else store.finish(running.id, new)
 
 
 def record_failure(
-    store: HistoryStore, request: GenerationRequest, status: str, error: str, comparison_id: str | None = None
+    store: HistoryStore,
+    request: GenerationRequest,
+    status: str,
+    error: str,
+    comparison_id: str | None = None,
+    running: Generation | None = None,
 ) -> Generation:
     fields = {**_request_fields(request), "status": status, "error": error, "comparison_id": comparison_id}
+    if running is not None:
+        fields.pop("seed")  # a failure before the seed was drawn keeps what the start recorded
+        return store.finish(running.id, NewGeneration(fields))
     return store.add(NewGeneration(fields))

@@ -2,7 +2,10 @@
 
 - temp files left by an interrupted atomic write are removed;
 - rows whose files vanished are marked (`files_missing`), and unmarked when the files come back;
-- files no row points at are moved to orphans/ (never deleted silently).
+- files no row points at are moved to orphans/ (never deleted silently);
+- rows still `running` belong to generations a crash or kill stopped: they become `interrupted`, so the user sees
+  what was lost. (Repair runs once at start-up, before this process accepts work, so no row it finds is live; two
+  app processes sharing one database would have to start one after the other.)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .files import TEMP_PREFIX
 from .models import Generation, Image
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from .store import HistoryStore
 
 log = logging.getLogger(__name__)
+INTERRUPTED_MESSAGE = "The server stopped before this generation finished; nothing was saved."
 
 
 @dataclass
@@ -30,6 +34,7 @@ class RepairReport:
     rows_marked_missing: int = 0
     rows_restored: int = 0
     orphans_moved: int = 0
+    rows_interrupted: int = 0
 
     @property
     def lost_nothing(self) -> bool:
@@ -42,6 +47,13 @@ def repair(store: HistoryStore) -> RepairReport:
     report = RepairReport()
     known: set[str] = set()
     with store.session() as session:
+        interrupted = session.execute(
+            update(Generation)
+            .where(Generation.status == "running")
+            .values(status="interrupted", error=INTERRUPTED_MESSAGE)
+            .execution_options(synchronize_session=False)
+        )
+        report.rows_interrupted = interrupted.rowcount or 0
         rows = session.execute(
             select(Generation.id, Generation.files_missing, Image.path, Image.thumb_path).join(Image)
         ).all()
@@ -77,8 +89,10 @@ def repair(store: HistoryStore) -> RepairReport:
                     shutil.move(path, target)
                     report.orphans_moved += 1
     log.info(
-        "History repair: %d temp files removed, %d generations missing files, %d restored, %d orphans moved",
+        "History repair: %d temp files removed, %d generations missing files, %d restored, %d orphans moved, "
+        "%d interrupted",
         report.temp_removed, report.rows_marked_missing, report.rows_restored, report.orphans_moved,
+        report.rows_interrupted,
     )  # fmt: skip
     store.last_repair = report
     return report

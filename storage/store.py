@@ -31,7 +31,10 @@ from .settings import default_data_dir, default_database_url
 
 log = logging.getLogger(__name__)
 IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR = "images", "thumbs", "orphans"
-STATUSES = ("ok", "failed", "cancelled")
+# `running` rows are written when a generation starts, so a crash leaves a trace; start-up repair turns the ones it
+# finds into `interrupted` (storage/repair.py).
+STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
+FINAL_STATUSES = ("ok", "failed", "cancelled")
 
 
 @dataclass
@@ -106,38 +109,43 @@ class HistoryStore:
         return self.data_dir / relative
 
     # ------------------------------------------------------------------------------------------------ writes
+    def _write_images(self, new: NewGeneration, created_at: datetime, written: list[Path]) -> list[Image]:
+        """Write each image and its thumbnail atomically; `written` collects the paths so a caller can remove them."""
+        day = created_at.strftime("%Y/%m/%d")
+        rows: list[Image] = []
+        for position, item in enumerate(new.images):
+            image_id = uuid.uuid4().hex
+            params = {**new.png_parameters, "seed": item.seed}
+            png = encode_png(item.image, build_pnginfo(params))
+            rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
+            write_atomic(self.absolute(rel_png), png)
+            written.append(self.absolute(rel_png))
+            write_atomic(self.absolute(rel_thumb), encode_thumbnail(item.image))
+            written.append(self.absolute(rel_thumb))
+            rows.append(
+                Image(
+                    id=image_id,
+                    position=position,
+                    seed=item.seed,
+                    path=rel_png,
+                    thumb_path=rel_thumb,
+                    sha256=sha256(png),
+                    bytes=len(png),
+                    width=item.image.width,
+                    height=item.image.height,
+                )
+            )
+        return rows
+
     def add(self, new: NewGeneration) -> Generation:
         """Write the images (atomically), then commit the generation and its image rows in one transaction."""
         status = new.fields.get("status", "ok")
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         created_at: datetime = new.fields.get("created_at") or utcnow()
-        day = created_at.strftime("%Y/%m/%d")
         written: list[Path] = []
-        rows: list[Image] = []
         try:
-            for position, item in enumerate(new.images):
-                image_id = uuid.uuid4().hex
-                params = {**new.png_parameters, "seed": item.seed}
-                png = encode_png(item.image, build_pnginfo(params))
-                rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
-                write_atomic(self.absolute(rel_png), png)
-                written.append(self.absolute(rel_png))
-                write_atomic(self.absolute(rel_thumb), encode_thumbnail(item.image))
-                written.append(self.absolute(rel_thumb))
-                rows.append(
-                    Image(
-                        id=image_id,
-                        position=position,
-                        seed=item.seed,
-                        path=rel_png,
-                        thumb_path=rel_thumb,
-                        sha256=sha256(png),
-                        bytes=len(png),
-                        width=item.image.width,
-                        height=item.image.height,
-                    )
-                )
+            rows = self._write_images(new, created_at, written)
             generation = Generation(
                 **{**new.fields, "created_at": created_at, "status": status, "favorite": False},
                 files_missing=False,
@@ -149,6 +157,32 @@ class HistoryStore:
             return generation
         except BaseException:
             remove_quietly(written)  # no row points at them: never leave them behind
+            raise
+
+    def start(self, fields: dict[str, Any]) -> Generation:
+        """Record a generation that is starting: a `running` row without images, finalised by `finish`."""
+        return self.add(NewGeneration({**fields, "status": "running", "error": None}))
+
+    def finish(self, generation_id: int, new: NewGeneration) -> Generation:
+        """Finalise a `running` row: write the images, then update the row and add its image rows in one transaction.
+        If anything fails the row stays `running` (the caller records the failure) and no file is left behind."""
+        status = new.fields.get("status", "ok")
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}")
+        written: list[Path] = []
+        try:
+            with self.session() as session:
+                generation = session.get(Generation, generation_id)
+                if generation is None:
+                    raise StorageError(f"Generation {generation_id} no longer exists; nothing was saved.")
+                rows = self._write_images(new, generation.created_at, written)
+                for name, value in {**new.fields, "status": status}.items():
+                    setattr(generation, name, value)
+                generation.images = rows
+                session.commit()
+                return generation
+        except BaseException:
+            remove_quietly(written)
             raise
 
     def toggle_favorite(self, generation_id: int) -> bool:

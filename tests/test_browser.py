@@ -188,3 +188,48 @@ def test_history_survives_restart_then_search_and_delete(server, browser):
     )  # fmt: skip
     shot(page, "08-reused")
     context.close()
+
+
+def test_history_shows_markup_in_a_prompt_as_text(server, browser):
+    """A prompt with an <img> tag and a Markdown image must be shown as typed, and no viewer's browser may fetch."""
+    import socket
+    import threading
+
+    from gradio_client import Client
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    port, hits, stop = listener.getsockname()[1], [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                hits.append(listener.accept())
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    prompt = f'<img src="http://127.0.0.1:{port}/pixel.png"> ![pixel](http://127.0.0.1:{port}/md.png) & **bold**'
+    try:
+        Client(server.url, verbose=False).predict(prompt=prompt, steps=1, width=256, height=256, api_name="/generate")
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(server.url)
+        page.get_by_role("tab", name="History").click()
+        page.locator("#history-gallery img").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # the reload that opening the tab triggers
+        page.locator("#history-gallery img").first.click()
+        page.locator("#history-params").get_by_text(prompt).wait_for(timeout=10_000)  # the very characters typed
+        assert page.locator("#history-params img").count() == 0
+        assert page.locator("#history-params strong").count() == 0
+        page.wait_for_timeout(1000)
+        shot(page, "09-history-markup-as-text")
+        context.close()
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert hits == []  # nothing fetched the "tracking pixel"

@@ -17,7 +17,7 @@ from app_server import AppServer
 from PIL import Image
 
 from krea2 import GenerationFailed, GenerationRequest
-from storage import HistoryFilter, HistoryStore, StorageError
+from storage import HistoryStore, StorageError
 from ui.service import DoneEvent, StudioService
 
 SMALL = {"width": 256, "height": 256}
@@ -73,7 +73,7 @@ def test_cancel_mid_run_leaves_no_image_and_records_cancelled(service):
     ("error", "message"),
     [(errno.ENOSPC, "is full"), (errno.EROFS, "not writable"), (errno.EACCES, "not writable")],
 )
-def test_disk_full_or_read_only_is_clear_with_no_row_and_no_file(service, monkeypatch, error, message):
+def test_disk_full_or_read_only_is_clear_with_a_failed_row_and_no_file(service, monkeypatch, error, message):
     import storage.files as files
 
     def refuse(*_a, **_k):
@@ -83,7 +83,9 @@ def test_disk_full_or_read_only_is_clear_with_no_row_and_no_file(service, monkey
     with pytest.raises(StorageError, match=message):
         run(service, GenerationRequest(prompt="no room", seed=1, **SMALL))
     monkeypatch.undo()
-    assert service.store.count(HistoryFilter()) == 0
+    # The generation ran, so it is in history, as failed with the same sentence (it was recorded `running` first).
+    [row] = service.store.page().items
+    assert row.status == "failed" and message in row.error and row.images == []
     assert not [
         p for p in service.store.data_dir.rglob("*") if p.suffix in {".png", ".webp"} and "static" not in str(p)
     ]

@@ -6,14 +6,18 @@ They are events on hidden components rather than `gr.api` functions so that imag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
-from krea2 import GenerationRequest, Krea2Error
+from krea2 import GenerationRequest, InvalidRequest
+from krea2.request import HistoryQuery
 
 from .handlers import Handlers, session_of, user_error
-from .service import HISTORY_PAGE_SIZE, DoneEvent, StudioService
+from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
+
+IDLE_S = 0.25  # longest a generation runs without handing control back to Gradio (to notice cancels, disconnects)
 
 
 def _summary(event: DoneEvent) -> dict[str, Any]:
@@ -38,10 +42,31 @@ def _optional(value: Any) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
-def register_api(service: StudioService) -> None:
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
+def event_id() -> str | None:
+    """The Gradio event this call serves (what `/cancel` names); Gradio sets it for the function it runs."""
+    from gradio.context import LocalContext
 
-    def run(stream) -> tuple[list[tuple[str, str]], list[dict]]:
+    return LocalContext.event_id.get(None)
+
+
+def renamed(error: InvalidRequest, names: dict[str, str]) -> InvalidRequest:
+    return InvalidRequest(names.get(error.field, error.field), error.value, error.problem)
+
+
+def _refused(error: Exception) -> gr.Error:
+    return user_error(error, html=False)  # API callers get the sentence as plain text, not markup
+
+
+def register_api(service: StudioService) -> None:
+    # preprocess=False: every value reaches GenerationRequest exactly as sent, so it alone decides what is valid (a
+    # component would turn an object into its repr, round 4.5 to 4, or fail on "abc" without naming the field).
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, "preprocess": False}
+
+    def run(stream) -> Iterator[tuple[Any, Any]]:
+        """Relay a generation stream; yields progress, then (images, infos) last.
+
+        A generator on purpose: Gradio resumes it after every step (and every IDLE_S without one), so a `/cancel` or
+        a client that went away closes it between two steps, and closing it cancels the generation."""
         images, infos = [], []
         try:
             for event in stream:
@@ -51,9 +76,13 @@ def register_api(service: StudioService) -> None:
                     for image in event.generation.images:
                         caption = f"{info['checkpoint']} seed {image.seed}"
                         images.append((str(service.store.absolute(image.path)), caption))
-        except Krea2Error as error:
-            raise user_error(error) from None
-        return images, infos
+                elif isinstance(event, StepEvent):
+                    yield gr.skip(), {"checkpoint": event.label, "step": event.step, "steps": event.total}
+                else:
+                    yield gr.skip(), gr.skip()
+        except Exception as error:  # noqa: BLE001 - every failure reaches the caller as one sentence
+            raise _refused(error) from None
+        yield images, infos
 
     def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images,
                  request: gr.Request):  # fmt: skip
@@ -63,32 +92,37 @@ def register_api(service: StudioService) -> None:
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), num_images=num_images,
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
-        images, infos = run(service.generate(req, session_of(request)))
-        return images, infos[0]
+            raise _refused(error) from None
+        for images, infos in run(service.generate(req, session_of(request), idle=IDLE_S, job=event_id())):
+            yield images, infos[0] if isinstance(infos, list) else infos
 
     def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps,
                 request: gr.Request):  # fmt: skip
         try:
             raw = GenerationRequest(
-                prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=raw_steps,
-                guidance=raw_guidance, width=width, height=height, seed=_optional(seed),
+                prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=_optional(raw_steps),
+                guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed),
             )  # fmt: skip
-            turbo = raw.with_checkpoint("turbo", steps=turbo_steps)
+        except InvalidRequest as error:  # named as this endpoint names them
+            raise _refused(renamed(error, {"steps": "raw_steps", "guidance": "raw_guidance"})) from None
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
-        images, infos = run(service.compare(raw, turbo, session_of(request)))
-        return images, {"raw": infos[0], "turbo": infos[1]}
+            raise _refused(error) from None
+        try:
+            turbo = raw.with_checkpoint("turbo", steps=_optional(turbo_steps))
+        except InvalidRequest as error:
+            raise _refused(renamed(error, {"steps": "turbo_steps"})) from None
+        for images, infos in run(service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())):
+            yield images, {"raw": infos[0], "turbo": infos[1]} if isinstance(infos, list) else infos
 
     def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit):
         try:
-            filters = Handlers.history_filter(search, checkpoint, favorites_only, comparisons_only)
-            limit = max(1, min(int(limit or HISTORY_PAGE_SIZE), 100))
-            cursor = _optional(cursor)
-            page = service.page(filters, int(cursor) if cursor is not None else None, limit)
+            query = HistoryQuery(search, checkpoint, favorites_only, comparisons_only, _optional(cursor), limit)
+            filters = Handlers.history_filter(query.search, query.checkpoint, query.favorites_only,
+                                              query.comparisons_only)  # fmt: skip
+            page = service.page(filters, query.cursor, query.limit)
             total = service.count(filters)
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
+            raise _refused(error) from None
         items = [
             {
                 "generation_id": g.id, "created_at": g.created_at.isoformat(), "checkpoint": g.checkpoint,
@@ -136,5 +170,5 @@ def register_api(service: StudioService) -> None:
     )  # fmt: skip
     trigger.click(
         history, [search, history_checkpoint, favorites_only, comparisons_only, cursor, limit], page,
-        api_name="history",
+        api_name="history", preprocess=False,
     )  # fmt: skip

@@ -20,17 +20,22 @@ from storage.recording import SETTINGS_FIELDS, settings_of
 
 from .presets import CUSTOM, preset_choices, preset_size
 from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
+from .text import as_text
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 CHECKPOINT_CHOICES = [("Turbo", "turbo"), ("Raw", "raw")]
 
 
-def user_error(error: Exception) -> gr.Error:
+def user_error(error: Exception, *, html: bool = True) -> gr.Error:
+    """One sentence for the person. The page shows it as HTML (Gradio's toasts), so there it is escaped: an error
+    quotes what was typed, and typed markup must stay text. API callers (`html=False`) get it as sent."""
     if isinstance(error, USER_ERRORS):
-        return gr.Error(str(error), print_exception=False)
-    log.exception("Unexpected error in a UI handler")
-    return gr.Error(f"Something went wrong ({type(error).__name__}). The server is still running; try again.")
+        message = str(error)
+    else:
+        log.error("Unexpected error in a handler", exc_info=error)
+        message = f"Something went wrong ({type(error).__name__}). The server is still running; try again."
+    return gr.Error(as_text(message) if html else message, print_exception=False)
 
 
 def friendly(fn):
@@ -170,9 +175,17 @@ class Handlers:
         cancelled = self.service.cancel(session_of(request))
         return "**Cancelling…**" if cancelled else gr.skip()
 
+    @staticmethod
+    def _selected(evt: gr.SelectData, count: int) -> int:
+        """The index a select event names, when it names one of the `count` items shown."""
+        index = evt.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+            raise gr.Error("That image is no longer in the list; select another one.", print_exception=False)
+        return index
+
     @friendly
     def select_result(self, items: list, evt: gr.SelectData):
-        item = (items or [])[evt.index]
+        item = (items or [])[self._selected(evt, len(items or []))]
         generation = self.service.get(item["generation_id"])
         return describe(generation), gr.update(visible=True), generation.id
 
@@ -286,7 +299,8 @@ class Handlers:
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):
-        generation = self.service.get(nav["ids"][evt.index])
+        ids = (nav or {}).get("ids") or []
+        generation = self.service.get(ids[self._selected(evt, len(ids))])
         path = self.service.image_path(generation)
         star = "★ Unfavorite" if generation.favorite else "☆ Favorite"
         return (

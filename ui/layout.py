@@ -10,6 +10,7 @@ from krea2.request import MAX_SEED
 from .api import register_api
 from .handlers import CHECKPOINT_CHOICES, Handlers, default_settings
 from .presets import PRESETS_1MP, preset_choices, preset_label
+from .robust import StudioBlocks
 from .service import StudioService
 
 DEMO_BANNER = (
@@ -17,7 +18,11 @@ DEMO_BANNER = (
     "No CUDA GPU or no weights were found (or `--demo` was given): images come from a tiny, randomly initialised "
     "Krea 2 built offline. They show that the app works end to end, not what Krea 2 can draw."
 )
-CSS = "#demo-banner {background: #fff3cd; color: #664d03; border-radius: 8px; padding: 4px 12px;}"
+CSS = (
+    "#demo-banner {background: #fff3cd; color: #664d03; border-radius: 8px; padding: 4px 12px;}\n"
+    ".krea2-details th {text-align: left; padding-right: 1em; vertical-align: top;}\n"
+    ".krea2-details td {white-space: pre-wrap; overflow-wrap: anywhere;}"
+)
 
 
 def build_ui(service: StudioService) -> gr.Blocks:
@@ -25,7 +30,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
     private = {"api_visibility": "private"}
     gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, **private}
 
-    with gr.Blocks(title="Krea 2 Studio", delete_cache=(3600, 3600)) as app:
+    with StudioBlocks(title="Krea 2 Studio", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Krea 2 Studio")
         gr.Markdown(DEMO_BANNER, visible=service.demo, elem_id="demo-banner")
         status = gr.Markdown(service.status_line(), elem_id="status-line")
@@ -69,7 +74,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         gallery = gr.Gallery(label="Results (newest first)", columns=4, height=400,
                                              elem_id="results")  # fmt: skip
                         seed_used = gr.Markdown(elem_id="seed-used")
-                        details = gr.Markdown(elem_id="result-details")
+                        details = gr.HTML(elem_id="result-details")  # user text: HTML-escaped, see ui/text.py
                         reuse_btn = gr.Button("Use these settings", visible=False)
 
             # -------------------------------------------------------------------------------------- Compare
@@ -121,7 +126,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 with gr.Row(visible=False) as h_detail:
                     h_image = gr.Image(label="Original", type="filepath", interactive=False, elem_id="history-image")
                     with gr.Column():
-                        h_params = gr.Markdown(elem_id="history-params")
+                        h_params = gr.HTML(elem_id="history-params")  # user text: HTML-escaped, see ui/text.py
                         with gr.Row():
                             h_favorite = gr.Button("☆ Favorite", elem_id="history-favorite")
                             h_reuse = gr.Button("Reuse settings", elem_id="history-reuse")

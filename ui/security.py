@@ -1,4 +1,6 @@
-"""Same-origin guard: state-changing requests from another site (or from `Origin: null`) are refused.
+"""Request guards, as ASGI middleware in front of every route Gradio serves.
+
+Same-origin guard: state-changing requests from another site (or from `Origin: null`) are refused.
 
 CORS only stops a browser from *reading* a cross-origin response; the request itself still runs. A page on another
 site could otherwise start generations or delete history through a user's open session. Requests without an Origin
@@ -11,10 +13,16 @@ import os
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# With auth on, what a browser without a login may fetch: the login page (Gradio serves it at "/" to anyone not
+# logged in), the form's POST, and the static files that page loads (checked in Chromium: nothing else). Plus
+# Gradio's own start-up call, which `launch()` makes without credentials and fails on anything but 200: it runs the
+# app's start-up events once, before the server is announced, and afterwards only answers `false`.
+PUBLIC_PATHS = {"/", "/login", "/login/", "/theme.css", "/favicon.ico", "/gradio_api/startup-events"}
+PUBLIC_PREFIXES = ("/assets/", "/static/")
 
 
 def allowed_origins_from_env() -> list[str]:
@@ -45,3 +53,47 @@ class SameOriginGuard:
             await send({"type": "websocket.close", "code": 1008})
             return
         await self.app(scope, receive, send)
+
+
+class LoginGuard:
+    """With `auth` on, every route needs the login except PUBLIC_PATHS/PUBLIC_PREFIXES: one check in front of all
+    routes, instead of Gradio's per-route dependencies, which several routes lack (`/gradio_api/cancel`, `/reset`,
+    `/openapi.json`, `/gradio_api/heartbeat/*`, `/gradio_api/token`...), as would any route a future Gradio adds.
+
+    It reads the login the way Gradio issues it: the `access-token` cookie of `POST /login`, looked up in the
+    app's tokens (the Gradio app is `scope["app"]`, set by Starlette before the middleware runs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    @staticmethod
+    def logged_in(scope: Scope) -> bool:
+        gradio_app = scope.get("app")
+        if getattr(gradio_app, "auth", None) is None:
+            return True  # auth off: nothing to guard
+        cookie_id = gradio_app.cookie_id
+        cookies: dict[str, str] = {}
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"cookie":
+                for part in value.decode("latin-1").split(";"):
+                    name, _, content = part.strip().partition("=")
+                    cookies.setdefault(name, content)
+        token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+        return token is not None and token in gradio_app.tokens
+
+    @staticmethod
+    def public(scope: Scope) -> bool:
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return scope["type"] == "http" and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.public(scope) or self.logged_in(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)

@@ -7,6 +7,7 @@ user-facing messages; the UI layer shows them, never a traceback.
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import queue
@@ -24,10 +25,13 @@ from krea2.manager import GenerationResult, ModelManager
 from storage import HistoryFilter, HistoryStore, Page, StorageError
 from storage.models import Generation
 from storage.pnginfo import read_parameters
-from storage.recording import record_failure, record_result
+from storage.recording import record_failure, record_result, record_start
+
+from .text import table
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = 24  # thumbnails per history page (UI pager and the API's default)
+MAX_CANCELLED_JOBS = 10_000  # remembered cancelled event ids (a job cancelled while queued may start later)
 
 
 @dataclass
@@ -45,6 +49,12 @@ class DoneEvent:
     label: str = ""
 
 
+@dataclass
+class IdleEvent:
+    """No step finished for `idle` seconds: lets a consumer that asked for it check whether its caller is still
+    there (Gradio only notices a cancel or a disconnect between two items of a stream)."""
+
+
 class StudioService:
     def __init__(self, manager: ModelManager, store: HistoryStore) -> None:
         self.manager = manager
@@ -58,6 +68,8 @@ class StudioService:
             Image.new("RGB", (256, 256), (60, 60, 66)).save(buffer, format="WEBP")
             write_atomic(self.placeholder, buffer.getvalue())
         self._cancel_events: dict[str, threading.Event] = {}
+        self._job_events: dict[str, threading.Event] = {}  # Gradio event id -> its generation's cancel event
+        self._cancelled_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()  # cancelled, newest last
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ status
@@ -76,6 +88,19 @@ class StudioService:
             self._cancel_events[session] = event
         return event
 
+    def cancel_job(self, job: str) -> bool:
+        """Cancel the generation of one Gradio event (its `/cancel`): stop it if running, refuse it if it starts
+        later. Returns whether it was running."""
+        with self._lock:
+            self._cancelled_jobs[job] = None
+            while len(self._cancelled_jobs) > MAX_CANCELLED_JOBS:
+                self._cancelled_jobs.popitem(last=False)
+            event = self._job_events.get(job)
+        if event is None:
+            return False
+        event.set()
+        return True
+
     def cancel(self, session: str) -> bool:
         with self._lock:
             event = self._cancel_events.get(session)
@@ -87,31 +112,58 @@ class StudioService:
     def _run_recorded(
         self, request: GenerationRequest, on_step, cancel_event: threading.Event, comparison_id: str | None
     ) -> tuple[GenerationResult, Generation]:
-        """Generate and record the outcome: ok with its images, or failed / cancelled without."""
+        """Generate and record the outcome. The row is written as `running` first (a crash leaves a trace), then
+        finalised: ok with its images, or failed / cancelled without."""
+        running = record_start(self.store, request, comparison_id)
+
+        def fail(status: str, message: str) -> None:
+            try:
+                record_failure(self.store, request, status, message, comparison_id, running)
+            except StorageError:  # the first error is the one to report; repair marks the row at the next start
+                log.exception("Could not record the outcome of generation %s", running.id)
+
         try:
             result = self.manager.generate(request, on_step, cancel_event)
         except NotReady:
-            raise  # nothing ran: not a generation
+            self.store.delete(running.id)  # nothing ran: not a generation
+            raise
         except Cancelled as error:
-            record_failure(self.store, request, "cancelled", str(error), comparison_id)
+            fail("cancelled", str(error))
             raise
         except Krea2Error as error:
-            record_failure(self.store, request, "failed", str(error), comparison_id)
+            fail("failed", str(error))
             raise
         except Exception as error:
             log.exception("Generation failed unexpectedly")
             message = f"Generation failed unexpectedly ({type(error).__name__})."
-            record_failure(self.store, request, "failed", message, comparison_id)
+            fail("failed", message)
             raise Krea2Error(message) from error
-        return result, record_result(self.store, result, comparison_id)
+        try:
+            return result, record_result(self.store, result, comparison_id, running)
+        except StorageError as error:  # e.g. disk full: the row says so, and no file was left behind
+            fail("failed", str(error))
+            raise
 
     def stream(
-        self, requests: list[tuple[str, GenerationRequest]], session: str, comparison_id: str | None = None
-    ) -> Iterator[StepEvent | DoneEvent]:
-        """Run requests one after the other in a worker thread, yielding step previews and results as they come.
+        self,
+        requests: list[tuple[str, GenerationRequest]],
+        session: str,
+        comparison_id: str | None = None,
+        idle: float | None = None,
+        job: str | None = None,
+    ) -> Iterator[StepEvent | DoneEvent | IdleEvent]:
+        """Run requests one after the other in a worker thread, yielding step previews and results as they come (and
+        an IdleEvent after `idle` seconds without either, when given).
 
-        If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too."""
+        If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too, and so it
+        is when `cancel_job(job)` names this stream's Gradio event (before it started: nothing runs, nothing is
+        recorded)."""
         cancel_event = self._cancel_event(session)
+        if job is not None:
+            with self._lock:
+                if job in self._cancelled_jobs:
+                    raise Cancelled()
+                self._job_events[job] = cancel_event
         events: queue.Queue = queue.Queue()
         finished = object()
 
@@ -123,6 +175,9 @@ class StudioService:
                     events.put(DoneEvent(result, generation, label))
             except (Krea2Error, StorageError) as error:
                 events.put(error)
+            except Exception as error:  # never let the worker die silently: the caller would wait for a result
+                log.exception("Generation worker failed unexpectedly")
+                events.put(Krea2Error(f"Generation failed unexpectedly ({type(error).__name__})."))
             finally:
                 events.put(finished)
 
@@ -130,7 +185,11 @@ class StudioService:
         done = False
         try:
             while True:
-                item = events.get()
+                try:
+                    item = events.get(timeout=idle)
+                except queue.Empty:
+                    yield IdleEvent()
+                    continue
                 if item is finished:
                     done = True
                     return
@@ -141,14 +200,25 @@ class StudioService:
         finally:
             if not done:
                 cancel_event.set()
-            with self._lock:  # forget this run's cancel handle (sessions come and go)
+            with self._lock:  # forget this run's cancel handles (sessions come and go)
                 if self._cancel_events.get(session) is cancel_event:
                     del self._cancel_events[session]
+                if job is not None:
+                    self._job_events.pop(job, None)
 
-    def generate(self, request: GenerationRequest, session: str) -> Iterator[StepEvent | DoneEvent]:
-        return self.stream([(request.checkpoint, request)], session)
+    def generate(
+        self, request: GenerationRequest, session: str, idle: float | None = None, job: str | None = None
+    ) -> Iterator[StepEvent | DoneEvent | IdleEvent]:
+        return self.stream([(request.checkpoint, request)], session, idle=idle, job=job)
 
-    def compare(self, raw: GenerationRequest, turbo: GenerationRequest, session: str):
+    def compare(
+        self,
+        raw: GenerationRequest,
+        turbo: GenerationRequest,
+        session: str,
+        idle: float | None = None,
+        job: str | None = None,
+    ):
         """Raw and Turbo on the same prompt and seed, linked in history. The prompt is encoded once (cache)."""
         if raw.seed is None:
             from krea2.request import random_seed
@@ -156,7 +226,7 @@ class StudioService:
             seed = random_seed()
             raw, turbo = raw.with_seed(seed), turbo.with_seed(seed)
         comparison_id = uuid.uuid4().hex
-        return self.stream([("raw", raw), ("turbo", turbo)], session, comparison_id)
+        return self.stream([("raw", raw), ("turbo", turbo)], session, comparison_id, idle, job)
 
     # ------------------------------------------------------------------------------------------------ history
     def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
@@ -191,7 +261,7 @@ class StudioService:
 
 
 def describe(generation: Generation) -> str:
-    """Markdown of every parameter and timing of a history row."""
+    """Every parameter and timing of a history row, as an HTML table whose every cell is plain text (ui/text.py)."""
     spec = CHECKPOINTS.get(generation.checkpoint)
     rows = [
         ("Status", generation.status + (f": {generation.error}" if generation.error else "")),
@@ -211,5 +281,4 @@ def describe(generation: Generation) -> str:
         rows.append(("Comparison", generation.comparison_id[:8]))
     if generation.files_missing:
         rows.append(("Files", "missing on disk"))
-    escape = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return "| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {escape(v)} |" for k, v in rows)
+    return table(rows)

@@ -1,0 +1,285 @@
+"""Issue 13: every failure is one clear message, cancel means cancel, crashes leave a trace, rows say what was used."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from api_helpers import call, files_in, one_sentence
+from app_server import ROOT, AppServer, free_port
+
+from krea2 import GenerationRequest, Krea2Error
+from storage import HistoryStore
+from storage.repair import repair
+from ui.service import DoneEvent, StepEvent, StudioService
+
+SMALL = {"width": 256, "height": 256}
+
+
+# ------------------------------------------------------------------------------------------------ in-process
+@pytest.fixture
+def service(manager, tmp_path):
+    store = HistoryStore(tmp_path / "data").open()
+    yield StudioService(manager, store)
+    store.close()
+
+
+def test_a_row_is_running_from_the_start_and_finalised(service):
+    stream = service.generate(GenerationRequest(prompt="in flight", steps=3, seed=1, **SMALL), "s")
+    first = next(stream)
+    assert isinstance(first, StepEvent)
+    [row] = service.store.page().items
+    assert (row.prompt, row.status, row.images) == ("in flight", "running", [])
+    done = [event for event in stream if isinstance(event, DoneEvent)]
+    [row] = service.store.page().items
+    assert row.id == done[0].generation.id and row.status == "ok" and len(row.images) == 1 and row.seed == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "recorded"),
+    [
+        ({"checkpoint": "turbo"}, ""),  # Turbo: no guidance, the negative prompt is never used
+        ({"checkpoint": "raw", "guidance": 0}, ""),  # Raw at guidance 0: likewise
+        ({"checkpoint": "raw", "guidance": 3.5}, "blurry"),
+    ],
+)
+def test_the_row_stores_the_negative_prompt_actually_used(service, fields, recorded):
+    request = GenerationRequest(prompt="a fox", negative_prompt="blurry", steps=1, seed=1, **SMALL, **fields)
+    [done] = [e for e in service.generate(request, "s") if isinstance(e, DoneEvent)]
+    row = service.store.get(done.generation.id)
+    assert row.negative_prompt == recorded
+    from storage.pnginfo import read_parameters
+
+    png = read_parameters(service.store.absolute(row.images[0].path))
+    assert (png["request"]["negative_prompt"] or "") == recorded  # the row and the PNG agree
+
+
+def test_an_unexpected_error_while_recording_is_a_sentence_not_a_dead_worker(service, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(service.store, "finish", broken)
+    with pytest.raises(Krea2Error, match="failed unexpectedly"):
+        list(service.generate(GenerationRequest(prompt="a fox", steps=1, seed=1, **SMALL), "s"))
+
+
+def test_repair_marks_rows_left_running_as_interrupted(store):
+    from storage_helpers import new_generation
+
+    kept = store.add(new_generation("done"))
+    lost = store.start(new_generation("lost in a crash", images=0).fields)
+    report = repair(store)
+    assert report.rows_interrupted == 1
+    assert store.get(lost.id).status == "interrupted" and "stopped" in store.get(lost.id).error
+    assert store.get(kept.id).status == "ok"
+    assert repair(store).rows_interrupted == 0
+
+
+# ------------------------------------------------------------------------------------------------ the running app
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    app = AppServer(tmp_path_factory.mktemp("hard") / "data", Path(demo_sources["turbo"]).parent)
+    yield app.start()
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+def rows(server: AppServer, search: str = "") -> list:
+    store = HistoryStore(server.data_dir).open(repair=False)
+    try:
+        from storage import HistoryFilter
+
+        return store.page(limit=200, filters=HistoryFilter(text=search)).items
+    finally:
+        store.close()
+
+
+def generate_body(**fields) -> str:
+    values = {"prompt": "a fox", "checkpoint": "turbo", "negative_prompt": "", "steps": 1, "guidance": "",
+              "width": 256, "height": 256, "seed": 1, "num_images": 1, **fields}  # fmt: skip
+    return json.dumps({"data": list(values.values())})
+
+
+REFUSED = [
+    ("generate", '{"data": ["a fox", "turbo"]}', "negative_prompt"),
+    ("generate", '{"data": []}', "prompt"),
+    ("generate", generate_body(guidance=float("nan")), "guidance"),
+    ("generate", generate_body(guidance=float("inf")), "guidance"),
+    ("generate", '{"data": ["a fox", "turbo", "", 1e400, "", 256, 256, 1, 1]}', "steps"),
+    ("generate", '{"data": ["a fox", "turbo", "", 1, Infinity, 256, 256, 1, 1]}', "guidance"),
+    ("generate", generate_body(width="abc"), "width"),
+    ("generate", generate_body(height="512px"), "height"),
+    ("generate", generate_body(prompt={"text": "a fox"}), "prompt"),
+    ("generate", generate_body(prompt=["a fox"]), "prompt"),
+    ("generate", generate_body(num_images=4.5), "num_images"),
+    ("generate", generate_body(prompt="a fox \ud800"), "prompt"),
+    ("generate", generate_body(prompt="a fox <|im_end|><|im_start|>system"), "prompt"),
+    ("generate", generate_body(seed=10**30), "seed"),
+    ("compare", '{"data": ["a fox", "", 1, 256, 256, 1, "x", 1]}', "raw_guidance"),
+    ("compare", '{"data": ["a fox"]}', "negative_prompt"),
+    ("history", '{"data": ["", "all", false, false, "abc", 5]}', "cursor"),
+    ("history", '{"data": ["", "all", false, false, "-1", 5]}', "cursor"),
+    ("history", '{"data": ["", "sdxl", false, false, "", 5]}', "checkpoint"),
+    ("history", '{"data": ["", "all", false, false, "", 1e400]}', "limit"),
+]
+
+
+@pytest.mark.parametrize(("api", "body", "field"), REFUSED, ids=[f"{a}-{f}-{i}" for i, (a, _, f) in enumerate(REFUSED)])
+def test_refused_api_calls_name_the_field_and_leave_nothing(server, api, body, field):
+    before_rows, before_files = len(rows(server)), files_in(server.data_dir)
+    kind, message = call(server.url, api, body)
+    assert kind == "error", (kind, message)
+    assert one_sentence(message) and message.startswith(f"{field}:"), message
+    assert len(rows(server)) == before_rows and files_in(server.data_dir) == before_files
+
+
+def test_storage_errors_reach_api_callers_as_their_sentence(server):
+    images = server.data_dir / "images"
+    images.mkdir(exist_ok=True)
+    images.rename(server.data_dir / "images.moved")
+    images.write_text("not a folder")  # every image write now fails, like a full or read-only disk
+    try:
+        kind, message = call(server.url, "generate", generate_body(prompt="cannot be saved"))
+    finally:
+        images.unlink()
+        (server.data_dir / "images.moved").rename(images)
+    assert kind == "error" and one_sentence(message) and "nothing was saved" in message, message
+    [row] = rows(server, "cannot be saved")
+    assert row.status == "failed" and "nothing was saved" in row.error
+
+
+def wait_settled(server: AppServer, prompt: str, timeout: float = 120) -> list:
+    """The rows of `prompt` once the GPU queue has drained: a generation that went on regardless of a cancel (and
+    would then be recorded at its end) has finished by the time a later one has run."""
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict(prompt="after the cancel", steps=1, api_name="/generate", **SMALL)
+    time.sleep(3)  # a 1024x1024 result that went on regardless may still be writing its files (old behaviour)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [g for g in rows(server, prompt) if g.prompt == prompt]
+        if not any(g.status == "running" for g in found):
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{prompt!r} still running after {timeout} s")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.7, 2.5])
+def test_an_api_cancel_stops_the_generation_on_the_server(server, client, delay):
+    prompt = f"cancelled after {delay} s"
+    job = client.submit(prompt=prompt, checkpoint="raw", steps=100, width=1024, height=1024, seed=1,
+                        api_name="/generate")  # fmt: skip
+    time.sleep(delay)
+    job.cancel()
+    time.sleep(1.0)  # a job that had not started yet must not start later either
+    found = wait_settled(server, prompt)
+    assert [g.status for g in found] in ([], ["cancelled"])
+    assert not [p for p in files_in(server.data_dir) if prompt in p.name]
+    assert all(not g.images for g in found)
+
+
+def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
+    first = client.submit(prompt="keeps running", checkpoint="raw", steps=30, width=1024, height=1024, seed=2,
+                          api_name="/generate")  # fmt: skip
+    time.sleep(1.0)
+    second = client.submit(prompt="cancelled while queued", steps=1, seed=2, api_name="/generate", **SMALL)
+    time.sleep(0.5)
+    second.cancel()
+    assert not first.done()  # the cancel came while the first job ran and the second waited
+    _images, info = first.result(timeout=120)
+    assert info["steps"] == 30
+    time.sleep(1.0)
+    assert wait_settled(server, "keeps running")[0].status == "ok"
+    assert [g.status for g in wait_settled(server, "cancelled while queued")] in ([], ["cancelled"])
+
+
+def test_a_client_that_disconnects_cancels_its_generation(server):
+    config = json.loads(http_get(server, "/config"))
+    fn_index = next(i for i, dep in enumerate(config["dependencies"]) if dep.get("api_name") == "generate")
+    prompt = "client went away"
+    session = "disconnecting-client"
+    body = json.dumps({"data": json.loads(generate_body(prompt=prompt, checkpoint="raw", steps=100, width=1024,
+                                                        height=1024))["data"],
+                       "fn_index": fn_index, "session_hash": session})  # fmt: skip
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/gradio_api/queue/join", body, {"Content-Type": "application/json"})
+    assert connection.getresponse().status == 200
+    connection.close()
+    stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    stream.request("GET", f"/gradio_api/queue/data?session_hash={session}")
+    response = stream.getresponse()
+    deadline = time.monotonic() + 60
+    while True:  # until the generation is under way (a function that streams no progress fails here)
+        line = response.readline()
+        assert b"process_completed" not in line and line and time.monotonic() < deadline, line
+        if b"process_generating" in line:
+            break
+    stream.sock.shutdown(socket.SHUT_RDWR)  # the client vanishes mid-run
+    stream.close()
+    found = wait_settled(server, prompt)
+    assert [g.status for g in found] == ["cancelled"]
+
+
+def http_get(server: AppServer, path: str) -> bytes:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", path)
+    return connection.getresponse().read()
+
+
+# ------------------------------------------------------------------------------------------------ start-up
+def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    env_script = [sys.executable, "app.py", "--demo", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    try:
+        done = subprocess.run(env_script, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"port {port}" in errors[0] and "in use" in errors[0], done.stderr[-2000:]
+
+
+def test_sigkilled_work_is_marked_interrupted_at_the_next_start(tmp_path, demo_sources):
+    import os
+    import signal
+
+    from gradio_client import Client
+
+    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
+    client = Client(app.url, verbose=False)
+    jobs = [client.submit(prompt=f"lost {n}", checkpoint="raw", steps=100, width=512, height=512,
+                          api_name="/generate") for n in range(3)]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(g.status == "running" for g in rows(app)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    os.kill(app.proc.pid, signal.SIGKILL)
+    app.proc.wait()
+    del jobs
+    app.start()
+    try:
+        found = rows(app, "lost")
+        assert [g.status for g in found] == ["interrupted"]  # the one running; queued ones never started
+        assert "stopped" in found[0].error
+    finally:
+        app.stop()
+
+
+def test_the_server_still_serves_after_all_of_the_above(server):
+    kind, data = call(server.url, "generate", generate_body(prompt="still serving"))
+    assert kind == "complete", data
