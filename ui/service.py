@@ -117,6 +117,7 @@ class StudioService:
         running = record_start(self.store, request, comparison_id)
 
         def fail(status: str, message: str) -> None:
+            log.info("Generation #%s %s: %s", running.id, status, message)
             try:
                 record_failure(self.store, request, status, message, comparison_id, running)
             except StorageError:  # the first error is the one to report; repair marks the row at the next start
@@ -139,10 +140,12 @@ class StudioService:
             fail("failed", message)
             raise Krea2Error(message) from error
         try:
-            return result, record_result(self.store, result, comparison_id, running)
+            generation = record_result(self.store, result, comparison_id, running)
         except StorageError as error:  # e.g. disk full: the row says so, and no file was left behind
             fail("failed", str(error))
             raise
+        log_generation(generation, result)
+        return result, generation
 
     def stream(
         self,
@@ -258,6 +261,17 @@ class StudioService:
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:
         return read_parameters(path)
+
+
+def log_generation(generation: Generation, result: GenerationResult) -> None:
+    """One line per generation in the server's log: what a person running the app wants to see scroll by."""
+    request = result.request
+    spec = CHECKPOINTS.get(request.checkpoint)
+    log.info(
+        "Generation #%d: %s, %d×%d, %d steps, %d image%s, %.2f s",
+        generation.id, spec.display_name if spec else request.checkpoint, request.width, request.height,
+        request.steps, len(result.images), "" if len(result.images) == 1 else "s", result.timings.total_s,
+    )  # fmt: skip
 
 
 def describe(generation: Generation) -> str:
