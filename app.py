@@ -69,7 +69,7 @@ def build_app(args: argparse.Namespace):
 
     from storage import HistoryStore, StorageError
     from ui.cancel import CancelRelay
-    from ui.layout import CSS, build_ui
+    from ui.layout import CSS, KEYS_JS, build_ui
     from ui.security import LoginGuard, SameOriginGuard, allowed_origins_from_env
     from ui.service import StudioService
 
@@ -112,6 +112,7 @@ def build_app(args: argparse.Namespace):
         "ssr_mode": False,
         "show_error": False,
         "css": CSS,
+        "js": KEYS_JS,
         "footer_links": ["api"],
         # Outermost first: cross-site requests are refused before anything else, then anything without a login
         # (with auth on), and only then may a cancel reach the service.

@@ -249,8 +249,10 @@ class StudioService:
             return None
         return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].path))
 
-    def thumb_path(self, generation: Generation) -> str | None:
-        return str(self.store.absolute(generation.images[0].thumb_path)) if generation.images else None
+    def thumb_path(self, generation: Generation, position: int = 0) -> str | None:
+        if not generation.images:
+            return None
+        return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].thumb_path))
 
     def toggle_favorite(self, generation_id: int) -> bool:
         return self.store.toggle_favorite(int(generation_id))
@@ -274,7 +276,18 @@ def log_generation(generation: Generation, result: GenerationResult) -> None:
     )  # fmt: skip
 
 
-def describe(generation: Generation) -> str:
+def seed_cell(generation: Generation, position: int | None) -> str:
+    """The seed of the image shown and, for a batch, all of them; a run cancelled before it drew one has none."""
+    seeds = [image.seed for image in generation.images if image.seed is not None]
+    if len(seeds) > 1:
+        shown = seeds[position] if position is not None and 0 <= position < len(seeds) else seeds[0]
+        return f"{shown} (image {seeds.index(shown) + 1} of {len(seeds)}; batch: {', '.join(map(str, seeds))})"
+    if generation.seed is None:
+        return "— (none drawn: the run stopped before it started)"
+    return str(generation.seed)
+
+
+def describe(generation: Generation, position: int | None = None) -> str:
     """Every parameter and timing of a history row, as an HTML table whose every cell is plain text (ui/text.py)."""
     spec = CHECKPOINTS.get(generation.checkpoint)
     rows = [
@@ -282,7 +295,7 @@ def describe(generation: Generation) -> str:
         ("Checkpoint", spec.display_name if spec else generation.checkpoint),
         ("Prompt", generation.prompt),
         ("Negative prompt", generation.negative_prompt or "—"),
-        ("Seed", generation.seed),
+        ("Seed", seed_cell(generation, position)),
         ("Steps", generation.steps),
         ("Guidance", generation.guidance),
         ("Size", f"{generation.width}×{generation.height}"),
