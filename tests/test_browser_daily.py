@@ -119,6 +119,33 @@ def test_a_batch_shows_every_image_in_history_on_a_phone_in_dark_mode(browser, s
     context.close()
 
 
+def test_several_generations_are_favourited_and_downloaded_as_one_zip(browser, server):
+    import zipfile
+
+    context, page = open_page(browser, server)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-gallery img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#history-bulk").get_by_text("Select several").click()
+    page.locator("#history-pick-all").click()
+    page.wait_for_timeout(500)
+    ticked = page.locator("#history-pick input[type=checkbox]:checked").count()
+    assert ticked >= 2
+    page.locator("#history-bulk-favorite").click()
+    page.locator("#history-gallery").get_by_text("★", exact=False).first.wait_for(timeout=10_000)
+    page.locator("#history-pick-all").click()
+    page.locator("#history-bulk-zip").click()
+    link = page.locator("#history-archive a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download(timeout=20_000) as download:
+        link.click()
+    with zipfile.ZipFile(download.value.path()) as zipped:
+        assert "history.json" in zipped.namelist()
+        assert sum(name.endswith(".png") for name in zipped.namelist()) >= 2
+    shot(page, "23-history-bulk")
+    context.close()
+
+
 def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(server):
     from gradio_client import Client
 

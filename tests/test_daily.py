@@ -75,7 +75,8 @@ def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
     done = list(handlers.generate("a fox", "", "turbo", 1, 0.0, 256, 256, 100, False, 2, [], None))
     assert "Seeds used: **100**, **101**" in done[-1][3]
     assert done[-1][0] == done[-1][4][0]["path"]  # the preview is replaced by the result
-    items, count, nav, _ = handlers.history("", "all", False, False, None)
+    items, count, nav, _, picks = handlers.history("", "all", False, False, None)
+    assert picks["choices"] == [(f"#{nav['ids'][0][0]} · a fox", nav["ids"][0][0])]
     assert count == "1–1 of 1 generations" and len(items) == 2
     generation_id = nav["ids"][0][0]
     assert nav["ids"] == [[generation_id, 0], [generation_id, 1]]
@@ -96,3 +97,25 @@ def test_a_cancelled_row_shows_no_seed_none(service):
     row = record_failure(service.store, request, "cancelled", "Generation cancelled.")
     assert row.seed is None
     assert "None" not in describe(row) and "none drawn" in describe(row)
+
+
+def test_bulk_favorite_zip_import_and_delete_through_the_handlers(service, tmp_path):
+    import zipfile
+
+    handlers = Handlers(service)
+    for prompt in ("one", "two"):
+        list(handlers.generate(prompt, "", "turbo", 1, 0.0, 256, 256, 5, False, 1, [], None))
+    _, _, nav, _, _ = handlers.history("", "all", False, False, None)
+    ids = handlers.pick_all(nav)
+    assert len(ids) == 2
+    handlers.bulk_favorite([*ids, "3", True])  # what is not a whole id is ignored
+    assert all(service.get(i).favorite for i in ids)
+    archive = handlers.bulk_download(ids)["value"]
+    with zipfile.ZipFile(archive) as zipped:
+        assert len([n for n in zipped.namelist() if n.endswith(".png")]) == 2
+    handlers.bulk_delete(ids)
+    assert service.store.count() == 0
+    handlers.import_history(archive)
+    assert service.store.count() == 2
+    with pytest.raises(gr.Error, match="Tick one or more"):
+        handlers.bulk_download([])

@@ -387,7 +387,7 @@ class Handlers:
 
     @friendly
     def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, direction: str = "first"):
-        """Returns (gallery, count text, nav state, detail visibility)."""
+        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select)."""
         nav = dict(nav or {"stack": [None], "next": None})
         stack = list(nav.get("stack") or [None])
         if direction == "first":
@@ -413,7 +413,9 @@ class Handlers:
         first = (len(stack) - 1) * HISTORY_PAGE_SIZE
         shown = f"{first + 1}–{first + len(page.items)}" if page.items else "0"
         text = f"{shown} of {total} generations"
-        return items, text, {"stack": stack, "next": page.next_cursor, "ids": ids}, gr.update(visible=False)
+        choices = [(f"#{g.id} · {g.prompt[:40]}", g.id) for g in page.items]
+        nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
+        return items, text, nav, gr.update(visible=False), gr.update(choices=choices, value=[])
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):
@@ -437,6 +439,61 @@ class Handlers:
         generation, _ = self._selection(selected)
         favorite = self.service.toggle_favorite(generation.id)
         return "★ Unfavorite" if favorite else "☆ Favorite"
+
+    # ------------------------------------------------------------------------------------------------ bulk
+    @staticmethod
+    def picked(values: Any) -> list[int]:
+        """The generation ids ticked in the multi-select (a client may send anything: only whole ids count)."""
+        if not isinstance(values, list):
+            return []
+        return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+    @staticmethod
+    def pick_all(nav: dict | None):
+        ids = (nav or {}).get("ids") or []
+        return list(dict.fromkeys(i[0] for i in ids if isinstance(i, list) and i and isinstance(i[0], int)))
+
+    @friendly
+    def bulk_favorite(self, values: Any):
+        ids = self.picked(values)
+        if not ids:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        gr.Info(f"Marked {self.service.set_favorite(ids)} as favorite.")
+
+    @friendly
+    def bulk_ask_delete(self, values: Any):
+        count = len(self.picked(values))
+        if not count:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        return gr.update(visible=True, value=f"Confirm: delete {count} generation{'s' if count > 1 else ''}")
+
+    @friendly
+    def bulk_delete(self, values: Any):
+        ids = self.picked(values)
+        if ids:
+            gr.Info(f"Deleted {self.service.delete_many(ids)} generations.")
+        return gr.update(visible=False)
+
+    @friendly
+    def bulk_download(self, values: Any):
+        ids = self.picked(values)
+        if not ids:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        path, _ = self.service.export(ids)
+        return gr.update(value=str(path), visible=True)
+
+    @friendly
+    def export_all(self):
+        path, count = self.service.export(None)
+        gr.Info(f"Exported {count} generations with their PNGs (history.json and history.csv inside).")
+        return gr.update(value=str(path), visible=True)
+
+    @friendly
+    def import_history(self, path: Any):
+        if not isinstance(path, str) or not path:
+            raise gr.Error("Choose a history export (.zip) to import.", print_exception=False)
+        added, skipped = self.service.import_archive(path)
+        gr.Info(f"Imported {added} generations" + (f"; {skipped} were already here." if skipped else "."))
 
     @staticmethod
     def ask_delete():

@@ -151,6 +151,19 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 with gr.Row():
                     h_newer = gr.Button("← Newer")
                     h_older = gr.Button("Older →")
+                with gr.Accordion("Select several · export · import", open=False, elem_id="history-bulk"):
+                    h_pick = gr.CheckboxGroup(label="Generations on this page", choices=[], elem_id="history-pick")
+                    with gr.Row():
+                        h_pick_all = gr.Button("Select all on this page", elem_id="history-pick-all")
+                        h_bulk_favorite = gr.Button("★ Favorite selected", elem_id="history-bulk-favorite")
+                        h_bulk_zip = gr.Button("Download selected (.zip)", elem_id="history-bulk-zip")
+                        h_bulk_delete = gr.Button("Delete selected", variant="stop", elem_id="history-bulk-delete")
+                    h_bulk_confirm = gr.Button("Confirm", variant="stop", visible=False, elem_id="history-bulk-confirm")
+                    with gr.Row():
+                        h_export = gr.Button("Export all history (.zip)", elem_id="history-export")
+                        h_import = gr.UploadButton("Import history (.zip)", file_types=[".zip"], type="filepath",
+                                                   elem_id="history-import")  # fmt: skip
+                    h_archive = gr.File(label="Archive", visible=False, interactive=False, elem_id="history-archive")
                 h_nav = gr.State({"stack": [None], "next": None, "ids": []})
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
@@ -227,7 +240,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         c_cancel.click(handlers.cancel, None, c_progress, queue=False, **private)
 
         h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav]
-        h_outputs = [h_gallery, h_count, h_nav, h_detail]
+        h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick]
         for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input):
             trigger(handlers.history, h_inputs, h_outputs, **private)
         h_older.click(lambda *a: handlers.history(*a, direction="older"), h_inputs, h_outputs, **private)
@@ -243,6 +256,20 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private)
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+
+        h_pick_all.click(handlers.pick_all, h_nav, h_pick, queue=False, **private)
+        h_bulk_favorite.click(handlers.bulk_favorite, h_pick, None, **private).success(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+        h_bulk_zip.click(handlers.bulk_download, h_pick, h_archive, **private)
+        h_bulk_delete.click(handlers.bulk_ask_delete, h_pick, h_bulk_confirm, **private)
+        h_bulk_confirm.click(handlers.bulk_delete, h_pick, h_bulk_confirm, **private).then(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+        h_export.click(handlers.export_all, None, h_archive, **private)
+        h_import.upload(handlers.import_history, h_import, None, **private).success(
             handlers.history, h_inputs, h_outputs, **private
         )
 

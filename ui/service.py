@@ -260,6 +260,30 @@ class StudioService:
     def delete(self, generation_id: int) -> bool:
         return self.store.delete(int(generation_id))
 
+    def set_favorite(self, generation_ids: list[int], favorite: bool = True) -> int:
+        return self.store.set_favorite(generation_ids, favorite)
+
+    def delete_many(self, generation_ids: list[int]) -> int:
+        return self.store.delete_many(generation_ids)
+
+    def export(self, generation_ids: list[int] | None = None) -> tuple[Path, int]:
+        """A zip of these generations (or all) in a temporary folder Gradio may serve. Exports older than an hour
+        are removed first: each is a copy of the history and would otherwise pile up."""
+        import tempfile
+        import time
+
+        folder = Path(tempfile.gettempdir()) / "krea2-exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.zip"):
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink(missing_ok=True)
+        what = "all" if generation_ids is None else f"{len(generation_ids)}-selected"
+        target = folder / f"krea2-history-{what}-{uuid.uuid4().hex[:8]}.zip"
+        return target, self.store.export_archive(target, generation_ids)
+
+    def import_archive(self, path: str | Path) -> tuple[int, int]:
+        return self.store.import_archive(Path(path))
+
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:
         return read_parameters(path)
