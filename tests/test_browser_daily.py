@@ -75,6 +75,27 @@ def test_ctrl_enter_runs_with_the_button_disabled_time_left_and_the_result_in_th
     context.close()
 
 
+def test_a_second_run_shows_its_queue_position_on_the_progress_line(browser, server):
+    pages = []
+    for name in ("first", "second"):
+        context, page = open_page(browser, server)
+        set_number(page, "width", 512)
+        set_number(page, "height", 512)
+        set_number(page, "steps", 60)
+        page.locator("#prompt textarea").fill(f"the {name} run")
+        pages.append((context, page))
+    first, second = pages[0][1], pages[1][1]
+    first.locator("#generate-btn").click()
+    first.locator("#progress").get_by_text(re.compile(r"Step \d+/60")).wait_for(timeout=60_000)
+    second.locator("#generate-btn").click()
+    second.locator("#progress").get_by_text(re.compile(r"queue: 1/1")).wait_for(timeout=30_000)
+    for _, page in pages:
+        page.locator("#cancel-btn").click()
+    first.locator("#progress").get_by_text("Cancelled").wait_for(timeout=30_000)
+    for context, _ in pages:
+        context.close()
+
+
 def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_plain_message(browser, server):
     context, page = open_page(browser, server)
     size = page.get_by_label("Size")
