@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from krea2.placement import PLACEMENTS
-from krea2.runtime import EngineSettings, build_manager, env_flag, use_compile_cache
 
 log = logging.getLogger("krea2.app")
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from krea2.runtime import env_flag  # here, not at the top: main() quiets the libraries before they load
+
     parser = argparse.ArgumentParser(description="Krea 2 Studio web app")
     default_host = "0.0.0.0" if ON_SPACES else "127.0.0.1"
     parser.add_argument("--host", default=os.environ.get("KREA2_HOST", default_host))
@@ -66,7 +69,7 @@ def build_app(args: argparse.Namespace):
 
     from storage import HistoryStore, StorageError
     from ui.cancel import CancelRelay
-    from ui.layout import CSS, build_ui
+    from ui.layout import CSS, KEYS_JS, build_ui
     from ui.security import LoginGuard, SameOriginGuard, allowed_origins_from_env
     from ui.service import StudioService
 
@@ -76,6 +79,7 @@ def build_app(args: argparse.Namespace):
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    from krea2.runtime import EngineSettings, build_manager, use_compile_cache
     from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
 
     try:
@@ -108,6 +112,7 @@ def build_app(args: argparse.Namespace):
         "ssr_mode": False,
         "show_error": False,
         "css": CSS,
+        "js": KEYS_JS,
         "footer_links": ["api"],
         # Outermost first: cross-site requests are refused before anything else, then anything without a login
         # (with auth on), and only then may a cancel reach the service.
@@ -123,6 +128,9 @@ def build_app(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from krea2.quiet import quiet_libraries
+
+    quiet_libraries()  # before anything imports transformers or diffusers
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if port_taken(args.host, args.port):
@@ -136,12 +144,29 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(exit_.code or 1)
     try:
-        app.launch(**launch)
+        app.launch(prevent_thread_lock=True, **launch)
     except OSError as error:  # the port was taken between the check and the bind
         print(f"error: cannot serve on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)  # loader/warm-up threads are running: a normal exit would abort inside them
+    serve_until_stopped(app)
     return 0
+
+
+def serve_until_stopped(app) -> None:
+    """Block until Ctrl+C or SIGTERM (what `docker stop` and service managers send), then close the server and say
+    so: without this a SIGTERM ended the process mid-line, and Ctrl+C printed Gradio's "Keyboard interruption"."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+        reason = "SIGTERM"
+    except KeyboardInterrupt:
+        reason = "Ctrl+C"
+    log.info("Shutting down (%s)…", reason)
+    app.close()
+    log.info("Krea 2 Studio stopped cleanly.")
 
 
 if __name__ == "__main__":

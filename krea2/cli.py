@@ -85,9 +85,9 @@ def _generate(args: argparse.Namespace) -> int:
     if store:
         generation = record_result(store, result)
         generation_id = generation.id
-        paths = [str(store.absolute(image.path)) for image in generation.images]
+        paths = [str(store.absolute(image.path).absolute()) for image in generation.images]
     if args.out:
-        out = Path(args.out)
+        out = Path(args.out).absolute()  # both paths printed absolute, like the history copies
         out.parent.mkdir(parents=True, exist_ok=True)
         if paths:
             shutil.copyfile(paths[0], out)
@@ -117,6 +117,9 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         return _generate(args)
     except InvalidRequest as error:

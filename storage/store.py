@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ FINAL_STATUSES = ("ok", "failed", "cancelled")
 class NewImage:
     image: PILImage.Image
     seed: int | None
+    png: bytes | None = None  # the file as it is (an imported PNG keeps its own metadata); None: encode `image`
 
 
 @dataclass
@@ -64,6 +65,11 @@ class HistoryFilter:
 class Page:
     items: list[Generation]
     next_cursor: int | None  # pass back as `cursor` for the next (older) page
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """A time as naive UTC: SQLite returns stored times without a zone, PostgreSQL in the session's zone."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 class HistoryStore:
@@ -116,7 +122,7 @@ class HistoryStore:
         for position, item in enumerate(new.images):
             image_id = uuid.uuid4().hex
             params = {**new.png_parameters, "seed": item.seed}
-            png = encode_png(item.image, build_pnginfo(params))
+            png = item.png if item.png is not None else encode_png(item.image, build_pnginfo(params))
             rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
             write_atomic(self.absolute(rel_png), png)
             written.append(self.absolute(rel_png))
@@ -147,7 +153,12 @@ class HistoryStore:
         try:
             rows = self._write_images(new, created_at, written)
             generation = Generation(
-                **{**new.fields, "created_at": created_at, "status": status, "favorite": False},
+                **{
+                    **new.fields,
+                    "created_at": created_at,
+                    "status": status,
+                    "favorite": bool(new.fields.get("favorite", False)),
+                },
                 files_missing=False,
             )
             generation.images = rows
@@ -205,6 +216,61 @@ class HistoryStore:
             session.commit()
         remove_quietly(paths)
         return True
+
+    def set_favorite(self, generation_ids: list[int], favorite: bool) -> int:
+        """Mark several generations at once (one transaction); returns how many exist."""
+        with self.session() as session:
+            rows = list(session.scalars(select(Generation).where(Generation.id.in_(generation_ids))))
+            for generation in rows:
+                generation.favorite = favorite
+            session.commit()
+            return len(rows)
+
+    def delete_many(self, generation_ids: list[int]) -> int:
+        """Delete several generations in one transaction, then their files (as `delete`); returns how many."""
+        with self.session() as session:
+            rows = list(session.scalars(select(Generation).where(Generation.id.in_(generation_ids))))
+            paths = [self.absolute(p) for g in rows for image in g.images for p in (image.path, image.thumb_path)]
+            for generation in rows:
+                session.delete(generation)
+            session.commit()
+        remove_quietly(paths)
+        return len(rows)
+
+    def export_archive(self, target: Path, generation_ids: list[int] | None = None) -> int:
+        """Write a zip of the history (all of it, or the generations named) to `target`, atomically: history.json
+        and history.csv (one row per generation) and every PNG as stored, metadata intact. Returns the count."""
+        from .archive import write_archive
+
+        if generation_ids is None:
+            with self.session() as session:
+                rows = list(session.scalars(select(Generation).order_by(Generation.id)))
+        else:
+            with self.session() as session:
+                query = select(Generation).where(Generation.id.in_(generation_ids)).order_by(Generation.id)
+                rows = list(session.scalars(query))
+        write_archive(target, rows, self.absolute)
+        return len(rows)
+
+    def import_archive(self, source: Path) -> tuple[int, int]:
+        """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
+        Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. Returns
+        (added, skipped); raises StorageError naming the problem when the file is not a history export."""
+        from .archive import read_archive
+
+        with self.session() as session:
+            seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
+                    session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip
+        added = skipped = 0
+        for new in read_archive(source):
+            key = (naive_utc(new.fields["created_at"]), new.fields["prompt"], new.fields.get("seed"))
+            if key in seen:
+                skipped += 1
+                continue
+            self.add(new)
+            seen.add(key)
+            added += 1
+        return added, skipped
 
     # ------------------------------------------------------------------------------------------------ reads
     def get(self, generation_id: int) -> Generation | None:

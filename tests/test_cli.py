@@ -50,3 +50,19 @@ def test_cli_bad_engine_setting_is_exit_2_and_one_line(tmp_path):
         done = run_cli("generate", "--demo", "--prompt", "x", env={**base, name: value})
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith(f"error: {name}")  # (torchao may log import noise)
+
+
+def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
+    """Relative --out and data folder: every printed path is absolute (one was relative), and stderr holds none of
+    torchao's CUDA-extension failures, torch deprecation warnings or progress bars."""
+    env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CACHE": str(Path(demo_sources["turbo"]).parent),
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256"]
+    done = subprocess.run([sys.executable, "-m", "krea2", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(line["paths"]) == 2 and all(Path(p).is_absolute() and Path(p).exists() for p in line["paths"])
+    assert line["path"] == str(tmp_path / "out" / "fox.png")
+    for noise in ("torchao", "_C_", "deprecated", "%|", "it/s]"):
+        assert noise not in done.stderr, done.stderr

@@ -177,3 +177,59 @@ def test_a_locked_database_waits_instead_of_failing(tmp_path):
     blocker.close()
     assert waited >= 0.9 and store.count() == 1
     store.close()
+
+
+# ------------------------------------------------------------------------------------------------ bulk and archives
+def test_bulk_favorite_and_delete(store):
+    rows = [store.add(new_generation(f"p{i}")) for i in range(3)]
+    assert store.set_favorite([rows[0].id, rows[2].id, 999_999], True) == 2
+    assert [g.favorite for g in reversed(store.page().items)] == [True, False, True]
+    files = [store.absolute(i.path) for g in rows[:2] for i in g.images]
+    assert store.delete_many([rows[0].id, rows[1].id]) == 2
+    assert store.count() == 1 and not any(path.exists() for path in files)
+
+
+def test_export_then_import_into_another_database(store, tmp_path):
+    import zipfile
+
+    first = store.add(new_generation("a fox, exported", seed=11))
+    store.toggle_favorite(first.id)
+    store.add(new_generation("not selected"))
+    archive = tmp_path / "out" / "history.zip"
+    assert store.export_archive(archive, [first.id]) == 1
+    with zipfile.ZipFile(archive) as zipped:
+        assert {"history.json", "history.csv"} <= set(zipped.namelist())
+        assert "a fox, exported" in zipped.read("history.csv").decode()
+    png = store.absolute(store.get(first.id).images[0].path).read_bytes()
+
+    from storage import HistoryStore
+
+    other = HistoryStore(tmp_path / "other", f"sqlite:///{tmp_path / 'other.sqlite3'}").open()
+    try:
+        assert other.import_archive(archive) == (1, 0)
+        assert other.import_archive(archive) == (0, 1)  # twice adds nothing
+        [row] = other.page().items
+        assert (row.prompt, row.seed, row.favorite, row.status) == ("a fox, exported", 11, True, "ok")
+        assert other.absolute(row.images[0].path).read_bytes() == png  # the PNG as stored, metadata intact
+        assert other.absolute(row.images[0].thumb_path).exists()
+    finally:
+        other.close()
+
+
+def test_import_refuses_what_is_not_an_export(store, tmp_path):
+    import json
+    import zipfile
+
+    not_zip = tmp_path / "a.zip"
+    not_zip.write_text("hello")
+    with pytest.raises(StorageError, match="not a zip"):
+        store.import_archive(not_zip)
+    bad = tmp_path / "b.zip"
+    with zipfile.ZipFile(bad, "w") as zipped:
+        record = {"created_at": "2026-01-01T00:00:00+00:00", "checkpoint": "turbo", "prompt": "x", "seed": 1,
+                  "steps": "8", "guidance": 0.0, "width": 256, "height": 256, "num_images": 1,
+                  "status": "ok"}  # fmt: skip
+        zipped.writestr("history.json", json.dumps({"format": "krea2-studio-history/1", "generations": [record]}))
+    with pytest.raises(StorageError, match="invalid steps"):
+        store.import_archive(bad)
+    assert store.count() == 0

@@ -7,6 +7,7 @@ They are events on hidden components rather than `gr.api` functions so that imag
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import gradio as gr
@@ -35,6 +36,11 @@ def _summary(event: DoneEvent) -> dict[str, Any]:
         "warnings": result.warnings,
         "comparison_id": generation.comparison_id,
     }
+
+
+def aware(moment: datetime) -> datetime:
+    """Times are stored in UTC, but SQLite hands them back without a zone; an API answer must say which zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _optional(value: Any) -> Any:
@@ -125,7 +131,7 @@ def register_api(service: StudioService) -> None:
             raise _refused(error) from None
         items = [
             {
-                "generation_id": g.id, "created_at": g.created_at.isoformat(), "checkpoint": g.checkpoint,
+                "generation_id": g.id, "created_at": aware(g.created_at).isoformat(), "checkpoint": g.checkpoint,
                 "status": g.status, "prompt": g.prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
                 "steps": g.steps, "guidance": g.guidance, "width": g.width, "height": g.height,
                 "favorite": g.favorite, "comparison_id": g.comparison_id, "error": g.error,

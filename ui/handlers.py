@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from typing import Any
 
 import gradio as gr
 
-from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, get_spec
+from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, InvalidRequest, Krea2Error, get_spec
+from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from storage.recording import SETTINGS_FIELDS, settings_of
 
-from .presets import CUSTOM, preset_choices, preset_size
+from .presets import preset_choices, preset_for, preset_size
 from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
 from .text import as_text
 
@@ -30,12 +32,49 @@ CHECKPOINT_CHOICES = [("Turbo", "turbo"), ("Raw", "raw")]
 def user_error(error: Exception, *, html: bool = True) -> gr.Error:
     """One sentence for the person. The page shows it as HTML (Gradio's toasts), so there it is escaped: an error
     quotes what was typed, and typed markup must stay text. API callers (`html=False`) get it as sent."""
+    if not html:
+        return gr.Error(str(error) if isinstance(error, USER_ERRORS) else for_people(error), print_exception=False)
+    return gr.Error(as_text(for_people(error)), print_exception=False)
+
+
+# How the page names each request field (the API keeps the field names, which its callers send).
+FIELD_NAMES = {
+    "prompt": "the prompt",
+    "negative_prompt": "the negative prompt",
+    "checkpoint": "the checkpoint",
+    "steps": "steps",
+    "guidance": "guidance",
+    "width": "the width",
+    "height": "the height",
+    "seed": "the seed",
+    "num_images": "the number of images",
+}
+
+
+def for_people(error: Exception) -> str:
+    """The sentence a person reads: "prompt: must not be empty (got '')" is for developers. Typed text is never
+    quoted back (a number is), so the sentence is safe anywhere on the page."""
+    if isinstance(error, InvalidRequest):
+        if error.field == "prompt" and error.problem == "must not be empty":
+            return "Type a prompt first: describe the image you want."
+        name = FIELD_NAMES.get(error.field, error.field.replace("_", " "))
+        value = error.value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        shown = f" (it is {value:g})" if number else ""
+        return f"{name[:1].upper()}{name[1:]} {error.problem}{shown}."
     if isinstance(error, USER_ERRORS):
-        message = str(error)
-    else:
-        log.error("Unexpected error in a handler", exc_info=error)
-        message = f"Something went wrong ({type(error).__name__}). The server is still running; try again."
-    return gr.Error(as_text(message) if html else message, print_exception=False)
+        return str(error)
+    log.error("Unexpected error in a handler", exc_info=error)
+    return f"Something went wrong ({type(error).__name__}). The server is still running; try again."
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|~])")  # & < > # are entities after as_text
+
+
+def error_note(error: Exception) -> str:
+    """An error shown once, where the progress of the run would be (no toast, no red badges on the outputs).
+    Escaped for HTML and for Markdown: an engine or storage message may quote a path or a value."""
+    return "⚠️ " + MARKDOWN_SPECIALS.sub(r"\\\1", as_text(for_people(error)))
 
 
 def friendly(fn):
@@ -91,6 +130,46 @@ def build_request(prompt, negative, checkpoint, steps, guidance, width, height, 
     )
 
 
+def seeds_text(seeds: list[int]) -> str:
+    """Every seed of a batch (image k used seed + k), not only the first."""
+    if len(seeds) == 1:
+        return f"Seed used: **{seeds[0]}**"
+    return "Seeds used: " + ", ".join(f"**{seed}**" for seed in seeds)
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class StepClock:
+    """Remaining time from the measured step rate. Timed from the first step a run reports (not from the click):
+    waiting for the GPU and encoding the prompt happen once, and would make every step look slower."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, float] | None = None  # (step, elapsed) when the current run's first step came
+
+    def remaining(self, step: int, total: int, elapsed: float) -> float | None:
+        if self.first is None or step <= self.first[0]:  # a new run (Compare runs two): start measuring again
+            self.first = (step, elapsed)
+            return None
+        first_step, first_elapsed = self.first
+        per_step = (elapsed - first_elapsed) / (step - first_step)
+        return per_step * (total - step)
+
+    def progress(self, step: int, total: int, elapsed: float) -> str:
+        left = self.remaining(step, total, elapsed)
+        text = f"**Step {step}/{total}** · {elapsed:.1f} s"
+        if step >= total:
+            return text + " · decoding…"
+        return text + (f" · about {duration(left)} left" if left is not None else " · estimating time left…")
+
+
+def next_seed(seed: int, count: int) -> int:
+    """The seed after a batch of `count` images that started at `seed` (wrapping inside the seed range)."""
+    return (seed + count) % (MAX_SEED + 1)
+
+
 class Handlers:
     def __init__(self, service: StudioService) -> None:
         self.service = service
@@ -123,31 +202,41 @@ class Handlers:
         return size
 
     @staticmethod
-    def to_custom():
-        return CUSTOM
+    def match_preset(width: float, height: float, checkpoint: str):
+        return preset_for(width, height, checkpoint)
+
+    @staticmethod
+    def busy():
+        """The Generate button while a run of this page is in flight: one click, one run."""
+        return gr.update(interactive=False, value="Generating…")
+
+    @staticmethod
+    def idle():
+        return gr.update(interactive=True, value="Generate")
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
                  items: list, request: gr.Request):  # fmt: skip
-        """Streams: (preview, progress text, gallery, seed text, gallery state)."""
+        """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress
+        area, never a toast as well, nor red badges on the outputs."""
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
                                 num_images)  # fmt: skip
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
+            yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
+            return
         started = time.monotonic()
+        clock = StepClock()
         yield None, "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip()
         try:
             for event in self.service.generate(req, session_of(request)):
-                elapsed = time.monotonic() - started
                 if isinstance(event, StepEvent):
-                    text = f"**Step {event.step}/{event.total}** · {elapsed:.1f} s"
+                    text = clock.progress(event.step, event.total, time.monotonic() - started)
                     yield display_preview(event.preview), text, gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, DoneEvent):
                     generation = event.generation
-                    name = get_spec(generation.checkpoint).display_name
                     new = [
                         {"path": str(self.service.store.absolute(image.path)), "generation_id": generation.id,
-                         "caption": f"#{generation.id} · {name} · seed {image.seed}"}
+                         "position": image.position, "caption": f"seed {image.seed}"}
                         for image in generation.images
                     ]  # fmt: skip
                     items = new + list(items or [])
@@ -155,21 +244,14 @@ class Handlers:
                     warnings = "".join(f"\n\n⚠️ {w}" for w in event.result.warnings)
                     text = (f"**Done** in {t.total_s:.2f} s (encode {t.encode_s:.2f} · denoise {t.denoise_s:.2f} · "
                             f"decode {t.decode_s:.2f})")  # fmt: skip
-                    seed_text = f"Seed used: **{event.result.request.seed}**" + warnings
-                    yield gr.skip(), text, [(i["path"], i["caption"]) for i in items], seed_text, items
-        except Krea2Error as error:
-            if isinstance(error, Cancelled):
-                yield (
-                    gr.skip(),
-                    f"**Cancelled** after {time.monotonic() - started:.1f} s",
-                    gr.skip(),
-                    gr.skip(),
-                    gr.skip(),
-                )
-                return
-            raise user_error(error) from None
+                    # The preview's last latent looks nothing like the image: the result takes its place.
+                    final = new[0]["path"] if new else None
+                    seed_text = seeds_text(event.result.seeds) + warnings
+                    yield final, text, [(i["path"], i["caption"]) for i in items], seed_text, items
+        except Cancelled:
+            yield gr.skip(), f"**Cancelled** after {time.monotonic() - started:.1f} s", gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
+            yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
 
     def cancel(self, request: gr.Request):
         cancelled = self.service.cancel(session_of(request))
@@ -185,16 +267,48 @@ class Handlers:
 
     @friendly
     def select_result(self, items: list, evt: gr.SelectData):
+        """Returns (details, reuse button, vary button, selection)."""
         item = (items or [])[self._selected(evt, len(items or []))]
         generation = self.service.get(item["generation_id"])
-        return describe(generation), gr.update(visible=True), generation.id
+        position = item.get("position", 0) if isinstance(item.get("position", 0), int) else 0
+        shown = gr.update(visible=True)
+        return describe(generation, position), shown, shown, [generation.id, position]
+
+    def _selection(self, selected: Any) -> tuple[Any, int]:
+        """(generation, image position) of a selection: [id, position] (or a bare id, position 0)."""
+        if isinstance(selected, (list, tuple)) and len(selected) == 2:
+            generation_id, position = selected
+        else:
+            generation_id, position = selected, 0
+        if generation_id is None or isinstance(generation_id, bool) or not isinstance(generation_id, int):
+            raise gr.Error("Select an image first.", print_exception=False)
+        position = position if isinstance(position, int) and not isinstance(position, bool) else 0
+        return self.service.get(generation_id), position
+
+    def _settings_of(self, selected: Any) -> dict[str, Any]:
+        """The settings of the selected image: its own seed, not its batch's first."""
+        generation, position = self._selection(selected)
+        values = settings_of(generation)
+        seeds = [image.seed for image in generation.images]
+        if 0 <= position < len(seeds) and seeds[position] is not None:
+            values["seed"] = seeds[position]
+        return values
 
     @friendly
-    def reuse(self, generation_id: int | None, settings: dict):
+    def reuse(self, selected: Any, settings: dict):
         """Fill the Generate tab with a history row's settings (and switch to it)."""
-        if generation_id is None:
-            raise gr.Error("Select an image first.")
-        return self._fill_generate(settings_of(self.service.get(generation_id)), settings)
+        return self._fill_generate(self._settings_of(selected), settings)
+
+    @friendly
+    def vary(self, selected: Any, settings: dict):
+        """The same settings with the seeds after the selected image's batch, ready to run (the caller chains
+        `generate`): a fresh take on an image that is nearly right."""
+        generation, _ = self._selection(selected)
+        values = settings_of(generation)
+        if values.get("seed") is None:
+            raise gr.Error("This generation has no seed to vary; reuse its settings instead.", print_exception=False)
+        values["seed"] = next_seed(values["seed"], max(1, len(generation.images) or generation.num_images or 1))
+        return self._fill_generate(values, settings)
 
     def _fill_generate(self, values: dict[str, Any], settings: dict):
         checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else "turbo"
@@ -212,7 +326,10 @@ class Handlers:
             values.get("height") or 1024,
             seed if seed is not None else 0,
             seed is None,
-            gr.update(choices=preset_choices(checkpoint), value=CUSTOM),
+            gr.update(
+                choices=preset_choices(checkpoint),
+                value=preset_for(values.get("width") or 1024, values.get("height") or 1024, checkpoint),
+            ),
             spec.description,
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
@@ -222,13 +339,15 @@ class Handlers:
     # ------------------------------------------------------------------------------------------------ compare tab
     def compare(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
                 request: gr.Request):  # fmt: skip
-        """Streams: (progress text, raw image, turbo image, slider, info)."""
+        """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line."""
         try:
             raw = build_request(prompt, negative, "raw", raw_steps, raw_guidance, width, height, seed, randomize, 1)
             turbo = raw.with_checkpoint("turbo", steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
+            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
         started = time.monotonic()
+        clock = StepClock()
         paths: dict[str, str] = {}
         info: list[str] = []
         used_seed = raw.seed
@@ -237,7 +356,7 @@ class Handlers:
             for event in self.service.compare(raw, turbo, session_of(request)):
                 name = get_spec(event.label).display_name
                 if isinstance(event, StepEvent):
-                    text = f"**{name}** step {event.step}/{event.total} · {time.monotonic() - started:.1f} s"
+                    text = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
                     yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     r = event.result.request
@@ -251,13 +370,10 @@ class Handlers:
             seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
             yield ("**Done**", gr.skip(), gr.skip(), (paths["raw"], paths["turbo"]),
                    "  \n".join([*info, seed_text]))  # fmt: skip
-        except Krea2Error as error:
-            if isinstance(error, Cancelled):
-                yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                return
-            raise user_error(error) from None
+        except Cancelled:
+            yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
-            raise user_error(error) from None
+            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     # ------------------------------------------------------------------------------------------------ history tab
     @staticmethod
@@ -271,7 +387,7 @@ class Handlers:
 
     @friendly
     def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, direction: str = "first"):
-        """Returns (gallery, count text, nav state, detail visibility)."""
+        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select)."""
         nav = dict(nav or {"stack": [None], "next": None})
         stack = list(nav.get("stack") or [None])
         if direction == "first":
@@ -283,53 +399,112 @@ class Handlers:
         filters = self.history_filter(search, checkpoint, favorites, comparisons)
         page = self.service.page(filters, stack[-1])
         total = self.service.count(filters)
-        items = []
-        ids = []
+        items, ids = [], []
         for generation in page.items:
-            thumb = self.service.thumb_path(generation) or str(self.service.placeholder)
-            label = f"#{generation.id} · {generation.checkpoint} · {generation.status}"
-            if generation.favorite:
-                label = "★ " + label
-            items.append((thumb, f"{label} · {generation.prompt[:60]}"))
-            ids.append(generation.id)
+            # Every image of a batch is a tile of its own (it can be viewed, downloaded and reused alone).
+            star = "★ " if generation.favorite else ""
+            tiles = [(image.position, self.service.thumb_path(generation, image.position)) for image in
+                     generation.images] or [(0, str(self.service.placeholder))]  # fmt: skip
+            for position, thumb in tiles:
+                part = f" · {position + 1}/{len(tiles)}" if len(tiles) > 1 else ""
+                label = f"{star}#{generation.id}{part} · {generation.checkpoint} · {generation.status}"
+                items.append((thumb, f"{label} · {generation.prompt[:60]}"))
+                ids.append([generation.id, position])
         first = (len(stack) - 1) * HISTORY_PAGE_SIZE
-        shown = f"{first + 1}–{first + len(items)}" if items else "0"
+        shown = f"{first + 1}–{first + len(page.items)}" if page.items else "0"
         text = f"{shown} of {total} generations"
-        return items, text, {"stack": stack, "next": page.next_cursor, "ids": ids}, gr.update(visible=False)
+        choices = [(f"#{g.id} · {g.prompt[:40]}", g.id) for g in page.items]
+        nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
+        return items, text, nav, gr.update(visible=False), gr.update(choices=choices, value=[])
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):
         ids = (nav or {}).get("ids") or []
-        generation = self.service.get(ids[self._selected(evt, len(ids))])
-        path = self.service.image_path(generation)
+        selected = ids[self._selected(evt, len(ids))]
+        generation, position = self._selection(selected)
+        path = self.service.image_path(generation, position)
         star = "★ Unfavorite" if generation.favorite else "☆ Favorite"
         return (
             gr.update(visible=True),
             path,
-            describe(generation),
-            generation.id,
+            describe(generation, position),
+            [generation.id, position],
             star,
             gr.update(value=path, visible=path is not None),
             gr.update(visible=False),
         )
 
     @friendly
-    def toggle_favorite(self, generation_id: int | None):
-        if generation_id is None:
-            raise gr.Error("Select a generation first.")
-        favorite = self.service.toggle_favorite(generation_id)
+    def toggle_favorite(self, selected: Any):
+        generation, _ = self._selection(selected)
+        favorite = self.service.toggle_favorite(generation.id)
         return "★ Unfavorite" if favorite else "☆ Favorite"
+
+    # ------------------------------------------------------------------------------------------------ bulk
+    @staticmethod
+    def picked(values: Any) -> list[int]:
+        """The generation ids ticked in the multi-select (a client may send anything: only whole ids count)."""
+        if not isinstance(values, list):
+            return []
+        return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+    @staticmethod
+    def pick_all(nav: dict | None):
+        ids = (nav or {}).get("ids") or []
+        return list(dict.fromkeys(i[0] for i in ids if isinstance(i, list) and i and isinstance(i[0], int)))
+
+    @friendly
+    def bulk_favorite(self, values: Any):
+        ids = self.picked(values)
+        if not ids:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        gr.Info(f"Marked {self.service.set_favorite(ids)} as favorite.")
+
+    @friendly
+    def bulk_ask_delete(self, values: Any):
+        count = len(self.picked(values))
+        if not count:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        return gr.update(visible=True, value=f"Confirm: delete {count} generation{'s' if count > 1 else ''}")
+
+    @friendly
+    def bulk_delete(self, values: Any):
+        ids = self.picked(values)
+        if ids:
+            gr.Info(f"Deleted {self.service.delete_many(ids)} generations.")
+        return gr.update(visible=False)
+
+    @friendly
+    def bulk_download(self, values: Any):
+        ids = self.picked(values)
+        if not ids:
+            raise gr.Error("Tick one or more generations first.", print_exception=False)
+        path, _ = self.service.export(ids)
+        return gr.update(value=str(path), visible=True)
+
+    @friendly
+    def export_all(self):
+        path, count = self.service.export(None)
+        gr.Info(f"Exported {count} generations with their PNGs (history.json and history.csv inside).")
+        return gr.update(value=str(path), visible=True)
+
+    @friendly
+    def import_history(self, path: Any):
+        if not isinstance(path, str) or not path:
+            raise gr.Error("Choose a history export (.zip) to import.", print_exception=False)
+        added, skipped = self.service.import_archive(path)
+        gr.Info(f"Imported {added} generations" + (f"; {skipped} were already here." if skipped else "."))
 
     @staticmethod
     def ask_delete():
         return gr.update(visible=True)
 
     @friendly
-    def delete(self, generation_id: int | None):
-        if generation_id is None:
-            raise gr.Error("Select a generation first.")
-        self.service.delete(generation_id)
-        gr.Info(f"Deleted generation #{generation_id}.")
+    def delete(self, selected: Any):
+        generation, _ = self._selection(selected)
+        self.service.delete(generation.id)
+        count = len(generation.images)
+        gr.Info(f"Deleted generation #{generation.id}" + (f" and its {count} images." if count > 1 else "."))
         return gr.update(visible=False), None, gr.update(visible=False)
 
     # ------------------------------------------------------------------------------------------------ PNG info

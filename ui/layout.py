@@ -18,11 +18,39 @@ DEMO_BANNER = (
     "No CUDA GPU or no weights were found (or `--demo` was given): images come from a tiny, randomly initialised "
     "Krea 2 built offline. They show that the app works end to end, not what Krea 2 can draw."
 )
-CSS = (
-    "#demo-banner {background: #fff3cd; color: #664d03; border-radius: 8px; padding: 4px 12px;}\n"
-    ".krea2-details th {text-align: left; padding-right: 1em; vertical-align: top;}\n"
-    ".krea2-details td {white-space: pre-wrap; overflow-wrap: anywhere;}"
-)
+# Every custom colour has a light and a dark value: Gradio puts `.dark` on the page when the browser prefers dark (or
+# ?__theme=dark), and Markdown text takes the theme's colour unless told otherwise (near-white on pale yellow). One
+# selector per rule: Gradio scopes custom CSS, and a `.dark` rule with a selector list lost to the light one.
+CSS = """
+#demo-banner {background: #fff3cd; border: 1px solid #ffe69c; border-radius: 8px; padding: 4px 12px;}
+#demo-banner * {color: #664d03 !important;}
+.dark #demo-banner {background: #332701; border-color: #997404;}
+.dark #demo-banner * {color: #ffda6a !important;}
+.krea2-details {border-collapse: collapse;}
+.krea2-details th {text-align: left; padding-right: 1em; vertical-align: top;}
+.krea2-details td {white-space: pre-wrap; overflow-wrap: anywhere;}
+/* Phone: History's fixed six 98 px columns were twice the screen; three flexible ones fit, and the tab bar wraps
+   instead of hiding History and PNG info behind a menu. */
+@media (max-width: 640px) {
+  #history-gallery .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important;}
+  #history-gallery .grid-container > * {width: auto !important; min-width: 0 !important;}
+}
+"""
+# Ctrl/Cmd+Enter in a prompt runs it, as Enter does (Enter alone in a multi-line box is easy to miss). A click on
+# the button, so a run in flight (button disabled) is not queued twice.
+KEYS_JS = """
+() => {
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const target = event.target;
+    const button = target.closest("#compare-prompt, #compare-negative") ? "#compare-btn"
+      : target.closest("#prompt, #negative-prompt") ? "#generate-btn" : null;
+    if (!button) return;
+    event.preventDefault();
+    document.querySelector(button)?.click();
+  });
+}
+"""
 
 
 def build_ui(service: StudioService) -> gr.Blocks:
@@ -42,7 +70,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         results = gr.State([])
         selected = gr.State(None)
 
-        with gr.Tabs(selected="generate") as tabs:
+        with gr.Tabs(selected="generate", overflow_behavior="wrap") as tabs:  # a phone shows every tab
             # -------------------------------------------------------------------------------------- Generate
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
@@ -75,14 +103,16 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                              elem_id="results")  # fmt: skip
                         seed_used = gr.Markdown(elem_id="seed-used")
                         details = gr.HTML(elem_id="result-details")  # user text: HTML-escaped, see ui/text.py
-                        reuse_btn = gr.Button("Use these settings", visible=False)
+                        with gr.Row():
+                            reuse_btn = gr.Button("Use these settings", visible=False, elem_id="reuse-btn")
+                            vary_btn = gr.Button("Vary (next seeds)", visible=False, elem_id="vary-btn")
 
             # -------------------------------------------------------------------------------------- Compare
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=2):
                         c_prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="compare-prompt")
-                        c_negative = gr.Textbox(label="Negative prompt (Raw)")
+                        c_negative = gr.Textbox(label="Negative prompt (Raw)", elem_id="compare-negative")
                         with gr.Row():
                             c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                             c_random = gr.Checkbox(value=True, label="Randomize seed")
@@ -121,6 +151,19 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 with gr.Row():
                     h_newer = gr.Button("← Newer")
                     h_older = gr.Button("Older →")
+                with gr.Accordion("Select several · export · import", open=False, elem_id="history-bulk"):
+                    h_pick = gr.CheckboxGroup(label="Generations on this page", choices=[], elem_id="history-pick")
+                    with gr.Row():
+                        h_pick_all = gr.Button("Select all on this page", elem_id="history-pick-all")
+                        h_bulk_favorite = gr.Button("★ Favorite selected", elem_id="history-bulk-favorite")
+                        h_bulk_zip = gr.Button("Download selected (.zip)", elem_id="history-bulk-zip")
+                        h_bulk_delete = gr.Button("Delete selected", variant="stop", elem_id="history-bulk-delete")
+                    h_bulk_confirm = gr.Button("Confirm", variant="stop", visible=False, elem_id="history-bulk-confirm")
+                    with gr.Row():
+                        h_export = gr.Button("Export all history (.zip)", elem_id="history-export")
+                        h_import = gr.UploadButton("Import history (.zip)", file_types=[".zip"], type="filepath",
+                                                   elem_id="history-import")  # fmt: skip
+                    h_archive = gr.File(label="Archive", visible=False, interactive=False, elem_id="history-archive")
                 h_nav = gr.State({"stack": [None], "next": None, "ids": []})
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
@@ -156,7 +199,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         guidance.change(handlers.negative_visibility, guidance, negative, queue=False, **private)
         preset.input(handlers.apply_preset, preset, [width, height], queue=False, **private)
         for side in (width, height):
-            side.input(handlers.to_custom, None, preset, queue=False, **private)
+            side.input(handlers.match_preset, [width, height, checkpoint], preset, queue=False, **private)
 
         gen_inputs = [
             prompt,
@@ -172,22 +215,32 @@ def build_ui(service: StudioService) -> gr.Blocks:
             results,
         ]
         gen_outputs = [preview, progress, gallery, seed_used, results]
+        # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
+        # spinner or badge on the images.
+        run = {"show_progress": "full", "show_progress_on": progress, **gpu}
         for trigger in (generate_btn.click, prompt.submit):
-            trigger(handlers.generate, gen_inputs, gen_outputs, show_progress="minimal", **gpu)
+            trigger(handlers.busy, None, generate_btn, queue=False, **private).then(
+                handlers.generate, gen_inputs, gen_outputs, **run
+            ).then(handlers.idle, None, generate_btn, queue=False, **private)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
-        gallery.select(handlers.select_result, results, [details, reuse_btn, selected], **private)
+        gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private)
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private)
+        vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success(
+            handlers.busy, None, generate_btn, queue=False, **private
+        ).then(handlers.generate, gen_inputs, gen_outputs, **run).then(
+            handlers.idle, None, generate_btn, queue=False, **private
+        )
 
         compare_btn.click(
             handlers.compare,
             [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
-            show_progress="minimal", **gpu,
+            show_progress="full", show_progress_on=c_progress, **gpu,
         )  # fmt: skip
         c_cancel.click(handlers.cancel, None, c_progress, queue=False, **private)
 
         h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav]
-        h_outputs = [h_gallery, h_count, h_nav, h_detail]
+        h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick]
         for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input):
             trigger(handlers.history, h_inputs, h_outputs, **private)
         h_older.click(lambda *a: handlers.history(*a, direction="older"), h_inputs, h_outputs, **private)
@@ -203,6 +256,20 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private)
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+
+        h_pick_all.click(handlers.pick_all, h_nav, h_pick, queue=False, **private)
+        h_bulk_favorite.click(handlers.bulk_favorite, h_pick, None, **private).success(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+        h_bulk_zip.click(handlers.bulk_download, h_pick, h_archive, **private)
+        h_bulk_delete.click(handlers.bulk_ask_delete, h_pick, h_bulk_confirm, **private)
+        h_bulk_confirm.click(handlers.bulk_delete, h_pick, h_bulk_confirm, **private).then(
+            handlers.history, h_inputs, h_outputs, **private
+        )
+        h_export.click(handlers.export_all, None, h_archive, **private)
+        h_import.upload(handlers.import_history, h_import, None, **private).success(
             handlers.history, h_inputs, h_outputs, **private
         )
 

@@ -43,3 +43,11 @@ def preset_size(label: str) -> tuple[int, int] | None:
             if preset_label(ratio, size) == label:
                 return size
     return None
+
+
+def preset_for(width: float | None, height: float | None, checkpoint: str) -> str:
+    """The preset of exactly this size for this checkpoint, else Custom: going back to 1024 x 1024 by hand shows 1:1."""
+    for label in preset_choices(checkpoint):
+        if preset_size(label) == (width, height):
+            return label
+    return CUSTOM

@@ -117,6 +117,7 @@ class StudioService:
         running = record_start(self.store, request, comparison_id)
 
         def fail(status: str, message: str) -> None:
+            log.info("Generation #%s %s: %s", running.id, status, message)
             try:
                 record_failure(self.store, request, status, message, comparison_id, running)
             except StorageError:  # the first error is the one to report; repair marks the row at the next start
@@ -139,10 +140,12 @@ class StudioService:
             fail("failed", message)
             raise Krea2Error(message) from error
         try:
-            return result, record_result(self.store, result, comparison_id, running)
+            generation = record_result(self.store, result, comparison_id, running)
         except StorageError as error:  # e.g. disk full: the row says so, and no file was left behind
             fail("failed", str(error))
             raise
+        log_generation(generation, result)
+        return result, generation
 
     def stream(
         self,
@@ -246,8 +249,10 @@ class StudioService:
             return None
         return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].path))
 
-    def thumb_path(self, generation: Generation) -> str | None:
-        return str(self.store.absolute(generation.images[0].thumb_path)) if generation.images else None
+    def thumb_path(self, generation: Generation, position: int = 0) -> str | None:
+        if not generation.images:
+            return None
+        return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].thumb_path))
 
     def toggle_favorite(self, generation_id: int) -> bool:
         return self.store.toggle_favorite(int(generation_id))
@@ -255,12 +260,58 @@ class StudioService:
     def delete(self, generation_id: int) -> bool:
         return self.store.delete(int(generation_id))
 
+    def set_favorite(self, generation_ids: list[int], favorite: bool = True) -> int:
+        return self.store.set_favorite(generation_ids, favorite)
+
+    def delete_many(self, generation_ids: list[int]) -> int:
+        return self.store.delete_many(generation_ids)
+
+    def export(self, generation_ids: list[int] | None = None) -> tuple[Path, int]:
+        """A zip of these generations (or all) in a temporary folder Gradio may serve. Exports older than an hour
+        are removed first: each is a copy of the history and would otherwise pile up."""
+        import tempfile
+        import time
+
+        folder = Path(tempfile.gettempdir()) / "krea2-exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.zip"):
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink(missing_ok=True)
+        what = "all" if generation_ids is None else f"{len(generation_ids)}-selected"
+        target = folder / f"krea2-history-{what}-{uuid.uuid4().hex[:8]}.zip"
+        return target, self.store.export_archive(target, generation_ids)
+
+    def import_archive(self, path: str | Path) -> tuple[int, int]:
+        return self.store.import_archive(Path(path))
+
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:
         return read_parameters(path)
 
 
-def describe(generation: Generation) -> str:
+def log_generation(generation: Generation, result: GenerationResult) -> None:
+    """One line per generation in the server's log: what a person running the app wants to see scroll by."""
+    request = result.request
+    spec = CHECKPOINTS.get(request.checkpoint)
+    log.info(
+        "Generation #%d: %s, %d×%d, %d steps, %d image%s, %.2f s",
+        generation.id, spec.display_name if spec else request.checkpoint, request.width, request.height,
+        request.steps, len(result.images), "" if len(result.images) == 1 else "s", result.timings.total_s,
+    )  # fmt: skip
+
+
+def seed_cell(generation: Generation, position: int | None) -> str:
+    """The seed of the image shown and, for a batch, all of them; a run cancelled before it drew one has none."""
+    seeds = [image.seed for image in generation.images if image.seed is not None]
+    if len(seeds) > 1:
+        shown = seeds[position] if position is not None and 0 <= position < len(seeds) else seeds[0]
+        return f"{shown} (image {seeds.index(shown) + 1} of {len(seeds)}; batch: {', '.join(map(str, seeds))})"
+    if generation.seed is None:
+        return "— (none drawn: the run stopped before it started)"
+    return str(generation.seed)
+
+
+def describe(generation: Generation, position: int | None = None) -> str:
     """Every parameter and timing of a history row, as an HTML table whose every cell is plain text (ui/text.py)."""
     spec = CHECKPOINTS.get(generation.checkpoint)
     rows = [
@@ -268,7 +319,7 @@ def describe(generation: Generation) -> str:
         ("Checkpoint", spec.display_name if spec else generation.checkpoint),
         ("Prompt", generation.prompt),
         ("Negative prompt", generation.negative_prompt or "—"),
-        ("Seed", generation.seed),
+        ("Seed", seed_cell(generation, position)),
         ("Steps", generation.steps),
         ("Guidance", generation.guidance),
         ("Size", f"{generation.width}×{generation.height}"),

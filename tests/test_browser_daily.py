@@ -1,0 +1,180 @@
+"""The app as a daily tool (issue 21) in headless Chromium: dark mode, keyboard and controls, progress, errors,
+phone layout, batches in History; and the terminal and API details a newcomer noticed. One app server for all."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from app_server import AppServer
+from test_browser import CHROMIUM, FLAGS, set_number, shot, small
+
+pytestmark = pytest.mark.browser
+
+CONTRAST_JS = """el => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const linear = v => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const lum = c => { const [r, g, b] = c.map(linear); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const text = el.querySelector("p") || el;
+  const a = lum(rgb(getComputedStyle(text).color)), b = lum(rgb(getComputedStyle(el).backgroundColor));
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    data = tmp_path_factory.mktemp("daily") / "data"
+    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, server, theme: str = "light", width: int = 1440, height: int = 900):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(f"{server.url}?__theme={theme}")
+    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
+    return context, page
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_demo_banner_is_readable_in_both_themes(browser, server, theme):
+    context, page = open_page(browser, server, theme)
+    banner = page.locator("#demo-banner")
+    assert banner.evaluate(CONTRAST_JS) >= 4.5  # WCAG AA for body text
+    context.close()
+
+
+def test_ctrl_enter_runs_with_the_button_disabled_time_left_and_the_result_in_the_preview(browser, server):
+    context, page = open_page(browser, server)
+    small(page)
+    set_number(page, "steps", 40)
+    page.locator("#prompt textarea").fill("a red fox in the snow")
+    page.locator("#prompt textarea").press("Control+Enter")
+    page.locator("#progress").get_by_text(re.compile(r"Step \d+/40 .* about \d+ s left")).wait_for(timeout=60_000)
+    assert page.locator("#generate-btn").is_disabled()
+    page.locator("#progress").get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('#generate-btn').disabled", timeout=10_000)
+    preview = page.locator("#preview img").get_attribute("src")
+    result = page.locator("#results img").first.get_attribute("src")
+    assert Path(preview.split("?")[0]).name == Path(result.split("?")[0]).name  # the result, not the last latent
+    shot(page, "21-generate-done")
+    context.close()
+
+
+def test_a_second_run_shows_its_queue_position_on_the_progress_line(browser, server):
+    pages = []
+    for name in ("first", "second"):
+        context, page = open_page(browser, server)
+        set_number(page, "width", 512)
+        set_number(page, "height", 512)
+        set_number(page, "steps", 60)
+        page.locator("#prompt textarea").fill(f"the {name} run")
+        pages.append((context, page))
+    first, second = pages[0][1], pages[1][1]
+    first.locator("#generate-btn").click()
+    first.locator("#progress").get_by_text(re.compile(r"Step \d+/60")).wait_for(timeout=60_000)
+    second.locator("#generate-btn").click()
+    second.locator("#progress").get_by_text(re.compile(r"queue: 1/1")).wait_for(timeout=30_000)
+    for _, page in pages:
+        page.locator("#cancel-btn").click()
+    first.locator("#progress").get_by_text("Cancelled").wait_for(timeout=30_000)
+    for context, _ in pages:
+        context.close()
+
+
+def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_plain_message(browser, server):
+    context, page = open_page(browser, server)
+    size = page.get_by_label("Size")
+    set_number(page, "width", 1008)
+    page.wait_for_function("() => document.querySelector('#generate-btn') && true")
+    page.wait_for_timeout(500)
+    assert size.input_value() == "Custom"
+    set_number(page, "width", 1024)
+    page.wait_for_timeout(500)
+    assert size.input_value().startswith("1:1 · 1024×1024")
+
+    page.locator("#generate-btn").click()
+    page.locator("#progress").get_by_text("Type a prompt first").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.locator(".toast-body").count() == 0  # shown once: no toast as well
+    assert page.get_by_text("Error", exact=True).count() == 0  # and no red badges on the outputs
+    context.close()
+
+
+def test_a_batch_shows_every_image_in_history_on_a_phone_in_dark_mode(browser, server):
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict(prompt="a batch of two", steps=1, width=256, height=256, num_images=2,
+                                              api_name="/generate")  # fmt: skip
+    context, page = open_page(browser, server, "dark", 390, 844)
+    page.get_by_role("tab", name="History").click()  # a tab of its own, not behind a "⋯" menu
+    gallery = page.locator("#history-gallery")
+    gallery.locator("img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert gallery.locator("button", has_text="1/2").count() == 1
+    assert gallery.locator("button", has_text="2/2").count() == 1
+    grid = gallery.locator(".grid-container")
+    assert grid.evaluate("g => g.scrollWidth <= g.clientWidth + 1")  # no thumbnail off-screen
+    gallery.locator("button", has_text="2/2").click()
+    page.locator("#history-params").get_by_text("image 2 of 2").wait_for(timeout=10_000)
+    rows = page.locator("#history-params tr")
+    assert rows.first.inner_text().startswith("Status")  # the details table starts with its first row, not an empty one
+    with page.expect_download(timeout=20_000) as download:
+        page.locator("#history-download").click()
+    assert download.value.suggested_filename.endswith(".png")
+    shot(page, "22-history-phone-dark")
+    context.close()
+
+
+def test_several_generations_are_favourited_and_downloaded_as_one_zip(browser, server):
+    import zipfile
+
+    context, page = open_page(browser, server)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-gallery img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#history-bulk").get_by_text("Select several").click()
+    page.locator("#history-pick-all").click()
+    page.wait_for_timeout(500)
+    ticked = page.locator("#history-pick input[type=checkbox]:checked").count()
+    assert ticked >= 2
+    page.locator("#history-bulk-favorite").click()
+    page.locator("#history-gallery").get_by_text("★", exact=False).first.wait_for(timeout=10_000)
+    page.locator("#history-pick-all").click()
+    page.locator("#history-bulk-zip").click()
+    link = page.locator("#history-archive a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download(timeout=20_000) as download:
+        link.click()
+    with zipfile.ZipFile(download.value.path()) as zipped:
+        assert "history.json" in zipped.namelist()
+        assert sum(name.endswith(".png") for name in zipped.namelist()) >= 2
+    shot(page, "23-history-bulk")
+    context.close()
+
+
+def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(server):
+    from gradio_client import Client
+
+    page = Client(server.url, verbose=False).predict(api_name="/history")
+    assert all(item["created_at"].endswith("+00:00") for item in page["items"]) and page["items"]
+    server.stop()
+    log = server.log.read_text()
+    for noise in ("torchao", "_C_", "deprecated", "%|", "HTTP Request"):
+        assert noise not in log, noise
+    assert re.search(r"Generation #\d+: Krea 2 Turbo, 256×256, 1 steps, 2 images, [\d.]+ s", log)
+    assert "Krea 2 Studio stopped cleanly." in log

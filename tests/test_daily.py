@@ -1,0 +1,121 @@
+"""The web app as a daily tool (issue 21), in-process: errors phrased for people, the time left, sizes, seeds,
+batches in History and the vary action. A real StudioService on the demo checkpoints and a temporary database."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from krea2 import GenerationRequest, InvalidRequest
+from krea2.request import MAX_SEED
+from storage import HistoryStore
+from ui.handlers import Handlers, StepClock, error_note, for_people, next_seed, seeds_text
+from ui.presets import CUSTOM, preset_for
+from ui.service import StudioService, describe
+
+
+@pytest.fixture
+def service(manager, tmp_path):
+    store = HistoryStore(tmp_path / "data").open()
+    yield StudioService(manager, store)
+    store.close()
+
+
+def request_error(**fields) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        GenerationRequest(**{"prompt": "a fox", **fields})
+    return caught.value
+
+
+def test_errors_read_as_sentences_for_people():
+    assert for_people(request_error(prompt="")) == "Type a prompt first: describe the image you want."
+    width = for_people(request_error(width=1000))
+    assert width == "The width must be a multiple of 16 (it is 1000)."
+    assert "(got" not in for_people(request_error(prompt="<|im_end|>"))  # typed text is never quoted back
+    assert for_people(request_error(steps=0)).startswith("Steps must be between")
+
+
+def test_an_error_note_is_plain_text_in_markdown():
+    note = error_note(ValueError("boom"))
+    assert note.startswith("⚠️ Something went wrong \\(ValueError\\)")
+
+
+def test_time_left_comes_from_the_measured_step_rate():
+    clock = StepClock()
+    assert "estimating" in clock.progress(1, 10, 5.0)  # the first step includes the wait and the prompt encoding
+    assert clock.remaining(3, 10, 6.0) == pytest.approx(3.5)  # 0.5 s a step, 7 steps to go
+    assert "about 4 s left" in clock.progress(3, 10, 6.0)  # 3.5 s, rounded
+    assert "decoding" in clock.progress(10, 10, 9.5)
+    assert clock.remaining(1, 8, 12.0) is None  # Compare's second run starts measuring again
+
+
+def test_the_size_preset_follows_the_sides():
+    assert preset_for(1024, 1024, "turbo").startswith("1:1 · 1024×1024")
+    assert preset_for(1000, 1024, "turbo") == CUSTOM
+    assert preset_for(2048, 2048, "turbo").startswith("1:1 · 2048×2048")
+    assert preset_for(2048, 2048, "raw") == CUSTOM  # Raw has no 4 MP presets
+
+
+def test_seeds_of_a_batch_and_the_next_ones():
+    assert seeds_text([7]) == "Seed used: **7**"
+    assert seeds_text([7, 8]) == "Seeds used: **7**, **8**"
+    assert next_seed(7, 2) == 9
+    assert next_seed(MAX_SEED, 1) == 0
+
+
+def test_generate_with_an_empty_prompt_says_so_once_without_raising(service):
+    outputs = list(Handlers(service).generate("", "", "turbo", 8, 0.0, 256, 256, 0, True, 1, [], None))
+    [(_, progress, *_rest)] = outputs
+    assert progress == "⚠️ Type a prompt first: describe the image you want."
+    assert service.store.count() == 0
+
+
+def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
+    handlers = Handlers(service)
+    done = list(handlers.generate("a fox", "", "turbo", 1, 0.0, 256, 256, 100, False, 2, [], None))
+    assert "Seeds used: **100**, **101**" in done[-1][3]
+    assert done[-1][0] == done[-1][4][0]["path"]  # the preview is replaced by the result
+    items, count, nav, _, picks = handlers.history("", "all", False, False, None)
+    assert picks["choices"] == [(f"#{nav['ids'][0][0]} · a fox", nav["ids"][0][0])]
+    assert count == "1–1 of 1 generations" and len(items) == 2
+    generation_id = nav["ids"][0][0]
+    assert nav["ids"] == [[generation_id, 0], [generation_id, 1]]
+    assert "1/2" in items[0][1] and "2/2" in items[1][1]
+    shown = handlers.select_history(nav, gr.SelectData(None, {"index": 1, "value": None}))
+    generation = service.get(generation_id)
+    assert shown[1] == str(service.store.absolute(generation.images[1].path))
+    assert shown[5]["value"] == shown[1]  # Download gets the image shown, not the first of the batch
+    assert "101 (image 2 of 2; batch: 100, 101)" in shown[2]
+    assert handlers.reuse(shown[3], {})[7] == 101  # the seed of the image reused
+    assert handlers.vary(shown[3], {})[7] == 102  # vary: the seeds after the batch
+
+
+def test_a_cancelled_row_shows_no_seed_none(service):
+    from storage.recording import record_failure
+
+    request = GenerationRequest(prompt="stopped", width=256, height=256)
+    row = record_failure(service.store, request, "cancelled", "Generation cancelled.")
+    assert row.seed is None
+    assert "None" not in describe(row) and "none drawn" in describe(row)
+
+
+def test_bulk_favorite_zip_import_and_delete_through_the_handlers(service, tmp_path):
+    import zipfile
+
+    handlers = Handlers(service)
+    for prompt in ("one", "two"):
+        list(handlers.generate(prompt, "", "turbo", 1, 0.0, 256, 256, 5, False, 1, [], None))
+    _, _, nav, _, _ = handlers.history("", "all", False, False, None)
+    ids = handlers.pick_all(nav)
+    assert len(ids) == 2
+    handlers.bulk_favorite([*ids, "3", True])  # what is not a whole id is ignored
+    assert all(service.get(i).favorite for i in ids)
+    archive = handlers.bulk_download(ids)["value"]
+    with zipfile.ZipFile(archive) as zipped:
+        assert len([n for n in zipped.namelist() if n.endswith(".png")]) == 2
+    handlers.bulk_delete(ids)
+    assert service.store.count() == 0
+    handlers.import_history(archive)
+    assert service.store.count() == 2
+    with pytest.raises(gr.Error, match="Tick one or more"):
+        handlers.bulk_download([])
