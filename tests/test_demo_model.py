@@ -115,3 +115,16 @@ def test_live_preview_looks_like_the_picture(manager):
     assert np.array_equal(previews[-1], fitted)  # what the user saw
     fitted_error, qwen_error = (np.abs(p.astype(np.float32) - small).mean() for p in (fitted, qwen))
     assert fitted_error < 30 and qwen_error > 1.5 * fitted_error, (fitted_error, qwen_error)
+
+
+def test_the_demo_banner_names_what_the_demo_model_knows():
+    from demo.scenes import KINDS, TEXTURES
+    from ui.layout import DEMO_BANNER, DEMO_EXAMPLES
+
+    for word in [*COLOURS, *KINDS, *TEXTURES]:
+        assert word in DEMO_BANNER, word
+    prompts = held_out_prompts()
+    for example in DEMO_EXAMPLES:  # every example is a caption training could have drawn, not a held-out one
+        assert example not in prompts
+        words = set(example.split())
+        assert words & set(COLOURS) and words & (set(KINDS) | {k + "s" for k in KINDS}), example

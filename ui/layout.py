@@ -13,11 +13,22 @@ from .presets import PRESETS_1MP, preset_choices, preset_label
 from .robust import StudioBlocks
 from .service import StudioService
 
+# What the demo model knows is demo/scenes.py's vocabulary (tests/test_demo_model.py keeps the two in step).
 DEMO_BANNER = (
     "### ⚠️ Demo checkpoints in use\n"
-    "No CUDA GPU or no weights were found (or `--demo` was given): images come from a tiny, randomly initialised "
-    "Krea 2 built offline. They show that the app works end to end, not what Krea 2 can draw."
+    "No CUDA GPU or no weights were found (or `--demo` was given): images come from a miniature Krea 2 that this "
+    "project trained on pictures of shapes, not from Krea 2 itself. It knows circles, squares, triangles, stars, "
+    "diamonds and crosses in red, orange, yellow, green, blue, purple, pink, brown, white and black, on plain, "
+    'striped, checkered or dotted backgrounds, with places ("in the top left corner"), counts ("two", '
+    '"three") and relations ("to the left of", "above"); it draws best at 256 to 512 px. This first training '
+    "round paints the background you ask for; the shapes are still rough blobs."
 )
+DEMO_EXAMPLES = [
+    "a red circle on a blue background",
+    "a yellow star in the top left corner on a black background",
+    "two green squares on a striped white background",
+    "a purple triangle to the left of an orange circle on a white background",
+]
 # Every custom colour has a light and a dark value: Gradio puts `.dark` on the page when the browser prefers dark (or
 # ?__theme=dark), and Markdown text takes the theme's colour unless told otherwise (near-white on pale yellow). One
 # selector per rule: Gradio scopes custom CSS, and a `.dark` rule with a selector list lost to the light one.
@@ -77,6 +88,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                     with gr.Column(scale=2):
                         prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="prompt",
                                             placeholder="Describe the image… (Enter to generate)")  # fmt: skip
+                        with gr.Column(visible=service.demo, elem_id="demo-examples"):
+                            gr.Examples(DEMO_EXAMPLES, inputs=prompt, label="Prompts the demo model knows")
                         negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
                         checkpoint = gr.Radio(CHECKPOINT_CHOICES, value="turbo", label="Checkpoint", elem_id="ckpt")
                         checkpoint_info = gr.Markdown(TURBO.description)
