@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,7 +18,7 @@ from typing import Any
 from PIL import Image as PILImage
 
 from .errors import StorageError
-from .files import _fsync_dir
+from .files import atomic_file
 from .models import Generation
 
 FORMAT = "krea2-studio-history/1"
@@ -49,10 +47,9 @@ def _row(generation: Generation) -> dict[str, Any]:
 def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str], Path]) -> None:
     """The zip is written to a temporary file beside `target` and renamed: a reader never sees half an archive."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+        # The zip is closed (its central directory written) inside the block, before atomic_file fsyncs and renames.
+        with atomic_file(target, suffix=".zip") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
             records, table = [], io.StringIO()
             writer = csv.DictWriter(table, [*EXPORTED, "images"])
             writer.writeheader()
@@ -70,16 +67,8 @@ def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str]
                 writer.writerow({**record, "images": " ".join(f["file"] for f in files)})
             archive.writestr("history.json", json.dumps({"format": FORMAT, "generations": records}, indent=1))
             archive.writestr("history.csv", table.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        tmp = None
-        _fsync_dir(target.parent)
     except OSError as error:
         raise StorageError(f"Could not write the export {target.name}: {error.strerror or error}.") from error
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _checked(record: Any, index: int) -> dict[str, Any]:

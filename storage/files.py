@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image as PILImage
 
@@ -33,27 +37,33 @@ def explain_os_error(error: OSError, path: Path) -> StorageError:
     return StorageError(f"Could not write {path.name}: {error.strerror or error}; nothing was saved.")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """After this returns the file is complete under its final name; if it raises, no file is left at all."""
-    tmp_name: str | None = None
+@contextmanager
+def atomic_file(path: Path, suffix: str = "") -> Iterator[BinaryIO]:
+    """A file to write `path` through: after the block it is complete under its final name (fsynced, renamed, folder
+    fsynced); if the block or the write raises, no file is left at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         tmp_name = None
         _fsync_dir(path.parent)
-    except OSError as error:
-        raise explain_os_error(error, path) from error
     finally:
         if tmp_name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-            except OSError:
-                pass
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """After this returns the file is complete under its final name; if it raises, no file is left at all."""
+    try:
+        with atomic_file(path) as handle:
+            handle.write(data)
+    except OSError as error:
+        raise explain_os_error(error, path) from error
 
 
 def encode_png(image: PILImage.Image, pnginfo) -> bytes:

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from app_server import AppServer
-from test_browser import CHROMIUM, FLAGS, set_number, shot, small
+from app_server import CHROMIUM, AppServer
+from test_browser import set_number, shot, small
 
 pytestmark = pytest.mark.browser
 
@@ -30,16 +30,6 @@ def server(tmp_path_factory, demo_sources):
     app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
     yield app
     app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, server, theme: str = "light", width: int = 1440, height: int = 900):

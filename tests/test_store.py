@@ -124,9 +124,9 @@ def test_disk_full_is_a_clear_error(tmp_path):
 
     real_mkstemp = files.tempfile.mkstemp
 
-    def mkstemp_on_full(prefix, dir):
+    def mkstemp_on_full(prefix, dir, suffix=""):
         fd = os.open("/dev/full", os.O_WRONLY)
-        return fd, str(Path(real_mkstemp(prefix=prefix, dir=dir)[1]))
+        return fd, str(Path(real_mkstemp(prefix=prefix, suffix=suffix, dir=dir)[1]))
 
     files.tempfile.mkstemp = mkstemp_on_full
     try:
