@@ -88,8 +88,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
                     with gr.Column(scale=2):
                         prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="prompt",
                                             placeholder="Describe the image… (Enter to generate)")  # fmt: skip
+                        # Buttons that take no input (gr.Examples' own event accepts whatever a client sends).
                         with gr.Column(visible=service.demo, elem_id="demo-examples"):
-                            gr.Examples(DEMO_EXAMPLES, inputs=prompt, label="Prompts the demo model knows")
+                            gr.Markdown("Prompts the demo model knows:")
+                            for example in DEMO_EXAMPLES:
+                                gr.Button(example, size="sm").click(
+                                    lambda text=example: text, outputs=prompt, queue=False, **private
+                                )
                         negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
                         checkpoint = gr.Radio(CHECKPOINT_CHOICES, value="turbo", label="Checkpoint", elem_id="ckpt")
                         checkpoint_info = gr.Markdown(TURBO.description)
