@@ -157,7 +157,19 @@ def test_several_generations_are_favourited_and_downloaded_as_one_zip(browser, s
     context.close()
 
 
+def test_a_demo_example_prompt_fills_the_prompt_box(browser, server):
+    from ui.layout import DEMO_EXAMPLES
+
+    context, page = open_page(browser, server)
+    page.get_by_role("button", name=DEMO_EXAMPLES[1]).click()
+    page.wait_for_function(
+        "(text) => document.querySelector('#prompt textarea').value === text", arg=DEMO_EXAMPLES[1], timeout=10_000
+    )
+    context.close()
+
+
 def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(server):
+    """Stops the module's shared server to read its shutdown line: it must stay the module's last test."""
     from gradio_client import Client
 
     page = Client(server.url, verbose=False).predict(api_name="/history")
@@ -168,14 +180,3 @@ def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generatio
         assert noise not in log, noise
     assert re.search(r"Generation #\d+: Krea 2 Turbo, 256×256, 1 steps, 2 images, [\d.]+ s", log)
     assert "Krea 2 Studio stopped cleanly." in log
-
-
-def test_a_demo_example_prompt_fills_the_prompt_box(browser, server):
-    from ui.layout import DEMO_EXAMPLES
-
-    context, page = open_page(browser, server)
-    page.get_by_role("button", name=DEMO_EXAMPLES[1]).click()
-    page.wait_for_function(
-        "(text) => document.querySelector('#prompt textarea').value === text", arg=DEMO_EXAMPLES[1], timeout=10_000
-    )
-    context.close()
