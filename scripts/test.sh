@@ -19,7 +19,7 @@ trap 'cleanup' EXIT
 if pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) && [ -n "$pg_bin" ]; then
   pg_dir=$(mktemp -d /tmp/krea2-pg.XXXXXX)
   chmod 755 "$pg_dir"
-  port=54329
+  port=${KREA2_TEST_PG_PORT:-54329}  # another port lets two checkouts test side by side
   as_pg=()
   if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; as_pg=(runuser -u postgres --); fi
   "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U krea2 --auth=trust >/dev/null
