@@ -27,13 +27,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 from safetensors.torch import load_file, save_file
 
 from demo.scenes import (
@@ -60,6 +61,7 @@ from krea2.demo import (
 )
 from krea2.loading import derive_prompt_template_lengths
 from krea2.preview import LATENT_RGB_FILE
+from krea2.vae_decode import SingleFrameCausalConv3d
 
 log = logging.getLogger("demo.train")
 
@@ -73,16 +75,17 @@ TURBO_MU = 1.15  # Krea2Pipeline's fixed shift for distilled checkpoints
 @dataclass
 class Budget:
     vae_steps: int = 3000
-    vae_batch: int = 32
+    vae_batch: int = 64
     raw_steps: int = 9000
-    raw_batch: int = 192  # at 256²; a 512² batch holds a quarter as many pictures (the same number of tokens)
+    raw_batch: int = 1024  # at 256²; a 512² batch holds a quarter as many pictures (the same number of tokens)
     raw_pool: dict[int, int] | None = None  # pictures drawn per size for the latent pool
     raw_round: int = 0  # 0: from scratch; 1, 2...: continue from the previous round's weights
-    raw_lr: float = 4e-4
+    raw_lr: float = 1e-3
     turbo_trajectories: int = 12288
     turbo_steps: int = 3000
-    turbo_batch: int = 192
+    turbo_batch: int = 1024
     minutes: dict[str, float] | None = None  # per-stage time caps
+    compile: bool = False  # the transformer blocks through torch.compile (on a GPU)
     stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
 
 
@@ -125,12 +128,68 @@ class Ema:
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
+        self.targets = list(self.model.parameters())
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema, live in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema.lerp_(live.detach(), 1 - decay)
+        torch._foreach_lerp_(self.targets, [p.detach() for p in model.parameters()], 1 - decay)  # one launch, not 100
+
+
+class LossLog:
+    """Training losses kept on the device and read every `every` steps: reading one each step would make the CPU wait
+    for the GPU, and the next step's Python work (tokenising, sampling) could no longer overlap the current one."""
+
+    def __init__(self, stage: str, every: int = 250) -> None:
+        self.stage, self.every, self.pending, self.values = stage, every, [], []
+
+    def add(self, step: int, loss: torch.Tensor, seconds: float) -> None:
+        self.pending.append(loss.detach())
+        if len(self.pending) == self.every:
+            self.values += torch.stack(self.pending).float().tolist()
+            self.pending = []
+            log.info("%s step %d loss %.4f (%.0f s)", self.stage, step, np.mean(self.values[-self.every :]), seconds)
+
+    def final(self, last: int) -> float:
+        if self.pending:
+            self.values += torch.stack(self.pending).float().tolist()
+        return float(np.mean(self.values[-last:]))
+
+
+def single_frame_convs(vae: torch.nn.Module) -> torch.nn.Module:
+    """Every causal 3D convolution of the VAE (encoder and decoder) as the 2D convolution it is on one picture: the
+    same weights, outputs and gradients, at a third of the stock path's work (which multiplies two of its three time
+    slices by zero padding). Training and pool encoding only; the state dict is unchanged."""
+    for module in vae.modules():
+        if type(module) is QwenImageCausalConv3d:
+            module.__class__ = SingleFrameCausalConv3d
+    return vae
+
+
+class CompiledBlocks:
+    """The transformer's repeated blocks through `torch.compile` (diffusers' `compile_repeated_blocks`: one block
+    compiled, reused by all), undone if compiling or running a compiled block ever fails, so that a compiler problem
+    costs the run its speed-up, never its result."""
+
+    def __init__(self, model: torch.nn.Module, enabled: bool) -> None:
+        self.model, self.enabled = model, enabled
+        if enabled:
+            # Each (shape, grad mode) is its own graph: Raw, the teacher and the student use up to six.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+            model.compile_repeated_blocks(fullgraph=True, dynamic=False)
+
+    def run(self, step: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+        if not self.enabled:
+            return step(*args)
+        try:
+            return step(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: fall back to eager and say so
+            log.warning("torch.compile failed (%s: %s); training on eagerly", type(error).__name__, error)
+            for module in self.model.modules():
+                if getattr(module, "_compiled_call_impl", None) is not None:
+                    module._compiled_call_impl = None
+            self.enabled = False
+            return step(*args)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
@@ -170,24 +229,23 @@ class Stopwatch:
                     self.total = max(fits, self.CALIBRATE_AT)
 
 
-def scene_batch(rng: random.Random, count: int, exclude, size: int, device, seed: int, dropout: float = 0.0):
-    scenes = [sample_scene(rng, exclude) for _ in range(count)]
-    pixels = render(scenes, size, device, seed=seed) * 2 - 1
-    captions = ["" if rng.random() < dropout else s.caption for s in scenes]
-    return pixels, captions
+def scene_pixels(rng: random.Random, count: int, size: int, device, seed: int) -> torch.Tensor:
+    """Random scenes (any pairing: the VAE never sees captions) as pixels in [-1, 1]."""
+    return render([sample_scene(rng) for _ in range(count)], size, device, seed=seed) * 2 - 1
 
 
 # ----------------------------------------------------------------------------------------------- stage 1: VAE
 def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     torch.manual_seed(10)
     rng = random.Random(10)
-    vae = build_vae().to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0, betas=(0.9, 0.99))
-    watch, losses = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps), []
+    vae = single_frame_convs(build_vae()).to(device).train()
+    peak = 8e-4
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
+    watch, losses = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps), LossLog("vae")
     for step in watch.steps():
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, watch.total, 5e-4, warmup=100)
-        pixels, _ = scene_batch(rng, budget.vae_batch, None, 256, device, seed=step)
+            group["lr"] = lr_at(step, watch.total, peak, warmup=100)
+        pixels = scene_pixels(rng, budget.vae_batch, 256, device, seed=step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             posterior = vae.encode(pixels[:, :, None]).latent_dist
             recon = vae.decode(posterior.sample()).sample[:, :, 0]
@@ -198,15 +256,37 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss.item())
-        if step % 250 == 0:
-            log.info("vae step %d loss %.4f (%.0f s)", step, np.mean(losses[-50:]), watch.seconds)
+        losses.add(step, loss, watch.seconds)
     vae.eval()
     stats = latent_statistics(vae, device, budget.stat_pictures)
     vae.register_to_config(latents_mean=stats["mean"], latents_std=stats["std"])
     save_file(vae.state_dict(), work / "vae.safetensors")
     (work / "vae.json").write_text(json.dumps(stats))
-    return {"steps": watch.total, "seconds": round(watch.seconds, 1), "final_loss": float(np.mean(losses[-100:]))}
+    return {
+        "steps": watch.total,
+        "batch": budget.vae_batch,
+        "seconds": round(watch.seconds, 1),
+        "final_loss": losses.final(100),
+        "round_trip_accuracy": round_trip_accuracy(vae, device),
+    }
+
+
+@torch.no_grad()
+def round_trip_accuracy(vae, device: torch.device, pictures: int = 256) -> float:
+    """The scorer's accuracy on held-out ground-truth pictures after a VAE encode/decode: the ceiling of what any
+    transformer can score through this VAE."""
+    from demo.scenes import held_out, scene_for
+    from demo.score import judge, read_all
+
+    compositions = held_out()[:pictures]
+    rng = random.Random(12)
+    pixels = render([scene_for(c, rng) for c in compositions], 256, device, seed=12) * 2 - 1
+    decoded = []
+    for chunk in pixels.split(64):
+        z = vae.encode(chunk[:, :, None]).latent_dist.mode()
+        decoded.append(((vae.decode(z).sample[:, :, 0].float().clamp(-1, 1) + 1) / 2).cpu())
+    verdicts = [judge(r, c)["correct"] for r, c in zip(read_all(list(torch.cat(decoded))), compositions, strict=True)]
+    return round(sum(verdicts) / len(verdicts), 4)
 
 
 @torch.no_grad()
@@ -216,7 +296,7 @@ def latent_statistics(vae, device: torch.device, pictures: int = 1024) -> dict:
     rng = random.Random(11)
     latents, colours = [], []
     for chunk in range(pictures // 64):
-        pixels, _ = scene_batch(rng, 64, None, 256, device, seed=10_000 + chunk)
+        pixels = scene_pixels(rng, 64, 256, device, seed=10_000 + chunk)
         z = vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
         latents.append(z)
         colours.append(F.avg_pool2d(pixels, 8))
@@ -239,7 +319,7 @@ def load_vae(work: Path, device: torch.device):
     stats = json.loads((work / "vae.json").read_text())
     vae.register_to_config(latents_mean=stats["mean"], latents_std=stats["std"])
     vae.load_state_dict(load_file(work / "vae.safetensors"))
-    return vae.to(device).eval().requires_grad_(False), stats
+    return single_frame_convs(vae).to(device).eval().requires_grad_(False), stats
 
 
 class LatentPool:
@@ -297,11 +377,33 @@ def make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled: bool)
     return pipe
 
 
-def resolution(rng: random.Random, base_batch: int) -> tuple[int, int]:
-    return (512, max(1, base_batch // 4)) if rng.random() < 0.25 else (256, base_batch)
+def resolution(rng: random.Random, step: int, base_batch: int) -> tuple[int, int]:
+    """(size, batch) for a step: a fifth of the steps at 512² (a quarter of the pictures: the same tokens). The first
+    two steps take one of each, so both shapes are compiled and warm before the Stopwatch measures the step rate."""
+    large = step == 1 or (step > 1 and rng.random() < 0.2)
+    return (512, max(1, base_batch // 4)) if large else (256, base_batch)
 
 
-def train_raw(work: Path, budget: Budget, device: torch.device) -> dict:
+def flow_matching_loss(pipe, transformer, x0, noise, sigma, captions: list[str], size: int) -> torch.Tensor:
+    """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`."""
+    device = x0.device
+    noisy = (1 - sigma) * x0 + sigma * noise
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        embeds, mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, device)
+        velocity = transformer(
+            hidden_states=noisy,
+            encoder_hidden_states=embeds,
+            timestep=sigma.view(-1),
+            position_ids=image_positions(embeds.shape[1], size // 16, device),
+            encoder_attention_mask=mask,
+            return_dict=False,
+        )[0]
+    loss = F.mse_loss(velocity.float(), noise - x0)
+    loss.backward()
+    return loss
+
+
+def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     torch.manual_seed(20 + budget.raw_round)
     rng = random.Random(20 + budget.raw_round)
     exclude = held_out_triples()
@@ -324,38 +426,26 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> dict:
     peak = budget.raw_lr
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
-    ema_t, ema_e = Ema(transformer, 0.9995), Ema(text_encoder, 0.9995)
+    ema_t, ema_e = Ema(transformer, 0.999), Ema(text_encoder, 0.999)
+    blocks = CompiledBlocks(transformer, budget.compile)
     minutes = (budget.minutes or {}).get("raw")
     watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps)
-    losses = []
+    losses = LossLog("raw")
     for step in watch.steps():
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, watch.total, peak)
-        size, count = resolution(rng, budget.raw_batch)
+            group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
+        size, count = resolution(rng, step, budget.raw_batch)
         x0, captions = pool.sample(rng, size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
-        noisy = (1 - sigma) * x0 + sigma * noise
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            embeds, mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, device)
-            velocity = transformer(
-                hidden_states=noisy,
-                encoder_hidden_states=embeds,
-                timestep=sigma.view(-1),
-                position_ids=image_positions(embeds.shape[1], size // 16, device),
-                encoder_attention_mask=mask,
-                return_dict=False,
-            )[0]
-        loss = F.mse_loss(velocity.float(), noise - x0)
+
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = blocks.run(flow_matching_loss, pipe, transformer, x0, noise, sigma, captions, size)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         ema_t.update(transformer, step)
         ema_e.update(text_encoder, step)
-        losses.append(loss.item())
-        if step % 250 == 0:
-            log.info("raw step %d loss %.4f (%.0f s)", step, np.mean(losses[-100:]), watch.seconds)
+        losses.add(step, loss, watch.seconds)
     save_file(ema_t.model.state_dict(), work / "raw_transformer.safetensors")
     save_file(ema_e.model.state_dict(), work / "text_encoder.safetensors")
     rounds = json.loads((work / "report.json").read_text()).get("raw", []) if (work / "report.json").exists() else []
@@ -364,9 +454,12 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> dict:
         "round": budget.raw_round,
         "pool": budget.raw_pool,
         "pool_seconds": round(pool_seconds, 1),
+        "batch": budget.raw_batch,
+        "peak_lr": peak,
+        "compiled": blocks.enabled,
         "steps": watch.total,
         "seconds": round(watch.seconds, 1),
-        "final_loss": float(np.mean(losses[-200:])),
+        "final_loss": losses.final(200),
     }
     return [*rounds[: budget.raw_round], this]
 
@@ -418,6 +511,23 @@ def teacher_trajectories(pipe, teacher, captions: list[str], size: int, device, 
     return torch.stack(states, dim=1).to(torch.bfloat16)
 
 
+def distillation_loss(student, current, target, embeds, mask, sigma, size: int) -> torch.Tensor:
+    """One Turbo training step's loss, backpropagated: the student's velocity against the teacher's step."""
+    device = current.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        velocity = student(
+            hidden_states=current,
+            encoder_hidden_states=embeds,
+            timestep=sigma,
+            position_ids=image_positions(embeds.shape[1], size // 16, device),
+            encoder_attention_mask=mask,
+            return_dict=False,
+        )[0]
+    loss = F.mse_loss(velocity.float(), target)
+    loss.backward()
+    return loss
+
+
 def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     torch.manual_seed(30)
     rng = random.Random(30)
@@ -425,35 +535,38 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     vae, _ = load_vae(work, device)
     tokenizer, text_encoder = load_text_side(work, device)
     teacher = load_transformer(work / "raw_transformer.safetensors", device).eval().requires_grad_(False)
+    student = load_transformer(work / "raw_transformer.safetensors", device).train()  # starts as Raw
     pipe = make_pipeline(vae, text_encoder, tokenizer, teacher, is_distilled=True)
     clock = time.perf_counter()
 
-    # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512².
+    # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512², in chunks of one shape (one compiled graph each).
+    compiled_teacher = CompiledBlocks(teacher, budget.compile)
     sets: dict[int, tuple[list[str], torch.Tensor]] = {}
-    for size, share, chunk in ((256, 0.75, 2048), (512, 0.25, 512)):
+    for size, share, chunk in ((256, 0.75, 1536), (512, 0.25, 384)):
         captions_all, states = [], []
         total = int(budget.turbo_trajectories * share)
         for start in range(0, total, chunk):
             captions = [sample_scene(rng, exclude).caption for _ in range(min(chunk, total - start))]
-            states.append(teacher_trajectories(pipe, teacher, captions, size, device, seed=31 + start + size))
+            seed = 31 + start + size
+            states.append(compiled_teacher.run(teacher_trajectories, pipe, teacher, captions, size, device, seed))
             captions_all += captions
         sets[size] = (captions_all, torch.cat(states))
         log.info("turbo: %d teacher trajectories at %d² (%.0f s)", total, size, time.perf_counter() - clock)
     trajectory_seconds = time.perf_counter() - clock
 
     # 2. The student, from Raw's weights, learns each of Turbo's 8 steps in one step, unguided.
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
-    peak = 1e-4
+    peak = 2e-4
     optimizer = torch.optim.AdamW(student.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
     ema = Ema(student, 0.999)
+    blocks = CompiledBlocks(student, budget.compile)
     sigmas = turbo_sigmas().to(device)
     minutes = (budget.minutes or {}).get("turbo")
     watch = Stopwatch("turbo", minutes and max(minutes - trajectory_seconds / 60, 0.5), budget.turbo_steps)
-    losses = []
+    losses = LossLog("turbo")
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
-        size, count = resolution(rng, budget.turbo_batch)
+        size, count = resolution(rng, step, budget.turbo_batch)
         captions_all, states = sets[size]
         index = torch.randint(len(captions_all), (count,), device=device)
         i = torch.randint(TURBO_STEPS, (count,), device=device)
@@ -461,34 +574,26 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
         following = states[index, i + 1].float()
         high, low = sigmas[i].view(-1, 1, 1), sigmas[i + 1].view(-1, 1, 1)
         target = (following - current) / (low - high)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            with torch.no_grad():
-                chosen = [captions_all[j] for j in index.tolist()]
-                embeds, mask = pipe.get_text_hidden_states(chosen, TEXT_TOKENS, device)
-            velocity = student(
-                hidden_states=current,
-                encoder_hidden_states=embeds,
-                timestep=sigmas[i],
-                position_ids=image_positions(embeds.shape[1], size // 16, device),
-                encoder_attention_mask=mask,
-                return_dict=False,
-            )[0]
-        loss = F.mse_loss(velocity.float(), target)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            chosen = [captions_all[j] for j in index.tolist()]
+            embeds, mask = pipe.get_text_hidden_states(chosen, TEXT_TOKENS, device)
+
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = blocks.run(distillation_loss, student, current, target, embeds, mask, sigmas[i], size)
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         ema.update(student, step)
-        losses.append(loss.item())
-        if step % 250 == 0:
-            log.info("turbo step %d loss %.4f (%.0f s)", step, np.mean(losses[-100:]), watch.seconds)
+        losses.add(step, loss, watch.seconds)
     save_file(ema.model.state_dict(), work / "turbo_transformer.safetensors")
     return {
         "trajectories": budget.turbo_trajectories,
         "trajectory_seconds": round(trajectory_seconds, 1),
+        "batch": budget.turbo_batch,
+        "peak_lr": peak,
+        "compiled": blocks.enabled and compiled_teacher.enabled,
         "steps": watch.total,
         "seconds": round(watch.seconds, 1),
-        "final_loss": float(np.mean(losses[-200:])),
+        "final_loss": losses.final(200),
     }
 
 
@@ -525,8 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", default="", help="time caps per stage, e.g. vae=2,raw=7,turbo=5")
     parser.add_argument("--steps", default="", help="step counts per stage, e.g. raw=9000,turbo=3000")
     parser.add_argument("--batch", default="", help="batch sizes at 256² per stage, e.g. raw=1024,turbo=1024")
-    parser.add_argument("--pool", default="98304,16384", help="Raw's latent pool: pictures at 256² and at 512²")
-    parser.add_argument("--raw-lr", type=float, default=4e-4)
+    parser.add_argument("--pool", default="49152,8192", help="Raw's latent pool: pictures at 256² and at 512²")
+    parser.add_argument("--raw-lr", type=float, default=Budget.raw_lr, help="Raw's peak learning rate")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -541,6 +647,7 @@ def main(argv: list[str] | None = None) -> None:
         raw_pool=dict(zip((256, 512), map(int, args.pool.split(",")), strict=True)),
         raw_round=args.raw_round,
         raw_lr=args.raw_lr,
+        compile=device.type == "cuda" if args.compile is None else args.compile,
     )
     for stage, batch in (p.split("=") for p in args.batch.split(",") if p):
         setattr(budget, f"{stage}_batch", int(batch))
@@ -550,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
+            compile=budget.compile,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
