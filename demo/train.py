@@ -86,6 +86,7 @@ class Budget:
     turbo_batch: int = 1024
     minutes: dict[str, float] | None = None  # per-stage time caps
     compile: bool = False  # the transformer blocks through torch.compile (on a GPU)
+    profile: bool = False  # profile a few steps of each stage, log where the time goes, and end the stage there
     stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
 
 
@@ -206,8 +207,10 @@ class Stopwatch:
 
     WARM, CALIBRATE_AT = 10, 60  # the rate is measured between these steps (the first ones pay for warm-up)
 
-    def __init__(self, stage: str, minutes: float | None, total: int) -> None:
-        self.stage, self.limit, self.total = stage, (minutes or 0) * 60, total
+    PROFILED = range(20, 26)  # with `profile`: the steps torch.profiler records, after which the stage ends
+
+    def __init__(self, stage: str, minutes: float | None, total: int, profile: bool = False) -> None:
+        self.stage, self.limit, self.total, self.profile = stage, (minutes or 0) * 60, total, profile
         self.start = time.perf_counter()
 
     @property
@@ -215,10 +218,26 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
     def steps(self) -> Iterator[int]:
-        step, warm_at = 0, 0.0
+        step, warm_at, profiler = 0, 0.0, None
         while step < self.total:
+            if self.profile and step == self.PROFILED.start:
+                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                profiler = torch.profiler.profile(activities=activities[: 1 + torch.cuda.is_available()])
+                profiler.__enter__()
+                clock = time.perf_counter()
             yield step
             step += 1
+            if profiler is not None and step == self.PROFILED.stop:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                per_step = (time.perf_counter() - clock) / len(self.PROFILED)
+                profiler.__exit__(None, None, None)
+                averages = profiler.key_averages()
+                log.info("%s: %.1f ms per profiled step", self.stage, per_step * 1000)
+                for key in ("self_cuda_time_total", "self_cpu_time_total"):
+                    table = averages.table(sort_by=key, row_limit=25, max_name_column_width=60)
+                    log.info("%s by %s\n%s", self.stage, key, table)
+                self.total = step
             if step == self.WARM:
                 warm_at = self.seconds
             if step == self.CALIBRATE_AT and self.limit:
@@ -241,7 +260,8 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     vae = single_frame_convs(build_vae()).to(device).train()
     peak = 8e-4
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
-    watch, losses = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps), LossLog("vae")
+    watch = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps, budget.profile)
+    losses = LossLog("vae")
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
@@ -429,7 +449,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     ema_t, ema_e = Ema(transformer, 0.999), Ema(text_encoder, 0.999)
     blocks = CompiledBlocks(transformer, budget.compile)
     minutes = (budget.minutes or {}).get("raw")
-    watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps)
+    watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps, budget.profile)
     losses = LossLog("raw")
     for step in watch.steps():
         for group in optimizer.param_groups:
@@ -561,7 +581,9 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     blocks = CompiledBlocks(student, budget.compile)
     sigmas = turbo_sigmas().to(device)
     minutes = (budget.minutes or {}).get("turbo")
-    watch = Stopwatch("turbo", minutes and max(minutes - trajectory_seconds / 60, 0.5), budget.turbo_steps)
+    watch = Stopwatch(
+        "turbo", minutes and max(minutes - trajectory_seconds / 60, 0.5), budget.turbo_steps, budget.profile
+    )
     losses = LossLog("turbo")
     for step in watch.steps():
         for group in optimizer.param_groups:
@@ -634,6 +656,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-lr", type=float, default=Budget.raw_lr, help="Raw's peak learning rate")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
+    parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
+    parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -648,6 +672,8 @@ def main(argv: list[str] | None = None) -> None:
         raw_round=args.raw_round,
         raw_lr=args.raw_lr,
         compile=device.type == "cuda" if args.compile is None else args.compile,
+        turbo_trajectories=args.trajectories,
+        profile=args.profile,
     )
     for stage, batch in (p.split("=") for p in args.batch.split(",") if p):
         setattr(budget, f"{stage}_batch", int(batch))
@@ -657,7 +683,7 @@ def main(argv: list[str] | None = None) -> None:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
-            compile=budget.compile,
+            compile=budget.compile, profile=budget.profile,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
