@@ -157,6 +157,27 @@ class LossLog:
         return float(np.mean(self.values[-last:]))
 
 
+class Compiled:
+    """A training step function through `torch.compile`, run eagerly instead (and from then on) if compiling or running
+    it ever fails: a compiler problem costs the run its speed-up, never its result."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.compiled = enabled, {}
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+
+    def run(self, step: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+        if not self.enabled:
+            return step(*args)
+        try:
+            if step not in self.compiled:
+                self.compiled[step] = torch.compile(step)
+            return self.compiled[step](*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: fall back to eager and say so
+            log.warning("torch.compile failed (%s: %s); training on eagerly", type(error).__name__, error)
+            self.enabled = False
+            return step(*args)
+
+
 def single_frame_convs(vae: torch.nn.Module) -> torch.nn.Module:
     """Every causal 3D convolution of the VAE (encoder and decoder) as the 2D convolution it is on one picture: the
     same weights, outputs and gradients, at a third of the stock path's work (which multiplies two of its three time
@@ -254,6 +275,25 @@ def scene_pixels(rng: random.Random, count: int, size: int, device, seed: int) -
 
 
 # ----------------------------------------------------------------------------------------------- stage 1: VAE
+def edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def vae_loss(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Reconstruction (L1 + MSE, and L1 on the pixel differences, which keeps corners and edges sharp where the plain
+    losses settle for a blur that turns diamonds into circles) and a faint KL; backpropagated."""
+    device = pixels.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        posterior = vae.encode(pixels[:, :, None]).latent_dist
+        recon = vae.decode(posterior.sample()).sample[:, :, 0]
+    recon = recon.float()
+    kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
+    edge = sum(F.l1_loss(a, b) for a, b in zip(edges(recon), edges(pixels), strict=True))
+    loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + edge + 1e-6 * kl
+    loss.backward()
+    return loss
+
+
 def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     torch.manual_seed(10)
     rng = random.Random(10)
@@ -262,18 +302,13 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
     watch = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps, budget.profile)
     losses = LossLog("vae")
+    compiled = Compiled(budget.compile)  # the whole step: the VAE's time goes to small elementwise kernels
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
         pixels = scene_pixels(rng, budget.vae_batch, 256, device, seed=step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            posterior = vae.encode(pixels[:, :, None]).latent_dist
-            recon = vae.decode(posterior.sample()).sample[:, :, 0]
-        recon = recon.float()
-        kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
-        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + 1e-6 * kl
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = compiled.run(vae_loss, vae, pixels)
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         losses.add(step, loss, watch.seconds)
@@ -286,6 +321,7 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
         "steps": watch.total,
         "batch": budget.vae_batch,
         "seconds": round(watch.seconds, 1),
+        "compiled": compiled.enabled,
         "final_loss": losses.final(100),
         "round_trip_accuracy": round_trip_accuracy(vae, device),
     }
@@ -344,11 +380,15 @@ def load_vae(work: Path, device: torch.device):
 
 class LatentPool:
     """Captioned latents drawn once and sampled from at every step: rendering and VAE-encoding a fresh batch each step
-    cost more than the tiny transformer's training step (the first GPU run measured it)."""
+    cost more than the tiny transformer's training step (the first GPU run measured it). The captions are tokenised
+    once too: tokenising a thousand captions at every step kept the GPU waiting (the profile measured it)."""
 
-    def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, sizes: dict[int, int], device) -> None:
-        self.scenes: dict[int, list] = {}
+    def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, tokens: Tokens, sizes: dict[int, int],
+                 device) -> None:  # fmt: skip
+        self.tokens = tokens
         self.latents: dict[int, torch.Tensor] = {}
+        self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.empty = tokens([""])
         for size, count in sizes.items():
             chunk = max(1, 512 * (256 // size) ** 2)  # 512 pictures at 256², 128 at 512²
             scenes = [sample_scene(rng, exclude) for _ in range(count)]
@@ -357,25 +397,61 @@ class LatentPool:
                 part = scenes[start : start + chunk]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     parts.append(encode(render(part, size, device, seed=start + size) * 2 - 1).to(torch.bfloat16))
-            self.scenes[size], self.latents[size] = scenes, torch.cat(parts)
+            self.latents[size] = torch.cat(parts)
+            self.captions[size] = tokens([s.caption for s in scenes])
 
-    def sample(self, rng: random.Random, size: int, count: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
-        index = rng.sample(range(len(self.scenes[size])), count)
-        captions = ["" if rng.random() < dropout else self.scenes[size][i].caption for i in index]
-        latents = self.latents[size][torch.tensor(index, device=self.latents[size].device)]
-        return latents.float(), captions
+    def sample(self, size: int, count: int, dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents, token ids, attention mask) of `count` random pool entries; `dropout` of the captions empty."""
+        latents = self.latents[size]
+        index = torch.randint(len(latents), (count,), device=latents.device)
+        dropped = (torch.rand(count, device=latents.device) < dropout)[:, None]
+        (empty_ids, empty_mask), (ids, mask) = self.empty, self.captions[size]
+        ids, mask = torch.where(dropped, empty_ids, ids[index]), torch.where(dropped, empty_mask, mask[index])
+        return latents[index].float(), ids, mask
+
+
+class Tokens:
+    """Captions -> (token ids, attention mask) on the device, exactly as `Krea2Pipeline.get_text_hidden_states`
+    tokenises them for a `TEXT_TOKENS` window (`[prefix | caption | PAD | suffix]`); `hidden_states` then runs the
+    text encoder on them as that method does (tests/test_demo_model.py holds the two equal)."""
+
+    def __init__(self, pipe, device: torch.device) -> None:
+        self.pipe, self.device = pipe, device
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        pipe = self.pipe
+        window = TEXT_TOKENS + pipe.prompt_template_encode_start_idx - pipe.prompt_template_encode_num_suffix_tokens
+        text = [pipe.prompt_template_encode_prefix + caption for caption in captions]
+        tokens = pipe.tokenizer(text, truncation=True, padding="max_length", max_length=window, return_tensors="pt")
+        suffix = pipe.tokenizer([pipe.prompt_template_encode_suffix] * len(text), return_tensors="pt")
+        ids = torch.cat([tokens.input_ids, suffix.input_ids], dim=1)
+        mask = torch.cat([tokens.attention_mask, suffix.attention_mask], dim=1).bool()
+        return ids.to(self.device), mask.to(self.device)
+
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pipe = self.pipe
+        positions = (mask.long().cumsum(dim=-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
+        outputs = pipe.text_encoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        )
+        hidden = torch.stack([outputs.hidden_states[i] for i in pipe.text_encoder_select_layers], dim=2)
+        start = pipe.prompt_template_encode_start_idx
+        return hidden[:, start:], mask[:, start:]
 
 
 class LatentEncoder:
     """Pictures -> the normalised, packed latents the transformer denoises."""
 
-    def __init__(self, vae, stats: dict, device: torch.device) -> None:
-        self.vae = vae
+    def __init__(self, vae, stats: dict, device: torch.device, compiled: Compiled | None = None) -> None:
+        self.vae, self.compiled = vae, compiled or Compiled(False)
         self.mean = torch.tensor(stats["mean"], device=device).view(1, 16, 1, 1)
         self.std = torch.tensor(stats["std"], device=device).view(1, 16, 1, 1)
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.compiled.run(self.normalised_latents, pixels)
+
+    def normalised_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         z = self.vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
         return pack((z - self.mean) / self.std)
 
@@ -404,12 +480,12 @@ def resolution(rng: random.Random, step: int, base_batch: int) -> tuple[int, int
     return (512, max(1, base_batch // 4)) if large else (256, base_batch)
 
 
-def flow_matching_loss(pipe, transformer, x0, noise, sigma, captions: list[str], size: int) -> torch.Tensor:
+def flow_matching_loss(tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int) -> torch.Tensor:
     """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`."""
     device = x0.device
     noisy = (1 - sigma) * x0 + sigma * noise
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        embeds, mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, device)
+        embeds, mask = tokens.hidden_states(ids, mask)
         velocity = transformer(
             hidden_states=noisy,
             encoder_hidden_states=embeds,
@@ -428,10 +504,6 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     rng = random.Random(20 + budget.raw_round)
     exclude = held_out_triples()
     vae, stats = load_vae(work, device)
-    clock = time.perf_counter()
-    pool = LatentPool(rng, exclude, LatentEncoder(vae, stats, device), budget.raw_pool, device)
-    pool_seconds = time.perf_counter() - clock
-    log.info("raw: %s pictures encoded in %.0f s", budget.raw_pool, pool_seconds)
     if budget.raw_round:  # a further round continues from the last round's (EMA) weights
         tokenizer, text_encoder = load_text_side(work, device)
         text_encoder.train().requires_grad_(True)
@@ -442,6 +514,12 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         text_encoder = build_text_encoder(len(tokenizer)).to(device).train()
         transformer = build_transformer(seed=2).to(device).train()
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
+    tokens = Tokens(pipe, device)
+    clock = time.perf_counter()
+    encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
+    pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device)
+    pool_seconds = time.perf_counter() - clock
+    log.info("raw: %s pictures encoded in %.0f s", budget.raw_pool, pool_seconds)
     parameters = [*transformer.parameters(), *text_encoder.parameters()]
     peak = budget.raw_lr
     fused = device.type == "cuda"
@@ -455,12 +533,11 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
         size, count = resolution(rng, step, budget.raw_batch)
-        x0, captions = pool.sample(rng, size, count, CAPTION_DROPOUT)
+        x0, ids, mask = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
-
         optimizer.zero_grad(set_to_none=True)
-        loss = blocks.run(flow_matching_loss, pipe, transformer, x0, noise, sigma, captions, size)
+        loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         ema_t.update(transformer, step)
@@ -557,6 +634,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     teacher = load_transformer(work / "raw_transformer.safetensors", device).eval().requires_grad_(False)
     student = load_transformer(work / "raw_transformer.safetensors", device).train()  # starts as Raw
     pipe = make_pipeline(vae, text_encoder, tokenizer, teacher, is_distilled=True)
+    tokens = Tokens(pipe, device)
     clock = time.perf_counter()
 
     # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512², in chunks of one shape (one compiled graph each).
@@ -570,7 +648,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
             seed = 31 + start + size
             states.append(compiled_teacher.run(teacher_trajectories, pipe, teacher, captions, size, device, seed))
             captions_all += captions
-        sets[size] = (captions_all, torch.cat(states))
+        sets[size] = (tokens(captions_all), torch.cat(states))
         log.info("turbo: %d teacher trajectories at %d² (%.0f s)", total, size, time.perf_counter() - clock)
     trajectory_seconds = time.perf_counter() - clock
 
@@ -589,16 +667,15 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
         size, count = resolution(rng, step, budget.turbo_batch)
-        captions_all, states = sets[size]
-        index = torch.randint(len(captions_all), (count,), device=device)
+        (ids, masks), states = sets[size]
+        index = torch.randint(len(states), (count,), device=device)
         i = torch.randint(TURBO_STEPS, (count,), device=device)
         current = states[index, i].float()
         following = states[index, i + 1].float()
         high, low = sigmas[i].view(-1, 1, 1), sigmas[i + 1].view(-1, 1, 1)
         target = (following - current) / (low - high)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            chosen = [captions_all[j] for j in index.tolist()]
-            embeds, mask = pipe.get_text_hidden_states(chosen, TEXT_TOKENS, device)
+            embeds, mask = tokens.hidden_states(ids[index], masks[index])
 
         optimizer.zero_grad(set_to_none=True)
         loss = blocks.run(distillation_loss, student, current, target, embeds, mask, sigmas[i], size)

@@ -128,3 +128,18 @@ def test_the_demo_banner_names_what_the_demo_model_knows():
         assert example not in prompts
         words = set(example.split())
         assert words & set(COLOURS) and words & (set(KINDS) | {k + "s" for k in KINDS}), example
+
+
+def test_training_tokenises_captions_as_the_pipeline_does(manager):
+    """demo/train.py tokenises its captions once and runs the text encoder on the tokens; the result must be what
+    `Krea2Pipeline.get_text_hidden_states` gives for the same captions (what the app sees at generation time)."""
+    from demo.train import TEXT_TOKENS, Tokens
+
+    pipe = manager.pipes["turbo"]
+    captions = ["a red circle on a blue background", "", "two small green stars on a striped white background"]
+    tokens = Tokens(pipe, torch.device("cpu"))
+    with torch.inference_mode():
+        hidden, mask = tokens.hidden_states(*tokens(captions))
+        expected, expected_mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, torch.device("cpu"))
+    assert torch.equal(mask, expected_mask) and mask.sum(dim=1).unique().numel() == 3
+    assert torch.equal(hidden, expected)
