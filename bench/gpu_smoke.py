@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment, result_path
-from krea2.attention import flash4_unavailable_reason
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
 from krea2.runtime import EngineSettings, fast_path_options
+from krea2.speedups.attention import flash4_unavailable_reason
 
 log = logging.getLogger("smoke")
 

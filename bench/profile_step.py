@@ -97,7 +97,7 @@ def attention_case(label: str, seq: int) -> dict:
         "sdpa_flash_gqa": sdpa(SDPBackend.FLASH_ATTENTION, gqa=True),
     }
     try:
-        from krea2.attention import flash4_attention
+        from krea2.speedups.attention import flash4_attention
 
         variants["flash4_gqa"] = lambda: flash4_attention(q, k, v)
     except Exception as error:  # noqa: BLE001 - record why a candidate is missing, measure the rest
@@ -114,7 +114,7 @@ def attention_case(label: str, seq: int) -> dict:
         out[f"{label}_sage_error"] = repr(error)
 
     try:
-        from krea2.fp8_attention import cudnn_fp8_unavailable_reason, fp8_attention
+        from krea2.speedups.fp8_attention import cudnn_fp8_unavailable_reason, fp8_attention
 
         reason = cudnn_fp8_unavailable_reason()
         if reason is None:
@@ -147,7 +147,7 @@ def attention_case(label: str, seq: int) -> dict:
 
 def fp8_kernel_only(label: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flops: int) -> dict:
     """cuDNN's fp8 kernel alone, on already-quantised inputs (compiled blocks fuse the quantisation into RoPE)."""
-    from krea2.fp8_attention import cudnn_fp8_attention, quantize_per_tensor
+    from krea2.speedups.fp8_attention import cudnn_fp8_attention, quantize_per_tensor
 
     (q8, dq), (k8, dk), (v8, dv) = (quantize_per_tensor(t) for t in (q, k, v))
     o_scale = 0.5 / dv
@@ -271,8 +271,9 @@ def variants(results: dict) -> None:
     """fp8 + FA4 steps: unfused with dynamic=True compilation (the previous default), fused projections with
     dynamic=True, and fused with automatic dynamic shapes (sequence length marked dynamic after a second length)."""
     from bench.benchmark import build_full_size
-    from krea2.acceleration import fuse_projections, quantize_fp8
-    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+    from krea2.speedups.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+    from krea2.speedups.fp8 import quantize_fp8
+    from krea2.speedups.projections import fuse_projections
 
     out: dict = {}
     results["variants"] = out
@@ -305,8 +306,9 @@ def variants(results: dict) -> None:
 
 
 def step(results: dict, transformer) -> None:
-    from krea2.acceleration import compile_blocks, quantize_fp8
-    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+    from krea2.speedups.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+    from krea2.speedups.compile import compile_blocks
+    from krea2.speedups.fp8 import quantize_fp8
 
     out: dict = {}
     results["step"] = out
@@ -328,14 +330,9 @@ def step(results: dict, transformer) -> None:
 # ------------------------------------------------------------------------------------------------ encode / decode
 def studio_pipeline(pipe):
     """This project's pipeline (PAD-free text encoder) over the stock pipeline's components."""
-    from krea2.loading import derive_prompt_template_lengths
     from krea2.pipeline import Krea2StudioPipeline
 
-    studio = Krea2StudioPipeline(
-        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
-    )
-    derive_prompt_template_lengths(studio)
-    return studio
+    return Krea2StudioPipeline.from_pipeline(pipe)
 
 
 def encode_decode(results: dict, pipe) -> dict:
@@ -371,9 +368,9 @@ def exact_io(results: dict, pipe) -> None:
     vs eager (PAD-free both), single-frame vs stock VAE decode, and 8-bit conversion on the GPU vs in numpy."""
     import numpy as np
 
-    from krea2.manager import to_pil_images
-    from krea2.text_graphs import TextEncoderGraphs
-    from krea2.vae_decode import use_single_frame_decode
+    from krea2.generation import to_pil_images
+    from krea2.speedups.text_graphs import TextEncoderGraphs
+    from krea2.speedups.vae_decode import use_single_frame_decode
 
     out: dict = {}
     results["exact_io"] = out
@@ -435,7 +432,7 @@ def decode_kernels(results: dict) -> None:
     import torch.nn.functional as F
     from diffusers import AutoencoderKLQwenImage
 
-    from krea2.vae_decode import DecodeOps, SingleFrameCausalConv3d, chunked_attention, use_single_frame_decode
+    from krea2.speedups.vae_decode import DecodeOps, SingleFrameCausalConv3d, chunked_attention, use_single_frame_decode
 
     out: dict = {}
     results["decode_kernels"] = out
@@ -532,7 +529,8 @@ def tuned_step(results: dict, transformer) -> None:
     tuning of the fused (quantisation) kernels."""
     import torch._inductor.config as inductor_config
 
-    from krea2.acceleration import compile_blocks, quantize_fp8
+    from krea2.speedups.compile import compile_blocks
+    from krea2.speedups.fp8 import quantize_fp8
 
     out: dict = {}
     results["tuned_step"] = out
@@ -578,8 +576,9 @@ def flash4_tiles(results: dict) -> None:
 def fp8_sdpa_transformer():
     """The full-size Turbo transformer as the fast path prepares it (fused projections, fp8), with SDPA attention."""
     from bench.benchmark import build_full_size
-    from krea2.acceleration import fuse_projections, quantize_fp8
-    from krea2.attention import install_fast_attention
+    from krea2.speedups.attention import install_fast_attention
+    from krea2.speedups.fp8 import quantize_fp8
+    from krea2.speedups.projections import fuse_projections
 
     transformer = build_full_size("cuda", raw=False)[0].transformer
     fuse_projections(transformer)
@@ -591,7 +590,7 @@ def fp8_sdpa_transformer():
 def compiled_step(transformer, name: str) -> dict:
     """Compile the blocks afresh under the current inductor settings, run a first length (compiles, and marks the
     sequence dynamic), then profile the 1024² step. Records the seconds the first call took."""
-    from krea2.acceleration import compile_blocks
+    from krea2.speedups.compile import compile_blocks
 
     torch._dynamo.reset()
     compile_blocks(transformer)

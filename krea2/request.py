@@ -153,6 +153,18 @@ class GenerationRequest:
     def with_seed(self, seed: int) -> GenerationRequest:
         return GenerationRequest(**{**self.to_dict(), "seed": seed})
 
+    def seeded(self) -> GenerationRequest:
+        """This request, with a random seed drawn if it has none: the one place seeds are drawn (a comparison draws
+        once for Raw, then gives Turbo the same seed)."""
+        return self if self.seed is not None else self.with_seed(random_seed())
+
+    @property
+    def image_seeds(self) -> list[int]:
+        """Image k of a batch uses seed + k, so each image can be reproduced alone."""
+        if self.seed is None:
+            raise ValueError("the request has no seed yet (GenerationRequest.seeded)")
+        return [(self.seed + k) % (MAX_SEED + 1) for k in range(self.num_images)]
+
     def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False, **overrides: Any) -> GenerationRequest:
         """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept.
         `overrides` set fields of the new request (validated like any other)."""

@@ -6,8 +6,8 @@ import torch
 from diffusers import Krea2Pipeline
 
 from krea2 import Cancelled, GenerationFailed, GenerationRequest
+from krea2.generation import MAX_SEQUENCE_LENGTH
 from krea2.loading import derive_prompt_template_lengths
-from krea2.manager import MAX_SEQUENCE_LENGTH
 
 SMALL = {"width": 256, "height": 256}
 

@@ -11,9 +11,10 @@ at the same time (the manager's lock), and each replay's output is copied out be
 capture is checked once against eager on the same inputs; a capture that fails or disagrees turns the graphs off and the
 transformer runs eagerly from then on.
 
-Anything that changes the transformer (fp8, the attention processor, compilation, the step cache) must drop its graphs:
-`drop_denoiser_graphs`. Raw's step cache decides per call on the CPU whether to skip blocks, which a graph cannot
-replay, so a transformer with a step cache always runs eagerly.
+Anything that changes the transformer (fp8, the attention processor, compilation, the step cache) must drop its graphs
+first: `speedups.apply` does, before its first step, and installs fresh ones as its last. Raw's step cache decides
+per call on the CPU whether to skip blocks, which a graph cannot replay, so a transformer with a step cache always runs
+eagerly.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from ..errors import error_summary
+from ..lru_cache import LRUCache
 from .cuda_graphs import capture, relative_l2
-from .errors import error_summary
-from .prompt_cache import LRUCache
 from .step_cache import step_cache_of
 
 log = logging.getLogger(__name__)

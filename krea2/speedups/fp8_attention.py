@@ -29,8 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .errors import error_summary
-from .prompt_cache import LRUCache
+from ..errors import error_summary
+from ..lru_cache import LRUCache
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import error_summary
 from .cuda_graphs import capture, relative_l2
-from .errors import error_summary
 
 log = logging.getLogger(__name__)
 

@@ -116,6 +116,7 @@ class DecodeOps:
     bias_norm_silu: Callable[..., torch.Tensor] | None = None  # None: the convolutions add their own bias
     bias_add: Callable[..., torch.Tensor] | None = None
     softmax: Callable[..., torch.Tensor] | None = None  # None: SDPA for every head dim
+    is_compiled: bool = False
 
     @classmethod
     def compiled(cls) -> DecodeOps:
@@ -124,6 +125,7 @@ class DecodeOps:
             bias_norm_silu=compiled_per_width(bias_norm_silu),
             bias_add=compiled_per_width(bias_add),
             softmax=torch.compile(scaled_softmax),
+            is_compiled=True,
         )
 
 
@@ -288,7 +290,7 @@ class SingleFrameQwenImageVAE(AutoencoderKLQwenImage):
 def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: bool = False) -> int:
     """Switch `vae` to the single-frame decoder (`compiled`: its elementwise work compiled into fused kernels, see
     `DecodeOps`), or back to stock with `enabled=False`. Returns how many causal convolutions changed class (0 when
-    already switched)."""
+    already switched). A decoder already in the asked form keeps its (compiled) functions."""
     target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
     count = 0
     for part in (getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)):
@@ -299,6 +301,14 @@ def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: b
     if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):  # not someone else's subclass
         whole = enabled and frame_decodable(vae)
         vae.__class__ = SingleFrameQwenImageVAE if whole else AutoencoderKLQwenImage
-        if whole:
+        if whole and single_frame_decode_of(vae) != ("compiled" if compiled else "eager"):
             vae.frame_decoder = FrameDecoder(DecodeOps.compiled() if compiled else DecodeOps())
     return count
+
+
+def single_frame_decode_of(vae: nn.Module) -> str | None:
+    """ "compiled" or "eager" when `vae` decodes one frame through its own `FrameDecoder`, else None."""
+    decoder = vae.__dict__.get("frame_decoder") if isinstance(vae, SingleFrameQwenImageVAE) else None
+    if decoder is None:
+        return None
+    return "compiled" if decoder.ops.is_compiled else "eager"
