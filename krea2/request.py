@@ -12,7 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .checkpoints import CHECKPOINTS, get_spec
+from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT, get_spec
 from .errors import InvalidRequest
 
 MAX_PROMPT_CHARS = 2000
@@ -96,7 +96,7 @@ class GenerationRequest:
     stays None here and is drawn at generation time (the result reports the seed actually used)."""
 
     prompt: str
-    checkpoint: str = "turbo"
+    checkpoint: str = DEFAULT_CHECKPOINT
     negative_prompt: str = ""
     steps: int | None = None
     guidance: float | None = None
