@@ -77,14 +77,21 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     assert manager.status().warmup == "off" and manager.status().fast_path == "single-frame VAE decode"
 
 
-def test_attention_choice():
+@pytest.mark.parametrize(("probe", "expected"), [(None, "flash4"), ("flash-attn-4 did not run (ImportError)", None)])
+def test_attention_choice(monkeypatch, probe, expected):
+    """Automatic means FlashAttention-4 exactly when its start-up probe passes, PyTorch's SDPA when it says why not;
+    an explicit choice is taken as asked, and never probes."""
+    import krea2.speedups.attention as attention
     from krea2.runtime import choose_attention
 
-    assert choose_attention(None, cuda=False) is None
+    probes = []
+    monkeypatch.setattr(attention, "flash4_unavailable_reason", lambda: probes.append(1) or probe)
+    assert choose_attention(None, cuda=True) == expected
+    assert choose_attention(None, cuda=False) is None  # no GPU: nothing to probe
     assert choose_attention("sdpa", cuda=True) is None
     assert choose_attention("_native_cudnn", cuda=True) == "_native_cudnn"
-    expected = "flash4" if flash4_unavailable_reason() is None else None
-    assert choose_attention(None, cuda=True) == expected
+    assert choose_attention("cudnn-fp8", cuda=True) == "cudnn-fp8"
+    assert len(probes) == 1
 
 
 def test_attention_setting():
