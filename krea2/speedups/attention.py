@@ -1,11 +1,11 @@
 """Krea 2's attention for the fast path: fused projections and FlashAttention-4, each a setting.
 
-- Fused projections (`projections.py`) give each block one `to_qkvg` GEMM instead of four; this
-  processor reads either layout.
-- FlashAttention-4 (the CuTe-DSL kernels of the `flash-attn-4` package). On an H200 its SM90 kernel ran Krea 2's
-  attention at 565-671 TFLOP/s against 527-550 for the cuDNN kernel PyTorch's SDPA picks there (bench/results,
-  profile). It takes the grouped-query layout (48 query heads over 12 KV heads) directly, so keys and values are not
-  repeated to 48 heads first. Exact attention (bf16 in, fp32 softmax), not an approximation. It covers the unmasked
+- Fused projections (`projections.py`) give each block one `to_qkvg` GEMM instead of four; this processor reads
+  either layout.
+- FlashAttention-4 (the CuTe-DSL kernels of the `flash-attn-4` package). On Hopper its SM90 kernel runs Krea 2's
+  attention faster than the cuDNN kernel PyTorch's SDPA picks there, most at large sizes (bench/NOTES.md). It takes
+  the grouped-query layout (48 query heads over 12 KV heads) directly, so keys and values are not repeated to 48
+  heads first. Exact attention (bf16 in, fp32 softmax), not an approximation. It covers the unmasked
   case (PAD-free text, the fast path); with a mask the call goes through diffusers' attention dispatch as in stock.
 
 The processor is installed through diffusers' public `set_attn_processor`; the computation is diffusers'

@@ -1,8 +1,8 @@
 """Whole transformer calls replayed from CUDA graphs, one graph per input shape.
 
 A compiled fp8 Turbo step at 1024² launches ~600 kernels (28 blocks of GEMMs, fused Triton kernels and attention, plus
-the embeddings and the final layer). Launched one by one, the GPU idles a few microseconds between kernels (H100
-profile: 118.4 ms wall vs 114.2 ms of kernels per call, bench/NOTES.md). A graph launches the captured sequence at once.
+the embeddings and the final layer). Launched one by one, the GPU idles a few microseconds between kernels (measured
+in bench/NOTES.md). A graph launches the captured sequence at once.
 
 A graph has fixed shapes and addresses, so the inputs are copied into static tensors and each shape (batch, prompt
 length, image size) gets its own graph, captured on the second call with that shape: the first runs eagerly, so that

@@ -36,7 +36,7 @@ from diffusers.models.autoencoders.autoencoder_kl_qwenimage import (
 from torch import nn
 
 # Flash and cuDNN attention kernels take head dims up to 256; the VAE's mid-block attention has one head of 384, which
-# PyTorch then runs on its memory-efficient kernel (55 ms at 2048² on an H100, bench/NOTES.md).
+# PyTorch then runs on its slower memory-efficient kernel (bench/NOTES.md, fourth session).
 FLASH_MAX_HEAD_DIM = 256
 SCORES_PER_CHUNK = 1 << 28  # 1 GB of fp32 attention scores per query chunk
 
@@ -110,7 +110,7 @@ class DecodeOps:
     `single_head_attention`).
 
     Compiled, a residual block's two convolutions leave their bias to the fused kernel that follows (cuDNN adds a
-    channels_last bias in a separate, unvectorised pass: 16 ms of a 2048² decode on an H100, bench/NOTES.md)."""
+    channels_last bias in a separate, unvectorised pass: bench/NOTES.md, fourth session)."""
 
     norm_silu: Callable[..., torch.Tensor] = norm_silu
     bias_norm_silu: Callable[..., torch.Tensor] | None = None  # None: the convolutions add their own bias
