@@ -8,10 +8,17 @@ a Qwen3-VL-4B-sized text encoder), so the work per image is exactly the real mod
     python bench/benchmark.py --memory-24gb --out bench/results
 
 Order matters and is fixed: stock first (its modules untouched), then ours: padfree (eager), exact (bf16: PAD-free +
-regional compile + FlashAttention-4 where it runs), fast (+ fused projections + fp8), fp8attn (+ cuDNN fp8 attention,
-optional and lossy), then Raw's step cache per threshold, because each of these changes the shared transformer modules
-in place. Every mode of ours includes the exact speed-ups of the shared components: PAD-free text, the text encoder
-from CUDA graphs, single-frame VAE decode and 8-bit conversion on the GPU.
+regional compile + FlashAttention-4 where it runs + the denoiser's CUDA graphs), fast (+ fused projections + fp8),
+fp8attn (+ cuDNN fp8 attention, optional and lossy), then Raw's step cache per threshold, because each of these
+changes the shared transformer modules in place. Each mode asks the manager for more of the fast path
+(`ModelManager.apply_fast_path`, then `warm_up`), so the benchmark measures the app's own path. Every mode of ours
+includes the exact speed-ups of the shared components: PAD-free text, the text encoder from CUDA graphs, single-frame
+VAE decode and 8-bit conversion on the GPU.
+
+    python bench/benchmark.py --smoke --out /tmp/smoke
+
+runs the same script on the CPU against the demo checkpoints, small and short (tests/test_benchmark_smoke.py does, so
+the script cannot rot between GPU sessions); its numbers mean nothing.
 """
 
 from __future__ import annotations
