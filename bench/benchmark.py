@@ -8,10 +8,17 @@ a Qwen3-VL-4B-sized text encoder), so the work per image is exactly the real mod
     python bench/benchmark.py --memory-24gb --out bench/results
 
 Order matters and is fixed: stock first (its modules untouched), then ours: padfree (eager), exact (bf16: PAD-free +
-regional compile + FlashAttention-4 where it runs), fast (+ fused projections + fp8), fp8attn (+ cuDNN fp8 attention,
-optional and lossy), then Raw's step cache per threshold, because each of these changes the shared transformer modules
-in place. Every mode of ours includes the exact speed-ups of the shared components: PAD-free text, the text encoder
-from CUDA graphs, single-frame VAE decode and 8-bit conversion on the GPU.
+regional compile + FlashAttention-4 where it runs + the denoiser's CUDA graphs), fast (+ fused projections + fp8),
+fp8attn (+ cuDNN fp8 attention, optional and lossy), then Raw's step cache per threshold, because each of these
+changes the shared transformer modules in place. Each mode asks the manager for more of the fast path
+(`ModelManager.apply_fast_path`, then `warm_up`), so the benchmark measures the app's own path. Every mode of ours
+includes the exact speed-ups of the shared components: PAD-free text, the text encoder from CUDA graphs, single-frame
+VAE decode and 8-bit conversion on the GPU.
+
+    python bench/benchmark.py --smoke --out /tmp/smoke
+
+runs the same script on the CPU against the demo checkpoints, small and short (tests/test_benchmark_smoke.py does, so
+the script cannot rot between GPU sessions); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,19 +40,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from krea2.checkpoints import RAW
-from krea2.loading import build_pipeline_sharing, derive_prompt_template_lengths
-from krea2.manager import MAX_SEQUENCE_LENGTH, FastPathOptions, ModelManager
+from krea2.checkpoints import RAW, TURBO, get_spec
+from krea2.generation import MAX_SEQUENCE_LENGTH
+from krea2.loading import PipelineLoader, build_pipeline_sharing, derive_prompt_template_lengths
+from krea2.manager import ModelManager
+from krea2.preview import QWEN_IMAGE_LATENT_RGB
 from krea2.request import GenerationRequest
+from krea2.speedups import FastPathOptions
+from krea2.speedups.step_cache import step_cache_of
 
 log = logging.getLogger("bench")
 PROMPT = "a photograph of a red fox standing in fresh snow at dawn, soft light, shallow depth of field"
 NEGATIVE = "blurry, low quality"
-CASES = {
-    "turbo1024": {"checkpoint": "turbo", "width": 1024, "height": 1024, "steps": 8, "guidance": 0.0},
-    "turbo2048": {"checkpoint": "turbo", "width": 2048, "height": 2048, "steps": 8, "guidance": 0.0},
-    "raw1024": {"checkpoint": "raw", "width": 1024, "height": 1024, "steps": 52, "guidance": 3.5},
-}
+CASES = {  # each checkpoint at its own defaults (krea2/checkpoints.py)
+    f"{spec.key}{side}": {
+        "checkpoint": spec.key, "width": side, "height": side, "steps": spec.default_steps,
+        "guidance": spec.default_guidance,
+    }
+    for spec, side in ((TURBO, 1024), (TURBO, 2048), (RAW, 1024))
+}  # fmt: skip
+# --smoke: the demo checkpoints on the CPU, small and short, to check the script (its numbers mean nothing).
+SMOKE_SIDE, SMOKE_MAX_STEPS = 256, 2
 
 
 # ------------------------------------------------------------------------------------------------ full-size model
@@ -108,6 +124,9 @@ class InMemoryLoader:
 
     def load_transformer(self, spec):
         return self.raw_transformer
+
+    def latent_rgb(self, spec):
+        return QWEN_IMAGE_LATENT_RGB
 
 
 # ------------------------------------------------------------------------------------------------ timing helpers
@@ -176,8 +195,11 @@ def final_latents(manager: ModelManager, case: dict, seed: int) -> torch.Tensor:
     """The denoised latents of the same request, before the VAE: the fp8 error that the image comparison (dominated
     by uint8 rounding and the decoder) cannot show. Same pipeline arguments as `ModelManager.generate`."""
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, **case)
+    pipe = manager.pipes[request.checkpoint]
+    if (cache := step_cache_of(pipe.transformer)) is not None:
+        cache.reset()  # as `krea2.generation.generate` does: no residuals from the previous image
     with torch.inference_mode():
-        return manager.pipes[request.checkpoint](
+        return pipe(
             **manager.pipeline_inputs(request),
             generator=[torch.Generator("cpu").manual_seed(seed)],
             output_type="latent",
@@ -193,8 +215,10 @@ def rel_l2(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def velocity_error(transformer, quantize) -> float:
-    """Relative L2 of one transformer call's output (velocity) after fp8 quantisation vs bf16, same inputs."""
+def velocity_error(manager: ModelManager, change) -> float:
+    """Relative L2 of one Turbo transformer call's output (velocity) after `change` (fp8: the manager's fast path with
+    more switched on) against before it, same inputs."""
+    transformer = manager.pipes[TURBO.key].transformer
     torch.manual_seed(0)
     dev, dtype, config = next(transformer.parameters()).device, next(transformer.parameters()).dtype, transformer.config
     hidden = torch.randn(1, 4096, config.in_channels, device=dev, dtype=dtype)
@@ -204,22 +228,26 @@ def velocity_error(transformer, quantize) -> float:
 
     positions = Krea2Pipeline.prepare_position_ids(64, 64, 64, dev)
     # Eager on both sides: the compiled blocks of the previous mode would otherwise recompile for the changed modules.
+    # (A denoiser graph runs its first call of a shape eagerly, and `change` puts fresh ones on.)
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         inputs = {"hidden_states": hidden, "encoder_hidden_states": text, "timestep": timestep}
         ref = transformer(**inputs, position_ids=positions, return_dict=False)[0].float()
-        quantize(transformer)
+        change()
         out = transformer(**inputs, position_ids=positions, return_dict=False)[0].float()
     return float((out - ref).norm() / ref.norm())
 
 
 # ------------------------------------------------------------------------------------------------ main benchmark
 def build_smoke():
-    """Tiny demo components on the CPU: checks this script's logic without a GPU (numbers mean nothing)."""
-    from krea2.demo import build_demo_pipeline, build_transformer
+    """The demo checkpoints on the CPU, loaded as the app loads them: checks this script without a GPU."""
+    from krea2.demo import demo_checkpoints
 
-    turbo = build_demo_pipeline(transformer_seed=1)
-    derive_prompt_template_lengths(turbo)
-    return turbo, build_transformer(seed=2)
+    loader = PipelineLoader(demo_checkpoints(), torch.float32)
+    return loader.load_full(TURBO), loader.load_transformer(RAW)
+
+
+def smoke_case(case: dict) -> dict:
+    return {**case, "width": SMOKE_SIDE, "height": SMOKE_SIDE, "steps": min(case["steps"], SMOKE_MAX_STEPS)}
 
 
 def benchmark(
@@ -229,20 +257,21 @@ def benchmark(
     smoke: bool = False,
     step_cache_thresholds: tuple[float, ...] = (),
 ) -> dict:
-    from krea2.acceleration import compile_and_warm_up, prepare_transformer
-    from krea2.denoiser_graphs import denoiser_graphs_of
-    from krea2.step_cache import install_step_cache, step_cache_of
+    from krea2.speedups.attention import FLASH4, flash4_unavailable_reason
+    from krea2.speedups.denoiser_graphs import denoiser_graphs_of
+    from krea2.speedups.fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason
 
     t0 = time.perf_counter()
     turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
-    log.info("built full-size model in %.1f s", time.perf_counter() - t0)
+    log.info("built %s in %.1f s", "the demo model" if smoke else "the full-size model", time.perf_counter() - t0)
+    cases = {name: smoke_case(CASES[name]) if smoke else CASES[name] for name in case_names}
+    warmup_size = (SMOKE_SIDE, SMOKE_SIDE) if smoke else (1024, 1024)
     stock = stock_pipelines(turbo, raw_transformer)
     results: dict = {"cases": {}, "errors": {}}
 
     # 1. Stock, untouched modules.
     stock_images = {}
-    for name in case_names:
-        case = CASES[name]
+    for name, case in cases.items():
         pipe = stock[case["checkpoint"]]
         run_stock(pipe, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up (kernels, allocator)
         reset_peak()
@@ -256,12 +285,10 @@ def benchmark(
         }
         log.info("stock %s: %s", name, [f"{t:.3f}" for t in times])
 
-    # 2. Ours. The manager over the same component objects, both checkpoints resident at once.
-    manager = ModelManager(
-        InMemoryLoader(turbo, raw_transformer),
-        placement="gpu",
-        options=FastPathOptions(drop_text_padding=True, text_graphs=CUDA, denoiser_graphs=CUDA),
-    )
+    # 2. Ours. The manager over the same component objects, both checkpoints resident at once; every mode adds its
+    #    speed-ups through the manager, as the app applies them (krea2/speedups/fast_path.py).
+    padfree = FastPathOptions(text_graphs=CUDA, denoiser_graphs=CUDA)  # denoiser graphs come with compile
+    manager = ModelManager(InMemoryLoader(turbo, raw_transformer), placement="gpu", options=padfree)
     manager.start(background=False)
     results["both_checkpoints_resident_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
 
@@ -271,7 +298,7 @@ def benchmark(
 
     def measure(mode: str, names: list[str] = case_names) -> None:
         for name in names:
-            case = CASES[name]
+            case = cases[name]
             run_ours(manager, {**case, "steps": min(case["steps"], 2)}, seed=1)  # warm-up at this size
             reset_peak()
             times, result = timed(lambda c=case: run_ours(manager, c, seed=1), repeats)
@@ -286,6 +313,8 @@ def benchmark(
                 entry[f"{mode}_denoiser_graphs"] = graphs.disabled_reason or f"{len(graphs.graphs)} captured"
             entry[f"{mode}_vs_stock_max_abs_pixel"] = float(np.abs(image - stock_images[name]).max())
             entry[f"{mode}_vs_stock_rel_l2"] = rel_l2(image, stock_images[name])
+            if cache := step_cache_of(manager.pipes[case["checkpoint"]].transformer):  # the last timed run's
+                entry[f"{mode}_skipped_calls"] = f"{cache.skipped}/{cache.skipped + cache.computed}"
             latents = final_latents(manager, case, seed=1)
             base, base_latents = first_latents.setdefault(name, (mode, latents))
             if base != mode:
@@ -293,8 +322,6 @@ def benchmark(
             if not mode.startswith("cache"):
                 reference[name] = (mode, image)
             else:
-                cache = step_cache_of(manager.pipes[case["checkpoint"]].transformer)
-                entry[f"{mode}_skipped_calls"] = f"{cache.skipped}/{cache.skipped + cache.computed}"
                 if name in reference:
                     base, base_image = reference[name]
                     entry[f"{mode}_on_top_of"] = base
@@ -308,57 +335,45 @@ def benchmark(
             )  # fmt: skip
 
     def recompile(key: str) -> None:
-        """Recompile both transformers and warm up, as the app does at start-up."""
+        """Compile both transformers afresh for the modules as they are now, and warm up, as the app does."""
         torch._dynamo.reset()
-        with manager._generate_lock:
-            results[key] = compile_and_warm_up(manager, sizes=((1024, 1024),), batch_sizes=(1,))
-
-    from krea2.attention import FLASH4, flash4_unavailable_reason
+        results[key] = manager.warm_up(sizes=(warmup_size,), batch_sizes=(1,))
 
     attention = FLASH4 if flash4_unavailable_reason() is None else None
     results["attention"] = attention or "sdpa"
     results["flash4_unavailable_reason"] = flash4_unavailable_reason()
+    # Each mode adds speed-ups, in this order: exact = compile + FA4 attention (exact attention) + denoiser graphs;
+    # fast = + fused projections and fp8.
+    exact = replace(padfree, compile=True, attention=attention)
+    fast = replace(exact, fp8=True)
     if "padfree" in modes:
         measure("padfree")  # exact, eager, stock attention processor
-    # Each mode adds changes, in this order: exact = compile + FA4 attention (exact attention); fast = + fused
-    # projections and fp8. The same `prepare_transformer` the app's manager applies.
     if "exact" in modes:
-        for pipe in manager.pipes.values():
-            prepare_transformer(pipe.transformer, fp8=False, attention=attention)
+        manager.apply_fast_path(exact)
         recompile("compile_warmup_s")
         measure("exact")
     if "fast" in modes or "fp8attn" in modes:
-        results["errors"]["fp8_velocity_rel_l2"] = velocity_error(
-            manager.pipes["turbo"].transformer, lambda t: prepare_transformer(t, fp8=True, attention=attention)
-        )
-        prepare_transformer(manager.pipes["raw"].transformer, fp8=True, attention=attention)
+        results["errors"]["fp8_velocity_rel_l2"] = velocity_error(manager, lambda: manager.apply_fast_path(fast))
         results["both_checkpoints_resident_fp8_gb"] = torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0
     if "fast" in modes:
         recompile("fp8_compile_warmup_s")
         measure("fast")
     if "nographs" in modes:  # fast without the denoiser's CUDA graphs: what they are worth, side by side
-        from krea2.denoiser_graphs import drop_denoiser_graphs
-
-        for pipe in manager.pipes.values():
-            drop_denoiser_graphs(pipe.transformer)
-        measure("nographs", [n for n in case_names if CASES[n]["checkpoint"] == "turbo"])
+        manager.apply_fast_path(replace(manager.requested_options, denoiser_graphs=False))
+        measure("nographs", [n for n in case_names if cases[n]["checkpoint"] == TURBO.key])
     if "fp8attn" in modes:  # optional, lossy: fp8 attention (cuDNN) on top of fast
-        from krea2.attention import install_fast_attention
-        from krea2.fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason
-
         results["cudnn_fp8_unavailable_reason"] = cudnn_fp8_unavailable_reason()
         if results["cudnn_fp8_unavailable_reason"] is None:
             results["errors"]["fp8_attention_velocity_rel_l2_vs_fast"] = velocity_error(
-                manager.pipes["turbo"].transformer, lambda t: install_fast_attention(t, CUDNN_FP8)
+                manager, lambda: manager.apply_fast_path(replace(fast, attention=CUDNN_FP8))
             )
-            install_fast_attention(manager.pipes["raw"].transformer, CUDNN_FP8)
             recompile("fp8attn_compile_warmup_s")
             measure("fp8attn")
-    # Raw's optional step cache on top of the last mode measured, one mode per threshold: speed and error against it.
-    raw_cases = [n for n in case_names if CASES[n]["checkpoint"] == "raw"]
-    for threshold in step_cache_thresholds if raw_cases else ():
-        install_step_cache(manager.pipes["raw"].transformer, threshold)
-        measure(f"cache{threshold:g}", raw_cases)
+    # The step cache on top of the last mode measured, one mode per threshold: speed and error against it.
+    guided_cases = [n for n in case_names if not get_spec(cases[n]["checkpoint"]).is_distilled]
+    for threshold in step_cache_thresholds if guided_cases else ():
+        manager.apply_fast_path(replace(manager.requested_options, step_cache=threshold))
+        measure(f"cache{threshold:g}", guided_cases)
     return results
 
 

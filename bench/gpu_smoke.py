@@ -21,10 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment, result_path
-from krea2.attention import flash4_unavailable_reason
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
 from krea2.runtime import EngineSettings, fast_path_options
+from krea2.speedups import installed
+from krea2.speedups.attention import flash4_unavailable_reason
 
 log = logging.getLogger("smoke")
 
@@ -50,6 +51,7 @@ def main() -> int:
     result["status"] = manager.status().summary()
     processor = type(manager.pipes["turbo"].transformer.transformer_blocks[0].attn.processor).__name__
     result["block_attention_processor"] = processor
+    result["installed"] = {key: installed(pipe) for key, pipe in manager.pipes.items()}
     previews: list[int] = []
 
     def collect(step: int, _total: int, _preview) -> None:  # what the UI's callback costs, near enough: a queue put

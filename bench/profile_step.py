@@ -1,19 +1,20 @@
-"""Where one full-size Krea 2 step's time goes, and what the candidate kernels would save. Run on a CUDA GPU:
+"""Where one full-size Krea 2 step's time goes, kernel by kernel: worth re-running when torch, cuDNN, torchao or
+FlashAttention change. Run on a CUDA GPU:
 
-    python bench/profile_step.py --out bench/results
+    python bench/profile_step.py --out bench/results [--sections attention,step,exact_io,decode_kernels]
 
 Sections (each result is written as soon as it exists, so a run cut short still reports what it measured):
-  attention  the attention call at 1024² and 2048² shapes: SDPA's kernels (with the stock head repetition), SDPA with
-             native grouped-query, FlashAttention-4 (flash-attn-4 package) and SageAttention 1 when installed;
-  gemm       one block's linear layers: bf16, fp8 row-wise and tensor-wise scaling, and fused QKV+gate / gate+up;
-  step       one compiled fp8 transformer call, profiled by kernel category, with SDPA and with FA4;
-  encode     the text encoder on the 512-token padded template (stock) and on the real tokens only, and the VAE decode
-             at 1024², plain and with cuDNN autotuning;
-  exact_io   text encoder from CUDA graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU;
-  decode_kernels  the single-frame VAE decode by kernel (the VAE alone).
-  quantized_attention  an 8-bit attention kernel in Triton (bench/quantized_attention.py) against SDPA: time, error;
-  max_autotune  the compiled fp8 step with inductor's GEMM autotuning (cuBLAS against Triton templates) and without.
-The attention section includes cuDNN's fp8 attention (nvidia-cudnn-frontend) where it runs.
+  attention       the attention call at 1024² and 2048² shapes: SDPA's kernels (with the stock head repetition and
+                  with native grouped-query), FlashAttention-4, SageAttention 1 and cuDNN's fp8 attention where each
+                  runs;
+  step            one transformer call as the app's fast path prepares it (`speedups.apply`: fused projections, fp8,
+                  compiled blocks), profiled by kernel category, with SDPA and with FlashAttention-4;
+  exact_io        the exact speed-ups around the transformer, each against what it replaces: text encoder from CUDA
+                  graphs vs eager, single-frame vs stock VAE decode, 8-bit conversion on the GPU vs in numpy;
+  decode_kernels  the VAE decode alone (stock, frame decoder eager and compiled) by kernel, and the mid-block's
+                  head-dim-384 attention: SDPA vs chunked.
+The experiments that settled (fp8 GEMM scaling, compiled text encoder and VAE, inductor tuning, FA4 tiles, 8-bit Triton
+attention) are in bench/NOTES.md with the commit that last had their code.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import PROMPT, build_full_size, environment, result_path
-from krea2.errors import error_summary
 
 log = logging.getLogger("profile")
 HEADS, KV_HEADS, HEAD_DIM, WIDTH, FFN = 48, 12, 128, 6144, 16384
@@ -97,7 +97,7 @@ def attention_case(label: str, seq: int) -> dict:
         "sdpa_flash_gqa": sdpa(SDPBackend.FLASH_ATTENTION, gqa=True),
     }
     try:
-        from krea2.attention import flash4_attention
+        from krea2.speedups.attention import flash4_attention
 
         variants["flash4_gqa"] = lambda: flash4_attention(q, k, v)
     except Exception as error:  # noqa: BLE001 - record why a candidate is missing, measure the rest
@@ -114,7 +114,7 @@ def attention_case(label: str, seq: int) -> dict:
         out[f"{label}_sage_error"] = repr(error)
 
     try:
-        from krea2.fp8_attention import cudnn_fp8_unavailable_reason, fp8_attention
+        from krea2.speedups.fp8_attention import cudnn_fp8_unavailable_reason, fp8_attention
 
         reason = cudnn_fp8_unavailable_reason()
         if reason is None:
@@ -147,59 +147,12 @@ def attention_case(label: str, seq: int) -> dict:
 
 def fp8_kernel_only(label: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flops: int) -> dict:
     """cuDNN's fp8 kernel alone, on already-quantised inputs (compiled blocks fuse the quantisation into RoPE)."""
-    from krea2.fp8_attention import cudnn_fp8_attention, quantize_per_tensor
+    from krea2.speedups.fp8_attention import cudnn_fp8_attention, quantize_per_tensor
 
     (q8, dq), (k8, dk), (v8, dv) = (quantize_per_tensor(t) for t in (q, k, v))
     o_scale = 0.5 / dv
     ms = cuda_ms(lambda: cudnn_fp8_attention(q8, k8, v8, dq, dk, dv, o_scale))
     return {f"{label}_cudnn_fp8_kernel_only": {"ms": ms, "tflops": flops / ms / 1e9}}
-
-
-# ------------------------------------------------------------------------------------------------ gemm
-LAYERS = {  # (out_features, in_features) of one Krea2TransformerBlock's linears
-    "to_q": (WIDTH, WIDTH), "to_k": (KV_HEADS * HEAD_DIM, WIDTH), "to_v": (KV_HEADS * HEAD_DIM, WIDTH),
-    "to_gate": (WIDTH, WIDTH), "to_out": (WIDTH, WIDTH), "ff_gate": (FFN, WIDTH), "ff_up": (FFN, WIDTH),
-    "ff_down": (WIDTH, FFN),
-}  # fmt: skip
-FUSED = {"qkv_gate": (WIDTH * 2 + 2 * KV_HEADS * HEAD_DIM, WIDTH), "ff_gate_up": (2 * FFN, WIDTH)}
-
-
-def gemm(results: dict) -> None:
-    out: dict = {}
-    results["gemm"] = out
-    for m in (4096 + TEXT_TOKENS, 16384 + TEXT_TOKENS):
-        per = {name: gemm_case(m, n, kdim) for name, (n, kdim) in {**LAYERS, **FUSED}.items()}
-        for key in ("bf16_ms", "fp8_row_fast1_ms", "fp8_tensor_ms"):
-            per[f"block_separate_{key}"] = sum(per[n][key] for n in LAYERS)
-            per[f"block_fused_{key}"] = sum(per[n][key] for n in ("qkv_gate", "to_out", "ff_gate_up", "ff_down"))
-        out[f"M{m}"] = per
-        log.info("gemm M=%d: %s", m, {k: round(v, 3) for k, v in per.items() if k.startswith("block_")})
-
-
-def gemm_case(m: int, n: int, kdim: int) -> dict:
-    e4m3 = torch.float8_e4m3fn
-    a = torch.randn(m, kdim, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
-    a8, w8 = a.to(e4m3), w.to(e4m3)
-    row_a = torch.ones(m, 1, device="cuda", dtype=torch.float32)
-    row_b = torch.ones(1, n, device="cuda", dtype=torch.float32)
-    one = torch.ones((), device="cuda", dtype=torch.float32)
-    flops = 2 * m * n * kdim
-
-    def scaled(scale_a, scale_b, fast):
-        return lambda: torch._scaled_mm(
-            a8, w8.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16, use_fast_accum=fast
-        )
-
-    entry = {
-        "bf16_ms": cuda_ms(lambda: F.linear(a, w)),
-        "fp8_row_fast1_ms": cuda_ms(scaled(row_a, row_b, True)),
-        "fp8_row_fast0_ms": cuda_ms(scaled(row_a, row_b, False)),
-        "fp8_tensor_ms": cuda_ms(scaled(one, one, True)),
-    }
-    for key in ("bf16", "fp8_row_fast1", "fp8_tensor"):
-        entry[f"{key}_tflops"] = flops / entry[f"{key}_ms"] / 1e9
-    return entry
 
 
 # ------------------------------------------------------------------------------------------------ step
@@ -267,103 +220,36 @@ def profile_step(transformer, image_tokens: int, label: str, text_tokens: int = 
     return entry
 
 
-def variants(results: dict) -> None:
-    """fp8 + FA4 steps: unfused with dynamic=True compilation (the previous default), fused projections with
-    dynamic=True, and fused with automatic dynamic shapes (sequence length marked dynamic after a second length)."""
-    from bench.benchmark import build_full_size
-    from krea2.acceleration import fuse_projections, quantize_fp8
-    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+def step(results: dict, turbo) -> None:
+    """One call of the Turbo transformer with the fast path on as `speedups.apply` puts it on (fused projections, fp8,
+    compiled blocks), at 1024² and 2048²: with SDPA, then with FlashAttention-4 where it runs."""
+    from dataclasses import replace
 
-    out: dict = {}
-    results["variants"] = out
-    flash4 = flash4_unavailable_reason() is None
-    out["flash4"] = flash4
-
-    def compiled(transformer, dynamic) -> None:
-        torch._dynamo.reset()
-        transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic)
-
-    transformer = build_full_size("cuda", raw=False)[0].transformer
-    quantize_fp8(transformer)
-    install_fast_attention(transformer, FLASH4 if flash4 else None)
-    compiled(transformer, True)
-    for tokens in (4096, 16384):
-        out[f"unfused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"unfused dynamic {tokens}")
-    del transformer
-    torch.cuda.empty_cache()
-    transformer = build_full_size("cuda", raw=False)[0].transformer
-    fuse_projections(transformer)
-    quantize_fp8(transformer)
-    install_fast_attention(transformer, FLASH4 if flash4 else None)
-    compiled(transformer, True)
-    for tokens in (4096, 16384):
-        out[f"fused_dynamic_{tokens}"] = profile_step(transformer, tokens, f"fused dynamic {tokens}")
-    compiled(transformer, None)
-    profile_step(transformer, 4096, "automatic: first length", text_tokens=TEXT_TOKENS + 16)
-    for tokens in (4096, 16384):
-        out[f"fused_automatic_{tokens}"] = profile_step(transformer, tokens, f"fused automatic {tokens}")
-
-
-def step(results: dict, transformer) -> None:
-    from krea2.acceleration import compile_blocks, quantize_fp8
-    from krea2.attention import FLASH4, flash4_unavailable_reason, install_fast_attention
+    from krea2.speedups import FastPathOptions, apply
+    from krea2.speedups.attention import FLASH4, flash4_unavailable_reason
 
     out: dict = {}
     results["step"] = out
-    quantize_fp8(transformer)
-    compile_blocks(transformer)
-    for tokens in (4096, 16384):
-        out[f"fp8_compiled_sdpa_{tokens}"] = profile_step(transformer, tokens, f"fp8 sdpa {tokens}")
-    reason = flash4_unavailable_reason()
-    if reason:
+    pipe = studio_pipeline(turbo)
+    options = FastPathOptions(fp8=True, compile=True)
+    variants = [("sdpa", options)]
+    if (reason := flash4_unavailable_reason()) is None:
+        variants.append(("flash4", replace(options, attention=FLASH4)))
+    else:
         out["flash4"] = reason
-        return
-    install_fast_attention(transformer, FLASH4)
-    torch._dynamo.reset()
-    compile_blocks(transformer)
-    for tokens in (4096, 16384):
-        out[f"fp8_compiled_flash4_{tokens}"] = profile_step(transformer, tokens, f"fp8 flash4 {tokens}")
+    for name, variant in variants:
+        apply([pipe], variant, placement="gpu", device=torch.device("cuda"))
+        torch._dynamo.reset()  # compile afresh for the modules as they are now
+        for tokens in (4096, 16384):
+            out[f"fp8_compiled_{name}_{tokens}"] = profile_step(pipe.transformer, tokens, f"fp8 {name} {tokens}")
 
 
 # ------------------------------------------------------------------------------------------------ encode / decode
 def studio_pipeline(pipe):
     """This project's pipeline (PAD-free text encoder) over the stock pipeline's components."""
-    from krea2.loading import derive_prompt_template_lengths
     from krea2.pipeline import Krea2StudioPipeline
 
-    studio = Krea2StudioPipeline(
-        **pipe.components, text_encoder_select_layers=pipe.text_encoder_select_layers, is_distilled=True
-    )
-    derive_prompt_template_lengths(studio)
-    return studio
-
-
-def encode_decode(results: dict, pipe) -> dict:
-    out: dict = {}
-    results["encode_decode"] = out
-    studio = studio_pipeline(pipe)
-    with torch.inference_mode():
-        padded = lambda: pipe.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
-        unpadded = lambda: studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))  # noqa: E731
-        emb_p, mask_p = padded()
-        emb_u, mask_u = unpadded()
-        out["encode_tokens_padded"] = int(mask_p.shape[1])
-        out["encode_tokens_unpadded"] = int(mask_u.shape[1])
-        out["encode_unpadded_vs_padded_rel_l2"] = rel(emb_u, emb_p[:, mask_p[0]])
-        out["encode_padded_ms"] = cuda_ms(padded)
-        out["encode_unpadded_ms"] = cuda_ms(unpadded)
-        log.info("encode: %s", out)
-        latents = torch.randn(1, 16, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
-        decode = lambda: pipe.vae.decode(latents, return_dict=False)[0]  # noqa: E731
-        out["decode_1024_ms"] = cuda_ms(decode, repeats=5)
-        torch.backends.cudnn.benchmark = True
-        out["decode_1024_cudnn_benchmark_ms"] = cuda_ms(decode, repeats=5)
-        latents = torch.randn(1, 16, 1, 256, 256, device="cuda", dtype=torch.bfloat16)
-        out["decode_2048_cudnn_benchmark_ms"] = cuda_ms(decode, repeats=3)
-        torch.backends.cudnn.benchmark = False
-        out["decode_2048_ms"] = cuda_ms(decode, repeats=3)
-        log.info("decode: %s", out)
-    return out
+    return Krea2StudioPipeline.from_pipeline(pipe)
 
 
 def exact_io(results: dict, pipe) -> None:
@@ -371,9 +257,9 @@ def exact_io(results: dict, pipe) -> None:
     vs eager (PAD-free both), single-frame vs stock VAE decode, and 8-bit conversion on the GPU vs in numpy."""
     import numpy as np
 
-    from krea2.manager import to_pil_images
-    from krea2.text_graphs import TextEncoderGraphs
-    from krea2.vae_decode import use_single_frame_decode
+    from krea2.generation import to_pil_images
+    from krea2.speedups.text_graphs import TextEncoderGraphs
+    from krea2.speedups.vae_decode import use_single_frame_decode
 
     out: dict = {}
     results["exact_io"] = out
@@ -435,7 +321,7 @@ def decode_kernels(results: dict) -> None:
     import torch.nn.functional as F
     from diffusers import AutoencoderKLQwenImage
 
-    from krea2.vae_decode import DecodeOps, SingleFrameCausalConv3d, chunked_attention, use_single_frame_decode
+    from krea2.speedups.vae_decode import DecodeOps, chunked_attention, use_single_frame_decode
 
     out: dict = {}
     results["decode_kernels"] = out
@@ -443,11 +329,8 @@ def decode_kernels(results: dict) -> None:
 
     def variant(name: str) -> None:
         use_single_frame_decode(vae, name != "stock", compiled=name == "frame_compiled")
-        if name == "conv2d_only":  # the stock VAE class over single-frame convolutions: the previous session's path
-            vae.__class__ = AutoencoderKLQwenImage
-            assert isinstance(vae.decoder.conv_in, SingleFrameCausalConv3d)
 
-    names = ("stock", "conv2d_only", "frame_eager", "frame_compiled")
+    names = ("stock", "frame_eager", "frame_compiled")
     for label, side in (("1024", 128), ("2048", 256)):
         latents = torch.randn(1, 16, 1, side, side, device="cuda", dtype=torch.bfloat16)
         decode = lambda z=latents: vae.decode(z, return_dict=False)[0]  # noqa: E731
@@ -496,225 +379,10 @@ def wall_ms(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
-def compiled_encode_decode(results: dict, pipe) -> None:
-    """The same encode and decode with the text model and the VAE decoder under torch.compile."""
-    out: dict = {}
-    results["compiled_encode_decode"] = out
-    studio = studio_pipeline(pipe)
-    with torch.inference_mode():
-        reference, _ = studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
-        language_model = pipe.text_encoder.language_model
-        language_model.compile(dynamic=True)
-        t0 = time.perf_counter()
-        compiled, _ = studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
-        out["encode_compile_s"] = time.perf_counter() - t0
-        out["encode_compiled_vs_eager_rel_l2"] = rel(compiled, reference)
-        out["encode_unpadded_compiled_ms"] = cuda_ms(
-            lambda: studio.get_text_hidden_states(PROMPT, 512, torch.device("cuda"))
-        )
-        out["encode_other_length_ms"] = cuda_ms(lambda: studio.get_text_hidden_states("a cat", 512, "cuda"))
-        log.info("compiled encode: %s", out)
-        latents = torch.randn(1, 16, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
-        eager = pipe.vae.decode(latents, return_dict=False)[0]
-        pipe.vae.decoder.compile(dynamic=True)
-        t0 = time.perf_counter()
-        decoded = pipe.vae.decode(latents, return_dict=False)[0]
-        out["decode_compile_s"] = time.perf_counter() - t0
-        out["decode_compiled_vs_eager_rel_l2"] = rel(decoded, eager)
-        out["decode_1024_compiled_ms"] = cuda_ms(lambda: pipe.vae.decode(latents, return_dict=False)[0], repeats=5)
-        big = torch.randn(1, 16, 1, 256, 256, device="cuda", dtype=torch.bfloat16)
-        out["decode_2048_compiled_ms"] = cuda_ms(lambda: pipe.vae.decode(big, return_dict=False)[0], repeats=3)
-        log.info("compiled decode: %s", out)
-
-
-def tuned_step(results: dict, transformer) -> None:
-    """The fp8 step (SDPA) as compiled by default (its generated code logged), then with inductor's coordinate-descent
-    tuning of the fused (quantisation) kernels."""
-    import torch._inductor.config as inductor_config
-
-    from krea2.acceleration import compile_blocks, quantize_fp8
-
-    out: dict = {}
-    results["tuned_step"] = out
-    quantize_fp8(transformer)
-    compile_blocks(transformer)
-    torch._logging.set_logs(output_code=True)
-    out["fp8_default_4096"] = profile_step(transformer, 4096, "default 4096")
-    torch._logging.set_logs(output_code=False)
-    out["fp8_default_16384"] = profile_step(transformer, 16384, "default 16384")
-    inductor_config.coordinate_descent_tuning = True
-    torch._dynamo.reset()
-    compile_blocks(transformer)
-    for tokens in (4096, 16384):
-        out[f"fp8_coordinate_descent_{tokens}"] = profile_step(transformer, tokens, f"tuned {tokens}")
-    inductor_config.coordinate_descent_tuning = False
-
-
-def flash4_tiles(results: dict) -> None:
-    """FA4's SM90 forward at Krea 2's shapes (48 query / 12 KV heads of 128) with other tile shapes and GQA packing than
-    its defaults (128x128, packed): time, TFLOP/s and the difference from the default's output."""
-    from flash_attn.cute.interface import _flash_attn_fwd
-
-    out: dict = {}
-    results["flash4_tiles"] = out
-    configs = [(None, None), ((128, 176), None), ((128, 160), None), ((128, 192), None), ((128, 112), None)]
-    configs += [(None, False), ((128, 176), False)]
-    for label, seq in (("1024", 4096 + TEXT_TOKENS), ("2048", 16384 + TEXT_TOKENS)):
-        q = torch.randn(1, seq, 48, 128, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(1, seq, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        flops = 4 * seq * seq * 48 * 128
-        reference = _flash_attn_fwd(q, k, v)[0]
-        for tile, pack in configs:
-            name = f"{label}_tile{'default' if tile is None else 'x'.join(map(str, tile))}_pack{pack}"
-            try:
-                run = lambda t=tile, p=pack, x=(q, k, v): _flash_attn_fwd(*x, tile_mn=t, pack_gqa=p)[0]  # noqa: E731
-                ms = cuda_ms(run, repeats=10, warmup=2)
-                out[name] = {"ms": ms, "tflops": flops / ms / 1e9, "vs_default_rel_l2": rel(run(), reference)}
-            except Exception as error:  # noqa: BLE001 - a config the kernel refuses is a result too
-                out[name] = {"error": error_summary(error, 160)}
-            log.info("flash4 %s: %s", name, out[name])
-
-
-def fp8_sdpa_transformer():
-    """The full-size Turbo transformer as the fast path prepares it (fused projections, fp8), with SDPA attention."""
-    from bench.benchmark import build_full_size
-    from krea2.acceleration import fuse_projections, quantize_fp8
-    from krea2.attention import install_fast_attention
-
-    transformer = build_full_size("cuda", raw=False)[0].transformer
-    fuse_projections(transformer)
-    quantize_fp8(transformer)
-    install_fast_attention(transformer, None)
-    return transformer
-
-
-def compiled_step(transformer, name: str) -> dict:
-    """Compile the blocks afresh under the current inductor settings, run a first length (compiles, and marks the
-    sequence dynamic), then profile the 1024² step. Records the seconds the first call took."""
-    from krea2.acceleration import compile_blocks
-
-    torch._dynamo.reset()
-    compile_blocks(transformer)
-    start = time.perf_counter()
-    profile_step(transformer, 4096, f"{name} first length", text_tokens=TEXT_TOKENS + 16)
-    entry = profile_step(transformer, 4096, name)
-    entry["first_length_s"] = time.perf_counter() - start
-    return entry
-
-
-def multi_kernel(results: dict) -> None:
-    """The compiled fp8 step (fused projections, SDPA) with inductor's defaults, then with `triton.multi_kernel`
-    (each reduction compiled persistent and looped, the faster picked at run time): the quantisation kernels."""
-    import torch._inductor.config as inductor_config
-
-    out: dict = {}
-    results["multi_kernel"] = out
-    transformer = fp8_sdpa_transformer()
-    for name, setting in (("default", 0), ("multi_kernel", 1)):
-        inductor_config.triton.multi_kernel = setting
-        out[name] = compiled_step(transformer, name)
-    inductor_config.triton.multi_kernel = 0
-
-
-def max_autotune(results: dict) -> None:
-    """The compiled fp8 step (fused projections, SDPA) with inductor's defaults, then with GEMM autotuning
-    (`max_autotune_gemm`: cuBLAS against inductor's Triton scaled-mm templates per shape, epilogues fused into the
-    templates that win): the GEMMs and the memory-bound kernels around them."""
-    import torch._inductor.config as inductor_config
-
-    out: dict = {}
-    results["max_autotune"] = out
-    transformer = fp8_sdpa_transformer()
-    inductor_config.max_autotune_gemm_backends = "ATEN,TRITON"
-    for name, setting in (("default", False), ("max_autotune_gemm", True)):
-        inductor_config.max_autotune_gemm = setting
-        out[name] = compiled_step(transformer, name)
-    inductor_config.max_autotune_gemm = False
-
-
-def quantized_attention(results: dict) -> None:
-    """The Triton 8-bit attention (bench/quantized_attention.py) at Krea 2's shapes against SDPA in the same run:
-    kernel time and TFLOP/s per tile configuration, int8 or fp8 Q·K, with and without fp32 sums across key blocks;
-    the quantisation's own cost (eager and compiled); relative L2 against bf16 SDPA for plain random inputs and for
-    peaked ones (queries x4: softmax logits with a standard deviation of 4)."""
-    out: dict = {}
-    results["quantized_attention"] = out
-    for label, seq in (("1024", 4096 + TEXT_TOKENS), ("2048", 16384 + TEXT_TOKENS)):
-        out.update(quantized_attention_case(label, seq))
-
-
-def quantized_attention_case(label: str, seq: int) -> dict:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from bench.quantized_attention import (
-        FP8,
-        INT8,
-        quantize_per_token,
-        quantize_value,
-        quantized_attention_kernel,
-        quantized_attention_reference,
-    )
-
-    # (block_m, block_n, warps, stages, fp32 sums across key blocks, warp specialisation)
-    configs = [(128, 128, 8, 3, False, False), (64, 128, 4, 3, False, False), (128, 128, 8, 3, False, True),
-               (64, 128, 4, 3, False, True), (128, 128, 8, 2, False, True), (128, 64, 4, 3, False, True),
-               (128, 128, 4, 2, False, True), (128, 128, 8, 3, True, False)]  # fmt: skip
-    out: dict = {}
-    q = torch.randn(1, seq, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(1, seq, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    flops = 4 * seq * seq * HEADS * HEAD_DIM
-
-    def sdpa(query: torch.Tensor, backend) -> torch.Tensor:
-        with sdpa_kernel(backend):
-            args = (query.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            return F.scaled_dot_product_attention(*args, enable_gqa=True).transpose(1, 2)
-
-    def quantize(query: torch.Tensor, dtype: torch.dtype) -> tuple:
-        return (*quantize_per_token(query, dtype), *quantize_per_token(k, dtype, smooth=True), *quantize_value(v))
-
-    compiled_quantize = torch.compile(quantize)
-    references = {"random": sdpa(q, SDPBackend.FLASH_ATTENTION), "peaked": sdpa(q * 4, SDPBackend.FLASH_ATTENTION)}
-    ms = cuda_ms(lambda: sdpa(q, SDPBackend.CUDNN_ATTENTION))
-    out[f"{label}_sdpa_cudnn"] = {"ms": ms, "tflops": flops / ms / 1e9}
-    for dtype, dtype_name in ((INT8, "int8"), (FP8, "fp8")):
-        inputs, peaked = quantize(q, dtype), quantize(q * 4, dtype)
-        out[f"{label}_{dtype_name}_quantize_eager_ms"] = cuda_ms(lambda d=dtype: quantize(q, d))
-        out[f"{label}_{dtype_name}_quantize_compiled_ms"] = cuda_ms(lambda d=dtype: compiled_quantize(q, d))
-        reference_quantized = quantized_attention_reference(q, k, v, dtype)
-        out[f"{label}_{dtype_name}_reference_rel_l2"] = rel(reference_quantized, references["random"])
-        for block_m, block_n, warps, stages, split, specialize in configs:
-            name = f"{label}_{dtype_name}_m{block_m}_n{block_n}_w{warps}_s{stages}_split{split}_ws{specialize}"
-            options = {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
-            options |= {"split_acc": split, "warp_specialize": specialize}
-
-            def run(x: tuple = inputs, o: dict = options) -> torch.Tensor:
-                return quantized_attention_kernel(*x, **o)
-
-            try:
-                result = run()
-                ms = cuda_ms(run)
-                out[name] = {
-                    "ms": ms,
-                    "tflops": flops / ms / 1e9,
-                    "rel_l2_vs_sdpa": rel(result, references["random"]),
-                    "rel_l2_vs_dequantised_sdpa": rel(result, reference_quantized),
-                    "peaked_rel_l2_vs_sdpa": rel(run(peaked), references["peaked"]),
-                }
-            except Exception as error:  # noqa: BLE001 - a config the compiler refuses is a result too
-                out[name] = {"error": f"{type(error).__name__}: {str(error)[-600:]}"}
-            log.info("quantized attention %s: %s", name, out[name])
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument(
-        "--sections",
-        default="attention,gemm,encode,step",
-        help="also: exact_io, decode_kernels, compiled_encode, tuned_step, variants, flash4_tiles, multi_kernel, "
-        "quantized_attention, max_autotune",
-    )
+    parser.add_argument("--sections", default="attention,step", help="also: exact_io, decode_kernels")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sections = args.sections.split(",")
@@ -734,21 +402,11 @@ def main() -> int:
         path.write_text(json.dumps(results, indent=2))
 
     run("attention", lambda: attention(results))
-    run("gemm", lambda: gemm(results))
-    run("variants", lambda: variants(results))
     run("decode_kernels", lambda: decode_kernels(results))
-    run("flash4_tiles", lambda: flash4_tiles(results))
-    run("multi_kernel", lambda: multi_kernel(results))
-    run("quantized_attention", lambda: quantized_attention(results))
-    run("max_autotune", lambda: max_autotune(results))
-    if {"encode", "exact_io", "step", "compiled_encode", "tuned_step"} & set(sections):
+    if {"exact_io", "step"} & set(sections):
         turbo, _ = build_full_size("cuda", raw=False)
-        # Order matters: the last two quantise the transformer in place.
-        run("encode", lambda: encode_decode(results, turbo))
         run("exact_io", lambda: exact_io(results, turbo))
-        run("compiled_encode", lambda: compiled_encode_decode(results, turbo))
-        run("tuned_step", lambda: tuned_step(results, turbo.transformer))
-        run("step", lambda: step(results, turbo.transformer))
+        run("step", lambda: step(results, turbo))  # last: it quantises the transformer in place
     print(json.dumps(results, indent=2))
     return 0
 

@@ -68,6 +68,7 @@ TURBO = CheckpointSpec(
 )
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {"raw": RAW, "turbo": TURBO}
+DEFAULT_CHECKPOINT: CheckpointKey = TURBO.key  # what a request runs when it names none
 
 
 def get_spec(key: str) -> CheckpointSpec:

@@ -11,13 +11,8 @@ from __future__ import annotations
 import torch
 from diffusers import Krea2Pipeline
 
-from .text_graphs import TextEncoderGraphs, text_features
-
-
-def drop_padding(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep only the text tokens that are real in every row (a single prompt: exactly its real tokens)."""
-    keep = mask.all(dim=0)
-    return embeds[:, keep], mask[:, keep]
+from .loading import derive_prompt_template_lengths
+from .speedups.text_graphs import TextEncoderGraphs, text_features
 
 
 def _match_text_positions(_module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -35,16 +30,35 @@ def _match_text_positions(_module, args: tuple, kwargs: dict) -> tuple[tuple, di
 
 
 class Krea2StudioPipeline(Krea2Pipeline):
-    """Krea2Pipeline whose `encode_prompt` hands the transformer no mask when no token is padding."""
+    """Krea2Pipeline that encodes a prompt without its padding and hands the transformer no mask. Build it with
+    `from_pipeline`."""
 
-    drop_text_padding: bool = True
-    text_graphs: TextEncoderGraphs | None = None  # set by the manager where the encoder stays on the GPU
+    text_graphs: TextEncoderGraphs | None = None  # set by `speedups.apply` where the encoder stays on the GPU
+
+    @classmethod
+    def from_pipeline(cls, pipe: Krea2Pipeline) -> Krea2StudioPipeline:
+        """The studio pipeline over `pipe`'s very component objects (nothing is copied), ready to run: the template
+        lengths of its tokenizer, no progress bar, and the transformer rebuilding text positions per call."""
+        studio = cls(
+            **pipe.components,
+            text_encoder_select_layers=pipe.text_encoder_select_layers,
+            is_distilled=pipe.config.is_distilled,
+        )
+        derive_prompt_template_lengths(studio)
+        studio.set_progress_bar_config(disable=True)
+        # Installed here, once per transformer (DiffusionPipeline introspects __init__, so not in a constructor).
+        if not getattr(studio.transformer, "_krea2_positions_hook", False):
+            studio.transformer.register_forward_pre_hook(_match_text_positions, with_kwargs=True)
+            studio.transformer._krea2_positions_hook = True
+        return studio
 
     def get_text_hidden_states(
         self, prompt: str | list[str], max_sequence_length: int = 512, device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt: its real tokens only, and an all-true mask. A batch of prompts (different lengths) keeps the
+        stock padded layout."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not self.drop_text_padding or len(prompts) != 1:  # a batch of different lengths needs the padding
+        if len(prompts) != 1:
             return super().get_text_hidden_states(prompt, max_sequence_length, device)
         device = device or self._execution_device
         prefix_idx = self.prompt_template_encode_start_idx
@@ -57,7 +71,7 @@ class Krea2StudioPipeline(Krea2Pipeline):
         ).input_ids
         suffix_ids = self.tokenizer(self.prompt_template_encode_suffix, return_tensors="pt").input_ids
         input_ids = torch.cat([text_ids, suffix_ids], dim=1).to(device)
-        if self.text_graphs is not None:  # the same features, replayed from a CUDA graph (krea2/text_graphs.py)
+        if self.text_graphs is not None:  # the same features, replayed from a CUDA graph (speedups/text_graphs.py)
             hidden_states = self.text_graphs(input_ids)
         else:
             hidden_states = text_features(self.text_encoder, input_ids, self.text_encoder_select_layers)
@@ -66,14 +80,7 @@ class Krea2StudioPipeline(Krea2Pipeline):
         return hidden_states, mask
 
     def encode_prompt(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:  # type: ignore[override]
+        """Stock, except that an all-true mask becomes None: the transformer then builds no attention mask at all,
+        and its attention runs on the fused kernels."""
         embeds, mask = super().encode_prompt(*args, **kwargs)
-        if self.drop_text_padding:
-            # (DiffusionPipeline introspects __init__, so the hook is installed here, before the first denoise step.)
-            if not getattr(self.transformer, "_krea2_positions_hook", False):
-                self.transformer.register_forward_pre_hook(_match_text_positions, with_kwargs=True)
-                self.transformer._krea2_positions_hook = True
-            if not bool(mask.all()):
-                embeds, mask = drop_padding(embeds, mask)
-            if bool(mask.all()):
-                return embeds, None  # None: the transformer builds no attention mask at all
-        return embeds, mask
+        return embeds, None if bool(mask.all()) else mask

@@ -43,18 +43,27 @@ def choose_placement(requested: str, device: torch.device, needed_bytes: int) ->
 
 
 def apply_placement(modules: list[torch.nn.Module], placement: Placement, device: torch.device) -> None:
-    if placement == "cpu":
+    """Move (or hook) each module for `placement`; a module already placed is left alone, so placing twice is free."""
+    if placement in ("cpu", "gpu"):
+        target = torch.device("cpu") if placement == "cpu" else device
         for module in modules:
-            module.to("cpu")
-    elif placement == "gpu":
-        for module in modules:
-            module.to(device)
+            if any(not _on(parameter.device, target) for parameter in module.parameters()):
+                module.to(target)
     else:
         # Group offloading hooks live on the modules themselves, so a module shared by Raw and Turbo is hooked once
         # and works from both pipelines (model-level CPU offload chains hooks per pipeline and breaks on sharing).
         from diffusers.hooks import apply_group_offloading
 
         for module in modules:
+            if hasattr(module, "_diffusers_hook"):  # hooked at the first placement
+                continue
             apply_group_offloading(
                 module, onload_device=device, offload_type="leaf_level", use_stream=True, record_stream=True
             )
+
+
+def _on(actual: torch.device, target: torch.device) -> bool:
+    """Whether a tensor on `actual` is on `target` ("cuda" means the current GPU)."""
+    if actual.type != target.type:
+        return False
+    return target.index is None or actual.index == target.index

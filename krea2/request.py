@@ -12,7 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .checkpoints import CHECKPOINTS, get_spec
+from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT, get_spec
 from .errors import InvalidRequest
 
 MAX_PROMPT_CHARS = 2000
@@ -96,7 +96,7 @@ class GenerationRequest:
     stays None here and is drawn at generation time (the result reports the seed actually used)."""
 
     prompt: str
-    checkpoint: str = "turbo"
+    checkpoint: str = DEFAULT_CHECKPOINT
     negative_prompt: str = ""
     steps: int | None = None
     guidance: float | None = None
@@ -152,6 +152,18 @@ class GenerationRequest:
 
     def with_seed(self, seed: int) -> GenerationRequest:
         return GenerationRequest(**{**self.to_dict(), "seed": seed})
+
+    def seeded(self) -> GenerationRequest:
+        """This request, with a random seed drawn if it has none: the one place seeds are drawn (a comparison draws
+        once for Raw, then gives Turbo the same seed)."""
+        return self if self.seed is not None else self.with_seed(random_seed())
+
+    @property
+    def image_seeds(self) -> list[int]:
+        """Image k of a batch uses seed + k, so each image can be reproduced alone."""
+        if self.seed is None:
+            raise ValueError("the request has no seed yet (GenerationRequest.seeded)")
+        return [(self.seed + k) % (MAX_SEED + 1) for k in range(self.num_images)]
 
     def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False, **overrides: Any) -> GenerationRequest:
         """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept.

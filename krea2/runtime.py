@@ -80,7 +80,7 @@ def attention_setting(text: str | None) -> str | None:
         return None
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from .attention import KERNEL_NAMES
+    from .speedups.attention import KERNEL_NAMES
 
     choices = [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
     if text.strip() not in choices:
@@ -100,7 +100,7 @@ def fp8_supported() -> bool:
 
 def choose_attention(requested: str | None, cuda: bool) -> str | None:
     """The attention the transformers run: FA4 by default where it can run; "sdpa" means PyTorch's own."""
-    from .attention import FLASH4, flash4_unavailable_reason
+    from .speedups.attention import FLASH4, flash4_unavailable_reason
 
     if requested == "sdpa" or not cuda:
         return None
@@ -143,7 +143,6 @@ def fast_path_options(settings: EngineSettings, *, cuda: bool, demo: bool) -> Fa
     """The fast path the settings ask for, on by default where it runs (the manager turns the GPU-resident parts off
     again if the weights end up offloaded)."""
     return FastPathOptions(
-        drop_text_padding=True,
         compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
         attention=None if demo else choose_attention(settings.attention, cuda),

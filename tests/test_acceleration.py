@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import Krea2Pipeline
 
-from krea2.acceleration import FusedSwiGLU, fuse_projections
-from krea2.attention import Krea2FastAttnProcessor, flash4_unavailable_reason, install_fast_attention
 from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
+from krea2.speedups.attention import Krea2FastAttnProcessor, flash4_unavailable_reason, install_fast_attention
+from krea2.speedups.projections import FusedSwiGLU, fuse_projections
 
 
 def inputs(text_tokens: int = 5, grid: int = 4, masked: bool = False):
@@ -61,27 +61,37 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     """fp8, compile and the attention kernel were measured resident on the GPU only; elsewhere (CPU here, offload
     on a small GPU) the manager runs the plain path instead of an untested combination."""
     from krea2.loading import PipelineLoader
-    from krea2.manager import FastPathOptions, ModelManager
+    from krea2.manager import ModelManager
+    from krea2.speedups import FastPathOptions, installed
 
-    options = FastPathOptions(fp8=True, compile=True, attention="flash4", text_graphs=True)
+    options = FastPathOptions(fp8=True, compile=True, attention="flash4", text_graphs=True, denoiser_graphs=True)
     loader = PipelineLoader(demo_sources, torch.float32)
     manager = ModelManager(loader, device="cpu", options=options, demo=True)  # CPU also where a GPU is present
     manager.start(background=False)
     assert manager.placement == "cpu"
-    assert manager.options == FastPathOptions(drop_text_padding=True)  # exact single-frame decode stays on
-    assert all(pipe.text_graphs is None for pipe in manager.pipes.values())
-    assert manager.status().warmup == "off" and manager.status().fast_path == ""
-    assert hasattr(manager.pipes["turbo"].transformer.transformer_blocks[0].attn, "to_q")  # not fused
+    assert manager.options == FastPathOptions() and manager.requested_options == options
+    for pipe in manager.pipes.values():  # read from the modules: only the exact single-frame decode is on
+        assert installed(pipe) == ["single-frame VAE decode"]
+        assert pipe.text_graphs is None
+        assert hasattr(pipe.transformer.transformer_blocks[0].attn, "to_q")  # not fused
+    assert manager.status().warmup == "off" and manager.status().fast_path == "single-frame VAE decode"
 
 
-def test_attention_choice():
+@pytest.mark.parametrize(("probe", "expected"), [(None, "flash4"), ("flash-attn-4 did not run (ImportError)", None)])
+def test_attention_choice(monkeypatch, probe, expected):
+    """Automatic means FlashAttention-4 exactly when its start-up probe passes, PyTorch's SDPA when it says why not;
+    an explicit choice is taken as asked, and never probes."""
+    import krea2.speedups.attention as attention
     from krea2.runtime import choose_attention
 
-    assert choose_attention(None, cuda=False) is None
+    probes = []
+    monkeypatch.setattr(attention, "flash4_unavailable_reason", lambda: probes.append(1) or probe)
+    assert choose_attention(None, cuda=True) == expected
+    assert choose_attention(None, cuda=False) is None  # no GPU: nothing to probe
     assert choose_attention("sdpa", cuda=True) is None
     assert choose_attention("_native_cudnn", cuda=True) == "_native_cudnn"
-    expected = "flash4" if flash4_unavailable_reason() is None else None
-    assert choose_attention(None, cuda=True) == expected
+    assert choose_attention("cudnn-fp8", cuda=True) == "cudnn-fp8"
+    assert len(probes) == 1
 
 
 def test_attention_setting():
@@ -95,7 +105,7 @@ def test_attention_setting():
 
 
 def test_per_tensor_fp8_scale_is_a_power_of_two_that_fills_the_range():
-    from krea2.fp8_attention import FP8_MAX, quantize_per_tensor
+    from krea2.speedups.fp8_attention import FP8_MAX, quantize_per_tensor
 
     x = torch.randn(2, 50, 3, 16) * 7.3
     quantized, descale = quantize_per_tensor(x)
@@ -110,7 +120,7 @@ def test_per_tensor_fp8_scale_is_a_power_of_two_that_fills_the_range():
 def test_fp8_attention_scales_round_trip_through_the_kernel_fallback():
     """On a machine without cuDNN's fp8 kernel the op computes SDPA on the dequantised inputs: that checks the scales
     around the kernel (Q/K/V descales, O's scale) end to end, grouped-query heads included."""
-    from krea2.fp8_attention import fp8_attention
+    from krea2.speedups.fp8_attention import fp8_attention
 
     torch.manual_seed(0)
     query = torch.randn(1, 64, 8, 32, dtype=torch.bfloat16)
@@ -125,7 +135,7 @@ def test_fp8_attention_scales_round_trip_through_the_kernel_fallback():
 
 
 def test_cudnn_fp8_attention_is_refused_with_a_reason_where_it_cannot_run():
-    from krea2.fp8_attention import cudnn_fp8_unavailable_reason
+    from krea2.speedups.fp8_attention import cudnn_fp8_unavailable_reason
 
     if cudnn_fp8_unavailable_reason() is None:
         pytest.skip("cuDNN fp8 attention runs here")

@@ -7,12 +7,10 @@ import pytest
 import torch
 from diffusers import Krea2Pipeline
 
-import krea2.denoiser_graphs as denoiser_graphs
-from krea2.acceleration import prepare_transformer
-from krea2.attention import install_fast_attention
+import krea2.speedups.denoiser_graphs as denoiser_graphs
 from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
-from krea2.denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
-from krea2.step_cache import install_step_cache
+from krea2.speedups.denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
+from krea2.speedups.step_cache import install_step_cache
 
 
 class ReplayedFunction:
@@ -126,16 +124,32 @@ def test_masked_calls_and_the_step_cache_stay_eager(captures):
     assert captures.count == 0
 
 
-def test_changing_the_transformer_drops_its_graphs(captures):
-    _, graphed = pair()
-    install_denoiser_graphs(graphed)
-    install_fast_attention(graphed)
-    assert denoiser_graphs_of(graphed) is None
-    install_denoiser_graphs(graphed)
-    prepare_transformer(graphed, fp8=False, attention=None)
-    assert denoiser_graphs_of(graphed) is None
-    drop_denoiser_graphs(graphed)  # nothing installed: a no-op
-    run(graphed, inputs(0))
+def test_apply_drops_captured_graphs_first_and_installs_fresh_ones(captures):
+    """Every step of `speedups.apply` may change what a captured graph replays, so apply drops the old graphs before
+    its first step and, where asked, puts fresh ones on as its last: the next calls capture again."""
+    from krea2.demo import build_demo_pipeline
+    from krea2.pipeline import Krea2StudioPipeline
+    from krea2.speedups import FastPathOptions, apply
+
+    pipe = Krea2StudioPipeline.from_pipeline(build_demo_pipeline(transformer_seed=3))
+    transformer, cpu = pipe.transformer, torch.device("cpu")
+    old = install_denoiser_graphs(transformer)
+    run(transformer, inputs(0))
+    run(transformer, inputs(1))  # captures
+    assert captures.count == 1 and len(old.graphs) == 1
+
+    apply([pipe], FastPathOptions(compile=True, denoiser_graphs=True), placement="cpu", device=cpu)
+    fresh = denoiser_graphs_of(transformer)
+    assert fresh is not None and fresh is not old and len(fresh.graphs) == 0
+    with torch.compiler.set_stance("force_eager"):  # the compiled blocks, without paying for compilation on a CPU
+        run(transformer, inputs(0))
+        run(transformer, inputs(1))
+    assert captures.count == 2  # captured again, not replayed from the graph of the unchanged transformer
+
+    apply([pipe], FastPathOptions(), placement="cpu", device=cpu)
+    assert denoiser_graphs_of(transformer) is None
+    drop_denoiser_graphs(transformer)  # nothing installed: a no-op
+    run(transformer, inputs(0))
 
 
 def test_return_dict_matches_the_stock_forward(captures):

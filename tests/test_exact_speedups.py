@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
-import krea2.vae_decode as vae_decode
+import krea2.speedups.vae_decode as vae_decode
 from krea2.demo import build_vae
-from krea2.manager import MAX_SEQUENCE_LENGTH
-from krea2.text_graphs import TextEncoderGraphs, _Captured, text_features
-from krea2.vae_decode import (
+from krea2.generation import MAX_SEQUENCE_LENGTH
+from krea2.speedups.text_graphs import TextEncoderGraphs, _Captured, text_features
+from krea2.speedups.vae_decode import (
     SingleFrameCausalConv3d,
     SingleFrameQwenImageVAE,
     upsample_nearest_2x,

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from krea2 import GenerationRequest, InvalidRequest
+from krea2.request import MAX_SEED
 
 
 def test_defaults_follow_the_checkpoint():
@@ -132,3 +133,18 @@ def test_history_query_defaults_and_coercion():
 
     query = HistoryQuery(search=None, checkpoint="", cursor=" 12 ", limit="5")
     assert (query.search, query.checkpoint, query.cursor, query.limit) == ("", "all", 12, 5)
+
+
+def test_a_seed_is_drawn_once_and_kept():
+    request = GenerationRequest(prompt="x")
+    seeded = request.seeded()
+    assert request.seed is None and 0 <= seeded.seed <= MAX_SEED
+    assert seeded.seeded() is seeded  # a seeded request keeps its seed
+    assert {GenerationRequest(prompt="x").seeded().seed for _ in range(8)} != {seeded.seed}  # drawn, not fixed
+
+
+def test_image_k_uses_seed_plus_k_wrapping_at_the_top():
+    assert GenerationRequest(prompt="x", seed=5, num_images=3).image_seeds == [5, 6, 7]
+    assert GenerationRequest(prompt="x", seed=MAX_SEED, num_images=2).image_seeds == [MAX_SEED, 0]
+    with pytest.raises(ValueError, match="no seed"):
+        GenerationRequest(prompt="x").image_seeds  # noqa: B018

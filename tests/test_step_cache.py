@@ -8,7 +8,7 @@ from diffusers import Krea2Pipeline
 from krea2 import GenerationRequest
 from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
 from krea2.runtime import step_cache_threshold
-from krea2.step_cache import install_step_cache, step_cache_of
+from krea2.speedups.step_cache import install_step_cache, step_cache_of
 
 
 def call(transformer, hidden, text):
@@ -65,7 +65,8 @@ def test_each_guidance_branch_keeps_its_own_cache():
 
 def test_manager_raw_with_step_cache(demo_sources):
     from krea2.loading import PipelineLoader
-    from krea2.manager import FastPathOptions, ModelManager
+    from krea2.manager import ModelManager
+    from krea2.speedups import FastPathOptions
 
     def manager(threshold):
         options = FastPathOptions(step_cache=threshold)
@@ -78,7 +79,8 @@ def test_manager_raw_with_step_cache(demo_sources):
     )
     exact, cached = manager(0.0), manager(1e9)  # 1e9: every call after a branch's first reuses its residual
     assert step_cache_of(cached.pipes["turbo"].transformer) is None  # Turbo's 8 distilled steps: never cached
-    assert cached.status().summary().endswith("Raw step cache 1e+09") and exact.status().fast_path == "Raw step cache 0"
+    assert cached.status().summary().endswith("Krea 2 Raw step cache 1e+09")  # Raw's alone, after the shared ones
+    assert exact.status().fast_path == "single-frame VAE decode + Krea 2 Raw step cache 0"
     reference = np.asarray(exact.generate(request).images[0], dtype=np.int16)
     first = np.asarray(cached.generate(request).images[0], dtype=np.int16)
     cache = step_cache_of(cached.pipes["raw"].transformer)

@@ -1,8 +1,8 @@
 """Whole transformer calls replayed from CUDA graphs, one graph per input shape.
 
 A compiled fp8 Turbo step at 1024² launches ~600 kernels (28 blocks of GEMMs, fused Triton kernels and attention, plus
-the embeddings and the final layer). Launched one by one, the GPU idles a few microseconds between kernels (H100
-profile: 118.4 ms wall vs 114.2 ms of kernels per call, bench/NOTES.md). A graph launches the captured sequence at once.
+the embeddings and the final layer). Launched one by one, the GPU idles a few microseconds between kernels (measured
+in bench/NOTES.md). A graph launches the captured sequence at once.
 
 A graph has fixed shapes and addresses, so the inputs are copied into static tensors and each shape (batch, prompt
 length, image size) gets its own graph, captured on the second call with that shape: the first runs eagerly, so that
@@ -11,9 +11,10 @@ at the same time (the manager's lock), and each replay's output is copied out be
 capture is checked once against eager on the same inputs; a capture that fails or disagrees turns the graphs off and the
 transformer runs eagerly from then on.
 
-Anything that changes the transformer (fp8, the attention processor, compilation, the step cache) must drop its graphs:
-`drop_denoiser_graphs`. Raw's step cache decides per call on the CPU whether to skip blocks, which a graph cannot
-replay, so a transformer with a step cache always runs eagerly.
+Anything that changes the transformer (fp8, the attention processor, compilation, the step cache) must drop its graphs
+first: `speedups.apply` does, before its first step, and installs fresh ones as its last. Raw's step cache decides
+per call on the CPU whether to skip blocks, which a graph cannot replay, so a transformer with a step cache always runs
+eagerly.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from ..errors import error_summary
+from ..lru_cache import LRUCache
 from .cuda_graphs import capture, relative_l2
-from .errors import error_summary
-from .prompt_cache import LRUCache
 from .step_cache import step_cache_of
 
 log = logging.getLogger(__name__)

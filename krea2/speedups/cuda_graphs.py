@@ -1,5 +1,5 @@
-"""What the two CUDA-graph users (the text encoder, krea2/text_graphs.py, and the denoiser, krea2/denoiser_graphs.py)
-share: capturing a function's kernels once, and the error measure their checks use."""
+"""What the two CUDA-graph users (the text encoder, text_graphs.py, and the denoiser, denoiser_graphs.py) share:
+capturing a function's kernels once, and the error measure their checks use."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A bounded LRU cache of prompt embeddings: a prompt is encoded once for Raw, Turbo and every repeat."""
+"""A bounded LRU cache: prompt embeddings, denoiser CUDA graphs and cuDNN plans, each keyed by what they depend on."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Krea 2's attention for the fast path: fused projections and FlashAttention-4, each a setting.
 
-- Fused projections (see `acceleration.fuse_projections`) give each block one `to_qkvg` GEMM instead of four; this
-  processor reads either layout.
-- FlashAttention-4 (the CuTe-DSL kernels of the `flash-attn-4` package). On an H200 its SM90 kernel ran Krea 2's
-  attention at 565-671 TFLOP/s against 527-550 for the cuDNN kernel PyTorch's SDPA picks there (bench/results,
-  profile). It takes the grouped-query layout (48 query heads over 12 KV heads) directly, so keys and values are not
-  repeated to 48 heads first. Exact attention (bf16 in, fp32 softmax), not an approximation. It covers the unmasked
+- Fused projections (`projections.py`) give each block one `to_qkvg` GEMM instead of four; this processor reads
+  either layout.
+- FlashAttention-4 (the CuTe-DSL kernels of the `flash-attn-4` package). On Hopper its SM90 kernel runs Krea 2's
+  attention faster than the cuDNN kernel PyTorch's SDPA picks there, most at large sizes (bench/NOTES.md). It takes
+  the grouped-query layout (48 query heads over 12 KV heads) directly, so keys and values are not repeated to 48
+  heads first. Exact attention (bf16 in, fp32 softmax), not an approximation. It covers the unmasked
   case (PAD-free text, the fast path); with a mask the call goes through diffusers' attention dispatch as in stock.
 
 The processor is installed through diffusers' public `set_attn_processor`; the computation is diffusers'
@@ -20,8 +20,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .denoiser_graphs import drop_denoiser_graphs
-from .errors import error_summary
+from ..errors import error_summary
 from .fp8_attention import CUDNN_FP8, cudnn_fp8_unavailable_reason, fp8_attention
 
 FLASH4 = "flash4"
@@ -78,7 +77,7 @@ class Krea2FastAttnProcessor:
     _parallel_config = None
 
     def __init__(self, kernel: str | None = None) -> None:
-        self.kernel = kernel  # FLASH4, CUDNN_FP8 (krea2/fp8_attention.py) or None: diffusers' dispatch
+        self.kernel = kernel  # FLASH4, CUDNN_FP8 (fp8_attention.py) or None: diffusers' dispatch
 
     def __call__(
         self,
@@ -122,11 +121,30 @@ class Krea2FastAttnProcessor:
 
 def install_fast_attention(transformer, kernel: str | None = None) -> None:
     """Put the fast processor on every Krea 2 attention layer of `transformer`, running `kernel` (FLASH4, CUDNN_FP8 or
-    None for diffusers' dispatch). Raises RuntimeError when the kernel cannot run here."""
+    None for diffusers' dispatch); a transformer that runs it already is left alone (a new processor object would make
+    compiled blocks recompile). Raises RuntimeError when the kernel cannot run here."""
     probes = {FLASH4: flash4_unavailable_reason, CUDNN_FP8: cudnn_fp8_unavailable_reason}
     if kernel is not None and kernel not in probes:
         raise ValueError(f"unknown attention kernel {kernel!r}")
     if kernel is not None and (reason := probes[kernel]()) is not None:
         raise RuntimeError(f"{KERNEL_NAMES[kernel]} unavailable: {reason}")
-    drop_denoiser_graphs(transformer)  # captured kernels would keep calling the old attention
+    current = block_attention_processor(transformer)
+    if isinstance(current, Krea2FastAttnProcessor) and current.kernel == kernel:
+        return
     transformer.set_attn_processor(Krea2FastAttnProcessor(kernel=kernel))
+
+
+def block_attention_processor(transformer):
+    """The attention processor of the transformer's first block (`install_fast_attention` puts one on all)."""
+    return next(iter(transformer.transformer_blocks)).attn.processor
+
+
+def attention_in_use(transformer) -> str | None:
+    """What the blocks' attention runs beyond stock, by name: one of `KERNEL_NAMES`' or a diffusers backend's;
+    None for the stock dispatch (PyTorch's SDPA)."""
+    processor = block_attention_processor(transformer)
+    kernel = getattr(processor, "kernel", None)
+    if kernel is not None:
+        return KERNEL_NAMES[kernel]
+    backend = getattr(processor, "_attention_backend", None)
+    return None if backend is None else f"attention backend {getattr(backend, 'value', backend)}"

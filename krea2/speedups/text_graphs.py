@@ -1,8 +1,8 @@
 """The text encoder replayed from CUDA graphs, one graph per padded prompt length.
 
-Encoding a prompt with the 4B-parameter Qwen3-VL text model is launch-bound: 36 layers of small kernels took 37 ms on
-an H100 for ~100 tokens, while reading the 8 GB of weights once takes ~3 ms. A CUDA graph launches the whole captured
-sequence of kernels at once.
+Encoding a prompt with the 4B-parameter Qwen3-VL text model is launch-bound: for a prompt's ~100 tokens, launching 36
+layers of small kernels one by one takes many times longer than reading the weights once (bench/NOTES.md). A CUDA
+graph launches the whole captured sequence of kernels at once.
 
 A graph has fixed shapes, so the tokens are padded on the right to a multiple of `bucket`. The encoder is causal (a
 token attends to itself and earlier tokens only) and a token's position does not depend on what follows it, so the
@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import error_summary
 from .cuda_graphs import capture, relative_l2
-from .errors import error_summary
 
 log = logging.getLogger(__name__)
 
-# Relative L2 of a new graph against eager. A wrong capture (stale input, wrong positions) lands near 1. The full-size
-# encoder in bf16 amplifies mere summation-order differences to ~0.02 (H200: PAD-free vs padded 0.021, compiled vs
-# eager 0.026, graph vs eager 0.020; bench/results/*profile*.json), so the bound sits above that noise.
+# Relative L2 of a new graph against eager. A wrong capture (stale input, wrong positions) lands near 1; the bound sits
+# above the bf16 summation-order noise of the full-size encoder (bench/NOTES.md, third session, measured it).
 CHECK_TOLERANCE = 0.05
 
 

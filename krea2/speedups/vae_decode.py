@@ -36,7 +36,7 @@ from diffusers.models.autoencoders.autoencoder_kl_qwenimage import (
 from torch import nn
 
 # Flash and cuDNN attention kernels take head dims up to 256; the VAE's mid-block attention has one head of 384, which
-# PyTorch then runs on its memory-efficient kernel (55 ms at 2048² on an H100, bench/NOTES.md).
+# PyTorch then runs on its slower memory-efficient kernel (bench/NOTES.md, fourth session).
 FLASH_MAX_HEAD_DIM = 256
 SCORES_PER_CHUNK = 1 << 28  # 1 GB of fp32 attention scores per query chunk
 
@@ -110,12 +110,13 @@ class DecodeOps:
     `single_head_attention`).
 
     Compiled, a residual block's two convolutions leave their bias to the fused kernel that follows (cuDNN adds a
-    channels_last bias in a separate, unvectorised pass: 16 ms of a 2048² decode on an H100, bench/NOTES.md)."""
+    channels_last bias in a separate, unvectorised pass: bench/NOTES.md, fourth session)."""
 
     norm_silu: Callable[..., torch.Tensor] = norm_silu
     bias_norm_silu: Callable[..., torch.Tensor] | None = None  # None: the convolutions add their own bias
     bias_add: Callable[..., torch.Tensor] | None = None
     softmax: Callable[..., torch.Tensor] | None = None  # None: SDPA for every head dim
+    is_compiled: bool = False
 
     @classmethod
     def compiled(cls) -> DecodeOps:
@@ -124,6 +125,7 @@ class DecodeOps:
             bias_norm_silu=compiled_per_width(bias_norm_silu),
             bias_add=compiled_per_width(bias_add),
             softmax=torch.compile(scaled_softmax),
+            is_compiled=True,
         )
 
 
@@ -288,7 +290,7 @@ class SingleFrameQwenImageVAE(AutoencoderKLQwenImage):
 def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: bool = False) -> int:
     """Switch `vae` to the single-frame decoder (`compiled`: its elementwise work compiled into fused kernels, see
     `DecodeOps`), or back to stock with `enabled=False`. Returns how many causal convolutions changed class (0 when
-    already switched)."""
+    already switched). A decoder already in the asked form keeps its (compiled) functions."""
     target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
     count = 0
     for part in (getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)):
@@ -299,6 +301,14 @@ def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: b
     if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):  # not someone else's subclass
         whole = enabled and frame_decodable(vae)
         vae.__class__ = SingleFrameQwenImageVAE if whole else AutoencoderKLQwenImage
-        if whole:
+        if whole and single_frame_decode_of(vae) != ("compiled" if compiled else "eager"):
             vae.frame_decoder = FrameDecoder(DecodeOps.compiled() if compiled else DecodeOps())
     return count
+
+
+def single_frame_decode_of(vae: nn.Module) -> str | None:
+    """ "compiled" or "eager" when `vae` decodes one frame through its own `FrameDecoder`, else None."""
+    decoder = vae.__dict__.get("frame_decoder") if isinstance(vae, SingleFrameQwenImageVAE) else None
+    if decoder is None:
+        return None
+    return "compiled" if decoder.ops.is_compiled else "eager"

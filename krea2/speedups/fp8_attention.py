@@ -1,22 +1,19 @@
 """fp8 attention on Hopper through cuDNN's fp8 SDPA (the `nvidia-cudnn-frontend` package): optional, not exact.
 
 FlashAttention-4's fp8 path runs on Blackwell only, so on Hopper cuDNN's fp8 flash-attention kernel is the candidate.
-Measured on an H200 (bench/results/*profile-attention*.json): 826 against FA4's 654 TFLOP/s at 2048² (attention is
-~44% of that step), but 617 against 602 at 1024², so it pays at large sizes only; end to end Turbo 2048² went from
-5.50 to 5.10 s, 1024² from 1.016 to 1.010 s.
+It pays at large sizes only, where attention is a large part of a step (bench/NOTES.md, third session).
 
 Numerics, per call: K's mean over the sequence is subtracted (exact: softmax ignores a per-head key offset); Q, K
 and V are scaled per tensor by powers of two that put each one's largest magnitude in (224, 448], fp8's top binade;
 the kernel quantises the softmax probabilities P (<= 1) with a fixed scale; Hopper writes O in fp8 too, with half of
 V's scale (O is a convex combination of V's rows, so |O| <= max|V|; the half is headroom for P's rounding), and O
-is dequantised right away. Measured error: relative L2 0.06 against SDPA for one attention call on random inputs,
-0.0056 for a whole transformer call on top of the fp8 linear layers. How peaked the trained model's attention is
-changes this, and random weights cannot show it, so this is a setting (`KREA2_ATTENTION=cudnn-fp8`), never chosen
-automatically.
+is dequantised right away. Its error, per attention call and per transformer call, is in bench/NOTES.md; how peaked
+the trained model's attention is changes it, and random weights cannot show it, so this is a setting
+(`KREA2_ATTENTION=cudnn-fp8`), never chosen automatically.
 
 The kernel is wrapped as a torch custom op so compiled blocks treat it as one call, while the quantisation around it
-stays in the compiled graph, fused with RoPE and the output gate. cuDNN plans are built per shape (0.05-1.2 s, once
-per prompt length and size) and cached; a shape cuDNN refuses falls back, with a log line, to SDPA on the dequantised
+stays in the compiled graph, fused with RoPE and the output gate. cuDNN plans are built per shape (once per prompt
+length and size) and cached; a shape cuDNN refuses falls back, with a log line, to SDPA on the dequantised
 inputs inside the op, so a request never fails on it.
 """
 
@@ -29,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .errors import error_summary
-from .prompt_cache import LRUCache
+from ..errors import error_summary
+from ..lru_cache import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +150,7 @@ class _Plan:
         self.graph.execute(pack, self.workspace, handle=self.handle)
 
 
-# Plans per shape, bounded: every new prompt length (and image size) makes new shapes; a plan rebuilds in ~0.05 s.
+# Plans per shape, bounded: every new prompt length (and image size) makes new shapes; a plan is quick to rebuild.
 _plans: LRUCache[_Plan | None] = LRUCache(64)
 
 

@@ -1,0 +1,199 @@
+"""One generation from request to checked images, each phase timed: encode the prompt(s), denoise (with step previews
+and cancel), decode to 8-bit images. The manager runs it under its GPU lock; nothing here knows about threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from .errors import Cancelled, GenerationFailed
+from .lru_cache import LRUCache
+from .pipeline import Krea2StudioPipeline
+from .preview import LatentRGB, StepCallback, StepPreviews
+from .request import GenerationRequest
+from .speedups.step_cache import step_cache_of
+
+MAX_SEQUENCE_LENGTH = 512  # the text length Krea 2 was trained with
+
+PromptEmbeddings = tuple[torch.Tensor, torch.Tensor]  # (1, tokens, layers, hidden) features and their (1, tokens) mask
+
+
+@dataclass
+class PhaseTimings:
+    encode_s: float = 0.0
+    denoise_s: float = 0.0
+    decode_s: float = 0.0
+    total_s: float = 0.0
+
+    def as_ms(self) -> dict[str, int]:
+        return {k.removesuffix("_s") + "_ms": round(v * 1000) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest  # with the seed actually used filled in
+    images: list[Image.Image]
+    seeds: list[int]  # image k uses seed + k, so each image can be reproduced alone
+    timings: PhaseTimings
+    peak_gpu_bytes: int | None
+    device: str
+    placement: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generated:
+    """What `generate` produces; the manager adds where it ran."""
+
+    images: list[Image.Image]
+    timings: PhaseTimings
+    peak_gpu_bytes: int | None
+
+
+class PhaseClock:
+    """The end of each phase of one generation, in wall-clock seconds since its start. On a GPU each mark first waits
+    for the work queued so far, so a phase is charged with its own kernels, not the next one's."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.ends: dict[str, float] = {}
+        self.start = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def end(self, phase: str) -> None:
+        self.ends[phase] = self._now()
+
+    def timings(self) -> PhaseTimings:
+        encoded, denoised, decoded = self.ends["encode"], self.ends["denoise"], self.ends["decode"]
+        return PhaseTimings(
+            encode_s=encoded - self.start,
+            denoise_s=denoised - encoded,
+            decode_s=decoded - denoised,
+            total_s=decoded - self.start,
+        )
+
+
+def encode_prompt(pipe: Krea2StudioPipeline, text: str, cache: LRUCache[PromptEmbeddings]) -> PromptEmbeddings:
+    """The prompt's PAD-free embeddings, computed once per text: Raw and Turbo share the text encoder, so one cache
+    entry serves both."""
+
+    @torch.inference_mode()  # outside the pipeline's no_grad: without this autograd keeps every encoder
+    def compute() -> PromptEmbeddings:  # layer's activations alive in the cache (GBs per prompt)
+        return pipe.get_text_hidden_states(text, MAX_SEQUENCE_LENGTH, pipe._execution_device)
+
+    return cache.get_or_compute((text, MAX_SEQUENCE_LENGTH), compute)
+
+
+def pipeline_inputs(pipe: Krea2StudioPipeline, request: GenerationRequest, cache: LRUCache[PromptEmbeddings]) -> dict:
+    """The pipeline arguments a request fixes: its (cached) prompt embeddings and its settings."""
+    embeds, mask = encode_prompt(pipe, request.prompt, cache)
+    negative = request.effective_negative_prompt
+    neg_embeds, neg_mask = encode_prompt(pipe, negative, cache) if negative is not None else (None, None)
+    return {
+        "prompt_embeds": embeds,
+        "prompt_embeds_mask": mask,
+        "negative_prompt_embeds": neg_embeds,
+        "negative_prompt_embeds_mask": neg_mask,
+        "guidance_scale": request.guidance,
+        "num_inference_steps": request.steps,
+        "height": request.height,
+        "width": request.width,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    }
+
+
+def prompt_warnings(pipe: Krea2StudioPipeline, request: GenerationRequest) -> list[str]:
+    """The encoder reads a fixed window of tokens; say so when a prompt is cut."""
+    capacity = MAX_SEQUENCE_LENGTH - pipe.prompt_template_encode_num_suffix_tokens
+    warnings = []
+    for name, text in (("prompt", request.prompt), ("negative prompt", request.effective_negative_prompt)):
+        if text:
+            count = len(pipe.tokenizer(text).input_ids)
+            if count > capacity:
+                warnings.append(f"The {name} is {count} tokens; only the first {capacity} are used.")
+    return warnings
+
+
+def generate(
+    pipe: Krea2StudioPipeline,
+    request: GenerationRequest,
+    *,
+    prompt_cache: LRUCache[PromptEmbeddings],
+    device: torch.device,
+    latent_rgb: LatentRGB,
+    on_step: StepCallback | None = None,
+    cancel_event: threading.Event | None = None,
+) -> Generated:
+    """Run `request` (its seed already drawn: `request.seeded()`) on `pipe`. Raises Cancelled within one step of
+    `cancel_event`, GenerationFailed for unusable output."""
+    if request.seed is None:
+        raise ValueError("generate needs a seeded request (GenerationRequest.seeded)")
+    cancel_event = cancel_event or threading.Event()
+    # CPU noise: the same latents, so the same image, on every device.
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds]
+    if cancel_event.is_set():
+        raise Cancelled()
+    if (cache := step_cache_of(pipe.transformer)) is not None:
+        cache.reset()  # residuals from another image must never be reused
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = PhaseClock(device)
+
+    # 1. Encode the prompt(s) through the shared cache.
+    inputs = pipeline_inputs(pipe, request, prompt_cache)
+    clock.end("encode")
+
+    # 2. Denoise. The step callback honours cancel, hands on previews, and ends the phase after the last step.
+    previews = None
+    if on_step is not None:
+        previews = StepPreviews(on_step, request.steps, request.height, request.width, device, latent_rgb)
+
+    def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
+        if cancel_event.is_set():
+            raise Cancelled()
+        if previews is not None:
+            previews.push(i + 1, tensors["latents"])
+        if i + 1 == request.steps:
+            if previews is not None:
+                previews.flush()
+            clock.end("denoise")
+        return {}
+
+    output = pipe(
+        **inputs,
+        num_images_per_prompt=request.num_images,
+        generator=generators,
+        output_type="pt",  # stays on the device: `to_pil_images` checks and converts it there
+        callback_on_step_end=on_step_end,
+    )
+
+    # 3. Decoded (inside the pipeline call): check, then hand back PIL images.
+    images = to_pil_images(output.images)
+    clock.end("decode")
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
+    return Generated(images=images, timings=clock.timings(), peak_gpu_bytes=peak)
+
+
+def to_pil_images(batch: torch.Tensor) -> list[Image.Image]:
+    """A decoded (images, 3, height, width) batch in [0, 1] as 8-bit PIL images, refusing garbage: NaN anywhere, or an
+    image with nothing brighter than one grey level.
+
+    The checks and the 8-bit rounding run where the batch is (the GPU), so only the 8-bit pixels cross to the CPU.
+    The rounding is diffusers' own (`numpy_to_pil`: float32, times 255, round half to even), so the pixels are the
+    ones `output_type="pil"` would give."""
+    batch = batch.float()
+    if not bool(torch.isfinite(batch).all()):
+        raise GenerationFailed("The model produced NaN values; no image was saved. Try another seed or settings.")
+    if bool((batch.amax(dim=(1, 2, 3)) < 1.0 / 255).any()):
+        raise GenerationFailed("The model produced an all-black image; no image was saved.")
+    pixels = (batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [Image.fromarray(image) for image in pixels]

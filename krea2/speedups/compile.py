@@ -1,0 +1,58 @@
+"""Regional compilation of the transformer blocks, and the warm-up that compiles them before any user waits.
+
+diffusers' `compile_repeated_blocks`: every `Krea2TransformerBlock` shares one compiled graph, so compiling takes
+seconds instead of minutes, and Raw reuses what Turbo compiled (same block class; weights are inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from ..request import GenerationRequest
+
+# Two prompt lengths and the common sizes: after the second distinct shape torch.compile marks the varying
+# dimensions dynamic, so later prompts and sizes reuse the compiled blocks instead of recompiling in a user's face.
+WARMUP_PROMPTS = ("a photograph of a red fox standing in fresh snow at dawn", "a cat")
+WARMUP_SIZES = ((1024, 1024), (1024, 768))
+# Batch size 1 compiles a graph of its own (torch specialises size-1 dimensions), so a 2-image request is part of the
+# warm-up too.
+WARMUP_BATCH_SIZES = (1, 2)
+# Two steps per run: the first compiles (or generalises) for the shape, the second captures the denoiser's CUDA graph.
+WARMUP_STEPS = 2
+
+
+def compile_blocks(transformer: nn.Module) -> None:
+    """Compile the repeated blocks (lazily: the first call of each shape compiles); blocks compiled already are left
+    as they are, so compiled code is not thrown away by a second `apply`.
+
+    dynamic=None (automatic), not True: True also made the model width symbolic, and the generated fp8 quantisation
+    kernels then indexed with runtime div/mod. Automatic marks only what changes between calls (the sequence length,
+    after the warm-up's second shape) dynamic."""
+    if not blocks_compiled(transformer):
+        transformer.compile_repeated_blocks(fullgraph=True, dynamic=None)
+
+
+def blocks_compiled(transformer: nn.Module) -> bool:
+    return any(getattr(block, "_compiled_call_impl", None) is not None for block in transformer.transformer_blocks)
+
+
+def warmup_requests(
+    checkpoints: Iterable[str],
+    sizes: Iterable[tuple[int, int]] = WARMUP_SIZES,
+    steps: int = WARMUP_STEPS,
+    batch_sizes: Iterable[int] = WARMUP_BATCH_SIZES,
+) -> list[GenerationRequest]:
+    """The short generations of a warm-up: every size with both prompt lengths, then the first size with each larger
+    batch; each on every checkpoint, at its own default guidance (Raw's runs guided, as a user's would)."""
+    sizes = list(sizes)
+    runs = [(width, height, prompt, 1) for width, height in sizes for prompt in WARMUP_PROMPTS]
+    runs += [(*sizes[0], WARMUP_PROMPTS[0], count) for count in batch_sizes if count > 1]
+    return [
+        GenerationRequest(
+            prompt=prompt, checkpoint=key, steps=steps, width=width, height=height, seed=0, num_images=count
+        )
+        for width, height, prompt, count in runs
+        for key in checkpoints
+    ]

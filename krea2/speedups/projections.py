@@ -1,0 +1,50 @@
+"""Fused projections: per Krea 2 block, q, k, v and the output gate as one GEMM, and the SwiGLU's gate and up as one.
+
+The same dot products in fewer, larger GEMMs. What it buys is fp8's: compiled, the unfused block quantised the same
+normed activations four times (one fp8 copy per projection) and the MLP input twice; fused, each input is quantised
+once (bench/NOTES.md, second session). Row-wise fp8 scales are per output row, so quantising a fused weight is
+identical to quantising its parts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def concat_linears(layers: list[nn.Linear]) -> nn.Linear:
+    """One bias-free Linear whose output is the concatenation of `layers`' outputs (same input)."""
+    weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
+
+
+class FusedSwiGLU(nn.Module):
+    """Krea 2's SwiGLU with its gate and up projections as one GEMM."""
+
+    def __init__(self, ff: nn.Module) -> None:
+        super().__init__()
+        self.gate_up = concat_linears([ff.gate, ff.up])
+        self.down = ff.down
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(hidden_states).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def fuse_projections(transformer: nn.Module) -> None:
+    """Fuse every block's projections in place (`attn.to_qkvg`, read by `Krea2FastAttnProcessor`, and
+    `FusedSwiGLU`); blocks already fused are left alone. Before fp8 quantisation, so the fused weights are quantised."""
+    for block in transformer.transformer_blocks:
+        attn = block.attn
+        if hasattr(attn, "to_qkvg"):
+            continue
+        attn.to_qkvg = concat_linears([attn.to_q, attn.to_k, attn.to_v, attn.to_gate])
+        del attn.to_q, attn.to_k, attn.to_v, attn.to_gate
+        block.ff = FusedSwiGLU(block.ff)
+
+
+def projections_fused(transformer: nn.Module) -> bool:
+    return all(hasattr(block.attn, "to_qkvg") for block in transformer.transformer_blocks)
