@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .models import Generation
-from .store import HistoryStore, NewGeneration, NewImage
+from .records import NewGeneration, NewImage
+from .store import HistoryStore
 
 if TYPE_CHECKING:
     from krea2.manager import GenerationResult

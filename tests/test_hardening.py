@@ -16,7 +16,6 @@ from app_server import ROOT, AppServer, free_port
 
 from krea2 import GenerationRequest, Krea2Error
 from storage import HistoryStore
-from storage.repair import repair
 from ui.service import DoneEvent, StepEvent, StudioService
 
 SMALL = {"width": 256, "height": 256}
@@ -74,11 +73,11 @@ def test_repair_marks_rows_left_running_as_interrupted(store):
 
     kept = store.add(new_generation("done"))
     lost = store.start(new_generation("lost in a crash", images=0).fields)
-    report = repair(store)
+    report = store.repair()
     assert report.rows_interrupted == 1
     assert store.get(lost.id).status == "interrupted" and "stopped" in store.get(lost.id).error
     assert store.get(kept.id).status == "ok"
-    assert repair(store).rows_interrupted == 0
+    assert store.repair().rows_interrupted == 0
 
 
 # ------------------------------------------------------------------------------------------------ the running app
