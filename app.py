@@ -19,7 +19,7 @@ ON_SPACES = bool(os.environ.get("SPACE_ID"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from krea2.runtime import env_flag  # here, not at the top: main() quiets the libraries before they load
+    from studio.runtime import env_flag  # here, not at the top: main() quiets the libraries before they load
 
     parser = argparse.ArgumentParser(description="Krea 2 Studio web app")
     default_host = "0.0.0.0" if ON_SPACES else "127.0.0.1"
@@ -68,10 +68,10 @@ def build_app(args: argparse.Namespace):
     from starlette.middleware import Middleware
 
     from storage import HistoryStore, StorageError
+    from studio.service import StudioService
     from ui.cancel import CancelRelay
     from ui.layout import CSS, KEYS_JS, build_ui
     from ui.security import LoginGuard, SameOriginGuard, allowed_origins_from_env
-    from ui.service import StudioService
 
     auth = parse_auth(os.environ.get("KREA2_AUTH"))
     try:
@@ -79,8 +79,8 @@ def build_app(args: argparse.Namespace):
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    from krea2.runtime import EngineSettings, build_manager, use_compile_cache
-    from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
+    from studio.runtime import EngineSettings, build_manager, use_compile_cache
+    from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
 
     try:
         settings = EngineSettings.from_env_and_args(args)

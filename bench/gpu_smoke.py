@@ -24,7 +24,7 @@ from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment
 from krea2.attention import flash4_unavailable_reason
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
-from krea2.runtime import EngineSettings, fast_path_options
+from studio.runtime import EngineSettings, fast_path_options
 
 log = logging.getLogger("smoke")
 

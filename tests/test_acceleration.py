@@ -75,7 +75,7 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
 
 
 def test_attention_choice():
-    from krea2.runtime import choose_attention
+    from studio.runtime import choose_attention
 
     assert choose_attention(None, cuda=False) is None
     assert choose_attention("sdpa", cuda=True) is None
@@ -85,7 +85,7 @@ def test_attention_choice():
 
 
 def test_attention_setting():
-    from krea2.runtime import attention_setting
+    from studio.runtime import attention_setting
 
     assert attention_setting(None) is None and attention_setting(" ") is None
     assert attention_setting("flash4") == "flash4" and attention_setting("_native_cudnn") == "_native_cudnn"
@@ -134,7 +134,7 @@ def test_cudnn_fp8_attention_is_refused_with_a_reason_where_it_cannot_run():
 
 
 def test_text_graphs_default_on_a_resident_gpu_only():
-    from krea2.runtime import EngineSettings, fast_path_options
+    from studio.runtime import EngineSettings, fast_path_options
 
     assert fast_path_options(EngineSettings(), cuda=True, demo=False).text_graphs
     assert not fast_path_options(EngineSettings(), cuda=False, demo=True).text_graphs
@@ -143,7 +143,7 @@ def test_text_graphs_default_on_a_resident_gpu_only():
 
 
 def test_compile_caches_go_to_the_data_folder_unless_set(tmp_path, monkeypatch):
-    from krea2.runtime import use_compile_cache
+    from studio.runtime import use_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere/triton")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "krea2", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "studio", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -58,7 +58,7 @@ def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
     env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CACHE": str(Path(demo_sources["turbo"]).parent),
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256"]
-    done = subprocess.run([sys.executable, "-m", "krea2", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "studio", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,9 +9,10 @@ import pytest
 from krea2 import GenerationRequest, InvalidRequest
 from krea2.request import MAX_SEED
 from storage import HistoryStore
+from studio.service import StudioService
+from ui.details import describe
 from ui.handlers import Handlers, StepClock, error_note, for_people, next_seed, seeds_text
 from ui.presets import CUSTOM, preset_for
-from ui.service import StudioService, describe
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
 
 
 def test_a_cancelled_row_shows_no_seed_none(service):
-    from storage.recording import record_failure
+    from studio.recording import record_failure
 
     request = GenerationRequest(prompt="stopped", width=256, height=256)
     row = record_failure(service.store, request, "cancelled", "Generation cancelled.")

@@ -147,7 +147,7 @@ def test_return_dict_matches_the_stock_forward(captures):
 
 
 def test_denoiser_graphs_default_on_a_resident_gpu_only():
-    from krea2.runtime import EngineSettings, fast_path_options
+    from studio.runtime import EngineSettings, fast_path_options
 
     assert fast_path_options(EngineSettings(), cuda=True, demo=False).denoiser_graphs
     assert not fast_path_options(EngineSettings(), cuda=False, demo=True).denoiser_graphs

@@ -16,7 +16,7 @@ from app_server import ROOT, AppServer, free_port
 
 from krea2 import GenerationRequest, Krea2Error
 from storage import HistoryStore
-from ui.service import DoneEvent, StepEvent, StudioService
+from studio.service import DoneEvent, StepEvent, StudioService
 
 SMALL = {"width": 256, "height": 256}
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from krea2 import GenerationFailed, GenerationRequest
 from storage import HistoryStore, StorageError
-from ui.service import DoneEvent, StudioService
+from studio.service import DoneEvent, StudioService
 
 SMALL = {"width": 256, "height": 256}
 

@@ -7,8 +7,8 @@ from diffusers import Krea2Pipeline
 
 from krea2 import GenerationRequest
 from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
-from krea2.runtime import step_cache_threshold
 from krea2.step_cache import install_step_cache, step_cache_of
+from studio.runtime import step_cache_threshold
 
 
 def call(transformer, hidden, text):

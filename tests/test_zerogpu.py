@@ -4,10 +4,10 @@ import sys
 import types
 
 from krea2 import GenerationRequest
-from krea2.runtime import EngineSettings
 from storage import HistoryStore
-from ui.service import DoneEvent, StudioService
-from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
+from studio.runtime import EngineSettings
+from studio.service import DoneEvent, StudioService
+from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
 
 
 def fake_spaces(calls: list):

@@ -14,9 +14,9 @@ import gradio as gr
 
 from krea2 import GenerationRequest, InvalidRequest
 from krea2.request import HistoryQuery
+from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
 
 from .handlers import Handlers, session_of, user_error
-from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
 
 IDLE_S = 0.25  # longest a generation runs without handing control back to Gradio (to notice cancels, disconnects)
 

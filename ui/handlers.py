@@ -18,10 +18,11 @@ from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, InvalidRequest, Kre
 from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
-from storage.recording import SETTINGS_FIELDS, settings_of
+from studio.recording import SETTINGS_FIELDS, settings_of
+from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
 
+from .details import describe
 from .presets import preset_choices, preset_for, preset_size
-from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
 from .text import as_text
 
 log = logging.getLogger(__name__)

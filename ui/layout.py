@@ -1,4 +1,4 @@
-"""The Gradio Blocks layout: components and event wiring only. The work happens in ui.handlers / ui.service."""
+"""The Gradio Blocks layout: components and event wiring only. The work happens in ui.handlers / studio.service."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import gradio as gr
 
 from krea2 import TURBO
 from krea2.request import MAX_SEED
+from studio.service import StudioService
 
 from .api import register_api
 from .handlers import CHECKPOINT_CHOICES, Handlers, default_settings
 from .presets import PRESETS_1MP, preset_choices, preset_label
 from .robust import StudioBlocks
-from .service import StudioService
 
 # What the demo model knows is demo/scenes.py's vocabulary (tests/test_demo_model.py keeps the two in step).
 DEMO_BANNER = (

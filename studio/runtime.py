@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import RAW, TURBO
-from .loading import PipelineLoader
-from .manager import FastPathOptions, ModelManager
+from krea2.checkpoints import RAW, TURBO
+from krea2.loading import PipelineLoader
+from krea2.manager import FastPathOptions, ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def attention_setting(text: str | None) -> str | None:
         return None
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from .attention import KERNEL_NAMES
+    from krea2.attention import KERNEL_NAMES
 
     choices = [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
     if text.strip() not in choices:
@@ -100,7 +100,7 @@ def fp8_supported() -> bool:
 
 def choose_attention(requested: str | None, cuda: bool) -> str | None:
     """The attention the transformers run: FA4 by default where it can run; "sdpa" means PyTorch's own."""
-    from .attention import FLASH4, flash4_unavailable_reason
+    from krea2.attention import FLASH4, flash4_unavailable_reason
 
     if requested == "sdpa" or not cuda:
         return None
@@ -126,7 +126,7 @@ def build_manager(settings: EngineSettings) -> ModelManager:
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
-        from .demo import demo_checkpoints
+        from krea2.demo import demo_checkpoints
 
         if not cuda and not settings.demo:
             log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (a miniature Krea 2 drawing shapes).")

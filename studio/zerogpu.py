@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from krea2.runtime import EngineSettings
+from .runtime import EngineSettings
 
 GPU_SECONDS_PER_CALL = 120  # a Raw + Turbo comparison at 1 MP fits comfortably
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .models import Generation
-from .records import NewGeneration, NewImage
-from .store import HistoryStore
+from storage import HistoryStore, NewGeneration, NewImage
+from storage.models import Generation
 
 if TYPE_CHECKING:
     from krea2.manager import GenerationResult

@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m krea2 generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON."""
+"""Headless CLI: `python -m studio generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from .checkpoints import CHECKPOINTS
-from .errors import Cancelled, InvalidRequest, Krea2Error
-from .placement import PLACEMENTS
-from .request import GenerationRequest
+from krea2.checkpoints import CHECKPOINTS
+from krea2.errors import Cancelled, InvalidRequest, Krea2Error
+from krea2.placement import PLACEMENTS
+from krea2.request import GenerationRequest
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m krea2", description="Krea 2 Studio headless tools")
+    parser = _Parser(prog="python -m studio", description="Krea 2 Studio headless tools")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     gen = sub.add_parser("generate", help="generate an image and print one JSON line")
     gen.add_argument("--prompt", required=True)
@@ -58,8 +58,8 @@ def _generate(args: argparse.Namespace) -> int:
     )  # validated before any model loads: bad input fails in milliseconds
 
     from storage import HistoryStore
-    from storage.recording import record_failure, record_result
 
+    from .recording import record_failure, record_result
     from .runtime import EngineSettings, build_manager
 
     try:
@@ -94,7 +94,8 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             from storage.files import encode_png
             from storage.pnginfo import build_pnginfo
-            from storage.recording import png_parameters
+
+            from .recording import png_parameters
 
             params = {**png_parameters(result.request), "seed": result.seeds[0]}
             out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
@@ -117,7 +118,7 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .quiet import quiet_libraries
+    from krea2.quiet import quiet_libraries
 
     quiet_libraries()
     try:
