@@ -24,7 +24,8 @@ from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment
 from krea2.attention import flash4_unavailable_reason
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
-from studio.runtime import EngineSettings, fast_path_options
+from studio.runtime import fast_path_options
+from studio.settings import Settings
 
 log = logging.getLogger("smoke")
 
@@ -39,7 +40,7 @@ def main() -> int:
     t0 = time.perf_counter()
     reason = flash4_unavailable_reason()
     result: dict = {"environment": env, "flash4_probe_s": time.perf_counter() - t0, "flash4_unavailable": reason}
-    options = fast_path_options(EngineSettings(compile=args.compile), cuda=True, demo=False)  # as the app chooses
+    options = fast_path_options(Settings(compile=args.compile), cuda=True, demo=False)  # as the app chooses
     result["options"] = options.__dict__
     log.info("%s", result)
     turbo, raw = build_full_size("cuda")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from alembic import command
@@ -23,7 +22,7 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps beside it
 
 
 def default_database_url(data_dir: Path) -> str:
-    return os.environ.get("KREA2_DATABASE_URL") or f"sqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+    return f"sqlite:///{(data_dir / SQLITE_FILE).resolve()}"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -28,8 +28,6 @@ SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
 
 def default_data_dir() -> Path:
     """Where history lives when no folder is named: a Space's persistent storage when mounted, else ./data."""
-    if env := os.environ.get("KREA2_DATA_DIR"):
-        return Path(env).expanduser()
     if SPACES_DATA_DIR.is_dir() and os.access(SPACES_DATA_DIR, os.W_OK):
         return SPACES_DATA_DIR
     return Path("data")

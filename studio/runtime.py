@@ -1,11 +1,10 @@
-"""Builds a ModelManager from settings: real checkpoints on a CUDA GPU, demo checkpoints otherwise (or on --demo)."""
+"""Builds a ModelManager from the settings: real checkpoints on a CUDA GPU, demo checkpoints otherwise (or on
+--demo). `fast_path_options` is the one place where the speed-up settings become the engine's options."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,78 +13,9 @@ from krea2.checkpoints import RAW, TURBO
 from krea2.loading import PipelineLoader
 from krea2.manager import FastPathOptions, ModelManager
 
+from .settings import Settings
+
 log = logging.getLogger(__name__)
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-@dataclass
-class EngineSettings:
-    demo: bool = False
-    placement: str = "auto"
-    raw_source: str | None = None
-    turbo_source: str | None = None
-    compile: bool | None = None  # None: on where it pays (CUDA)
-    fp8: bool | None = None  # None: on where supported (CUDA, compute capability >= 8.9, torchao installed)
-    attention: str | None = None  # None: FlashAttention-4 where it runs, else PyTorch SDPA; "sdpa" forces SDPA
-    step_cache: float | None = None  # Raw's first-block cache threshold; None = off (changes images)
-    prepare_on_cpu: bool = False  # fuse/quantise the transformers before moving them to the GPU (ZeroGPU)
-    text_graphs: bool | None = None  # None: the text encoder replays CUDA graphs where it stays on a GPU
-    denoiser_graphs: bool | None = None  # None: compiled transformer calls replay CUDA graphs where they stay on a GPU
-
-    @classmethod
-    def from_env(cls) -> EngineSettings:
-        return cls(
-            demo=env_flag("KREA2_DEMO"),
-            placement=os.environ.get("KREA2_PLACEMENT", "auto"),
-            compile=env_flag("KREA2_COMPILE") if "KREA2_COMPILE" in os.environ else None,
-            fp8=env_flag("KREA2_FP8") if "KREA2_FP8" in os.environ else None,
-            attention=attention_setting(os.environ.get("KREA2_ATTENTION")),
-            step_cache=step_cache_threshold(os.environ.get("KREA2_STEP_CACHE")),
-            text_graphs=env_flag("KREA2_TEXT_GRAPHS") if "KREA2_TEXT_GRAPHS" in os.environ else None,
-            denoiser_graphs=env_flag("KREA2_DENOISER_GRAPHS") if "KREA2_DENOISER_GRAPHS" in os.environ else None,
-        )
-
-    @classmethod
-    def from_env_and_args(cls, args) -> EngineSettings:
-        """The environment's settings, then the command line's (`--demo`, `--placement`, `--raw`, `--turbo`) on top.
-        Raises ValueError with a one-line message for a bad value."""
-        settings = cls.from_env()
-        settings.demo = settings.demo or args.demo
-        settings.placement, settings.raw_source, settings.turbo_source = args.placement, args.raw, args.turbo
-        return settings
-
-
-def step_cache_threshold(text: str | None) -> float | None:
-    """KREA2_STEP_CACHE: empty or unset = off, else a threshold >= 0 (e.g. 0.05)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"KREA2_STEP_CACHE must be a number such as 0.05, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"KREA2_STEP_CACHE must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def attention_setting(text: str | None) -> str | None:
-    """KREA2_ATTENTION: unset = automatic, else flash4, cudnn-fp8, sdpa or one of diffusers' attention backend names."""
-    if text is None or not text.strip():
-        return None
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    from krea2.attention import KERNEL_NAMES
-
-    choices = [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
-    if text.strip() not in choices:
-        raise ValueError(f"KREA2_ATTENTION must be one of {', '.join(choices)}; got {text!r}")
-    return text.strip()
 
 
 def fp8_supported() -> bool:
@@ -113,16 +43,21 @@ def choose_attention(requested: str | None, cuda: bool) -> str | None:
     return requested
 
 
-def use_compile_cache(data_dir: Path) -> None:
+def use_compile_cache(settings: Settings, data_dir: Path) -> None:
     """Keep torch.compile's and Triton's kernel caches in the data folder, unless they are set already, so a restart
-    (a container with its volume, a Space with persistent storage) warms up from them. H100, the app's warm-up: 265 and
-    421 s on two fresh machines, 70.5 s from a warm cache (bench/results/2026-11-26T11*_gpu-smoke*.log). Both libraries
-    read these variables when they first touch their caches, so this must run before the first compile."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir / "compile-cache" / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(data_dir / "compile-cache" / "triton"))
+    (a container with its volume, a Space with persistent storage) warms up from them (bench/NOTES.md has the
+    warm-up times). Both libraries read these variables when they first touch their caches, so this must run before
+    the first compile; they are the libraries' own variables, hence set in the environment."""
+    caches = {
+        "TORCHINDUCTOR_CACHE_DIR": settings.inductor_cache_dir or data_dir / "compile-cache" / "inductor",
+        "TRITON_CACHE_DIR": settings.triton_cache_dir or data_dir / "compile-cache" / "triton",
+    }
+    for name, folder in caches.items():
+        os.environ[name] = str(folder)
 
 
-def build_manager(settings: EngineSettings) -> ModelManager:
+def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelManager:
+    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up)."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -130,16 +65,16 @@ def build_manager(settings: EngineSettings) -> ModelManager:
 
         if not cuda and not settings.demo:
             log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (a miniature Krea 2 drawing shapes).")
-        sources = demo_checkpoints()
+        sources = demo_checkpoints(settings.demo_checkpoints)
         dtype = torch.float32 if not cuda else torch.bfloat16
     else:
-        sources = {"raw": RAW.source(settings.raw_source), "turbo": TURBO.source(settings.turbo_source)}
+        sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
         dtype = torch.bfloat16
-    options = fast_path_options(settings, cuda=cuda, demo=demo)
+    options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
     return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
 
 
-def fast_path_options(settings: EngineSettings, *, cuda: bool, demo: bool) -> FastPathOptions:
+def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:
     """The fast path the settings ask for, on by default where it runs (the manager turns the GPU-resident parts off
     again if the weights end up offloaded)."""
     return FastPathOptions(
@@ -148,9 +83,9 @@ def fast_path_options(settings: EngineSettings, *, cuda: bool, demo: bool) -> Fa
         fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
         attention=None if demo else choose_attention(settings.attention, cuda),
         step_cache=settings.step_cache,
-        prepare_on_cpu=settings.prepare_on_cpu,
+        prepare_on_cpu=prepare_on_cpu,
         # Not with ZeroGPU: its GPU is attached per call, and graphs hold device addresses across calls.
-        text_graphs=cuda and not settings.prepare_on_cpu and settings.text_graphs is not False,
+        text_graphs=cuda and not prepare_on_cpu and settings.text_graphs is not False,
         # Captured by the compile warm-up, so only with compile.
-        denoiser_graphs=cuda and not settings.prepare_on_cpu and settings.denoiser_graphs is not False,
+        denoiser_graphs=cuda and not prepare_on_cpu and settings.denoiser_graphs is not False,
     )

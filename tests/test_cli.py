@@ -55,7 +55,7 @@ def test_cli_bad_engine_setting_is_exit_2_and_one_line(tmp_path):
 def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
     """Relative --out and data folder: every printed path is absolute (one was relative), and stderr holds none of
     torchao's CUDA-extension failures, torch deprecation warnings or progress bars."""
-    env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CACHE": str(Path(demo_sources["turbo"]).parent),
+    env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent),
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256"]
     done = subprocess.run([sys.executable, "-m", "studio", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,

@@ -5,8 +5,8 @@ import types
 
 from krea2 import GenerationRequest
 from storage import HistoryStore
-from studio.runtime import EngineSettings
 from studio.service import DoneEvent, StudioService
+from studio.settings import Settings, load_settings
 from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
 
 
@@ -28,17 +28,15 @@ def fake_spaces(calls: list):
 
 
 def test_only_on_zero_gpu_spaces(monkeypatch):
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     monkeypatch.setitem(sys.modules, "spaces", fake_spaces([]))
-    assert zero_gpu() is None
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert zero_gpu() is sys.modules["spaces"]
+    assert zero_gpu(load_settings({})) is None
+    assert zero_gpu(load_settings({"SPACES_ZERO_GPU": "true"})) is sys.modules["spaces"]
 
 
 def test_settings_fit_zero_gpu():
-    settings = adapt_settings(EngineSettings(compile=True, fp8=False, placement="offload"))
+    settings = adapt_settings(Settings(compile=True, fp8=False, placement="offload"))
     assert (settings.compile, settings.fp8, settings.placement) == (False, True, "gpu")
-    assert settings.attention == "sdpa" and settings.prepare_on_cpu
+    assert settings.attention == "sdpa"
 
 
 def test_generations_run_inside_spaces_gpu(manager, tmp_path):
