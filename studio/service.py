@@ -22,14 +22,17 @@ from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
 from krea2.manager import GenerationResult, ModelManager
+from krea2.request import HistoryQuery
 from storage import HistoryFilter, HistoryStore, Page, StorageError
+from storage.files import STATIC_DIR
 from storage.models import Generation
+from storage.models import Image as ImageRow
 from storage.pnginfo import read_parameters
 
 from .recording import record_failure, record_result, record_start
 
 log = logging.getLogger(__name__)
-HISTORY_PAGE_SIZE = 24  # thumbnails per history page (UI pager and the API's default)
+HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
 MAX_CANCELLED_JOBS = 10_000  # remembered cancelled event ids (a job cancelled while queued may start later)
 
 
@@ -59,7 +62,7 @@ class StudioService:
         self.manager = manager
         self.store = store
         # History rows without images (failed, cancelled) need something to show in a gallery.
-        self.placeholder = store.data_dir / "static" / "no-image.webp"
+        self.placeholder = store.data_dir / STATIC_DIR / "no-image.webp"
         if not self.placeholder.exists():
             from storage.files import write_atomic
 
@@ -228,7 +231,7 @@ class StudioService:
             seed = random_seed()
             raw, turbo = raw.with_seed(seed), turbo.with_seed(seed)
         comparison_id = uuid.uuid4().hex
-        return self.stream([("raw", raw), ("turbo", turbo)], session, comparison_id, idle, job)
+        return self.stream([(raw.checkpoint, raw), (turbo.checkpoint, turbo)], session, comparison_id, idle, job)
 
     # ------------------------------------------------------------------------------------------------ history
     def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
@@ -247,6 +250,10 @@ class StudioService:
         if not generation.images:
             return None
         return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].path))
+
+    def image_file(self, image: ImageRow) -> str:
+        """The PNG file of one image of a history row."""
+        return str(self.store.absolute(image.path))
 
     def thumb_path(self, generation: Generation, position: int = 0) -> str | None:
         if not generation.images:
