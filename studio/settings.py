@@ -260,7 +260,7 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for name, spec in table():
         if command not in spec.commands:
             continue
-        described = f"{spec.help} (env {spec.env}; default {spec.default_text.replace('`', '')})"
+        described = f"{spec.help} (env {spec.env}; default {spec.default_text})".replace("`", "")
         if spec.kind is SWITCH:
             parser.add_argument(spec.flag, dest=name, action="store_const", const=True, default=argparse.SUPPRESS,
                                 help=described)  # fmt: skip
