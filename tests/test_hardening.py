@@ -190,7 +190,10 @@ def test_an_api_cancel_stops_the_generation_on_the_server(server, client, delay)
 
 
 def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
-    first = client.submit(prompt="keeps running", checkpoint="raw", steps=30, width=1024, height=1024, seed=2,
+    # 512² x 60 steps: seconds on an idle machine, long enough that the cancel lands while it runs, and done well
+    # within the wait below on a loaded one (1024² x 30 took over 120 s on two busy cores, and the next test's job
+    # then waited behind it).
+    first = client.submit(prompt="keeps running", checkpoint="raw", steps=60, width=512, height=512, seed=2,
                           api_name="/generate")  # fmt: skip
     time.sleep(1.0)
     second = client.submit(prompt="cancelled while queued", steps=1, seed=2, api_name="/generate", **SMALL)
@@ -198,7 +201,7 @@ def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
     second.cancel()
     assert not first.done()  # the cancel came while the first job ran and the second waited
     _images, info = first.result(timeout=120)
-    assert info["steps"] == 30
+    assert info["steps"] == 60
     time.sleep(1.0)
     assert wait_settled(server, "keeps running")[0].status == "ok"
     assert [g.status for g in wait_settled(server, "cancelled while queued")] in ([], ["cancelled"])
