@@ -19,6 +19,7 @@ RUN pip install -r requirements-gpu.txt
 COPY app.py ./
 COPY krea2 ./krea2
 COPY storage ./storage
+COPY studio ./studio
 COPY ui ./ui
 COPY demo/checkpoints ./demo/checkpoints
 

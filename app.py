@@ -12,35 +12,17 @@ import signal
 import sys
 import threading
 
-from krea2.placement import PLACEMENTS
+from studio.settings import APP, SettingError, Settings, add_flags, load_settings
 
 log = logging.getLogger("krea2.app")
-ON_SPACES = bool(os.environ.get("SPACE_ID"))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from krea2.runtime import env_flag  # here, not at the top: main() quiets the libraries before they load
-
+def read_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """The app's settings: its flags, then the environment, then the defaults (studio/settings.py). Raises
+    SettingError for a value it cannot read; a bad flag exits with argparse's usage line."""
     parser = argparse.ArgumentParser(description="Krea 2 Studio web app")
-    default_host = "0.0.0.0" if ON_SPACES else "127.0.0.1"
-    parser.add_argument("--host", default=os.environ.get("KREA2_HOST", default_host))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KREA2_PORT", "7860")))
-    parser.add_argument("--demo", action="store_true", default=env_flag("KREA2_DEMO"))
-    parser.add_argument("--placement", choices=PLACEMENTS, default=os.environ.get("KREA2_PLACEMENT", "auto"))
-    parser.add_argument("--data-dir", default=os.environ.get("KREA2_DATA_DIR"))
-    parser.add_argument("--raw", help="Raw source: Hub repo id or local folder (env KREA2_RAW)")
-    parser.add_argument("--turbo", help="Turbo source: Hub repo id or local folder (env KREA2_TURBO)")
-    parser.add_argument("--queue-size", type=int, default=int(os.environ.get("KREA2_QUEUE_SIZE", "32")))
-    return parser.parse_args(argv)
-
-
-def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("error: KREA2_AUTH must look like user:password")
-    return [(user, password)]
+    add_flags(parser, APP)
+    return load_settings(environ, parser.parse_args(argv))
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -62,51 +44,46 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def build_app(args: argparse.Namespace):
-    """The Gradio app and its launch arguments, from parsed flags and the environment. Raises SystemExit(code) with
-    a one-line message on stderr when the settings are unusable."""
+def build_app(settings: Settings):
+    """The Gradio app and its launch arguments. Raises SystemExit(1) with a one-line message on stderr when the
+    history cannot be opened."""
     from starlette.middleware import Middleware
 
     from storage import HistoryStore, StorageError
+    from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
+    from storage.files import SERVED_DIRS
+    from studio.runtime import build_manager, use_compile_cache
+    from studio.service import StudioService
+    from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
     from ui.cancel import CancelRelay
     from ui.layout import CSS, KEYS_JS, build_ui
-    from ui.security import LoginGuard, SameOriginGuard, allowed_origins_from_env
-    from ui.service import StudioService
+    from ui.security import LoginGuard, SameOriginGuard
 
-    auth = parse_auth(os.environ.get("KREA2_AUTH"))
     try:
-        store = HistoryStore(args.data_dir).open()
+        store = HistoryStore(settings.data_dir, settings.database_url).open()
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    from krea2.runtime import EngineSettings, build_manager, use_compile_cache
-    from ui.zerogpu import adapt_settings, wrap_service, zero_gpu
-
-    try:
-        settings = EngineSettings.from_env_and_args(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    spaces = zero_gpu()
+    spaces = zero_gpu(settings)
     if spaces is not None:
-        adapt_settings(settings)
-    use_compile_cache(store.data_dir)
-    manager = build_manager(settings)
+        settings = adapt_settings(settings)
+    use_compile_cache(settings, store.data_dir)
+    manager = build_manager(settings, prepare_on_cpu=spaces is not None)
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)
     service = StudioService(manager, store)
     if spaces is not None:
         wrap_service(service, spaces)
     app = build_ui(service)
-    app.queue(max_size=args.queue_size, default_concurrency_limit=8)
+    app.queue(max_size=settings.queue_size, default_concurrency_limit=8)
     data = store.data_dir.resolve()
-    db_files = [str(data / f"history.sqlite3{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+    db_files = [str(data / f"{SQLITE_FILE}{suffix}") for suffix in ("", *SQLITE_SIDE_FILES)]
     launch = {
-        "server_name": args.host,
-        "server_port": args.port,
-        "auth": auth,
+        "server_name": settings.server_host,
+        "server_port": settings.port,
+        "auth": [settings.auth] if settings.auth else None,
         # Only image folders are served; the database never is.
-        "allowed_paths": [str(data / "images"), str(data / "thumbs"), str(data / "static")],
+        "allowed_paths": [str(data / folder) for folder in SERVED_DIRS],
         "blocked_paths": db_files,
         "max_file_size": "20mb",
         "ssr_mode": False,
@@ -118,7 +95,7 @@ def build_app(args: argparse.Namespace):
         # (with auth on), and only then may a cancel reach the service.
         "app_kwargs": {
             "middleware": [
-                Middleware(SameOriginGuard, allowed_origins=allowed_origins_from_env()),
+                Middleware(SameOriginGuard, allowed_origins=settings.allowed_origins),
                 Middleware(LoginGuard),
                 Middleware(CancelRelay, on_cancel=service.cancel_job),
             ]
@@ -130,23 +107,25 @@ def build_app(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     from krea2.quiet import quiet_libraries
 
-    quiet_libraries()  # before anything imports transformers or diffusers
-    args = parse_args(argv)
+    quiet_libraries()  # before anything imports transformers or diffusers (reading KREA2_ATTENTION does)
+    try:
+        settings = read_settings(argv)
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if port_taken(args.host, args.port):
-        print(f"error: port {args.port} on {args.host} is already in use; choose another with --port", file=sys.stderr)
+    host, port = settings.server_host, settings.port
+    if port_taken(host, port):
+        print(f"error: port {port} on {host} is already in use; choose another with --port", file=sys.stderr)
         return 1
     try:
-        app, launch = build_app(args)
+        app, launch = build_app(settings)
     except SystemExit as exit_:
-        if isinstance(exit_.code, str):  # parse_auth's message
-            print(exit_.code, file=sys.stderr)
-            return 2
         return int(exit_.code or 1)
     try:
         app.launch(prevent_thread_lock=True, **launch)
     except OSError as error:  # the port was taken between the check and the bind
-        print(f"error: cannot serve on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        print(f"error: cannot serve on {host}:{port}: {error.strerror or error}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)  # loader/warm-up threads are running: a normal exit would abort inside them
     serve_until_stopped(app)

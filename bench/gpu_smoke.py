@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.benchmark import PROMPT, InMemoryLoader, build_full_size, environment, result_path
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
-from krea2.runtime import EngineSettings, fast_path_options
 from krea2.speedups import installed
 from krea2.speedups.attention import flash4_unavailable_reason
+from studio.runtime import fast_path_options
+from studio.settings import Settings
 
 log = logging.getLogger("smoke")
 
@@ -40,7 +41,7 @@ def main() -> int:
     t0 = time.perf_counter()
     reason = flash4_unavailable_reason()
     result: dict = {"environment": env, "flash4_probe_s": time.perf_counter() - t0, "flash4_unavailable": reason}
-    options = fast_path_options(EngineSettings(compile=args.compile), cuda=True, demo=False)  # as the app chooses
+    options = fast_path_options(Settings(compile=args.compile), cuda=True, demo=False)  # as the app chooses
     result["options"] = options.__dict__
     log.info("%s", result)
     turbo, raw = build_full_size("cuda")

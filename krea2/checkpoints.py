@@ -5,7 +5,6 @@ Behaviour elsewhere follows these fields (``is_distilled``, ``default_guidance``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,8 +28,8 @@ class CheckpointSpec:
     description: str
 
     def source(self, override: str | None = None) -> str:
-        """Where to load from: an explicit override (CLI flag), then the env variable, then the Hub default."""
-        return override or os.environ.get(self.source_env_var) or self.default_source
+        """Where to load from: the override given (the app's KREA2_RAW / KREA2_TURBO setting), else the Hub default."""
+        return override or self.default_source
 
     def uses_negative_prompt(self, guidance: float) -> bool:
         # Krea's guidance convention: CFG (and so the negative prompt) is on whenever guidance > 0.

@@ -92,7 +92,7 @@ class PipelineLoader:
     def __init__(self, sources: dict[str, str], dtype: torch.dtype, token: str | None = None) -> None:
         self.sources = sources
         self.dtype = dtype
-        self.token = token or os.environ.get("HF_TOKEN") or None  # None: huggingface_hub uses the saved login
+        self.token = token  # None: huggingface_hub's own HF_TOKEN variable, else the saved login
 
     def _prepare(self, spec: CheckpointSpec) -> str:
         source = self.sources[spec.key]

@@ -20,6 +20,7 @@ from PIL import Image as PILImage
 from .errors import StorageError
 from .files import atomic_file
 from .models import Generation
+from .records import NewGeneration, NewImage
 
 FORMAT = "krea2-studio-history/1"
 EXPORTED = ("created_at", "checkpoint", "prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height",
@@ -92,10 +93,8 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     return fields
 
 
-def read_archive(source: Path) -> Iterator[Any]:
+def read_archive(source: Path) -> Iterator[NewGeneration]:
     """The NewGeneration of each exported generation, checked; the PNGs keep their bytes (and so their metadata)."""
-    from .store import NewGeneration, NewImage
-
     try:
         archive = zipfile.ZipFile(source)
     except (OSError, zipfile.BadZipFile):

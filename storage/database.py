@@ -17,6 +17,12 @@ from .errors import StorageError
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+SQLITE_FILE = "history.sqlite3"  # in the data folder, unless another database URL is given
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps beside it
+
+
+def default_database_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / SQLITE_FILE).resolve()}"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

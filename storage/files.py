@@ -19,6 +19,18 @@ from .errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
 THUMB_SIZE = 256
+# The data folder's layout: images and thumbnails by day, files no row points at (moved there by repair), and files the
+# app itself serves (a placeholder). Everything but the database file may be served.
+IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR, STATIC_DIR = "images", "thumbs", "orphans", "static"
+SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR)
+SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
+
+
+def default_data_dir() -> Path:
+    """Where history lives when no folder is named: a Space's persistent storage when mounted, else ./data."""
+    if SPACES_DATA_DIR.is_dir() and os.access(SPACES_DATA_DIR, os.W_OK):
+        return SPACES_DATA_DIR
+    return Path("data")
 
 
 def _fsync_dir(folder: Path) -> None:

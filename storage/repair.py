@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from .files import TEMP_PREFIX
+from .files import IMAGES_DIR, ORPHANS_DIR, TEMP_PREFIX, THUMBS_DIR
 from .models import Generation, Image
-
-if TYPE_CHECKING:
-    from .store import HistoryStore
 
 log = logging.getLogger(__name__)
 INTERRUPTED_MESSAGE = "The server stopped before this generation finished; nothing was saved."
@@ -41,12 +41,11 @@ class RepairReport:
         return self.rows_marked_missing == 0
 
 
-def repair(store: HistoryStore) -> RepairReport:
-    from .store import IMAGES_DIR, ORPHANS_DIR, THUMBS_DIR
-
+def repair_files(data_dir: Path, session_scope: Callable[[], AbstractContextManager[Session]]) -> RepairReport:
+    """Repair the data folder `data_dir` against the rows reached through `session_scope` (`HistoryStore.session`)."""
     report = RepairReport()
     known: set[str] = set()
-    with store.session() as session:
+    with session_scope() as session:
         interrupted = session.execute(
             update(Generation)
             .where(Generation.status == "running")
@@ -60,7 +59,7 @@ def repair(store: HistoryStore) -> RepairReport:
         missing_by_generation: dict[int, tuple[bool, bool]] = {}
         for generation_id, flagged, path, thumb in rows:
             known.update((path, thumb))
-            gone = not (store.absolute(path).is_file() and store.absolute(thumb).is_file())
+            gone = not ((data_dir / path).is_file() and (data_dir / thumb).is_file())
             was_flagged, any_gone = missing_by_generation.get(generation_id, (flagged, False))
             missing_by_generation[generation_id] = (was_flagged, any_gone or gone)
         for generation_id, (was_flagged, gone) in missing_by_generation.items():
@@ -73,18 +72,18 @@ def repair(store: HistoryStore) -> RepairReport:
         session.commit()
 
     for top in (IMAGES_DIR, THUMBS_DIR):
-        root = store.absolute(top)
+        root = data_dir / top
         if not root.is_dir():
             continue
         for folder, _dirs, files in os.walk(root):
             for name in files:
                 path = os.path.join(folder, name)
-                relative = os.path.relpath(path, store.data_dir).replace(os.sep, "/")
+                relative = os.path.relpath(path, data_dir).replace(os.sep, "/")
                 if name.startswith(TEMP_PREFIX):
                     os.unlink(path)
                     report.temp_removed += 1
                 elif relative not in known:
-                    target = store.absolute(ORPHANS_DIR) / relative
+                    target = data_dir / ORPHANS_DIR / relative
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(path, target)
                     report.orphans_moved += 1
@@ -94,5 +93,4 @@ def repair(store: HistoryStore) -> RepairReport:
         report.temp_removed, report.rows_marked_missing, report.rows_restored, report.orphans_moved,
         report.rows_interrupted,
     )  # fmt: skip
-    store.last_repair = report
     return report

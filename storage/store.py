@@ -12,45 +12,38 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image as PILImage
 from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .database import make_engine, migrate
+from .archive import read_archive, write_archive
+from .database import default_database_url, make_engine, migrate
 from .errors import StorageError
-from .files import encode_png, encode_thumbnail, remove_quietly, sha256, write_atomic
+from .files import (
+    IMAGES_DIR,
+    THUMBS_DIR,
+    default_data_dir,
+    encode_png,
+    encode_thumbnail,
+    remove_quietly,
+    sha256,
+    write_atomic,
+)
 from .models import Generation, Image, utcnow
 from .pnginfo import build_pnginfo
-from .settings import default_data_dir, default_database_url
+from .records import NewGeneration
+from .repair import RepairReport, repair_files
 
 log = logging.getLogger(__name__)
-IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR = "images", "thumbs", "orphans"
 # `running` rows are written when a generation starts, so a crash leaves a trace; start-up repair turns the ones it
 # finds into `interrupted` (storage/repair.py).
 STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
 FINAL_STATUSES = ("ok", "failed", "cancelled")
-
-
-@dataclass
-class NewImage:
-    image: PILImage.Image
-    seed: int | None
-    png: bytes | None = None  # the file as it is (an imported PNG keeps its own metadata); None: encode `image`
-
-
-@dataclass
-class NewGeneration:
-    """What `add` records: the Generation columns (see models.Generation) and the images."""
-
-    fields: dict[str, Any]
-    images: list[NewImage] = field(default_factory=list)
-    png_parameters: dict[str, Any] = field(default_factory=dict)  # written into each PNG (seed set per image)
 
 
 @dataclass(frozen=True)
@@ -79,6 +72,7 @@ class HistoryStore:
         self.dialect = self.database_url.split(":", 1)[0].split("+", 1)[0]
         self._engine = None
         self._sessions: sessionmaker[Session] | None = None
+        self.repair_report: RepairReport | None = None  # what the start-up repair of `open` found
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def open(self, *, repair: bool = True) -> HistoryStore:
@@ -91,10 +85,13 @@ class HistoryStore:
         self._engine = make_engine(self.database_url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         if repair:
-            from .repair import repair
-
-            repair(self)
+            self.repair()
         return self
+
+    def repair(self) -> RepairReport:
+        """Make files and rows agree again (storage/repair.py); the report is kept as `repair_report`."""
+        self.repair_report = repair_files(self.data_dir, self.session)
+        return self.repair_report
 
     def close(self) -> None:
         if self._engine is not None:
@@ -240,8 +237,6 @@ class HistoryStore:
     def export_archive(self, target: Path, generation_ids: list[int] | None = None) -> int:
         """Write a zip of the history (all of it, or the generations named) to `target`, atomically: history.json
         and history.csv (one row per generation) and every PNG as stored, metadata intact. Returns the count."""
-        from .archive import write_archive
-
         if generation_ids is None:
             with self.session() as session:
                 rows = list(session.scalars(select(Generation).order_by(Generation.id)))
@@ -256,8 +251,6 @@ class HistoryStore:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. Returns
         (added, skipped); raises StorageError naming the problem when the file is not a history export."""
-        from .archive import read_archive
-
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip

@@ -10,6 +10,23 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+pytest_plugins = ("pytester",)  # tests/test_markers.py runs pytest on small suites
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow run only when asked for: with --slow, or a -m expression that names them (`-m slow`,
+    `-m "slow and browser"`). A default `-m 'not slow'` in addopts was dropped by any other -m (`-m browser` ran the
+    slow browser tests too)."""
+    if config.getoption("--slow") or "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def test_attention_choice(monkeypatch, probe, expected):
     """Automatic means FlashAttention-4 exactly when its start-up probe passes, PyTorch's SDPA when it says why not;
     an explicit choice is taken as asked, and never probes."""
     import krea2.speedups.attention as attention
-    from krea2.runtime import choose_attention
+    from studio.runtime import choose_attention
 
     probes = []
     monkeypatch.setattr(attention, "flash4_unavailable_reason", lambda: probes.append(1) or probe)
@@ -95,12 +95,15 @@ def test_attention_choice(monkeypatch, probe, expected):
 
 
 def test_attention_setting():
-    from krea2.runtime import attention_setting
+    from studio.settings import SettingError, load_settings
 
-    assert attention_setting(None) is None and attention_setting(" ") is None
+    def attention_setting(text):
+        return load_settings({"KREA2_ATTENTION": text}).attention
+
+    assert load_settings({}).attention is None and attention_setting(" ") is None
     assert attention_setting("flash4") == "flash4" and attention_setting("_native_cudnn") == "_native_cudnn"
     assert attention_setting("cudnn-fp8") == "cudnn-fp8"
-    with pytest.raises(ValueError, match="KREA2_ATTENTION must be one of flash4, cudnn-fp8, sdpa"):
+    with pytest.raises(SettingError, match="KREA2_ATTENTION must be one of flash4, cudnn-fp8, sdpa"):
         attention_setting("flash5")
 
 
@@ -144,20 +147,22 @@ def test_cudnn_fp8_attention_is_refused_with_a_reason_where_it_cannot_run():
 
 
 def test_text_graphs_default_on_a_resident_gpu_only():
-    from krea2.runtime import EngineSettings, fast_path_options
+    from studio.runtime import fast_path_options
+    from studio.settings import Settings
 
-    assert fast_path_options(EngineSettings(), cuda=True, demo=False).text_graphs
-    assert not fast_path_options(EngineSettings(), cuda=False, demo=True).text_graphs
-    assert not fast_path_options(EngineSettings(text_graphs=False), cuda=True, demo=False).text_graphs  # env off
-    assert not fast_path_options(EngineSettings(prepare_on_cpu=True), cuda=True, demo=False).text_graphs  # ZeroGPU
+    assert fast_path_options(Settings(), cuda=True, demo=False).text_graphs
+    assert not fast_path_options(Settings(), cuda=False, demo=True).text_graphs
+    assert not fast_path_options(Settings(text_graphs=False), cuda=True, demo=False).text_graphs  # env off
+    assert not fast_path_options(Settings(), cuda=True, demo=False, prepare_on_cpu=True).text_graphs  # ZeroGPU
 
 
 def test_compile_caches_go_to_the_data_folder_unless_set(tmp_path, monkeypatch):
-    from krea2.runtime import use_compile_cache
+    from studio.runtime import use_compile_cache
+    from studio.settings import load_settings
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere/triton")
-    use_compile_cache(tmp_path)
+    use_compile_cache(load_settings(), tmp_path)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile-cache" / "inductor")
     assert os.environ["TRITON_CACHE_DIR"] == "/elsewhere/triton"  # an operator's choice wins
 

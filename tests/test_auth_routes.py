@@ -21,7 +21,7 @@ USER, PASSWORD = "alice", "s3cret-pass"
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory, demo_sources):
-    import app as studio
+    import app
 
     port = free_port()
     data = tmp_path_factory.mktemp("auth-routes") / "data"
@@ -29,7 +29,7 @@ def running(tmp_path_factory, demo_sources):
         patch.setenv("KREA2_AUTH", f"{USER}:{PASSWORD}")
         patch.setenv("KREA2_DEMO_CHECKPOINTS", str(Path(demo_sources["turbo"]).parent))
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        blocks, launch = studio.build_app(studio.parse_args(["--demo", "--port", str(port), "--data-dir", str(data)]))
+        blocks, launch = app.build_app(app.read_settings(["--demo", "--port", str(port), "--data-dir", str(data)]))
         blocks.launch(**launch, prevent_thread_lock=True, quiet=True)
         try:
             yield blocks, port

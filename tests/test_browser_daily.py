@@ -1,5 +1,6 @@
 """The app as a daily tool (issue 21) in headless Chromium: dark mode, keyboard and controls, progress, errors,
-phone layout, batches in History; and the terminal and API details a newcomer noticed. One app server for all."""
+phone layout, batches in History; and the terminal and API details a newcomer noticed. One app server for the page
+tests, each making the history it needs; the test that stops a server to read its shutdown line has its own."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def server(tmp_path_factory, demo_sources):
     app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
     yield app
     app.stop()
+
+
+def make_a_batch(server, prompt: str = "a batch of two") -> None:
+    """A 2-image generation through the API (256², 1 step): history to look at, made in about a second."""
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict(prompt=prompt, steps=1, width=256, height=256, num_images=2,
+                                              api_name="/generate")  # fmt: skip
 
 
 def open_page(browser, server, theme: str = "light", width: int = 1440, height: int = 900):
@@ -106,10 +115,7 @@ def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_pla
 
 
 def test_a_batch_shows_every_image_in_history_on_a_phone_in_dark_mode(browser, server):
-    from gradio_client import Client
-
-    Client(server.url, verbose=False).predict(prompt="a batch of two", steps=1, width=256, height=256, num_images=2,
-                                              api_name="/generate")  # fmt: skip
+    make_a_batch(server)
     context, page = open_page(browser, server, "dark", 390, 844)
     page.get_by_role("tab", name="History").click()  # a tab of its own, not behind a "⋯" menu
     gallery = page.locator("#history-gallery")
@@ -133,6 +139,8 @@ def test_a_batch_shows_every_image_in_history_on_a_phone_in_dark_mode(browser, s
 def test_several_generations_are_favourited_and_downloaded_as_one_zip(browser, server):
     import zipfile
 
+    make_a_batch(server, "a batch to favourite")
+    make_a_batch(server, "another batch to favourite")
     context, page = open_page(browser, server)
     page.get_by_role("tab", name="History").click()
     page.locator("#history-gallery img").first.wait_for(timeout=30_000)
@@ -168,14 +176,23 @@ def test_a_demo_example_prompt_fills_the_prompt_box(browser, server):
     context.close()
 
 
-def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(server):
-    """Stops the module's shared server to read its shutdown line: it must stay the module's last test."""
+@pytest.fixture
+def own_server(tmp_path, demo_sources):
+    """A server of this test's own, which it may stop."""
+    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
+    yield app
+    app.stop()
+
+
+def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(own_server):
+    """Stops its server to read the shutdown line."""
     from gradio_client import Client
 
-    page = Client(server.url, verbose=False).predict(api_name="/history")
+    make_a_batch(own_server)
+    page = Client(own_server.url, verbose=False).predict(api_name="/history")
     assert all(item["created_at"].endswith("+00:00") for item in page["items"]) and page["items"]
-    server.stop()
-    log = server.log.read_text()
+    own_server.stop()
+    log = own_server.log.read_text()
     for noise in ("torchao", "_C_", "deprecated", "%|", "HTTP Request"):
         assert noise not in log, noise
     assert re.search(r"Generation #\d+: Krea 2 Turbo, 256×256, 1 steps, 2 images, [\d.]+ s", log)

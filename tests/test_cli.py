@@ -4,15 +4,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from storage import HistoryStore
 from storage.pnginfo import read_parameters
+from studio import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "krea2", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "studio", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -36,29 +39,43 @@ def test_cli_twice_is_pixel_identical_and_recorded(tmp_path, demo_sources):
     assert "Seed: 7" in read_parameters(stored)["parameters"]
 
 
-def test_cli_bad_input_is_exit_2_and_one_line(tmp_path):
-    env = {**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data")}
-    for args in (["--prompt", "  "], ["--prompt", "x", "--steps", "0"], ["--prompt", "x", "--checkpoint", "sdxl"]):
-        done = run_cli("generate", *args, env=env)
-        assert done.returncode == 2
-        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
+def parsed(*args: str):
+    return cli.build_parser().parse_args(["generate", *args])
 
 
-def test_cli_bad_engine_setting_is_exit_2_and_one_line(tmp_path):
-    base = {**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data")}
-    for name, value in (("KREA2_STEP_CACHE", "fast"), ("KREA2_ATTENTION", "flash5")):
-        done = run_cli("generate", "--demo", "--prompt", "x", env={**base, name: value})
-        assert done.returncode == 2 and "Traceback" not in done.stderr
-        assert done.stderr.strip().splitlines()[-1].startswith(f"error: {name}")  # (torchao may log import noise)
+def test_cli_bad_input_is_exit_2_and_one_line(capsys):
+    """In-process: the parser and the request's validation, before anything loads."""
+    for args in (["--prompt", "  "], ["--prompt", "x", "--steps", "0"], ["--prompt", "x", "--width", "1000"]):
+        assert cli.run(parsed(*args), environ={}) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    for args in (["--prompt", "x", "--checkpoint", "sdxl"], ["--steps", "4"]):  # refused by the parser itself
+        with pytest.raises(SystemExit) as caught:
+            parsed(*args)
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_cli_bad_engine_setting_is_exit_2_and_one_line(capsys):
+    for name, value in (("KREA2_STEP_CACHE", "fast"), ("KREA2_ATTENTION", "flash5"), ("KREA2_PLACEMENT", "tpu")):
+        assert cli.run(parsed("--demo", "--prompt", "x"), environ={name: value}) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {name} must "), err
+
+
+def test_cli_process_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
+    """One real process: `python -m studio` turns a refusal into exit status 2 and one line on stderr."""
+    done = run_cli("generate", "--prompt", "  ", env={**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
     """Relative --out and data folder: every printed path is absolute (one was relative), and stderr holds none of
     torchao's CUDA-extension failures, torch deprecation warnings or progress bars."""
-    env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CACHE": str(Path(demo_sources["turbo"]).parent),
+    env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent),
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256"]
-    done = subprocess.run([sys.executable, "-m", "krea2", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "studio", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,9 +9,10 @@ import pytest
 from krea2 import GenerationRequest, InvalidRequest
 from krea2.request import MAX_SEED
 from storage import HistoryStore
+from studio.service import StudioService
+from ui.details import describe
 from ui.handlers import Handlers, StepClock, error_note, for_people, next_seed, seeds_text
 from ui.presets import CUSTOM, preset_for
-from ui.service import StudioService, describe
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
 
 
 def test_a_cancelled_row_shows_no_seed_none(service):
-    from storage.recording import record_failure
+    from studio.recording import record_failure
 
     request = GenerationRequest(prompt="stopped", width=256, height=256)
     row = record_failure(service.store, request, "cancelled", "Generation cancelled.")
@@ -119,3 +120,25 @@ def test_bulk_favorite_zip_import_and_delete_through_the_handlers(service, tmp_p
     assert service.store.count() == 2
     with pytest.raises(gr.Error, match="Tick one or more"):
         handlers.bulk_download([])
+
+
+def test_the_forms_take_defaults_and_ranges_from_the_checkpoint_specs_and_the_request(service, monkeypatch):
+    """Changing a checkpoint's default steps or a request limit changes the page: nothing is restated in the UI."""
+    import dataclasses
+
+    import krea2.request
+    import ui.layout
+    from krea2 import TURBO
+    from ui.layout import build_ui
+
+    faster = dataclasses.replace(TURBO, default_steps=6, steps_range=(1, 40))
+    monkeypatch.setitem(krea2.CHECKPOINTS, "turbo", faster)
+    monkeypatch.setattr(ui.layout, "TURBO", faster)
+    monkeypatch.setattr(ui.layout, "MAX_IMAGES", 3)
+    blocks = list(build_ui(service).blocks.values())
+    components = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
+    steps = components["steps"]
+    assert (steps.value, steps.maximum, steps.label) == (6, 40, "Steps (recommended 6)")
+    assert components["compare-raw-steps"].value == krea2.RAW.default_steps
+    assert components["width"].maximum == krea2.request.MAX_SIDE and components["width"].step == 16
+    assert [b.maximum for b in blocks if getattr(b, "label", None) == "Images"] == [3]

@@ -161,9 +161,10 @@ def test_return_dict_matches_the_stock_forward(captures):
 
 
 def test_denoiser_graphs_default_on_a_resident_gpu_only():
-    from krea2.runtime import EngineSettings, fast_path_options
+    from studio.runtime import fast_path_options
+    from studio.settings import Settings
 
-    assert fast_path_options(EngineSettings(), cuda=True, demo=False).denoiser_graphs
-    assert not fast_path_options(EngineSettings(), cuda=False, demo=True).denoiser_graphs
-    assert not fast_path_options(EngineSettings(denoiser_graphs=False), cuda=True, demo=False).denoiser_graphs
-    assert not fast_path_options(EngineSettings(prepare_on_cpu=True), cuda=True, demo=False).denoiser_graphs
+    assert fast_path_options(Settings(), cuda=True, demo=False).denoiser_graphs
+    assert not fast_path_options(Settings(), cuda=False, demo=True).denoiser_graphs
+    assert not fast_path_options(Settings(denoiser_graphs=False), cuda=True, demo=False).denoiser_graphs
+    assert not fast_path_options(Settings(), cuda=True, demo=False, prepare_on_cpu=True).denoiser_graphs

@@ -16,8 +16,7 @@ from app_server import ROOT, AppServer, free_port
 
 from krea2 import GenerationRequest, Krea2Error
 from storage import HistoryStore
-from storage.repair import repair
-from ui.service import DoneEvent, StepEvent, StudioService
+from studio.service import DoneEvent, StepEvent, StudioService
 
 SMALL = {"width": 256, "height": 256}
 
@@ -74,11 +73,11 @@ def test_repair_marks_rows_left_running_as_interrupted(store):
 
     kept = store.add(new_generation("done"))
     lost = store.start(new_generation("lost in a crash", images=0).fields)
-    report = repair(store)
+    report = store.repair()
     assert report.rows_interrupted == 1
     assert store.get(lost.id).status == "interrupted" and "stopped" in store.get(lost.id).error
     assert store.get(kept.id).status == "ok"
-    assert repair(store).rows_interrupted == 0
+    assert store.repair().rows_interrupted == 0
 
 
 # ------------------------------------------------------------------------------------------------ the running app
@@ -191,7 +190,10 @@ def test_an_api_cancel_stops_the_generation_on_the_server(server, client, delay)
 
 
 def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
-    first = client.submit(prompt="keeps running", checkpoint="raw", steps=30, width=1024, height=1024, seed=2,
+    # 512² x 60 steps: seconds on an idle machine, long enough that the cancel lands while it runs, and done well
+    # within the wait below on a loaded one (1024² x 30 took over 120 s on two busy cores, and the next test's job
+    # then waited behind it).
+    first = client.submit(prompt="keeps running", checkpoint="raw", steps=60, width=512, height=512, seed=2,
                           api_name="/generate")  # fmt: skip
     time.sleep(1.0)
     second = client.submit(prompt="cancelled while queued", steps=1, seed=2, api_name="/generate", **SMALL)
@@ -199,7 +201,7 @@ def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
     second.cancel()
     assert not first.done()  # the cancel came while the first job ran and the second waited
     _images, info = first.result(timeout=120)
-    assert info["steps"] == 30
+    assert info["steps"] == 60
     time.sleep(1.0)
     assert wait_settled(server, "keeps running")[0].status == "ok"
     assert [g.status for g in wait_settled(server, "cancelled while queued")] in ([], ["cancelled"])

@@ -12,7 +12,6 @@ from storage_helpers import new_generation
 
 from storage import HistoryStore, StorageError
 from storage.database import current_revision, make_engine, migrate
-from storage.repair import repair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +25,12 @@ def test_repair_marks_vanished_moves_orphans_removes_temp(store):
     orphan.write_bytes(b"png")
     temp = store.absolute("images/2026/01/01/.tmp-abc")
     temp.write_bytes(b"half")
-    report = repair(store)
+    report = store.repair()
     assert (report.rows_marked_missing, report.orphans_moved, report.temp_removed) == (1, 1, 1)
     assert store.get(gone.id).files_missing and not store.get(kept.id).files_missing
     assert (store.data_dir / "orphans/images/2026/01/01/orphan.png").is_file() and not orphan.exists()
     assert not temp.exists()
-    assert repair(store).rows_marked_missing == 0  # already marked: nothing new
+    assert store.repair().rows_marked_missing == 0  # already marked: nothing new
 
 
 def test_migrations_from_empty_and_rerun(database_url, tmp_path):
@@ -109,7 +108,7 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
         assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     engine.dispose()
     store = HistoryStore(data, url).open()  # runs repair
-    assert store.last_repair.rows_marked_missing == 0  # every committed row has its files
+    assert store.repair_report.rows_marked_missing == 0  # every committed row has its files
     assert store.count() >= count
     for generation in store.page(limit=200).items:
         for image in generation.images:

@@ -149,7 +149,9 @@ def test_with_auth_nothing_works_without_credentials(auth_server):
         auth_server.url + "gradio_api/queue/join", "POST", join, {"Content-Type": "application/json"}
     )
     assert status in (401, 403)
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; what matters is that it does not connect
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(auth_server.url, verbose=False)
     client = Client(auth_server.url, auth=("alice", "s3cret-pass"), verbose=False)
     assert client.predict(search="", api_name="/history")["total"] == 0

@@ -7,8 +7,8 @@ from diffusers import Krea2Pipeline
 
 from krea2 import GenerationRequest
 from krea2.demo import TEXT_HIDDEN, TEXT_LAYERS, build_transformer
-from krea2.runtime import step_cache_threshold
 from krea2.speedups.step_cache import install_step_cache, step_cache_of
+from studio.settings import SettingError, load_settings
 
 
 def call(transformer, hidden, text):
@@ -94,10 +94,11 @@ def test_manager_raw_with_step_cache(demo_sources):
 
 @pytest.mark.parametrize(("text", "expected"), [(None, None), ("", None), (" 0.05 ", 0.05), ("0", 0.0)])
 def test_step_cache_setting(text, expected):
-    assert step_cache_threshold(text) == expected
+    environ = {} if text is None else {"KREA2_STEP_CACHE": text}
+    assert load_settings(environ).step_cache == expected
 
 
 @pytest.mark.parametrize("text", ["-1", "abc", "nan", "inf"])
 def test_bad_step_cache_setting_is_one_clear_error(text):
-    with pytest.raises(ValueError, match="KREA2_STEP_CACHE"):
-        step_cache_threshold(text)
+    with pytest.raises(SettingError, match="KREA2_STEP_CACHE"):
+        load_settings({"KREA2_STEP_CACHE": text})

@@ -12,11 +12,11 @@ from typing import Any
 
 import gradio as gr
 
-from krea2 import GenerationRequest, InvalidRequest
+from krea2 import RAW, TURBO, GenerationRequest, InvalidRequest
 from krea2.request import HistoryQuery
+from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
 
-from .handlers import Handlers, session_of, user_error
-from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
+from .handlers import DEFAULT_CHECKPOINT, REQUEST_DEFAULTS, Handlers, session_of, user_error
 
 IDLE_S = 0.25  # longest a generation runs without handing control back to Gradio (to notice cancels, disconnects)
 
@@ -81,7 +81,7 @@ def register_api(service: StudioService) -> None:
                     infos.append(info)
                     for image in event.generation.images:
                         caption = f"{info['checkpoint']} seed {image.seed}"
-                        images.append((str(service.store.absolute(image.path)), caption))
+                        images.append((service.image_file(image), caption))
                 elif isinstance(event, StepEvent):
                     yield gr.skip(), {"checkpoint": event.label, "step": event.step, "steps": event.total}
                 else:
@@ -106,7 +106,7 @@ def register_api(service: StudioService) -> None:
                 request: gr.Request):  # fmt: skip
         try:
             raw = GenerationRequest(
-                prompt=prompt, checkpoint="raw", negative_prompt=negative_prompt, steps=_optional(raw_steps),
+                prompt=prompt, checkpoint=RAW.key, negative_prompt=negative_prompt, steps=_optional(raw_steps),
                 guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed),
             )  # fmt: skip
         except InvalidRequest as error:  # named as this endpoint names them
@@ -114,11 +114,11 @@ def register_api(service: StudioService) -> None:
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
         try:
-            turbo = raw.with_checkpoint("turbo", steps=_optional(turbo_steps))
+            turbo = raw.with_checkpoint(TURBO.key, steps=_optional(turbo_steps))
         except InvalidRequest as error:
             raise _refused(renamed(error, {"steps": "turbo_steps"})) from None
         for images, infos in run(service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())):
-            yield images, {"raw": infos[0], "turbo": infos[1]} if isinstance(infos, list) else infos
+            yield images, {RAW.key: infos[0], TURBO.key: infos[1]} if isinstance(infos, list) else infos
 
     def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit):
         try:
@@ -143,18 +143,18 @@ def register_api(service: StudioService) -> None:
 
     with gr.Column(visible=False):
         prompt = gr.Textbox(label="prompt")
-        checkpoint = gr.Textbox(label="checkpoint", value="turbo")
+        checkpoint = gr.Textbox(label="checkpoint", value=DEFAULT_CHECKPOINT)
         negative = gr.Textbox(label="negative_prompt", value="")
         # Optional numbers are text: empty means "the checkpoint's default" (steps, guidance) or "random" (seed).
         steps = gr.Textbox(label="steps", value="")
         guidance = gr.Textbox(label="guidance", value="")
-        width = gr.Number(label="width", value=1024, precision=0)
-        height = gr.Number(label="height", value=1024, precision=0)
+        width = gr.Number(label="width", value=REQUEST_DEFAULTS["width"], precision=0)
+        height = gr.Number(label="height", value=REQUEST_DEFAULTS["height"], precision=0)
         seed = gr.Textbox(label="seed", value="")
-        num_images = gr.Number(label="num_images", value=1, precision=0)
-        raw_steps = gr.Number(label="raw_steps", value=52, precision=0)
-        raw_guidance = gr.Number(label="raw_guidance", value=3.5)
-        turbo_steps = gr.Number(label="turbo_steps", value=8, precision=0)
+        num_images = gr.Number(label="num_images", value=REQUEST_DEFAULTS["num_images"], precision=0)
+        raw_steps = gr.Number(label="raw_steps", value=RAW.default_steps, precision=0)
+        raw_guidance = gr.Number(label="raw_guidance", value=RAW.default_guidance)
+        turbo_steps = gr.Number(label="turbo_steps", value=TURBO.default_steps, precision=0)
         images = gr.Gallery(label="images", format="png")
         info = gr.JSON(label="info")
         search = gr.Textbox(label="search", value="")

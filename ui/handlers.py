@@ -10,23 +10,47 @@ import functools
 import logging
 import re
 import time
+from dataclasses import MISSING, fields
 from typing import Any
 
 import gradio as gr
 
-from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, InvalidRequest, Krea2Error, get_spec
+from krea2 import (
+    CHECKPOINTS,
+    RAW,
+    TURBO,
+    Cancelled,
+    CheckpointSpec,
+    GenerationRequest,
+    InvalidRequest,
+    Krea2Error,
+    get_spec,
+)
 from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
-from storage.recording import SETTINGS_FIELDS, settings_of
+from studio.recording import SETTINGS_FIELDS, settings_of
+from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
 
+from .details import describe
 from .presets import preset_choices, preset_for, preset_size
-from .service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService, describe
 from .text import as_text
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
-CHECKPOINT_CHOICES = [("Turbo", "turbo"), ("Raw", "raw")]
+# What a form shows before anyone touches it: GenerationRequest's own defaults (checkpoint, size, image count).
+REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
+DEFAULT_CHECKPOINT = REQUEST_DEFAULTS["checkpoint"]
+
+
+def short_name(spec: CheckpointSpec) -> str:
+    """ "Turbo" for "Krea 2 Turbo": every control on the page is about Krea 2."""
+    return spec.display_name.removeprefix("Krea 2 ")
+
+
+# The default checkpoint first, then the others.
+CHECKPOINT_CHOICES = [(short_name(spec), key) for key, spec in
+                      sorted(CHECKPOINTS.items(), key=lambda item: item[0] != DEFAULT_CHECKPOINT)]  # fmt: skip
 
 
 def user_error(error: Exception, *, html: bool = True) -> gr.Error:
@@ -104,16 +128,24 @@ def default_settings() -> dict[str, dict[str, float]]:
     return {key: {"steps": s.default_steps, "guidance": s.default_guidance} for key, s in CHECKPOINTS.items()}
 
 
+def steps_label(spec: CheckpointSpec, prefix: str = "") -> str:
+    return f"{prefix}{'s' if prefix else 'S'}teps (recommended {spec.default_steps})"
+
+
+def guidance_label(spec: CheckpointSpec, prefix: str = "") -> str:
+    return f"{prefix}{'g' if prefix else 'G'}uidance (recommended {spec.default_guidance})"
+
+
 def steps_slider(checkpoint: str, value: float) -> dict:
     spec = get_spec(checkpoint)
     lo, hi = spec.steps_range
-    return gr.update(value=value, minimum=lo, maximum=hi, label=f"Steps (recommended {spec.default_steps})")
+    return gr.update(value=value, minimum=lo, maximum=hi, label=steps_label(spec))
 
 
 def guidance_slider(checkpoint: str, value: float) -> dict:
     spec = get_spec(checkpoint)
     lo, hi = spec.guidance_range
-    return gr.update(value=value, minimum=lo, maximum=hi, label=f"Guidance (recommended {spec.default_guidance})")
+    return gr.update(value=value, minimum=lo, maximum=hi, label=guidance_label(spec))
 
 
 def build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images):
@@ -235,7 +267,7 @@ class Handlers:
                 elif isinstance(event, DoneEvent):
                     generation = event.generation
                     new = [
-                        {"path": str(self.service.store.absolute(image.path)), "generation_id": generation.id,
+                        {"path": self.service.image_file(image), "generation_id": generation.id,
                          "position": image.position, "caption": f"seed {image.seed}"}
                         for image in generation.images
                     ]  # fmt: skip
@@ -311,25 +343,24 @@ class Handlers:
         return self._fill_generate(values, settings)
 
     def _fill_generate(self, values: dict[str, Any], settings: dict):
-        checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else "turbo"
+        checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else DEFAULT_CHECKPOINT
         spec = get_spec(checkpoint)
         steps = values.get("steps") or spec.default_steps
         guidance = values.get("guidance") if values.get("guidance") is not None else spec.default_guidance
         seed = values.get("seed")
+        width = values.get("width") or REQUEST_DEFAULTS["width"]
+        height = values.get("height") or REQUEST_DEFAULTS["height"]
         return (
             values.get("prompt", ""),
             gr.update(value=values.get("negative_prompt") or "", visible=spec.uses_negative_prompt(guidance)),
             checkpoint,
             steps_slider(checkpoint, steps),
             guidance_slider(checkpoint, guidance),
-            values.get("width") or 1024,
-            values.get("height") or 1024,
+            width,
+            height,
             seed if seed is not None else 0,
             seed is None,
-            gr.update(
-                choices=preset_choices(checkpoint),
-                value=preset_for(values.get("width") or 1024, values.get("height") or 1024, checkpoint),
-            ),
+            gr.update(choices=preset_choices(checkpoint), value=preset_for(width, height, checkpoint)),
             spec.description,
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
@@ -341,8 +372,8 @@ class Handlers:
                 request: gr.Request):  # fmt: skip
         """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line."""
         try:
-            raw = build_request(prompt, negative, "raw", raw_steps, raw_guidance, width, height, seed, randomize, 1)
-            turbo = raw.with_checkpoint("turbo", steps=turbo_steps)
+            raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1)
+            turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
@@ -361,14 +392,14 @@ class Handlers:
                 else:
                     r = event.result.request
                     used_seed = r.seed
-                    paths[event.label] = str(self.service.store.absolute(event.generation.images[0].path))
+                    paths[event.label] = self.service.image_file(event.generation.images[0])
                     info.append(f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
                                 f"{event.result.timings.total_s:.2f} s")  # fmt: skip
                     image = paths[event.label]
-                    yield (f"{name} done", image if event.label == "raw" else gr.skip(),
-                           image if event.label == "turbo" else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
+                    yield (f"{name} done", image if event.label == RAW.key else gr.skip(),
+                           image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
             seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
-            yield ("**Done**", gr.skip(), gr.skip(), (paths["raw"], paths["turbo"]),
+            yield ("**Done**", gr.skip(), gr.skip(), (paths[RAW.key], paths[TURBO.key]),
                    "  \n".join([*info, seed_text]))  # fmt: skip
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()

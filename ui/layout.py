@@ -1,17 +1,26 @@
-"""The Gradio Blocks layout: components and event wiring only. The work happens in ui.handlers / ui.service."""
+"""The Gradio Blocks layout: components and event wiring only. The work happens in ui.handlers / studio.service."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from krea2 import TURBO
-from krea2.request import MAX_SEED
+from krea2 import RAW, TURBO, get_spec
+from krea2.request import MAX_IMAGES, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from studio.service import StudioService
 
 from .api import register_api
-from .handlers import CHECKPOINT_CHOICES, Handlers, default_settings
-from .presets import PRESETS_1MP, preset_choices, preset_label
+from .handlers import (
+    CHECKPOINT_CHOICES,
+    DEFAULT_CHECKPOINT,
+    REQUEST_DEFAULTS,
+    Handlers,
+    default_settings,
+    guidance_label,
+    short_name,
+    steps_label,
+)
+from .presets import preset_choices, preset_for
 from .robust import StudioBlocks
-from .service import StudioService
 
 # What the demo model knows is demo/scenes.py's vocabulary (tests/test_demo_model.py keeps the two in step).
 DEMO_BANNER = (
@@ -66,6 +75,9 @@ KEYS_JS = """
 
 def build_ui(service: StudioService) -> gr.Blocks:
     handlers = Handlers(service)
+    first = get_spec(DEFAULT_CHECKPOINT)  # the checkpoint the Generate tab opens with
+    side = {"minimum": MIN_SIDE, "maximum": MAX_SIDE, "step": SIDE_MULTIPLE}
+    width_0, height_0 = REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"]
     private = {"api_visibility": "private"}
     gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, **private}
 
@@ -77,7 +89,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         app.load(service.status_line, outputs=status, queue=False, **private)
 
         settings = gr.State(default_settings())
-        current = gr.State("turbo")
+        current = gr.State(DEFAULT_CHECKPOINT)
         results = gr.State([])
         selected = gr.State(None)
 
@@ -96,20 +108,22 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                     lambda text=example: text, outputs=prompt, queue=False, **private
                                 )
                         negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
-                        checkpoint = gr.Radio(CHECKPOINT_CHOICES, value="turbo", label="Checkpoint", elem_id="ckpt")
-                        checkpoint_info = gr.Markdown(TURBO.description)
-                        steps = gr.Slider(1, 100, value=8, step=1, label="Steps (recommended 8)", elem_id="steps")
-                        guidance = gr.Slider(0, 20, value=0.0, step=0.1, label="Guidance (recommended 0.0)",
-                                             elem_id="guidance")  # fmt: skip
-                        preset = gr.Dropdown(preset_choices("turbo"), value=preset_label("1:1", PRESETS_1MP["1:1"]),
+                        checkpoint = gr.Radio(CHECKPOINT_CHOICES, value=first.key, label="Checkpoint", elem_id="ckpt")
+                        checkpoint_info = gr.Markdown(first.description)
+                        steps = gr.Slider(*first.steps_range, value=first.default_steps, step=1,
+                                          label=steps_label(first), elem_id="steps")  # fmt: skip
+                        guidance = gr.Slider(*first.guidance_range, value=first.default_guidance, step=0.1,
+                                             label=guidance_label(first), elem_id="guidance")  # fmt: skip
+                        preset = gr.Dropdown(preset_choices(first.key), value=preset_for(width_0, height_0, first.key),
                                              label="Size")  # fmt: skip
                         with gr.Row():
-                            width = gr.Slider(256, 2048, value=1024, step=16, label="Width", elem_id="width")
-                            height = gr.Slider(256, 2048, value=1024, step=16, label="Height", elem_id="height")
+                            width = gr.Slider(**side, value=width_0, label="Width", elem_id="width")
+                            height = gr.Slider(**side, value=height_0, label="Height", elem_id="height")
                         with gr.Row():
                             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                             randomize = gr.Checkbox(value=True, label="Randomize seed")
-                            num_images = gr.Slider(1, 4, value=1, step=1, label="Images")
+                            num_images = gr.Slider(1, MAX_IMAGES, value=REQUEST_DEFAULTS["num_images"], step=1,
+                                                   label="Images")  # fmt: skip
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -135,31 +149,34 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                             c_random = gr.Checkbox(value=True, label="Randomize seed")
                         with gr.Row():
-                            c_width = gr.Slider(256, 2048, value=1024, step=16, label="Width", elem_id="compare-width")
-                            c_height = gr.Slider(256, 2048, value=1024, step=16, label="Height",
-                                                 elem_id="compare-height")  # fmt: skip
-                        c_raw_steps = gr.Slider(1, 100, value=52, step=1, label="Raw steps (recommended 52)",
+                            c_width = gr.Slider(**side, value=width_0, label="Width", elem_id="compare-width")
+                            c_height = gr.Slider(**side, value=height_0, label="Height", elem_id="compare-height")
+                        c_raw_steps = gr.Slider(*RAW.steps_range, value=RAW.default_steps, step=1,
+                                                label=steps_label(RAW, short_name(RAW) + " "),
                                                 elem_id="compare-raw-steps")  # fmt: skip
-                        c_raw_guidance = gr.Slider(0, 20, value=3.5, step=0.1, label="Raw guidance (recommended 3.5)")
-                        c_turbo_steps = gr.Slider(1, 100, value=8, step=1, label="Turbo steps (recommended 8)")
+                        c_raw_guidance = gr.Slider(*RAW.guidance_range, value=RAW.default_guidance, step=0.1,
+                                                   label=guidance_label(RAW, short_name(RAW) + " "))  # fmt: skip
+                        c_turbo_steps = gr.Slider(*TURBO.steps_range, value=TURBO.default_steps, step=1,
+                                                  label=steps_label(TURBO, short_name(TURBO) + " "))  # fmt: skip
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
                             c_cancel = gr.Button("Cancel", variant="stop")
                     with gr.Column(scale=3):
                         c_progress = gr.Markdown(elem_id="compare-progress")
                         with gr.Row():
-                            c_raw = gr.Image(label="Raw", type="filepath", interactive=False, elem_id="compare-raw")
-                            c_turbo = gr.Image(label="Turbo", type="filepath", interactive=False,
+                            c_raw = gr.Image(label=short_name(RAW), type="filepath", interactive=False,
+                                             elem_id="compare-raw")  # fmt: skip
+                            c_turbo = gr.Image(label=short_name(TURBO), type="filepath", interactive=False,
                                                elem_id="compare-turbo")  # fmt: skip
-                        c_slider = gr.ImageSlider(label="Raw ↔ Turbo", type="filepath", elem_id="compare-slider")
+                        c_slider = gr.ImageSlider(label=f"{short_name(RAW)} ↔ {short_name(TURBO)}", type="filepath",
+                                                  elem_id="compare-slider")  # fmt: skip
                         c_info = gr.Markdown(elem_id="compare-info")
 
             # -------------------------------------------------------------------------------------- History
             with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
                     h_search = gr.Textbox(label="Search prompts", elem_id="history-search", scale=3)
-                    h_checkpoint = gr.Dropdown([("All", "all"), ("Turbo", "turbo"), ("Raw", "raw")], value="all",
-                                               label="Checkpoint")  # fmt: skip
+                    h_checkpoint = gr.Dropdown([("All", "all"), *CHECKPOINT_CHOICES], value="all", label="Checkpoint")
                     h_favorites = gr.Checkbox(label="Favorites only")
                     h_comparisons = gr.Checkbox(label="Comparisons only")
                     h_refresh = gr.Button("Refresh", elem_id="history-refresh")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from krea2 import CHECKPOINTS
+
 # ~1 MP, good for both checkpoints.
 PRESETS_1MP: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -12,7 +14,8 @@ PRESETS_1MP: dict[str, tuple[int, int]] = {
     "16:9": (1344, 768),
     "9:16": (768, 1344),
 }
-# Turbo is trained up to 2K: the largest size of each ratio within the 2048-pixel side limit (1:1 is 4 MP).
+# For a checkpoint recommended beyond 1 MP (Turbo, trained up to 2K): the largest size of each ratio within the
+# 2048-pixel side limit (1:1 is 4 MP).
 PRESETS_LARGE: dict[str, tuple[int, int]] = {
     "1:1": (2048, 2048),
     "4:3": (2048, 1536),
@@ -32,7 +35,8 @@ def preset_label(ratio: str, size: tuple[int, int]) -> str:
 
 def preset_choices(checkpoint: str) -> list[str]:
     labels = [preset_label(r, s) for r, s in PRESETS_1MP.items()]
-    if checkpoint == "turbo":
+    spec = CHECKPOINTS.get(checkpoint)
+    if spec is not None and spec.recommended_megapixels[1] > 1:
         labels += [preset_label(r, s) for r, s in PRESETS_LARGE.items()]
     return [*labels, CUSTOM]
 

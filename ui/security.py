@@ -9,7 +9,6 @@ header (gradio_client, curl) are not browser cross-site requests and pass; auth,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -23,11 +22,6 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # app's start-up events once, before the server is announced, and afterwards only answers `false`.
 PUBLIC_PATHS = {"/", "/login", "/login/", "/theme.css", "/favicon.ico", "/gradio_api/startup-events"}
 PUBLIC_PREFIXES = ("/assets/", "/static/")
-
-
-def allowed_origins_from_env() -> list[str]:
-    """Extra origins (e.g. a reverse proxy's public URL) from KREA2_ALLOWED_ORIGINS, comma separated."""
-    return [o.strip().rstrip("/") for o in os.environ.get("KREA2_ALLOWED_ORIGINS", "").split(",") if o.strip()]
 
 
 class SameOriginGuard:

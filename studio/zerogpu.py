@@ -8,16 +8,17 @@ stream inside `spaces.GPU`.
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from types import ModuleType
 
-from krea2.runtime import EngineSettings
+from .settings import Settings
 
 GPU_SECONDS_PER_CALL = 120  # a Raw + Turbo comparison at 1 MP fits comfortably
 
 
-def zero_gpu() -> ModuleType | None:
-    if not os.environ.get("SPACES_ZERO_GPU"):
+def zero_gpu(settings: Settings) -> ModuleType | None:
+    """The `spaces` module on a ZeroGPU Space (SPACES_ZERO_GPU set and `spaces` importable), else None."""
+    if not settings.zero_gpu:
         return None
     try:
         import spaces
@@ -26,15 +27,11 @@ def zero_gpu() -> ModuleType | None:
     return spaces
 
 
-def adapt_settings(settings: EngineSettings) -> EngineSettings:
-    settings.compile = False
-    settings.fp8 = True
-    settings.placement = "gpu"
-    # Outside a ZeroGPU allocation no kernel can run: FlashAttention-4's start-up probe would need one, and fp8
-    # quantisation happens on the CPU before the weights move to CUDA.
-    settings.attention = "sdpa"
-    settings.prepare_on_cpu = True
-    return settings
+def adapt_settings(settings: Settings) -> Settings:
+    """The settings ZeroGPU needs. Outside a ZeroGPU allocation no kernel can run: FlashAttention-4's start-up probe
+    would need one, hence SDPA, and the manager is built with `prepare_on_cpu` (fp8 quantisation on the CPU before the
+    weights move to CUDA)."""
+    return replace(settings, compile=False, fp8=True, placement="gpu", attention="sdpa")
 
 
 def wrap_service(service, spaces: ModuleType) -> None:

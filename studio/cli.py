@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m krea2 generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON."""
+"""Headless CLI: `python -m studio generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from .checkpoints import CHECKPOINTS
-from .errors import Cancelled, InvalidRequest, Krea2Error
-from .placement import PLACEMENTS
-from .request import GenerationRequest
+from krea2.checkpoints import CHECKPOINTS
+from krea2.errors import Cancelled, InvalidRequest, Krea2Error
+from krea2.request import GenerationRequest
+from storage import StorageError
+
+from .settings import GENERATE, SettingError, Settings, add_flags, load_settings
+
+# The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
+REQUEST_OPTIONS = ("prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
+                   "num_images")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,52 +28,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m krea2", description="Krea 2 Studio headless tools")
+    parser = _Parser(prog="python -m studio", description="Krea 2 Studio headless tools")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     gen = sub.add_parser("generate", help="generate an image and print one JSON line")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--checkpoint", default="turbo", choices=sorted(CHECKPOINTS))
-    gen.add_argument("--steps")
-    gen.add_argument("--guidance")
-    gen.add_argument("--width", default="1024")
-    gen.add_argument("--height", default="1024")
-    gen.add_argument("--seed")
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--num-images", default="1")
+    gen.add_argument("--checkpoint", choices=sorted(CHECKPOINTS))
+    for option in REQUEST_OPTIONS[2:]:
+        gen.add_argument("--" + option.replace("_", "-"), dest=option)
     gen.add_argument("--out", help="also copy the first image here (PNG, metadata intact)")
-    gen.add_argument("--demo", action="store_true", help="use the built-in demo checkpoints")
-    gen.add_argument("--placement", default="auto", choices=PLACEMENTS)
-    gen.add_argument("--raw", help="Raw source: Hub repo id or local folder (env KREA2_RAW)")
-    gen.add_argument("--turbo", help="Turbo source: Hub repo id or local folder (env KREA2_TURBO)")
-    gen.add_argument("--data-dir", help="history data folder (env KREA2_DATA_DIR)")
     gen.add_argument("--no-history", action="store_true", help="do not record in the history database")
+    add_flags(gen, GENERATE)
     return parser
 
 
-def _generate(args: argparse.Namespace) -> int:
-    request = GenerationRequest(
-        prompt=args.prompt,
-        checkpoint=args.checkpoint,
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        width=args.width,
-        height=args.height,
-        seed=args.seed,
-        num_images=args.num_images,
-    )  # validated before any model loads: bad input fails in milliseconds
+def request_of(args: argparse.Namespace) -> GenerationRequest:
+    """The request the options describe, validated before any model loads: bad input fails in milliseconds."""
+    given = {name: getattr(args, name) for name in REQUEST_OPTIONS if getattr(args, name, None) is not None}
+    return GenerationRequest(**given)
 
+
+def _generate(request: GenerationRequest, settings: Settings, args: argparse.Namespace) -> int:
     from storage import HistoryStore
-    from storage.recording import record_failure, record_result
 
-    from .runtime import EngineSettings, build_manager
+    from .recording import record_failure, record_result
+    from .runtime import build_manager
 
-    try:
-        settings = EngineSettings.from_env_and_args(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    store = None if args.no_history else HistoryStore(args.data_dir).open()
+    store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url).open()
     manager = build_manager(settings)
     manager.start(background=False)
     try:
@@ -94,7 +80,8 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             from storage.files import encode_png
             from storage.pnginfo import build_pnginfo
-            from storage.recording import png_parameters
+
+            from .recording import png_parameters
 
             params = {**png_parameters(result.request), "seed": result.seeds[0]}
             out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
@@ -116,22 +103,27 @@ def _generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .quiet import quiet_libraries
+    from krea2.quiet import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries()  # before the libraries load (reading KREA2_ATTENTION imports diffusers)
+    return run(args)
+
+
+def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
+    """Run parsed arguments. Every failure is one line on stderr and an exit code: 2 for bad input or a bad setting
+    (found before any model loads), 1 for a failure while loading, generating or recording."""
     try:
-        return _generate(args)
+        request = request_of(args)
+        settings = load_settings(environ, args)
+    except (InvalidRequest, SettingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _generate(request, settings, args)
     except InvalidRequest as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Krea2Error as error:
+    except (Krea2Error, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except Exception as error:
-        from storage import StorageError
-
-        if isinstance(error, StorageError):
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        raise

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .models import Generation
-from .store import HistoryStore, NewGeneration, NewImage
+from storage import HistoryStore, NewGeneration, NewImage
+from storage.models import Generation
 
 if TYPE_CHECKING:
     from krea2.manager import GenerationResult

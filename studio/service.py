@@ -22,15 +22,17 @@ from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
 from krea2.manager import GenerationResult, ModelManager
+from krea2.request import HistoryQuery
 from storage import HistoryFilter, HistoryStore, Page, StorageError
+from storage.files import STATIC_DIR
 from storage.models import Generation
+from storage.models import Image as ImageRow
 from storage.pnginfo import read_parameters
-from storage.recording import record_failure, record_result, record_start
 
-from .text import table
+from .recording import record_failure, record_result, record_start
 
 log = logging.getLogger(__name__)
-HISTORY_PAGE_SIZE = 24  # thumbnails per history page (UI pager and the API's default)
+HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
 MAX_CANCELLED_JOBS = 10_000  # remembered cancelled event ids (a job cancelled while queued may start later)
 
 
@@ -60,7 +62,7 @@ class StudioService:
         self.manager = manager
         self.store = store
         # History rows without images (failed, cancelled) need something to show in a gallery.
-        self.placeholder = store.data_dir / "static" / "no-image.webp"
+        self.placeholder = store.data_dir / STATIC_DIR / "no-image.webp"
         if not self.placeholder.exists():
             from storage.files import write_atomic
 
@@ -229,7 +231,7 @@ class StudioService:
             seed = random_seed()
             raw, turbo = raw.with_seed(seed), turbo.with_seed(seed)
         comparison_id = uuid.uuid4().hex
-        return self.stream([("raw", raw), ("turbo", turbo)], session, comparison_id, idle, job)
+        return self.stream([(raw.checkpoint, raw), (turbo.checkpoint, turbo)], session, comparison_id, idle, job)
 
     # ------------------------------------------------------------------------------------------------ history
     def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
@@ -248,6 +250,10 @@ class StudioService:
         if not generation.images:
             return None
         return str(self.store.absolute(generation.images[min(position, len(generation.images) - 1)].path))
+
+    def image_file(self, image: ImageRow) -> str:
+        """The PNG file of one image of a history row."""
+        return str(self.store.absolute(image.path))
 
     def thumb_path(self, generation: Generation, position: int = 0) -> str | None:
         if not generation.images:
@@ -298,38 +304,3 @@ def log_generation(generation: Generation, result: GenerationResult) -> None:
         generation.id, spec.display_name if spec else request.checkpoint, request.width, request.height,
         request.steps, len(result.images), "" if len(result.images) == 1 else "s", result.timings.total_s,
     )  # fmt: skip
-
-
-def seed_cell(generation: Generation, position: int | None) -> str:
-    """The seed of the image shown and, for a batch, all of them; a run cancelled before it drew one has none."""
-    seeds = [image.seed for image in generation.images if image.seed is not None]
-    if len(seeds) > 1:
-        shown = seeds[position] if position is not None and 0 <= position < len(seeds) else seeds[0]
-        return f"{shown} (image {seeds.index(shown) + 1} of {len(seeds)}; batch: {', '.join(map(str, seeds))})"
-    if generation.seed is None:
-        return "— (none drawn: the run stopped before it started)"
-    return str(generation.seed)
-
-
-def describe(generation: Generation, position: int | None = None) -> str:
-    """Every parameter and timing of a history row, as an HTML table whose every cell is plain text (ui/text.py)."""
-    spec = CHECKPOINTS.get(generation.checkpoint)
-    rows = [
-        ("Status", generation.status + (f": {generation.error}" if generation.error else "")),
-        ("Checkpoint", spec.display_name if spec else generation.checkpoint),
-        ("Prompt", generation.prompt),
-        ("Negative prompt", generation.negative_prompt or "—"),
-        ("Seed", seed_cell(generation, position)),
-        ("Steps", generation.steps),
-        ("Guidance", generation.guidance),
-        ("Size", f"{generation.width}×{generation.height}"),
-        ("Images", generation.num_images),
-        ("Created", generation.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
-        ("Timings", ", ".join(f"{k[:-3]} {v} ms" for k, v in generation.timings_ms().items() if v is not None) or "—"),
-        ("Device", f"{generation.device} ({generation.placement})" if generation.device else "—"),
-    ]
-    if generation.comparison_id:
-        rows.append(("Comparison", generation.comparison_id[:8]))
-    if generation.files_missing:
-        rows.append(("Files", "missing on disk"))
-    return table(rows)

@@ -1,0 +1,91 @@
+"""Builds a ModelManager from the settings: real checkpoints on a CUDA GPU, demo checkpoints otherwise (or on
+--demo). `fast_path_options` is the one place where the speed-up settings become the engine's options."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from krea2.checkpoints import RAW, TURBO
+from krea2.loading import PipelineLoader
+from krea2.manager import ModelManager
+from krea2.speedups import FastPathOptions
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def fp8_supported() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        return False
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_attention(requested: str | None, cuda: bool) -> str | None:
+    """The attention the transformers run: FA4 by default where it can run; "sdpa" means PyTorch's own."""
+    from krea2.speedups.attention import FLASH4, flash4_unavailable_reason
+
+    if requested == "sdpa" or not cuda:
+        return None
+    if requested is None:
+        reason = flash4_unavailable_reason()
+        if reason is not None:
+            log.info("Attention: PyTorch SDPA (FlashAttention-4 not used: %s)", reason)
+            return None
+        return FLASH4
+    return requested
+
+
+def use_compile_cache(settings: Settings, data_dir: Path) -> None:
+    """Keep torch.compile's and Triton's kernel caches in the data folder, unless they are set already, so a restart
+    (a container with its volume, a Space with persistent storage) warms up from them (bench/NOTES.md has the
+    warm-up times). Both libraries read these variables when they first touch their caches, so this must run before
+    the first compile; they are the libraries' own variables, hence set in the environment."""
+    caches = {
+        "TORCHINDUCTOR_CACHE_DIR": settings.inductor_cache_dir or data_dir / "compile-cache" / "inductor",
+        "TRITON_CACHE_DIR": settings.triton_cache_dir or data_dir / "compile-cache" / "triton",
+    }
+    for name, folder in caches.items():
+        os.environ[name] = str(folder)
+
+
+def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelManager:
+    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up)."""
+    cuda = torch.cuda.is_available()
+    demo = settings.demo or not cuda
+    if demo:
+        from krea2.demo import demo_checkpoints
+
+        if not cuda and not settings.demo:
+            log.warning("No CUDA GPU found: using the built-in DEMO checkpoints (a miniature Krea 2 drawing shapes).")
+        sources = demo_checkpoints(settings.demo_checkpoints)
+        dtype = torch.float32 if not cuda else torch.bfloat16
+    else:
+        sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
+        dtype = torch.bfloat16
+    options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
+    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+
+
+def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:
+    """The fast path the settings ask for, on by default where it runs (the manager turns the GPU-resident parts off
+    again if the weights end up offloaded)."""
+    return FastPathOptions(
+        compile=cuda and not demo if settings.compile is None else settings.compile and cuda,
+        fp8=fp8_supported() and not demo if settings.fp8 is None else settings.fp8 and fp8_supported(),
+        attention=None if demo else choose_attention(settings.attention, cuda),
+        step_cache=settings.step_cache,
+        prepare_on_cpu=prepare_on_cpu,
+        # Not with ZeroGPU: its GPU is attached per call, and graphs hold device addresses across calls.
+        text_graphs=cuda and not prepare_on_cpu and settings.text_graphs is not False,
+        # Captured by the compile warm-up, so only with compile.
+        denoiser_graphs=cuda and not prepare_on_cpu and settings.denoiser_graphs is not False,
+    )

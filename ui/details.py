@@ -1,0 +1,43 @@
+"""A history row's details as the page shows them: every parameter and timing, each cell plain text (ui/text.py)."""
+
+from __future__ import annotations
+
+from krea2 import CHECKPOINTS
+from storage.models import Generation
+
+from .text import table
+
+
+def seed_cell(generation: Generation, position: int | None) -> str:
+    """The seed of the image shown and, for a batch, all of them; a run cancelled before it drew one has none."""
+    seeds = [image.seed for image in generation.images if image.seed is not None]
+    if len(seeds) > 1:
+        shown = seeds[position] if position is not None and 0 <= position < len(seeds) else seeds[0]
+        return f"{shown} (image {seeds.index(shown) + 1} of {len(seeds)}; batch: {', '.join(map(str, seeds))})"
+    if generation.seed is None:
+        return "— (none drawn: the run stopped before it started)"
+    return str(generation.seed)
+
+
+def describe(generation: Generation, position: int | None = None) -> str:
+    """Every parameter and timing of a history row, as an HTML table whose every cell is plain text (ui/text.py)."""
+    spec = CHECKPOINTS.get(generation.checkpoint)
+    rows = [
+        ("Status", generation.status + (f": {generation.error}" if generation.error else "")),
+        ("Checkpoint", spec.display_name if spec else generation.checkpoint),
+        ("Prompt", generation.prompt),
+        ("Negative prompt", generation.negative_prompt or "—"),
+        ("Seed", seed_cell(generation, position)),
+        ("Steps", generation.steps),
+        ("Guidance", generation.guidance),
+        ("Size", f"{generation.width}×{generation.height}"),
+        ("Images", generation.num_images),
+        ("Created", generation.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("Timings", ", ".join(f"{k[:-3]} {v} ms" for k, v in generation.timings_ms().items() if v is not None) or "—"),
+        ("Device", f"{generation.device} ({generation.placement})" if generation.device else "—"),
+    ]
+    if generation.comparison_id:
+        rows.append(("Comparison", generation.comparison_id[:8]))
+    if generation.files_missing:
+        rows.append(("Files", "missing on disk"))
+    return table(rows)
