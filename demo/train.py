@@ -61,7 +61,7 @@ from krea2.demo import (
 )
 from krea2.loading import derive_prompt_template_lengths
 from krea2.preview import LATENT_RGB_FILE
-from krea2.vae_decode import SingleFrameCausalConv3d
+from krea2.speedups.vae_decode import SingleFrameCausalConv3d
 
 log = logging.getLogger("demo.train")
 
