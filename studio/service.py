@@ -225,11 +225,8 @@ class StudioService:
         job: str | None = None,
     ):
         """Raw and Turbo on the same prompt and seed, linked in history. The prompt is encoded once (cache)."""
-        if raw.seed is None:
-            from krea2.request import random_seed
-
-            seed = random_seed()
-            raw, turbo = raw.with_seed(seed), turbo.with_seed(seed)
+        raw = raw.seeded()  # the one place seeds are drawn; Turbo gets Raw's
+        turbo = turbo.with_seed(raw.seed)
         comparison_id = uuid.uuid4().hex
         return self.stream([(raw.checkpoint, raw), (turbo.checkpoint, turbo)], session, comparison_id, idle, job)
 
