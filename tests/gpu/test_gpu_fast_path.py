@@ -15,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.benchmark import InMemoryLoader
 from krea2 import GenerationRequest
 from krea2.checkpoints import RAW, TURBO
 from krea2.manager import ModelManager
 from krea2.pipeline import Krea2StudioPipeline
-from krea2.preview import QWEN_IMAGE_LATENT_RGB
 from krea2.speedups import FastPathOptions, apply, installed
 from krea2.speedups.attention import FLASH4, KERNEL_NAMES, attention_in_use, flash4_unavailable_reason
 from krea2.speedups.cuda_graphs import relative_l2
@@ -216,22 +216,6 @@ def test_text_encoder_graphs_are_captured_then_replayed():
 
 
 # ------------------------------------------------------------------------------------------------ the app's path
-class InMemoryLoader:
-    """The manager's loader interface over already-built pipelines."""
-
-    def __init__(self, turbo, raw_transformer) -> None:
-        self.turbo, self.raw_transformer = turbo, raw_transformer
-
-    def load_full(self, spec):
-        return self.turbo
-
-    def load_transformer(self, spec):
-        return self.raw_transformer
-
-    def latent_rgb(self, spec):
-        return QWEN_IMAGE_LATENT_RGB
-
-
 def final_latents(manager: ModelManager, request: GenerationRequest) -> torch.Tensor:
     manager.prompt_cache.clear()  # encode again, through whatever the text encoder runs now
     pipe = manager.pipes[request.checkpoint]
