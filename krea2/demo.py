@@ -22,6 +22,9 @@ TEXT_HIDDEN = 64
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TURBO_FOLDER, RAW_FOLDER = "Krea-2-Turbo-demo", "Krea-2-Raw-demo"
 CHECKPOINTS_ENV = "KREA2_DEMO_CHECKPOINTS"
+# The square sides demo/train.py trains at: the app opens at the first in demo mode (1024² is outside what the demo
+# model learned, and four to sixteen times the CPU work).
+DEMO_SIDES = (512, 256)
 
 
 def default_checkpoints_dir() -> Path:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
+import torch
 
 from krea2 import GenerationRequest, InvalidRequest
+from krea2.loading import PipelineLoader
+from krea2.manager import ModelManager
 from krea2.request import MAX_SEED
 from storage import HistoryStore
 from studio.service import StudioService
@@ -55,6 +58,17 @@ def test_the_size_preset_follows_the_sides():
     assert preset_for(1000, 1024, "turbo") == CUSTOM
     assert preset_for(2048, 2048, "turbo").startswith("1:1 · 2048×2048")
     assert preset_for(2048, 2048, "raw") == CUSTOM  # Raw has no 4 MP presets
+
+
+def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
+    """The demo model learned 512² and 256² squares: in demo mode the tabs open at 512², named as a preset; with the
+    real checkpoints they open at the request's 1024² and the demo sizes are no presets."""
+    assert service.demo and Handlers(service).default_size == (512, 512)
+    assert preset_for(512, 512, "turbo", demo=True) == "1:1 · 512×512 (demo model)"
+    assert preset_for(256, 256, "raw", demo=True) == "1:1 · 256×256 (demo model)"
+    assert preset_for(512, 512, "turbo") == CUSTOM
+    real = StudioService(ModelManager(PipelineLoader(demo_sources, torch.float32), demo=False), service.store)
+    assert not real.demo and Handlers(real).default_size == (1024, 1024)  # (never started: nothing is loaded)
 
 
 def test_seeds_of_a_batch_and_the_next_ones():

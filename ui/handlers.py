@@ -26,6 +26,7 @@ from krea2 import (
     Krea2Error,
     get_spec,
 )
+from krea2.demo import DEMO_SIDES
 from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
@@ -205,6 +206,9 @@ def next_seed(seed: int, count: int) -> int:
 class Handlers:
     def __init__(self, service: StudioService) -> None:
         self.service = service
+        # The size the Generate and Compare tabs open with: the request's default, or the demo model's own size.
+        side = DEMO_SIDES[0] if service.demo else None
+        self.default_size = (side, side) if side else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
 
     # ------------------------------------------------------------------------------------------------ generate tab
     def switch_checkpoint(self, new: str, steps: float, guidance: float, current: str, settings: dict):
@@ -217,7 +221,7 @@ class Handlers:
             guidance_slider(new, mine["guidance"]),
             gr.update(visible=spec.uses_negative_prompt(mine["guidance"])),
             spec.description,
-            gr.update(choices=preset_choices(new)),
+            gr.update(choices=preset_choices(new, self.service.demo)),
             new,
             settings,
         )
@@ -233,9 +237,8 @@ class Handlers:
             return gr.skip(), gr.skip()
         return size
 
-    @staticmethod
-    def match_preset(width: float, height: float, checkpoint: str):
-        return preset_for(width, height, checkpoint)
+    def match_preset(self, width: float, height: float, checkpoint: str):
+        return preset_for(width, height, checkpoint, self.service.demo)
 
     @staticmethod
     def busy():
@@ -348,8 +351,8 @@ class Handlers:
         steps = values.get("steps") or spec.default_steps
         guidance = values.get("guidance") if values.get("guidance") is not None else spec.default_guidance
         seed = values.get("seed")
-        width = values.get("width") or REQUEST_DEFAULTS["width"]
-        height = values.get("height") or REQUEST_DEFAULTS["height"]
+        width = values.get("width") or self.default_size[0]
+        height = values.get("height") or self.default_size[1]
         return (
             values.get("prompt", ""),
             gr.update(value=values.get("negative_prompt") or "", visible=spec.uses_negative_prompt(guidance)),
@@ -360,7 +363,10 @@ class Handlers:
             height,
             seed if seed is not None else 0,
             seed is None,
-            gr.update(choices=preset_choices(checkpoint), value=preset_for(width, height, checkpoint)),
+            gr.update(
+                choices=preset_choices(checkpoint, self.service.demo),
+                value=preset_for(width, height, checkpoint, self.service.demo),
+            ),
             spec.description,
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},

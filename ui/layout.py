@@ -77,7 +77,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
     handlers = Handlers(service)
     first = get_spec(DEFAULT_CHECKPOINT)  # the checkpoint the Generate tab opens with
     side = {"minimum": MIN_SIDE, "maximum": MAX_SIDE, "step": SIDE_MULTIPLE}
-    width_0, height_0 = REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"]
+    width_0, height_0 = handlers.default_size
     private = {"api_visibility": "private"}
     gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, **private}
 
@@ -114,7 +114,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                           label=steps_label(first), elem_id="steps")  # fmt: skip
                         guidance = gr.Slider(*first.guidance_range, value=first.default_guidance, step=0.1,
                                              label=guidance_label(first), elem_id="guidance")  # fmt: skip
-                        preset = gr.Dropdown(preset_choices(first.key), value=preset_for(width_0, height_0, first.key),
+                        preset = gr.Dropdown(preset_choices(first.key, service.demo),
+                                             value=preset_for(width_0, height_0, first.key, service.demo),
                                              label="Size")  # fmt: skip
                         with gr.Row():
                             width = gr.Slider(**side, value=width_0, label="Width", elem_id="width")

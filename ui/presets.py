@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from krea2 import CHECKPOINTS
+from krea2.demo import DEMO_SIDES
 
 # ~1 MP, good for both checkpoints.
 PRESETS_1MP: dict[str, tuple[int, int]] = {
@@ -25,16 +26,21 @@ PRESETS_LARGE: dict[str, tuple[int, int]] = {
     "16:9": (2048, 1152),
     "9:16": (1152, 2048),
 }
+# The demo model's own sizes, offered first in demo mode.
+PRESETS_DEMO: dict[str, tuple[int, int]] = {f"1:1 demo {side}": (side, side) for side in DEMO_SIDES}
 CUSTOM = "Custom"
 
 
 def preset_label(ratio: str, size: tuple[int, int]) -> str:
     width, height = size
+    if ratio.startswith("1:1 demo"):
+        return f"1:1 · {width}×{height} (demo model)"
     return f"{ratio} · {width}×{height} ({width * height / 1e6:.1f} MP)"
 
 
-def preset_choices(checkpoint: str) -> list[str]:
-    labels = [preset_label(r, s) for r, s in PRESETS_1MP.items()]
+def preset_choices(checkpoint: str, demo: bool = False) -> list[str]:
+    labels = [preset_label(r, s) for r, s in PRESETS_DEMO.items()] if demo else []
+    labels += [preset_label(r, s) for r, s in PRESETS_1MP.items()]
     spec = CHECKPOINTS.get(checkpoint)
     if spec is not None and spec.recommended_megapixels[1] > 1:
         labels += [preset_label(r, s) for r, s in PRESETS_LARGE.items()]
@@ -42,16 +48,16 @@ def preset_choices(checkpoint: str) -> list[str]:
 
 
 def preset_size(label: str) -> tuple[int, int] | None:
-    for table in (PRESETS_1MP, PRESETS_LARGE):
+    for table in (PRESETS_DEMO, PRESETS_1MP, PRESETS_LARGE):
         for ratio, size in table.items():
             if preset_label(ratio, size) == label:
                 return size
     return None
 
 
-def preset_for(width: float | None, height: float | None, checkpoint: str) -> str:
+def preset_for(width: float | None, height: float | None, checkpoint: str, demo: bool = False) -> str:
     """The preset of exactly this size for this checkpoint, else Custom: going back to 1024 x 1024 by hand shows 1:1."""
-    for label in preset_choices(checkpoint):
+    for label in preset_choices(checkpoint, demo):
         if preset_size(label) == (width, height):
             return label
     return CUSTOM
