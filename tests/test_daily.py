@@ -67,6 +67,7 @@ def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
     assert preset_for(512, 512, "turbo", demo=True) == "1:1 · 512×512 (demo model)"
     assert preset_for(256, 256, "raw", demo=True) == "1:1 · 256×256 (demo model)"
     assert preset_for(512, 512, "turbo") == CUSTOM
+    assert preset_for(2048, 2048, "turbo", demo=True) == CUSTOM  # no 4 MP preset for a model that learned 512²
     real = StudioService(ModelManager(PipelineLoader(demo_sources, torch.float32), demo=False), service.store)
     assert not real.demo and Handlers(real).default_size == (1024, 1024)  # (never started: nothing is loaded)
 

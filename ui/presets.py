@@ -39,8 +39,12 @@ def preset_label(ratio: str, size: tuple[int, int]) -> str:
 
 
 def preset_choices(checkpoint: str, demo: bool = False) -> list[str]:
-    labels = [preset_label(r, s) for r, s in PRESETS_DEMO.items()] if demo else []
-    labels += [preset_label(r, s) for r, s in PRESETS_1MP.items()]
+    """The sizes offered for a checkpoint. The demo model's own sizes come first in demo mode, where the sizes beyond
+    1 MP are left out: the demo model learned 512² at most, and a 4 MP picture on a CPU takes minutes."""
+    if demo:
+        labels = [preset_label(r, s) for r, s in (PRESETS_DEMO | PRESETS_1MP).items()]
+        return [*labels, CUSTOM]
+    labels = [preset_label(r, s) for r, s in PRESETS_1MP.items()]
     spec = CHECKPOINTS.get(checkpoint)
     if spec is not None and spec.recommended_megapixels[1] > 1:
         labels += [preset_label(r, s) for r, s in PRESETS_LARGE.items()]
