@@ -207,8 +207,10 @@ class Handlers:
     def __init__(self, service: StudioService) -> None:
         self.service = service
         # The size the Generate and Compare tabs open with: the request's default, or the demo model's own size.
-        side = DEMO_SIDES[0] if service.demo else None
-        self.default_size = (side, side) if side else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
+        demo_side = DEMO_SIDES[0]
+        self.default_size = (
+            (demo_side, demo_side) if service.demo else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
+        )
 
     # ------------------------------------------------------------------------------------------------ generate tab
     def switch_checkpoint(self, new: str, steps: float, guidance: float, current: str, settings: dict):

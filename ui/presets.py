@@ -26,37 +26,35 @@ PRESETS_LARGE: dict[str, tuple[int, int]] = {
     "16:9": (2048, 1152),
     "9:16": (1152, 2048),
 }
-# The demo model's own sizes, offered first in demo mode.
-PRESETS_DEMO: dict[str, tuple[int, int]] = {f"1:1 demo {side}": (side, side) for side in DEMO_SIDES}
 CUSTOM = "Custom"
 
 
 def preset_label(ratio: str, size: tuple[int, int]) -> str:
     width, height = size
-    if ratio.startswith("1:1 demo"):
-        return f"1:1 · {width}×{height} (demo model)"
     return f"{ratio} · {width}×{height} ({width * height / 1e6:.1f} MP)"
+
+
+# The demo model's own sizes (squares: what it learned), offered first in demo mode.
+DEMO_LABELS: dict[str, tuple[int, int]] = {f"1:1 · {side}×{side} (demo model)": (side, side) for side in DEMO_SIDES}
+SIZES: dict[str, tuple[int, int]] = {
+    **DEMO_LABELS,
+    **{preset_label(ratio, size): size for table in (PRESETS_1MP, PRESETS_LARGE) for ratio, size in table.items()},
+}
 
 
 def preset_choices(checkpoint: str, demo: bool = False) -> list[str]:
     """The sizes offered for a checkpoint. The demo model's own sizes come first in demo mode, where the sizes beyond
     1 MP are left out: the demo model learned 512² at most, and a 4 MP picture on a CPU takes minutes."""
-    if demo:
-        labels = [preset_label(r, s) for r, s in (PRESETS_DEMO | PRESETS_1MP).items()]
-        return [*labels, CUSTOM]
-    labels = [preset_label(r, s) for r, s in PRESETS_1MP.items()]
+    labels = [*DEMO_LABELS] if demo else []
+    labels += [preset_label(r, s) for r, s in PRESETS_1MP.items()]
     spec = CHECKPOINTS.get(checkpoint)
-    if spec is not None and spec.recommended_megapixels[1] > 1:
+    if not demo and spec is not None and spec.recommended_megapixels[1] > 1:
         labels += [preset_label(r, s) for r, s in PRESETS_LARGE.items()]
     return [*labels, CUSTOM]
 
 
 def preset_size(label: str) -> tuple[int, int] | None:
-    for table in (PRESETS_DEMO, PRESETS_1MP, PRESETS_LARGE):
-        for ratio, size in table.items():
-            if preset_label(ratio, size) == label:
-                return size
-    return None
+    return SIZES.get(label)
 
 
 def preset_for(width: float | None, height: float | None, checkpoint: str, demo: bool = False) -> str:
