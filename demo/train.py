@@ -119,6 +119,11 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
 
 
+def bf16(device: torch.device) -> torch.autocast:
+    """Mixed precision for every forward pass of training: bf16 on a GPU, full precision on the CPU (a smoke run)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def image_positions(text_len: int, grid: int, device) -> torch.Tensor:
     from diffusers import Krea2Pipeline
 
@@ -163,19 +168,27 @@ class Compiled:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.compiled = enabled, {}
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        if enabled:  # each (function or block, shape, grad mode) is its own graph: a run uses up to about ten
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
 
     def run(self, step: Callable[..., torch.Tensor], *args) -> torch.Tensor:
         if not self.enabled:
             return step(*args)
         try:
-            if step not in self.compiled:
-                self.compiled[step] = torch.compile(step)
-            return self.compiled[step](*args)
+            return self._compiled(step)(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: fall back to eager and say so
             log.warning("torch.compile failed (%s: %s); training on eagerly", type(error).__name__, error)
+            self._undo()
             self.enabled = False
             return step(*args)
+
+    def _compiled(self, step: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if step not in self.compiled:
+            self.compiled[step] = torch.compile(step)
+        return self.compiled[step]
+
+    def _undo(self) -> None:
+        pass
 
 
 def single_frame_convs(vae: torch.nn.Module) -> torch.nn.Module:
@@ -188,30 +201,23 @@ def single_frame_convs(vae: torch.nn.Module) -> torch.nn.Module:
     return vae
 
 
-class CompiledBlocks:
-    """The transformer's repeated blocks through `torch.compile` (diffusers' `compile_repeated_blocks`: one block
-    compiled, reused by all), undone if compiling or running a compiled block ever fails, so that a compiler problem
-    costs the run its speed-up, never its result."""
+class CompiledBlocks(Compiled):
+    """`Compiled` for a transformer's repeated blocks (diffusers' `compile_repeated_blocks`: one block compiled, reused
+    by all) while the step function around them runs eagerly; a failure uncompiles the blocks."""
 
     def __init__(self, model: torch.nn.Module, enabled: bool) -> None:
-        self.model, self.enabled = model, enabled
+        super().__init__(enabled)
+        self.model = model
         if enabled:
-            # Each (shape, grad mode) is its own graph: Raw, the teacher and the student use up to six.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
             model.compile_repeated_blocks(fullgraph=True, dynamic=False)
 
-    def run(self, step: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-        if not self.enabled:
-            return step(*args)
-        try:
-            return step(*args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: fall back to eager and say so
-            log.warning("torch.compile failed (%s: %s); training on eagerly", type(error).__name__, error)
-            for module in self.model.modules():
-                if getattr(module, "_compiled_call_impl", None) is not None:
-                    module._compiled_call_impl = None
-            self.enabled = False
-            return step(*args)
+    def _compiled(self, step: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return step  # the blocks inside it are the compiled part
+
+    def _undo(self) -> None:
+        for module in self.model.modules():
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
@@ -222,7 +228,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
 
 
 class Stopwatch:
-    """A stage's clock and step budget. With a time cap, the step count is fixed once, after the first 50 steps, to
+    """A stage's clock and step budget. With a time cap, the step count is fixed once, after the first 60 steps, to
     what fits in the cap (so the learning-rate schedule still runs to its end); the report records it, and
     `--steps STAGE=N` without a cap repeats the same schedule."""
 
@@ -283,7 +289,7 @@ def vae_loss(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Reconstruction (L1 + MSE, and L1 on the pixel differences, which keeps corners and edges sharp where the plain
     losses settle for a blur that turns diamonds into circles) and a faint KL; backpropagated."""
     device = pixels.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with bf16(device):
         posterior = vae.encode(pixels[:, :, None]).latent_dist
         recon = vae.decode(posterior.sample()).sample[:, :, 0]
     recon = recon.float()
@@ -345,6 +351,11 @@ def round_trip_accuracy(vae, device: torch.device, pictures: int = 256) -> float
     return round(sum(verdicts) / len(verdicts), 4)
 
 
+def frame_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) pictures in [-1, 1] -> their (B, 16, h/8, w/8) latents, the posterior's mode, in fp32."""
+    return vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
+
+
 @torch.no_grad()
 def latent_statistics(vae, device: torch.device, pictures: int = 1024) -> dict:
     """Per-channel mean/std of the latents (the pipeline normalises with them), and the least-squares linear map from
@@ -353,7 +364,7 @@ def latent_statistics(vae, device: torch.device, pictures: int = 1024) -> dict:
     latents, colours = [], []
     for chunk in range(pictures // 64):
         pixels = scene_pixels(rng, 64, 256, device, seed=10_000 + chunk)
-        z = vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
+        z = frame_latents(vae, pixels)
         latents.append(z)
         colours.append(F.avg_pool2d(pixels, 8))
     z = torch.cat(latents)
@@ -385,7 +396,6 @@ class LatentPool:
 
     def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, tokens: Tokens, sizes: dict[int, int],
                  device) -> None:  # fmt: skip
-        self.tokens = tokens
         self.latents: dict[int, torch.Tensor] = {}
         self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.empty = tokens([""])
@@ -395,7 +405,7 @@ class LatentPool:
             parts = []
             for start in range(0, count, chunk):
                 part = scenes[start : start + chunk]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with bf16(device):
                     parts.append(encode(render(part, size, device, seed=start + size) * 2 - 1).to(torch.bfloat16))
             self.latents[size] = torch.cat(parts)
             self.captions[size] = tokens([s.caption for s in scenes])
@@ -452,8 +462,7 @@ class LatentEncoder:
         return self.compiled.run(self.normalised_latents, pixels)
 
     def normalised_latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        z = self.vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0].float()
-        return pack((z - self.mean) / self.std)
+        return pack((frame_latents(self.vae, pixels) - self.mean) / self.std)
 
 
 # ----------------------------------------------------------------------------------------------- stage 2: Raw
@@ -480,21 +489,26 @@ def resolution(rng: random.Random, step: int, base_batch: int) -> tuple[int, int
     return (512, max(1, base_batch // 4)) if large else (256, base_batch)
 
 
+def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tensor:
+    """The transformer's velocity for packed `latents` at noise level `sigma` (one per picture), pictures `size`²."""
+    return transformer(
+        hidden_states=latents,
+        encoder_hidden_states=embeds,
+        timestep=sigma,
+        position_ids=image_positions(embeds.shape[1], size // 16, latents.device),
+        encoder_attention_mask=mask,
+        return_dict=False,
+    )[0]
+
+
 def flow_matching_loss(tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int) -> torch.Tensor:
     """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`."""
     device = x0.device
     noisy = (1 - sigma) * x0 + sigma * noise
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with bf16(device):
         embeds, mask = tokens.hidden_states(ids, mask)
-        velocity = transformer(
-            hidden_states=noisy,
-            encoder_hidden_states=embeds,
-            timestep=sigma.view(-1),
-            position_ids=image_positions(embeds.shape[1], size // 16, device),
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )[0]
-    loss = F.mse_loss(velocity.float(), noise - x0)
+        predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
+    loss = F.mse_loss(predicted.float(), noise - x0)
     loss.backward()
     return loss
 
@@ -600,7 +614,7 @@ def teacher_trajectories(pipe, teacher, captions: list[str], size: int, device, 
             s = high + (low - high) * k / TEACHER_SUBSTEPS
             s_next = high + (low - high) * (k + 1) / TEACHER_SUBSTEPS
             t = torch.full((len(captions),), s, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with bf16(device):
                 cond = teacher(x, embeds, t, positions, mask, return_dict=False)[0].float()
                 uncond = teacher(x, empty, t, empty_positions, empty_mask, return_dict=False)[0].float()
             x = x + (s_next - s) * (cond + TEACHER_GUIDANCE * (cond - uncond))
@@ -610,17 +624,9 @@ def teacher_trajectories(pipe, teacher, captions: list[str], size: int, device, 
 
 def distillation_loss(student, current, target, embeds, mask, sigma, size: int) -> torch.Tensor:
     """One Turbo training step's loss, backpropagated: the student's velocity against the teacher's step."""
-    device = current.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        velocity = student(
-            hidden_states=current,
-            encoder_hidden_states=embeds,
-            timestep=sigma,
-            position_ids=image_positions(embeds.shape[1], size // 16, device),
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )[0]
-    loss = F.mse_loss(velocity.float(), target)
+    with bf16(current.device):
+        predicted = velocity(student, current, embeds, mask, sigma, size)
+    loss = F.mse_loss(predicted.float(), target)
     loss.backward()
     return loss
 
@@ -639,7 +645,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
 
     # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512², in chunks of one shape (one compiled graph each).
     compiled_teacher = CompiledBlocks(teacher, budget.compile)
-    sets: dict[int, tuple[list[str], torch.Tensor]] = {}
+    sets: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]] = {}  # size -> (tokens, trajectories)
     for size, share, chunk in ((256, 0.75, 1536), (512, 0.25, 384)):
         captions_all, states = [], []
         total = int(budget.turbo_trajectories * share)
@@ -674,7 +680,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
         following = states[index, i + 1].float()
         high, low = sigmas[i].view(-1, 1, 1), sigmas[i + 1].view(-1, 1, 1)
         target = (following - current) / (low - high)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), bf16(device):
             embeds, mask = tokens.hidden_states(ids[index], masks[index])
 
         optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
-_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_SUFFIXES = (DOWN, UP, ALPHA)
 
 # diffusers' module names -> Krea's native ones (the inverse of diffusers' own converter's tables).
 _ATTENTION = {"to_q": "wq", "to_k": "wk", "to_v": "wv", "to_out.0": "wo", "to_gate": "gate"}
@@ -41,7 +42,7 @@ class LoraFormatError(ValueError):
 
 
 def is_kohya(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(key.endswith(_SUFFIXES[:2]) for key in state_dict)
+    return any(key.endswith((DOWN, UP)) for key in state_dict)
 
 
 def native_name(module: str) -> str | None:
@@ -98,11 +99,11 @@ def convert_kohya(state_dict: dict[str, torch.Tensor], transformer: nn.Module) -
         )
     converted: dict[str, torch.Tensor] = {}
     for name, parts in grouped.items():
-        down, up = parts.get(_SUFFIXES[0]), parts.get(_SUFFIXES[1])
+        down, up = parts.get(DOWN), parts.get(UP)
         if down is None or up is None:
             raise LoraFormatError(f"LoRA module '{name}' has only one of lora_down/lora_up")
         rank = down.shape[0]
-        alpha = float(parts[_SUFFIXES[2]]) if _SUFFIXES[2] in parts else float(rank)
+        alpha = float(parts[ALPHA]) if ALPHA in parts else float(rank)
         target = f"transformer.{modules[_module_key(name)]}"
         converted[f"{target}.lora_A.weight"] = down
         converted[f"{target}.lora_B.weight"] = (up.float() * (alpha / rank)).to(up.dtype)
