@@ -53,8 +53,9 @@ def preset_choices(checkpoint: str, demo: bool = False) -> list[str]:
     return [*labels, CUSTOM]
 
 
-def preset_size(label: str) -> tuple[int, int] | None:
-    return SIZES.get(label)
+def preset_size(label: object) -> tuple[int, int] | None:
+    """The size a preset label names; None for Custom or anything else a client sends (a list is not a label)."""
+    return SIZES.get(label) if isinstance(label, str) else None
 
 
 def preset_for(width: float | None, height: float | None, checkpoint: str, demo: bool = False) -> str:
