@@ -11,7 +11,9 @@ Stages, each reading the previous stages' results from `--work`:
 3. `turbo`: distilled from Raw: Raw's guided trajectories (6 Euler sub-steps per Turbo step, guidance 3.5) sampled at
    Turbo's 8-step schedule with its fixed shift (`mu=1.15`, `is_distilled`); the student, started from Raw, learns
    to make each step in one, without guidance. It shares Raw's text encoder and VAE.
-4. `export`: the real repos' layouts in `--out` (Turbo: a whole diffusers pipeline; Raw: `transformer/` only), bf16.
+4. `lora`: a style LoRA trained on Raw (the pixel mosaic the captions never name), for the app's LoRA tests.
+5. `export`: the real repos' layouts in `--out` (Turbo: a whole diffusers pipeline; Raw: `transformer/` only), bf16,
+   and the LoRA in `loras/`.
 
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
@@ -20,12 +22,14 @@ cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +92,9 @@ class Budget:
     compile: bool = False  # the transformer blocks through torch.compile (on a GPU)
     profile: bool = False  # profile a few steps of each stage, log where the time goes, and end the stage there
     stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
+    lora_steps: int = 1500
+    lora_batch: int = 256
+    lora_pool: int = 16384  # pixel-style pictures at 256²
 
 
 def vocabulary() -> list[str]:
@@ -100,6 +107,10 @@ def vocabulary() -> list[str]:
         "objects and background"
     )
     return sorted(words | set(template.lower().split()))
+
+
+def rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 1) for key, value in seconds.items()}
 
 
 def time_shift(mu: float, sigma: torch.Tensor) -> torch.Tensor:
@@ -392,23 +403,42 @@ def load_vae(work: Path, device: torch.device):
 class LatentPool:
     """Captioned latents drawn once and sampled from at every step: rendering and VAE-encoding a fresh batch each step
     cost more than the tiny transformer's training step (the first GPU run measured it). The captions are tokenised
-    once too: tokenising a thousand captions at every step kept the GPU waiting (the profile measured it)."""
+    once too: tokenising a thousand captions at every step kept the GPU waiting (the profile measured it). A size
+    with no pictures is left out (`sizes()` says which the pool holds); `seconds` splits the drawing time by phase."""
 
     def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, tokens: Tokens, sizes: dict[int, int],
-                 device) -> None:  # fmt: skip
+                 device, style: str = "plain") -> None:  # fmt: skip
         self.latents: dict[int, torch.Tensor] = {}
         self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.empty = tokens([""])
+        self.seconds = {"scenes": 0.0, "render": 0.0, "encode": 0.0, "tokenise": 0.0}
         for size, count in sizes.items():
+            if count <= 0:
+                continue
             chunk = max(1, 512 * (256 // size) ** 2)  # 512 pictures at 256², 128 at 512²
-            scenes = [sample_scene(rng, exclude) for _ in range(count)]
+            with self._timed("scenes", device):
+                scenes = [sample_scene(rng, exclude, style) for _ in range(count)]
             parts = []
             for start in range(0, count, chunk):
-                part = scenes[start : start + chunk]
-                with bf16(device):
-                    parts.append(encode(render(part, size, device, seed=start + size) * 2 - 1).to(torch.bfloat16))
+                with self._timed("render", device):
+                    pixels = render(scenes[start : start + chunk], size, device, seed=start + size) * 2 - 1
+                with self._timed("encode", device), bf16(device):
+                    parts.append(encode(pixels).to(torch.bfloat16))
             self.latents[size] = torch.cat(parts)
-            self.captions[size] = tokens([s.caption for s in scenes])
+            with self._timed("tokenise", device):
+                self.captions[size] = tokens([s.caption for s in scenes])
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str, device: torch.device) -> Iterator[None]:
+        """Adds the phase's time, the GPU's work included (one sync per phase and chunk: the pool is drawn once)."""
+        clock = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds[phase] += time.perf_counter() - clock
+
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(self.latents)
 
     def sample(self, size: int, count: int, dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(latents, token ids, attention mask) of `count` random pool entries; `dropout` of the captions empty."""
@@ -482,10 +512,11 @@ def make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled: bool)
     return pipe
 
 
-def resolution(rng: random.Random, step: int, base_batch: int) -> tuple[int, int]:
-    """(size, batch) for a step: a fifth of the steps at 512² (a quarter of the pictures: the same tokens). The first
-    two steps take one of each, so both shapes are compiled and warm before the Stopwatch measures the step rate."""
-    large = step == 1 or (step > 1 and rng.random() < 0.2)
+def resolution(rng: random.Random, step: int, base_batch: int, sizes: tuple[int, ...] = (256, 512)) -> tuple[int, int]:
+    """(size, batch) for a step: a fifth of the steps at 512² (a quarter of the pictures: the same tokens), if 512²
+    is among `sizes`. The first two steps take one of each, so both shapes are compiled and warm before the
+    Stopwatch measures the step rate."""
+    large = 512 in sizes and (step == 1 or (step > 1 and rng.random() < 0.2))
     return (512, max(1, base_batch // 4)) if large else (256, base_batch)
 
 
@@ -533,7 +564,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
     pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device)
     pool_seconds = time.perf_counter() - clock
-    log.info("raw: %s pictures encoded in %.0f s", budget.raw_pool, pool_seconds)
+    log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
     parameters = [*transformer.parameters(), *text_encoder.parameters()]
     peak = budget.raw_lr
     fused = device.type == "cuda"
@@ -546,7 +577,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
-        size, count = resolution(rng, step, budget.raw_batch)
+        size, count = resolution(rng, step, budget.raw_batch, pool.sizes())
         x0, ids, mask = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
@@ -565,6 +596,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         "round": budget.raw_round,
         "pool": budget.raw_pool,
         "pool_seconds": round(pool_seconds, 1),
+        "pool_phases_s": rounded(pool.seconds),
         "batch": budget.raw_batch,
         "peak_lr": peak,
         "compiled": blocks.enabled,
@@ -702,6 +734,67 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------------------------- stage: style LoRA
+LORA_RANK = 16
+LORA_FILE = "krea2-demo-pixel-style.safetensors"
+# The single-stream blocks' projections, as diffusers' Krea 2 LoRA training script targets them.
+LORA_TARGETS = r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0)|ff\.(gate|up|down))"
+
+
+def train_lora(work: Path, budget: Budget, device: torch.device) -> dict:
+    """A style LoRA on Raw, as Krea advises ("train on Raw, run on Turbo"): the pixel mosaic that the base model never
+    draws, learnt from mosaic pictures under the base captions (which never name it), so that the LoRA's effect is
+    the style alone. The app's LoRA tests measure it on both checkpoints."""
+    from diffusers import Krea2Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(40)
+    rng = random.Random(40)
+    vae, stats = load_vae(work, device)
+    tokenizer, text_encoder = load_text_side(work, device)
+    transformer = load_transformer(work / "raw_transformer.safetensors", device).requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    )
+    transformer.train()
+    pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
+    tokens = Tokens(pipe, device)
+    clock = time.perf_counter()
+    encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
+    pool = LatentPool(rng, held_out_triples(), encoder, tokens, {256: budget.lora_pool}, device, style="pixel")
+    pool_seconds = time.perf_counter() - clock
+    parameters = [p for p in transformer.parameters() if p.requires_grad]
+    peak = 1e-3
+    optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
+    minutes = (budget.minutes or {}).get("lora")
+    watch = Stopwatch("lora", minutes and max(minutes - pool_seconds / 60, 0.5), budget.lora_steps, budget.profile)
+    losses = LossLog("lora")
+    for step in watch.steps():
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, watch.total, peak, warmup=50)
+        x0, ids, mask = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
+        noise = torch.randn_like(x0)
+        sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(len(x0), device=device))).view(-1, 1, 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss = flow_matching_loss(tokens, transformer, x0, noise, sigma, ids, mask, 256)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        losses.add(step, loss, watch.seconds)
+    layers = {k: v.detach().to("cpu", torch.bfloat16) for k, v in get_peft_model_state_dict(transformer).items()}
+    Krea2Pipeline.save_lora_weights(work / "lora", transformer_lora_layers=layers, weight_name=LORA_FILE)
+    return {
+        "rank": LORA_RANK,
+        "pool": budget.lora_pool,
+        "pool_seconds": round(pool_seconds, 1),
+        "batch": budget.lora_batch,
+        "peak_lr": peak,
+        "steps": watch.total,
+        "seconds": round(watch.seconds, 1),
+        "final_loss": losses.final(200),
+    }
+
+
 # ----------------------------------------------------------------------------------------------- stage 4: export
 def export(work: Path, out: Path) -> dict:
     """The real repos' layouts, in bf16 (the app loads them in fp32 on the CPU, bf16 on a GPU)."""
@@ -719,18 +812,21 @@ def export(work: Path, out: Path) -> dict:
     (turbo_dir / "vae" / LATENT_RGB_FILE).write_text(
         json.dumps({"factors": stats["rgb_factors"], "bias": stats["rgb_bias"]}, indent=1) + "\n"
     )
+    if (work / "lora" / LORA_FILE).exists():  # the style LoRA, beside the checkpoints it was trained for
+        (out / "loras").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "lora" / LORA_FILE, out / "loras" / LORA_FILE)
     sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))}
     return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
 
 
-STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo}
+STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo, "lora": train_lora}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("artifacts/demo-train"), help="intermediate results")
     parser.add_argument("--out", type=Path, default=Path("demo/checkpoints"), help="where export writes")
-    parser.add_argument("--stages", nargs="+", default=["vae", "raw", "turbo", "export"])
+    parser.add_argument("--stages", nargs="+", default=["vae", "raw", "turbo", "lora", "export"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--minutes", default="", help="time caps per stage, e.g. vae=2,raw=7,turbo=5")
     parser.add_argument("--steps", default="", help="step counts per stage, e.g. raw=9000,turbo=3000")
@@ -766,6 +862,7 @@ def main(argv: list[str] | None = None) -> None:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
+            lora_steps=4, lora_batch=4, lora_pool=16,
             compile=budget.compile, profile=budget.profile,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
