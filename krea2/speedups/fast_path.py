@@ -74,11 +74,11 @@ def apply(
         _fuse_and_quantize(transformers)
 
     # 5. Attention (`attention`): FlashAttention-4 or cuDNN's fp8 kernel through our processor, which fused projections
-    #    need too; or a diffusers attention backend by name.
+    #    need too (also those a pre-quantised fp8 checkpoint was loaded with); or a diffusers attention backend by name.
     kernel = options.attention if options.attention in KERNEL_NAMES else None
     backend = options.attention if options.attention not in KERNEL_NAMES else None
     for transformer in transformers:
-        if options.fp8 or kernel:
+        if options.fp8 or kernel or projections_fused(transformer):
             install_fast_attention(transformer, kernel)
         if backend:
             transformer.set_attention_backend(backend)

@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Each fused projection and the projections it concatenates, in order (a block's names, relative to the block).
+FUSED_PARTS = {
+    "attn.to_qkvg": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_gate"),
+    "ff.gate_up": ("ff.gate", "ff.up"),
+}
+
 
 def concat_linears(layers: list[nn.Linear]) -> nn.Linear:
     """One bias-free Linear whose output is the concatenation of `layers`' outputs (same input)."""
