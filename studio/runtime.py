@@ -72,7 +72,9 @@ def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelM
         sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
         dtype = torch.bfloat16
     options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
-    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+    # A pre-quantised fp8 file stays fp8 where the fast path runs fp8 anyway (no bf16 round trip).
+    loader = PipelineLoader(sources, dtype, shared=None if demo else settings.components, fp8_weights=options.fp8)
+    return ModelManager(loader, placement=settings.placement, options=options, demo=demo)
 
 
 def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:

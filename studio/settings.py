@@ -124,7 +124,8 @@ ATTENTION = Kind("`flash4`, `cudnn-fp8`, `sdpa` or a diffusers attention backend
 THRESHOLD = Kind("number ≥ 0", _threshold)
 LOGIN = Kind("`user:password`", _login, secret=True)
 ORIGINS = Kind("origins, comma separated", _origins)
-SOURCE = Kind("Hub repo id or folder", str.strip)
+SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
+COMPONENTS = Kind("Hub repo id or folder", str.strip)
 DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
 
 
@@ -182,12 +183,20 @@ class Settings:
         "memory", "`auto`", "--placement",
     )  # fmt: skip
     raw: str = setting(
-        RAW.default_source, RAW.source_env_var, SOURCE, "where Krea 2 Raw is loaded from (same layout as the Hub repo)",
+        RAW.default_source, RAW.source_env_var, SOURCE,
+        "where Krea 2 Raw is loaded from (the Hub repo's layout, or Krea's or ComfyUI's single file, bf16 or fp8)",
         f"`{RAW.default_source}`", "--raw",
     )  # fmt: skip
     turbo: str = setting(
         TURBO.default_source, TURBO.source_env_var, SOURCE,
-        "where Krea 2 Turbo is loaded from (same layout as the Hub repo)", f"`{TURBO.default_source}`", "--turbo",
+        "where Krea 2 Turbo is loaded from (the Hub repo's layout, or Krea's or ComfyUI's single file, bf16 or fp8)",
+        f"`{TURBO.default_source}`", "--turbo",
+    )  # fmt: skip
+    components: str | None = setting(
+        None, "KREA2_COMPONENTS", COMPONENTS,
+        "where the text encoder, tokenizer, VAE and scheduler come from when `KREA2_TURBO` is a single file "
+        "(Turbo's layout; its `transformer/` is not read)",
+        f"`KREA2_TURBO`'s repo or folder, else `{TURBO.default_source}`", "--components",
     )  # fmt: skip
     # --------------------------------------------------------------------------------------------- history
     data_dir: Path | None = setting(
