@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -98,6 +99,16 @@ def _attention_names() -> list[str]:
     return [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
 
 
+def _repo_or_folder(text: str) -> str:
+    """A Hub repo id (`owner/name`) or an existing folder; a single file cannot hold a text encoder and a VAE."""
+    text = text.strip()
+    if Path(text).expanduser().is_dir():
+        return text
+    if Path(text).suffix.lower() in (".safetensors", ".sft", ".gguf") or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise ValueError("must be a Hub repo id (owner/name) or an existing folder with Turbo's layout")
+    return text
+
+
 def _login(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
@@ -125,7 +136,7 @@ THRESHOLD = Kind("number ≥ 0", _threshold)
 LOGIN = Kind("`user:password`", _login, secret=True)
 ORIGINS = Kind("origins, comma separated", _origins)
 SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
-COMPONENTS = Kind("Hub repo id or folder", str.strip)
+COMPONENTS = Kind("Hub repo id or folder", lambda text: _repo_or_folder(text))
 DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
 
 

@@ -244,3 +244,15 @@ def test_a_pre_quantised_file_loads_in_at_most_1_2x_its_size(tmp_path):
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["peak"] <= 1.2 * size, (measured, size)
     assert measured["held"] >= 0.9 * size  # the weights are really there, in fp8
+
+
+def test_settings_take_a_file_for_a_checkpoint_and_a_repo_or_folder_for_the_components(tmp_path, demo_sources):
+    from studio.settings import SettingError, load_settings
+
+    settings = load_settings(
+        {"KREA2_TURBO": "/models/krea2_turbo_fp8_scaled.safetensors", "KREA2_COMPONENTS": demo_sources["turbo"]}
+    )
+    assert settings.turbo.endswith(".safetensors") and settings.components == demo_sources["turbo"]
+    assert load_settings({"KREA2_COMPONENTS": "krea/Krea-2-Turbo"}).components == "krea/Krea-2-Turbo"
+    with pytest.raises(SettingError, match="^KREA2_COMPONENTS must be a Hub repo id"):
+        load_settings({"KREA2_COMPONENTS": str(tmp_path / "krea2_turbo.safetensors")})
