@@ -6,12 +6,13 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoints import CHECKPOINTS
+from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 from .errors import GenerationFailed, Krea2Error, LoadError, NotReady
 from .generation import (
     GenerationResult,
@@ -24,10 +25,12 @@ from .generation import (
 from .loading import build_pipeline_sharing
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
-from .placement import Placement, choose_placement, unique_modules, weight_bytes
+from .placement import Placement
+from .plans import MemoryBudget, ModelSizes, PlacementPlan, choose_plan, read_budget
 from .preview import QWEN_IMAGE_LATENT_RGB, LatentRGB, StepCallback
 from .request import GenerationRequest
-from .speedups import FastPathOptions, apply, for_placement, installed
+from .residency import Residency
+from .speedups import FastPathOptions, apply, for_plan, installed, weights_moved
 from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, warmup_requests
 
 if TYPE_CHECKING:
@@ -50,9 +53,10 @@ class ManagerStatus:
     checkpoints: dict[str, CheckpointStatus]
     warmup: str = "off"  # off | running | ready | failed
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
+    plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
 
     def summary(self) -> str:
-        parts = [f"device {self.device}", f"placement {self.placement}"]
+        parts = [f"device {self.device}", self.plan or f"placement {self.placement}"]
         for key, status in self.checkpoints.items():
             text = f"{CHECKPOINTS[key].display_name}: {status.state}"
             parts.append(text + (f" ({status.reason})" if status.reason else ""))
@@ -79,11 +83,19 @@ class ModelManager:
         options: FastPathOptions | None = None,
         prompt_cache_size: int = 8,
         demo: bool = False,
+        plan: PlacementPlan | None = None,
+        memory_probe: Callable[[torch.device], MemoryBudget] = read_budget,
     ) -> None:
+        """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
+        `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
         self.loader = loader
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.requested_placement = placement
-        self.placement: Placement | str = "pending"
+        self.placement: Placement | str = "pending"  # the plan's name once placed (recorded with each image)
+        self.requested_plan = plan
+        self.memory_probe = memory_probe
+        self.plan: PlacementPlan | None = None
+        self.residency: Residency | None = None  # a small-GPU plan's: which transformer is on the GPU
         self.requested_options = options or FastPathOptions()
         self.options = self.requested_options  # final once placed: `for_placement`
         self.demo = demo
@@ -113,10 +125,12 @@ class ModelManager:
     def _load_all(self) -> None:
         try:
             self.pipes = self._load_pipelines()
-            modules = unique_modules(list(self.pipes.values()))
-            self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
+            self.plan = self._choose_plan()
+            self.placement = self.plan.name
+            if self.plan.managed:
+                self.residency = self._residency(self.plan)
             self._apply_fast_path(self.requested_options)
-            log.info("Placement: %s on %s", self.placement, self.device)
+            log.info("Placement on %s: %s", self.device, self.plan.describe(self._active(), self._names()))
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
             log.info("Checkpoints ready: %s", self.status().summary())
@@ -146,11 +160,43 @@ class ModelManager:
                 pipes[spec.key] = Krea2StudioPipeline.from_pipeline(build_pipeline_sharing(base, transformer, spec))
         return pipes
 
+    def _choose_plan(self) -> PlacementPlan:
+        """The forced plan, or the fastest that fits the memory free now that the checkpoints are loaded."""
+        if self.requested_plan is not None:
+            return self.requested_plan
+        budget = self.memory_probe(self.device)  # no GPU memory on the CPU, unless a test simulates some
+        sizes = ModelSizes.of(list(self.pipes.values()))
+        return choose_plan(self.requested_placement, budget, sizes, fp8=self.requested_options.fp8)
+
+    def _residency(self, plan: PlacementPlan) -> Residency:
+        any_pipe = next(iter(self.pipes.values()))
+        return Residency(
+            plan,
+            {key: pipe.transformer for key, pipe in self.pipes.items()},
+            any_pipe.text_encoder,
+            any_pipe.vae,
+            self.device,
+            active=DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in self.pipes else next(iter(self.pipes)),
+            on_swap=self._weights_moved,
+        )
+
+    def _weights_moved(self, key: str) -> None:
+        weights_moved({k: pipe.transformer for k, pipe in self.pipes.items()}, key, self.options)
+
+    def _active(self) -> str | None:
+        return self.residency.active if self.residency is not None else None
+
+    def _names(self) -> dict[str, str]:
+        return {key: CHECKPOINTS[key].display_name for key in self.pipes}
+
     def _apply_fast_path(self, requested: FastPathOptions) -> None:
-        final = for_placement(requested, self.placement)
+        plan = self.plan or PlacementPlan(str(self.placement))
+        final = for_plan(requested, plan)
         if final != requested:
-            log.info("Placement %s: fast path %s (asked for %s)", self.placement, final, requested)
-        apply(list(self.pipes.values()), final, placement=self.placement, device=self.device)
+            log.info("Plan %s: fast path %s (asked for %s)", plan.name, final, requested)
+        apply(
+            list(self.pipes.values()), final, placement=plan.placement, device=self.device, residency=self.residency
+        )  # fmt: skip
         self.requested_options, self.options = requested, final
 
     def apply_fast_path(self, options: FastPathOptions) -> None:
@@ -208,6 +254,7 @@ class ModelManager:
             checkpoints={k: CheckpointStatus(s.state, s.reason) for k, s in self._status.items()},
             warmup=self._warmup,
             fast_path=self._fast_path_summary(),
+            plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
         )
 
     def _fast_path_summary(self) -> str:
@@ -291,6 +338,8 @@ class ModelManager:
         cancel_event: threading.Event,
     ) -> GenerationResult:
         """One generation; the caller holds the GPU lock."""
+        if self.residency is not None:  # a small-GPU plan: this checkpoint's transformer onto the GPU, from CPU RAM
+            self.residency.activate(request.checkpoint)
         request = request.seeded()
         generated = generate(
             pipe,

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .placement import PLACEMENTS
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -213,6 +215,8 @@ def choose_plan(
     """The fastest plan that fits `budget`. `requested` is the placement setting: `auto` chooses; `gpu`, `offload`
     and `cpu` force today's plans. `fp8`: the fast path's fp8 can run here (plans then hold transformers in fp8);
     `text_encoder_fp8` (default: as `fp8`): the text encoder may be quantised too."""
+    if requested not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {requested!r}")
     if budget.gpu_free is None or requested == "cpu":
         return CPU_PLAN
     text_encoder_fp8 = fp8 if text_encoder_fp8 is None else text_encoder_fp8

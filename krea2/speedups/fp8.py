@@ -58,11 +58,21 @@ def float8_weight(qdata: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dty
 
 def fp8_quantized(transformer: nn.Module) -> bool:
     """Whether the blocks' linear layers hold torchao's quantised weights."""
-    return any(
-        isinstance(module, nn.Linear) and type(module.weight).__module__.startswith("torchao")
-        for block in transformer.transformer_blocks
-        for module in block.modules()
-    )
+    return any(fp8_quantized_module(block) for block in transformer.transformer_blocks)
+
+
+def fp8_quantized_module(module: nn.Module) -> bool:
+    """Whether any linear layer of `module` holds torchao's quantised weights."""
+    layers = (layer for layer in module.modules() if isinstance(layer, nn.Linear))
+    return any(type(layer.weight).__module__.startswith("torchao") for layer in layers)
+
+
+def quantize_linears_fp8(module: nn.Module) -> None:
+    """Every linear layer of `module` (one transformer block, one text-encoder layer) in the fast path's fp8, in place,
+    on whatever device it is on."""
+    from torchao.quantization import quantize_
+
+    quantize_(module, fp8_config(), filter_fn=lambda layer, _name: isinstance(layer, nn.Linear))
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
