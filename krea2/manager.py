@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,10 @@ from .request import GenerationRequest
 from .residency import Residency
 from .speedups import FastPathOptions, apply, for_plan, installed, weights_moved
 from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, warmup_requests
+from .speedups.denoiser_graphs import denoiser_graphs_of
 
 if TYPE_CHECKING:
+    from .compile_cache import CompileCache
     from .loading import PipelineLoader
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,18 @@ class ManagerStatus:
     warmup: str = "off"  # off | running | ready | failed
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
     plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
+    warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many
 
     def summary(self) -> str:
         parts = [f"device {self.device}", self.plan or f"placement {self.placement}"]
         for key, status in self.checkpoints.items():
             text = f"{CHECKPOINTS[key].display_name}: {status.state}"
             parts.append(text + (f" ({status.reason})" if status.reason else ""))
-        if self.warmup != "off":
-            parts.append(f"compile warm-up: {self.warmup}")
+        if self.warmup == "running":
+            done, total = self.warmup_progress
+            parts.append(f"compile warm-up: running {done}/{total} (generating uncompiled meanwhile)")
+        elif self.warmup != "off":
+            parts.append(f"compile warm-up: {self.warmup}" + (" (full speed)" if self.warmup == "ready" else ""))
         if self.fast_path:
             parts.append(self.fast_path)
         return " | ".join(parts)
@@ -85,6 +92,7 @@ class ModelManager:
         demo: bool = False,
         plan: PlacementPlan | None = None,
         memory_probe: Callable[[torch.device], MemoryBudget] = read_budget,
+        compile_cache: CompileCache | None = None,
     ) -> None:
         """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
         `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
@@ -96,6 +104,10 @@ class ModelManager:
         self.memory_probe = memory_probe
         self.plan: PlacementPlan | None = None
         self.residency: Residency | None = None  # a small-GPU plan's: which transformer is on the GPU
+        self.compile_cache = compile_cache  # torch's compile artifacts, loaded before the warm-up, saved after it
+        self._warmup_progress = (0, 0)
+        self._waiting_users = 0  # requests waiting for the GPU: the warm-up lets them go first
+        self._turns = threading.Condition()
         self.requested_options = options or FastPathOptions()
         self.options = self.requested_options  # final once placed: `for_placement`
         self.demo = demo
@@ -219,22 +231,72 @@ class ModelManager:
         sizes: tuple[tuple[int, int], ...] = WARMUP_SIZES,
         steps: int = WARMUP_STEPS,
         batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES,
+        on_step: StepCallback | None = None,
     ) -> float:
         """Run short generations on every checkpoint at the common shapes (`speedups/compile.py`), so that no user waits
-        for compilation or a CUDA-graph capture. Holds the GPU throughout. Returns the seconds it took."""
+        for compilation or a CUDA-graph capture. Each takes the GPU on its own, after any request that is waiting for
+        it: users are served meanwhile (uncompiled where a shape is not compiled yet, see `generate`). torch's compile
+        artifacts are loaded first and saved after (`compile_cache`). Returns the seconds it took."""
         start = time.perf_counter()
-        with self._generate_lock:
-            self._warmup = "running"
-            try:
-                for request in warmup_requests(self.pipes, sizes, steps, batch_sizes):
-                    self._generate(self.pipes[request.checkpoint], request, None, threading.Event())
-            except Exception:
-                self._warmup = "failed"
-                raise
-            self._warmup = "ready"
+        requests = warmup_requests(self.pipes, sizes, steps, batch_sizes)
+        if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
+            requests.sort(key=lambda request: request.checkpoint != self.residency.active)
+        self._warmup, self._warmup_progress = "running", (0, len(requests))
+        if self.compile_cache is not None:
+            self.compile_cache.load()
+        try:
+            for done, request in enumerate(requests, 1):
+                self._wait_for_users()
+                with self._generate_lock:
+                    self._generate(self.pipes[request.checkpoint], request, on_step, threading.Event())
+                self._warmup_progress = (done, len(requests))
+        except Exception:
+            self._warmup = "failed"
+            raise
+        self._warmup = "ready"
         seconds = time.perf_counter() - start
         log.info("Compile warm-up done in %.1f s", seconds)
+        if self.compile_cache is not None:
+            self.compile_cache.save()
         return seconds
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests waiting for the GPU or running on it (not the warm-up's)."""
+        return self._waiting_users
+
+    def _wait_for_users(self) -> None:
+        with self._turns:
+            self._turns.wait_for(lambda: self._waiting_users == 0)
+
+    @contextlib.contextmanager
+    def _user_turn(self) -> Iterator[None]:
+        """A user's request waiting for (and holding) the GPU: the warm-up does not start its next generation."""
+        with self._turns:
+            self._waiting_users += 1
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._waiting_users -= 1
+                self._turns.notify_all()
+
+    @contextlib.contextmanager
+    def _uncompiled_while_warming(self) -> Iterator[None]:
+        """During the warm-up a user's request runs what is compiled already and eagerly what is not (torch's
+        `eager_on_recompile` stance: no compilation in a user's time), with no denoiser graphs captured from it."""
+        if self._warmup != "running":
+            yield
+            return
+        graphs = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+        for graph in graphs:
+            graph.paused = True
+        try:
+            with torch.compiler.set_stance("eager_on_recompile"):
+                yield
+        finally:
+            for graph in graphs:
+                graph.paused = False
 
     def _warm_up_in_background(self) -> None:
         try:
@@ -255,6 +317,7 @@ class ModelManager:
             warmup=self._warmup,
             fast_path=self._fast_path_summary(),
             plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
+            warmup_progress=self._warmup_progress,
         )
 
     def _fast_path_summary(self) -> str:
@@ -313,10 +376,11 @@ class ModelManager:
     ) -> GenerationResult:
         pipe = self._pipe(request.checkpoint)  # fail fast, before waiting for the GPU
         cancel_event = cancel_event or threading.Event()
-        with self._generate_lock:
+        with self._user_turn(), self._generate_lock:
             self._cancel_current = cancel_event
             try:
-                return self._generate(pipe, request, on_step, cancel_event)
+                with self._uncompiled_while_warming():
+                    return self._generate(pipe, request, on_step, cancel_event)
             except torch.OutOfMemoryError as error:
                 # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
                 # cache after every image would make the next one pay for cudaMalloc again.
