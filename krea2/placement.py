@@ -37,7 +37,11 @@ def apply_placement(modules: list[torch.nn.Module], placement: Placement, device
             if hasattr(module, "_diffusers_hook"):  # hooked at the first placement
                 continue
             apply_group_offloading(
-                module, onload_device=device, offload_type="leaf_level", use_stream=True, record_stream=True
+                module,
+                onload_device=device,
+                offload_type="leaf_level",
+                use_stream=device.type == "cuda",  # streams exist on CUDA only (the CPU tests offload CPU to CPU)
+                record_stream=device.type == "cuda",
             )
 
 
