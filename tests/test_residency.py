@@ -81,3 +81,27 @@ def test_the_manager_chooses_a_plan_from_simulated_free_memory(demo_sources):
 
     none = planned(demo_sources, placement="auto")  # the real probe: this machine has no GPU
     assert none.plan.name == "cpu" and "plan cpu: all weights on the CPU" in none.status().summary()
+
+
+def test_a_pre_quantised_fp8_checkpoint_swaps_and_streams_in_fp8(tmp_path, demo_sources):
+    """The 24/16 GB user's case: fp8 scaled single files, loaded straight into fp8, under a swapping plan with streamed
+    blocks: the fp8 weights travel between CPU RAM and the device as they are, and switching back gives the same
+    image."""
+    from diffusers import Krea2Transformer2DModel
+    from single_file_helpers import fp8_scaled, krea_state, write
+    from torchao.quantization import Float8Tensor
+
+    files = {}
+    for key in ("turbo", "raw"):
+        transformer = Krea2Transformer2DModel.from_pretrained(demo_sources[key], subfolder="transformer")
+        state, _ = fp8_scaled(krea_state(transformer.state_dict()), "old")
+        files[key] = str(write(tmp_path / f"krea2_{key}_fp8_scaled.safetensors", state))
+    loader = PipelineLoader(files, torch.float32, shared=demo_sources["turbo"], fp8_weights=True)
+    manager = ModelManager(loader, device="cpu", demo=True, plan=STREAM)
+    manager.start(background=False)
+    turbo, raw, turbo_again = (image(manager, checkpoint) for checkpoint in ("turbo", "raw", "turbo"))
+    assert np.array_equal(turbo, turbo_again) and not np.array_equal(turbo, raw)
+    for pipe in manager.pipes.values():
+        for block in pipe.transformer.transformer_blocks:
+            assert isinstance(block.attn.to_qkvg.weight, Float8Tensor)  # resident, parked and streamed alike
+    assert manager.residency.swaps == 2
