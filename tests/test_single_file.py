@@ -254,5 +254,5 @@ def test_settings_take_a_file_for_a_checkpoint_and_a_repo_or_folder_for_the_comp
     )
     assert settings.turbo.endswith(".safetensors") and settings.components == demo_sources["turbo"]
     assert load_settings({"KREA2_COMPONENTS": "krea/Krea-2-Turbo"}).components == "krea/Krea-2-Turbo"
-    with pytest.raises(SettingError, match="^KREA2_COMPONENTS must be a Hub repo id"):
+    with pytest.raises(SettingError, match=r"^KREA2_COMPONENTS must be a Hub repo id"):
         load_settings({"KREA2_COMPONENTS": str(tmp_path / "krea2_turbo.safetensors")})
