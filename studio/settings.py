@@ -190,8 +190,8 @@ class Settings:
     )  # fmt: skip
     placement: str = setting(
         "auto", "KREA2_PLACEMENT", PLACEMENT,
-        "`gpu` (all resident), `offload` (weights in CPU RAM, streamed per layer), `cpu`; `auto` picks from free GPU "
-        "memory", "`auto`", "--placement",
+        "`gpu` (all resident), `offload` (weights in CPU RAM, streamed per layer), `cpu`; `auto` picks a plan from "
+        "free GPU memory, small-GPU plans included (the status line names it)", "`auto`", "--placement",
     )  # fmt: skip
     raw: str = setting(
         RAW.default_source, RAW.source_env_var, SOURCE,
