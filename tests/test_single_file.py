@@ -80,7 +80,7 @@ def reference_pixels(manager: ModelManager, checkpoint: str) -> np.ndarray:
     return pixels(manager.generate(GenerationRequest(**REQUEST, checkpoint=checkpoint)))
 
 
-@pytest.mark.parametrize("layout", ["krea", "comfyui", "comfyui-model"])
+@pytest.mark.parametrize("layout", ["krea", "comfyui"])
 def test_bf16_single_files_draw_the_demo_image(layout, files, demo_sources, manager):
     """The demo's weights are bf16 on disk, so a bf16 file holds exactly them: identical pixels, both checkpoints, and
     the text encoder and VAE are the components folder's."""
@@ -90,8 +90,17 @@ def test_bf16_single_files_draw_the_demo_image(layout, files, demo_sources, mana
     assert loaded.pipes["raw"].text_encoder is loaded.pipes["turbo"].text_encoder
 
 
+def test_a_comfyui_model_file_holds_the_same_weights(files, demo_sources, demo_transformers):
+    """`diffusion_model.`-prefixed (a ComfyUI `diffusion_models/` export): the very weights, through the same path."""
+    checkpoint = inspect_checkpoint(files["comfyui-model"]["raw"], RAW.display_name)
+    assert (checkpoint.layout, checkpoint.prefix) == ("ComfyUI", "diffusion_model.")
+    model = load_transformer_file(checkpoint, torch.float32, config_source=demo_sources["turbo"])
+    expected = demo_transformers["raw"].state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+
+
 @pytest.mark.parametrize("layout", ["comfyui-fp8-scaled", "comfyui-fp8-mixed"])
-def test_fp8_scaled_files_dequantise_exactly_and_draw_the_demo_image(layout, files, demo_sources, manager):
+def test_fp8_scaled_files_dequantise_exactly(layout, files):
     checkpoint = inspect_checkpoint(files[layout]["turbo"], TURBO.display_name)
     assert checkpoint.fp8 and checkpoint.layout == "ComfyUI"
     model = load_transformer_file(checkpoint, torch.float32)
@@ -101,6 +110,9 @@ def test_fp8_scaled_files_dequantise_exactly_and_draw_the_demo_image(layout, fil
         want = expected[native].reshape(value.shape)
         assert torch.equal(value.float(), want), name  # weight = fp8 value x its scale, nothing else
 
+
+def test_an_fp8_scaled_file_draws_the_demo_image(files, demo_sources, manager):
+    layout = "comfyui-fp8-scaled"
     loaded = file_manager(files[layout]["turbo"], files[layout]["raw"], demo_sources)
     for key in ("turbo", "raw"):
         gap = float(np.abs(reference_pixels(loaded, key) - reference_pixels(manager, key)).mean())
