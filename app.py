@@ -52,7 +52,7 @@ def build_app(settings: Settings):
     from storage import HistoryStore, StorageError
     from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
     from storage.files import SERVED_DIRS
-    from studio.runtime import build_manager, use_compile_cache
+    from studio.runtime import build_manager, compile_cache_dir, use_compile_cache
     from studio.service import StudioService
     from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
     from ui.cancel import CancelRelay
@@ -68,7 +68,9 @@ def build_app(settings: Settings):
     if spaces is not None:
         settings = adapt_settings(settings)
     use_compile_cache(settings, store.data_dir)
-    manager = build_manager(settings, prepare_on_cpu=spaces is not None)
+    manager = build_manager(
+        settings, prepare_on_cpu=spaces is not None, compile_cache_folder=compile_cache_dir(store.data_dir)
+    )
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)
     service = StudioService(manager, store)

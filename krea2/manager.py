@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoints import CHECKPOINTS
+from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 from .errors import GenerationFailed, Krea2Error, LoadError, NotReady
 from .generation import (
     GenerationResult,
@@ -24,13 +26,17 @@ from .generation import (
 from .loading import build_pipeline_sharing
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
-from .placement import Placement, choose_placement, unique_modules, weight_bytes
+from .placement import Placement
+from .plans import MemoryBudget, ModelSizes, PlacementPlan, choose_plan, read_budget
 from .preview import QWEN_IMAGE_LATENT_RGB, LatentRGB, StepCallback
 from .request import GenerationRequest
-from .speedups import FastPathOptions, apply, for_placement, installed
+from .residency import Residency
+from .speedups import FastPathOptions, apply, for_plan, installed, weights_moved
 from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, warmup_requests
+from .speedups.denoiser_graphs import denoiser_graphs_of
 
 if TYPE_CHECKING:
+    from .compile_cache import CompileCache
     from .loading import PipelineLoader
 
 log = logging.getLogger(__name__)
@@ -50,14 +56,19 @@ class ManagerStatus:
     checkpoints: dict[str, CheckpointStatus]
     warmup: str = "off"  # off | running | ready | failed
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
+    plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
+    warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many
 
     def summary(self) -> str:
-        parts = [f"device {self.device}", f"placement {self.placement}"]
+        parts = [f"device {self.device}", self.plan or f"placement {self.placement}"]
         for key, status in self.checkpoints.items():
             text = f"{CHECKPOINTS[key].display_name}: {status.state}"
             parts.append(text + (f" ({status.reason})" if status.reason else ""))
-        if self.warmup != "off":
-            parts.append(f"compile warm-up: {self.warmup}")
+        if self.warmup == "running":
+            done, total = self.warmup_progress
+            parts.append(f"compile warm-up: running {done}/{total} (generating uncompiled meanwhile)")
+        elif self.warmup != "off":
+            parts.append(f"compile warm-up: {self.warmup}" + (" (full speed)" if self.warmup == "ready" else ""))
         if self.fast_path:
             parts.append(self.fast_path)
         return " | ".join(parts)
@@ -79,11 +90,24 @@ class ModelManager:
         options: FastPathOptions | None = None,
         prompt_cache_size: int = 8,
         demo: bool = False,
+        plan: PlacementPlan | None = None,
+        memory_probe: Callable[[torch.device], MemoryBudget] = read_budget,
+        compile_cache: CompileCache | None = None,
     ) -> None:
+        """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
+        `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
         self.loader = loader
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.requested_placement = placement
-        self.placement: Placement | str = "pending"
+        self.placement: Placement | str = "pending"  # the plan's name once placed (recorded with each image)
+        self.requested_plan = plan
+        self.memory_probe = memory_probe
+        self.plan: PlacementPlan | None = None
+        self.residency: Residency | None = None  # a small-GPU plan's: which transformer is on the GPU
+        self.compile_cache = compile_cache  # torch's compile artifacts, loaded before the warm-up, saved after it
+        self._warmup_progress = (0, 0)
+        self._waiting_users = 0  # requests waiting for the GPU: the warm-up lets them go first
+        self._turns = threading.Condition()
         self.requested_options = options or FastPathOptions()
         self.options = self.requested_options  # final once placed: `for_placement`
         self.demo = demo
@@ -113,10 +137,12 @@ class ModelManager:
     def _load_all(self) -> None:
         try:
             self.pipes = self._load_pipelines()
-            modules = unique_modules(list(self.pipes.values()))
-            self.placement = choose_placement(self.requested_placement, self.device, weight_bytes(modules))
+            self.plan = self._choose_plan()
+            self.placement = self.plan.name
+            if self.plan.managed:
+                self.residency = self._residency(self.plan)
             self._apply_fast_path(self.requested_options)
-            log.info("Placement: %s on %s", self.placement, self.device)
+            log.info("Placement on %s: %s", self.device, self.plan.describe(self._active(), self._names()))
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
             log.info("Checkpoints ready: %s", self.status().summary())
@@ -146,11 +172,43 @@ class ModelManager:
                 pipes[spec.key] = Krea2StudioPipeline.from_pipeline(build_pipeline_sharing(base, transformer, spec))
         return pipes
 
+    def _choose_plan(self) -> PlacementPlan:
+        """The forced plan, or the fastest that fits the memory free now that the checkpoints are loaded."""
+        if self.requested_plan is not None:
+            return self.requested_plan
+        budget = self.memory_probe(self.device)  # no GPU memory on the CPU, unless a test simulates some
+        sizes = ModelSizes.of(list(self.pipes.values()))
+        return choose_plan(self.requested_placement, budget, sizes, fp8=self.requested_options.fp8)
+
+    def _residency(self, plan: PlacementPlan) -> Residency:
+        any_pipe = next(iter(self.pipes.values()))
+        return Residency(
+            plan,
+            {key: pipe.transformer for key, pipe in self.pipes.items()},
+            any_pipe.text_encoder,
+            any_pipe.vae,
+            self.device,
+            active=DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in self.pipes else next(iter(self.pipes)),
+            on_swap=self._weights_moved,
+        )
+
+    def _weights_moved(self, key: str) -> None:
+        weights_moved({k: pipe.transformer for k, pipe in self.pipes.items()}, key, self.options)
+
+    def _active(self) -> str | None:
+        return self.residency.active if self.residency is not None else None
+
+    def _names(self) -> dict[str, str]:
+        return {key: CHECKPOINTS[key].display_name for key in self.pipes}
+
     def _apply_fast_path(self, requested: FastPathOptions) -> None:
-        final = for_placement(requested, self.placement)
+        plan = self.plan or PlacementPlan(str(self.placement))
+        final = for_plan(requested, plan)
         if final != requested:
-            log.info("Placement %s: fast path %s (asked for %s)", self.placement, final, requested)
-        apply(list(self.pipes.values()), final, placement=self.placement, device=self.device)
+            log.info("Plan %s: fast path %s (asked for %s)", plan.name, final, requested)
+        apply(
+            list(self.pipes.values()), final, placement=plan.placement, device=self.device, residency=self.residency
+        )  # fmt: skip
         self.requested_options, self.options = requested, final
 
     def apply_fast_path(self, options: FastPathOptions) -> None:
@@ -173,22 +231,72 @@ class ModelManager:
         sizes: tuple[tuple[int, int], ...] = WARMUP_SIZES,
         steps: int = WARMUP_STEPS,
         batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES,
+        on_step: StepCallback | None = None,
     ) -> float:
         """Run short generations on every checkpoint at the common shapes (`speedups/compile.py`), so that no user waits
-        for compilation or a CUDA-graph capture. Holds the GPU throughout. Returns the seconds it took."""
+        for compilation or a CUDA-graph capture. Each takes the GPU on its own, after any request that is waiting for
+        it: users are served meanwhile (uncompiled where a shape is not compiled yet, see `generate`). torch's compile
+        artifacts are loaded first and saved after (`compile_cache`). Returns the seconds it took."""
         start = time.perf_counter()
-        with self._generate_lock:
-            self._warmup = "running"
-            try:
-                for request in warmup_requests(self.pipes, sizes, steps, batch_sizes):
-                    self._generate(self.pipes[request.checkpoint], request, None, threading.Event())
-            except Exception:
-                self._warmup = "failed"
-                raise
-            self._warmup = "ready"
+        requests = warmup_requests(self.pipes, sizes, steps, batch_sizes)
+        if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
+            requests.sort(key=lambda request: request.checkpoint != self.residency.active)
+        self._warmup, self._warmup_progress = "running", (0, len(requests))
+        if self.compile_cache is not None:
+            self.compile_cache.load()
+        try:
+            for done, request in enumerate(requests, 1):
+                self._wait_for_users()
+                with self._generate_lock:
+                    self._generate(self.pipes[request.checkpoint], request, on_step, threading.Event())
+                self._warmup_progress = (done, len(requests))
+        except Exception:
+            self._warmup = "failed"
+            raise
+        self._warmup = "ready"
         seconds = time.perf_counter() - start
         log.info("Compile warm-up done in %.1f s", seconds)
+        if self.compile_cache is not None:
+            self.compile_cache.save()
         return seconds
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests waiting for the GPU or running on it (not the warm-up's)."""
+        return self._waiting_users
+
+    def _wait_for_users(self) -> None:
+        with self._turns:
+            self._turns.wait_for(lambda: self._waiting_users == 0)
+
+    @contextlib.contextmanager
+    def _user_turn(self) -> Iterator[None]:
+        """A user's request waiting for (and holding) the GPU: the warm-up does not start its next generation."""
+        with self._turns:
+            self._waiting_users += 1
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._waiting_users -= 1
+                self._turns.notify_all()
+
+    @contextlib.contextmanager
+    def _uncompiled_while_warming(self) -> Iterator[None]:
+        """During the warm-up a user's request runs what is compiled already and eagerly what is not (torch's
+        `eager_on_recompile` stance: no compilation in a user's time), with no denoiser graphs captured from it."""
+        if self._warmup != "running":
+            yield
+            return
+        graphs = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+        for graph in graphs:
+            graph.paused = True
+        try:
+            with torch.compiler.set_stance("eager_on_recompile"):
+                yield
+        finally:
+            for graph in graphs:
+                graph.paused = False
 
     def _warm_up_in_background(self) -> None:
         try:
@@ -208,6 +316,8 @@ class ModelManager:
             checkpoints={k: CheckpointStatus(s.state, s.reason) for k, s in self._status.items()},
             warmup=self._warmup,
             fast_path=self._fast_path_summary(),
+            plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
+            warmup_progress=self._warmup_progress,
         )
 
     def _fast_path_summary(self) -> str:
@@ -266,10 +376,11 @@ class ModelManager:
     ) -> GenerationResult:
         pipe = self._pipe(request.checkpoint)  # fail fast, before waiting for the GPU
         cancel_event = cancel_event or threading.Event()
-        with self._generate_lock:
+        with self._user_turn(), self._generate_lock:
             self._cancel_current = cancel_event
             try:
-                return self._generate(pipe, request, on_step, cancel_event)
+                with self._uncompiled_while_warming():
+                    return self._generate(pipe, request, on_step, cancel_event)
             except torch.OutOfMemoryError as error:
                 # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
                 # cache after every image would make the next one pay for cudaMalloc again.
@@ -291,6 +402,8 @@ class ModelManager:
         cancel_event: threading.Event,
     ) -> GenerationResult:
         """One generation; the caller holds the GPU lock."""
+        if self.residency is not None:  # a small-GPU plan: this checkpoint's transformer onto the GPU, from CPU RAM
+            self.residency.activate(request.checkpoint)
         request = request.seeded()
         generated = generate(
             pipe,

@@ -1,18 +1,14 @@
-"""Where the weights live: all on the GPU when they fit, otherwise in CPU memory and streamed in per use."""
+"""Today's placements, carried out: all weights on the GPU, all in CPU memory and streamed in per use (offload), or all
+on the CPU. Which one (or which small-GPU plan, placed by `residency.py`) is chosen in `plans.py`."""
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 import torch
 
 Placement = Literal["gpu", "offload", "cpu"]
 PLACEMENTS = ("auto", "gpu", "offload", "cpu")
-# Activations, the VAE decode at 2048^2 and the CUDA context need room beside the weights.
-ACTIVATION_HEADROOM_BYTES = 12 * 1024**3
-
-log = logging.getLogger(__name__)
 
 
 def unique_modules(pipes: list) -> list[torch.nn.Module]:
@@ -23,23 +19,6 @@ def unique_modules(pipes: list) -> list[torch.nn.Module]:
             if isinstance(module, torch.nn.Module):
                 seen.setdefault(id(module), module)
     return list(seen.values())
-
-
-def weight_bytes(modules: list[torch.nn.Module]) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-
-
-def choose_placement(requested: str, device: torch.device, needed_bytes: int) -> Placement:
-    if requested not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {requested!r}")
-    if device.type != "cuda":
-        return "cpu"
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    free, _total = torch.cuda.mem_get_info(device)
-    fits = needed_bytes + ACTIVATION_HEADROOM_BYTES <= free
-    log.info("Weights %.1f GB, GPU free %.1f GB -> %s", needed_bytes / 1e9, free / 1e9, "gpu" if fits else "offload")
-    return "gpu" if fits else "offload"
 
 
 def apply_placement(modules: list[torch.nn.Module], placement: Placement, device: torch.device) -> None:
@@ -58,7 +37,11 @@ def apply_placement(modules: list[torch.nn.Module], placement: Placement, device
             if hasattr(module, "_diffusers_hook"):  # hooked at the first placement
                 continue
             apply_group_offloading(
-                module, onload_device=device, offload_type="leaf_level", use_stream=True, record_stream=True
+                module,
+                onload_device=device,
+                offload_type="leaf_level",
+                use_stream=device.type == "cuda",  # streams exist on CUDA only (the CPU tests offload CPU to CPU)
+                record_stream=device.type == "cuda",
             )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from krea2.checkpoints import RAW, TURBO
+from krea2.compile_cache import CompileCache
 from krea2.loading import PipelineLoader
 from krea2.manager import ModelManager
 from krea2.speedups import FastPathOptions
@@ -50,15 +51,23 @@ def use_compile_cache(settings: Settings, data_dir: Path) -> None:
     warm-up times). Both libraries read these variables when they first touch their caches, so this must run before
     the first compile; they are the libraries' own variables, hence set in the environment."""
     caches = {
-        "TORCHINDUCTOR_CACHE_DIR": settings.inductor_cache_dir or data_dir / "compile-cache" / "inductor",
-        "TRITON_CACHE_DIR": settings.triton_cache_dir or data_dir / "compile-cache" / "triton",
+        "TORCHINDUCTOR_CACHE_DIR": settings.inductor_cache_dir or compile_cache_dir(data_dir) / "inductor",
+        "TRITON_CACHE_DIR": settings.triton_cache_dir or compile_cache_dir(data_dir) / "triton",
     }
     for name, folder in caches.items():
         os.environ[name] = str(folder)
 
 
-def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelManager:
-    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up)."""
+def compile_cache_dir(data_dir: Path) -> Path:
+    """The data folder's compile caches: inductor's and Triton's folders, and torch's artifacts file (mega-cache)."""
+    return data_dir / "compile-cache"
+
+
+def build_manager(
+    settings: Settings, *, prepare_on_cpu: bool = False, compile_cache_folder: Path | None = None
+) -> ModelManager:
+    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
+    `compile_cache_folder`: where torch's compile artifacts are kept between runs (the app's data folder)."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -72,7 +81,14 @@ def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelM
         sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
         dtype = torch.bfloat16
     options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
-    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+    # A pre-quantised fp8 file stays fp8 where the fast path runs fp8 anyway (no bf16 round trip).
+    loader = PipelineLoader(sources, dtype, shared=None if demo else settings.components, fp8_weights=options.fp8)
+    compile_cache = None
+    if options.compile and compile_cache_folder is not None:
+        compile_cache = CompileCache(compile_cache_folder, device=torch.cuda.get_device_name() if cuda else "cpu")
+    return ModelManager(
+        loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache
+    )  # fmt: skip
 
 
 def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:

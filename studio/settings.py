@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -98,6 +99,16 @@ def _attention_names() -> list[str]:
     return [*KERNEL_NAMES, "sdpa", *(name.value for name in AttentionBackendName)]
 
 
+def _repo_or_folder(text: str) -> str:
+    """A Hub repo id (`owner/name`) or an existing folder; a single file cannot hold a text encoder and a VAE."""
+    text = text.strip()
+    if Path(text).expanduser().is_dir():
+        return text
+    if Path(text).suffix.lower() in (".safetensors", ".sft", ".gguf") or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise ValueError("must be a Hub repo id (owner/name) or an existing folder with Turbo's layout")
+    return text
+
+
 def _login(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
@@ -124,7 +135,8 @@ ATTENTION = Kind("`flash4`, `cudnn-fp8`, `sdpa` or a diffusers attention backend
 THRESHOLD = Kind("number ≥ 0", _threshold)
 LOGIN = Kind("`user:password`", _login, secret=True)
 ORIGINS = Kind("origins, comma separated", _origins)
-SOURCE = Kind("Hub repo id or folder", str.strip)
+SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
+COMPONENTS = Kind("Hub repo id or folder", lambda text: _repo_or_folder(text))
 DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
 
 
@@ -178,16 +190,24 @@ class Settings:
     )  # fmt: skip
     placement: str = setting(
         "auto", "KREA2_PLACEMENT", PLACEMENT,
-        "`gpu` (all resident), `offload` (weights in CPU RAM, streamed per layer), `cpu`; `auto` picks from free GPU "
-        "memory", "`auto`", "--placement",
+        "`gpu` (all resident), `offload` (weights in CPU RAM, streamed per layer), `cpu`; `auto` picks a plan from "
+        "free GPU memory, small-GPU plans included (the status line names it)", "`auto`", "--placement",
     )  # fmt: skip
     raw: str = setting(
-        RAW.default_source, RAW.source_env_var, SOURCE, "where Krea 2 Raw is loaded from (same layout as the Hub repo)",
+        RAW.default_source, RAW.source_env_var, SOURCE,
+        "where Krea 2 Raw is loaded from (the Hub repo's layout, or Krea's or ComfyUI's single file, bf16 or fp8)",
         f"`{RAW.default_source}`", "--raw",
     )  # fmt: skip
     turbo: str = setting(
         TURBO.default_source, TURBO.source_env_var, SOURCE,
-        "where Krea 2 Turbo is loaded from (same layout as the Hub repo)", f"`{TURBO.default_source}`", "--turbo",
+        "where Krea 2 Turbo is loaded from (the Hub repo's layout, or Krea's or ComfyUI's single file, bf16 or fp8)",
+        f"`{TURBO.default_source}`", "--turbo",
+    )  # fmt: skip
+    components: str | None = setting(
+        None, "KREA2_COMPONENTS", COMPONENTS,
+        "where the text encoder, tokenizer, VAE and scheduler come from when `KREA2_TURBO` is a single file "
+        "(Turbo's layout; its `transformer/` is not read)",
+        f"`KREA2_TURBO`'s repo or folder, else `{TURBO.default_source}`", "--components",
     )  # fmt: skip
     # --------------------------------------------------------------------------------------------- history
     data_dir: Path | None = setting(

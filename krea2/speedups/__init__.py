@@ -8,7 +8,7 @@ cuda_graphs.py with text_graphs.py and denoiser_graphs.py (CUDA graphs), step_ca
 vae_decode.py (single-frame decode). PAD-free text is the pipeline's own behaviour (krea2/pipeline.py).
 """
 
-from .fast_path import apply, installed
-from .options import FastPathOptions, for_placement
+from .fast_path import apply, installed, weights_moved
+from .options import FastPathOptions, for_placement, for_plan
 
-__all__ = ["FastPathOptions", "apply", "for_placement", "installed"]
+__all__ = ["FastPathOptions", "apply", "for_placement", "for_plan", "installed", "weights_moved"]

@@ -30,12 +30,27 @@ def compile_blocks(transformer: nn.Module) -> None:
     dynamic=None (automatic), not True: True also made the model width symbolic, and the generated fp8 quantisation
     kernels then indexed with runtime div/mod. Automatic marks only what changes between calls (the sequence length,
     after the warm-up's second shape) dynamic."""
-    if not blocks_compiled(transformer):
+    if blocks_compiled(transformer):
+        return
+    streamed = [block for block in transformer.transformer_blocks if offloaded(block)]
+    if not streamed:
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=None)
+        return
+    # A small-GPU plan streams some blocks with group offloading (`krea2/residency.py`): its hooks move weights in
+    # Python around the block's forward, which a full graph cannot hold. Those run eagerly; the resident ones are
+    # compiled exactly as `compile_repeated_blocks` compiles every block.
+    for block in transformer.transformer_blocks:
+        if not offloaded(block):
+            block.compile(fullgraph=True, dynamic=None)
 
 
 def blocks_compiled(transformer: nn.Module) -> bool:
     return any(getattr(block, "_compiled_call_impl", None) is not None for block in transformer.transformer_blocks)
+
+
+def offloaded(module: nn.Module) -> bool:
+    """Whether diffusers' group offloading streams (part of) `module`."""
+    return any(hasattr(part, "_diffusers_hook") for part in module.modules())
 
 
 def warmup_requests(

@@ -61,6 +61,9 @@ class DenoiserGraphs:
         self.seen: set[tuple] = set()
         self.checked = False
         self.disabled_reason: str | None = None
+        # Set while a user's request runs during the compile warm-up: its calls may be eager, and a graph captured
+        # from them would replay eager kernels for that shape from then on.
+        self.paused = False
 
     def __call__(
         self,
@@ -75,6 +78,7 @@ class DenoiserGraphs:
         inputs = dict(zip(INPUT_NAMES, (hidden_states, encoder_hidden_states, timestep, position_ids), strict=True))
         graphable = (
             self.disabled_reason is None
+            and not self.paused
             and encoder_attention_mask is None  # PAD-free prompts: a mask only comes with padded batches
             and not attention_kwargs
             and hidden_states.device.type in self.device_types

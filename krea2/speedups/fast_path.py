@@ -32,15 +32,22 @@ from .vae_decode import single_frame_decode_of, use_single_frame_decode
 
 if TYPE_CHECKING:
     from ..pipeline import Krea2StudioPipeline
+    from ..residency import Residency
 
 log = logging.getLogger(__name__)
 
 
 def apply(
-    pipes: Sequence[Krea2StudioPipeline], options: FastPathOptions, *, placement: Placement, device: torch.device
+    pipes: Sequence[Krea2StudioPipeline],
+    options: FastPathOptions,
+    *,
+    placement: Placement,
+    device: torch.device,
+    residency: Residency | None = None,
 ) -> None:
     """Put the fast path `options` asks for on `pipes` (which may share components: each is changed once) and place
-    their weights. `options` are final: `for_placement(requested, placement)` decided what can run where."""
+    their weights, as `placement` says or, under a small-GPU plan, as its `residency` does. `options` are final:
+    `for_placement(requested, placement)` / `for_plan(requested, plan)` decided what can run where."""
     transformers = _unique([pipe.transformer for pipe in pipes])
     vaes = _unique([pipe.vae for pipe in pipes])
 
@@ -68,17 +75,22 @@ def apply(
     if options.fp8 and options.prepare_on_cpu:
         _fuse_and_quantize(transformers)
 
-    # 4. Place the weights: on the GPU, streamed from CPU memory (offload), or on the CPU.
-    apply_placement(unique_modules(list(pipes)), placement, device)
+    # 4. Place the weights: on the GPU, streamed from CPU memory (offload), or on the CPU. Under a small-GPU plan the
+    #    residency places them, fusing and quantising block by block on the GPU on the way (the bf16 weights do not
+    #    fit there at once), streaming the plan's blocks, and parking the inactive transformers in CPU RAM.
+    if residency is not None:
+        residency.place(fp8=options.fp8)
+    else:
+        apply_placement(unique_modules(list(pipes)), placement, device)
     if options.fp8 and not options.prepare_on_cpu:
         _fuse_and_quantize(transformers)
 
     # 5. Attention (`attention`): FlashAttention-4 or cuDNN's fp8 kernel through our processor, which fused projections
-    #    need too; or a diffusers attention backend by name.
+    #    need too (also those a pre-quantised fp8 checkpoint was loaded with); or a diffusers attention backend by name.
     kernel = options.attention if options.attention in KERNEL_NAMES else None
     backend = options.attention if options.attention not in KERNEL_NAMES else None
     for transformer in transformers:
-        if options.fp8 or kernel:
+        if options.fp8 or kernel or projections_fused(transformer):
             install_fast_attention(transformer, kernel)
         if backend:
             transformer.set_attention_backend(backend)
@@ -95,7 +107,8 @@ def apply(
             pipe.text_graphs = graphs
 
     # 7. Regional compilation of the repeated blocks (`compile`): one compiled graph for all 28 blocks of both
-    #    checkpoints; it compiles lazily, so the manager's warm-up runs the common shapes first.
+    #    checkpoints; it compiles lazily, so the manager's warm-up runs the common shapes first. Blocks a plan streams
+    #    run eagerly.
     if options.compile:
         for transformer in transformers:
             compile_blocks(transformer)
@@ -106,6 +119,16 @@ def apply(
         pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
         for transformer in transformers:
             install_denoiser_graphs(transformer, pool)
+
+
+def weights_moved(transformers: dict[str, torch.nn.Module], moved_in: str, options: FastPathOptions) -> None:
+    """After a swap (`krea2/residency.py`) the weights sit at new addresses: every transformer's denoiser graphs
+    replay old ones, so they are dropped, and the transformer moved in gets fresh ones (captured on its next calls)."""
+    for transformer in transformers.values():
+        drop_denoiser_graphs(transformer)
+    if options.denoiser_graphs:
+        transformer = transformers[moved_in]
+        install_denoiser_graphs(transformer, torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None)
 
 
 def installed(pipe: Krea2StudioPipeline) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..placement import Placement
+from ..plans import PlacementPlan
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,20 @@ def for_placement(options: FastPathOptions, placement: Placement) -> FastPathOpt
     if placement != "gpu":
         options = replace(options, fp8=False, compile=False, attention=None, text_graphs=False, denoiser_graphs=False)
     return replace(options, denoiser_graphs=options.denoiser_graphs and options.compile)
+
+
+def for_plan(options: FastPathOptions, plan: PlacementPlan) -> FastPathOptions:
+    """The options that take effect under a placement plan (`krea2/plans.py`): today's plans as `for_placement` says;
+    under a small-GPU plan every speed-up stays on that its placement allows. fp8 is the plan's (it is what makes the
+    transformers fit); the text encoder's CUDA graphs need it resident; the denoiser's need every block resident
+    (streamed blocks move their weights at each call), and compile runs on the resident blocks only
+    (`compile_blocks`). Swapping transformers moves weights too: the manager captures fresh denoiser graphs after each
+    swap (`fast_path.weights_moved`)."""
+    if not plan.managed:
+        return for_placement(options, plan.placement)  # type: ignore[arg-type]
+    return replace(
+        options,
+        fp8=plan.fp8,
+        text_graphs=options.text_graphs and plan.text_encoder != "streamed",
+        denoiser_graphs=options.denoiser_graphs and options.compile and plan.streamed_blocks == 0,
+    )

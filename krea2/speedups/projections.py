@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Each fused projection and the projections it concatenates, in order (a block's names, relative to the block).
+FUSED_PARTS = {
+    "attn.to_qkvg": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_gate"),
+    "ff.gate_up": ("ff.gate", "ff.up"),
+}
+
 
 def concat_linears(layers: list[nn.Linear]) -> nn.Linear:
     """One bias-free Linear whose output is the concatenation of `layers`' outputs (same input)."""
@@ -38,12 +44,18 @@ def fuse_projections(transformer: nn.Module) -> None:
     """Fuse every block's projections in place (`attn.to_qkvg`, read by `Krea2FastAttnProcessor`, and
     `FusedSwiGLU`); blocks already fused are left alone. Before fp8 quantisation, so the fused weights are quantised."""
     for block in transformer.transformer_blocks:
-        attn = block.attn
-        if hasattr(attn, "to_qkvg"):
-            continue
-        attn.to_qkvg = concat_linears([attn.to_q, attn.to_k, attn.to_v, attn.to_gate])
-        del attn.to_q, attn.to_k, attn.to_v, attn.to_gate
-        block.ff = FusedSwiGLU(block.ff)
+        fuse_block_projections(block)
+
+
+def fuse_block_projections(block: nn.Module) -> None:
+    """One block's projections fused in place (a block fused already is left alone). The small-GPU plans fuse and
+    quantise block by block on the way to the GPU (`krea2/residency.py`)."""
+    attn = block.attn
+    if hasattr(attn, "to_qkvg"):
+        return
+    attn.to_qkvg = concat_linears([attn.to_q, attn.to_k, attn.to_v, attn.to_gate])
+    del attn.to_q, attn.to_k, attn.to_v, attn.to_gate
+    block.ff = FusedSwiGLU(block.ff)
 
 
 def projections_fused(transformer: nn.Module) -> bool:

@@ -1,0 +1,32 @@
+"""bench/small_gpu_benchmark.py in CI: `--smoke` runs the whole script (parent and one child per run) on the demo
+checkpoints on the CPU with simulated free memory, so the GPU benchmark cannot rot before its first GPU run. Its
+numbers mean nothing; its fields are the GPU run's."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_measures_a_plan_against_todays_offload_path(tmp_path):
+    command = [sys.executable, "bench/small_gpu_benchmark.py", "--smoke", "--caps", "16", "--cases", "turbo1024",
+               "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [path] = tmp_path.glob("*_cpu-smoke_small-gpu_16GB_offload-plan.json")
+    result = json.loads(path.read_text())
+    offload, plan = result["runs"]
+    assert (offload["path"], offload["plan"]) == ("offload", "offload")
+    assert plan["path"] == "plan" and plan["plan"] == "swap+stream 3"  # what a 16 GB card gets, for the demo
+    assert "plan swap+stream 3" in plan["status"] and "3 blocks of each streamed" in plan["status"]
+    for run in (offload, plan):
+        assert run["cap_gb"] == 16.0 and run["peak_host_rss_gb"] > 0 and run["start_s"] > 0
+        for case in run["cases"].values():
+            assert "error" not in case, case
+            assert case["checkpoint"] == "turbo" and (case["width"], case["steps"]) == (256, 2)
+            assert case["seconds"] > 0 and len(case["runs_s"]) == 1 and "peak_gpu_gb" in case
+            assert set(case["phases_ms"]) == {"encode_ms", "denoise_ms", "decode_ms", "total_ms"}
+    assert len(plan["switch_s"]) == 2 and "switch_s" not in offload  # Raw swapped in and Turbo back, from RAM
+    assert result["command"].startswith("python bench/small_gpu_benchmark.py --smoke")

@@ -1,0 +1,189 @@
+"""Start-up: the app serves while the compile warm-up runs, one warm-up generation at a time and after any waiting
+request, with nothing compiled in a user's time; torch's compile artifacts survive a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from krea2 import GenerationRequest
+from krea2.compile_cache import CompileCache
+from krea2.loading import PipelineLoader
+from krea2.manager import ModelManager
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"width": 256, "height": 256, "steps": 2}
+WARMUP = {"sizes": ((256, 256),), "steps": 1, "batch_sizes": (1,)}  # 2 prompts x 2 checkpoints: 4 generations
+
+
+@pytest.fixture
+def fresh_manager(demo_sources) -> ModelManager:
+    manager = ModelManager(PipelineLoader(demo_sources, torch.float32), device="cpu", demo=True)
+    manager.start(background=False)
+    return manager
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+def test_requests_are_served_between_warm_up_generations(fresh_manager):
+    """The first warm-up generation is held at its first step (a slow compile, as far as anyone can tell); a request
+    made meanwhile waits for that one generation only, then runs before the next, and the warm-up carries on."""
+    manager = fresh_manager
+    hold = threading.Event()
+    held = threading.Event()
+
+    def slow_first_step(step, total, preview):
+        if not hold.is_set():
+            held.set()
+            hold.wait(30)
+
+    warm_up = threading.Thread(target=manager.warm_up, kwargs={**WARMUP, "on_step": slow_first_step})
+    warm_up.start()
+    held.wait(30)
+    status = manager.status()
+    assert status.warmup == "running" and status.warmup_progress == (0, 4)
+    assert "compile warm-up: running 0/4 (generating uncompiled meanwhile)" in status.summary()
+
+    served: dict = {}
+
+    def user() -> None:
+        def record(step, total, preview):  # while this request holds the GPU
+            served.setdefault("progress", manager.status().warmup_progress)
+
+        result = manager.generate(GenerationRequest(prompt="a blue square", seed=2, **SMALL), record)
+        served["image"] = np.asarray(result.images[0])
+
+    request = threading.Thread(target=user)
+    request.start()
+    wait_until(lambda: manager.waiting_requests == 1)
+    assert "image" not in served  # the warm-up generation holds the GPU
+    hold.set()
+    request.join(60)
+    warm_up.join(120)
+    assert served["progress"] == (1, 4)  # after the held generation, before the second one
+    assert manager.status().warmup == "ready" and manager.status().warmup_progress == (4, 4)
+    assert "compile warm-up: ready (full speed)" in manager.status().summary()
+    again = manager.generate(GenerationRequest(prompt="a blue square", seed=2, **SMALL))
+    assert np.array_equal(np.asarray(again.images[0]), served["image"])  # the same image, warm or not
+
+
+def test_nothing_compiles_in_a_users_time_during_the_warm_up(fresh_manager):
+    """During the warm-up a request runs under torch's `eager_on_recompile` stance: a compiled function met for the
+    first time runs eagerly instead of compiling (it would hold the user for the whole compilation)."""
+    from torch._dynamo.utils import counters
+
+    manager = fresh_manager
+    compiled = torch.compile(lambda x: torch.sin(x) + 1, backend="eager", fullgraph=True)
+    graphs_before = counters["stats"]["unique_graphs"]
+    hold, held = threading.Event(), threading.Event()
+
+    def hold_second_generation(step, total, preview):
+        if manager.status().warmup_progress[0] == 1 and not hold.is_set():
+            held.set()
+            hold.wait(30)
+
+    warm_up = threading.Thread(target=manager.warm_up, kwargs={**WARMUP, "on_step": hold_second_generation})
+    warm_up.start()
+    held.wait(30)
+
+    def user_step(step, total, preview):
+        compiled(torch.ones(3))  # first call of a compiled function, inside a user's generation
+
+    user = threading.Thread(target=lambda: manager.generate(GenerationRequest(prompt="a cat", **SMALL), user_step))
+    user.start()
+    wait_until(lambda: manager.waiting_requests == 1)
+    hold.set()
+    user.join(60)
+    assert counters["stats"]["unique_graphs"] == graphs_before  # ran eagerly: nothing was compiled
+    warm_up.join(120)
+    compiled(torch.ones(3))  # after the warm-up, a request's code compiles as usual
+    assert counters["stats"]["unique_graphs"] == graphs_before + 1
+
+
+def test_a_damaged_compile_cache_does_not_stop_the_warm_up(fresh_manager, tmp_path):
+    cache = CompileCache(tmp_path)
+    cache.path.write_bytes(b"not torch's artifacts")
+    fresh_manager.compile_cache = cache
+    assert not cache.load()
+    fresh_manager.warm_up(**WARMUP)
+    assert fresh_manager.status().warmup == "ready"
+
+
+CACHE_ROUND_TRIP = """
+import json, os, sys, tempfile
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # a fresh machine's empty caches
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp()
+import torch
+from torch._dynamo.utils import counters
+from krea2.compile_cache import CompileCache
+
+cache = CompileCache(sys.argv[1])
+loaded = cache.load()
+compiled = torch.compile(lambda x: torch.sin(x) * 2 + torch.cos(x), fullgraph=True)
+compiled(torch.randn(16))
+saved = cache.save()
+print(json.dumps({"loaded": loaded, "saved": saved, **{k: v for k, v in counters["inductor"].items()}}))
+"""
+
+
+def test_compile_artifacts_round_trip_through_the_data_folder(tmp_path):
+    """Run 1 compiles on an empty cache and saves torch's artifacts into the data folder; run 2, again with empty
+    inductor and Triton caches (a new machine), loads them and its compilation is a cache hit."""
+
+    def run() -> dict:
+        command = [sys.executable, "-c", CACHE_ROUND_TRIP, str(tmp_path)]
+        environment = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert not first["loaded"] and first["saved"] > 0 and first.get("fxgraph_cache_miss") == 1
+    [saved] = tmp_path.glob("mega-cache-torch-*.bin")
+    second = run()
+    assert second["loaded"] and second.get("fxgraph_cache_hit") == 1 and not second.get("fxgraph_cache_miss")
+    assert saved.stat().st_size >= first["saved"]  # re-saved whole: what was loaded counts as this run's too
+
+
+def test_the_service_serves_and_records_during_the_warm_up(fresh_manager, tmp_path):
+    """Through the app's own service (what the UI and the API call): a generation made while a warm-up generation holds
+    the GPU streams, finishes and is recorded; the status line shows the warm-up and the plan."""
+    from storage import HistoryFilter, HistoryStore
+    from studio.service import DoneEvent, StudioService
+
+    store = HistoryStore(tmp_path / "data").open()
+    service = StudioService(fresh_manager, store)
+    hold, held = threading.Event(), threading.Event()
+
+    def slow_first_step(step, total, preview):
+        if not hold.is_set():
+            held.set()
+            hold.wait(30)
+
+    warm_up = threading.Thread(target=fresh_manager.warm_up, kwargs={**WARMUP, "on_step": slow_first_step})
+    warm_up.start()
+    held.wait(30)
+    line = service.status_line()
+    assert "plan cpu: all weights on the CPU" in line and "compile warm-up: running 0/4" in line
+    threading.Timer(0.5, hold.set).start()  # the slow warm-up step ends while the request waits
+    events = list(service.generate(GenerationRequest(prompt="a green triangle", seed=4, **SMALL), session="s"))
+    done = [event for event in events if isinstance(event, DoneEvent)]
+    assert len(done) == 1 and done[0].generation.status == "ok" and done[0].generation.placement == "cpu"
+    assert service.count(HistoryFilter()) == 1
+    warm_up.join(120)
+    assert "compile warm-up: ready (full speed)" in service.status_line()
+    store.close()
