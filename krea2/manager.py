@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoints import CHECKPOINTS
-from .errors import GenerationFailed, Krea2Error, LoadError, NotReady
+from .errors import GenerationFailed, Krea2Error, LoadError, LoraError, NotReady
 from .generation import (
+    AppliedLora,
     GenerationResult,
     PromptEmbeddings,
     encode_prompt,
@@ -22,6 +23,9 @@ from .generation import (
     prompt_warnings,
 )
 from .loading import build_pipeline_sharing
+from .lora_files import LoraContents, read_lora
+from .lora_fold import FoldReport, lora_targets, patcher_of
+from .lora_weights import LoraWeights, lora_weights
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
 from .placement import Placement, choose_placement, unique_modules, weight_bytes
@@ -32,8 +36,11 @@ from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, wa
 
 if TYPE_CHECKING:
     from .loading import PipelineLoader
+    from .lora_library import LoraFile, LoraLibrary
 
 log = logging.getLogger(__name__)
+# LoRAs kept read and checked, in CPU memory (a rank-32 LoRA of the full-size model is ~0.2 GB in bf16).
+LORA_CACHE_SIZE = 8
 
 
 @dataclass
@@ -79,6 +86,7 @@ class ModelManager:
         options: FastPathOptions | None = None,
         prompt_cache_size: int = 8,
         demo: bool = False,
+        loras: LoraLibrary | None = None,
     ) -> None:
         self.loader = loader
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -97,6 +105,8 @@ class ModelManager:
         self._prompt_cache: LRUCache[PromptEmbeddings] = LRUCache(prompt_cache_size)
         self._loader_thread: threading.Thread | None = None
         self.latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB  # the live preview's colours, set with the VAE at load
+        self.loras = loras  # the LoRA library requests name LoRAs from; None: requests with LoRAs are refused
+        self._lora_cache: LRUCache[LoraWeights] = LRUCache(LORA_CACHE_SIZE)
 
     # ----------------------------------------------------------------------------------------------- loading
     def start(self, background: bool = True) -> None:
@@ -292,6 +302,7 @@ class ModelManager:
     ) -> GenerationResult:
         """One generation; the caller holds the GPU lock."""
         request = request.seeded()
+        loras = self._fold_loras(pipe, request)
         generated = generate(
             pipe,
             request,
@@ -310,4 +321,47 @@ class ModelManager:
             device=self.device_name(),
             placement=str(self.placement),
             warnings=prompt_warnings(pipe, request),
+            loras=loras,
         )
+
+    # ----------------------------------------------------------------------------------------------- LoRAs
+    def fold_loras(self, request: GenerationRequest) -> FoldReport:
+        """Fold the request's LoRAs into its checkpoint now, as its generation would (the benchmark times this)."""
+        pipe = self._pipe(request.checkpoint)
+        with self._generate_lock:
+            self._fold_loras(pipe, request)
+        patcher = patcher_of(pipe.transformer)
+        return patcher.last_report if patcher is not None else FoldReport(0, 0.0)
+
+    def _fold_loras(self, pipe: Krea2StudioPipeline, request: GenerationRequest) -> list[AppliedLora]:
+        """Make the checkpoint's weights its own plus exactly the request's LoRAs (none: its own). Never reloads the
+        checkpoint: LoRAs fold into the loaded weights in place (krea2/lora_fold.py)."""
+        choices = request.active_loras
+        weights = [(self._lora_weights(choice.name, pipe), choice.weight) for choice in choices]
+        patcher = patcher_of(pipe.transformer, create=bool(weights))
+        if patcher is not None:
+            patcher.fold(weights)
+        return [AppliedLora(lora.name, lora.hash, strength, request.checkpoint) for lora, strength in weights]
+
+    def _lora_weights(self, name: str, pipe: Krea2StudioPipeline) -> LoraWeights:
+        """A LoRA of the library, read and checked against the transformer once (cached until its file changes)."""
+        if self.loras is None:
+            raise LoraError("This app has no LoRA folder, so requests cannot use LoRAs.")
+        file = self.loras.get(name)
+        return self._lora_cache.get_or_compute(
+            file.identity, lambda: self._checked(read_lora(file.path, file.name), file, pipe)
+        )
+
+    def _checked(self, contents: LoraContents, file: LoraFile, pipe: Krea2StudioPipeline) -> LoraWeights:
+        assert self.loras is not None
+        return lora_weights(contents, file.name, self.loras.hash(file), lora_shapes(pipe.transformer))
+
+    def check_lora(self, contents: LoraContents, name: str) -> None:
+        """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
+        transformer = self._any_pipe().transformer
+        lora_weights(contents, name, "", lora_shapes(transformer))
+
+
+def lora_shapes(transformer: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(out, in) features of every module a LoRA may change, whether or not the fast path fused it."""
+    return {module: (t.out_features, t.in_features) for module, t in lora_targets(transformer).items()}

@@ -13,10 +13,16 @@ def quantize_fp8(transformer: nn.Module) -> None:
         return
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    def in_blocks(module: nn.Module, fqn: str) -> bool:
-        return isinstance(module, nn.Linear) and fqn.startswith("transformer_blocks.")
-
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=in_blocks)
+
+
+def in_blocks(module: nn.Module, fqn: str) -> bool:
+    """The layers fp8 quantises: the repeated blocks' linear layers."""
+    return isinstance(module, nn.Linear) and fqn.startswith("transformer_blocks.")
+
+
+def fp8_layers(transformer: nn.Module) -> list[str]:
+    return [fqn for fqn, module in transformer.named_modules() if in_blocks(module, fqn)]
 
 
 def fp8_quantized(transformer: nn.Module) -> bool:
