@@ -68,6 +68,11 @@ def lora_targets(transformer: nn.Module) -> dict[str, LoraTarget]:
     return targets
 
 
+def target_shapes(transformer: nn.Module) -> dict[str, tuple[int, int]]:
+    """(out, in) features of every module a LoRA may change, whether or not the fast path fused it."""
+    return {module: (target.out_features, target.in_features) for module, target in lora_targets(transformer).items()}
+
+
 def is_float8(weight: torch.Tensor) -> bool:
     return type(weight).__module__.startswith("torchao") and hasattr(weight, "qdata")
 

@@ -13,12 +13,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import InvalidRequest, LoraError
 from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, short_hash
+from .lora_weights import LoraWeights, lora_weights
 from .request import check_lora_name
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ class LoraLibrary:
 
     def short_hash(self, file: LoraFile) -> str:
         return short_hash(self.hash(file))
+
+    def weights(self, file: LoraFile, shapes: Mapping[str, tuple[int, int]]) -> LoraWeights:
+        """The file read and checked against a transformer's LoRA targets (`lora_fold.target_shapes`)."""
+        return lora_weights(read_lora(file.path, file.name), file.name, self.hash(file), shapes)
 
     # ------------------------------------------------------------------------------------------------ adding
     def add_upload(self, source: Path | str, filename: str, check: LoraCheck | None = None) -> LoraFile:

@@ -23,8 +23,8 @@ from .generation import (
     prompt_warnings,
 )
 from .loading import build_pipeline_sharing
-from .lora_files import LoraContents, read_lora
-from .lora_fold import FoldReport, lora_targets, patcher_of
+from .lora_files import LoraContents
+from .lora_fold import FoldReport, patcher_of, target_shapes
 from .lora_weights import LoraWeights, lora_weights
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
@@ -36,7 +36,7 @@ from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, wa
 
 if TYPE_CHECKING:
     from .loading import PipelineLoader
-    from .lora_library import LoraFile, LoraLibrary
+    from .lora_library import LoraLibrary
 
 log = logging.getLogger(__name__)
 # LoRAs kept read and checked, in CPU memory (a rank-32 LoRA of the full-size model is ~0.2 GB in bf16).
@@ -347,21 +347,10 @@ class ModelManager:
         """A LoRA of the library, read and checked against the transformer once (cached until its file changes)."""
         if self.loras is None:
             raise LoraError("This app has no LoRA folder, so requests cannot use LoRAs.")
-        file = self.loras.get(name)
-        return self._lora_cache.get_or_compute(
-            file.identity, lambda: self._checked(read_lora(file.path, file.name), file, pipe)
-        )
-
-    def _checked(self, contents: LoraContents, file: LoraFile, pipe: Krea2StudioPipeline) -> LoraWeights:
-        assert self.loras is not None
-        return lora_weights(contents, file.name, self.loras.hash(file), lora_shapes(pipe.transformer))
+        library, file = self.loras, self.loras.get(name)
+        shapes = target_shapes(pipe.transformer)  # Raw's and Turbo's are the same: one check serves both
+        return self._lora_cache.get_or_compute(file.identity, lambda: library.weights(file, shapes))
 
     def check_lora(self, contents: LoraContents, name: str) -> None:
         """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
-        transformer = self._any_pipe().transformer
-        lora_weights(contents, name, "", lora_shapes(transformer))
-
-
-def lora_shapes(transformer: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """(out, in) features of every module a LoRA may change, whether or not the fast path fused it."""
-    return {module: (t.out_features, t.in_features) for module, t in lora_targets(transformer).items()}
+        lora_weights(contents, name, "", target_shapes(self._any_pipe().transformer))

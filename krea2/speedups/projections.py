@@ -21,7 +21,7 @@ def concat_linears(layers: list[nn.Linear], names: list[str]) -> nn.Linear:
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
     bounds = torch.tensor([0] + [layer.out_features for layer in layers]).cumsum(0).tolist()
-    fused.fused_parts = {name: (start, stop) for name, start, stop in zip(names, bounds, bounds[1:], strict=True)}
+    fused.fused_parts = {name: (start, stop) for name, start, stop in zip(names, bounds[:-1], bounds[1:], strict=True)}
     return fused
 
 
