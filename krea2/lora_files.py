@@ -73,16 +73,21 @@ def autov3_hash(path: Path, shown: str | None = None) -> str:
     return digest.hexdigest()
 
 
+def require_safetensors(filename: str) -> None:
+    """Refuse a file name (an upload's, a Hub file's) that is not a `.safetensors` file's."""
+    if Path(filename).suffix.lower() != SUFFIX:
+        raise LoraError(
+            f"The file {Path(filename).name} is not a .safetensors file; only .safetensors LoRAs are taken (a .pt or "
+            ".ckpt file can run code when it is loaded)."
+        )
+
+
 def read_lora(path: Path, shown: str | None = None) -> LoraContents:
-    """Every tensor and the metadata of a `.safetensors` LoRA file, or LoraError saying why it cannot be used."""
+    """Every tensor and the metadata of a `.safetensors` LoRA file (whatever the path's own suffix: an upload waits
+    under a temporary name), or LoraError saying why it cannot be used."""
     from safetensors import SafetensorError, safe_open
 
     shown = shown or path.name
-    if path.suffix.lower() != SUFFIX:
-        raise LoraError(
-            f"The LoRA {shown} is not a .safetensors file; only .safetensors LoRAs are read (a .pt or .ckpt file can "
-            "run code when it is loaded)."
-        )
     length = header_length(path, shown)
     try:
         with path.open("rb") as handle:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import InvalidRequest, LoraError
-from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, short_hash
+from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, require_safetensors, short_hash
 from .lora_weights import LoraWeights, lora_weights
 from .request import check_lora_name
 
@@ -56,7 +56,7 @@ class LoraLibrary:
         if not self.folder.is_dir():
             return []
         found = []
-        for path in sorted(self.folder.rglob(f"*{SUFFIX}")):
+        for path in self.folder.rglob(f"*{SUFFIX}"):
             relative = path.relative_to(self.folder)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue  # hidden files, half-written uploads (.tmp-...), broken links
@@ -67,7 +67,7 @@ class LoraLibrary:
                 continue
             stat = path.stat()
             found.append(LoraFile(name, path, stat.st_size, stat.st_mtime_ns))
-        return found
+        return sorted(found, key=lambda file: file.name)
 
     def names(self) -> list[str]:
         return [file.name for file in self.files()]
@@ -118,13 +118,9 @@ class LoraLibrary:
         """Put an uploaded file into the folder under its own name (made safe), after checking it can be used. The
         same file uploaded twice is kept once; another file of the same name gets a numbered name."""
         source = Path(source)
-        stem, suffix = os.path.splitext(Path(filename or source.name).name)
-        if suffix.lower() != SUFFIX:
-            raise LoraError(
-                f"The file {stem}{suffix} is not a .safetensors file; only .safetensors LoRAs are taken (a .pt or "
-                ".ckpt file can run code when it is loaded)."
-            )
-        stem = _UPLOAD_NAME.sub("_", stem).strip(". ") or "lora"
+        filename = Path(filename or source.name).name
+        require_safetensors(filename)
+        stem = _UPLOAD_NAME.sub("_", filename[: -len(SUFFIX)]).strip(". ") or "lora"
         contents = read_lora(source, f"{stem}{SUFFIX}")
         if check is not None:
             check(contents, stem)
@@ -157,8 +153,8 @@ class LoraLibrary:
         if "/" not in repo_id:
             raise LoraError(f"{repo_id} is not a Hub repo id (expected owner/name).")
         filename = (filename or "").strip().lstrip("/") or None
-        if filename is not None and not filename.endswith(SUFFIX):
-            raise LoraError(f"{filename} is not a .safetensors file; only .safetensors LoRAs are taken.")
+        if filename is not None:
+            require_safetensors(filename)
         try:
             filename = filename or self._only_safetensors(repo_id, revision)
             cached = Path(

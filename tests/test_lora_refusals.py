@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from krea2.demo import build_transformer
 from krea2.errors import LoraError
-from krea2.lora_files import autov3_hash, read_lora
+from krea2.lora_files import autov3_hash, read_lora, require_safetensors
 from krea2.lora_fold import target_shapes
 from krea2.lora_weights import AI_TOOLKIT, DIFFUSERS, KOHYA, KREA, lora_weights
 
@@ -53,9 +53,11 @@ def test_each_format_is_recognised_with_its_scale(tmp_path, transformer, shapes,
 
 
 def test_file_level_refusals(tmp_path, shapes):
-    pickled = tmp_path / "style.ckpt"
-    torch.save({"x": torch.ones(1)}, pickled)
-    assert "only .safetensors LoRAs are read" in refusal(pickled, shapes)
+    with pytest.raises(LoraError, match=r"The file style.ckpt is not a .safetensors file; only .safetensors LoRAs"):
+        require_safetensors("uploads/style.ckpt")
+    pickled = tmp_path / "pickled.safetensors"
+    torch.save({"x": torch.ones(1)}, pickled)  # a pickle under a .safetensors name is still no safetensors file
+    assert "is not a .safetensors file" in refusal(pickled, shapes)
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
     assert "is an empty file" in refusal(empty, shapes)
