@@ -83,7 +83,7 @@ def _generate(request: GenerationRequest, settings: Settings, args: argparse.Nam
 
             from .recording import png_parameters
 
-            params = {**png_parameters(result.request), "seed": result.seeds[0]}
+            params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
             out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
         paths.insert(0, str(out))
     line = {

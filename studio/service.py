@@ -21,8 +21,10 @@ from typing import Any
 from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
+from krea2.errors import LoraError
+from krea2.lora_library import LoraFile
 from krea2.manager import GenerationResult, ModelManager
-from krea2.request import HistoryQuery
+from krea2.request import HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
 from storage.files import STATIC_DIR
 from storage.models import Generation
@@ -33,6 +35,7 @@ from .recording import record_failure, record_result, record_start
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
+WITHOUT_LORAS, WITH_LORAS = "without", "with"  # the labels of a with-vs-without-LoRAs comparison
 MAX_CANCELLED_JOBS = 10_000  # remembered cancelled event ids (a job cancelled while queued may start later)
 
 
@@ -230,7 +233,66 @@ class StudioService:
         comparison_id = uuid.uuid4().hex
         return self.stream([(raw.checkpoint, raw), (turbo.checkpoint, turbo)], session, comparison_id, idle, job)
 
+    def compare_loras(
+        self, request: GenerationRequest, session: str, idle: float | None = None, job: str | None = None
+    ) -> Iterator[StepEvent | DoneEvent | IdleEvent]:
+        """The same request without its LoRAs and with them, same seed, linked in history (labels WITHOUT_LORAS and
+        WITH_LORAS): what the LoRAs do, alone."""
+        if not request.active_loras:
+            raise LoraError("Pick at least one LoRA for this checkpoint to compare with and without LoRAs.")
+        request = request.seeded()
+        runs = [(WITHOUT_LORAS, request.without_loras()), (WITH_LORAS, request)]
+        return self.stream(runs, session, uuid.uuid4().hex, idle, job)
+
+    # ------------------------------------------------------------------------------------------------ LoRAs
+    def lora_files(self) -> list[LoraFile]:
+        """The LoRA folder's files (read again on every call: the list's refresh)."""
+        return self.manager.loras.files() if self.manager.loras is not None else []
+
+    def lora_names(self) -> list[str]:
+        return [file.name for file in self.lora_files()]
+
+    def _library(self):
+        if self.manager.loras is None:
+            raise LoraError("This app has no LoRA folder.")
+        return self.manager.loras
+
+    def add_lora_upload(self, path: str | Path, filename: str) -> LoraFile:
+        """Keep an uploaded LoRA in the folder, once it is known to fit the loaded transformer."""
+        return self._library().add_upload(path, filename, check=self._lora_check())
+
+    def add_lora_from_hub(self, repo_id: str, filename: str | None = None) -> LoraFile:
+        return self._library().add_from_hub(repo_id, filename, check=self._lora_check())
+
+    def _lora_check(self):
+        """The loaded transformer checks a new LoRA (module names, sizes); while models load, the file's format alone
+        is checked now and the rest when it is first used."""
+        ready = any(status.state == "ready" for status in self.manager.status().checkpoints.values())
+        return self.manager.check_lora if ready else None
+
+    def restore_loras(self, loras: list[dict[str, Any]]) -> tuple[list[LoraChoice], list[str]]:
+        """LoRAs recorded in history or a PNG ({"name", "weight", "hash"}) as the folder has them now, and one
+        sentence for each that is missing or now goes by another name: none is dropped without a word."""
+        choices, notes = [], []
+        for lora in loras:
+            name, digest = str(lora.get("name") or ""), str(lora.get("hash") or "")
+            file = self.manager.loras.find(name, digest or None) if self.manager.loras is not None else None
+            shown = f"{name} ({digest[:12]})" if digest else name
+            if file is None:
+                notes.append(f"The LoRA {shown} is not in the LoRA folder; add it to use these settings as they were.")
+                continue
+            if file.name != name:
+                notes.append(f"The LoRA {name} was found as {file.name}.")
+            try:
+                choices.append(LoraChoice(file.name, lora.get("weight", 1.0)))
+            except Krea2Error as error:
+                notes.append(f"The LoRA {shown} was left out: {error}.")
+        return choices, notes
+
     # ------------------------------------------------------------------------------------------------ history
+    def lora_names_in_history(self) -> list[str]:
+        return self.store.lora_names()
+
     def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
         return self.store.page(cursor=cursor, limit=limit, filters=filters)
 

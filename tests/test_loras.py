@@ -12,29 +12,14 @@ from lora_helpers import FORMATS, random_factors, transformer_inputs, write_lora
 from krea2 import GenerationRequest
 from krea2.demo import build_transformer
 from krea2.errors import LoraError
-from krea2.loading import PipelineLoader
 from krea2.lora_fold import LoraPatcher, lora_targets, patcher_of, target_shapes
 from krea2.lora_library import LoraLibrary
-from krea2.manager import ModelManager
 from krea2.speedups.attention import install_fast_attention
 from krea2.speedups.projections import fuse_projections
 
 PROMPT = "a red circle on a blue background"
 SMALL = {"width": 256, "height": 256, "steps": 2, "seed": 3}
 VISIBLE = 2.0  # mean absolute change, in 8-bit levels, that a LoRA must make to count as an effect
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("loras")
-
-
-@pytest.fixture(scope="module")
-def lora_manager(demo_sources, lora_dir):
-    """Its own manager (the session's has no LoRA folder), with the demo checkpoints and a LoRA folder."""
-    manager = ModelManager(PipelineLoader(demo_sources, torch.float32), demo=True, loras=LoraLibrary(lora_dir))
-    manager.start(background=False)
-    return manager
 
 
 @pytest.fixture(scope="module")
