@@ -11,6 +11,7 @@ import torch
 
 from krea2.checkpoints import RAW, TURBO
 from krea2.loading import PipelineLoader
+from krea2.lora_library import LoraLibrary
 from krea2.manager import ModelManager
 from krea2.speedups import FastPathOptions
 
@@ -57,8 +58,19 @@ def use_compile_cache(settings: Settings, data_dir: Path) -> None:
         os.environ[name] = str(folder)
 
 
-def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelManager:
-    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up)."""
+LORA_FOLDER = "loras"  # in the data folder, unless KREA2_LORA_DIR names another
+
+
+def lora_library(settings: Settings, data_dir: Path) -> LoraLibrary:
+    """The LoRA folder the settings name, else `loras/` in the data folder."""
+    return LoraLibrary(settings.lora_dir or data_dir / LORA_FOLDER)
+
+
+def build_manager(
+    settings: Settings, *, prepare_on_cpu: bool = False, loras: LoraLibrary | None = None
+) -> ModelManager:
+    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
+    `loras`: the LoRA library requests may name LoRAs from (`lora_library`)."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -72,7 +84,9 @@ def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelM
         sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
         dtype = torch.bfloat16
     options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
-    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+    return ModelManager(
+        PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo, loras=loras
+    )
 
 
 def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:
@@ -88,4 +102,5 @@ def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_
         text_graphs=cuda and not prepare_on_cpu and settings.text_graphs is not False,
         # Captured by the compile warm-up, so only with compile.
         denoiser_graphs=cuda and not prepare_on_cpu and settings.denoiser_graphs is not False,
+        lora_masters=settings.lora_masters,
     )
