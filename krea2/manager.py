@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoints import CHECKPOINTS
-from .errors import GenerationFailed, Krea2Error, LoadError, LoraError, NotReady
+from .errors import GenerationFailed, InvalidRequest, Krea2Error, LoadError, LoraError, NotReady
 from .generation import (
     AppliedLora,
     GenerationResult,
@@ -36,7 +36,7 @@ from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, wa
 
 if TYPE_CHECKING:
     from .loading import PipelineLoader
-    from .lora_library import LoraLibrary
+    from .lora_library import LoraFile, LoraLibrary
 
 log = logging.getLogger(__name__)
 # LoRAs kept read and checked, in CPU memory (a rank-32 LoRA of the full-size model is ~0.2 GB in bf16).
@@ -342,6 +342,21 @@ class ModelManager:
         if patcher is not None:
             patcher.fold(weights)
         return [AppliedLora(lora.name, lora.hash, strength, request.checkpoint) for lora, strength in weights]
+
+    def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
+        """The files of the request's LoRAs, or InvalidRequest naming one the LoRA folder does not hold: checked
+        before a generation is recorded, like every other field."""
+        if request.active_loras and self.loras is None:
+            raise InvalidRequest("loras", request.active_loras[0].name, "must be empty: this app has no LoRA folder")
+        files = []
+        for choice in request.active_loras:
+            file = self.loras.find(choice.name) if self.loras is not None else None
+            if file is None:
+                raise InvalidRequest(
+                    "loras", choice.name, f"must be in the LoRA folder, and {choice.name} is not (refresh the list?)"
+                )
+            files.append(file)
+        return files
 
     def _lora_weights(self, name: str, pipe: Krea2StudioPipeline) -> LoraWeights:
         """A LoRA of the library, read and checked against the transformer once (cached until its file changes)."""

@@ -261,7 +261,9 @@ class LoraChoice:
 def _check_loras(value: Any) -> tuple[LoraChoice, ...]:
     if value is None or value == "":
         return ()
-    if isinstance(value, (str, dict, LoraChoice)):
+    if isinstance(value, str):  # "ink:0.8, paper:-0.5": names hold no commas
+        value = [part for part in value.split(",") if part.strip()]
+    if isinstance(value, (dict, LoraChoice)):
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise InvalidRequest("loras", value, 'must be a list of "name:weight"')
@@ -298,6 +300,7 @@ class HistoryQuery:
     comparisons_only: bool = False
     cursor: int | None = None
     limit: int = 24
+    lora: str = ""  # only generations that ran with the LoRA of this name
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -322,3 +325,7 @@ class HistoryQuery:
         limit = 24 if self.limit is None else _as_int("limit", self.limit)
         _in_range("limit", limit, 1, MAX_HISTORY_LIMIT)
         set_(self, "limit", limit)
+        lora = "" if self.lora is None else self.lora
+        if not isinstance(lora, str) or "\x00" in lora or len(lora) > MAX_LORA_NAME_CHARS:
+            raise InvalidRequest("lora", lora, "must be a LoRA name (text)")
+        set_(self, "lora", lora.strip())

@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
-from krea2.errors import LoraError
+from krea2.errors import InvalidRequest, LoraError
 from krea2.lora_library import LoraFile
 from krea2.manager import GenerationResult, ModelManager
 from krea2.request import HistoryQuery, LoraChoice
@@ -166,6 +166,8 @@ class StudioService:
         If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too, and so it
         is when `cancel_job(job)` names this stream's Gradio event (before it started: nothing runs, nothing is
         recorded)."""
+        for _label, request in requests:  # a LoRA the folder lacks is refused like any other field: nothing recorded
+            self.manager.lora_files(request)
         cancel_event = self._cancel_event(session)
         if job is not None:
             with self._lock:
@@ -239,7 +241,7 @@ class StudioService:
         """The same request without its LoRAs and with them, same seed, linked in history (labels WITHOUT_LORAS and
         WITH_LORAS): what the LoRAs do, alone."""
         if not request.active_loras:
-            raise LoraError("Pick at least one LoRA for this checkpoint to compare with and without LoRAs.")
+            raise InvalidRequest("loras", [], "must name a LoRA for this checkpoint, to compare without and with it")
         request = request.seeded()
         runs = [(WITHOUT_LORAS, request.without_loras()), (WITH_LORAS, request)]
         return self.stream(runs, session, uuid.uuid4().hex, idle, job)
@@ -251,6 +253,10 @@ class StudioService:
 
     def lora_names(self) -> list[str]:
         return [file.name for file in self.lora_files()]
+
+    def lora_hash(self, file: LoraFile) -> str:
+        """The file's AutoV3 hash (64 hex digits)."""
+        return self._library().hash(file)
 
     def _library(self):
         if self.manager.loras is None:

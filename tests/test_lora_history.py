@@ -9,7 +9,7 @@ from lora_helpers import random_factors, write_lora
 from storage_helpers import new_generation
 
 from krea2 import GenerationRequest
-from krea2.errors import LoraError
+from krea2.errors import InvalidRequest, LoraError
 from storage import HistoryFilter, HistoryStore
 from storage.pnginfo import parse_parameters, read_parameters
 from studio.recording import loras_of
@@ -85,11 +85,21 @@ def test_an_a1111_png_s_loras_come_back_by_name_or_hash(service, ink):
     assert notes == [f"The LoRA watercolor_v1 was found as {name}."]
 
 
-def test_a_failed_generation_keeps_the_loras_it_asked_for(service):
-    with pytest.raises(LoraError, match="no LoRA named missing"):
+def test_a_missing_lora_is_refused_before_anything_is_recorded(service):
+    with pytest.raises(InvalidRequest, match="must be in the LoRA folder, and missing is not"):
         run(service, GenerationRequest(prompt="a fox", loras=["missing:1"], **SMALL))
+    assert service.store.count() == 0
+
+
+def test_a_failed_generation_keeps_the_loras_it_asked_for(service, lora_dir):
+    trained = random_factors(service.manager.pipes["turbo"].transformer)
+    factors = {module: (down, up * 0) for module, (down, up) in trained.items()}
+    write_lora(lora_dir / "history" / "untrained.safetensors", factors, "diffusers")
+    with pytest.raises(LoraError, match="would change nothing"):
+        run(service, GenerationRequest(prompt="a fox", loras=["history/untrained:1"], **SMALL))
     [row] = service.store.page().items
-    assert row.status == "failed" and [(x.name, x.hash, x.weight) for x in row.loras] == [("missing", "", 1.0)]
+    assert row.status == "failed" and "would change nothing" in row.error
+    assert [(x.name, x.hash, x.weight) for x in row.loras] == [("history/untrained", "", 1.0)]
 
 
 def test_with_versus_without_loras_runs_twice_on_one_seed(service, ink):
@@ -100,7 +110,7 @@ def test_with_versus_without_loras_runs_twice_on_one_seed(service, ink):
     without, with_ = (event.result for event in done)
     assert without.request.seed == with_.request.seed and without.loras == [] and len(with_.loras) == 1
     assert done[0].generation.comparison_id == done[1].generation.comparison_id is not None
-    with pytest.raises(LoraError, match="Pick at least one LoRA"):
+    with pytest.raises(InvalidRequest, match="must name a LoRA for this checkpoint"):
         service.compare_loras(GenerationRequest(prompt="a fox"), "s")
 
 

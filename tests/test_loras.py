@@ -11,7 +11,7 @@ from lora_helpers import FORMATS, random_factors, transformer_inputs, write_lora
 
 from krea2 import GenerationRequest
 from krea2.demo import build_transformer
-from krea2.errors import LoraError
+from krea2.errors import InvalidRequest, LoraError
 from krea2.lora_fold import LoraPatcher, lora_targets, patcher_of, target_shapes
 from krea2.lora_library import LoraLibrary
 from krea2.speedups.attention import install_fast_attention
@@ -198,3 +198,7 @@ def test_a_missing_lora_or_no_library_is_a_sentence(lora_manager, manager):
         draw(lora_manager, loras=["nowhere:1"])
     with pytest.raises(LoraError, match="no LoRA folder"):
         draw(manager, loras=["anything:1"])
+    with pytest.raises(InvalidRequest, match="must be in the LoRA folder, and nowhere is not"):
+        lora_manager.lora_files(GenerationRequest(prompt="x", loras=["nowhere:1"]))
+    with pytest.raises(InvalidRequest, match="must be empty: this app has no LoRA folder"):
+        manager.lora_files(GenerationRequest(prompt="x", loras=["anything:1"]))

@@ -416,12 +416,15 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------------ history tab
     @staticmethod
-    def history_filter(search: str, checkpoint: str, favorites: bool, comparisons: bool) -> HistoryFilter:
+    def history_filter(
+        search: str, checkpoint: str, favorites: bool, comparisons: bool, lora: str = ""
+    ) -> HistoryFilter:
         return HistoryFilter(
             checkpoint=None if checkpoint in (None, "", "all") else checkpoint,
             favorites_only=bool(favorites),
             comparisons_only=bool(comparisons),
             text=(search or "")[:200],
+            lora=lora if isinstance(lora, str) else "",
         )
 
     @friendly
