@@ -218,7 +218,7 @@ class Handlers:
         self.default_size = (
             (demo_side, demo_side) if service.demo else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
         )
-        self.loras = LoraHandlers(service)
+        self.loras = LoraHandlers(service, for_people)
 
     # ------------------------------------------------------------------------------------------------ generate tab
     def switch_checkpoint(self, new: str, steps: float, guidance: float, current: str, settings: dict):

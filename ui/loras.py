@@ -4,7 +4,7 @@ and rows filled from what history or a PNG recorded. ui/lora_picker.py lays the 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,9 @@ def parse_hub_address(text: Any) -> tuple[str, str | None]:
 
 
 class LoraHandlers:
-    def __init__(self, service: StudioService) -> None:
+    def __init__(self, service: StudioService, for_people: Callable[[Exception], str]) -> None:
         self.service = service
+        self.for_people = for_people  # ui.handlers' sentence for an error (passed in: handlers builds this class)
 
     def choices(self) -> list[tuple[str, str]]:
         return [NO_LORA, *((name, name) for name in self.service.lora_names())]
@@ -95,11 +96,8 @@ class LoraHandlers:
         own, other = current[:MAX_LORAS], current[MAX_LORAS:]
         return [*self._lists(own, select=name), *self._lists(other)]
 
-    @staticmethod
-    def _failed(error: Exception) -> str:
-        from .handlers import for_people
-
-        return "⚠️ " + shown(for_people(error))
+    def _failed(self, error: Exception) -> str:
+        return "⚠️ " + shown(self.for_people(error))
 
     def rows_for(self, recorded: list[dict[str, Any]] | None) -> tuple[list[dict], str]:
         """A picker's rows (name, weight, target updates, row after row) filled with recorded LoRAs as the folder has
