@@ -366,6 +366,10 @@ class ModelManager:
         shapes = target_shapes(pipe.transformer)  # Raw's and Turbo's are the same: one check serves both
         return self._lora_cache.get_or_compute(file.identity, lambda: library.weights(file, shapes))
 
+    def clear_lora_cache(self) -> None:
+        """Forget the LoRAs read so far (the next use reads its file again); what is folded in stays."""
+        self._lora_cache.clear()
+
     def check_lora(self, contents: LoraContents, name: str) -> None:
         """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
         lora_weights(contents, name, "", target_shapes(self._any_pipe().transformer))
