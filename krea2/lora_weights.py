@@ -90,6 +90,15 @@ def detect_format(tensors: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def check_is_lora(contents: LoraContents, name: str) -> None:
+    """What can be checked without the transformer: the file holds LoRA weights in a format this module reads."""
+    if detect_format(contents.tensors) is None:
+        raise LoraError(
+            f"The LoRA {name} is not a LoRA: none of its {len(contents.tensors)} tensors is a LoRA weight (expected "
+            f"keys like {EXAMPLE_KEYS})."
+        )
+
+
 def lora_weights(contents: LoraContents, name: str, autov3: str, shapes: Mapping[str, tuple[int, int]]) -> LoraWeights:
     """The file's updates, checked against `shapes` (every module a LoRA may change: (out, in) features)."""
     tensors = dict(contents.tensors)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from krea2.checkpoints import CHECKPOINTS
-from krea2.errors import Cancelled, InvalidRequest, Krea2Error, LoraError
+from krea2.errors import Cancelled, InvalidRequest, Krea2Error
 from krea2.request import GenerationRequest
 from storage import StorageError
 
@@ -127,19 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 def _lora(args: argparse.Namespace, settings: Settings) -> int:
     """`lora list` and `lora pull`: the LoRA folder, no model loaded."""
     from krea2.lora_files import short_hash
-    from krea2.lora_weights import detect_format
+    from krea2.lora_weights import check_is_lora
     from storage.files import default_data_dir
 
     from .runtime import lora_library
 
     library = lora_library(settings, settings.data_dir or default_data_dir())
-    if args.lora_command == "pull":
-
-        def is_a_lora(contents, name: str) -> None:  # the full check needs the model: it runs at first use
-            if detect_format(contents.tensors) is None:
-                raise LoraError(f"The LoRA {name} is not a LoRA: none of its tensors is a LoRA weight.")
-
-        added = library.add_from_hub(args.repo, args.file, check=is_a_lora)
+    if args.lora_command == "pull":  # the file's format is checked now, the rest against the model at first use
+        added = library.add_from_hub(args.repo, args.file, check=check_is_lora)
         print(json.dumps({"name": added.name, "path": str(added.path.absolute()), "hash": library.hash(added)}))
         return 0
     files = library.files()

@@ -23,6 +23,7 @@ from PIL import Image
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
 from krea2.errors import InvalidRequest, LoraError
 from krea2.lora_library import LoraFile
+from krea2.lora_weights import check_is_lora
 from krea2.manager import GenerationResult, ModelManager
 from krea2.request import HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
@@ -274,7 +275,7 @@ class StudioService:
         """The loaded transformer checks a new LoRA (module names, sizes); while models load, the file's format alone
         is checked now and the rest when it is first used."""
         ready = any(status.state == "ready" for status in self.manager.status().checkpoints.values())
-        return self.manager.check_lora if ready else None
+        return self.manager.check_lora if ready else check_is_lora
 
     def restore_loras(self, loras: list[dict[str, Any]]) -> tuple[list[LoraChoice], list[str]]:
         """LoRAs recorded in history or a PNG ({"name", "weight", "hash"}) as the folder has them now, and one
