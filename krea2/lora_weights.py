@@ -223,7 +223,9 @@ def _pairs(factors: dict[str, torch.Tensor], name: str) -> dict[str, tuple[torch
     for key, value in factors.items():
         match = _FACTOR.match(key)
         if match is None:
-            raise LoraError(f"The LoRA {name} has a tensor '{key}' that is not a LoRA weight (expected {EXAMPLE_KEYS})")
+            raise LoraError(
+                f"The LoRA {name} has a tensor '{key}' that is not a LoRA weight (expected {EXAMPLE_KEYS})."
+            )
         grouped.setdefault(match.group("module"), {})[match.group("which")] = value
     pairs = {}
     for module, parts in grouped.items():

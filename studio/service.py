@@ -282,6 +282,8 @@ class StudioService:
         sentence for each that is missing or now goes by another name: none is dropped without a word."""
         choices, notes = [], []
         for lora in loras:
+            if not isinstance(lora, dict):
+                continue  # nothing recognisable as a LoRA (PNG metadata can hold anything)
             name, digest = str(lora.get("name") or ""), str(lora.get("hash") or "")
             file = self.manager.loras.find(name, digest or None) if self.manager.loras is not None else None
             shown = f"{name} ({digest[:12]})" if digest else name
