@@ -117,7 +117,14 @@ class LoraPatcher:
             )
         source = _offload_copy(module, weight)
         master = (source if source is not None else weight).detach().to("cpu", copy=True)
-        return master.pin_memory() if self.pin_memory else master
+        # Pinned, so that a LoRA change copies it to the GPU at full speed; only for weights a GPU runs from (on it,
+        # or streamed to it): pinning touches CUDA, which a CPU-only start (ZeroGPU's, before the move) must not.
+        if self.pin_memory and (weight.device.type == "cuda" or source is not None):
+            try:
+                return master.pin_memory()
+            except RuntimeError:  # no CUDA context to pin with: unpinned copies work, only slower
+                self.pin_memory = False
+        return master
 
     def keep_masters(self, layers: Iterable[str]) -> None:
         """Take the masters of `layers` now (before their weights are quantised); ones taken already are kept."""

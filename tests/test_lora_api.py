@@ -109,3 +109,12 @@ def test_a_client_from_before_loras_is_still_served(server):
     assert kind == "complete" and page[0]["total"] >= 1
     kind, message = call(server.url, "generate", json.dumps({"data": ["a fox", "turbo"]}))
     assert kind == "error" and message.startswith("negative_prompt: missing")  # still required: the old ones
+
+
+def test_the_default_upload_cap_takes_lora_sized_files(server):
+    """LoRAs for the full model are 0.2-0.5 GB; the old 20 MB cap refused all of them (KREA2_MAX_UPLOAD_MB)."""
+    from test_security import fetch, multipart
+
+    body, content_type = multipart("style.safetensors", b"\0" * (30 * 2**20))
+    status, _headers, _body = fetch(server.url + "gradio_api/upload", "POST", body, {"Content-Type": content_type})
+    assert status == 200
