@@ -52,7 +52,7 @@ def build_app(settings: Settings):
     from storage import HistoryStore, StorageError
     from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
     from storage.files import SERVED_DIRS
-    from studio.runtime import build_manager, compile_cache_dir, use_compile_cache
+    from studio.runtime import build_manager, compile_cache_dir, lora_library, use_compile_cache
     from studio.service import StudioService
     from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
     from ui.cancel import CancelRelay
@@ -69,7 +69,8 @@ def build_app(settings: Settings):
         settings = adapt_settings(settings)
     use_compile_cache(settings, store.data_dir)
     manager = build_manager(
-        settings, prepare_on_cpu=spaces is not None, compile_cache_folder=compile_cache_dir(store.data_dir)
+        settings, prepare_on_cpu=spaces is not None, compile_cache_folder=compile_cache_dir(store.data_dir),
+        loras=lora_library(settings, store.data_dir),
     )
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)
@@ -87,7 +88,7 @@ def build_app(settings: Settings):
         # Only image folders are served; the database never is.
         "allowed_paths": [str(data / folder) for folder in SERVED_DIRS],
         "blocked_paths": db_files,
-        "max_file_size": "20mb",
+        "max_file_size": f"{settings.max_upload_mb}mb",
         "ssr_mode": False,
         "show_error": False,
         "css": CSS,

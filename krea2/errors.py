@@ -47,3 +47,7 @@ class Cancelled(Krea2Error):
 
 class GenerationFailed(Krea2Error):
     """The model ran but the output is unusable (NaN, all black) or the device ran out of memory."""
+
+
+class LoraError(Krea2Error):
+    """A LoRA cannot be found, read or applied; the message names the file and what was expected."""

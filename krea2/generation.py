@@ -33,6 +33,17 @@ class PhaseTimings:
         return {k.removesuffix("_s") + "_ms": round(v * 1000) for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class AppliedLora:
+    """A LoRA as a generation ran with it: its name, its file's AutoV3 hash (64 hex digits), its weight and the
+    checkpoint it was applied to."""
+
+    name: str
+    hash: str
+    weight: float
+    checkpoint: str
+
+
 @dataclass
 class GenerationResult:
     request: GenerationRequest  # with the seed actually used filled in
@@ -43,6 +54,7 @@ class GenerationResult:
     device: str
     placement: str
     warnings: list[str] = field(default_factory=list)
+    loras: list[AppliedLora] = field(default_factory=list)
 
 
 @dataclass

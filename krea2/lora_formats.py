@@ -15,6 +15,7 @@ name (`refiner_blocks`) is never guessed at. A module the transformer does not h
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -61,15 +62,17 @@ def native_name(module: str) -> str | None:
     return f"{blocks}.{index}.mlp.{leaf}"
 
 
-def flattened_names(transformer: nn.Module) -> dict[str, str]:
-    """Every Linear module of the transformer under its kohya (underscore-flattened) names, native and diffusers."""
+def flattened_names(transformer: nn.Module | Iterable[str]) -> dict[str, str]:
+    """Every Linear module of the transformer (or every module name given: a fused transformer's LoRA targets, see
+    krea2/lora_fold.py) under its kohya (underscore-flattened) names, native and diffusers."""
+    if isinstance(transformer, nn.Module):
+        transformer = [name for name, layer in transformer.named_modules() if isinstance(layer, nn.Linear)]
     names: dict[str, str] = {}
-    for module, layer in transformer.named_modules():
-        if isinstance(layer, nn.Linear):
-            names[module.replace(".", "_")] = module
-            native = native_name(module)
-            if native is not None:
-                names[native.replace(".", "_")] = module
+    for module in transformer:
+        names[module.replace(".", "_")] = module
+        native = native_name(module)
+        if native is not None:
+            names[native.replace(".", "_")] = module
     return names
 
 
@@ -79,9 +82,12 @@ def _module_key(name: str) -> str:
     return name
 
 
-def convert_kohya(state_dict: dict[str, torch.Tensor], transformer: nn.Module) -> dict[str, torch.Tensor]:
+def convert_kohya(
+    state_dict: dict[str, torch.Tensor], transformer: nn.Module | Iterable[str]
+) -> dict[str, torch.Tensor]:
     """A kohya-style state dict as diffusers LoRA keys (`transformer.<module>.lora_A.weight`/`lora_B.weight`), with
-    each module's `alpha / rank` folded into its `lora_B` (PEFT then scales by its own default of 1)."""
+    each module's `alpha / rank` folded into its `lora_B` (PEFT then scales by its own default of 1). `transformer`
+    may be the names of its modules instead (see `flattened_names`)."""
     modules = flattened_names(transformer)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():

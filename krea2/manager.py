@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
-from .errors import GenerationFailed, Krea2Error, LoadError, NotReady
+from .errors import GenerationFailed, InvalidRequest, Krea2Error, LoadError, LoraError, NotReady
 from .generation import (
+    AppliedLora,
     GenerationResult,
     PromptEmbeddings,
     encode_prompt,
@@ -24,6 +25,9 @@ from .generation import (
     prompt_warnings,
 )
 from .loading import build_pipeline_sharing
+from .lora_files import LoraContents
+from .lora_fold import FoldReport, patcher_of, target_shapes
+from .lora_weights import LoraWeights, lora_weights
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
 from .placement import Placement
@@ -38,8 +42,11 @@ from .speedups.denoiser_graphs import denoiser_graphs_of
 if TYPE_CHECKING:
     from .compile_cache import CompileCache
     from .loading import PipelineLoader
+    from .lora_library import LoraFile, LoraLibrary
 
 log = logging.getLogger(__name__)
+# LoRAs kept read and checked, in CPU memory (a rank-32 LoRA of the full-size model is ~0.2 GB in bf16).
+LORA_CACHE_SIZE = 8
 
 
 @dataclass
@@ -93,6 +100,7 @@ class ModelManager:
         plan: PlacementPlan | None = None,
         memory_probe: Callable[[torch.device], MemoryBudget] = read_budget,
         compile_cache: CompileCache | None = None,
+        loras: LoraLibrary | None = None,
     ) -> None:
         """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
         `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
@@ -121,6 +129,8 @@ class ModelManager:
         self._prompt_cache: LRUCache[PromptEmbeddings] = LRUCache(prompt_cache_size)
         self._loader_thread: threading.Thread | None = None
         self.latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB  # the live preview's colours, set with the VAE at load
+        self.loras = loras  # the LoRA library requests name LoRAs from; None: requests with LoRAs are refused
+        self._lora_cache: LRUCache[LoraWeights] = LRUCache(LORA_CACHE_SIZE)
 
     # ----------------------------------------------------------------------------------------------- loading
     def start(self, background: bool = True) -> None:
@@ -405,6 +415,7 @@ class ModelManager:
         if self.residency is not None:  # a small-GPU plan: this checkpoint's transformer onto the GPU, from CPU RAM
             self.residency.activate(request.checkpoint)
         request = request.seeded()
+        loras = self._fold_loras(pipe, request)
         generated = generate(
             pipe,
             request,
@@ -423,4 +434,55 @@ class ModelManager:
             device=self.device_name(),
             placement=str(self.placement),
             warnings=prompt_warnings(pipe, request),
+            loras=loras,
         )
+
+    # ----------------------------------------------------------------------------------------------- LoRAs
+    def fold_loras(self, request: GenerationRequest) -> FoldReport:
+        """Fold the request's LoRAs into its checkpoint now, as its generation would (the benchmark times this)."""
+        pipe = self._pipe(request.checkpoint)
+        with self._generate_lock:
+            self._fold_loras(pipe, request)
+        patcher = patcher_of(pipe.transformer)
+        return patcher.last_report if patcher is not None else FoldReport(0, 0.0)
+
+    def _fold_loras(self, pipe: Krea2StudioPipeline, request: GenerationRequest) -> list[AppliedLora]:
+        """Make the checkpoint's weights its own plus exactly the request's LoRAs (none: its own). Never reloads the
+        checkpoint: LoRAs fold into the loaded weights in place (krea2/lora_fold.py)."""
+        choices = request.active_loras
+        weights = [(self._lora_weights(choice.name, pipe), choice.weight) for choice in choices]
+        patcher = patcher_of(pipe.transformer, create=bool(weights))
+        if patcher is not None:
+            patcher.fold(weights)
+        return [AppliedLora(lora.name, lora.hash, strength, request.checkpoint) for lora, strength in weights]
+
+    def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
+        """The files of the request's LoRAs, or InvalidRequest naming one the LoRA folder does not hold: checked
+        before a generation is recorded, like every other field."""
+        if request.active_loras and self.loras is None:
+            raise InvalidRequest("loras", request.active_loras[0].name, "must be empty: this app has no LoRA folder")
+        files = []
+        for choice in request.active_loras:
+            file = self.loras.find(choice.name) if self.loras is not None else None
+            if file is None:
+                raise InvalidRequest(
+                    "loras", choice.name, f"must be in the LoRA folder, and {choice.name} is not (refresh the list?)"
+                )
+            files.append(file)
+        return files
+
+    def _lora_weights(self, name: str, pipe: Krea2StudioPipeline) -> LoraWeights:
+        """A LoRA of the library, read and checked against the transformer once (cached until its file changes)."""
+        if self.loras is None:
+            raise LoraError("This app has no LoRA folder, so requests cannot use LoRAs.")
+        library, file = self.loras, self.loras.get(name)
+        shapes = target_shapes(pipe.transformer)  # Raw's and Turbo's are the same: one check serves both
+        return self._lora_cache.get_or_compute(file.identity, lambda: library.weights(file, shapes))
+
+    def clear_lora_cache(self) -> None:
+        """Forget the LoRAs read so far (the next use reads its file again); what is folded in stays."""
+        self._lora_cache.clear()
+
+    def check_lora(self, contents: LoraContents, name: str) -> None:
+        """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
+        lora_weights(contents, name, "", target_shapes(self._any_pipe().transformer))

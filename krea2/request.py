@@ -105,6 +105,9 @@ class GenerationRequest:
     seed: int | None = None
     num_images: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # LoRAs from the LoRA library (`LoraChoice`, or "name:weight" text, or {"name", "weight", "target"}); each applies
+    # to the checkpoints its target names, so one list serves a Raw/Turbo comparison.
+    loras: tuple[LoraChoice, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
@@ -139,6 +142,8 @@ class GenerationRequest:
         num_images = _as_int("num_images", self.num_images)
         _in_range("num_images", num_images, 1, MAX_IMAGES)
         set_(self, "num_images", num_images)
+
+        set_(self, "loras", _check_loras(self.loras))
 
     @property
     def spec(self):
@@ -176,7 +181,100 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("extra")
+        data["loras"] = [asdict(choice) for choice in self.loras]
         return data
+
+    @property
+    def active_loras(self) -> tuple[LoraChoice, ...]:
+        """The LoRAs this request's checkpoint runs with (a LoRA may target the other checkpoint only)."""
+        return tuple(choice for choice in self.loras if choice.applies_to(self.checkpoint))
+
+    def without_loras(self) -> GenerationRequest:
+        return GenerationRequest(**{**self.to_dict(), "loras": ()})
+
+
+# ------------------------------------------------------------------------------------------------ LoRAs
+MAX_LORAS = 4
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
+LORA_BOTH = "both"
+LORA_TARGETS = (LORA_BOTH, *CHECKPOINTS)
+MAX_LORA_NAME_CHARS = 200
+# A LoRA name is its path in the LoRA folder without `.safetensors` ("styles/ink"). These characters cannot be part of
+# one: `:` `,` `<` `>` `"` delimit names in `name:weight`, A1111's `<lora:name:weight>` and `Lora hashes: "name: hash"`;
+# a backslash or a `..` part would leave the folder.
+LORA_NAME_FORBIDDEN = re.compile(r'[:,<>"\\\x00-\x1f\x7f]')
+
+
+def check_lora_name(value: Any) -> str:
+    """A LoRA name as the library spells it (no `.safetensors`, `/` between folders), or InvalidRequest."""
+    if not isinstance(value, str):
+        raise InvalidRequest("lora_name", value, "must be text")
+    name = value.strip().removesuffix(".safetensors").strip("/")
+    if not name:
+        raise InvalidRequest("lora_name", value, "must not be empty")
+    if len(name) > MAX_LORA_NAME_CHARS:
+        raise InvalidRequest("lora_name", value, f"must be at most {MAX_LORA_NAME_CHARS} characters")
+    if LORA_NAME_FORBIDDEN.search(name) or any(part in ("", ".", "..") for part in name.split("/")):
+        raise InvalidRequest("lora_name", value, 'must be a LoRA name from the LoRA list (no : , < > " \\ or ..)')
+    return name
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA of a request: its name in the LoRA library, its weight (-2..2; 0 leaves the model as it is) and the
+    checkpoints it applies to ("both", "raw" or "turbo")."""
+
+    name: str
+    weight: float = 1.0
+    target: str = LORA_BOTH
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "name", check_lora_name(self.name))
+        weight = _as_float("lora_weight", self.weight)
+        _in_range("lora_weight", weight, *LORA_WEIGHT_RANGE)
+        set_(self, "weight", weight)
+        target = LORA_BOTH if self.target in (None, "") else self.target
+        if not isinstance(target, str) or target not in LORA_TARGETS:
+            raise InvalidRequest("lora_target", target, f"must be one of: {', '.join(LORA_TARGETS)}")
+        set_(self, "target", target)
+
+    def applies_to(self, checkpoint: str) -> bool:
+        return self.target in (LORA_BOTH, checkpoint)
+
+    @classmethod
+    def parse(cls, value: Any) -> LoraChoice:
+        """A choice from `LoraChoice`, `"name"`, `"name:weight"` (the API's and the CLI's form) or a dict."""
+        if isinstance(value, LoraChoice):
+            return value
+        if isinstance(value, str):
+            name, sep, weight = value.rpartition(":")
+            return cls(name, weight) if sep else cls(value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"name", "weight", "target"}
+            if unknown:
+                raise InvalidRequest("loras", sorted(unknown), "entries take only name, weight and target")
+            return cls(value.get("name"), value.get("weight", 1.0), value.get("target", LORA_BOTH))
+        raise InvalidRequest("loras", value, 'entries must be "name:weight" text')
+
+
+def _check_loras(value: Any) -> tuple[LoraChoice, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):  # "ink:0.8, paper:-0.5": names hold no commas
+        value = [part for part in value.split(",") if part.strip()]
+    if isinstance(value, (dict, LoraChoice)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequest("loras", value, 'must be a list of "name:weight"')
+    if len(value) > MAX_LORAS:
+        raise InvalidRequest("loras", f"{len(value)} LoRAs", f"must be at most {MAX_LORAS}")
+    choices = tuple(LoraChoice.parse(item) for item in value)
+    for i, first in enumerate(choices):
+        for second in choices[i + 1 :]:
+            if first.name == second.name and any(first.applies_to(k) and second.applies_to(k) for k in CHECKPOINTS):
+                raise InvalidRequest("loras", first.name, "must name each LoRA once per checkpoint")
+    return choices
 
 
 HISTORY_CHECKPOINTS = ("all", *CHECKPOINTS)
@@ -202,6 +300,7 @@ class HistoryQuery:
     comparisons_only: bool = False
     cursor: int | None = None
     limit: int = 24
+    lora: str = ""  # only generations that ran with the LoRA of this name
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -226,3 +325,7 @@ class HistoryQuery:
         limit = 24 if self.limit is None else _as_int("limit", self.limit)
         _in_range("limit", limit, 1, MAX_HISTORY_LIMIT)
         set_(self, "limit", limit)
+        lora = "" if self.lora is None else self.lora
+        if not isinstance(lora, str) or "\x00" in lora or len(lora) > MAX_LORA_NAME_CHARS:
+            raise InvalidRequest("lora", lora, "must be a LoRA name (text)")
+        set_(self, "lora", lora.strip())

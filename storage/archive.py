@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "decode_ms": (int, type(None)), "total_ms": (int, type(None)), "device": (str,), "placement": (str,),
     "app_version": (str,), "favorite": (bool,), "comparison_id": (str, type(None)),
 }  # fmt: skip
+LORA_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "hash": (str,), "weight": (float, int), "checkpoint": (str,)}
+MAX_LORAS = 16  # per generation, in an import (the app applies at most 4)
 MAX_GENERATIONS = 100_000
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_PIXELS = 2048 * 2048
@@ -42,6 +45,7 @@ def _row(generation: Generation) -> dict[str, Any]:
     values = {name: getattr(generation, name) for name in EXPORTED}
     at = generation.created_at
     values["created_at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+    values["loras"] = [{name: getattr(lora, name) for name in LORA_TYPES} for lora in generation.loras]
     return values
 
 
@@ -52,7 +56,7 @@ def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str]
         # The zip is closed (its central directory written) inside the block, before atomic_file fsyncs and renames.
         with atomic_file(target, suffix=".zip") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
             records, table = [], io.StringIO()
-            writer = csv.DictWriter(table, [*EXPORTED, "images"])
+            writer = csv.DictWriter(table, [*EXPORTED, "loras", "images"])
             writer.writeheader()
             for generation in rows:
                 record = _row(generation)
@@ -65,7 +69,8 @@ def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str]
                         files.append({"file": name, "seed": image.seed, "position": image.position})
                 record["images"] = files
                 records.append(record)
-                writer.writerow({**record, "images": " ".join(f["file"] for f in files)})
+                loras = " ".join(f"{lora['name']}:{lora['weight']:g}" for lora in record["loras"])
+                writer.writerow({**record, "loras": loras, "images": " ".join(f["file"] for f in files)})
             archive.writestr("history.json", json.dumps({"format": FORMAT, "generations": records}, indent=1))
             archive.writestr("history.csv", table.getvalue())
     except OSError as error:
@@ -93,6 +98,25 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     return fields
 
 
+def _checked_loras(record: dict, index: int) -> list[dict[str, Any]]:
+    """An exported generation's LoRAs (older exports have none)."""
+    loras = record.get("loras") or []
+    if not isinstance(loras, list) or len(loras) > MAX_LORAS:
+        raise StorageError(f"Entry {index + 1} of history.json has an invalid list of LoRAs.")
+    checked = []
+    for lora in loras:
+        if not isinstance(lora, dict) or any(
+            isinstance(lora.get(name), bool) or not isinstance(lora.get(name), types)
+            for name, types in LORA_TYPES.items()
+        ):
+            raise StorageError(f"Entry {index + 1} of history.json has an invalid LoRA.")
+        too_long = len(lora["name"]) > 255 or len(lora["hash"]) > 64 or len(lora["checkpoint"]) > 16
+        if too_long or not math.isfinite(lora["weight"]):
+            raise StorageError(f"Entry {index + 1} of history.json has an invalid LoRA.")
+        checked.append({name: lora[name] for name in LORA_TYPES})
+    return checked
+
+
 def read_archive(source: Path) -> Iterator[NewGeneration]:
     """The NewGeneration of each exported generation, checked; the PNGs keep their bytes (and so their metadata)."""
     try:
@@ -114,6 +138,7 @@ def read_archive(source: Path) -> Iterator[NewGeneration]:
         names = set(archive.namelist())
         for index, record in enumerate(records):
             fields = _checked(record, index)
+            loras = _checked_loras(record, index)
             images = []
             for item in record.get("images") or []:
                 name = item.get("file") if isinstance(item, dict) else None
@@ -131,4 +156,4 @@ def read_archive(source: Path) -> Iterator[NewGeneration]:
                 except (OSError, PILImage.DecompressionBombError):
                     raise StorageError(f"{name} in that zip is not a readable PNG.") from None
                 images.append(NewImage(image, seed, png))
-            yield NewGeneration(fields, images)
+            yield NewGeneration(fields, images, loras=loras)

@@ -48,6 +48,9 @@ class Generation(Base):
     images: Mapped[list[Image]] = relationship(
         back_populates="generation", cascade="all, delete-orphan", order_by="Image.position", lazy="selectin"
     )
+    loras: Mapped[list[GenerationLora]] = relationship(
+        back_populates="generation", cascade="all, delete-orphan", order_by="GenerationLora.position", lazy="selectin"
+    )
 
     __table_args__ = (
         Index("ix_generations_checkpoint_id", "checkpoint", "id"),
@@ -76,3 +79,22 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
 
     generation: Mapped[Generation] = relationship(back_populates="images")
+
+
+class GenerationLora(Base):
+    """A LoRA a generation ran with: its name in the LoRA folder, its file's AutoV3 hash (64 hex digits; empty when
+    the run failed before the file was read), its weight and the checkpoint it was applied to."""
+
+    __tablename__ = "generation_loras"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    hash: Mapped[str] = mapped_column(String(64), default="")
+    weight: Mapped[float] = mapped_column(Float)
+    checkpoint: Mapped[str] = mapped_column(String(16))
+
+    generation: Mapped[Generation] = relationship(back_populates="loras")
+
+    __table_args__ = (Index("ix_generation_loras_name_generation_id", "name", "generation_id"),)

@@ -26,9 +26,24 @@ class PngInfoError(ValueError):
     """The file is not a readable PNG, or carries no generation parameters."""
 
 
+# LoRAs as A1111 and Forge write them, so Civitai and other tools read them: `<lora:name:weight>` in the prompt, and
+# `Lora hashes: "name: hash, ..."` (each file's AutoV3, 12 hex digits) among the settings.
+LORA_TAG = re.compile(r"<(?:lora|lyco):([^:<>]+):([^:<>]+)(?::[^<>]*)?>")
+
+
+def lora_tags(loras: list[dict[str, Any]]) -> str:
+    return " ".join(f"<lora:{lora['name']}:{float(lora['weight']):g}>" for lora in loras)
+
+
+def lora_hashes(loras: list[dict[str, Any]]) -> str:
+    """The `Lora hashes` value; A1111 drops `:` and `,` from names there (ours hold neither)."""
+    return ", ".join(f"{re.sub('[:,]', '', lora['name'])}: {lora['hash']}" for lora in loras if lora.get("hash"))
+
+
 def format_parameters(params: dict[str, Any]) -> str:
     """A1111 layout: prompt line(s), `Negative prompt: ...`, then one `Key: value, ...` line."""
-    lines = [params["prompt"]]
+    loras = params.get("loras") or []
+    lines = [" ".join(filter(None, [params["prompt"], lora_tags(loras)]))]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [
@@ -39,6 +54,8 @@ def format_parameters(params: dict[str, Any]) -> str:
         ("Size", f"{params['width']}x{params['height']}"),
         ("Model", params["model"]),
     ]
+    if hashes := lora_hashes(loras):
+        fields.append(("Lora hashes", f'"{hashes}"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 
@@ -75,7 +92,30 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 pass
     if "Size" in result and re.fullmatch(r"\d+x\d+", result["Size"]):
         result["width"], result["height"] = (int(v) for v in result["Size"].split("x"))
+    result["prompt"], result["loras"] = split_lora_tags(result["prompt"], result.get("Lora hashes", ""))
     return result
+
+
+def split_lora_tags(prompt: str, hashes: str = "") -> tuple[str, list[dict[str, Any]]]:
+    """A prompt's `<lora:name:weight>` tags taken out of it, as LoRAs (with their hash from `Lora hashes`, where it
+    names them), and the prompt without them."""
+    known = {}
+    for part in hashes.split(","):
+        name, sep, digest = part.partition(":")
+        if sep and re.fullmatch(r"[0-9a-fA-F]{10,64}", digest.strip()):
+            known[name.strip()] = digest.strip().lower()
+    loras = []
+    for name, weight in LORA_TAG.findall(prompt):
+        try:
+            value = float(weight)
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            loras.append({"name": name.strip(), "weight": value, "hash": known.get(name.strip(), "")})
+    text = LORA_TAG.sub(" ", prompt)
+    text = re.sub(r"[ \t]*,(?:[ \t]*,)+", ",", text)  # the commas around a tag taken out
+    text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip(" \t,") for line in text.split("\n"))
+    return text.strip(), loras
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -23,3 +23,5 @@ class NewGeneration:
     fields: dict[str, Any]
     images: list[NewImage] = field(default_factory=list)
     png_parameters: dict[str, Any] = field(default_factory=dict)  # written into each PNG (seed set per image)
+    # LoRAs, each {"name", "hash", "weight", "checkpoint"} (models.GenerationLora); None: `finish` keeps the row's own
+    loras: list[dict[str, Any]] | None = None

@@ -34,7 +34,7 @@ from .files import (
     sha256,
     write_atomic,
 )
-from .models import Generation, Image, utcnow
+from .models import Generation, GenerationLora, Image, utcnow
 from .pnginfo import build_pnginfo
 from .records import NewGeneration
 from .repair import RepairReport, repair_files
@@ -52,6 +52,7 @@ class HistoryFilter:
     favorites_only: bool = False
     comparisons_only: bool = False
     text: str = ""
+    lora: str = ""  # generations that ran with the LoRA of this name
 
 
 @dataclass
@@ -159,6 +160,7 @@ class HistoryStore:
                 files_missing=False,
             )
             generation.images = rows
+            generation.loras = lora_rows(new.loras or [])
             with self.session() as session:
                 session.add(generation)
                 session.commit()
@@ -167,9 +169,10 @@ class HistoryStore:
             remove_quietly(written)  # no row points at them: never leave them behind
             raise
 
-    def start(self, fields: dict[str, Any]) -> Generation:
-        """Record a generation that is starting: a `running` row without images, finalised by `finish`."""
-        return self.add(NewGeneration({**fields, "status": "running", "error": None}))
+    def start(self, fields: dict[str, Any], loras: list[dict[str, Any]] | None = None) -> Generation:
+        """Record a generation that is starting: a `running` row without images (and the LoRAs it asks for),
+        finalised by `finish`."""
+        return self.add(NewGeneration({**fields, "status": "running", "error": None}, loras=loras))
 
     def finish(self, generation_id: int, new: NewGeneration) -> Generation:
         """Finalise a `running` row: write the images, then update the row and add its image rows in one transaction.
@@ -187,6 +190,8 @@ class HistoryStore:
                 for name, value in {**new.fields, "status": status}.items():
                     setattr(generation, name, value)
                 generation.images = rows
+                if new.loras is not None:
+                    generation.loras = lora_rows(new.loras)
                 session.commit()
                 return generation
         except BaseException:
@@ -277,6 +282,9 @@ class HistoryStore:
             query = query.where(Generation.favorite.is_(True))
         if filters.comparisons_only:
             query = query.where(Generation.comparison_id.is_not(None))
+        if filters.lora:
+            with_lora = select(GenerationLora.generation_id).where(GenerationLora.name == filters.lora)
+            query = query.where(Generation.id.in_(with_lora))
         words = re.findall(r"\w+", filters.text or "")[:16]
         if words and self.dialect == "sqlite":
             match = " ".join(f'"{w}"*' for w in words)  # every word, as a prefix: "fox sno" finds "fox in the snow"
@@ -304,7 +312,25 @@ class HistoryStore:
         with self.session() as session:
             return int(session.scalar(query) or 0)
 
+    def lora_names(self) -> list[str]:
+        """Every LoRA name in the history (for its filter)."""
+        with self.session() as session:
+            return list(session.scalars(select(GenerationLora.name).distinct().order_by(GenerationLora.name)))
+
     def comparison(self, comparison_id: str) -> list[Generation]:
         with self.session() as session:
             query = select(Generation).where(Generation.comparison_id == comparison_id).order_by(Generation.id)
             return list(session.scalars(query))
+
+
+def lora_rows(loras: list[dict[str, Any]]) -> list[GenerationLora]:
+    return [
+        GenerationLora(
+            position=position,
+            name=lora["name"],
+            hash=lora.get("hash") or "",
+            weight=float(lora["weight"]),
+            checkpoint=lora["checkpoint"],
+        )
+        for position, lora in enumerate(loras)
+    ]

@@ -1,4 +1,5 @@
-"""Headless CLI: `python -m studio generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON."""
+"""Headless CLI: `python -m studio generate --prompt TEXT ...` writes a PNG, records it in history, prints JSON;
+`python -m studio lora list` lists the LoRA folder, `python -m studio lora pull OWNER/REPO` adds a Hub LoRA to it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from krea2.errors import Cancelled, InvalidRequest, Krea2Error
 from krea2.request import GenerationRequest
 from storage import StorageError
 
-from .settings import GENERATE, SettingError, Settings, add_flags, load_settings
+from .settings import GENERATE, LORA, SettingError, Settings, add_flags, load_settings
 
 # The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
 REQUEST_OPTIONS = ("prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
@@ -37,24 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--" + option.replace("_", "-"), dest=option)
     gen.add_argument("--out", help="also copy the first image here (PNG, metadata intact)")
     gen.add_argument("--no-history", action="store_true", help="do not record in the history database")
+    gen.add_argument("--lora", action="append", dest="loras", metavar="NAME:WEIGHT",
+                     help="a LoRA of the LoRA folder, weight -2..2 (default 1); repeat for up to 4")  # fmt: skip
     add_flags(gen, GENERATE)
+    lora = sub.add_parser("lora", help="the LoRA folder").add_subparsers(dest="lora_command", required=True,
+                                                                         parser_class=_Parser)  # fmt: skip
+    listing = lora.add_parser("list", help="list the LoRAs in the LoRA folder (name, size, AutoV3 hash)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per LoRA")
+    add_flags(listing, LORA)
+    pull = lora.add_parser("pull", help="download a LoRA from the Hub into the LoRA folder")
+    pull.add_argument("repo", metavar="OWNER/REPO")
+    pull.add_argument("--file", help="the .safetensors file to take (needed when the repo has several)")
+    add_flags(pull, LORA)
     return parser
 
 
 def request_of(args: argparse.Namespace) -> GenerationRequest:
     """The request the options describe, validated before any model loads: bad input fails in milliseconds."""
     given = {name: getattr(args, name) for name in REQUEST_OPTIONS if getattr(args, name, None) is not None}
-    return GenerationRequest(**given)
+    return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
 
 
 def _generate(request: GenerationRequest, settings: Settings, args: argparse.Namespace) -> int:
     from storage import HistoryStore
+    from storage.files import default_data_dir
 
     from .recording import record_failure, record_result
-    from .runtime import build_manager
+    from .runtime import build_manager, lora_library
 
     store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url).open()
-    manager = build_manager(settings)
+    data_dir = store.data_dir if store else settings.data_dir or default_data_dir()
+    manager = build_manager(settings, loras=lora_library(settings, data_dir))
     manager.start(background=False)
     try:
         result = manager.generate(request)
@@ -83,7 +97,7 @@ def _generate(request: GenerationRequest, settings: Settings, args: argparse.Nam
 
             from .recording import png_parameters
 
-            params = {**png_parameters(result.request), "seed": result.seeds[0]}
+            params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
             out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
         paths.insert(0, str(out))
     line = {
@@ -96,6 +110,7 @@ def _generate(request: GenerationRequest, settings: Settings, args: argparse.Nam
         "generation_id": generation_id,
         "demo": manager.demo,
         "warnings": result.warnings,
+        "loras": [{"name": x.name, "hash": x.hash, "weight": x.weight} for x in result.loras],
     }
     print(json.dumps(line))
     return 0
@@ -109,9 +124,46 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
+def _lora(args: argparse.Namespace, settings: Settings) -> int:
+    """`lora list` and `lora pull`: the LoRA folder, no model loaded."""
+    from krea2.lora_files import short_hash
+    from krea2.lora_weights import check_is_lora
+    from storage.files import default_data_dir
+
+    from .runtime import lora_library
+
+    library = lora_library(settings, settings.data_dir or default_data_dir())
+    if args.lora_command == "pull":  # the file's format is checked now, the rest against the model at first use
+        added = library.add_from_hub(args.repo, args.file, check=check_is_lora)
+        print(json.dumps({"name": added.name, "path": str(added.path.absolute()), "hash": library.hash(added)}))
+        return 0
+    files = library.files()
+    if args.json:
+        for file in files:
+            print(json.dumps({"name": file.name, "bytes": file.size, "hash": library.hash(file),
+                              "path": str(file.path.absolute())}))  # fmt: skip
+        return 0
+    if not files:
+        print(f"No LoRAs in {library.folder.absolute()} (put .safetensors files there).")
+        return 0
+    width = max(len(file.name) for file in files)
+    for file in files:
+        print(f"{file.name:<{width}}  {file.size / 2**20:8.1f} MB  {short_hash(library.hash(file))}")
+    return 0
+
+
 def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     """Run parsed arguments. Every failure is one line on stderr and an exit code: 2 for bad input or a bad setting
     (found before any model loads), 1 for a failure while loading, generating or recording."""
+    if args.command == "lora":
+        try:
+            return _lora(args, load_settings(environ, args))
+        except SettingError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except Krea2Error as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     try:
         request = request_of(args)
         settings = load_settings(environ, args)

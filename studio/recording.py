@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from krea2.lora_files import short_hash
 from storage import HistoryStore, NewGeneration, NewImage
 from storage.models import Generation
 
 if TYPE_CHECKING:
+    from krea2.generation import AppliedLora
     from krea2.manager import GenerationResult
     from krea2.request import GenerationRequest
 
@@ -37,17 +39,36 @@ def _request_fields(request: GenerationRequest) -> dict[str, Any]:
 
 def record_start(store: HistoryStore, request: GenerationRequest, comparison_id: str | None = None) -> Generation:
     """A `running` row for a generation that starts now, so a crash leaves a trace (repair marks it `interrupted`).
-    The seed is filled in at the end when it is drawn at random."""
-    return store.start({**_request_fields(request), "comparison_id": comparison_id})
+    The seed is filled in at the end when it is drawn at random, the LoRAs' hashes once their files are read."""
+    return store.start({**_request_fields(request), "comparison_id": comparison_id}, requested_loras(request))
 
 
-def png_parameters(request: GenerationRequest) -> dict[str, Any]:
+def png_parameters(request: GenerationRequest, loras: list[AppliedLora] | None = None) -> dict[str, Any]:
+    """What each PNG carries: the request, with the LoRAs the image was made with (`loras`: with their hashes)."""
     return {
         **request.to_dict(),
         "negative_prompt": request.effective_negative_prompt or "",
         "model": request.spec.display_name,
         "app": f"Krea 2 Studio {APP_VERSION}",
+        "loras": [{"name": c.name, "weight": c.weight} for c in request.active_loras]
+        if loras is None
+        else [{"name": lora.name, "weight": lora.weight, "hash": short_hash(lora.hash)} for lora in loras],
     }
+
+
+def requested_loras(request: GenerationRequest) -> list[dict[str, Any]]:
+    """The LoRAs a request runs with, as history records them before their files are read (no hash yet)."""
+    return [{"name": c.name, "weight": c.weight, "checkpoint": request.checkpoint} for c in request.active_loras]
+
+
+def applied_loras(loras: list[AppliedLora]) -> list[dict[str, Any]]:
+    return [{"name": x.name, "hash": x.hash, "weight": x.weight, "checkpoint": x.checkpoint} for x in loras]
+
+
+def loras_of(generation: Generation) -> list[dict[str, Any]]:
+    """A history row's LoRAs as a request takes them back ("Reuse settings"), with the hash that finds a renamed
+    file."""
+    return [{"name": lora.name, "weight": lora.weight, "hash": lora.hash} for lora in generation.loras]
 
 
 def record_result(
@@ -66,7 +87,7 @@ def record_result(
         "comparison_id": comparison_id,
     }
     images = [NewImage(image, seed) for image, seed in zip(result.images, result.seeds, strict=True)]
-    new = NewGeneration(fields, images, png_parameters(result.request))
+    new = NewGeneration(fields, images, png_parameters(result.request, result.loras), applied_loras(result.loras))
     return store.add(new) if running is None else store.finish(running.id, new)
 
 
@@ -80,6 +101,6 @@ def record_failure(
 ) -> Generation:
     fields = {**_request_fields(request), "status": status, "error": error, "comparison_id": comparison_id}
     if running is not None:
-        fields.pop("seed")  # a failure before the seed was drawn keeps what the start recorded
+        fields.pop("seed")  # a failure before the seed was drawn keeps what the start recorded (and its LoRAs)
         return store.finish(running.id, NewGeneration(fields))
-    return store.add(NewGeneration(fields))
+    return store.add(NewGeneration(fields, loras=requested_loras(request)))

@@ -12,6 +12,7 @@ import torch
 from krea2.checkpoints import RAW, TURBO
 from krea2.compile_cache import CompileCache
 from krea2.loading import PipelineLoader
+from krea2.lora_library import LoraLibrary
 from krea2.manager import ModelManager
 from krea2.speedups import FastPathOptions
 
@@ -63,11 +64,24 @@ def compile_cache_dir(data_dir: Path) -> Path:
     return data_dir / "compile-cache"
 
 
+LORA_FOLDER = "loras"  # in the data folder, unless KREA2_LORA_DIR names another
+
+
+def lora_library(settings: Settings, data_dir: Path) -> LoraLibrary:
+    """The LoRA folder the settings name, else `loras/` in the data folder."""
+    return LoraLibrary(settings.lora_dir or data_dir / LORA_FOLDER)
+
+
 def build_manager(
-    settings: Settings, *, prepare_on_cpu: bool = False, compile_cache_folder: Path | None = None
+    settings: Settings,
+    *,
+    prepare_on_cpu: bool = False,
+    compile_cache_folder: Path | None = None,
+    loras: LoraLibrary | None = None,
 ) -> ModelManager:
     """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
-    `compile_cache_folder`: where torch's compile artifacts are kept between runs (the app's data folder)."""
+    `compile_cache_folder`: where torch's compile artifacts are kept between runs (the app's data folder).
+    `loras`: the LoRA library requests may name LoRAs from (`lora_library`)."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -87,7 +101,7 @@ def build_manager(
     if options.compile and compile_cache_folder is not None:
         compile_cache = CompileCache(compile_cache_folder, device=torch.cuda.get_device_name() if cuda else "cpu")
     return ModelManager(
-        loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache
+        loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache, loras=loras
     )  # fmt: skip
 
 
@@ -104,4 +118,5 @@ def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_
         text_graphs=cuda and not prepare_on_cpu and settings.text_graphs is not False,
         # Captured by the compile warm-up, so only with compile.
         denoiser_graphs=cuda and not prepare_on_cpu and settings.denoiser_graphs is not False,
+        lora_masters=settings.lora_masters,
     )

@@ -21,8 +21,11 @@ from typing import Any
 from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
+from krea2.errors import InvalidRequest, LoraError
+from krea2.lora_library import LoraFile
+from krea2.lora_weights import check_is_lora
 from krea2.manager import GenerationResult, ModelManager
-from krea2.request import HistoryQuery
+from krea2.request import HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
 from storage.files import STATIC_DIR
 from storage.models import Generation
@@ -33,6 +36,7 @@ from .recording import record_failure, record_result, record_start
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
+WITHOUT_LORAS, WITH_LORAS = "without", "with"  # the labels of a with-vs-without-LoRAs comparison
 MAX_CANCELLED_JOBS = 10_000  # remembered cancelled event ids (a job cancelled while queued may start later)
 
 
@@ -163,6 +167,8 @@ class StudioService:
         If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too, and so it
         is when `cancel_job(job)` names this stream's Gradio event (before it started: nothing runs, nothing is
         recorded)."""
+        for _label, request in requests:  # a LoRA the folder lacks is refused like any other field: nothing recorded
+            self.manager.lora_files(request)
         cancel_event = self._cancel_event(session)
         if job is not None:
             with self._lock:
@@ -230,7 +236,72 @@ class StudioService:
         comparison_id = uuid.uuid4().hex
         return self.stream([(raw.checkpoint, raw), (turbo.checkpoint, turbo)], session, comparison_id, idle, job)
 
+    def compare_loras(
+        self, request: GenerationRequest, session: str, idle: float | None = None, job: str | None = None
+    ) -> Iterator[StepEvent | DoneEvent | IdleEvent]:
+        """The same request without its LoRAs and with them, same seed, linked in history (labels WITHOUT_LORAS and
+        WITH_LORAS): what the LoRAs do, alone."""
+        if not request.active_loras:
+            raise InvalidRequest("loras", [], "must name a LoRA for this checkpoint, to compare without and with it")
+        request = request.seeded()
+        runs = [(WITHOUT_LORAS, request.without_loras()), (WITH_LORAS, request)]
+        return self.stream(runs, session, uuid.uuid4().hex, idle, job)
+
+    # ------------------------------------------------------------------------------------------------ LoRAs
+    def lora_files(self) -> list[LoraFile]:
+        """The LoRA folder's files (read again on every call: the list's refresh)."""
+        return self.manager.loras.files() if self.manager.loras is not None else []
+
+    def lora_names(self) -> list[str]:
+        return [file.name for file in self.lora_files()]
+
+    def lora_hash(self, file: LoraFile) -> str:
+        """The file's AutoV3 hash (64 hex digits)."""
+        return self._library().hash(file)
+
+    def _library(self):
+        if self.manager.loras is None:
+            raise LoraError("This app has no LoRA folder.")
+        return self.manager.loras
+
+    def add_lora_upload(self, path: str | Path, filename: str) -> LoraFile:
+        """Keep an uploaded LoRA in the folder, once it is known to fit the loaded transformer."""
+        return self._library().add_upload(path, filename, check=self._lora_check())
+
+    def add_lora_from_hub(self, repo_id: str, filename: str | None = None) -> LoraFile:
+        return self._library().add_from_hub(repo_id, filename, check=self._lora_check())
+
+    def _lora_check(self):
+        """The loaded transformer checks a new LoRA (module names, sizes); while models load, the file's format alone
+        is checked now and the rest when it is first used."""
+        ready = any(status.state == "ready" for status in self.manager.status().checkpoints.values())
+        return self.manager.check_lora if ready else check_is_lora
+
+    def restore_loras(self, loras: list[dict[str, Any]]) -> tuple[list[LoraChoice], list[str]]:
+        """LoRAs recorded in history or a PNG ({"name", "weight", "hash"}) as the folder has them now, and one
+        sentence for each that is missing or now goes by another name: none is dropped without a word."""
+        choices, notes = [], []
+        for lora in loras:
+            if not isinstance(lora, dict):
+                continue  # nothing recognisable as a LoRA (PNG metadata can hold anything)
+            name, digest = str(lora.get("name") or ""), str(lora.get("hash") or "")
+            file = self.manager.loras.find(name, digest or None) if self.manager.loras is not None else None
+            shown = f"{name} ({digest[:12]})" if digest else name
+            if file is None:
+                notes.append(f"The LoRA {shown} is not in the LoRA folder; add it to use these settings as they were.")
+                continue
+            if file.name != name:
+                notes.append(f"The LoRA {name} was found as {file.name}.")
+            try:
+                choices.append(LoraChoice(file.name, lora.get("weight", 1.0)))
+            except Krea2Error as error:
+                notes.append(f"The LoRA {shown} was left out: {error}.")
+        return choices, notes
+
     # ------------------------------------------------------------------------------------------------ history
+    def lora_names_in_history(self) -> list[str]:
+        return self.store.lora_names()
+
     def page(self, filters: HistoryFilter, cursor: int | None, limit: int = HISTORY_PAGE_SIZE) -> Page:
         return self.store.page(cursor=cursor, limit=limit, filters=filters)
 

@@ -29,6 +29,7 @@ from krea2.checkpoints import RAW, TURBO
 from krea2.placement import PLACEMENTS
 
 APP, GENERATE = "app", "generate"  # the command lines with flags: `python app.py` and `python -m studio generate`
+LORA = "lora"  # `python -m studio lora ...`
 ON_WORDS, OFF_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -261,6 +262,20 @@ class Settings:
         False, "SPACES_ZERO_GPU", SWITCH,
         "set by ZeroGPU Spaces: both checkpoints load at start-up in fp8, no compile, each generation in `spaces.GPU`",
         "unset",
+    )  # fmt: skip
+    # --------------------------------------------------------------------------------------------- LoRAs
+    lora_dir: Path | None = setting(
+        None, "KREA2_LORA_DIR", FOLDER, "the LoRA folder: `.safetensors` LoRAs, subfolders too (Hub LoRAs are linked "
+        "into its `hub/`)", "`<data>/loras`", "--lora-dir", (APP, GENERATE, LORA),
+    )  # fmt: skip
+    lora_masters: bool = setting(
+        True, "KREA2_LORAS", SWITCH,
+        "LoRAs on fp8 weights: the transformer blocks' bf16 weights stay in CPU memory (~25 GB per checkpoint) for "
+        "LoRAs to fold into before quantising; off frees that memory, and fp8 then refuses LoRAs", "on",
+    )  # fmt: skip
+    max_upload_mb: int = setting(
+        1024, "KREA2_MAX_UPLOAD_MB", COUNT, "the largest file the page takes (LoRA uploads, PNGs, history imports), MB",
+        "`1024`", "--max-upload-mb", (APP,),
     )  # fmt: skip
 
     @property

@@ -59,6 +59,24 @@ def manager(demo_sources):
     return mgr
 
 
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory) -> Path:
+    """The LoRA folder of `lora_manager`: tests write their LoRA files here, each under its own name."""
+    return tmp_path_factory.mktemp("loras")
+
+
+@pytest.fixture(scope="session")
+def lora_manager(demo_sources, lora_dir):
+    """A manager with a LoRA folder (the session's `manager` has none), on the demo checkpoints."""
+    from krea2.loading import PipelineLoader
+    from krea2.lora_library import LoraLibrary
+    from krea2.manager import ModelManager
+
+    mgr = ModelManager(PipelineLoader(demo_sources, torch.float32), demo=True, loras=LoraLibrary(lora_dir))
+    mgr.start(background=False)
+    return mgr
+
+
 def postgres_url() -> str | None:
     return os.environ.get("KREA2_TEST_POSTGRES_URL")
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis) of the three API endpoints and every UI event, against one running app.
+"""Property-based fuzzing (hypothesis) of the API endpoints and every UI event, against one running app.
 
 Every argument is an arbitrary JSON value (or missing). Each call must end in a result or in one sentence (naming the
 field, for the API), the server must keep serving, and a refused call must leave no row and no file. Valid values
@@ -49,9 +49,12 @@ def cheap(limit: float):
 COST = {"steps": 2, "raw_steps": 2, "turbo_steps": 2, "width": 256, "height": 256, "num_images": 2, "limit": 100}
 ARGS = {
     "generate": ["prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
-                 "num_images"],
-    "compare": ["prompt", "negative_prompt", "seed", "width", "height", "raw_steps", "raw_guidance", "turbo_steps"],
-    "history": ["search", "checkpoint", "favorites_only", "comparisons_only", "cursor", "limit"],
+                 "num_images", "loras"],
+    "compare": ["prompt", "negative_prompt", "seed", "width", "height", "raw_steps", "raw_guidance", "turbo_steps",
+                "loras"],
+    "history": ["search", "checkpoint", "favorites_only", "comparisons_only", "cursor", "limit", "lora"],
+    "compare_loras": ["prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
+                      "loras"],
 }  # fmt: skip
 VALID = {
     "prompt": st.sampled_from(["a fox", "🦊 in ❄️"]),
@@ -61,6 +64,8 @@ VALID = {
     "steps": st.integers(1, 2),
     "raw_steps": st.integers(1, 2),
     "turbo_steps": st.integers(1, 2),
+    "loras": st.just([]),
+    "lora": st.just(""),
 }
 
 
@@ -95,7 +100,7 @@ def still_serving(server: AppServer) -> None:
     assert kind == "complete", page
 
 
-@pytest.mark.parametrize("api", ["generate", "compare", "history"])
+@pytest.mark.parametrize("api", ["generate", "compare", "history", "compare_loras"])
 def test_api_endpoints_answer_any_json(server, api):
     @FUZZ
     @given(values=arguments(api))

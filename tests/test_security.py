@@ -15,7 +15,9 @@ from app_server import AppServer
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_sources):
-    app = AppServer(tmp_path_factory.mktemp("sec") / "data", Path(demo_sources["turbo"]).parent).start()
+    # Uploads capped at 20 MB here (KREA2_MAX_UPLOAD_MB; the default is larger, for LoRA files).
+    app = AppServer(tmp_path_factory.mktemp("sec") / "data", Path(demo_sources["turbo"]).parent,
+                    {"KREA2_MAX_UPLOAD_MB": "20"}).start()  # fmt: skip
     yield app
     app.stop()
 

@@ -49,7 +49,7 @@ def test_zero_gpu_start_up_does_no_gpu_work(monkeypatch):
     options = runtime.fast_path_options(settings, cuda=True, demo=False, prepare_on_cpu=True)  # as app.py on ZeroGPU
     options = for_placement(options, settings.placement)
     assert settings.placement == "gpu"
-    assert options == FastPathOptions(fp8=True, prepare_on_cpu=True)
+    assert options == FastPathOptions(fp8=True, prepare_on_cpu=True, lora_masters=True)  # masters: CPU memory only
 
 
 def test_settings_fit_zero_gpu():

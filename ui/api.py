@@ -1,4 +1,4 @@
-"""Named API endpoints for gradio_client: `generate`, `compare`, `history`.
+"""Named API endpoints for gradio_client: `generate`, `compare`, `compare_loras`, `history`, `loras`.
 
 They are events on hidden components rather than `gr.api` functions so that images come back as real PNG files
 (metadata intact) that gradio_client downloads, not as server-side paths.
@@ -14,11 +14,14 @@ import gradio as gr
 
 from krea2 import RAW, TURBO, GenerationRequest, InvalidRequest
 from krea2.request import HistoryQuery
-from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
+from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEvent, StepEvent, StudioService
 
 from .handlers import DEFAULT_CHECKPOINT, REQUEST_DEFAULTS, Handlers, session_of, user_error
+from .robust import added_later
 
 IDLE_S = 0.25  # longest a generation runs without handing control back to Gradio (to notice cancels, disconnects)
+# The request's LoRA fields, as the API names them: one parameter, `loras`.
+LORA_FIELDS = {"lora_name": "loras", "lora_weight": "loras", "lora_target": "loras"}
 
 
 def _summary(event: DoneEvent) -> dict[str, Any]:
@@ -35,6 +38,7 @@ def _summary(event: DoneEvent) -> dict[str, Any]:
         "timings_ms": result.timings.as_ms(),
         "warnings": result.warnings,
         "comparison_id": generation.comparison_id,
+        "loras": [{"name": lora.name, "hash": lora.hash, "weight": lora.weight} for lora in result.loras],
     }
 
 
@@ -90,27 +94,32 @@ def register_api(service: StudioService) -> None:
             raise _refused(error) from None
         yield images, infos
 
-    def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images,
+    def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images, loras,
                  request: gr.Request):  # fmt: skip
         try:
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), num_images=num_images,
+                loras=loras,
             )  # fmt: skip
+        except InvalidRequest as error:
+            raise _refused(renamed(error, LORA_FIELDS)) from None
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
         for images, infos in run(service.generate(req, session_of(request), idle=IDLE_S, job=event_id())):
             yield images, infos[0] if isinstance(infos, list) else infos
 
-    def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps,
+    def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras,
                 request: gr.Request):  # fmt: skip
+        """Raw and Turbo, each with the LoRAs (the release's workflow: LoRAs trained on Raw, run on Turbo)."""
         try:
             raw = GenerationRequest(
                 prompt=prompt, checkpoint=RAW.key, negative_prompt=negative_prompt, steps=_optional(raw_steps),
-                guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed),
+                guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed), loras=loras,
             )  # fmt: skip
         except InvalidRequest as error:  # named as this endpoint names them
-            raise _refused(renamed(error, {"steps": "raw_steps", "guidance": "raw_guidance"})) from None
+            names = {"steps": "raw_steps", "guidance": "raw_guidance", **LORA_FIELDS}
+            raise _refused(renamed(error, names)) from None
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
         try:
@@ -120,11 +129,35 @@ def register_api(service: StudioService) -> None:
         for images, infos in run(service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())):
             yield images, {RAW.key: infos[0], TURBO.key: infos[1]} if isinstance(infos, list) else infos
 
-    def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit):
+    def compare_loras(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, loras,
+                      request: gr.Request):  # fmt: skip
+        """One checkpoint without the LoRAs and with them, same seed: what the LoRAs do."""
         try:
-            query = HistoryQuery(search, checkpoint, favorites_only, comparisons_only, _optional(cursor), limit)
+            req = GenerationRequest(
+                prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
+                guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), loras=loras,
+            )  # fmt: skip
+            stream = service.compare_loras(req, session_of(request), idle=IDLE_S, job=event_id())
+        except InvalidRequest as error:
+            raise _refused(renamed(error, LORA_FIELDS)) from None
+        except Exception as error:  # noqa: BLE001
+            raise _refused(error) from None
+        for images, infos in run(stream):
+            yield images, {WITHOUT_LORAS: infos[0], WITH_LORAS: infos[1]} if isinstance(infos, list) else infos
+
+    def loras_list():
+        """The LoRA folder: what `loras` may name."""
+        try:
+            files = service.lora_files()
+            return [{"name": f.name, "hash": service.lora_hash(f), "bytes": f.size} for f in files]
+        except Exception as error:  # noqa: BLE001
+            raise _refused(error) from None
+
+    def history(search, checkpoint, favorites_only, comparisons_only, cursor, limit, lora):
+        try:
+            query = HistoryQuery(search, checkpoint, favorites_only, comparisons_only, _optional(cursor), limit, lora)
             filters = Handlers.history_filter(query.search, query.checkpoint, query.favorites_only,
-                                              query.comparisons_only)  # fmt: skip
+                                              query.comparisons_only, query.lora)  # fmt: skip
             page = service.page(filters, query.cursor, query.limit)
             total = service.count(filters)
         except Exception as error:  # noqa: BLE001
@@ -136,6 +169,7 @@ def register_api(service: StudioService) -> None:
                 "steps": g.steps, "guidance": g.guidance, "width": g.width, "height": g.height,
                 "favorite": g.favorite, "comparison_id": g.comparison_id, "error": g.error,
                 "timings_ms": g.timings_ms(), "images": len(g.images),
+                "loras": [{"name": x.name, "hash": x.hash, "weight": x.weight} for x in g.loras],
             }
             for g in page.items
         ]  # fmt: skip
@@ -164,17 +198,26 @@ def register_api(service: StudioService) -> None:
         limit = gr.Number(label="limit", value=HISTORY_PAGE_SIZE, precision=0)
         history_checkpoint = gr.Textbox(label="history_checkpoint", value="all")
         page = gr.JSON(label="page")
+        # Added with LoRAs: callers written before them may leave these out (ui/robust.py).
+        loras = added_later(gr.JSON(label="loras", value=[]))
+        history_lora = added_later(gr.Textbox(label="lora", value=""))
+        lora_list = gr.JSON(label="loras_list")
         trigger = gr.Button(visible=False)
 
     trigger.click(
-        generate, [prompt, checkpoint, negative, steps, guidance, width, height, seed, num_images], [images, info],
-        api_name="generate", **gpu,
+        generate, [prompt, checkpoint, negative, steps, guidance, width, height, seed, num_images, loras],
+        [images, info], api_name="generate", **gpu,
     )  # fmt: skip
     trigger.click(
-        compare, [prompt, negative, seed, width, height, raw_steps, raw_guidance, turbo_steps], [images, info],
+        compare, [prompt, negative, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras], [images, info],
         api_name="compare", **gpu,
     )  # fmt: skip
     trigger.click(
-        history, [search, history_checkpoint, favorites_only, comparisons_only, cursor, limit], page,
+        history, [search, history_checkpoint, favorites_only, comparisons_only, cursor, limit, history_lora], page,
         api_name="history", preprocess=False,
     )  # fmt: skip
+    trigger.click(
+        compare_loras, [prompt, checkpoint, negative, steps, guidance, width, height, seed, loras], [images, info],
+        api_name="compare_loras", **gpu,
+    )  # fmt: skip
+    trigger.click(loras_list, None, lora_list, api_name="loras", preprocess=False)

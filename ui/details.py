@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from krea2 import CHECKPOINTS
 from storage.models import Generation
 
@@ -17,6 +19,11 @@ def seed_cell(generation: Generation, position: int | None) -> str:
     if generation.seed is None:
         return "— (none drawn: the run stopped before it started)"
     return str(generation.seed)
+
+
+def loras_text(loras: list[Any]) -> str:
+    """LoRAs (history rows or a result's) as `ink 0.8, styles/paper -0.5`."""
+    return ", ".join(f"{lora.name} {lora.weight:g}" for lora in loras)
 
 
 def describe(generation: Generation, position: int | None = None) -> str:
@@ -36,6 +43,9 @@ def describe(generation: Generation, position: int | None = None) -> str:
         ("Timings", ", ".join(f"{k[:-3]} {v} ms" for k, v in generation.timings_ms().items() if v is not None) or "—"),
         ("Device", f"{generation.device} ({generation.placement})" if generation.device else "—"),
     ]
+    if generation.loras:
+        rows.append(("LoRAs", "; ".join(f"{x.name} {x.weight:g}" + (f" (hash {x.hash[:12]})" if x.hash else "")
+                                          for x in generation.loras)))  # fmt: skip
     if generation.comparison_id:
         rows.append(("Comparison", generation.comparison_id[:8]))
     if generation.files_missing:

@@ -30,10 +30,11 @@ from krea2.demo import DEMO_SIDES
 from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
-from studio.recording import SETTINGS_FIELDS, settings_of
-from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
+from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
+from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEvent, StepEvent, StudioService
 
-from .details import describe
+from .details import describe, loras_text
+from .loras import LoraHandlers, lora_choices, shown
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
@@ -42,6 +43,7 @@ USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 # What a form shows before anyone touches it: GenerationRequest's own defaults (checkpoint, size, image count).
 REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
 DEFAULT_CHECKPOINT = REQUEST_DEFAULTS["checkpoint"]
+COMPARE_CHECKPOINTS, COMPARE_LORAS = "checkpoints", "loras"  # Compare: Raw against Turbo, or without/with LoRAs
 
 
 def short_name(spec: CheckpointSpec) -> str:
@@ -73,6 +75,10 @@ FIELD_NAMES = {
     "height": "the height",
     "seed": "the seed",
     "num_images": "the number of images",
+    "loras": "the LoRAs",
+    "lora_name": "a LoRA's name",
+    "lora_weight": "a LoRA's weight",
+    "lora_target": "the checkpoints a LoRA applies to",
 }
 
 
@@ -149,7 +155,7 @@ def guidance_slider(checkpoint: str, value: float) -> dict:
     return gr.update(value=value, minimum=lo, maximum=hi, label=guidance_label(spec))
 
 
-def build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images):
+def build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images, loras=()):
     return GenerationRequest(
         prompt=prompt,
         negative_prompt=negative or "",
@@ -160,6 +166,7 @@ def build_request(prompt, negative, checkpoint, steps, guidance, width, height, 
         height=height,
         seed=None if randomize or seed is None else seed,
         num_images=num_images,
+        loras=loras,
     )
 
 
@@ -211,6 +218,7 @@ class Handlers:
         self.default_size = (
             (demo_side, demo_side) if service.demo else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
         )
+        self.loras = LoraHandlers(service, for_people)
 
     # ------------------------------------------------------------------------------------------------ generate tab
     def switch_checkpoint(self, new: str, steps: float, guidance: float, current: str, settings: dict):
@@ -252,12 +260,12 @@ class Handlers:
         return gr.update(interactive=True, value="Generate")
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
-                 items: list, request: gr.Request):  # fmt: skip
+                 items: list, request: gr.Request, *lora_rows):  # fmt: skip
         """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress
-        area, never a toast as well, nor red badges on the outputs."""
+        area, never a toast as well, nor red badges on the outputs. `lora_rows`: the LoRA picker's values."""
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
-                                num_images)  # fmt: skip
+                                num_images, lora_choices(lora_rows))  # fmt: skip
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
             return
@@ -283,7 +291,8 @@ class Handlers:
                             f"decode {t.decode_s:.2f})")  # fmt: skip
                     # The preview's last latent looks nothing like the image: the result takes its place.
                     final = new[0]["path"] if new else None
-                    seed_text = seeds_text(event.result.seeds) + warnings
+                    used = loras_text(event.result.loras)
+                    seed_text = seeds_text(event.result.seeds) + (f" · LoRAs {shown(used)}" if used else "") + warnings
                     yield final, text, [(i["path"], i["caption"]) for i in items], seed_text, items
         except Cancelled:
             yield gr.skip(), f"**Cancelled** after {time.monotonic() - started:.1f} s", gr.skip(), gr.skip(), gr.skip()
@@ -325,7 +334,7 @@ class Handlers:
     def _settings_of(self, selected: Any) -> dict[str, Any]:
         """The settings of the selected image: its own seed, not its batch's first."""
         generation, position = self._selection(selected)
-        values = settings_of(generation)
+        values = {**settings_of(generation), "loras": loras_of(generation)}
         seeds = [image.seed for image in generation.images]
         if 0 <= position < len(seeds) and seeds[position] is not None:
             values["seed"] = seeds[position]
@@ -341,7 +350,7 @@ class Handlers:
         """The same settings with the seeds after the selected image's batch, ready to run (the caller chains
         `generate`): a fresh take on an image that is nearly right."""
         generation, _ = self._selection(selected)
-        values = settings_of(generation)
+        values = {**settings_of(generation), "loras": loras_of(generation)}
         if values.get("seed") is None:
             raise gr.Error("This generation has no seed to vary; reuse its settings instead.", print_exception=False)
         values["seed"] = next_seed(values["seed"], max(1, len(generation.images) or generation.num_images or 1))
@@ -355,6 +364,7 @@ class Handlers:
         seed = values.get("seed")
         width = values.get("width") or self.default_size[0]
         height = values.get("height") or self.default_size[1]
+        lora_rows, lora_note = self.loras.rows_for(values.get("loras") if isinstance(values.get("loras"), list) else [])
         return (
             values.get("prompt", ""),
             gr.update(value=values.get("negative_prompt") or "", visible=spec.uses_negative_prompt(guidance)),
@@ -373,14 +383,23 @@ class Handlers:
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
             gr.Tabs(selected="generate"),
+            lora_note,
+            *lora_rows,
         )
 
     # ------------------------------------------------------------------------------------------------ compare tab
     def compare(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
-                request: gr.Request):  # fmt: skip
-        """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line."""
+                request: gr.Request, mode=COMPARE_CHECKPOINTS, lora_checkpoint=TURBO.key, *lora_rows):  # fmt: skip
+        """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line.
+        `mode` COMPARE_LORAS runs `lora_checkpoint` without and with the LoRAs instead of Raw against Turbo."""
+        if mode == COMPARE_LORAS:
+            yield from self._compare_loras(prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance,
+                                           turbo_steps, request, lora_checkpoint, lora_rows)  # fmt: skip
+            return
         try:
-            raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1)
+            loras = lora_choices(lora_rows)
+            raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1,
+                                loras)  # fmt: skip
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -401,9 +420,10 @@ class Handlers:
                     r = event.result.request
                     used_seed = r.seed
                     paths[event.label] = self.service.image_file(event.generation.images[0])
+                    used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
                     info.append(f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
-                                f"{event.result.timings.total_s:.2f} s")  # fmt: skip
-                    image = paths[event.label]
+                                f"{event.result.timings.total_s:.2f} s{used}")  # fmt: skip
+                    image = gr.update(value=paths[event.label], label=short_name(get_spec(event.label)))
                     yield (f"{name} done", image if event.label == RAW.key else gr.skip(),
                            image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
             seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
@@ -414,18 +434,64 @@ class Handlers:
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
+    def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
+                       request, checkpoint, lora_rows):  # fmt: skip
+        """One checkpoint without the LoRAs, then with them, on one seed: the left image is without, the right with."""
+        try:
+            spec = get_spec(checkpoint if checkpoint in CHECKPOINTS else TURBO.key)
+            steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
+            req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
+                                lora_choices(lora_rows))  # fmt: skip
+            events = self.service.compare_loras(req, session_of(request))
+        except Exception as error:  # noqa: BLE001
+            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        started = time.monotonic()
+        clock = StepClock()
+        labels = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
+        used_seed = req.seed
+        paths: dict[str, str] = {}
+        info: list[str] = []
+        yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            for event in events:
+                if isinstance(event, StepEvent):
+                    text = f"**{labels[event.label]}** · " + clock.progress(event.step, event.total,
+                                                                           time.monotonic() - started)  # fmt: skip
+                    yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    paths[event.label] = self.service.image_file(event.generation.images[0])
+                    used_seed = event.result.request.seed
+                    used = loras_text(event.result.loras) or "none"
+                    info.append(f"**{labels[event.label]}**: {event.result.timings.total_s:.2f} s, LoRAs "
+                                f"{shown(used)}")  # fmt: skip
+                    image = gr.update(value=paths[event.label], label=labels[event.label])
+                    yield (f"{labels[event.label]} done", image if event.label == WITHOUT_LORAS else gr.skip(),
+                           image if event.label == WITH_LORAS else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
+            seed_text = f"Seed **{used_seed}** for both"
+            yield ("**Done**", gr.skip(), gr.skip(), (paths[WITHOUT_LORAS], paths[WITH_LORAS]),
+                   "  \n".join([*info, seed_text]))  # fmt: skip
+        except Cancelled:
+            yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except Exception as error:  # noqa: BLE001
+            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
     # ------------------------------------------------------------------------------------------------ history tab
     @staticmethod
-    def history_filter(search: str, checkpoint: str, favorites: bool, comparisons: bool) -> HistoryFilter:
+    def history_filter(
+        search: str, checkpoint: str, favorites: bool, comparisons: bool, lora: str = ""
+    ) -> HistoryFilter:
         return HistoryFilter(
             checkpoint=None if checkpoint in (None, "", "all") else checkpoint,
             favorites_only=bool(favorites),
             comparisons_only=bool(comparisons),
             text=(search or "")[:200],
+            lora=lora if isinstance(lora, str) else "",
         )
 
     @friendly
-    def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, direction: str = "first"):
+    def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = "",
+                direction: str = "first"):  # fmt: skip
         """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select)."""
         nav = dict(nav or {"stack": [None], "next": None})
         stack = list(nav.get("stack") or [None])
@@ -435,7 +501,7 @@ class Handlers:
             stack.append(nav["next"])
         elif direction == "newer" and len(stack) > 1:
             stack.pop()
-        filters = self.history_filter(search, checkpoint, favorites, comparisons)
+        filters = self.history_filter(search, checkpoint, favorites, comparisons, lora)
         page = self.service.page(filters, stack[-1])
         total = self.service.count(filters)
         items, ids = [], []
@@ -555,6 +621,8 @@ class Handlers:
         values = dict(info["parsed"])
         if info["request"]:
             values.update({k: v for k, v in info["request"].items() if k in SETTINGS_FIELDS})
+            if isinstance(info["request"].get("loras"), list):  # ours: the LoRAs with their hashes
+                values["loras"] = info["request"]["loras"]
         return info["parameters"] or "", info["request"] or info["parsed"], values
 
     @friendly

@@ -11,6 +11,8 @@ from studio.service import StudioService
 from .api import register_api
 from .handlers import (
     CHECKPOINT_CHOICES,
+    COMPARE_CHECKPOINTS,
+    COMPARE_LORAS,
     DEFAULT_CHECKPOINT,
     REQUEST_DEFAULTS,
     Handlers,
@@ -19,6 +21,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
+from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import preset_choices, preset_for
 from .robust import StudioBlocks
 
@@ -125,6 +128,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             randomize = gr.Checkbox(value=True, label="Randomize seed")
                             num_images = gr.Slider(1, MAX_IMAGES, value=REQUEST_DEFAULTS["num_images"], step=1,
                                                    label="Images")  # fmt: skip
+                        g_loras = lora_picker("generate", handlers.loras.choices())
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -159,6 +163,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                                    label=guidance_label(RAW, short_name(RAW) + " "))  # fmt: skip
                         c_turbo_steps = gr.Slider(*TURBO.steps_range, value=TURBO.default_steps, step=1,
                                                   label=steps_label(TURBO, short_name(TURBO) + " "))  # fmt: skip
+                        c_mode = gr.Radio([(f"{short_name(RAW)} ↔ {short_name(TURBO)}", COMPARE_CHECKPOINTS),
+                                           ("Without ↔ with LoRAs", COMPARE_LORAS)], value=COMPARE_CHECKPOINTS,
+                                          label="Compare", elem_id="compare-mode")  # fmt: skip
+                        c_lora_checkpoint = gr.Radio(CHECKPOINT_CHOICES, value=TURBO.key,
+                                                     label="Checkpoint (without ↔ with LoRAs)",
+                                                     elem_id="compare-lora-checkpoint")  # fmt: skip
+                        c_loras = lora_picker("compare", handlers.loras.choices())
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
                             c_cancel = gr.Button("Cancel", variant="stop")
@@ -180,6 +191,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                     h_checkpoint = gr.Dropdown([("All", "all"), *CHECKPOINT_CHOICES], value="all", label="Checkpoint")
                     h_favorites = gr.Checkbox(label="Favorites only")
                     h_comparisons = gr.Checkbox(label="Comparisons only")
+                    h_lora = gr.Dropdown([("All LoRAs", "")], value="", label="LoRA", elem_id="history-lora")
                     h_refresh = gr.Button("Refresh", elem_id="history-refresh")
                 h_count = gr.Markdown(elem_id="history-count")
                 h_gallery = gr.Gallery(label="History", columns=6, height=420, allow_preview=False,
@@ -225,7 +237,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # ------------------------------------------------------------------------------------------ wiring
         register_api(service)  # first, so the public endpoints get the plain names generate / compare / history
         fill_outputs = [prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, preset,
-                        checkpoint_info, current, settings, tabs]  # fmt: skip
+                        checkpoint_info, current, settings, tabs, g_loras.note, *g_loras.values]  # fmt: skip
         checkpoint.input(
             handlers.switch_checkpoint,
             [checkpoint, steps, guidance, current, settings],
@@ -249,6 +261,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             randomize,
             num_images,
             results,
+            *g_loras.values,  # after `results`: the handler takes them after the request (ui/handlers.py)
         ]
         gen_outputs = [preview, progress, gallery, seed_used, results]
         # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
@@ -269,16 +282,23 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         compare_btn.click(
             handlers.compare,
-            [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps],
+            [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps,
+             c_mode, c_lora_checkpoint, *c_loras.values],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
         )  # fmt: skip
+        wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
+        app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
+        app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
         c_cancel.click(handlers.cancel, None, c_progress, queue=False, **private)
 
-        h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav]
+        h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav, h_lora]
         h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick]
-        for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input):
+        for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input,
+                        h_lora.input):  # fmt: skip
             trigger(handlers.history, h_inputs, h_outputs, **private)
+        for trigger in (app.load, history_tab.select, h_refresh.click):
+            trigger(handlers.loras.history_choices, None, h_lora, queue=False, **private)
         h_older.click(lambda *a: handlers.history(*a, direction="older"), h_inputs, h_outputs, **private)
         h_newer.click(lambda *a: handlers.history(*a, direction="newer"), h_inputs, h_outputs, **private)
         # History loads with the page and again whenever its tab is opened (new generations show up).

@@ -16,6 +16,25 @@ from gradio.block_function import BlockFunction
 
 from .text import as_text
 
+# Marks an API input added after the endpoint was published (`added_later`): callers written before it may leave it
+# out, and it then takes the component's value. Inputs without the mark stay required.
+ADDED_LATER = "_krea2_added_later"
+
+
+def added_later(component: gr.components.Component) -> gr.components.Component:
+    setattr(component, ADDED_LATER, True)
+    return component
+
+
+def with_later_defaults(block_fn: BlockFunction, inputs: Any) -> Any:
+    """`inputs` with the values of trailing inputs marked `added_later` that a caller left out."""
+    if not isinstance(inputs, list) or len(inputs) >= len(block_fn.inputs):
+        return inputs
+    missing = block_fn.inputs[len(inputs) :]
+    if not all(getattr(block, ADDED_LATER, False) for block in missing):
+        return inputs
+    return [*inputs, *(block.value for block in missing)]
+
 
 def field_name(block_fn: BlockFunction, index: int) -> str:
     """The name a caller knows the input by: the API parameter name for public endpoints, the label on the page
@@ -60,6 +79,7 @@ class StudioBlocks(gr.Blocks):
         self, block_fn: BlockFunction, inputs: list[Any], state: Any, explicit_call: bool = False
     ) -> list[Any]:
         public = block_fn.api_visibility == "public"
+        inputs = with_later_defaults(block_fn, inputs)
         message = self._input_problem(block_fn, inputs, state)
         if message is None:
             try:

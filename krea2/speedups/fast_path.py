@@ -23,7 +23,7 @@ from ..placement import Placement, apply_placement, unique_modules
 from .attention import KERNEL_NAMES, attention_in_use, install_fast_attention
 from .compile import blocks_compiled, compile_blocks
 from .denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
-from .fp8 import fp8_quantized, quantize_fp8
+from .fp8 import fp8_layers, fp8_quantized, quantize_fp8
 from .options import FastPathOptions
 from .projections import fuse_projections, projections_fused
 from .step_cache import install_step_cache, step_cache_of
@@ -71,9 +71,10 @@ def apply(
     # 3. Fused projections, then fp8 weights+activations (`fp8`): fp8 tensor cores run the GEMMs at twice bf16's rate;
     #    fusing first means each block input is quantised once instead of four times. Before the move with
     #    `prepare_on_cpu` (ZeroGPU: no GPU at start-up), else on the GPU after it (step 4), where quantising takes
-    #    seconds and the bf16 weights fit by the placement rule.
+    #    seconds and the bf16 weights fit by the placement rule. With `lora_masters`, the bf16 weights are kept in CPU
+    #    memory in between: LoRAs fold into those and are quantised with them (krea2/lora_fold.py says why).
     if options.fp8 and options.prepare_on_cpu:
-        _fuse_and_quantize(transformers)
+        _fuse_and_quantize(transformers, options.lora_masters)
 
     # 4. Place the weights: on the GPU, streamed from CPU memory (offload), or on the CPU. Under a small-GPU plan the
     #    residency places them, fusing and quantising block by block on the GPU on the way (the bf16 weights do not
@@ -83,7 +84,7 @@ def apply(
     else:
         apply_placement(unique_modules(list(pipes)), placement, device)
     if options.fp8 and not options.prepare_on_cpu:
-        _fuse_and_quantize(transformers)
+        _fuse_and_quantize(transformers, options.lora_masters)
 
     # 5. Attention (`attention`): FlashAttention-4 or cuDNN's fp8 kernel through our processor, which fused projections
     #    need too (also those a pre-quantised fp8 checkpoint was loaded with); or a diffusers attention backend by name.
@@ -154,10 +155,22 @@ def installed(pipe: Krea2StudioPipeline) -> list[str]:
     return names
 
 
-def _fuse_and_quantize(transformers: list[torch.nn.Module]) -> None:
+def _fuse_and_quantize(transformers: list[torch.nn.Module], lora_masters: bool) -> None:
+    """Fuse and quantise; LoRAs folded in are taken out first (fusion copies the weights: it must copy the
+    checkpoint's) and folded in again after."""
+    from ..lora_fold import patcher_of
+
     for transformer in transformers:
+        patcher = patcher_of(transformer, create=lora_masters)
+        folded = patcher.unfold_all() if patcher is not None else []
         fuse_projections(transformer)
+        if patcher is not None:
+            patcher.drop_stale_masters()
+            if lora_masters and not fp8_quantized(transformer):
+                patcher.keep_masters(fp8_layers(transformer))
         quantize_fp8(transformer)
+        if patcher is not None and folded:
+            patcher.fold(folded)
 
 
 def _unique(modules: list) -> list:

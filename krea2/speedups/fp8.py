@@ -21,9 +21,6 @@ def quantize_fp8(transformer: nn.Module) -> None:
         return
     from torchao.quantization import quantize_
 
-    def in_blocks(module: nn.Module, fqn: str) -> bool:
-        return isinstance(module, nn.Linear) and fqn.startswith("transformer_blocks.")
-
     quantize_(transformer, fp8_config(), filter_fn=in_blocks)
 
 
@@ -54,6 +51,15 @@ def float8_weight(qdata: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dty
         kernel_preference=config.kernel_preference,
         dtype=dtype,
     )
+
+
+def in_blocks(module: nn.Module, fqn: str) -> bool:
+    """The layers fp8 quantises: the repeated blocks' linear layers."""
+    return isinstance(module, nn.Linear) and fqn.startswith("transformer_blocks.")
+
+
+def fp8_layers(transformer: nn.Module) -> list[str]:
+    return [fqn for fqn, module in transformer.named_modules() if in_blocks(module, fqn)]
 
 
 def fp8_quantized(transformer: nn.Module) -> bool:

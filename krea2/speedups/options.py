@@ -20,6 +20,7 @@ class FastPathOptions:
     prepare_on_cpu: bool = False  # fuse/quantise before the move to the GPU (ZeroGPU: no GPU work at start-up)
     text_graphs: bool = False  # the text encoder from CUDA graphs (GPU-resident only; text_graphs.py)
     denoiser_graphs: bool = False  # exact: compiled transformer calls from CUDA graphs, with compile only
+    lora_masters: bool = False  # with fp8: keep the blocks' bf16 weights in CPU memory, for LoRAs to fold into
 
 
 def for_placement(options: FastPathOptions, placement: Placement) -> FastPathOptions:

@@ -19,11 +19,15 @@ FUSED_PARTS = {
 }
 
 
-def concat_linears(layers: list[nn.Linear]) -> nn.Linear:
-    """One bias-free Linear whose output is the concatenation of `layers`' outputs (same input)."""
+def concat_linears(layers: list[nn.Linear], names: list[str]) -> nn.Linear:
+    """One bias-free Linear whose output is the concatenation of `layers`' outputs (same input). Its `fused_parts`
+    says which output rows were which layer (`names`, siblings of the fused layer): LoRAs trained on the separate
+    layers fold into those rows (krea2/lora_fold.py)."""
     weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
+    bounds = torch.tensor([0] + [layer.out_features for layer in layers]).cumsum(0).tolist()
+    fused.fused_parts = {name: (start, stop) for name, start, stop in zip(names, bounds[:-1], bounds[1:], strict=True)}
     return fused
 
 
@@ -32,7 +36,7 @@ class FusedSwiGLU(nn.Module):
 
     def __init__(self, ff: nn.Module) -> None:
         super().__init__()
-        self.gate_up = concat_linears([ff.gate, ff.up])
+        self.gate_up = concat_linears([ff.gate, ff.up], ["gate", "up"])
         self.down = ff.down
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,8 @@ def fuse_block_projections(block: nn.Module) -> None:
     attn = block.attn
     if hasattr(attn, "to_qkvg"):
         return
-    attn.to_qkvg = concat_linears([attn.to_q, attn.to_k, attn.to_v, attn.to_gate])
+    names = ["to_q", "to_k", "to_v", "to_gate"]
+    attn.to_qkvg = concat_linears([getattr(attn, name) for name in names], names)
     del attn.to_q, attn.to_k, attn.to_v, attn.to_gate
     block.ff = FusedSwiGLU(block.ff)
 

@@ -1,0 +1,274 @@
+"""The LoRA library: the LoRA folder (subfolders too), and the two ways files get into it, an upload and the Hub.
+
+A LoRA's name is its path in the folder without `.safetensors`, with `/` between folders (`styles/ink`); the folder is
+read again on every listing, so a file dropped in shows up at the next refresh. Hub LoRAs are downloaded through
+huggingface_hub (into its cache, so a second request and an offline start find them there) and linked into the folder
+under `hub/<owner>/<repo>/`, where they are listed, named and recorded like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import InvalidRequest, LoraError
+from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, require_safetensors, short_hash
+from .lora_weights import LoraWeights, lora_weights
+from .request import check_lora_name
+
+log = logging.getLogger(__name__)
+HUB_FOLDER = "hub"
+# What an uploaded file's name may keep; anything else becomes "_".
+_UPLOAD_NAME = re.compile(r"[^\w\-. ()+]")
+
+LoraCheck = Callable[[LoraContents, str], None]  # raises LoraError when a new file cannot be used
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    name: str
+    path: Path
+    size: int
+    modified_ns: int
+
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """What changes when the file does: cached state and hashes are keyed by it."""
+        return (str(self.path), self.size, self.modified_ns)
+
+
+class LoraLibrary:
+    def __init__(self, folder: Path | str, *, token: str | None = None, cache_dir: Path | str | None = None) -> None:
+        self.folder = Path(folder)
+        self.token = token  # None: huggingface_hub's own HF_TOKEN variable, else the saved login
+        self.cache_dir = cache_dir  # None: huggingface_hub's cache (HF_HUB_CACHE)
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    # ------------------------------------------------------------------------------------------------ listing
+    def files(self) -> list[LoraFile]:
+        """Every usable `.safetensors` file under the folder, by name (read from disk on each call)."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.rglob(f"*{SUFFIX}"):
+            relative = path.relative_to(self.folder)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+                continue  # hidden files, half-written uploads (.tmp-...), broken links
+            try:
+                name = check_lora_name(PurePosixPath(*relative.parts).as_posix())
+            except InvalidRequest:
+                log.warning("LoRA file %s skipped: its name cannot be written in a prompt or a PNG", relative)
+                continue
+            stat = path.stat()
+            found.append(LoraFile(name, path, stat.st_size, stat.st_mtime_ns))
+        return sorted(found, key=lambda file: file.name)
+
+    def names(self) -> list[str]:
+        return [file.name for file in self.files()]
+
+    def find(self, name: str, autov3: str | None = None) -> LoraFile | None:
+        """The file `name` means: the one with that name; else, for a name written by another tool (A1111 names a
+        LoRA by its file name alone), the only one with that last part; else the one with that hash (its AutoV3, or
+        the first 12 digits of it), when given."""
+        files = self.files()
+        for file in files:
+            if file.name == name:
+                return file
+        last = name.rpartition("/")[2]
+        same_stem = [file for file in files if file.name.rpartition("/")[2] == last]
+        if len(same_stem) == 1:
+            return same_stem[0]
+        if autov3:
+            wanted = autov3.lower()
+            for file in files:
+                if self.hash(file).startswith(wanted):
+                    return file
+        return None
+
+    def get(self, name: str) -> LoraFile:
+        file = self.find(name)
+        if file is None:
+            raise LoraError(
+                f"There is no LoRA named {name} in the LoRA folder {self.folder} (refresh the list after adding files)."
+            )
+        return file
+
+    def hash(self, file: LoraFile) -> str:
+        """The file's AutoV3 hash (cached until the file changes)."""
+        key = file.identity
+        if key not in self._hashes:
+            self._hashes[key] = autov3_hash(file.path, file.name)
+        return self._hashes[key]
+
+    def short_hash(self, file: LoraFile) -> str:
+        return short_hash(self.hash(file))
+
+    def weights(self, file: LoraFile, shapes: Mapping[str, tuple[int, int]]) -> LoraWeights:
+        """The file read and checked against a transformer's LoRA targets (`lora_fold.target_shapes`)."""
+        return lora_weights(read_lora(file.path, file.name), file.name, self.hash(file), shapes)
+
+    # ------------------------------------------------------------------------------------------------ adding
+    def add_upload(self, source: Path | str, filename: str, check: LoraCheck | None = None) -> LoraFile:
+        """Put an uploaded file into the folder under its own name (made safe), after checking it can be used. The
+        same file uploaded twice is kept once; another file of the same name gets a numbered name."""
+        source = Path(source)
+        filename = Path(filename or source.name).name
+        require_safetensors(filename)
+        stem = _UPLOAD_NAME.sub("_", filename[: -len(SUFFIX)]).strip(". ") or "lora"
+        contents = read_lora(source, f"{stem}{SUFFIX}")
+        if check is not None:
+            check(contents, stem)
+        incoming = autov3_hash(source, stem)
+        for number in range(1, 1000):
+            name = stem if number == 1 else f"{stem}-{number}"
+            target = self.folder / f"{name}{SUFFIX}"
+            if not target.exists():
+                _copy_atomic(source, target)
+                return self._file(target)
+            existing = self._file(target)
+            if self.hash(existing) == incoming:
+                return existing
+        raise LoraError(f"The LoRA folder already holds too many files named {stem}.")
+
+    def add_from_hub(
+        self, repo_id: str, filename: str | None = None, revision: str | None = None, check: LoraCheck | None = None
+    ) -> LoraFile:
+        """Download a LoRA from a Hub repo (the only `.safetensors` file in it, or `filename`) and link it into the
+        folder as `hub/<owner>/<repo>/<file>`."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        repo_id = (repo_id or "").strip()
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError:
+            raise LoraError(f"{repo_id or 'That'} is not a Hub repo id (expected owner/name).") from None
+        if "/" not in repo_id:
+            raise LoraError(f"{repo_id} is not a Hub repo id (expected owner/name).")
+        filename = (filename or "").strip().lstrip("/") or None
+        if filename is not None:
+            require_safetensors(filename)
+        try:
+            filename = filename or self._only_safetensors(repo_id, revision)
+            cached = Path(
+                hf_hub_download(repo_id, filename, revision=revision, token=self.token, cache_dir=self.cache_dir)
+            )
+        except LoraError:
+            raise
+        except Exception as error:
+            raise explain_hub_error(error, repo_id, filename, self.folder) from error
+        target = self.folder / HUB_FOLDER / repo_id / filename
+        name = PurePosixPath(HUB_FOLDER, repo_id, filename).as_posix()
+        contents = read_lora(cached, name)
+        if check is not None:
+            check(contents, name.removesuffix(SUFFIX))
+        _link_or_copy(cached.resolve(), target)
+        return self._file(target)
+
+    def _only_safetensors(self, repo_id: str, revision: str | None) -> str:
+        """The one `.safetensors` file of a repo, listed on the Hub, or in the local cache when offline."""
+        from huggingface_hub import HfApi, snapshot_download
+
+        try:
+            names = HfApi(token=self.token).list_repo_files(repo_id, revision=revision)
+        except Exception as error:  # noqa: BLE001 - offline or out of reach: what the cache holds of the repo, if any
+            try:
+                folder = snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, local_files_only=True)
+            except Exception:  # noqa: BLE001 - the Hub's own error says more than the cache's
+                raise error from None
+            names = [path.relative_to(folder).as_posix() for path in Path(folder).rglob(f"*{SUFFIX}")]
+        candidates = sorted(name for name in names if name.endswith(SUFFIX))
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise LoraError(f"The Hub repo {repo_id} has no .safetensors file.")
+        shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise LoraError(
+            f"The Hub repo {repo_id} has {len(candidates)} .safetensors files ({shown}); name the one to use."
+        )
+
+    def _file(self, path: Path) -> LoraFile:
+        stat = path.stat()
+        name = PurePosixPath(*path.relative_to(self.folder).parts).as_posix().removesuffix(SUFFIX)
+        return LoraFile(name, path, stat.st_size, stat.st_mtime_ns)
+
+
+def explain_hub_error(error: BaseException, repo_id: str, filename: str | None, folder: Path) -> LoraError:
+    """One sentence for whatever huggingface_hub raised, phrased as the checkpoints' loading errors are."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(e) for e in chain).lower()
+
+    def caused_by(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(e, kinds) for e in chain)
+
+    if caused_by(GatedRepoError) or "gated" in text or "401" in text or "403" in text:
+        return LoraError(
+            f"No access to the gated repo {repo_id}. Accept its terms on its Hub page (https://huggingface.co/"
+            f"{repo_id}), then set HF_TOKEN or run `hf auth login`."
+        )
+    if caused_by(LocalEntryNotFoundError, OfflineModeIsEnabled) or "offline" in text or "connection" in text:
+        return LoraError(
+            f"The LoRA {repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+            f"download it, or put the .safetensors file in the LoRA folder {folder}."
+        )
+    if caused_by(RevisionNotFoundError):
+        return LoraError(f"The Hub repo {repo_id} has no such revision (check the branch, tag or commit).")
+    if caused_by(EntryNotFoundError):
+        return LoraError(f"The Hub repo {repo_id} has no file {filename}.")
+    if caused_by(RepositoryNotFoundError) or "not found" in text:
+        return LoraError(f"The Hub repo {repo_id} was not found (or it is private: set HF_TOKEN).")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return LoraError(f"Could not download the LoRA {repo_id}: {first}")
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """After this returns the file is complete under its final name; if it raises, no file is left at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle, source.open("rb") as incoming:
+            shutil.copyfileobj(incoming, handle, 2**20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        temporary = None
+    except OSError as error:
+        raise LoraError(f"Could not save the LoRA {target.name}: {error.strerror or error}.") from error
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def _link_or_copy(cached: Path, target: Path) -> None:
+    """A link to the Hub cache's file (no second copy on disk), or a copy where links cannot be made."""
+    if target.is_symlink() and target.resolve() == cached:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    link = target.with_name(f".tmp-{target.name}")
+    link.unlink(missing_ok=True)
+    try:
+        link.symlink_to(cached)
+        os.replace(link, target)
+    except OSError:
+        link.unlink(missing_ok=True)
+        _copy_atomic(cached, target)

@@ -1,0 +1,79 @@
+"""The CLI's LoRAs: `generate --lora name:weight` (repeatable), `lora list`, `lora pull` (from the Hub's cache here)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lora_helpers import random_factors, write_lora
+from test_cli import parsed, run_cli
+from test_lora_library import fill_hub_cache
+
+from krea2.demo import build_transformer
+from krea2.lora_files import autov3_hash
+from storage.pnginfo import read_parameters
+from studio import cli
+
+
+def test_generate_applies_repeated_loras_and_reports_them(tmp_path, demo_sources):
+    loras = tmp_path / "loras"
+    ink = write_lora(loras / "ink.safetensors", random_factors(build_transformer(), seed=1), "kohya")
+    paper = write_lora(loras / "styles" / "paper.safetensors", random_factors(build_transformer(), seed=2), "krea")
+    env = {**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_LORA_DIR": str(loras),
+           "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent)}  # fmt: skip
+    args = ["generate", "--demo", "--prompt", "a red circle", "--seed", "7", "--steps", "2", "--width", "256",
+            "--height", "256", "--lora", "ink:0.8", "--lora", "styles/paper:-0.5"]  # fmt: skip
+    done = run_cli(*args, "--out", str(tmp_path / "a.png"), env=env)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["loras"] == [
+        {"name": "ink", "hash": autov3_hash(ink), "weight": 0.8},
+        {"name": "styles/paper", "hash": autov3_hash(paper), "weight": -0.5},
+    ]
+    text = read_parameters(tmp_path / "a.png")["parameters"]
+    assert text.startswith("a red circle <lora:ink:0.8> <lora:styles/paper:-0.5>\n")
+    assert f'Lora hashes: "ink: {autov3_hash(ink)[:12]}, styles/paper: {autov3_hash(paper)[:12]}"' in text
+
+
+def test_bad_loras_are_refused_before_anything_loads(capsys):
+    for lora in ("ink:3", "ink:x", "../secret:1"):
+        assert cli.run(parsed("--demo", "--prompt", "x", "--lora", lora), environ={}) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: lora_"), err
+    five = [arg for name in "abcde" for arg in ("--lora", name)]
+    assert cli.run(parsed("--demo", "--prompt", "x", *five), environ={}) == 2
+    assert "loras: must be at most 4" in capsys.readouterr().err
+
+
+def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
+    loras = tmp_path / "loras"
+    ink = write_lora(loras / "ink.safetensors", random_factors(build_transformer(), ["img_in"]), "kohya")
+    write_lora(loras / "styles" / "paper.safetensors", random_factors(build_transformer(), ["img_in"]), "diffusers")
+    args = cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(loras)])
+    assert cli.run(args, environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ink", "styles/paper"]
+    assert lines[0].split()[-1] == autov3_hash(ink)[:12]
+    assert (
+        cli.run(cli.build_parser().parse_args(["lora", "list", "--json"]), environ={"KREA2_LORA_DIR": str(loras)}) == 0
+    )
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["name"] == "ink" and first["hash"] == autov3_hash(ink) and first["bytes"] == ink.stat().st_size
+    assert (
+        cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(tmp_path / "none")]), environ={}) == 0
+    )
+    assert "No LoRAs in" in capsys.readouterr().out
+
+
+def test_lora_pull_takes_a_hub_lora_into_the_folder(tmp_path):
+    cache = tmp_path / "hub-cache"
+    source = write_lora(tmp_path / "src" / "ink.safetensors", random_factors(build_transformer(), ["img_in"]), "kohya")
+    fill_hub_cache(cache, "someone/krea2-ink", {"ink.safetensors": source})
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "KREA2_LORA_DIR": str(tmp_path / "loras")}
+    done = run_cli("lora", "pull", "someone/krea2-ink", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "hub/someone/krea2-ink/ink"
+    missing = run_cli("lora", "pull", "someone/elsewhere", env=env)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "is not in the local Hub cache and the Hub cannot be reached" in missing.stderr

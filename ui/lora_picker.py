@@ -1,0 +1,64 @@
+"""The LoRA picker's layout and wiring: up to four rows (LoRA, weight, checkpoints it applies to), the folder's list
+refreshed, an upload and a Hub download. Components and events only; the work is in ui/loras.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from krea2.request import LORA_BOTH, LORA_WEIGHT_RANGE, MAX_LORAS
+
+from .loras import DEFAULT_WEIGHT, NO_LORA, TARGET_CHOICES, WEIGHT_STEP, LoraHandlers
+
+
+@dataclass
+class LoraPicker:
+    names: list[gr.Dropdown]
+    weights: list[gr.Slider]
+    targets: list[gr.Dropdown]
+    refresh: gr.Button
+    upload: gr.UploadButton
+    hub: gr.Textbox
+    hub_add: gr.Button
+    note: gr.Markdown
+
+    @property
+    def values(self) -> list[gr.components.Component]:
+        """The rows' components, row after row (name, weight, target): what a generation reads."""
+        return [c for row in zip(self.names, self.weights, self.targets, strict=True) for c in row]
+
+
+def lora_picker(prefix: str, choices: list[tuple[str, str]]) -> LoraPicker:
+    """The picker, laid out where it is called (inside a Blocks context); `prefix` names its elements."""
+    names, weights, targets = [], [], []
+    with gr.Accordion("LoRAs", open=False, elem_id=f"{prefix}-loras"):
+        for row in range(MAX_LORAS):
+            with gr.Row(equal_height=True):
+                names.append(gr.Dropdown(choices or [NO_LORA], value="", label=f"LoRA {row + 1}", scale=3,
+                                         elem_id=f"{prefix}-lora-{row + 1}"))  # fmt: skip
+                weights.append(gr.Slider(*LORA_WEIGHT_RANGE, value=DEFAULT_WEIGHT, step=WEIGHT_STEP, label="Weight",
+                                         scale=2, elem_id=f"{prefix}-lora-{row + 1}-weight"))  # fmt: skip
+                targets.append(gr.Dropdown(TARGET_CHOICES, value=LORA_BOTH, label="Applies to", scale=1,
+                                           elem_id=f"{prefix}-lora-{row + 1}-target"))  # fmt: skip
+        with gr.Row():
+            refresh = gr.Button("↻ Refresh list", size="sm", elem_id=f"{prefix}-lora-refresh")
+            upload = gr.UploadButton("Upload a LoRA (.safetensors)", file_types=[".safetensors"], type="filepath",
+                                     size="sm", elem_id=f"{prefix}-lora-upload")  # fmt: skip
+        with gr.Row(equal_height=True):
+            hub = gr.Textbox(label="LoRA from the Hub", placeholder="owner/repo or owner/repo/file.safetensors",
+                             scale=3, elem_id=f"{prefix}-lora-hub")  # fmt: skip
+            hub_add = gr.Button("Add from Hub", size="sm", scale=1, elem_id=f"{prefix}-lora-hub-add")
+        note = gr.Markdown(elem_id=f"{prefix}-lora-note")
+    return LoraPicker(names, weights, targets, refresh, upload, hub, hub_add, note)
+
+
+def wire_lora_pickers(pickers: list[LoraPicker], handlers: LoraHandlers, private: dict) -> None:
+    """Refresh, upload and Hub events of each picker; a LoRA added in one picker shows in the other's lists too."""
+    for picker in pickers:
+        others = [other for other in pickers if other is not picker]
+        lists = picker.names + [name for other in others for name in other.names]
+        picker.refresh.click(handlers.refresh, picker.names, picker.names, queue=False, **private)
+        picker.upload.upload(handlers.upload, [picker.upload, *lists], [picker.note, *lists], **private)
+        for trigger in (picker.hub_add.click, picker.hub.submit):
+            trigger(handlers.add_from_hub, [picker.hub, *lists], [picker.note, *lists], **private)
