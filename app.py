@@ -69,7 +69,9 @@ def build_app(settings: Settings):
         settings = adapt_settings(settings)
     use_compile_cache(settings, store.data_dir)
     manager = build_manager(
-        settings, prepare_on_cpu=spaces is not None, compile_cache_folder=compile_cache_dir(store.data_dir),
+        settings,
+        prepare_on_cpu=spaces is not None,
+        compile_cache_folder=compile_cache_dir(store.data_dir),
         loras=lora_library(settings, store.data_dir),
     )
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
