@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoints import CHECKPOINTS
+from .content_filter import ContentPolicy, ImageClassifierFilter
 from .errors import GenerationFailed, Krea2Error, LoadError, NotReady
 from .generation import (
     GenerationResult,
@@ -50,6 +51,7 @@ class ManagerStatus:
     checkpoints: dict[str, CheckpointStatus]
     warmup: str = "off"  # off | running | ready | failed
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
+    content_filter: str = ""  # the content policy's words (krea2/content_filter.py), "" without one
 
     def summary(self) -> str:
         parts = [f"device {self.device}", f"placement {self.placement}"]
@@ -60,6 +62,8 @@ class ManagerStatus:
             parts.append(f"compile warm-up: {self.warmup}")
         if self.fast_path:
             parts.append(self.fast_path)
+        if self.content_filter:
+            parts.append(self.content_filter)
         return " | ".join(parts)
 
 
@@ -79,6 +83,7 @@ class ModelManager:
         options: FastPathOptions | None = None,
         prompt_cache_size: int = 8,
         demo: bool = False,
+        content_policy: ContentPolicy | None = None,
     ) -> None:
         self.loader = loader
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -97,6 +102,8 @@ class ModelManager:
         self._prompt_cache: LRUCache[PromptEmbeddings] = LRUCache(prompt_cache_size)
         self._loader_thread: threading.Thread | None = None
         self.latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB  # the live preview's colours, set with the VAE at load
+        # The host's prompt block list and image classifier, applied to every generation (None: no checks at all).
+        self.content_policy = content_policy
 
     # ----------------------------------------------------------------------------------------------- loading
     def start(self, background: bool = True) -> None:
@@ -119,6 +126,8 @@ class ModelManager:
             log.info("Placement: %s on %s", self.placement, self.device)
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
+            if self.content_policy is not None:
+                self.content_policy.load(self.device)
             log.info("Checkpoints ready: %s", self.status().summary())
             if self.options.compile:
                 self._warmup = "running"
@@ -208,6 +217,7 @@ class ModelManager:
             checkpoints={k: CheckpointStatus(s.state, s.reason) for k, s in self._status.items()},
             warmup=self._warmup,
             fast_path=self._fast_path_summary(),
+            content_filter=self.content_policy.status() if self.content_policy is not None else "",
         )
 
     def _fast_path_summary(self) -> str:
@@ -265,11 +275,13 @@ class ModelManager:
         cancel_event: threading.Event | None = None,
     ) -> GenerationResult:
         pipe = self._pipe(request.checkpoint)  # fail fast, before waiting for the GPU
+        # The prompt block list, and fail-closed when a required filter is not ready: before any GPU work.
+        image_filter = self.content_policy.admit(request) if self.content_policy is not None else None
         cancel_event = cancel_event or threading.Event()
         with self._generate_lock:
             self._cancel_current = cancel_event
             try:
-                return self._generate(pipe, request, on_step, cancel_event)
+                return self._generate(pipe, request, on_step, cancel_event, image_filter)
             except torch.OutOfMemoryError as error:
                 # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
                 # cache after every image would make the next one pay for cudaMalloc again.
@@ -289,8 +301,10 @@ class ModelManager:
         request: GenerationRequest,
         on_step: StepCallback | None,
         cancel_event: threading.Event,
+        image_filter: ImageClassifierFilter | None = None,
     ) -> GenerationResult:
-        """One generation; the caller holds the GPU lock."""
+        """One generation; the caller holds the GPU lock. `image_filter` judges the decoded batch (warm-up runs
+        without it: its images are never shown)."""
         request = request.seeded()
         generated = generate(
             pipe,
@@ -300,6 +314,7 @@ class ModelManager:
             latent_rgb=self.latent_rgb,
             on_step=on_step,
             cancel_event=cancel_event,
+            image_filter=image_filter,
         )
         return GenerationResult(
             request=request,

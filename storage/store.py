@@ -43,8 +43,8 @@ from .xmp import xmp_packet
 log = logging.getLogger(__name__)
 # `running` rows are written when a generation starts, so a crash leaves a trace; start-up repair turns the ones it
 # finds into `interrupted` (storage/repair.py).
-STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
-FINAL_STATUSES = ("ok", "failed", "cancelled")
+STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
+FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
 PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
 
 
