@@ -161,6 +161,8 @@ class ImageClassifierFilter:
         repo or folder, not an image classifier, or none of the blocking labels is one of its labels."""
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+        if self.source.startswith(("/", ".", "~")) and not Path(self.source).expanduser().is_dir():
+            raise ValueError(f"the classifier folder {self.source} does not exist")
         try:
             processor = AutoImageProcessor.from_pretrained(self.source)
             model = AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32)

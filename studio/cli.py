@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 from krea2.checkpoints import CHECKPOINTS
-from krea2.errors import Cancelled, InvalidRequest, Krea2Error
+from krea2.content_filter import ContentPolicy
+from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
 from krea2.request import GenerationRequest
 from storage import StorageError
 
 from .settings import GENERATE, SettingError, Settings, add_flags, load_settings
 
+BLOCKED_EXIT = 3  # the content policy refused the prompt or the image (a `blocked` row, no file)
 # The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
 REQUEST_OPTIONS = ("prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
                    "num_images")  # fmt: skip
@@ -47,17 +49,27 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(**given)
 
 
-def _generate(request: GenerationRequest, settings: Settings, args: argparse.Namespace) -> int:
+def _generate(
+    request: GenerationRequest, settings: Settings, args: argparse.Namespace, policy: ContentPolicy, sign_png
+) -> int:
     from storage import HistoryStore
 
-    from .recording import record_failure, record_result
+    from .recording import record_blocked, record_failure, record_result
     from .runtime import build_manager
 
-    store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url).open()
-    manager = build_manager(settings)
-    manager.start(background=False)
+    store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url, sign_png).open()
     try:
+        policy.check_prompt(request)  # before any model loads
+        manager = build_manager(settings, content_policy=policy)
+        manager.start(background=False)
         result = manager.generate(request)
+    except ContentBlocked as error:
+        if store:
+            seen = error.request if isinstance(error.request, GenerationRequest) else request
+            record_blocked(store, seen, str(error))
+        raise
+    except FilterUnavailable:  # fail closed: nothing ran, nothing to record
+        raise
     except Cancelled as error:
         if store:
             record_failure(store, request, "cancelled", str(error))
@@ -84,7 +96,8 @@ def _generate(request: GenerationRequest, settings: Settings, args: argparse.Nam
             from .recording import png_parameters
 
             params = {**png_parameters(result.request), "seed": result.seeds[0]}
-            out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
+            png = encode_png(result.images[0], build_pnginfo(params))
+            out.write_bytes(sign_png(png) if sign_png is not None else png)
         paths.insert(0, str(out))
     line = {
         "checkpoint": result.request.checkpoint,
@@ -111,16 +124,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     """Run parsed arguments. Every failure is one line on stderr and an exit code: 2 for bad input or a bad setting
-    (found before any model loads), 1 for a failure while loading, generating or recording."""
+    (found before any model loads), 1 for a failure while loading, generating or recording, 3 when the content policy
+    refused the prompt or the image (studio/safety.py)."""
+    from .safety import content_policy
+    from .signing import png_signer
+
     try:
         request = request_of(args)
         settings = load_settings(environ, args)
+        policy, sign_png = content_policy(settings), png_signer(settings)
     except (InvalidRequest, SettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _generate(request, settings, args)
+        return _generate(request, settings, args, policy, sign_png)
+    except ContentBlocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return BLOCKED_EXIT
     except InvalidRequest as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

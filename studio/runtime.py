@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from krea2.checkpoints import RAW, TURBO
+from krea2.content_filter import ContentPolicy
 from krea2.loading import PipelineLoader
 from krea2.manager import ModelManager
 from krea2.speedups import FastPathOptions
@@ -57,8 +58,11 @@ def use_compile_cache(settings: Settings, data_dir: Path) -> None:
         os.environ[name] = str(folder)
 
 
-def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelManager:
-    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up)."""
+def build_manager(
+    settings: Settings, *, prepare_on_cpu: bool = False, content_policy: ContentPolicy | None = None
+) -> ModelManager:
+    """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
+    `content_policy` (studio/safety.py) is applied to every generation; its classifier loads with the checkpoints."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -72,7 +76,10 @@ def build_manager(settings: Settings, *, prepare_on_cpu: bool = False) -> ModelM
         sources = {RAW.key: RAW.source(settings.raw), TURBO.key: TURBO.source(settings.turbo)}
         dtype = torch.bfloat16
     options = fast_path_options(settings, cuda=cuda, demo=demo, prepare_on_cpu=prepare_on_cpu)
-    return ModelManager(PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo)
+    return ModelManager(
+        PipelineLoader(sources, dtype), placement=settings.placement, options=options, demo=demo,
+        content_policy=content_policy,
+    )  # fmt: skip
 
 
 def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_cpu: bool = False) -> FastPathOptions:
