@@ -138,3 +138,32 @@ def test_a_failed_signature_saves_nothing(tmp_path):
         store.add(new_generation())
     assert store.count() == 0
     assert not [p for top in ("images", "thumbs") for p in (tmp_path / "data" / top).rglob("*") if p.is_file()]
+
+
+def test_the_signer_comes_from_the_settings_or_stops_the_start(tmp_path):
+    from studio.settings import SettingError, load_settings
+    from studio.signing import png_signer
+
+    chain, key = make_c2pa_credentials(tmp_path / "c2pa")
+    assert png_signer(load_settings({})) is None
+    sign = png_signer(load_settings({"KREA2_C2PA_CERT": str(chain), "KREA2_C2PA_KEY": str(key)}))
+    source = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(source)
+    assert read_c2pa(sign(source.read_bytes()))["claim_generator"].startswith("Krea 2 Studio")
+    with pytest.raises(SettingError, match="must be set together"):
+        png_signer(load_settings({"KREA2_C2PA_CERT": str(chain)}))
+    with pytest.raises(SettingError, match="cannot sign"):
+        png_signer(load_settings({"KREA2_C2PA_CERT": str(key), "KREA2_C2PA_KEY": str(key)}))
+
+
+def test_png_info_shows_the_disclosure_and_the_manifest(manager, tmp_path, signer):
+    from studio.service import StudioService
+    from ui.handlers import Handlers
+
+    store = HistoryStore(tmp_path / "data", f"sqlite:///{tmp_path / 'h.sqlite3'}", sign_png=signer.sign_png).open()
+    png, _ = written_files(store)
+    shown = Handlers(StudioService(manager, store)).png_provenance(str(png))
+    assert shown["ai_generated"] and shown["xmp"]["DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert shown["c2pa"]["validation_state"] == "Valid"
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    assert Handlers(StudioService(manager, store)).png_provenance(str(tmp_path / "junk.png")) is None
