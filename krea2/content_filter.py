@@ -166,7 +166,10 @@ class ImageClassifierFilter:
         try:
             processor = AutoImageProcessor.from_pretrained(self.source)
             model = AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32)
-        except (OSError, ValueError, KeyError) as error:
+        except OSError as error:  # not a folder here, and the Hub did not give it (offline, no access, no such repo)
+            raise ValueError(f"the classifier {self.source} could not be loaded: it is not a folder here and could not "
+                             f"be downloaded ({error_summary(error, limit=120)})") from None  # fmt: skip
+        except (ValueError, KeyError) as error:
             raise ValueError(f"the classifier {self.source} could not be loaded ({error_summary(error)})") from None
         labels = {int(i): str(name) for i, name in model.config.id2label.items()}
         by_name = {name.casefold(): i for i, name in labels.items()}
@@ -237,7 +240,10 @@ class ContentPolicy:
             reason = str(error) if isinstance(error, ValueError) else error_summary(error)
             with self._lock:
                 self.state, self.reason = "failed", reason
-            log.error("Content filter unavailable: %s", reason)
+            if self.required:
+                log.error("Content filter unavailable, every generation is refused: %s", reason)
+            else:
+                log.warning("Content filter unavailable, images are not filtered (not required here): %s", reason)
             return
         with self._lock:
             self.state = "ready"
