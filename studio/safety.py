@@ -11,6 +11,7 @@ filter off (the status line says so), and by default a classifier that cannot lo
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 from krea2.content_filter import BlocklistError, ContentPolicy, ImageClassifierFilter, PromptBlocklist
 
@@ -32,11 +33,16 @@ def is_loopback(host: str) -> bool:
 
 
 def reachable_from(settings: Settings) -> str | None:
-    """Why other machines can reach the app ("a Hugging Face Space", "host 0.0.0.0"), or None when only this one can."""
+    """Why other machines can reach the app ("a Hugging Face Space", "host 0.0.0.0", "origin https://..."), or None
+    when only this one can. An allowed origin that is not loopback is a reverse proxy's public URL: the app listens on
+    127.0.0.1 behind it, and the world reaches it all the same."""
     if settings.space_id:
         return "a Hugging Face Space"
     host = settings.server_host
-    return None if is_loopback(host) else f"host {host}"
+    if not is_loopback(host):
+        return f"host {host}"
+    public = [origin for origin in settings.allowed_origins if not is_loopback(urlsplit(origin).hostname or "")]
+    return f"origin {public[0]}" if public else None
 
 
 def content_policy(settings: Settings) -> ContentPolicy:

@@ -52,6 +52,8 @@ def red_classifier(tmp_path_factory) -> str:
         ({"KREA2_HOST": "192.168.1.20"}, True),
         ({"KREA2_HOST": "studio.example.com"}, True),  # a name may resolve outside: reachable
         ({"SPACE_ID": "someone/krea2-studio"}, True),  # a Space binds 0.0.0.0
+        ({"KREA2_ALLOWED_ORIGINS": "https://studio.example.com"}, True),  # loopback behind a public reverse proxy
+        ({"KREA2_ALLOWED_ORIGINS": "http://localhost:8080"}, False),
         ({"KREA2_CONTENT_FILTER": "on"}, True),  # asked for explicitly: enforced locally too
     ],
 )
