@@ -281,7 +281,7 @@ class ModelManager:
         with self._generate_lock:
             self._cancel_current = cancel_event
             try:
-                return self._generate(pipe, request, on_step, cancel_event, image_filter)
+                return self._generate(pipe, request, on_step, cancel_event, image_filter=image_filter)
             except torch.OutOfMemoryError as error:
                 # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
                 # cache after every image would make the next one pay for cudaMalloc again.

@@ -275,7 +275,7 @@ class Settings:
         "the image classifier every generated image passes before it is shown, saved or returned (studio/safety.py); "
         "`off` is refused unless the app listens on loopback only",
         "on, and required (generation refused if it cannot load) when reachable beyond loopback: a non-loopback "
-        "`--host`, Spaces, the Docker image; locally on when its model loads",
+        "`--host`, Spaces, the Docker image, a public `KREA2_ALLOWED_ORIGINS`; locally on when its model loads",
     )  # fmt: skip
     filter_model: str = setting(
         "Falconsai/nsfw_image_detection", "KREA2_FILTER_MODEL", SOURCE,
