@@ -166,9 +166,10 @@ class ImageClassifierFilter:
         try:
             processor = AutoImageProcessor.from_pretrained(self.source)
             model = AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32)
-        except OSError as error:  # not a folder here, and the Hub did not give it (offline, no access, no such repo)
-            raise ValueError(f"the classifier {self.source} could not be loaded: it is not a folder here and could not "
-                             f"be downloaded ({error_summary(error, limit=120)})") from None  # fmt: skip
+        except OSError as error:  # not a folder here, and the Hub did not give it
+            log.debug("Loading the classifier %s failed", self.source, exc_info=error)
+            raise ValueError(f"the classifier {self.source} is not a folder here and could not be downloaded "
+                             "(offline, no access, or no such repo)") from None  # fmt: skip
         except (ValueError, KeyError) as error:
             raise ValueError(f"the classifier {self.source} could not be loaded ({error_summary(error)})") from None
         labels = {int(i): str(name) for i, name in model.config.id2label.items()}

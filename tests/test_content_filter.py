@@ -99,7 +99,7 @@ def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
     for source, labels, expected in (
         (red_classifier, ("porn",), "has the labels normal, nsfw"),
         (str(tmp_path / "missing"), ("nsfw",), "does not exist"),
-        ("someone/not-a-cached-repo", ("nsfw",), "could not be loaded"),
+        ("someone/not-a-cached-repo", ("nsfw",), "could not be downloaded"),
     ):
         policy = ContentPolicy(ImageClassifierFilter(source, labels, 0.5), required=True, how_to_fix="Fix it.")
         assert policy.state == "loading"
