@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from krea2.checkpoints import CHECKPOINTS
@@ -50,7 +51,11 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
 
 
 def _generate(
-    request: GenerationRequest, settings: Settings, args: argparse.Namespace, policy: ContentPolicy, sign_png
+    request: GenerationRequest,
+    settings: Settings,
+    args: argparse.Namespace,
+    policy: ContentPolicy,
+    sign_png: Callable[[bytes], bytes] | None,
 ) -> int:
     from storage import HistoryStore
 
@@ -58,15 +63,23 @@ def _generate(
     from .runtime import build_manager
 
     store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url, sign_png).open()
-    try:
-        policy.check_prompt(request)  # before any model loads
-        manager = build_manager(settings, content_policy=policy)
-        manager.start(background=False)
-        result = manager.generate(request)
-    except ContentBlocked as error:
+
+    def blocked(error: ContentBlocked) -> None:
         if store:
             seen = error.request if isinstance(error.request, GenerationRequest) else request
             record_blocked(store, seen, str(error))
+
+    try:
+        policy.check_prompt(request)  # before any model loads
+    except ContentBlocked as error:
+        blocked(error)
+        raise
+    manager = build_manager(settings, content_policy=policy)
+    manager.start(background=False)
+    try:
+        result = manager.generate(request)
+    except ContentBlocked as error:
+        blocked(error)
         raise
     except FilterUnavailable:  # fail closed: nothing ran, nothing to record
         raise
