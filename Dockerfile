@@ -5,9 +5,12 @@
 # plus the NVIDIA container toolkit on the host is all it needs.
 FROM python:3.11-slim
 
+# Reachable from other machines, so the content filter is on and required (studio/safety.py); it downloads its
+# classifier (KREA2_FILTER_MODEL) into the volume's Hub cache at the first start.
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     KREA2_HOST=0.0.0.0 \
+    KREA2_CONTENT_FILTER=on \
     KREA2_PORT=7860 \
     KREA2_DATA_DIR=/data \
     HF_HOME=/data/hf-cache
@@ -16,7 +19,7 @@ WORKDIR /app
 COPY requirements.txt requirements-gpu.txt ./
 RUN pip install -r requirements-gpu.txt
 
-COPY app.py ./
+COPY app.py NOTICE KREA-2-COMMUNITY-LICENSE ./
 COPY krea2 ./krea2
 COPY storage ./storage
 COPY studio ./studio

@@ -53,14 +53,21 @@ def build_app(settings: Settings):
     from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
     from storage.files import SERVED_DIRS
     from studio.runtime import build_manager, compile_cache_dir, lora_library, use_compile_cache
+    from studio.safety import content_policy
     from studio.service import StudioService
+    from studio.signing import png_signer
     from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
     from ui.cancel import CancelRelay
     from ui.layout import CSS, KEYS_JS, build_ui
     from ui.security import LoginGuard, SameOriginGuard
 
+    try:  # the content policy and the C2PA signer, checked before anything loads (studio/safety.py, signing.py)
+        policy, sign_png = content_policy(settings), png_signer(settings)
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
-        store = HistoryStore(settings.data_dir, settings.database_url).open()
+        store = HistoryStore(settings.data_dir, settings.database_url, sign_png).open()
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -73,6 +80,7 @@ def build_app(settings: Settings):
         prepare_on_cpu=spaces is not None,
         compile_cache_folder=compile_cache_dir(store.data_dir),
         loras=lora_library(settings, store.data_dir),
+        content_policy=policy,
     )
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)

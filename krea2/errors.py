@@ -38,6 +38,19 @@ class NotReady(Krea2Error):
     """The checkpoint asked for is still loading, or failed to load."""
 
 
+class FilterUnavailable(NotReady):
+    """The content filter is required here and is not ready (still loading, or failed to load): fail closed."""
+
+
+class ContentBlocked(Krea2Error):
+    """The content policy refused a generation: its prompt matched the block list, or its images were flagged by the
+    classifier. `request` is the request as far as it got (seeded once images were made), for the history row."""
+
+    def __init__(self, message: str, request: object = None) -> None:
+        super().__init__(message)
+        self.request = request
+
+
 class Cancelled(Krea2Error):
     """The generation was cancelled by the user before it finished."""
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from .content_filter import ImageClassifierFilter, blocked_images
 from .errors import Cancelled, GenerationFailed
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
-from .preview import LatentRGB, StepCallback, StepPreviews
+from .preview import FILTERED_PREVIEW_CELLS, LatentRGB, StepCallback, StepPreviews
 from .request import GenerationRequest
 from .speedups.step_cache import step_cache_of
 
@@ -143,9 +144,11 @@ def generate(
     latent_rgb: LatentRGB,
     on_step: StepCallback | None = None,
     cancel_event: threading.Event | None = None,
+    image_filter: ImageClassifierFilter | None = None,
 ) -> Generated:
     """Run `request` (its seed already drawn: `request.seeded()`) on `pipe`. Raises Cancelled within one step of
-    `cancel_event`, GenerationFailed for unusable output."""
+    `cancel_event`, GenerationFailed for unusable output, ContentBlocked when `image_filter` flags any image (the
+    previews were mosaics then, and no image of the batch is made)."""
     if request.seed is None:
         raise ValueError("generate needs a seeded request (GenerationRequest.seeded)")
     cancel_event = cancel_event or threading.Event()
@@ -167,7 +170,8 @@ def generate(
     # 2. Denoise. The step callback honours cancel, hands on previews, and ends the phase after the last step.
     previews = None
     if on_step is not None:
-        previews = StepPreviews(on_step, request.steps, request.height, request.width, device, latent_rgb)
+        cells = FILTERED_PREVIEW_CELLS if image_filter is not None else None
+        previews = StepPreviews(on_step, request.steps, request.height, request.width, device, latent_rgb, cells)
 
     def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
         if cancel_event.is_set():
@@ -188,7 +192,10 @@ def generate(
         callback_on_step_end=on_step_end,
     )
 
-    # 3. Decoded (inside the pipeline call): check, then hand back PIL images.
+    # 3. Decoded (inside the pipeline call): the content filter judges the batch where it is, then it is checked and
+    #    handed back as PIL images. A flagged batch never becomes images.
+    if image_filter is not None and (blocked := blocked_images(image_filter.check(output.images), request)):
+        raise blocked
     images = to_pil_images(output.images)
     clock.end("decode")
     peak = torch.cuda.max_memory_allocated(device) if cuda else None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
+from .content_filter import ContentPolicy, ImageClassifierFilter
 from .errors import GenerationFailed, InvalidRequest, Krea2Error, LoadError, LoraError, NotReady
 from .generation import (
     AppliedLora,
@@ -65,6 +66,7 @@ class ManagerStatus:
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
     plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
     warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many
+    content_filter: str = ""  # the content policy's words (krea2/content_filter.py), "" without one
 
     def summary(self) -> str:
         parts = [f"device {self.device}", self.plan or f"placement {self.placement}"]
@@ -78,6 +80,8 @@ class ManagerStatus:
             parts.append(f"compile warm-up: {self.warmup}" + (" (full speed)" if self.warmup == "ready" else ""))
         if self.fast_path:
             parts.append(self.fast_path)
+        if self.content_filter:
+            parts.append(self.content_filter)
         return " | ".join(parts)
 
 
@@ -101,6 +105,7 @@ class ModelManager:
         memory_probe: Callable[[torch.device], MemoryBudget] = read_budget,
         compile_cache: CompileCache | None = None,
         loras: LoraLibrary | None = None,
+        content_policy: ContentPolicy | None = None,
     ) -> None:
         """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
         `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
@@ -131,6 +136,8 @@ class ModelManager:
         self.latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB  # the live preview's colours, set with the VAE at load
         self.loras = loras  # the LoRA library requests name LoRAs from; None: requests with LoRAs are refused
         self._lora_cache: LRUCache[LoraWeights] = LRUCache(LORA_CACHE_SIZE)
+        # The host's prompt block list and image classifier, applied to every generation (None: no checks at all).
+        self.content_policy = content_policy
 
     # ----------------------------------------------------------------------------------------------- loading
     def start(self, background: bool = True) -> None:
@@ -155,6 +162,8 @@ class ModelManager:
             log.info("Placement on %s: %s", self.device, self.plan.describe(self._active(), self._names()))
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
+            if self.content_policy is not None:
+                self.content_policy.load(self.device)
             log.info("Checkpoints ready: %s", self.status().summary())
             if self.options.compile:
                 self._warmup = "running"
@@ -328,6 +337,7 @@ class ModelManager:
             fast_path=self._fast_path_summary(),
             plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
             warmup_progress=self._warmup_progress,
+            content_filter=self.content_policy.status() if self.content_policy is not None else "",
         )
 
     def _fast_path_summary(self) -> str:
@@ -385,12 +395,14 @@ class ModelManager:
         cancel_event: threading.Event | None = None,
     ) -> GenerationResult:
         pipe = self._pipe(request.checkpoint)  # fail fast, before waiting for the GPU
+        # The prompt block list, and fail-closed when a required filter is not ready: before any GPU work.
+        image_filter = self.content_policy.admit(request) if self.content_policy is not None else None
         cancel_event = cancel_event or threading.Event()
         with self._user_turn(), self._generate_lock:
             self._cancel_current = cancel_event
             try:
                 with self._uncompiled_while_warming():
-                    return self._generate(pipe, request, on_step, cancel_event)
+                    return self._generate(pipe, request, on_step, cancel_event, image_filter=image_filter)
             except torch.OutOfMemoryError as error:
                 # Free what the failed attempt cached so the next request starts clean. Only here: emptying the
                 # cache after every image would make the next one pay for cudaMalloc again.
@@ -410,8 +422,10 @@ class ModelManager:
         request: GenerationRequest,
         on_step: StepCallback | None,
         cancel_event: threading.Event,
+        image_filter: ImageClassifierFilter | None = None,
     ) -> GenerationResult:
-        """One generation; the caller holds the GPU lock."""
+        """One generation; the caller holds the GPU lock. `image_filter` judges the decoded batch (warm-up runs
+        without it: its images are never shown)."""
         if self.residency is not None:  # a small-GPU plan: this checkpoint's transformer onto the GPU, from CPU RAM
             self.residency.activate(request.checkpoint)
         request = request.seeded()
@@ -424,6 +438,7 @@ class ModelManager:
             latent_rgb=self.latent_rgb,
             on_step=on_step,
             cancel_event=cancel_event,
+            image_filter=image_filter,
         )
         return GenerationResult(
             request=request,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # Widely used linear factors for the Qwen-Image / Wan 2.1 latent space (rows: latent channel; columns: R, G, B),
@@ -57,13 +58,34 @@ def unpack_latents(packed: torch.Tensor, height: int, width: int, vae_scale: int
     return latents.reshape(batch, channels, rows * patch, cols * patch)
 
 
+# While the content filter is on, a preview is a mosaic of this many cells along its long side: where the colours
+# are, nothing a person (or the classifier) could recognise. The filter judges only finished images, so a detailed
+# preview of the last steps would show what it is about to block.
+FILTERED_PREVIEW_CELLS = 8
+
+
+def mosaic(rgb: torch.Tensor, cells: int) -> torch.Tensor:
+    """An (h, w, 3) image as a mosaic of `cells` blocks along its long side (each block its mean), same size."""
+    h, w, _ = rgb.shape
+    rows, cols = max(1, round(cells * h / max(h, w))), max(1, round(cells * w / max(h, w)))
+    blocks = F.adaptive_avg_pool2d(rgb.permute(2, 0, 1)[None], (rows, cols))
+    return F.interpolate(blocks, size=(h, w), mode="nearest")[0].permute(1, 2, 0)
+
+
 def preview_pixels(
-    packed: torch.Tensor, height: int, width: int, rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None
+    packed: torch.Tensor,
+    height: int,
+    width: int,
+    rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mosaic_cells: int | None = None,
 ) -> torch.Tensor:
-    """First image of the batch as 8-bit RGB pixels (1/8 of the output size, (h, w, 3)), where the latents are."""
+    """First image of the batch as 8-bit RGB pixels (1/8 of the output size, (h, w, 3)), where the latents are; as a
+    mosaic of `mosaic_cells` blocks when given (the content filter is on)."""
     latents = unpack_latents(packed[:1].float(), height, width)[0]  # (16, h, w)
     factors, bias = rgb_map if rgb_map is not None else QWEN_IMAGE_LATENT_RGB.on(latents.device)
     rgb = torch.einsum("chw,cr->hwr", latents, factors) + bias
+    if mosaic_cells is not None:
+        rgb = mosaic(rgb, mosaic_cells)
     return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
@@ -89,8 +111,10 @@ class StepPreviews:
         width: int,
         device: torch.device | str = "cpu",
         latent_rgb: LatentRGB = QWEN_IMAGE_LATENT_RGB,
+        mosaic_cells: int | None = None,
     ) -> None:
         self.on_step, self.total_steps, self.height, self.width = on_step, total_steps, height, width
+        self.mosaic_cells = mosaic_cells  # coarse previews while the content filter is on
         self.rgb_map = latent_rgb.on(device)
         self.cuda = torch.device(device).type == "cuda"
         shape = (height // 8, width // 8, 3)
@@ -99,7 +123,7 @@ class StepPreviews:
 
     def push(self, step: int, packed_latents: torch.Tensor) -> None:
         """Start the preview of `step` (1-based), and hand on the previous one."""
-        pixels = preview_pixels(packed_latents, self.height, self.width, self.rgb_map)
+        pixels = preview_pixels(packed_latents, self.height, self.width, self.rgb_map, self.mosaic_cells)
         if not self.cuda:
             self.on_step(step, self.total_steps, Image.fromarray(pixels.cpu().numpy(), mode="RGB"))
             return

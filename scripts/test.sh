@@ -4,13 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 
-# System packages the tests need: PostgreSQL (storage tests run on it too) and Chromium (browser tests).
-if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+# System packages the tests need: PostgreSQL (storage tests run on it too), Chromium (browser tests) and exiftool
+# (reads back the AI disclosure of the PNGs, tests/test_disclosure.py).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+    || ! command -v exiftool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver fonts-dejavu-core >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver fonts-dejavu-core \
+      libimage-exiftool-perl >/dev/null
   else
-    echo "warning: PostgreSQL/Chromium missing and not root; those tests will be skipped" >&2
+    echo "warning: PostgreSQL/Chromium/exiftool missing and not root; those tests will be skipped" >&2
   fi
 fi
 

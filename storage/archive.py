@@ -93,7 +93,7 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     except ValueError:
         raise StorageError(f"Entry {index + 1} of history.json has an invalid created_at.") from None
     fields["created_at"] = created if created.tzinfo else created.replace(tzinfo=UTC)
-    if fields["status"] not in ("ok", "failed", "cancelled", "interrupted"):
+    if fields["status"] not in ("ok", "failed", "cancelled", "interrupted", "blocked"):
         fields["status"] = "interrupted"  # an export taken mid-run: that run never finished
     return fields
 

@@ -84,11 +84,12 @@ def encode_png(image: PILImage.Image, pnginfo) -> bytes:
     return buffer.getvalue()
 
 
-def encode_thumbnail(image: PILImage.Image) -> bytes:
+def encode_thumbnail(image: PILImage.Image, xmp: str | None = None) -> bytes:
+    """A WebP thumbnail; `xmp` (storage/xmp.py) goes into its XMP chunk: the thumbnail discloses what the PNG does."""
     thumb = image.copy()
     thumb.thumbnail((THUMB_SIZE, THUMB_SIZE))
     buffer = io.BytesIO()
-    thumb.save(buffer, format="WEBP", quality=80)
+    thumb.save(buffer, format="WEBP", quality=80, **({"xmp": xmp.encode("utf-8")} if xmp else {}))
     return buffer.getvalue()
 
 

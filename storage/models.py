@@ -32,7 +32,7 @@ class Generation(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     num_images: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # running | ok | failed | cancelled | interrupted
+    status: Mapped[str] = mapped_column(String(16))  # running | ok | failed | cancelled | interrupted | blocked
     error: Mapped[str | None] = mapped_column(Text)
     encode_ms: Mapped[int | None] = mapped_column(Integer)
     denoise_ms: Mapped[int | None] = mapped_column(Integer)

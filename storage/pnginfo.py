@@ -17,8 +17,11 @@ from typing import Any
 
 from PIL import PngImagePlugin
 
+from .xmp import PNG_XMP_KEY, xmp_packet
+
 PARAMETERS_KEY = "parameters"
 JSON_KEY = "krea2"
+DEFAULT_CREATOR_TOOL = "Krea 2 Studio"  # the XMP's CreatorTool when the parameters name no app
 SAMPLER = "Euler (flow matching)"
 
 
@@ -64,6 +67,8 @@ def build_pnginfo(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PARAMETERS_KEY, format_parameters(params))
     info.add_itxt(JSON_KEY, json.dumps(params, ensure_ascii=False, sort_keys=True))
+    # AI disclosure (storage/xmp.py): uncompressed, as XMP readers expect it.
+    info.add_itxt(PNG_XMP_KEY, xmp_packet(str(params.get("app") or DEFAULT_CREATOR_TOOL)))
     return info
 
 

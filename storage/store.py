@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,15 +35,17 @@ from .files import (
     write_atomic,
 )
 from .models import Generation, GenerationLora, Image, utcnow
-from .pnginfo import build_pnginfo
+from .pnginfo import DEFAULT_CREATOR_TOOL, build_pnginfo
 from .records import NewGeneration
 from .repair import RepairReport, repair_files
+from .xmp import xmp_packet
 
 log = logging.getLogger(__name__)
 # `running` rows are written when a generation starts, so a crash leaves a trace; start-up repair turns the ones it
 # finds into `interrupted` (storage/repair.py).
-STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
-FINAL_STATUSES = ("ok", "failed", "cancelled")
+STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
+FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
+PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,10 @@ def naive_utc(moment: datetime) -> datetime:
 
 
 class HistoryStore:
-    def __init__(self, data_dir: Path | str | None = None, database_url: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | str | None = None, database_url: str | None = None, sign_png: PngSigner | None = None
+    ) -> None:
+        self.sign_png = sign_png  # every PNG this store encodes is signed before it is written (None: not signed)
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.database_url = database_url or default_database_url(self.data_dir)
         self.dialect = self.database_url.split(":", 1)[0].split("+", 1)[0]
@@ -120,11 +125,16 @@ class HistoryStore:
         for position, item in enumerate(new.images):
             image_id = uuid.uuid4().hex
             params = {**new.png_parameters, "seed": item.seed}
-            png = item.png if item.png is not None else encode_png(item.image, build_pnginfo(params))
+            png = item.png
+            if png is None:
+                png = encode_png(item.image, build_pnginfo(params))
+                if self.sign_png is not None:
+                    png = self.sign_png(png)
             rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
             write_atomic(self.absolute(rel_png), png)
             written.append(self.absolute(rel_png))
-            write_atomic(self.absolute(rel_thumb), encode_thumbnail(item.image))
+            creator = str(new.png_parameters.get("app") or DEFAULT_CREATOR_TOOL)
+            write_atomic(self.absolute(rel_thumb), encode_thumbnail(item.image, xmp_packet(creator)))
             written.append(self.absolute(rel_thumb))
             rows.append(
                 Image(

@@ -8,15 +8,18 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from krea2.checkpoints import CHECKPOINTS
-from krea2.errors import Cancelled, InvalidRequest, Krea2Error
+from krea2.content_filter import ContentPolicy
+from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
 from krea2.request import GenerationRequest
 from storage import StorageError
 
 from .settings import GENERATE, LORA, SettingError, Settings, add_flags, load_settings
 
+BLOCKED_EXIT = 3  # the content policy refused the prompt or the image (a `blocked` row, no file)
 # The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
 REQUEST_OPTIONS = ("prompt", "checkpoint", "negative_prompt", "steps", "guidance", "width", "height", "seed",
                    "num_images")  # fmt: skip
@@ -59,19 +62,41 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
 
 
-def _generate(request: GenerationRequest, settings: Settings, args: argparse.Namespace) -> int:
+def _generate(
+    request: GenerationRequest,
+    settings: Settings,
+    args: argparse.Namespace,
+    policy: ContentPolicy,
+    sign_png: Callable[[bytes], bytes] | None,
+) -> int:
     from storage import HistoryStore
     from storage.files import default_data_dir
 
-    from .recording import record_failure, record_result
+    from .recording import record_blocked, record_failure, record_result
     from .runtime import build_manager, lora_library
 
-    store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url).open()
+    store = None if args.no_history else HistoryStore(settings.data_dir, settings.database_url, sign_png).open()
+
+    def blocked(error: ContentBlocked) -> None:
+        if store:
+            seen = error.request if isinstance(error.request, GenerationRequest) else request
+            record_blocked(store, seen, str(error))
+
+    try:
+        policy.check_prompt(request)  # before any model loads
+    except ContentBlocked as error:
+        blocked(error)
+        raise
     data_dir = store.data_dir if store else settings.data_dir or default_data_dir()
-    manager = build_manager(settings, loras=lora_library(settings, data_dir))
+    manager = build_manager(settings, loras=lora_library(settings, data_dir), content_policy=policy)
     manager.start(background=False)
     try:
         result = manager.generate(request)
+    except ContentBlocked as error:
+        blocked(error)
+        raise
+    except FilterUnavailable:  # fail closed: nothing ran, nothing to record
+        raise
     except Cancelled as error:
         if store:
             record_failure(store, request, "cancelled", str(error))
@@ -98,7 +123,8 @@ def _generate(request: GenerationRequest, settings: Settings, args: argparse.Nam
             from .recording import png_parameters
 
             params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
-            out.write_bytes(encode_png(result.images[0], build_pnginfo(params)))
+            png = encode_png(result.images[0], build_pnginfo(params))
+            out.write_bytes(sign_png(png) if sign_png is not None else png)
         paths.insert(0, str(out))
     line = {
         "checkpoint": result.request.checkpoint,
@@ -154,7 +180,8 @@ def _lora(args: argparse.Namespace, settings: Settings) -> int:
 
 def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     """Run parsed arguments. Every failure is one line on stderr and an exit code: 2 for bad input or a bad setting
-    (found before any model loads), 1 for a failure while loading, generating or recording."""
+    (found before any model loads), 1 for a failure while loading, generating or recording, 3 when the content policy
+    refused the prompt or the image (studio/safety.py)."""
     if args.command == "lora":
         try:
             return _lora(args, load_settings(environ, args))
@@ -164,15 +191,22 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
         except Krea2Error as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+    from .safety import content_policy
+    from .signing import png_signer
+
     try:
         request = request_of(args)
         settings = load_settings(environ, args)
+        policy, sign_png = content_policy(settings), png_signer(settings)
     except (InvalidRequest, SettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _generate(request, settings, args)
+        return _generate(request, settings, args, policy, sign_png)
+    except ContentBlocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return BLOCKED_EXIT
     except InvalidRequest as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -91,6 +91,23 @@ def record_result(
     return store.add(new) if running is None else store.finish(running.id, new)
 
 
+def record_blocked(
+    store: HistoryStore,
+    request: GenerationRequest,
+    reason: str,
+    comparison_id: str | None = None,
+    running: Generation | None = None,
+) -> Generation:
+    """A generation the content policy refused (krea2/content_filter.py): status `blocked`, the reason, never an image.
+    The seed is kept when one was drawn (the flagged image's), so the host can review what was refused."""
+    fields = {**_request_fields(request), "status": "blocked", "error": reason, "comparison_id": comparison_id}
+    if running is not None:
+        if fields["seed"] is None:
+            fields.pop("seed")  # refused before a seed was drawn: keep what the start recorded
+        return store.finish(running.id, NewGeneration(fields))
+    return store.add(NewGeneration(fields))
+
+
 def record_failure(
     store: HistoryStore,
     request: GenerationRequest,

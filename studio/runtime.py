@@ -11,6 +11,7 @@ import torch
 
 from krea2.checkpoints import RAW, TURBO
 from krea2.compile_cache import CompileCache
+from krea2.content_filter import ContentPolicy
 from krea2.loading import PipelineLoader
 from krea2.lora_library import LoraLibrary
 from krea2.manager import ModelManager
@@ -78,10 +79,12 @@ def build_manager(
     prepare_on_cpu: bool = False,
     compile_cache_folder: Path | None = None,
     loras: LoraLibrary | None = None,
+    content_policy: ContentPolicy | None = None,
 ) -> ModelManager:
     """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
     `compile_cache_folder`: where torch's compile artifacts are kept between runs (the app's data folder).
-    `loras`: the LoRA library requests may name LoRAs from (`lora_library`)."""
+    `loras`: the LoRA library requests may name LoRAs from (`lora_library`).
+    `content_policy` (studio/safety.py) is applied to every generation; its classifier loads with the checkpoints."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -101,7 +104,8 @@ def build_manager(
     if options.compile and compile_cache_folder is not None:
         compile_cache = CompileCache(compile_cache_folder, device=torch.cuda.get_device_name() if cuda else "cpu")
     return ModelManager(
-        loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache, loras=loras
+        loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache, loras=loras,
+        content_policy=content_policy,
     )  # fmt: skip
 
 

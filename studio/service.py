@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotReady
-from krea2.errors import InvalidRequest, LoraError
+from krea2.errors import ContentBlocked, InvalidRequest, LoraError
 from krea2.lora_library import LoraFile
 from krea2.lora_weights import check_is_lora
 from krea2.manager import GenerationResult, ModelManager
@@ -31,8 +31,9 @@ from storage.files import STATIC_DIR
 from storage.models import Generation
 from storage.models import Image as ImageRow
 from storage.pnginfo import read_parameters
+from storage.provenance import read_provenance
 
-from .recording import record_failure, record_result, record_start
+from .recording import record_blocked, record_failure, record_result, record_start
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
@@ -133,6 +134,14 @@ class StudioService:
             result = self.manager.generate(request, on_step, cancel_event)
         except NotReady:
             self.store.delete(running.id)  # nothing ran: not a generation
+            raise
+        except ContentBlocked as error:  # the row says `blocked` and why; no image was made, none is saved
+            log.info("Generation #%s blocked: %s", running.id, error)
+            seen = error.request if isinstance(error.request, GenerationRequest) else request
+            try:
+                record_blocked(self.store, seen, str(error), comparison_id, running)
+            except StorageError:
+                log.exception("Could not record the outcome of generation %s", running.id)
             raise
         except Cancelled as error:
             fail("cancelled", str(error))
@@ -361,6 +370,10 @@ class StudioService:
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:
         return read_parameters(path)
+
+    def png_provenance(self, path: str | Path) -> dict[str, Any]:
+        """{"ai_generated", "xmp", "c2pa"}: what the PNG says about its origin (storage/provenance.py)."""
+        return read_provenance(path)
 
 
 def log_generation(generation: Generation, result: GenerationResult) -> None:

@@ -126,6 +126,30 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1 such as 0.5") from None
+    if not 0 <= value <= 1:
+        raise ValueError("must be a number between 0 and 1")
+    return value
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    labels = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not labels or any(not all(c.isalnum() or c in "_- " for c in label) for label in labels):
+        raise ValueError("must be label names such as nsfw, separated by commas")
+    return labels
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        raise ValueError("must be an existing file")
+    return path
+
+
 SWITCH = Kind("on/off", _switch)
 TEXT = Kind("text", str.strip)
 FOLDER = Kind("folder", lambda text: Path(text.strip()).expanduser())
@@ -139,6 +163,9 @@ ORIGINS = Kind("origins, comma separated", _origins)
 SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
 COMPONENTS = Kind("Hub repo id or folder", lambda text: _repo_or_folder(text))
 DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
+PROBABILITY = Kind("number 0-1", _probability)
+LABELS = Kind("labels, comma separated", _labels)
+FILE = Kind("file", _existing_file)
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -277,6 +304,38 @@ class Settings:
         1024, "KREA2_MAX_UPLOAD_MB", COUNT, "the largest file the page takes (LoRA uploads, PNGs, history imports), MB",
         "`1024`", "--max-upload-mb", (APP,),
     )  # fmt: skip
+
+    # --------------------------------------------------------------------------------------------- hosting
+    content_filter: bool | None = setting(
+        None, "KREA2_CONTENT_FILTER", SWITCH,
+        "the image classifier every generated image passes before it is shown, saved or returned (studio/safety.py); "
+        "`off` is refused unless the app listens on loopback only",
+        "on, and required (generation refused if it cannot load) when reachable beyond loopback: a non-loopback "
+        "`--host`, Spaces, the Docker image, a public `KREA2_ALLOWED_ORIGINS`; locally on when its model loads",
+    )  # fmt: skip
+    filter_model: str = setting(
+        "Falconsai/nsfw_image_detection", "KREA2_FILTER_MODEL", SOURCE,
+        "the content filter's image classifier (any `transformers` image-classification model)",
+        "`Falconsai/nsfw_image_detection`",
+    )  # fmt: skip
+    filter_labels: tuple[str, ...] = setting(
+        ("nsfw",), "KREA2_FILTER_LABELS", LABELS, "the classifier's labels that block an image", "`nsfw`"
+    )
+    filter_threshold: float = setting(
+        0.5, "KREA2_FILTER_THRESHOLD", PROBABILITY,
+        "an image is blocked when a blocking label's probability reaches this", "`0.5`",
+    )  # fmt: skip
+    prompt_blocklist: Path | None = setting(
+        None, "KREA2_PROMPT_BLOCKLIST", FILE,
+        "words, phrases or `re:` regular expressions, one per line, refused in prompts before any GPU work", "none",
+    )  # fmt: skip
+    c2pa_certificate: Path | None = setting(
+        None, "KREA2_C2PA_CERT", FILE,
+        "PEM certificate chain for a signed C2PA manifest in every PNG (with `KREA2_C2PA_KEY`)", "off",
+    )  # fmt: skip
+    c2pa_key: Path | None = setting(
+        None, "KREA2_C2PA_KEY", FILE, "the PEM private key of `KREA2_C2PA_CERT` (unencrypted)", "off"
+    )
 
     @property
     def server_host(self) -> str:

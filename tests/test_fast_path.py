@@ -102,10 +102,10 @@ def test_a_request_waits_for_the_warm_up(manager, monkeypatch):
     started, release = threading.Event(), threading.Event()
     original = manager._generate
 
-    def slow_first(pipe, request, on_step, cancel_event):
+    def slow_first(pipe, request, on_step, cancel_event, image_filter=None):
         started.set()
         release.wait(30)
-        return original(pipe, request, on_step, cancel_event)
+        return original(pipe, request, on_step, cancel_event, image_filter=image_filter)
 
     monkeypatch.setattr(manager, "_generate", slow_first)
     monkeypatch.setattr(manager, "_warmup", manager._warmup)

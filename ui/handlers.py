@@ -27,6 +27,7 @@ from krea2 import (
     get_spec,
 )
 from krea2.demo import DEMO_SIDES
+from krea2.errors import ContentBlocked
 from krea2.request import MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
@@ -47,8 +48,9 @@ COMPARE_CHECKPOINTS, COMPARE_LORAS = "checkpoints", "loras"  # Compare: Raw agai
 
 
 def short_name(spec: CheckpointSpec) -> str:
-    """ "Turbo" for "Krea 2 Turbo": every control on the page is about Krea 2."""
-    return spec.display_name.removeprefix("Krea 2 ")
+    """The name every control shows for a checkpoint: its full name, "Krea 2 Turbo" (the Krea 2 Community License,
+    3.1 b, wants model names to begin with "Krea")."""
+    return spec.display_name
 
 
 # The default checkpoint first, then the others.
@@ -296,6 +298,8 @@ class Handlers:
                     yield final, text, [(i["path"], i["caption"]) for i in items], seed_text, items
         except Cancelled:
             yield gr.skip(), f"**Cancelled** after {time.monotonic() - started:.1f} s", gr.skip(), gr.skip(), gr.skip()
+        except ContentBlocked as error:  # the last (mosaic) preview goes too: the run left nothing to look at
+            yield None, error_note(error), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
 
@@ -512,7 +516,9 @@ class Handlers:
                      generation.images] or [(0, str(self.service.placeholder))]  # fmt: skip
             for position, thumb in tiles:
                 part = f" · {position + 1}/{len(tiles)}" if len(tiles) > 1 else ""
-                label = f"{star}#{generation.id}{part} · {generation.checkpoint} · {generation.status}"
+                spec = CHECKPOINTS.get(generation.checkpoint)
+                name = short_name(spec) if spec else generation.checkpoint
+                label = f"{star}#{generation.id}{part} · {name} · {generation.status}"
                 items.append((thumb, f"{label} · {generation.prompt[:60]}"))
                 ids.append([generation.id, position])
         first = (len(stack) - 1) * HISTORY_PAGE_SIZE
@@ -624,6 +630,18 @@ class Handlers:
             if isinstance(info["request"].get("loras"), list):  # ours: the LoRAs with their hashes
                 values["loras"] = info["request"]["loras"]
         return info["parameters"] or "", info["request"] or info["parsed"], values
+
+    def png_provenance(self, path: str | None):
+        """The PNG's AI disclosure (XMP) and C2PA manifest. A file that is not a readable PNG shows nothing here:
+        `png_info` already says why, once."""
+        if not path:
+            return None
+        try:
+            return self.service.png_provenance(path)
+        except PngInfoError:
+            return None
+        except Exception as error:  # noqa: BLE001
+            raise user_error(error) from None
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

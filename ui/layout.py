@@ -9,6 +9,7 @@ from krea2.request import MAX_IMAGES, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPL
 from studio.service import StudioService
 
 from .api import register_api
+from .attribution import FOOTER_HTML
 from .handlers import (
     CHECKPOINT_CHOICES,
     COMPARE_CHECKPOINTS,
@@ -233,6 +234,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 p_json = gr.JSON(label="Parsed")
                 p_values = gr.State(None)
                 p_send = gr.Button("Send to Generate", elem_id="png-send")
+                p_provenance = gr.JSON(label="AI disclosure (XMP) and C2PA manifest", elem_id="png-provenance")
+
+        # Every page: the license's attribution notice and the AI disclosure (ui/attribution.py).
+        gr.HTML(FOOTER_HTML, elem_id="attribution")
 
         # ------------------------------------------------------------------------------------------ wiring
         register_api(service)  # first, so the public endpoints get the plain names generate / compare / history
@@ -331,4 +336,5 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
         p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private)
+        p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app

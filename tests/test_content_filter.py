@@ -1,0 +1,214 @@
+"""The engine's content checks (krea2/content_filter.py): the image classifier (a tiny one built in the real layout,
+whose decision the test controls: it flags the demo model's red), its GPU-style preprocessing against the processor's
+own, the prompt block list, fail-closed, and the manager applying all of it to a real demo generation, previews
+included."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from filter_helpers import build_random_vit, build_red_flagging_classifier
+
+from demo.scenes import COLOURS
+from krea2.content_filter import (
+    BlocklistError,
+    ContentPolicy,
+    ImageClassifierFilter,
+    PromptBlocklist,
+)
+from krea2.errors import ContentBlocked, FilterUnavailable
+from krea2.preview import FILTERED_PREVIEW_CELLS
+from krea2.request import GenerationRequest
+
+
+@pytest.fixture(scope="session")
+def red_classifier(tmp_path_factory) -> str:
+    return str(build_red_flagging_classifier(tmp_path_factory.mktemp("red-classifier")))
+
+
+def solid(colour: tuple[int, int, int], side: int = 96) -> torch.Tensor:
+    return (torch.tensor(colour, dtype=torch.float32) / 255).view(3, 1, 1).expand(3, side, side).clone()
+
+
+def loaded(source: str, labels=("nsfw",), threshold: float = 0.5) -> ImageClassifierFilter:
+    image_filter = ImageClassifierFilter(source, labels, threshold)
+    image_filter.load("cpu")
+    return image_filter
+
+
+def test_the_classifier_flags_the_demo_red_and_no_other_demo_colour(red_classifier):
+    image_filter = loaded(red_classifier)
+    assert image_filter.preprocessing is not None  # a ViTImageProcessor: repeated with torch, where the batch is
+    torch.manual_seed(0)
+    batch = torch.stack([solid(c) for c in COLOURS.values()])
+    batch = (batch + 0.03 * torch.randn_like(batch)).clamp(0, 1)  # not quite flat, as generated pictures are
+    verdicts = image_filter.check(batch)  # one batch, one verdict per image
+    assert {name: v.blocked for name, v in zip(COLOURS, verdicts, strict=True)} == {n: n == "red" for n in COLOURS}
+    assert all(v.label == "nsfw" for v in verdicts) and verdicts[0].score > 0.99
+    # Mostly red with a white shape: flagged; white with a small red shape: not.
+    red_with_white = solid(COLOURS["red"])
+    red_with_white[:, 32:64, 32:64] = 245 / 255
+    white_with_red = solid(COLOURS["white"])
+    white_with_red[:, 40:56, 40:56] = solid(COLOURS["red"], 16)
+    assert [v.blocked for v in image_filter.check(torch.stack([red_with_white, white_with_red]))] == [True, False]
+    # The threshold is the operator's: a third red scores between 0.5 and 0.99 (the score rises with the red area).
+    third = solid(COLOURS["white"])
+    third[:, :, :32] = solid(COLOURS["red"])[:, :, :32]
+    [verdict] = image_filter.check(third[None])
+    assert 0.5 < verdict.score < 0.99 and verdict.blocked
+    assert not loaded(red_classifier, threshold=0.99).check(third[None])[0].blocked
+
+
+def test_tensor_preprocessing_is_the_processors_own(tmp_path):
+    """The torch steps (resize with antialiasing, rescale, normalise) give the processor's pixel_values to within one
+    8-bit level, for a Falconsai-shaped ViT classifier loaded through the Auto classes."""
+    image_filter = loaded(str(build_random_vit(tmp_path / "vit")))
+    assert type(image_filter.model).__name__ == "ViTForImageClassification"
+    torch.manual_seed(1)
+    for shape in ((2, 3, 96, 80), (1, 3, 512, 512)):
+        images = torch.rand(shape)
+        ours = image_filter.pixel_values(images)
+        arrays = list((images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        theirs = image_filter.processor(images=arrays, return_tensors="pt")["pixel_values"]
+        assert ours.shape == theirs.shape
+        assert float((ours - theirs).abs().max()) <= 2 / 255 * 1.01  # one level of 0..255 is 2/255 after (x-.5)/.5
+
+
+def test_a_processor_the_tensor_path_cannot_repeat_runs_itself(tmp_path, red_classifier):
+    """A processor with steps the torch path does not repeat (ConvNeXt's crop_pct resize and centre crop) is run as
+    is, on the 8-bit pixels: same decisions."""
+    import shutil
+
+    from transformers import ConvNextImageProcessor
+
+    folder = tmp_path / "convnext-processor"
+    shutil.copytree(red_classifier, folder)
+    (folder / "preprocessor_config.json").unlink()
+    convnext = ConvNextImageProcessor(size={"shortest_edge": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    convnext.save_pretrained(folder)
+    image_filter = loaded(str(folder))
+    assert image_filter.preprocessing is None
+    batch = torch.stack([solid(COLOURS["red"]), solid(COLOURS["blue"])])
+    assert [v.blocked for v in image_filter.check(batch)] == [True, False]
+
+
+def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
+    for source, labels, expected in (
+        (red_classifier, ("porn",), "has the labels normal, nsfw"),
+        (str(tmp_path / "missing"), ("nsfw",), "does not exist"),
+        ("someone/not-a-cached-repo", ("nsfw",), "could not be downloaded"),
+    ):
+        policy = ContentPolicy(ImageClassifierFilter(source, labels, 0.5), required=True, how_to_fix="Fix it.")
+        assert policy.state == "loading"
+        policy.load("cpu")
+        assert policy.state == "failed" and expected in policy.reason and "\n" not in policy.reason
+        with pytest.raises(FilterUnavailable) as caught:
+            policy.admit(GenerationRequest(prompt="a fox"))
+        assert "required content filter is unavailable" in str(caught.value) and str(caught.value).endswith("Fix it.")
+        assert "FAILED, generation refused" in policy.status()
+
+
+def test_fail_closed_only_where_required(red_classifier):
+    request = GenerationRequest(prompt="a fox")
+    loading = ContentPolicy(ImageClassifierFilter(red_classifier, ("nsfw",), 0.5), required=True)
+    with pytest.raises(FilterUnavailable, match="still loading"):
+        loading.admit(request)
+    optional = ContentPolicy(ImageClassifierFilter("/nowhere", ("nsfw",), 0.5), required=False)
+    optional.load("cpu")
+    assert optional.admit(request) is None  # not required (loopback): generation goes on, unfiltered...
+    assert "unavailable, images are not filtered" in optional.status()  # ...and the status line says so
+    off = ContentPolicy(off_reason="turned off for local use")
+    assert off.admit(request) is None and off.status() == "content filter: off (turned off for local use)"
+
+
+def test_the_block_list(tmp_path):
+    listing = tmp_path / "blocked.txt"
+    listing.write_text("# comments and blank lines are skipped\n\nforbidden\nvery bad phrase\nre:\\bsp[a@]+m\\b\n")
+    blocklist = PromptBlocklist.from_file(listing)
+    assert len(blocklist) == 3
+    cases = {
+        "a FORBIDDEN fox": 3,  # case-insensitive
+        "ｆｏｒｂｉｄｄｅｎ": 3,  # full-width letters fold to the same word
+        "a very   bad\nphrase": 4,  # any whitespace between the words of a phrase
+        "spaaam and eggs": 5,  # a regular expression
+        "the forbiddenness of it": None,  # whole words only
+        "a very bad fox": None,
+        "a red fox": None,
+    }
+    assert {prompt: blocklist.match(prompt) for prompt in cases} == cases
+    policy = ContentPolicy(blocklist=blocklist)
+    with pytest.raises(ContentBlocked, match="entry 3 of the server's block list"):
+        policy.admit(GenerationRequest(prompt="forbidden things"))
+    assert policy.admit(GenerationRequest(prompt="a fox", negative_prompt="forbidden", guidance=1.0)) is None
+    listing.write_text("fine\nre:(unclosed\n")
+    with pytest.raises(BlocklistError, match="Line 2 of the prompt block list"):
+        PromptBlocklist.from_file(listing)
+    with pytest.raises(BlocklistError, match="cannot be read"):
+        PromptBlocklist.from_file(tmp_path / "missing.txt")
+
+
+# ------------------------------------------------------------------------------------------------ in the manager
+@contextlib.contextmanager
+def policy_on(manager, policy: ContentPolicy):
+    """The session's demo manager with `policy` for the duration (the manager is shared by other tests)."""
+    policy.load(manager.device)
+    previous, manager.content_policy = manager.content_policy, policy
+    try:
+        yield policy
+    finally:
+        manager.content_policy = previous
+
+
+def is_mosaic(preview, cells: int = FILTERED_PREVIEW_CELLS) -> bool:
+    pixels = np.asarray(preview)
+    h, w, _ = pixels.shape
+    blocks = pixels.reshape(cells, h // cells, cells, w // cells, 3)
+    return bool((blocks == blocks[:, :1, :, :1]).all())
+
+
+def test_the_manager_blocks_a_flagged_generation_before_any_image_exists(manager, red_classifier):
+    policy = ContentPolicy(ImageClassifierFilter(red_classifier, ("nsfw",), 0.5), required=True)
+    previews = []
+    with policy_on(manager, policy):
+        assert "content filter: on (" in manager.status().summary()
+        red = GenerationRequest(prompt="a white circle on a red background", width=256, height=256, seed=3)
+        with pytest.raises(ContentBlocked) as caught:
+            manager.generate(red, on_step=lambda i, n, image: previews.append(image))
+        assert caught.value.request.seed == 3 and "flagged this image as nsfw" in str(caught.value)
+        # Every preview of the run was a coarse mosaic, the last steps' included.
+        assert len(previews) == red.steps and all(is_mosaic(p) for p in previews)
+        blue = GenerationRequest(
+            prompt="a red circle on a blue background", width=256, height=256, seed=3, num_images=2
+        )
+        result = manager.generate(blue)
+        assert len(result.images) == 2
+        batch = GenerationRequest(prompt="a yellow star on a red background", width=256, height=256, seed=5,
+                                  num_images=2)  # fmt: skip
+        with pytest.raises(ContentBlocked, match="of these 2 images"):  # one flagged image blocks the whole batch
+            manager.generate(batch)
+    unfiltered = []
+    manager.generate(red, on_step=lambda i, n, image: unfiltered.append(image))
+    assert not all(is_mosaic(p) for p in unfiltered)  # without the filter, previews keep their detail
+
+
+def test_fail_closed_refuses_before_any_gpu_work(manager, tmp_path):
+    policy = ContentPolicy(ImageClassifierFilter(str(tmp_path / "missing"), ("nsfw",), 0.5), required=True,
+                           how_to_fix="Set KREA2_FILTER_MODEL to a classifier that loads.")  # fmt: skip
+    steps = []
+    with policy_on(manager, policy):
+        with pytest.raises(FilterUnavailable) as caught:
+            manager.generate(GenerationRequest(prompt="a red circle on a blue background", width=256, height=256),
+                             on_step=lambda *a: steps.append(a))  # fmt: skip
+    assert steps == [] and str(caught.value).endswith("Set KREA2_FILTER_MODEL to a classifier that loads.")
+
+
+def test_a_blocked_prompt_never_reaches_the_model(manager, tmp_path):
+    policy = ContentPolicy(blocklist=PromptBlocklist.from_text("circle"))
+    steps = []
+    with policy_on(manager, policy), pytest.raises(ContentBlocked, match="block list"):
+        manager.generate(GenerationRequest(prompt="a red circle", width=256, height=256),
+                         on_step=lambda *a: steps.append(a))  # fmt: skip
+    assert steps == []
