@@ -112,12 +112,12 @@ def to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 
 def model_size(width: int, height: int, limit: int = MAX_MODEL_PIXELS) -> tuple[int, int]:
     """The size an image of `width` by `height` is generated at: the same aspect ratio, at most `limit` pixels and
-    MAX_SIDE a side, at least MIN_SIDE a side, each side a multiple of 16 (rounded to the nearest)."""
+    MAX_SIDE a side, at least MIN_SIDE a side, each side a multiple of 16 (rounded to the nearest, halves up)."""
     scale = min(1.0, math.sqrt(limit / (width * height)), MAX_SIDE / max(width, height))
     scale = max(scale, MIN_SIDE / min(width, height))
 
     def side(value: float) -> int:
-        return min(MAX_SIDE, max(MIN_SIDE, SIDE_MULTIPLE * round(value / SIDE_MULTIPLE)))
+        return min(MAX_SIDE, max(MIN_SIDE, SIDE_MULTIPLE * math.floor(value / SIDE_MULTIPLE + 0.5)))
 
     return side(width * scale), side(height * scale)
 
