@@ -93,6 +93,9 @@ def _in_range(name: str, value: int | float, lo: int | float, hi: int | float) -
         raise InvalidRequest(name, value, f"must be between {lo} and {hi}")
 
 
+IMAGE_MODES = ("img2img", "inpaint", "outpaint", "hires")  # hires: img2img of an upscaled result
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """What a generation starts from instead of pure noise (img2img, inpaint, outpaint): a prepared RGB picture of the
@@ -105,8 +108,13 @@ class ImageInput:
     mask: Image.Image | None = None
     image_sha256: str = ""
     mask_sha256: str | None = None
+    mode: str = ""  # what made it (IMAGE_MODES); "" names it from the mask: inpaint or img2img
 
     def __post_init__(self) -> None:
+        if not self.mode:
+            object.__setattr__(self, "mode", "inpaint" if self.mask is not None else "img2img")
+        if self.mode not in IMAGE_MODES:
+            raise InvalidRequest("mode", self.mode, f"must be one of: {', '.join(IMAGE_MODES)}")
         strength = _as_float("strength", self.strength)
         if not 0 < strength <= 1:
             raise InvalidRequest("strength", self.strength, "must be above 0 and at most 1")
@@ -118,10 +126,6 @@ class ImageInput:
                 raise InvalidRequest("mask", getattr(self.mask, "mode", self.mask), "must be a grey (L) picture")
             if self.mask.size != self.image.size:
                 raise InvalidRequest("mask", self.mask.size, f"must be the image's size {self.image.size}")
-
-    @property
-    def mode(self) -> str:
-        return "inpaint" if self.mask is not None else "img2img"
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,10 @@ class GenerationRequest:
         return self.negative_prompt if self.spec.uses_negative_prompt(self.guidance) else None
 
     @property
+    def mode(self) -> str:
+        return "txt2img" if self.source is None else self.source.mode
+
+    @property
     def denoise_steps(self) -> int:
         """The steps actually run: all of them from noise; the last `strength` share of the schedule from an image."""
         assert self.steps is not None
@@ -229,6 +237,7 @@ class GenerationRequest:
         data.pop("extra")
         data.pop("source")
         if self.source is not None:
+            data["mode"] = self.source.mode
             data["strength"] = self.source.strength
             data["source_sha256"] = self.source.image_sha256
             if self.source.mask_sha256 is not None:

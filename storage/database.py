@@ -71,6 +71,11 @@ def alembic_config(extra_version_locations: list[str] | None = None) -> Config:
     return config
 
 
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

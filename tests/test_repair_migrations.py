@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from storage_helpers import new_generation
 
 from storage import HistoryStore, StorageError
-from storage.database import current_revision, make_engine, migrate
+from storage.database import current_revision, head_revision, make_engine, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_repair_marks_vanished_moves_orphans_removes_temp(store):
 def test_migrations_from_empty_and_rerun(database_url, tmp_path):
     migrate(database_url)
     engine = make_engine(database_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == head_revision()
     assert {"generations", "images"} <= set(inspect(engine).get_table_names())
     engine.dispose()
     migrate(database_url)  # a second start is a no-op
@@ -54,18 +54,18 @@ def test_failed_migration_leaves_the_database_as_it_was(tmp_path):
         textwrap.dedent("""
         import sqlalchemy as sa
         from alembic import op
-        revision = "0002"
-        down_revision = "0001"
+        revision = "broken"
+        down_revision = {head!r}
         def upgrade():
             op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
             op.execute("ALTER TABLE generations ADD COLUMN x INTEGER")
             raise RuntimeError("simulated failure in the middle of a migration")
-        """)
+        """).format(head=head_revision())
     )
     with pytest.raises(StorageError, match="left as it was"):
         migrate(url, extra_version_locations=[str(broken)])
     engine = create_engine(url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == head_revision()
     tables = inspect(engine).get_table_names()
     assert "half_done" not in tables
     assert "x" not in {c["name"] for c in inspect(engine).get_columns("generations")}
