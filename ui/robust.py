@@ -44,6 +44,20 @@ def _value_problem(block: Any, value: Any) -> str | None:
     return None
 
 
+OPTIONAL = "api_optional"
+
+
+def optional(*blocks: Any) -> None:
+    """Mark trailing API inputs a caller may leave out (they arrive as None): fields added to an endpoint after
+    clients were written, so a call with the older, shorter list of values still works."""
+    for block in blocks:
+        setattr(block, OPTIONAL, True)
+
+
+def optional_input(block: Any) -> bool:
+    return getattr(block, OPTIONAL, False)
+
+
 class StudioBlocks(gr.Blocks):
     async def process_api(self, block_fn: BlockFunction | int, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """A select event's data comes from the client; Gradio builds `gr.SelectData` from it by indexing
@@ -73,6 +87,8 @@ class StudioBlocks(gr.Blocks):
     @staticmethod
     def _input_problem(block_fn: BlockFunction, inputs: Any, state: Any, strict: bool = False) -> str | None:
         count = len(block_fn.inputs)
+        if isinstance(inputs, list) and all(optional_input(b) for b in block_fn.inputs[len(inputs) :]):
+            inputs.extend([None] * (count - len(inputs)))  # trailing optional fields left out: "not given"
         if not isinstance(inputs, list) or len(inputs) < count:
             given = len(inputs) if isinstance(inputs, list) else 0
             names = ", ".join(field_name(block_fn, i) for i in range(count))
