@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 import time
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 import gradio as gr
@@ -32,8 +32,10 @@ from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from studio.recording import SETTINGS_FIELDS, settings_of
 from studio.service import HISTORY_PAGE_SIZE, DoneEvent, StepEvent, StudioService
+from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe
+from .image_inputs import DEFAULT_STRENGTH, editor_source, editor_value
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
@@ -252,15 +254,26 @@ class Handlers:
         return gr.update(interactive=True, value="Generate")
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
-                 items: list, request: gr.Request):  # fmt: skip
+                 items: list, init=None, strength=DEFAULT_STRENGTH, feather=0, out_left=0, out_right=0, out_top=0,
+                 out_bottom=0, request: gr.Request = None):  # fmt: skip
         """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress
-        area, never a toast as well, nor red badges on the outputs."""
+        area, never a toast as well, nor red badges on the outputs. With a picture in the image editor, the
+        generation starts from it (at its own size; painted strokes make an inpaint mask)."""
+        notes: tuple[str, ...] = ()
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
                                 num_images)  # fmt: skip
+            start = editor_source(init, strength, feather, (out_left, out_right, out_top, out_bottom))
+            if start is not None:
+                notes = (*start.notes, f"generated at {start.size[0]}×{start.size[1]}")
+                req = replace(req, width=start.size[0], height=start.size[1], source=start.source)
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
             return
+        yield from self._run(req, items, request, notes)
+
+    def _run(self, req: GenerationRequest, items: list, request: gr.Request | None, notes: tuple[str, ...] = ()):
+        """`generate`'s stream for a built request (also the hi-res pass's)."""
         started = time.monotonic()
         clock = StepClock()
         yield None, "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip()
@@ -281,6 +294,8 @@ class Handlers:
                     warnings = "".join(f"\n\n⚠️ {w}" for w in event.result.warnings)
                     text = (f"**Done** in {t.total_s:.2f} s (encode {t.encode_s:.2f} · denoise {t.denoise_s:.2f} · "
                             f"decode {t.decode_s:.2f})")  # fmt: skip
+                    if notes:
+                        text += "  \n" + as_text("Image input: " + "; ".join(notes) + ".")
                     # The preview's last latent looks nothing like the image: the result takes its place.
                     final = new[0]["path"] if new else None
                     seed_text = seeds_text(event.result.seeds) + warnings
@@ -289,6 +304,53 @@ class Handlers:
             yield gr.skip(), f"**Cancelled** after {time.monotonic() - started:.1f} s", gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
+
+    def upscale(self, selected: Any, factor: float, items: list, request: gr.Request = None):
+        """The hi-res pass on a result or history image: upscaled by `factor`, then img2img at low strength with its
+        own settings and seed. Streams like `generate`."""
+        try:
+            generation, position = self._selection(selected)
+            path = self.service.image_path(generation, position)
+            if path is None:
+                raise gr.Error("That generation has no image to upscale.", print_exception=False)
+            start = hires_source(path, float(factor))
+            values = self._settings_of(selected)
+            req = GenerationRequest(
+                prompt=values["prompt"], negative_prompt=values["negative_prompt"], checkpoint=values["checkpoint"],
+                steps=values["steps"], guidance=values["guidance"], width=start.size[0], height=start.size[1],
+                seed=values["seed"], source=start.source,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001
+            yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from self._run(req, items, request, start.notes)
+
+    def upscaler(self, factor: float):
+        """`upscale` by a fixed factor, as an event handler (one per button)."""
+
+        def run(selected: Any, items: list, request: gr.Request = None):
+            yield from self.upscale(selected, factor, items, request)
+
+        return run
+
+    @friendly
+    def send_to_image(self, selected: Any):
+        """A result or history image into the Generate tab's image editor: (editor, image panel, tabs)."""
+        generation, position = self._selection(selected)
+        path = self.service.image_path(generation, position)
+        if path is None:
+            raise gr.Error("That generation has no image.", print_exception=False)
+        return editor_value(path), gr.Accordion(open=True), gr.Tabs(selected="generate")
+
+    @friendly
+    def reuse_source(self, selected: Any):
+        """After "reuse settings": the image the generation started from back in the editor, with its mask and
+        strength; a text-to-image generation empties the editor. (editor, strength, image panel)"""
+        generation, _ = self._selection(selected)
+        source = reused_source(self.service.store, generation)
+        if source is None:
+            return None, gr.skip(), gr.skip()
+        return editor_value(source.image, source.mask), source.strength, gr.Accordion(open=True)
 
     def cancel(self, request: gr.Request):
         cancelled = self.service.cancel(session_of(request))
@@ -377,10 +439,14 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------------ compare tab
     def compare(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
-                request: gr.Request):  # fmt: skip
-        """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line."""
+                init=None, strength=DEFAULT_STRENGTH, request: gr.Request = None):  # fmt: skip
+        """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line. With
+        an init image both checkpoints start from it, at its size."""
         try:
             raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1)
+            if init is not None:
+                start = image_source(init, strength=strength)
+                raw = replace(raw, width=start.size[0], height=start.size[1], source=start.source)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
