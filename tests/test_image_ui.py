@@ -91,3 +91,19 @@ def test_editor_values() -> None:
     assert painted_mask([], (8, 8)) is None
     value = editor_value(Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255))
     assert painted_mask(value["layers"], (64, 64)).getextrema() == (255, 255)
+
+
+def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
+    init = {"background": Image.new("RGB", (256, 256), (20, 160, 40)), "layers": [], "composite": None}
+    out = last(handlers.generate("from a green picture", "", "turbo", 8, 0.0, 256, 256, 3, False, 1, [], init, 0.4))
+    item = out[4][0]
+    generation = handlers.service.get(item["generation_id"])
+    assert "Started from" in handlers.select_result(out[4], Selected(0))[0]
+    shown = handlers.history_source([generation.id, 0])
+    assert shown["visible"] and shown["value"].endswith(f"{generation.source_sha256}.png")
+
+    _text, _parsed, values = handlers.png_info(item["path"])
+    editor, strength, _panel = handlers.png_source(values)
+    assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
+    with pytest.warns(UserWarning, match="not in this app's data folder"):
+        assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None

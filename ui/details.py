@@ -36,6 +36,11 @@ def describe(generation: Generation, position: int | None = None) -> str:
         ("Timings", ", ".join(f"{k[:-3]} {v} ms" for k, v in generation.timings_ms().items() if v is not None) or "—"),
         ("Device", f"{generation.device} ({generation.placement})" if generation.device else "—"),
     ]
+    if generation.source_sha256:  # started from an image
+        started = f"{generation.mode}, strength {generation.strength}, init image {generation.source_sha256[:10]}"
+        if generation.mask_sha256:
+            started += f", mask {generation.mask_sha256[:10]}"
+        rows.append(("Started from", started))
     if generation.comparison_id:
         rows.append(("Comparison", generation.comparison_id[:8]))
     if generation.files_missing:

@@ -40,6 +40,7 @@ from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
 log = logging.getLogger(__name__)
+SOURCE_FIELDS = ("strength", "source_sha256", "mask_sha256")  # what a PNG says about the image it started from
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 # What a form shows before anyone touches it: GenerationRequest's own defaults (checkpoint, size, image count).
 REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
@@ -540,6 +541,15 @@ class Handlers:
         )
 
     @friendly
+    def history_source(self, selected: Any):
+        """The init image a history row started from (hidden for text-to-image, or when its file is gone)."""
+        generation, _ = self._selection(selected)
+        if generation.source_sha256 is None:
+            return gr.update(value=None, visible=False)
+        path = self.service.store.absolute(self.service.store.source_relative(generation.source_sha256))
+        return gr.update(value=str(path) if path.is_file() else None, visible=path.is_file())
+
+    @friendly
     def toggle_favorite(self, selected: Any):
         generation, _ = self._selection(selected)
         favorite = self.service.toggle_favorite(generation.id)
@@ -620,8 +630,26 @@ class Handlers:
         info = self.service.png_info(path)
         values = dict(info["parsed"])
         if info["request"]:
-            values.update({k: v for k, v in info["request"].items() if k in SETTINGS_FIELDS})
+            values.update({k: v for k, v in info["request"].items() if k in (*SETTINGS_FIELDS, *SOURCE_FIELDS)})
         return info["parameters"] or "", info["request"] or info["parsed"], values
+
+    @friendly
+    def png_source(self, values: dict | None):
+        """After "send to Generate": the PNG's init image back in the editor, when this app still has it (it is
+        named by its content address); otherwise a warning that says so, and the editor is left empty."""
+        digest = (values or {}).get("source_sha256")
+        if not digest:
+            return None, gr.skip(), gr.skip()
+        try:
+            image = self.service.store.load_source(str(digest))
+            mask_digest = values.get("mask_sha256")
+            mask = self.service.store.load_source(str(mask_digest)).convert("L") if mask_digest else None
+        except StorageError:
+            gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
+                       "folder; its settings were sent without it.")  # fmt: skip
+            return None, gr.skip(), gr.skip()
+        strength = values.get("strength") if isinstance(values.get("strength"), (int, float)) else gr.skip()
+        return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True)
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

@@ -233,6 +233,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
                     h_image = gr.Image(label="Original", type="filepath", interactive=False, elem_id="history-image")
+                    h_source = gr.Image(label="Started from", type="filepath", interactive=False, visible=False,
+                                        elem_id="history-source")  # fmt: skip
                     with gr.Column():
                         h_params = gr.HTML(elem_id="history-params")  # user text: HTML-escaped, see ui/text.py
                         with gr.Row():
@@ -332,7 +334,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_gallery.select(
             handlers.select_history, h_nav,
             [h_detail, h_image, h_params, h_selected, h_favorite, h_download, h_confirm], **private,
-        )  # fmt: skip
+        ).success(handlers.history_source, h_selected, h_source, **private)  # fmt: skip
         h_favorite.click(handlers.toggle_favorite, h_selected, h_favorite, **private)
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
             handlers.reuse_source, h_selected, [init_editor, strength, image_panel], **private
@@ -361,5 +363,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
-        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private)
+        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
+            handlers.png_source, p_values, [init_editor, strength, image_panel], **private
+        )
     return app
