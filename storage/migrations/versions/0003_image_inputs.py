@@ -1,14 +1,14 @@
 """Image inputs: what a generation started from (mode, strength, init image and mask content addresses).
 
-Revision ID: 0002_image_inputs
-Revises: 0001
+Revision ID: 0003_image_inputs
+Revises: 0002_loras
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_image_inputs"
-down_revision = "0001"
+revision = "0003_image_inputs"
+down_revision = "0002_loras"
 branch_labels = None
 depends_on = None
 
