@@ -12,6 +12,7 @@ from PIL import Image
 
 from .content_filter import ImageClassifierFilter, blocked_images
 from .errors import Cancelled, GenerationFailed
+from .image_to_image import start_from_image
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
 from .preview import FILTERED_PREVIEW_CELLS, LatentRGB, StepCallback, StepPreviews
@@ -167,22 +168,34 @@ def generate(
     inputs = pipeline_inputs(pipe, request, prompt_cache)
     clock.end("encode")
 
-    # 2. Denoise. The step callback honours cancel, hands on previews, and ends the phase after the last step.
+    # 2. From an image: its latents noised to where the schedule's tail starts (image_to_image.py); the pipeline then
+    #    runs that tail only, from those latents.
+    start = None
+    if request.source is not None:
+        start = start_from_image(pipe, request, generators, inputs["prompt_embeds"].dtype, device)
+        inputs.update(latents=start.latents, sigmas=start.sigmas, num_inference_steps=len(start.sigmas))
+    steps = request.denoise_steps
+
+    # 3. Denoise. The step callback honours cancel, keeps an inpaint's unmasked latents on the image's path, hands on
+    #    previews, and ends the phase after the last step.
     previews = None
     if on_step is not None:
         cells = FILTERED_PREVIEW_CELLS if image_filter is not None else None
-        previews = StepPreviews(on_step, request.steps, request.height, request.width, device, latent_rgb, cells)
+        previews = StepPreviews(on_step, steps, request.height, request.width, device, latent_rgb, cells)
 
     def on_step_end(_pipe, i: int, _t, tensors: dict) -> dict:
         if cancel_event.is_set():
             raise Cancelled()
+        latents = tensors["latents"]
+        if start is not None and start.latent_mask is not None:
+            latents = start.blend(i, latents)
         if previews is not None:
-            previews.push(i + 1, tensors["latents"])
-        if i + 1 == request.steps:
+            previews.push(i + 1, latents)
+        if i + 1 == steps:
             if previews is not None:
                 previews.flush()
             clock.end("denoise")
-        return {}
+        return {"latents": latents}
 
     output = pipe(
         **inputs,
@@ -192,11 +205,13 @@ def generate(
         callback_on_step_end=on_step_end,
     )
 
-    # 3. Decoded (inside the pipeline call): the content filter judges the batch where it is, then it is checked and
-    #    handed back as PIL images. A flagged batch never becomes images.
-    if image_filter is not None and (blocked := blocked_images(image_filter.check(output.images), request)):
+    # 4. Decoded (inside the pipeline call); an inpaint's unmasked pixels taken back from the image; the content
+    #    filter judges the batch where it is (a flagged batch never becomes images), then it is checked and handed
+    #    back as PIL images.
+    decoded = output.images if start is None else start.composite(output.images)
+    if image_filter is not None and (blocked := blocked_images(image_filter.check(decoded), request)):
         raise blocked
-    images = to_pil_images(output.images)
+    images = to_pil_images(decoded)
     clock.end("decode")
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     return Generated(images=images, timings=clock.timings(), peak_gpu_bytes=peak)

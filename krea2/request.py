@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT, get_spec
 from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 2048, 16
@@ -90,6 +93,41 @@ def _in_range(name: str, value: int | float, lo: int | float, hi: int | float) -
         raise InvalidRequest(name, value, f"must be between {lo} and {hi}")
 
 
+IMAGE_MODES = ("img2img", "inpaint", "outpaint", "hires")  # hires: img2img of an upscaled result
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """What a generation starts from instead of pure noise (img2img, inpaint, outpaint): a prepared RGB picture of the
+    request's size (`krea2.image_input.prepare_image`), how much of the schedule redraws it (`strength`: 1 starts from
+    noise, as text-to-image does; 0.3 keeps most of the picture), and optionally a grey mask of the same size (white:
+    repaint, black: keep, grey: blend). The sha256s are the uploaded files' content addresses (history, PNG)."""
+
+    image: Image.Image
+    strength: float = 0.6
+    mask: Image.Image | None = None
+    image_sha256: str = ""
+    mask_sha256: str | None = None
+    mode: str = ""  # what made it (IMAGE_MODES); "" names it from the mask: inpaint or img2img
+
+    def __post_init__(self) -> None:
+        if not self.mode:
+            object.__setattr__(self, "mode", "inpaint" if self.mask is not None else "img2img")
+        if self.mode not in IMAGE_MODES:
+            raise InvalidRequest("mode", self.mode, f"must be one of: {', '.join(IMAGE_MODES)}")
+        strength = _as_float("strength", self.strength)
+        if not 0 < strength <= 1:
+            raise InvalidRequest("strength", self.strength, "must be above 0 and at most 1")
+        object.__setattr__(self, "strength", strength)
+        if getattr(self.image, "mode", None) != "RGB":
+            raise InvalidRequest("image", getattr(self.image, "mode", self.image), "must be an RGB picture")
+        if self.mask is not None:
+            if getattr(self.mask, "mode", None) != "L":
+                raise InvalidRequest("mask", getattr(self.mask, "mode", self.mask), "must be a grey (L) picture")
+            if self.mask.size != self.image.size:
+                raise InvalidRequest("mask", self.mask.size, f"must be the image's size {self.image.size}")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A validated request. ``steps``/``guidance`` left as None take the checkpoint's defaults; ``seed`` left as None
@@ -108,6 +146,7 @@ class GenerationRequest:
     # LoRAs from the LoRA library (`LoraChoice`, or "name:weight" text, or {"name", "weight", "target"}); each applies
     # to the checkpoints its target names, so one list serves a Raw/Turbo comparison.
     loras: tuple[LoraChoice, ...] = ()
+    source: ImageInput | None = field(default=None, repr=False)  # None: text-to-image
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
@@ -144,6 +183,12 @@ class GenerationRequest:
         set_(self, "num_images", num_images)
 
         set_(self, "loras", _check_loras(self.loras))
+        if self.source is not None:
+            if not isinstance(self.source, ImageInput):
+                raise InvalidRequest("source", type(self.source).__name__, "must be an ImageInput")
+            if self.source.image.size != (self.width, self.height):
+                w, h = self.source.image.size
+                raise InvalidRequest("width", self.width, f"and height must be the init image's size {w}×{h}")
 
     @property
     def spec(self):
@@ -155,8 +200,20 @@ class GenerationRequest:
         assert self.guidance is not None
         return self.negative_prompt if self.spec.uses_negative_prompt(self.guidance) else None
 
+    @property
+    def mode(self) -> str:
+        return "txt2img" if self.source is None else self.source.mode
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps actually run: all of them from noise; the last `strength` share of the schedule from an image."""
+        assert self.steps is not None
+        if self.source is None:
+            return self.steps
+        return max(1, round(self.steps * self.source.strength))
+
     def with_seed(self, seed: int) -> GenerationRequest:
-        return GenerationRequest(**{**self.to_dict(), "seed": seed})
+        return replace(self, seed=seed)
 
     def seeded(self) -> GenerationRequest:
         """This request, with a random seed drawn if it has none: the one place seeds are drawn (a comparison draws
@@ -173,15 +230,23 @@ class GenerationRequest:
     def with_checkpoint(self, checkpoint: str, *, keep_settings: bool = False, **overrides: Any) -> GenerationRequest:
         """The same prompt, size and seed on another checkpoint; steps/guidance reset to its defaults unless kept.
         `overrides` set fields of the new request (validated like any other)."""
-        data = {**self.to_dict(), "checkpoint": checkpoint}
+        data: dict[str, Any] = {"checkpoint": checkpoint}
         if not keep_settings:
             data["steps"] = data["guidance"] = None
-        return GenerationRequest(**{**data, **overrides})
+        return replace(self, **{**data, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The settings as plain values; an init image appears as its strength and content addresses."""
+        data = asdict(replace(self, source=None))
         data.pop("extra")
         data["loras"] = [asdict(choice) for choice in self.loras]
+        data.pop("source")
+        if self.source is not None:
+            data["mode"] = self.source.mode
+            data["strength"] = self.source.strength
+            data["source_sha256"] = self.source.image_sha256
+            if self.source.mask_sha256 is not None:
+                data["mask_sha256"] = self.source.mask_sha256
         return data
 
     @property
@@ -190,7 +255,7 @@ class GenerationRequest:
         return tuple(choice for choice in self.loras if choice.applies_to(self.checkpoint))
 
     def without_loras(self) -> GenerationRequest:
-        return GenerationRequest(**{**self.to_dict(), "loras": ()})
+        return replace(self, loras=())
 
 
 # ------------------------------------------------------------------------------------------------ LoRAs

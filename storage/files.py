@@ -22,7 +22,8 @@ THUMB_SIZE = 256
 # The data folder's layout: images and thumbnails by day, files no row points at (moved there by repair), and files the
 # app itself serves (a placeholder). Everything but the database file may be served.
 IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR, STATIC_DIR = "images", "thumbs", "orphans", "static"
-SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR)
+SOURCES_DIR = "sources"  # init images and masks, stored once each under their sha256 (rows share them)
+SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR, SOURCES_DIR)
 SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
 
 
@@ -82,6 +83,11 @@ def encode_png(image: PILImage.Image, pnginfo) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=pnginfo)
     return buffer.getvalue()
+
+
+def png_address(image: PILImage.Image) -> str:
+    """The content address an init image or mask is stored under: the sha256 of its PNG (no metadata)."""
+    return sha256(encode_png(image, None))
 
 
 def encode_thumbnail(image: PILImage.Image, xmp: str | None = None) -> bytes:

@@ -44,6 +44,12 @@ class Generation(Base):
     favorite: Mapped[bool] = mapped_column(Boolean, default=False)
     comparison_id: Mapped[str | None] = mapped_column(String(32))
     files_missing: Mapped[bool] = mapped_column(Boolean, default=False)  # set by start-up repair
+    # What the generation started from (issue 17): txt2img | img2img | inpaint | outpaint | hires, the strength,
+    # and the content addresses of the init image and mask in the data folder's sources/.
+    mode: Mapped[str] = mapped_column(String(16), default="txt2img")
+    strength: Mapped[float | None] = mapped_column(Float)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    mask_sha256: Mapped[str | None] = mapped_column(String(64))
 
     images: Mapped[list[Image]] = relationship(
         back_populates="generation", cascade="all, delete-orphan", order_by="Image.position", lazy="selectin"

@@ -59,6 +59,11 @@ def format_parameters(params: dict[str, Any]) -> str:
     ]
     if hashes := lora_hashes(loras):
         fields.append(("Lora hashes", f'"{hashes}"'))
+    if params.get("strength") is not None:  # started from an image: A1111's key, and the image's content address
+        fields.append(("Denoising strength", params["strength"]))
+        fields.append(("Init image hash", str(params.get("source_sha256", ""))[:10]))
+        if params.get("mask_sha256"):
+            fields.append(("Mask hash", params["mask_sha256"][:10]))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 
@@ -88,7 +93,12 @@ def parse_parameters(text: str) -> dict[str, Any]:
     result: dict[str, Any] = {"prompt": "\n".join(prompt_lines).strip(), "negative_prompt": "\n".join(negative_lines)}
     for key, value in _FIELD.findall(settings_line):
         result[key.strip()] = value.strip().strip('"')
-    normalised = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int)}
+    normalised = {
+        "Steps": ("steps", int),
+        "CFG scale": ("guidance", float),
+        "Seed": ("seed", int),
+        "Denoising strength": ("strength", float),
+    }
     for key, (name, cast) in normalised.items():
         if key in result:
             try:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image as PILImage
 from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,7 @@ from .database import default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
     IMAGES_DIR,
+    SOURCES_DIR,
     THUMBS_DIR,
     default_data_dir,
     encode_png,
@@ -279,6 +281,34 @@ class HistoryStore:
             seen.add(key)
             added += 1
         return added, skipped
+
+    # ------------------------------------------------------------------------------------------------ sources
+    def source_relative(self, digest: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", digest or ""):
+            raise StorageError("That is not the address of a stored init image.")
+        return f"{SOURCES_DIR}/{digest[:2]}/{digest}.png"
+
+    def put_source(self, image: PILImage.Image) -> str:
+        """Store an init image or mask once, under the sha256 of its PNG (written atomically, before any row points
+        at it), and return that address. Storing the same picture again writes nothing."""
+        png = encode_png(image, None)
+        digest = sha256(png)  # = files.png_address(image)
+        path = self.absolute(self.source_relative(digest))
+        if not path.is_file():
+            write_atomic(path, png)
+        return digest
+
+    def load_source(self, digest: str) -> PILImage.Image:
+        """A stored init image or mask, decoded (refused with a sentence when it is gone)."""
+        path = self.absolute(self.source_relative(digest))
+        try:
+            with PILImage.open(path) as image:
+                image.load()
+                return image.copy()
+        except FileNotFoundError:
+            raise StorageError(f"The init image {digest[:10]} is no longer in the data folder.") from None
+        except OSError as error:
+            raise StorageError(f"The init image {digest[:10]} could not be read ({error}).") from None
 
     # ------------------------------------------------------------------------------------------------ reads
     def get(self, generation_id: int) -> Generation | None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from krea2.checkpoints import CHECKPOINTS
 from krea2.content_filter import ContentPolicy
 from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
+from krea2.image_input import InvalidImage
 from krea2.request import GenerationRequest
 from storage import StorageError
 
 from .settings import GENERATE, LORA, SettingError, Settings, add_flags, load_settings
+from .sources import PreparedSource, image_source, store_source
 
 BLOCKED_EXIT = 3  # the content policy refused the prompt or the image (a `blocked` row, no file)
 # The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", choices=sorted(CHECKPOINTS))
     for option in REQUEST_OPTIONS[2:]:
         gen.add_argument("--" + option.replace("_", "-"), dest=option)
+    start = gen.add_argument_group("start from an image (img2img, inpaint, outpaint)")
+    start.add_argument("--image", help="init image: a PNG, JPEG or WebP file")
+    start.add_argument("--mask", help="inpaint mask (white repaints, black keeps), same shape as the image")
+    start.add_argument("--strength", help="share of the schedule redrawn, above 0 up to 1 (default 0.6; 1 with a mask)")
+    start.add_argument("--feather", default="0", help="blur the mask's edge by this many pixels")
+    start.add_argument("--outpaint", metavar="L,R,T,B", help="extend the canvas by these pixels on each side")
     gen.add_argument("--out", help="also copy the first image here (PNG, metadata intact)")
     gen.add_argument("--no-history", action="store_true", help="do not record in the history database")
     gen.add_argument("--lora", action="append", dest="loras", metavar="NAME:WEIGHT",
@@ -59,7 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
 def request_of(args: argparse.Namespace) -> GenerationRequest:
     """The request the options describe, validated before any model loads: bad input fails in milliseconds."""
     given = {name: getattr(args, name) for name in REQUEST_OPTIONS if getattr(args, name, None) is not None}
+    if getattr(args, "image", None):
+        prepared = source_of(args, given)
+        args.notes = list(prepared.notes)
+        given.update(source=prepared.source, width=prepared.size[0], height=prepared.size[1])
+    elif any(getattr(args, name, None) for name in ("mask", "strength", "outpaint")):
+        raise InvalidRequest("image", None, "is needed by --mask, --strength and --outpaint")
     return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
+
+
+def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
+    """--image and its companions, prepared (the size: --width/--height when both are given, else the image's)."""
+    from krea2.image_input import Outpaint
+
+    outpaint = None
+    if args.outpaint:
+        sides = args.outpaint.split(",")
+        if len(sides) != 4 or not all(side.strip().isdigit() for side in sides):
+            raise InvalidRequest("outpaint", args.outpaint, "must be four whole numbers: left,right,top,bottom")
+        outpaint = Outpaint(*(int(side) for side in sides))
+    default_strength = 1.0 if (args.mask or outpaint) else 0.6
+    strength = args.strength if args.strength not in (None, "") else default_strength  # ImageInput parses it
+    if not str(args.feather).strip().isdigit():
+        raise InvalidRequest("feather", args.feather, "must be a whole number of pixels")
+    size = None
+    if {"width", "height"} <= given.keys():  # checked as the request checks them, before any file is read
+        checked = GenerationRequest(prompt="-", width=given["width"], height=given["height"])
+        size = (checked.width, checked.height)
+    return image_source(
+        args.image, strength=strength, mask=args.mask, feather=int(args.feather), outpaint=outpaint, size=size
+    )
 
 
 def _generate(
@@ -87,6 +124,8 @@ def _generate(
     except ContentBlocked as error:
         blocked(error)
         raise
+    if store and request.source is not None:
+        store_source(store, request.source)  # before the row that names it
     data_dir = store.data_dir if store else settings.data_dir or default_data_dir()
     manager = build_manager(settings, loras=lora_library(settings, data_dir), content_policy=policy)
     manager.start(background=False)
@@ -137,6 +176,7 @@ def _generate(
         "demo": manager.demo,
         "warnings": result.warnings,
         "loras": [{"name": x.name, "hash": x.hash, "weight": x.weight} for x in result.loras],
+        "notes": getattr(args, "notes", []),
     }
     print(json.dumps(line))
     return 0
@@ -198,7 +238,7 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
         request = request_of(args)
         settings = load_settings(environ, args)
         policy, sign_png = content_policy(settings), png_signer(settings)
-    except (InvalidRequest, SettingError) as error:
+    except (InvalidRequest, SettingError, InvalidImage) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -34,6 +34,18 @@ def _request_fields(request: GenerationRequest) -> dict[str, Any]:
         "negative_prompt": request.effective_negative_prompt or "",
         "num_images": request.num_images,
         "app_version": APP_VERSION,
+        **source_fields(request),
+    }
+
+
+def source_fields(request: GenerationRequest) -> dict[str, Any]:
+    """The Generation columns that say what a generation started from (all None/txt2img for text-to-image)."""
+    source = request.source
+    return {
+        "mode": request.mode,
+        "strength": source.strength if source else None,
+        "source_sha256": source.image_sha256 if source else None,
+        "mask_sha256": source.mask_sha256 if source else None,
     }
 
 

@@ -34,6 +34,7 @@ from storage.pnginfo import read_parameters
 from storage.provenance import read_provenance
 
 from .recording import record_blocked, record_failure, record_result, record_start
+from .sources import store_source
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
@@ -120,7 +121,10 @@ class StudioService:
         self, request: GenerationRequest, on_step, cancel_event: threading.Event, comparison_id: str | None
     ) -> tuple[GenerationResult, Generation]:
         """Generate and record the outcome. The row is written as `running` first (a crash leaves a trace), then
-        finalised: ok with its images, or failed / cancelled without."""
+        finalised: ok with its images, or failed / cancelled without. An init image is kept in the data folder first
+        (the row names it)."""
+        if request.source is not None:
+            store_source(self.store, request.source)
         running = record_start(self.store, request, comparison_id)
 
         def fail(status: str, message: str) -> None:

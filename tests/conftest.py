@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from krea2.quiet import quiet_libraries
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+# As the app, the CLI and the benchmarks do at start-up; without it, whichever test first imports diffusers gets
+# torchao's "Unable to import" line in its captured stderr (test_cli's one-line checks failed when run alone).
+quiet_libraries()
 pytest_plugins = ("pytester",)  # tests/test_markers.py runs pytest on small suites
 
 

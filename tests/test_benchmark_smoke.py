@@ -37,3 +37,15 @@ def test_smoke_run_writes_the_gpu_runs_fields(tmp_path):
     skipped, calls = map(int, raw["cache0.05_skipped_calls"].split("/"))
     assert calls == 2 * raw["steps"] and 0 <= skipped <= calls  # two guided calls per step, each counted
     assert smoke["command"].startswith("python bench/benchmark.py --smoke")
+
+
+def test_img2img_benchmark_smoke_run(tmp_path):
+    """bench/img2img_benchmark.py (issue 17's GPU benchmark) end to end on the demo checkpoints: its fields exist."""
+    command = [sys.executable, "bench/img2img_benchmark.py", "--smoke", "--repeats", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [path] = tmp_path.glob("*_cpu-smoke_img2img-turbo1024_padfree.json")
+    case = json.loads(path.read_text())["cases"]["turbo1024"]
+    assert case["steps_run"] == 1 and case["stock_s"] > 0 and case["padfree_s"] > 0
+    assert case["padfree_vs_stock_max_abs_pixel"] < 0.02  # the same image as the stock loop, up to rounding
+    assert case["vae_encode_s"] > 0 and case["vae_decode_s"] > 0

@@ -230,3 +230,22 @@ def test_history_shows_markup_in_a_prompt_as_text(server, browser):
         thread.join()
         listener.close()
     assert hits == []  # nothing fetched the "tracking pixel"
+
+
+def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (256, 256), (230, 200, 20)).save(init)
+    page.get_by_text("Start from an image").first.click()
+    page.locator("#init-image input[type=file]").set_input_files(str(init))
+    page.locator("#init-image canvas").first.wait_for(timeout=10_000)
+    page.locator("#prompt textarea").fill("a red circle from an image")
+    set_number(page, "strength", 0.5)
+    page.locator("#generate-btn").click()
+    page.get_by_text("Image input: generated at 256×256.").wait_for(timeout=60_000)
+    shot(page, "08-img2img")
+    page.locator("#results img").first.click()
+    page.locator("#send-btn").click()  # the result becomes the next init image
+    page.locator("#upscale-2-btn").click()  # and the hi-res pass runs on it
+    page.get_by_text("Image input: upscaled ×2 to 512×512.").wait_for(timeout=120_000)

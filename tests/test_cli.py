@@ -83,3 +83,48 @@ def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
     assert line["path"] == str(tmp_path / "out" / "fox.png")
     for noise in ("torchao", "_C_", "deprecated", "%|", "it/s]"):
         assert noise not in done.stderr, done.stderr
+
+
+def test_cli_img2img_records_its_source_and_says_so_in_the_png(tmp_path, demo_sources):
+    from PIL import Image
+
+    init = tmp_path / "init.jpg"
+    Image.new("RGB", (300, 260), (230, 200, 20)).save(init, quality=95)
+    env = {
+        **os.environ,
+        "KREA2_DATA_DIR": str(tmp_path / "data"),
+        "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent),
+    }
+    args = ["generate", "--demo", "--prompt", "a red circle", "--seed", "3", "--image", str(init), "--strength", "0.5"]
+    done = run_cli(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["notes"] == ["resized from 300×260 to 304×256"]
+    store = HistoryStore(tmp_path / "data").open()
+    row = store.get(line["generation_id"])
+    assert (row.mode, row.strength, row.width, row.height) == ("img2img", 0.5, 304, 256)
+    assert store.load_source(row.source_sha256).size == (304, 256)  # stored once, under its content address
+    text = read_parameters(store.absolute(row.images[0].path))["parameters"]
+    assert "Denoising strength: 0.5" in text and f"Init image hash: {row.source_sha256[:10]}" in text
+
+
+def test_cli_bad_image_input_is_exit_2_and_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good = tmp_path / "good.png"
+    from PIL import Image
+
+    Image.new("RGB", (256, 256)).save(good)
+    cases = (
+        ["--image", str(broken)],
+        ["--image", str(tmp_path / "missing.png")],
+        ["--image", str(good), "--strength", "abc"],
+        ["--image", str(good), "--strength", "0"],
+        ["--strength", "0.5"],
+        ["--image", str(good), "--outpaint", "1,2"],
+        ["--image", str(good), "--mask", str(good)],  # an all-black mask: nothing to repaint
+    )
+    for extra in cases:
+        assert cli.run(parsed("--prompt", "x", *extra), environ={}) == 2, extra
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (extra, err)

@@ -16,7 +16,22 @@ from krea2.speedups.vae_decode import (
     SingleFrameQwenImageVAE,
     upsample_nearest_2x,
     use_single_frame_decode,
+    use_single_frame_encode,
 )
+
+
+@pytest.mark.parametrize("frames", [1, 5])  # an init image; a video, whose cached frames take the stock convolutions
+def test_single_frame_encode_matches_stock(frames):
+    vae = build_vae().eval()
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, frames, 96, 80) * 2 - 1
+    with torch.no_grad():
+        reference = vae.encode(pixels).latent_dist.mode()
+        switched = use_single_frame_encode(vae)
+        fast = vae.encode(pixels).latent_dist.mode()
+    assert switched > 0 and isinstance(vae.encoder.conv_in, SingleFrameCausalConv3d)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    assert use_single_frame_encode(vae, False) == switched and type(vae.encoder.conv_in) is QwenImageCausalConv3d
 
 
 @pytest.mark.parametrize("frames", [1, 3])  # one image; a video latent, which takes the stock decoder

@@ -285,3 +285,27 @@ def test_sigkilled_work_is_marked_interrupted_at_the_next_start(tmp_path, demo_s
 def test_the_server_still_serves_after_all_of_the_above(server):
     kind, data = call(server.url, "generate", generate_body(prompt="still serving"))
     assert kind == "complete", data
+
+
+def test_the_api_starts_from_an_uploaded_image_and_refuses_bad_ones(server, client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (256, 256), (230, 200, 20)).save(init)
+    _images, info = client.predict(prompt="from an image", steps=2, seed=4, image=handle_file(str(init)),
+                                   strength="0.5", api_name="/generate")  # fmt: skip
+    assert (info["mode"], info["strength"], info["width"]) == ("img2img", 0.5, 256)
+    row = wait_settled(server, "from an image")[0]
+    assert row.status == "ok" and (server.data_dir / "sources" / row.source_sha256[:2]).is_dir()
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    before = files_in(server.data_dir)
+    for fields, starts in (({"image": handle_file(str(broken))}, "The image could not be read"),
+                           ({"mask": handle_file(str(init))}, "image:"),
+                           ({"image": handle_file(str(init)), "strength": "2"}, "strength:")):  # fmt: skip
+        with pytest.raises(Exception) as refused:
+            client.predict(prompt="refused image", steps=1, api_name="/generate", **SMALL, **fields)
+        assert one_sentence(str(refused.value)) and str(refused.value).startswith(starts), str(refused.value)
+    assert files_in(server.data_dir) == before and not rows(server, "refused image")

@@ -39,6 +39,8 @@ def _summary(event: DoneEvent) -> dict[str, Any]:
         "warnings": result.warnings,
         "comparison_id": generation.comparison_id,
         "loras": [{"name": lora.name, "hash": lora.hash, "weight": lora.weight} for lora in result.loras],
+        "mode": generation.mode,
+        "strength": generation.strength,
     }
 
 
@@ -57,6 +59,58 @@ def event_id() -> str | None:
     from gradio.context import LocalContext
 
     return LocalContext.event_id.get(None)
+
+
+def uploaded_path(value: Any) -> str | None:
+    """The server-side path of an uploaded file field (Gradio has already checked it is one of its uploads)."""
+    if value is None or value == "":
+        return None
+    path = value.get("path") if isinstance(value, dict) else getattr(value, "path", None)
+    if not isinstance(path, str) or not path:
+        raise InvalidRequest("image", value, "must be an uploaded file (gradio_client's handle_file)")
+    return path
+
+
+def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):
+    """The `image`, `mask`, `strength`, `outpaint` ("left,right,top,bottom" pixels) and `feather` fields as the
+    request's start, or None without an image. The size: `width`/`height` when both are given, else the image's."""
+    from krea2.image_input import Outpaint
+    from studio.sources import image_source
+
+    path = uploaded_path(image)
+    if path is None:
+        if any(_optional(v) is not None for v in (mask, strength, outpaint)):
+            raise InvalidRequest("image", None, "is needed by mask, strength and outpaint")
+        return None
+    sides = None
+    if _optional(outpaint) is not None:
+        parts = str(outpaint).split(",")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            raise InvalidRequest("outpaint", outpaint, "must be four whole numbers: left,right,top,bottom")
+        sides = Outpaint(*(int(p) for p in parts))
+    mask_path = uploaded_path(mask)
+    default = 1.0 if (mask_path or sides) else 0.6
+    feather = _optional(feather) or 0
+    if not str(feather).strip().isdigit():
+        raise InvalidRequest("feather", feather, "must be a whole number of pixels")
+    width, height = (_optional(v) for v in size)
+    wanted = None
+    if width is not None and height is not None:
+        checked = GenerationRequest(prompt="-", width=width, height=height)
+        wanted = (checked.width, checked.height)
+    return image_source(
+        path, strength=_optional(strength) or default, mask=mask_path, feather=int(feather), outpaint=sides,
+        size=wanted,
+    )  # fmt: skip
+
+
+def default_size(width: Any, height: Any) -> tuple[Any, Any]:
+    """Text-to-image's size: what was sent, each side left empty taking the default."""
+    width, height = _optional(width), _optional(height)
+    return (
+        REQUEST_DEFAULTS["width"] if width is None else width,
+        REQUEST_DEFAULTS["height"] if height is None else height,
+    )
 
 
 def renamed(error: InvalidRequest, names: dict[str, str]) -> InvalidRequest:
@@ -94,13 +148,18 @@ def register_api(service: StudioService) -> None:
             raise _refused(error) from None
         yield images, infos
 
-    def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images, loras,
-                 request: gr.Request):  # fmt: skip
+    # The image fields default to None: gradio_client then treats them as optional (`added_later` for raw calls).
+    def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images, loras=None,
+                 image=None, mask=None, strength=None, outpaint=None, feather=None,
+                 request: gr.Request = None):  # fmt: skip
         try:
+            start = image_start(image, mask, strength, outpaint, feather, (width, height))
+            width, height = start.size if start is not None else default_size(width, height)
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), num_images=num_images,
                 loras=loras,
+                source=start.source if start else None,
             )  # fmt: skip
         except InvalidRequest as error:
             raise _refused(renamed(error, LORA_FIELDS)) from None
@@ -109,13 +168,17 @@ def register_api(service: StudioService) -> None:
         for images, infos in run(service.generate(req, session_of(request), idle=IDLE_S, job=event_id())):
             yield images, infos[0] if isinstance(infos, list) else infos
 
-    def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras,
-                request: gr.Request):  # fmt: skip
+    def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras=None,
+                image=None, mask=None, strength=None, outpaint=None, feather=None,
+                request: gr.Request = None):  # fmt: skip
         """Raw and Turbo, each with the LoRAs (the release's workflow: LoRAs trained on Raw, run on Turbo)."""
         try:
+            start = image_start(image, mask, strength, outpaint, feather, (width, height))
+            width, height = start.size if start is not None else default_size(width, height)
             raw = GenerationRequest(
                 prompt=prompt, checkpoint=RAW.key, negative_prompt=negative_prompt, steps=_optional(raw_steps),
                 guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed), loras=loras,
+                source=start.source if start else None,
             )  # fmt: skip
         except InvalidRequest as error:  # named as this endpoint names them
             names = {"steps": "raw_steps", "guidance": "raw_guidance", **LORA_FIELDS}
@@ -133,6 +196,7 @@ def register_api(service: StudioService) -> None:
                       request: gr.Request):  # fmt: skip
         """One checkpoint without the LoRAs and with them, same seed: what the LoRAs do."""
         try:
+            width, height = default_size(width, height)
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), loras=loras,
@@ -182,13 +246,19 @@ def register_api(service: StudioService) -> None:
         # Optional numbers are text: empty means "the checkpoint's default" (steps, guidance) or "random" (seed).
         steps = gr.Textbox(label="steps", value="")
         guidance = gr.Textbox(label="guidance", value="")
-        width = gr.Number(label="width", value=REQUEST_DEFAULTS["width"], precision=0)
-        height = gr.Number(label="height", value=REQUEST_DEFAULTS["height"], precision=0)
+        # Empty: the default size, or with an init image that image's own size.
+        width = gr.Textbox(label="width", value="")
+        height = gr.Textbox(label="height", value="")
         seed = gr.Textbox(label="seed", value="")
         num_images = gr.Number(label="num_images", value=REQUEST_DEFAULTS["num_images"], precision=0)
         raw_steps = gr.Number(label="raw_steps", value=RAW.default_steps, precision=0)
         raw_guidance = gr.Number(label="raw_guidance", value=RAW.default_guidance)
         turbo_steps = gr.Number(label="turbo_steps", value=TURBO.default_steps, precision=0)
+        image = gr.File(label="image")
+        mask = gr.File(label="mask")
+        strength = gr.Textbox(label="strength", value="")
+        outpaint = gr.Textbox(label="outpaint", value="")
+        feather = gr.Textbox(label="feather", value="")
         images = gr.Gallery(label="images", format="png")
         info = gr.JSON(label="info")
         search = gr.Textbox(label="search", value="")
@@ -203,14 +273,18 @@ def register_api(service: StudioService) -> None:
         history_lora = added_later(gr.Textbox(label="lora", value=""))
         lora_list = gr.JSON(label="loras_list")
         trigger = gr.Button(visible=False)
+    image_fields = [image, mask, strength, outpaint, feather]
+    for field in image_fields:  # added for image inputs: calls written for the earlier fields still work
+        added_later(field)
 
     trigger.click(
-        generate, [prompt, checkpoint, negative, steps, guidance, width, height, seed, num_images, loras],
+        generate,
+        [prompt, checkpoint, negative, steps, guidance, width, height, seed, num_images, loras, *image_fields],
         [images, info], api_name="generate", **gpu,
     )  # fmt: skip
     trigger.click(
-        compare, [prompt, negative, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras], [images, info],
-        api_name="compare", **gpu,
+        compare, [prompt, negative, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras, *image_fields],
+        [images, info], api_name="compare", **gpu,
     )  # fmt: skip
     trigger.click(
         history, [search, history_checkpoint, favorites_only, comparisons_only, cursor, limit, history_lora], page,

@@ -46,6 +46,11 @@ def describe(generation: Generation, position: int | None = None) -> str:
     if generation.loras:
         rows.append(("LoRAs", "; ".join(f"{x.name} {x.weight:g}" + (f" (hash {x.hash[:12]})" if x.hash else "")
                                           for x in generation.loras)))  # fmt: skip
+    if generation.source_sha256:  # started from an image
+        started = f"{generation.mode}, strength {generation.strength}, init image {generation.source_sha256[:10]}"
+        if generation.mask_sha256:
+            started += f", mask {generation.mask_sha256[:10]}"
+        rows.append(("Started from", started))
     if generation.comparison_id:
         rows.append(("Comparison", generation.comparison_id[:8]))
     if generation.files_missing:

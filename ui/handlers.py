@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 import time
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 import gradio as gr
@@ -28,18 +28,25 @@ from krea2 import (
 )
 from krea2.demo import DEMO_SIDES
 from krea2.errors import ContentBlocked
-from krea2.request import MAX_SEED
+from krea2.request import MAX_LORAS, MAX_SEED
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
 from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEvent, StepEvent, StudioService
+from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
-from .loras import LoraHandlers, lora_choices, shown
+from .image_inputs import DEFAULT_STRENGTH, editor_source, editor_value
+from .loras import ROW_VALUES, LoraHandlers, lora_choices, shown
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
 log = logging.getLogger(__name__)
+SOURCE_FIELDS = ("strength", "source_sha256", "mask_sha256")  # what a PNG says about the image it started from
+# The Generate handler's trailing values: the LoRA picker's rows, then the image inputs (editor, strength, feather,
+# outpaint left/right/top/bottom); left out, they take these.
+LORA_VALUES = MAX_LORAS * ROW_VALUES
+IMAGE_DEFAULTS = (None, DEFAULT_STRENGTH, 0, 0, 0, 0, 0)
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 # What a form shows before anyone touches it: GenerationRequest's own defaults (checkpoint, size, image count).
 REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
@@ -262,15 +269,28 @@ class Handlers:
         return gr.update(interactive=True, value="Generate")
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
-                 items: list, request: gr.Request, *lora_rows):  # fmt: skip
+                 items: list, request: gr.Request = None, *rows):  # fmt: skip
         """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress
-        area, never a toast as well, nor red badges on the outputs. `lora_rows`: the LoRA picker's values."""
+        area, never a toast as well, nor red badges on the outputs. `rows`: the LoRA picker's values, then the image
+        inputs (editor, strength, feather, outpaint left/right/top/bottom): with a picture in the image editor, the
+        generation starts from it (at its own size; painted strokes make an inpaint mask)."""
+        lora_rows, image = rows[:LORA_VALUES], (*rows[LORA_VALUES:], *IMAGE_DEFAULTS[len(rows[LORA_VALUES:]) :])
+        init, strength, feather, *sides = image
+        notes: tuple[str, ...] = ()
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
                                 num_images, lora_choices(lora_rows))  # fmt: skip
+            start = editor_source(init, strength, feather, tuple(sides))
+            if start is not None:
+                notes = (*start.notes, f"generated at {start.size[0]}×{start.size[1]}")
+                req = replace(req, width=start.size[0], height=start.size[1], source=start.source)
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
             return
+        yield from self._run(req, items, request, notes)
+
+    def _run(self, req: GenerationRequest, items: list, request: gr.Request | None, notes: tuple[str, ...] = ()):
+        """`generate`'s stream for a built request (also the hi-res pass's)."""
         started = time.monotonic()
         clock = StepClock()
         yield None, "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip()
@@ -291,6 +311,8 @@ class Handlers:
                     warnings = "".join(f"\n\n⚠️ {w}" for w in event.result.warnings)
                     text = (f"**Done** in {t.total_s:.2f} s (encode {t.encode_s:.2f} · denoise {t.denoise_s:.2f} · "
                             f"decode {t.decode_s:.2f})")  # fmt: skip
+                    if notes:
+                        text += "  \n" + as_text("Image input: " + "; ".join(notes) + ".")
                     # The preview's last latent looks nothing like the image: the result takes its place.
                     final = new[0]["path"] if new else None
                     used = loras_text(event.result.loras)
@@ -302,6 +324,53 @@ class Handlers:
             yield None, error_note(error), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
+
+    def upscale(self, selected: Any, factor: float, items: list, request: gr.Request = None):
+        """The hi-res pass on a result or history image: upscaled by `factor`, then img2img at low strength with its
+        own settings and seed. Streams like `generate`."""
+        try:
+            generation, position = self._selection(selected)
+            path = self.service.image_path(generation, position)
+            if path is None:
+                raise gr.Error("That generation has no image to upscale.", print_exception=False)
+            start = hires_source(path, float(factor))
+            values = self._settings_of(selected)
+            req = GenerationRequest(
+                prompt=values["prompt"], negative_prompt=values["negative_prompt"], checkpoint=values["checkpoint"],
+                steps=values["steps"], guidance=values["guidance"], width=start.size[0], height=start.size[1],
+                seed=values["seed"], source=start.source,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001
+            yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from self._run(req, items, request, start.notes)
+
+    def upscaler(self, factor: float):
+        """`upscale` by a fixed factor, as an event handler (one per button)."""
+
+        def run(selected: Any, items: list, request: gr.Request = None):
+            yield from self.upscale(selected, factor, items, request)
+
+        return run
+
+    @friendly
+    def send_to_image(self, selected: Any):
+        """A result or history image into the Generate tab's image editor: (editor, image panel, tabs)."""
+        generation, position = self._selection(selected)
+        path = self.service.image_path(generation, position)
+        if path is None:
+            raise gr.Error("That generation has no image.", print_exception=False)
+        return editor_value(path), gr.Accordion(open=True), gr.Tabs(selected="generate")
+
+    @friendly
+    def reuse_source(self, selected: Any):
+        """After "reuse settings": the image the generation started from back in the editor, with its mask and
+        strength; a text-to-image generation empties the editor. (editor, strength, image panel)"""
+        generation, _ = self._selection(selected)
+        source = reused_source(self.service.store, generation)
+        if source is None:
+            return None, gr.skip(), gr.skip()
+        return editor_value(source.image, source.mask), source.strength, gr.Accordion(open=True)
 
     def cancel(self, request: gr.Request):
         cancelled = self.service.cancel(session_of(request))
@@ -393,9 +462,12 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------------ compare tab
     def compare(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
-                request: gr.Request, mode=COMPARE_CHECKPOINTS, lora_checkpoint=TURBO.key, *lora_rows):  # fmt: skip
+                request: gr.Request = None, mode=COMPARE_CHECKPOINTS, lora_checkpoint=TURBO.key, *rows):  # fmt: skip
         """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line.
-        `mode` COMPARE_LORAS runs `lora_checkpoint` without and with the LoRAs instead of Raw against Turbo."""
+        `mode` COMPARE_LORAS runs `lora_checkpoint` without and with the LoRAs instead of Raw against Turbo. `rows`:
+        the LoRA picker's values, then the init image and strength (both checkpoints start from it, at its size)."""
+        lora_rows, image = rows[:LORA_VALUES], rows[LORA_VALUES:]
+        init, strength = (*image, *(None, DEFAULT_STRENGTH)[len(image) :])[:2]
         if mode == COMPARE_LORAS:
             yield from self._compare_loras(prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance,
                                            turbo_steps, request, lora_checkpoint, lora_rows)  # fmt: skip
@@ -404,6 +476,9 @@ class Handlers:
             loras = lora_choices(lora_rows)
             raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1,
                                 loras)  # fmt: skip
+            if init is not None:
+                start = image_source(init, strength=strength)
+                raw = replace(raw, width=start.size[0], height=start.size[1], source=start.source)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -546,6 +621,15 @@ class Handlers:
         )
 
     @friendly
+    def history_source(self, selected: Any):
+        """The init image a history row started from (hidden for text-to-image, or when its file is gone)."""
+        generation, _ = self._selection(selected)
+        if generation.source_sha256 is None:
+            return gr.update(value=None, visible=False)
+        path = self.service.store.absolute(self.service.store.source_relative(generation.source_sha256))
+        return gr.update(value=str(path) if path.is_file() else None, visible=path.is_file())
+
+    @friendly
     def toggle_favorite(self, selected: Any):
         generation, _ = self._selection(selected)
         favorite = self.service.toggle_favorite(generation.id)
@@ -626,7 +710,7 @@ class Handlers:
         info = self.service.png_info(path)
         values = dict(info["parsed"])
         if info["request"]:
-            values.update({k: v for k, v in info["request"].items() if k in SETTINGS_FIELDS})
+            values.update({k: v for k, v in info["request"].items() if k in (*SETTINGS_FIELDS, *SOURCE_FIELDS)})
             if isinstance(info["request"].get("loras"), list):  # ours: the LoRAs with their hashes
                 values["loras"] = info["request"]["loras"]
         return info["parameters"] or "", info["request"] or info["parsed"], values
@@ -642,6 +726,24 @@ class Handlers:
             return None
         except Exception as error:  # noqa: BLE001
             raise user_error(error) from None
+
+    @friendly
+    def png_source(self, values: dict | None):
+        """After "send to Generate": the PNG's init image back in the editor, when this app still has it (it is
+        named by its content address); otherwise a warning that says so, and the editor is left empty."""
+        digest = (values or {}).get("source_sha256")
+        if not digest:
+            return None, gr.skip(), gr.skip()
+        try:
+            image = self.service.store.load_source(str(digest))
+            mask_digest = values.get("mask_sha256")
+            mask = self.service.store.load_source(str(mask_digest)).convert("L") if mask_digest else None
+        except StorageError:
+            gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
+                       "folder; its settings were sent without it.")  # fmt: skip
+            return None, gr.skip(), gr.skip()
+        strength = values.get("strength") if isinstance(values.get("strength"), (int, float)) else gr.skip()
+        return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True)
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from krea2 import RAW, TURBO, get_spec
+from krea2.image_input import OUTPAINT_MAX
 from krea2.request import MAX_IMAGES, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from studio.service import StudioService
 
@@ -22,6 +23,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
+from .image_inputs import DEFAULT_STRENGTH
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import preset_choices, preset_for
 from .robust import StudioBlocks
@@ -130,6 +132,23 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             num_images = gr.Slider(1, MAX_IMAGES, value=REQUEST_DEFAULTS["num_images"], step=1,
                                                    label="Images")  # fmt: skip
                         g_loras = lora_picker("generate", handlers.loras.choices())
+                        with gr.Accordion("Start from an image · img2img, inpaint, outpaint", open=False,
+                                          elem_id="image-panel") as image_panel:  # fmt: skip
+                            init_editor = gr.ImageEditor(
+                                label="Init image: paint over what to repaint (inpaint), or leave it unpainted",
+                                type="pil", sources=["upload", "clipboard"], height=320, transforms=(),
+                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
+                                elem_id="init-image",
+                            )  # fmt: skip
+                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, elem_id="strength",
+                                                 label="Strength (1 redraws from noise; lower keeps more)")  # fmt: skip
+                            feather = gr.Slider(0, 64, value=8, step=1, label="Mask feather (px)", elem_id="feather")
+                            with gr.Row():
+                                outpaint = [
+                                    gr.Number(label=f"Outpaint {side} (px)", value=0, precision=0, minimum=0,
+                                              maximum=OUTPAINT_MAX, step=SIDE_MULTIPLE, elem_id=f"outpaint-{side}")
+                                    for side in ("left", "right", "top", "bottom")
+                                ]  # fmt: skip
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -144,6 +163,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         with gr.Row():
                             reuse_btn = gr.Button("Use these settings", visible=False, elem_id="reuse-btn")
                             vary_btn = gr.Button("Vary (next seeds)", visible=False, elem_id="vary-btn")
+                        with gr.Row():
+                            send_btn = gr.Button("Send to img2img / inpaint", visible=False, elem_id="send-btn")
+                            up15_btn = gr.Button("Upscale ×1.5", visible=False, elem_id="upscale-15-btn")
+                            up2_btn = gr.Button("Upscale ×2", visible=False, elem_id="upscale-2-btn")
 
             # -------------------------------------------------------------------------------------- Compare
             with gr.Tab("Compare", id="compare"):
@@ -171,6 +194,12 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                                      label="Checkpoint (without ↔ with LoRAs)",
                                                      elem_id="compare-lora-checkpoint")  # fmt: skip
                         c_loras = lora_picker("compare", handlers.loras.choices())
+                        with gr.Accordion("Start from an image", open=False, elem_id="compare-image-panel"):
+                            c_init = gr.Image(label="Init image (both checkpoints start from it)", type="pil",
+                                              sources=["upload", "clipboard"], height=240,
+                                              elem_id="compare-init")  # fmt: skip
+                            c_strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                                                   elem_id="compare-strength")  # fmt: skip
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
                             c_cancel = gr.Button("Cancel", variant="stop")
@@ -217,11 +246,15 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
                     h_image = gr.Image(label="Original", type="filepath", interactive=False, elem_id="history-image")
+                    h_source = gr.Image(label="Started from", type="filepath", interactive=False, visible=False,
+                                        elem_id="history-source")  # fmt: skip
                     with gr.Column():
                         h_params = gr.HTML(elem_id="history-params")  # user text: HTML-escaped, see ui/text.py
                         with gr.Row():
                             h_favorite = gr.Button("☆ Favorite", elem_id="history-favorite")
                             h_reuse = gr.Button("Reuse settings", elem_id="history-reuse")
+                            h_send = gr.Button("Send to img2img", elem_id="history-send")
+                            h_upscale = gr.Button("Upscale ×2", elem_id="history-upscale")
                             h_download = gr.DownloadButton("Download PNG", elem_id="history-download")
                             h_delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
                         h_confirm = gr.Button("Confirm delete", variant="stop", visible=False,
@@ -267,6 +300,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
             num_images,
             results,
             *g_loras.values,  # after `results`: the handler takes them after the request (ui/handlers.py)
+            init_editor,
+            strength,
+            feather,
+            *outpaint,
         ]
         gen_outputs = [preview, progress, gallery, seed_used, results]
         # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
@@ -277,8 +314,17 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 handlers.generate, gen_inputs, gen_outputs, **run
             ).then(handlers.idle, None, generate_btn, queue=False, **private)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
-        gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private)
-        reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private)
+        gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
+            lambda: [gr.update(visible=True)] * 3, None, [send_btn, up15_btn, up2_btn], queue=False, **private
+        )
+        reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
+            handlers.reuse_source, selected, [init_editor, strength, image_panel], **private
+        )
+        send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
+        for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
+            button.click(handlers.busy, None, generate_btn, queue=False, **private).then(
+                handlers.upscaler(factor), [selected, results], gen_outputs, **run
+            ).then(handlers.idle, None, generate_btn, queue=False, **private)
         vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success(
             handlers.busy, None, generate_btn, queue=False, **private
         ).then(handlers.generate, gen_inputs, gen_outputs, **run).then(
@@ -288,7 +334,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         compare_btn.click(
             handlers.compare,
             [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps,
-             c_mode, c_lora_checkpoint, *c_loras.values],
+             c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
         )  # fmt: skip
@@ -312,9 +358,15 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_gallery.select(
             handlers.select_history, h_nav,
             [h_detail, h_image, h_params, h_selected, h_favorite, h_download, h_confirm], **private,
-        )  # fmt: skip
+        ).success(handlers.history_source, h_selected, h_source, **private)  # fmt: skip
         h_favorite.click(handlers.toggle_favorite, h_selected, h_favorite, **private)
-        h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private)
+        h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
+            handlers.reuse_source, h_selected, [init_editor, strength, image_panel], **private
+        )
+        h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
+        h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then(
+            handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run
+        )
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
             handlers.history, h_inputs, h_outputs, **private
@@ -335,6 +387,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
-        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private)
+        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
+            handlers.png_source, p_values, [init_editor, strength, image_panel], **private
+        )
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app

@@ -28,7 +28,7 @@ from .options import FastPathOptions
 from .projections import fuse_projections, projections_fused
 from .step_cache import install_step_cache, step_cache_of
 from .text_graphs import TextEncoderGraphs
-from .vae_decode import single_frame_decode_of, use_single_frame_decode
+from .vae_decode import single_frame_decode_of, use_single_frame_decode, use_single_frame_encode
 
 if TYPE_CHECKING:
     from ..pipeline import Krea2StudioPipeline
@@ -56,10 +56,12 @@ def apply(
     for transformer in transformers:
         drop_denoiser_graphs(transformer)
 
-    # 1. Single-frame VAE decode, always (exact): one frame through causal 3D convolutions is 2D convolutions with the
-    #    kernels' last time slice. With compile, its norm+SiLU and residual adds run as fused kernels.
+    # 1. Single-frame VAE decode and encode (img2img's init image), always (exact): one frame through causal 3D
+    #    convolutions is 2D convolutions with the kernels' last time slice. With compile, the decoder's norm+SiLU and
+    #    residual adds run as fused kernels.
     for vae in vaes:
         use_single_frame_decode(vae, compiled=options.compile)
+        use_single_frame_encode(vae)
 
     # 2. First-block step cache (`step_cache`), undistilled checkpoints only: Raw's many guided steps change slowly
     #    enough to reuse the blocks' residual; Turbo's 8 distilled steps do not. Approximate.

@@ -306,6 +306,21 @@ def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: b
     return count
 
 
+def use_single_frame_encode(vae: nn.Module, enabled: bool = True) -> int:
+    """The encoder's causal convolutions (img2img encodes one frame) as the 2D ones they are on one uncached frame, as
+    `SingleFrameCausalConv3d` does for the decoder: the same weights and math at a third of the stock work. The stock
+    `_encode` keeps its structure (its feature cache is empty on the first frame, so every convolution takes the 2D
+    path). Returns how many changed class."""
+    target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
+    count = 0
+    for part in (getattr(vae, "encoder", None), getattr(vae, "quant_conv", None)):
+        for module in part.modules() if part is not None else ():
+            if isinstance(module, QwenImageCausalConv3d) and type(module) is not target:
+                module.__class__ = target
+                count += 1
+    return count
+
+
 def single_frame_decode_of(vae: nn.Module) -> str | None:
     """ "compiled" or "eager" when `vae` decodes one frame through its own `FrameDecoder`, else None."""
     decoder = vae.__dict__.get("frame_decoder") if isinstance(vae, SingleFrameQwenImageVAE) else None

@@ -1,0 +1,218 @@
+"""Images people start from: read, checked and brought to a size the model takes, before any GPU work.
+
+Every refusal is one sentence (`InvalidImage`); every change made to an accepted image (orientation, colour mode,
+size) is reported back as a note, so the UI can show what was done. Pillow does the reading: its decompression-bomb
+guard is raised to an error here, and `load()` is forced so that a truncated file fails now, not halfway through a
+generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFilter, ImageOps
+
+from .errors import Krea2Error
+from .request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_SOURCE_PIXELS = 64 * 1024 * 1024  # what Pillow may decode (a 8192x8192 photo); beyond it is refused as a bomb
+MAX_MODEL_PIXELS = MAX_SIDE * MAX_SIDE  # what is generated at most (2048², Turbo's native range)
+OUTPAINT_MAX = 1024  # pixels added on one side at most
+FEATHER_MAX = 64
+
+
+class InvalidImage(Krea2Error):
+    """An input image or mask that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    image: Image.Image  # RGB, both sides multiples of 16 within the model's limits
+    notes: tuple[str, ...]  # what was done to the file to get here, for the user
+    sha256: str  # of the file as uploaded (its content address in the data dir)
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_image(source: bytes | str | Path | Image.Image, what: str = "image") -> tuple[Image.Image, bytes]:
+    """The decoded picture and the bytes it came from. Refuses what is not a PNG, JPEG or WebP file, oversized or
+    bomb files, and files that do not decode to the end."""
+    if isinstance(source, Image.Image):
+        buffer = io.BytesIO()
+        source.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImage(f"The {what} file {path.name!r} does not exist.")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidImage(f"The {what} file is larger than {MAX_FILE_BYTES // 2**20} MB.")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        raise InvalidImage(f"The {what} must be an image file (PNG, JPEG or WebP).")
+    if not data:
+        raise InvalidImage(f"The {what} file is empty.")
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidImage(f"The {what} file is larger than {MAX_FILE_BYTES // 2**20} MB.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a warning is a refusal here
+        try:
+            image = Image.open(io.BytesIO(data))
+            if image.format not in FORMATS:
+                raise InvalidImage(f"The {what} is a {image.format} file; use a PNG, JPEG or WebP image.")
+            width, height = image.size
+            if width * height > MAX_SOURCE_PIXELS:
+                raise InvalidImage(
+                    f"The {what} is {width}×{height} pixels, more than the {MAX_SOURCE_PIXELS // 2**20} million "
+                    "pixels accepted."
+                )
+            image.load()
+        except InvalidImage:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidImage(f"The {what} declares an enormous size (a decompression bomb); refused.") from None
+        except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "not an image" / "truncated"
+            raise InvalidImage(f"The {what} could not be read as an image ({error}).") from None
+    return image, data
+
+
+def to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    """Upright RGB: EXIF orientation applied; alpha flattened onto white; CMYK, 16-bit, palette and grey converted."""
+    transposed = ImageOps.exif_transpose(image)
+    if transposed is not None and transposed.size != image.size:
+        notes.append("rotated as its EXIF orientation says")
+    image = transposed if transposed is not None else image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scaled to 8 bits, not clipped
+        image = image.point(lambda value: value / 256).convert("L")
+        notes.append("16-bit image reduced to 8 bits")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes.append("transparent areas filled with white")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    if image.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    return image.convert("RGB")
+
+
+def model_size(width: int, height: int, limit: int = MAX_MODEL_PIXELS) -> tuple[int, int]:
+    """The size an image of `width` by `height` is generated at: the same aspect ratio, at most `limit` pixels and
+    MAX_SIDE a side, at least MIN_SIDE a side, each side a multiple of 16 (rounded to the nearest, halves up)."""
+    scale = min(1.0, math.sqrt(limit / (width * height)), MAX_SIDE / max(width, height))
+    scale = max(scale, MIN_SIDE / min(width, height))
+
+    def side(value: float) -> int:
+        return min(MAX_SIDE, max(MIN_SIDE, SIDE_MULTIPLE * math.floor(value / SIDE_MULTIPLE + 0.5)))
+
+    return side(width * scale), side(height * scale)
+
+
+def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int] | None = None) -> PreparedImage:
+    """An init image ready for the model: upright RGB at `size` (or at `model_size` of its own size), with notes."""
+    image, data = open_image(source)
+    notes: list[str] = []
+    original = image.size
+    image = to_rgb(image, notes)
+    target = size or model_size(*image.size)
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.LANCZOS)
+        notes.append(f"resized from {original[0]}×{original[1]} to {target[0]}×{target[1]}")
+    return PreparedImage(image=image, notes=tuple(notes), sha256=sha256_of(data))
+
+
+def prepare_mask(source: bytes | str | Path | Image.Image, size: tuple[int, int], feather: int = 0) -> PreparedImage:
+    """A mask for an image of `size`: grey levels, white = repaint, black = keep. A painted layer with transparency
+    counts its opaque strokes as white. A mask of the same aspect ratio is resized (and says so); another aspect
+    ratio is refused. `feather` blurs its edge by that many pixels."""
+    image, data = open_image(source, "mask")
+    notes: list[str] = []
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        mask = alpha if alpha.getextrema()[0] < 255 else image.convert("L")
+    else:
+        mask = image.convert("L")
+    if mask.size != size:
+        (mw, mh), (w, h) = mask.size, size
+        if abs(mw / mh - w / h) > 0.01:
+            raise InvalidImage(f"The mask is {mw}×{mh} but the image is {w}×{h}; they must have the same shape.")
+        mask = mask.resize(size, Image.Resampling.BILINEAR)
+        notes.append(f"mask resized from {mw}×{mh} to {w}×{h}")
+    if mask.getextrema()[1] == 0:
+        raise InvalidImage("The mask is empty: paint the area to repaint in white.")
+    if not 0 <= feather <= FEATHER_MAX:
+        raise InvalidImage(f"The mask feather must be between 0 and {FEATHER_MAX} pixels.")
+    if feather:
+        mask = mask.filter(ImageFilter.GaussianBlur(feather / 2))
+    return PreparedImage(image=mask, notes=tuple(notes), sha256=sha256_of(data))
+
+
+@dataclass(frozen=True)
+class Outpaint:
+    """Pixels to add on each side."""
+
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("left", "right", "top", "bottom"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= OUTPAINT_MAX:
+                raise InvalidImage(f"Outpaint {name} must be a whole number of pixels from 0 to {OUTPAINT_MAX}.")
+        if not (self.left or self.right or self.top or self.bottom):
+            raise InvalidImage("Outpaint needs at least one side to extend.")
+
+
+def outpaint_canvas(image: Image.Image, sides: Outpaint, feather: int = 16) -> tuple[Image.Image, Image.Image, str]:
+    """The extended canvas (the original pasted in, the new area filled with its stretched, blurred edges), the mask
+    of the new area (with `feather` pixels of overlap into the original, so the seam is repainted too), and a note
+    saying the size. The canvas is then brought to a size the model takes (multiples of 16), which the note says."""
+    w, h = image.size
+    width, height = w + sides.left + sides.right, h + sides.top + sides.bottom
+    # Initial fill: the picture stretched over the canvas, blurred, so a partial repaint starts from its colours.
+    fill = image.resize((width, height), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(24))
+    canvas = fill.copy()
+    canvas.paste(image, (sides.left, sides.top))
+    mask = Image.new("L", (width, height), 255)
+    inner = Image.new("L", (w, h), 0)
+    mask.paste(inner, (sides.left, sides.top))
+    if feather:
+        grown = mask.filter(ImageFilter.MaxFilter(2 * (feather // 2) + 1))
+        mask = grown.filter(ImageFilter.GaussianBlur(feather / 3))
+    target = model_size(width, height)
+    note = f"canvas extended to {width}×{height}"
+    if target != (width, height):
+        canvas = canvas.resize(target, Image.Resampling.LANCZOS)
+        mask = mask.resize(target, Image.Resampling.BILINEAR)
+        note += f", generated at {target[0]}×{target[1]}"
+    return canvas, mask, note
+
+
+def upscaled(image: Image.Image, factor: float) -> tuple[Image.Image, str]:
+    """`image` enlarged by `factor` (the hi-res pass's first half), to multiples of 16 within MAX_SIDE: the pixel
+    budget of the largest size the model draws, which may make the factor smaller than asked (the note says)."""
+    if not 1.0 < factor <= 4.0:
+        raise InvalidImage("The upscale factor must be above 1 and at most 4.")
+    w, h = image.size
+    target = model_size(round(w * factor), round(h * factor))
+    note = f"upscaled ×{factor:g} to {target[0]}×{target[1]}"
+    if target[0] < round(w * factor) - SIDE_MULTIPLE:
+        note += f" (the most the model draws is {MAX_SIDE}×{MAX_SIDE} pixels' worth)"
+    return image.resize(target, Image.Resampling.LANCZOS), note

@@ -1,0 +1,129 @@
+"""Init images and masks as people upload them: formats, orientation, colour modes, sizes, and the refusals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from krea2.image_input import (
+    MAX_SOURCE_PIXELS,
+    InvalidImage,
+    Outpaint,
+    model_size,
+    outpaint_canvas,
+    prepare_image,
+    prepare_mask,
+    upscaled,
+)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_the_three_formats_are_read(fmt: str) -> None:
+    prepared = prepare_image(encoded(Image.new("RGB", (512, 384), (200, 30, 30)), fmt))
+    assert prepared.image.mode == "RGB" and prepared.image.size == (512, 384)
+    assert prepared.notes == ()
+    assert abs(int(prepared.image.getpixel((10, 10))[0]) - 200) <= 3
+    assert len(prepared.sha256) == 64
+
+
+def test_other_formats_and_broken_files_are_refused() -> None:
+    with pytest.raises(InvalidImage, match="GIF file; use a PNG, JPEG or WebP"):
+        prepare_image(encoded(Image.new("RGB", (64, 64)), "GIF"))
+    with pytest.raises(InvalidImage, match="empty"):
+        prepare_image(b"")
+    with pytest.raises(InvalidImage, match="could not be read"):
+        prepare_image(b"not an image at all")
+    truncated = encoded(Image.effect_noise((512, 512), 64).convert("RGB"), "PNG")[:-2000]
+    with pytest.raises(InvalidImage, match="could not be read"):
+        prepare_image(truncated)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding() -> None:
+    # A PNG whose header declares far more pixels than accepted (its data is tiny: one repeated row).
+    side = int(MAX_SOURCE_PIXELS**0.5) + 1024
+    bomb = encoded(Image.new("1", (side, side)), "PNG")
+    assert len(bomb) < 5_000_000
+    with pytest.raises(InvalidImage, match=r"bomb|million pixels"):
+        prepare_image(bomb)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (512, 256), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 256, 256))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    prepared = prepare_image(encoded(image, "JPEG", exif=exif.tobytes(), quality=95))
+    assert prepared.image.size == (256, 512)
+    assert "EXIF" in " ".join(prepared.notes)
+    assert sum(prepared.image.getpixel((128, 64))) > 600  # the white half is now on top
+
+
+def test_alpha_cmyk_and_16_bit_are_converted() -> None:
+    rgba = Image.new("RGBA", (256, 256), (255, 0, 0, 0))
+    prepared = prepare_image(encoded(rgba))
+    assert prepared.image.getpixel((5, 5)) == (255, 255, 255)
+    assert "transparent" in prepared.notes[0]
+    cmyk = prepare_image(encoded(Image.new("CMYK", (256, 256), (0, 255, 255, 0)), "JPEG"))
+    assert cmyk.image.mode == "RGB" and cmyk.image.getpixel((5, 5))[0] > 200
+    grey16 = Image.fromarray(np.full((256, 256), 40000, dtype=np.uint16))
+    prepared = prepare_image(encoded(grey16))
+    assert prepared.image.mode == "RGB" and abs(prepared.image.getpixel((5, 5))[0] - 40000 // 256) <= 1
+
+
+def test_sizes_are_brought_to_multiples_of_16_within_limits_and_said() -> None:
+    assert model_size(1000, 750) == (1008, 752)
+    assert model_size(4000, 3000) == (2048 * 1, 1536)  # at most 2048² worth of pixels, aspect kept
+    assert model_size(100, 80) == (320, 256)  # at least 256 a side
+    prepared = prepare_image(encoded(Image.new("RGB", (1000, 750))))
+    assert prepared.image.size == (1008, 752)
+    assert prepared.notes == ("resized from 1000×750 to 1008×752",)
+    assert prepare_image(encoded(Image.new("RGB", (640, 480))), size=(512, 512)).image.size == (512, 512)
+
+
+def test_masks() -> None:
+    size = (512, 512)
+    white_square = Image.new("L", (256, 256), 0)
+    white_square.paste(255, (64, 64, 192, 192))
+    mask = prepare_mask(encoded(white_square), size)
+    assert mask.image.size == size and mask.notes == ("mask resized from 256×256 to 512×512",)
+    painted = Image.new("RGBA", size, (0, 0, 0, 0))
+    painted.paste((255, 0, 0, 255), (0, 0, 100, 100))  # a brush layer: the opaque strokes are the mask
+    from_layer = prepare_mask(encoded(painted), size).image
+    assert from_layer.getpixel((50, 50)) == 255 and from_layer.getpixel((300, 300)) == 0
+    feathered = prepare_mask(encoded(white_square), size, feather=16).image
+    assert 0 < feathered.getpixel((128, 256)) < 255  # the edge is soft
+    with pytest.raises(InvalidImage, match="same shape"):
+        prepare_mask(encoded(Image.new("L", (300, 100), 255)), size)
+    with pytest.raises(InvalidImage, match="empty"):
+        prepare_mask(encoded(Image.new("L", size, 0)), size)
+
+
+def test_outpaint_canvas_keeps_the_original_and_masks_the_new_area() -> None:
+    image = Image.new("RGB", (512, 512), (10, 200, 10))
+    canvas, mask, note = outpaint_canvas(image, Outpaint(right=256), feather=0)
+    assert canvas.size == mask.size == (768, 512)
+    assert np.array_equal(np.asarray(canvas)[:, :512], np.asarray(image))
+    assert np.asarray(mask)[:, :512].max() == 0 and np.asarray(mask)[:, 512:].min() == 255
+    assert note == "canvas extended to 768×512"
+    with pytest.raises(InvalidImage, match="at least one side"):
+        Outpaint()
+    with pytest.raises(InvalidImage, match="left"):
+        Outpaint(left=-5)
+
+
+def test_upscale_for_the_hires_pass() -> None:
+    image, note = upscaled(Image.new("RGB", (1024, 1024)), 2.0)
+    assert image.size == (2048, 2048) and "2048×2048" in note
+    image, note = upscaled(Image.new("RGB", (1536, 1024)), 2.0)
+    assert image.size[0] <= 2048 and image.size[0] % 16 == 0 and "the most the model draws" in note
+    with pytest.raises(InvalidImage):
+        upscaled(image, 1.0)

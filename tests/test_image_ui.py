@@ -1,0 +1,115 @@
+"""The Generate and Compare tabs' image inputs through the UI handlers, on the demo checkpoints and a real store:
+the editor's picture and painted strokes, the hi-res pass, send-to-img2img and reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from storage import HistoryStore
+from studio.service import StudioService
+from ui.handlers import COMPARE_CHECKPOINTS, LORA_VALUES, Handlers
+from ui.image_inputs import editor_value, painted_mask
+
+
+class Selected:
+    """gr.SelectData's stand-in for a gallery click: only `.index` is read."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+@pytest.fixture
+def handlers(manager, tmp_path):
+    store = HistoryStore(tmp_path / "data").open()
+    yield Handlers(StudioService(manager, store))
+    store.close()
+
+
+NO_LORAS = (None,) * LORA_VALUES  # the LoRA picker's empty rows, before the image inputs
+
+
+def last(stream) -> tuple:
+    outputs = list(stream)
+    assert outputs, "the handler yielded nothing"
+    return outputs[-1]
+
+
+def editor_with_stroke(size=(256, 256)) -> dict:
+    picture = Image.new("RGB", size, (230, 200, 20))
+    stroke = Image.new("RGBA", size, (0, 0, 0, 0))
+    stroke.paste((255, 255, 255, 255), (0, 0, size[0] // 2, size[1]))  # the left half painted
+    return {"background": picture, "layers": [stroke], "composite": picture}
+
+
+def test_a_painted_editor_inpaints_and_the_unpainted_half_comes_back_unchanged(handlers) -> None:
+    editor = editor_with_stroke()
+    out = last(handlers.generate("a blue background", "", "turbo", 8, 0.0, 1024, 1024, 5, False, 1, [], None,
+                                 *NO_LORAS, editor, 1.0, 0, 0, 0, 0, 0))  # fmt: skip
+    _final, text, _gallery, _seeds, items = out
+    assert "**Done**" in text and "generated at 256×256" in text, text
+    generation = handlers.service.get(items[0]["generation_id"])
+    assert (generation.mode, generation.width, generation.strength) == ("inpaint", 256, 1.0)
+    result = np.asarray(Image.open(items[0]["path"]).convert("RGB"), dtype=np.int16)
+    before = np.asarray(editor["background"], dtype=np.int16)
+    assert np.array_equal(result[:, 128:], before[:, 128:])
+    assert np.abs(result[:, :128] - before[:, :128]).mean() > 10
+
+
+def test_upscale_send_and_reuse(handlers) -> None:
+    out = last(handlers.generate("a red circle", "", "turbo", 8, 0.0, 256, 256, 9, False, 1, []))
+    items = out[4]
+    selected = [items[0]["generation_id"], 0]
+    up = last(handlers.upscaler(2.0)(selected, items))
+    assert "**Done**" in up[1] and "upscaled ×2 to 512×512" in up[1], up[1]
+    hires = handlers.service.get(up[4][0]["generation_id"])
+    assert (hires.mode, hires.width, hires.seed, hires.strength) == ("hires", 512, 9, 0.35)
+
+    editor, _panel, _tabs = handlers.send_to_image(selected)
+    assert editor["background"].size == (256, 256) and editor["layers"] == []
+
+    restored, strength, _panel = handlers.reuse_source([hires.id, 0])
+    assert restored["background"].size == (512, 512) and strength == 0.35
+    assert handlers.reuse_source(selected)[0] is None  # text-to-image: the editor is emptied
+
+
+def test_compare_starts_both_checkpoints_from_the_image(handlers) -> None:
+    init = Image.new("RGB", (256, 256), (20, 160, 40))
+    out = last(handlers.compare("a circle", "", 4, False, 512, 512, 4, 3.5, 8, None, COMPARE_CHECKPOINTS, "turbo",
+                                *NO_LORAS, init, 0.5))  # fmt: skip
+    assert out[0].startswith("**Done**"), out[0]
+    rows = handlers.service.page(handlers.history_filter("a circle", "all", False, True), None).items
+    assert sorted((g.checkpoint, g.mode, g.width, g.strength) for g in rows) == [
+        ("raw", "img2img", 256, 0.5), ("turbo", "img2img", 256, 0.5)
+    ]  # fmt: skip
+
+
+def test_bad_image_inputs_are_one_line(handlers) -> None:
+    editor = editor_with_stroke()
+    out = last(handlers.generate("x", "", "turbo", 8, 0.0, 256, 256, 1, False, 1, [], None, *NO_LORAS, editor, 1.0, 0,
+                                 5000, 0, 0, 0))  # fmt: skip
+    assert "Outpaint left" in out[1] and "\n" not in out[1].strip(), out[1]
+
+
+def test_editor_values() -> None:
+    assert painted_mask([], (8, 8)) is None
+    value = editor_value(Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255))
+    assert painted_mask(value["layers"], (64, 64)).getextrema() == (255, 255)
+
+
+def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
+    init = {"background": Image.new("RGB", (256, 256), (20, 160, 40)), "layers": [], "composite": None}
+    out = last(handlers.generate("from a green picture", "", "turbo", 8, 0.0, 256, 256, 3, False, 1, [], None,
+                                 *NO_LORAS, init, 0.4))  # fmt: skip
+    item = out[4][0]
+    generation = handlers.service.get(item["generation_id"])
+    assert "Started from" in handlers.select_result(out[4], Selected(0))[0]
+    shown = handlers.history_source([generation.id, 0])
+    assert shown["visible"] and shown["value"].endswith(f"{generation.source_sha256}.png")
+
+    _text, _parsed, values = handlers.png_info(item["path"])
+    editor, strength, _panel = handlers.png_source(values)
+    assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
+    with pytest.warns(UserWarning, match="not in this app's data folder"):
+        assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None

@@ -1,0 +1,54 @@
+"""Gradio's image-editor values <-> init images: the editor's background is the picture, its painted layers the
+inpaint mask (any stroke, any colour: its opacity is what counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image, ImageChops
+
+from krea2.image_input import Outpaint
+from studio.sources import PreparedSource, image_source
+
+DEFAULT_STRENGTH = 0.6  # img2img; inpaint and outpaint default to 1 (the masked area redrawn from noise)
+
+
+def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None:
+    """The union of the layers' opaque pixels as a grey mask, or None when nothing was painted."""
+    mask = Image.new("L", size, 0)
+    for layer in layers or []:
+        if isinstance(layer, Image.Image):
+            alpha = layer.convert("RGBA").getchannel("A")
+            if alpha.size != size:
+                alpha = alpha.resize(size, Image.Resampling.NEAREST)
+            mask = ImageChops.lighter(mask, alpha)
+    return mask if mask.getextrema()[1] > 0 else None
+
+
+def outpaint_sides(*sides: Any) -> Outpaint | None:
+    values = [int(side or 0) for side in sides]
+    return Outpaint(*values) if any(values) else None
+
+
+def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> PreparedSource | None:
+    """The Generate tab's start, or None when the editor holds no picture (text-to-image)."""
+    if not isinstance(value, dict) or not isinstance(value.get("background"), Image.Image):
+        return None
+    background: Image.Image = value["background"]
+    mask = painted_mask(value.get("layers") or [], background.size)
+    outpaint = outpaint_sides(*sides)
+    return image_source(
+        background, strength=strength, mask=mask if outpaint is None else None, feather=int(feather or 0),
+        outpaint=outpaint,
+    )  # fmt: skip
+
+
+def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:
+    """What the editor shows for a picture (and a mask, as a white layer where it repaints)."""
+    picture = Image.open(image).convert("RGB") if isinstance(image, str) else image
+    layers = []
+    if mask is not None:
+        layer = Image.new("RGBA", picture.size, (255, 255, 255, 0))
+        layer.putalpha(mask.resize(picture.size))
+        layers.append(layer)
+    return {"background": picture, "layers": layers, "composite": picture}
