@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 from safetensors.torch import load_file, save_file
 
 from demo.scenes import (
@@ -65,7 +64,7 @@ from krea2.demo import (
 )
 from krea2.loading import derive_prompt_template_lengths
 from krea2.preview import LATENT_RGB_FILE
-from krea2.speedups.vae_decode import SingleFrameCausalConv3d
+from krea2.speedups.vae_decode import swap_causal_convs
 
 log = logging.getLogger("demo.train")
 
@@ -209,9 +208,7 @@ def single_frame_convs(vae: torch.nn.Module) -> torch.nn.Module:
     """Every causal 3D convolution of the VAE (encoder and decoder) as the 2D convolution it is on one picture: the
     same weights, outputs and gradients, at a third of the stock path's work (which multiplies two of its three time
     slices by zero padding). Training and pool encoding only; the state dict is unchanged."""
-    for module in vae.modules():
-        if type(module) is QwenImageCausalConv3d:
-            module.__class__ = SingleFrameCausalConv3d
+    swap_causal_convs((vae,))
     return vae
 
 

@@ -291,13 +291,7 @@ def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: b
     """Switch `vae` to the single-frame decoder (`compiled`: its elementwise work compiled into fused kernels, see
     `DecodeOps`), or back to stock with `enabled=False`. Returns how many causal convolutions changed class (0 when
     already switched). A decoder already in the asked form keeps its (compiled) functions."""
-    target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
-    count = 0
-    for part in (getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)):
-        for module in part.modules() if part is not None else ():
-            if isinstance(module, QwenImageCausalConv3d) and type(module) is not target:
-                module.__class__ = target
-                count += 1
+    count = swap_causal_convs((getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)), enabled)
     if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):  # not someone else's subclass
         whole = enabled and frame_decodable(vae)
         vae.__class__ = SingleFrameQwenImageVAE if whole else AutoencoderKLQwenImage
@@ -311,9 +305,15 @@ def use_single_frame_encode(vae: nn.Module, enabled: bool = True) -> int:
     `SingleFrameCausalConv3d` does for the decoder: the same weights and math at a third of the stock work. The stock
     `_encode` keeps its structure (its feature cache is empty on the first frame, so every convolution takes the 2D
     path). Returns how many changed class."""
+    return swap_causal_convs((getattr(vae, "encoder", None), getattr(vae, "quant_conv", None)), enabled)
+
+
+def swap_causal_convs(parts, enabled: bool = True) -> int:
+    """Every causal 3D convolution inside `parts` (modules, or None) to `SingleFrameCausalConv3d` (`enabled`) or back
+    to stock, in place; returns how many changed class. The weights and state dict are untouched."""
     target = SingleFrameCausalConv3d if enabled else QwenImageCausalConv3d
     count = 0
-    for part in (getattr(vae, "encoder", None), getattr(vae, "quant_conv", None)):
+    for part in parts:
         for module in part.modules() if part is not None else ():
             if isinstance(module, QwenImageCausalConv3d) and type(module) is not target:
                 module.__class__ = target
