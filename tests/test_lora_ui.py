@@ -107,7 +107,8 @@ def test_compare_without_and_with_loras(service, names):
     outputs = list(handlers.compare("a fox", "", 3, False, 256, 256, 1, 3.5, 1, None, COMPARE_LORAS, "turbo",
                                     *rows((ink, 1.0, "both"))))  # fmt: skip
     progress, _, _, pair, info = outputs[-1]
-    assert progress == "**Done**" and len(pair) == 2 and "Seed **3** for both" in info
+    assert progress == "**Done**" and len(pair["value"]) == 2 and "Seed **3** for both" in info
+    assert pair["label"] == "Turbo: without ↔ with LoRAs"
     assert "Turbo without LoRAs" in info and "Turbo with LoRAs" in info
     no_loras = list(handlers.compare("a fox", "", 3, False, 256, 256, 1, 3.5, 1, None, COMPARE_LORAS, "turbo",
                                      *rows()))  # fmt: skip

@@ -506,7 +506,8 @@ class Handlers:
                     yield (f"{name} done", image if event.label == RAW.key else gr.skip(),
                            image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
             seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
-            yield ("**Done**", gr.skip(), gr.skip(), (paths[RAW.key], paths[TURBO.key]),
+            pair = gr.update(value=(paths[RAW.key], paths[TURBO.key]), label=f"{short_name(RAW)} ↔ {short_name(TURBO)}")
+            yield ("**Done**", gr.skip(), gr.skip(), pair,
                    "  \n".join([*info, seed_text]))  # fmt: skip
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -548,7 +549,9 @@ class Handlers:
                     yield (f"{labels[event.label]} done", image if event.label == WITHOUT_LORAS else gr.skip(),
                            image if event.label == WITH_LORAS else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
             seed_text = f"Seed **{used_seed}** for both"
-            yield ("**Done**", gr.skip(), gr.skip(), (paths[WITHOUT_LORAS], paths[WITH_LORAS]),
+            pair = gr.update(value=(paths[WITHOUT_LORAS], paths[WITH_LORAS]),
+                             label=f"{short_name(spec)}: without ↔ with LoRAs")  # fmt: skip
+            yield ("**Done**", gr.skip(), gr.skip(), pair,
                    "  \n".join([*info, seed_text]))  # fmt: skip
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()

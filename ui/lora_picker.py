@@ -34,13 +34,15 @@ def lora_picker(prefix: str, choices: list[tuple[str, str]]) -> LoraPicker:
     names, weights, targets = [], [], []
     with gr.Accordion("LoRAs", open=False, elem_id=f"{prefix}-loras"):
         for row in range(MAX_LORAS):
+            number = row + 1
             with gr.Row(equal_height=True):
-                names.append(gr.Dropdown(choices or [NO_LORA], value="", label=f"LoRA {row + 1}", scale=3,
-                                         elem_id=f"{prefix}-lora-{row + 1}"))  # fmt: skip
+                # One line per LoRA where the column allows (min widths), wrapping on a phone.
+                names.append(gr.Dropdown(choices or [NO_LORA], value="", label=f"LoRA {number}", scale=3,
+                                         min_width=140, elem_id=f"{prefix}-lora-{number}"))  # fmt: skip
                 weights.append(gr.Slider(*LORA_WEIGHT_RANGE, value=DEFAULT_WEIGHT, step=WEIGHT_STEP, label="Weight",
-                                         scale=2, elem_id=f"{prefix}-lora-{row + 1}-weight"))  # fmt: skip
-                targets.append(gr.Dropdown(TARGET_CHOICES, value=LORA_BOTH, label="Applies to", scale=1,
-                                           elem_id=f"{prefix}-lora-{row + 1}-target"))  # fmt: skip
+                                         scale=2, min_width=110, elem_id=f"{prefix}-lora-{number}-weight"))  # fmt: skip
+                targets.append(gr.Dropdown(TARGET_CHOICES, value=LORA_BOTH, label="Applies to", scale=2,
+                                           min_width=110, elem_id=f"{prefix}-lora-{number}-target"))  # fmt: skip
         with gr.Row():
             refresh = gr.Button("↻ Refresh list", size="sm", elem_id=f"{prefix}-lora-refresh")
             upload = gr.UploadButton("Upload a LoRA (.safetensors)", file_types=[".safetensors"], type="filepath",

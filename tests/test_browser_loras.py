@@ -1,0 +1,72 @@
+"""The LoRA picker as a person uses it (headless Chromium, demo checkpoints): a LoRA dropped into the folder, picked
+in the Generate tab, seen in the result's details; Compare without vs with it. Screenshots in artifacts/browser/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from app_server import CHROMIUM, AppServer
+from lora_helpers import random_factors, write_lora
+from test_browser import set_number, shot
+
+from krea2.demo import build_transformer
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_sources):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    data = tmp_path_factory.mktemp("browser-loras") / "data"
+    write_lora(data / "loras" / "styles" / "ink.safetensors", random_factors(build_transformer(), seed=7), "kohya")
+    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1400})
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
+    yield page
+    context.close()
+
+
+def pick_lora(page, prefix: str, name: str, weight: float) -> None:
+    page.locator(f"#{prefix}-loras").get_by_text("LoRAs").first.click()  # open the accordion
+    page.locator(f"#{prefix}-lora-1 input").click()
+    page.get_by_role("option", name=name).click()
+    set_number(page, f"{prefix}-lora-1-weight", weight)
+
+
+def test_a_lora_from_the_folder_is_picked_used_and_recorded(page):
+    set_number(page, "width", 256)
+    set_number(page, "height", 256)
+    set_number(page, "steps", 2)
+    pick_lora(page, "generate", "styles/ink", 0.8)
+    page.locator("#prompt textarea").fill("a red circle on a blue background")
+    page.locator("#generate-btn").click()
+    page.locator("#seed-used").get_by_text(re.compile(r"LoRAs styles/ink 0\.8")).wait_for(timeout=120_000)
+    shot(page, "loras-01-generate")
+    page.locator("#results img").first.click()
+    page.locator("#result-details").get_by_text(re.compile(r"styles/ink 0\.8 \(hash [0-9a-f]{12}\)")).wait_for(
+        timeout=10_000
+    )
+
+
+def test_compare_without_and_with_a_lora(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill("a yellow star")
+    set_number(page, "compare-width", 256)
+    set_number(page, "compare-height", 256)
+    page.locator("#compare-mode").get_by_text("Without ↔ with LoRAs").click()
+    pick_lora(page, "compare", "styles/ink", 1.0)
+    page.locator("#compare-btn").click()
+    page.locator("#compare-info").get_by_text("Turbo with LoRAs").wait_for(timeout=120_000)
+    assert page.locator("#compare-raw img").count() == 1 and page.locator("#compare-turbo img").count() == 1
+    shot(page, "loras-02-compare")
