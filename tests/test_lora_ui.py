@@ -108,8 +108,8 @@ def test_compare_without_and_with_loras(service, names):
                                     *rows((ink, 1.0, "both"))))  # fmt: skip
     progress, _, _, pair, info = outputs[-1]
     assert progress == "**Done**" and len(pair["value"]) == 2 and "Seed **3** for both" in info
-    assert pair["label"] == "Turbo: without ↔ with LoRAs"
-    assert "Turbo without LoRAs" in info and "Turbo with LoRAs" in info
+    assert pair["label"] == "Krea 2 Turbo: without ↔ with LoRAs"  # the names issue 18 asks for
+    assert "Krea 2 Turbo without LoRAs" in info and "Krea 2 Turbo with LoRAs" in info
     no_loras = list(handlers.compare("a fox", "", 3, False, 256, 256, 1, 3.5, 1, None, COMPARE_LORAS, "turbo",
                                      *rows()))  # fmt: skip
     assert "LoRA" in no_loras[-1][0] and no_loras[-1][0].startswith("⚠️")
