@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import CHECKPOINTS, CheckpointSpec
 from .errors import LoadError
-from .safetensors_file import is_safetensors_path
+from .safetensors_file import names_a_file
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def looks_like_path(source: str) -> bool:
     """A Hub id is `owner/name`; anything else that names the filesystem is treated as a local folder or file."""
-    return is_safetensors_path(source) or (
+    return names_a_file(source) or (
         source.startswith(("/", ".", "~"))
         or os.sep + os.sep in source
         or source.count("/") > 1
@@ -116,10 +116,10 @@ class PipelineLoader:
         unless it is a single file (then `shared`, else that checkpoint's Hub repo)."""
         spec = next(spec for spec in CHECKPOINTS.values() if spec.ships_full_pipeline)
         source = self.sources[spec.key]
-        return (self.shared or spec.default_source) if is_safetensors_path(source) else source
+        return (self.shared or spec.default_source) if names_a_file(source) else source
 
     def _prepare(self, spec: CheckpointSpec, source: str) -> str:
-        if is_safetensors_path(source):
+        if names_a_file(source):
             return str(Path(source).expanduser())
         if looks_like_path(source):
             check_local_layout(source, spec)
@@ -157,7 +157,7 @@ class PipelineLoader:
         from diffusers import Krea2Pipeline
 
         given = {}
-        if is_safetensors_path(self.sources[spec.key]):
+        if names_a_file(self.sources[spec.key]):
             given["transformer"] = self.load_transformer(spec)
 
         def load(source: str) -> Krea2Pipeline:
@@ -180,7 +180,7 @@ class PipelineLoader:
     def load_transformer(self, spec: CheckpointSpec) -> Krea2Transformer2DModel:
         from diffusers import Krea2Transformer2DModel
 
-        if is_safetensors_path(self.sources[spec.key]):
+        if names_a_file(self.sources[spec.key]):
             return self._load(spec, " transformer", self._load_file(spec), {"transformer": None})
 
         def load(source: str) -> Krea2Transformer2DModel:

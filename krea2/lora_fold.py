@@ -176,7 +176,7 @@ class LoraPatcher:
                 self._write(module, value)
                 self.applied[layer] = keys[layer]
         self.active = [(weights, strength) for weights, strength in loras if strength != 0]
-        if changed and any(self._compute_device(modules[layer]).type == "cuda" for layer in changed[:1]):
+        if changed and torch.cuda.is_available():
             torch.cuda.synchronize()  # the time the GPU took, not the time to queue it
         self.last_report = FoldReport(len(changed), time.perf_counter() - start)
         if changed:

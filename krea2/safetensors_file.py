@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,11 +120,7 @@ def _read_header(path: Path, size: int) -> tuple[dict[str, TensorEntry], dict[st
     return entries, {str(key): str(value) for key, value in metadata.items()}
 
 
-def is_safetensors_path(source: str) -> bool:
-    """Whether a checkpoint source names a single file (by its suffix, or an existing file)."""
+def names_a_file(source: str) -> bool:
+    """Whether a checkpoint source names a single file (by its suffix, or an existing file), not a folder or a repo."""
     path = Path(source).expanduser()
     return path.suffix.lower() in (".safetensors", ".sft", ".gguf") or (path.is_file() and not path.is_dir())
-
-
-def file_size(path: str | Path) -> int:
-    return os.stat(Path(path).expanduser()).st_size

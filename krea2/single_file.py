@@ -119,7 +119,10 @@ def inspect_checkpoint(path: str | Path, name: str) -> CheckpointFile:
         layout = "ComfyUI"
     checkpoint.layout = layout
     _map_names(checkpoint, keys)
-    checkpoint.config = infer_config(checkpoint.shapes)
+    try:
+        checkpoint.config = infer_config(checkpoint.shapes)
+    except ValueError as error:
+        raise LoadError(f"{name}: {path} is not a complete Krea 2 transformer: {error}.") from None
     _check_complete(checkpoint, name)
     log.info("%s: %s", name, checkpoint.describe())
     return checkpoint
@@ -167,8 +170,6 @@ def _map_names(checkpoint: CheckpointFile, keys: set[str]) -> None:
     prefix, file = checkpoint.prefix, checkpoint.file
     native = checkpoint.layout != "diffusers"
     own = {key: key.removeprefix(prefix) for key in keys if key.startswith(prefix)}
-    if prefix == "":  # a bare file holds the transformer alone; only the marker is not part of it
-        own.pop(SCALED_FP8_MARKER, None)
     scales: dict[str, str] = {}
     for key, short in own.items():
         if short == SCALED_FP8_MARKER or short.endswith(IGNORED_SUFFIXES):
@@ -181,10 +182,10 @@ def _map_names(checkpoint: CheckpointFile, keys: set[str]) -> None:
         new_name, shape = _diffusers_name(short, entry.shape) if native else (short, entry.shape)
         checkpoint.sources[new_name] = key
         checkpoint.shapes[new_name] = shape
-    by_short = {short: new for new, key in checkpoint.sources.items() for short in [own[key]]}
-    for weight_short, scale_key in scales.items():
-        if weight_short in by_short:
-            checkpoint.scales[by_short[weight_short]] = scale_key
+    new_names = {own[key]: new for new, key in checkpoint.sources.items()}  # the file's name -> diffusers'
+    for weight, scale_key in scales.items():
+        if weight in new_names:
+            checkpoint.scales[new_names[weight]] = scale_key
 
 
 def _diffusers_name(native: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:

@@ -20,10 +20,12 @@ ROWS = slice(FILL_LORA_NOTE + 1, None)
 
 @pytest.fixture(scope="module")
 def names(lora_manager, lora_dir):
+    """Two LoRAs in the session's LoRA folder, named apart from the other modules' (a file name must be unique there
+    for a name written by another tool to find it)."""
     transformer = lora_manager.pipes["turbo"].transformer
-    write_lora(lora_dir / "ui" / "ink.safetensors", random_factors(transformer, seed=21), "kohya")
-    write_lora(lora_dir / "ui" / "paper.safetensors", random_factors(transformer, seed=22), "diffusers")
-    return "ui/ink", "ui/paper"
+    write_lora(lora_dir / "ui" / "quill.safetensors", random_factors(transformer, seed=21), "kohya")
+    write_lora(lora_dir / "ui" / "parchment.safetensors", random_factors(transformer, seed=22), "diffusers")
+    return "ui/quill", "ui/parchment"
 
 
 @pytest.fixture
@@ -96,9 +98,9 @@ def test_send_to_generate_takes_the_loras_of_our_png_and_an_a1111_one(service, n
     _, _, values = handlers.png_info(done[-1][4][0]["path"])
     filled = handlers.send_png_to_generate(values, {})
     assert [update["value"] for update in filled[ROWS]][:3] == [ink, -0.4, "both"] and filled[0] == "a fox"
-    foreign = dict(values, loras=[{"name": "ink", "weight": 0.9, "hash": ""}])  # A1111 writes the file name alone
+    foreign = dict(values, loras=[{"name": "quill", "weight": 0.9, "hash": ""}])  # A1111 writes the file name alone
     filled = handlers.send_png_to_generate(foreign, {})
-    assert filled[ROWS][0]["value"] == ink and "was found as ui/ink" in filled[FILL_LORA_NOTE]
+    assert filled[ROWS][0]["value"] == ink and "was found as ui/quill" in filled[FILL_LORA_NOTE]
 
 
 def test_compare_without_and_with_loras(service, names):
@@ -136,7 +138,7 @@ def test_history_filters_by_lora_and_lists_the_loras_used(service, names):
     handlers = Handlers(service)
     for loras in (rows((ink, 1.0, "both")), rows((paper, 0.5, "both")), rows()):
         list(handlers.generate("a fox", "", "turbo", 1, 0.0, 256, 256, 4, False, 1, [], None, *loras))
-    assert handlers.loras.history_choices()["choices"] == [("All LoRAs", ""), (ink, ink), (paper, paper)]
+    assert handlers.loras.history_choices()["choices"] == [("All LoRAs", ""), *((n, n) for n in sorted([ink, paper]))]
     _, count, *_ = handlers.history("", "all", False, False, None, ink)
     assert count == "1–1 of 1 generations"
     _, count, *_ = handlers.history("", "all", False, False, None, "")
