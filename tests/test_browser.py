@@ -243,7 +243,7 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
     page.locator("#prompt textarea").fill("a red circle from an image")
     set_number(page, "strength", 0.5)
     page.locator("#generate-btn").click()
-    page.get_by_text("Image input: generated at 256×256.").wait_for(timeout=60_000)
+    page.get_by_text("Image input: generated at 256×256.").wait_for(timeout=120_000)  # behind earlier jobs
     shot(page, "08-img2img")
     page.locator("#results img").first.click()
     page.locator("#send-btn").click()  # the result becomes the next init image
