@@ -262,7 +262,10 @@ def test_the_cli_writes_nothing_for_a_blocked_image(tmp_path, demo_sources, red_
 
 
 def test_the_cli_fails_closed_and_refuses_a_blocked_prompt_before_loading(tmp_path, capsys):
+    from krea2.quiet import quiet_libraries
     from studio import cli
+
+    quiet_libraries()  # in-process, as `python -m studio` does first (no progress bars on stderr)
 
     listing = tmp_path / "list.txt"
     listing.write_text("circle\n")
