@@ -140,6 +140,18 @@ class ModelManager:
         self.content_policy = content_policy
 
     # ----------------------------------------------------------------------------------------------- loading
+    # How many generations this engine runs at once: one per manager (one GPU). A `WorkerPool` (krea2/workers.py)
+    # runs one per worker, and the service and the UI's queue size themselves by this.
+    concurrent_generations = 1
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """This manager's GPU as the current CUDA device, for the thread that runs its work: CUDA's current device is
+        per thread, and code that says just "cuda" (graph pools, synchronize, LoRA folding) means the current one. A
+        manager on "cuda" without an index (the single-GPU app) or on the CPU changes nothing."""
+        if self.device.type == "cuda" and self.device.index is not None:
+            return torch.cuda.device(self.device)
+        return contextlib.nullcontext()
+
     def start(self, background: bool = True) -> None:
         """Load both checkpoints; in the background by default so a UI can show progress meanwhile."""
         if background:
@@ -152,6 +164,10 @@ class ModelManager:
         return self._ready.wait(timeout)
 
     def _load_all(self) -> None:
+        with self.on_device():
+            self._load_on_device()
+
+    def _load_on_device(self) -> None:
         try:
             self.pipes = self._load_pipelines()
             self.plan = self._choose_plan()
@@ -234,7 +250,7 @@ class ModelManager:
         """Put (more of) the fast path on the loaded pipelines, waiting for any running generation. Speed-ups already
         on stay on (see `speedups.apply`); a new compile needs `warm_up` again. The benchmark steps through its modes
         with it; the app sets its options once, at construction."""
-        with self._generate_lock:
+        with self.on_device(), self._generate_lock:
             self._apply_fast_path(options)
 
     def _fail(self, error: Exception) -> None:
@@ -319,13 +335,22 @@ class ModelManager:
 
     def _warm_up_in_background(self) -> None:
         try:
-            self.warm_up()
+            with self.on_device():
+                self.warm_up()
         except Exception:
             log.exception("Compile warm-up failed; continuing uncompiled")
 
     # ----------------------------------------------------------------------------------------------- status
     def device_name(self) -> str:
-        return str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+        """The GPU's name; with the device's index when the manager was given one (several GPUs: which card)."""
+        if self.device.type == "cpu":
+            return str(self.device)
+        name = torch.cuda.get_device_name(self.device)
+        return name if self.device.index is None else f"{name} ({self.device})"
+
+    def checkpoint_state(self, key: str) -> str:
+        """`loading`, `ready` or `failed` (the status line's word for one checkpoint)."""
+        return self._status[key].state
 
     def status(self) -> ManagerStatus:
         return ManagerStatus(
@@ -398,7 +423,7 @@ class ModelManager:
         # The prompt block list, and fail-closed when a required filter is not ready: before any GPU work.
         image_filter = self.content_policy.admit(request) if self.content_policy is not None else None
         cancel_event = cancel_event or threading.Event()
-        with self._user_turn(), self._generate_lock:
+        with self._user_turn(), self._generate_lock, self.on_device():
             self._cancel_current = cancel_event
             try:
                 with self._uncompiled_while_warming():
@@ -456,7 +481,7 @@ class ModelManager:
     def fold_loras(self, request: GenerationRequest) -> FoldReport:
         """Fold the request's LoRAs into its checkpoint now, as its generation would (the benchmark times this)."""
         pipe = self._pipe(request.checkpoint)
-        with self._generate_lock:
+        with self._generate_lock, self.on_device():
             self._fold_loras(pipe, request)
         patcher = patcher_of(pipe.transformer)
         return patcher.last_report if patcher is not None else FoldReport(0, 0.0)

@@ -21,6 +21,8 @@ WARMUP_SIZES = ((1024, 1024), (1024, 768))
 WARMUP_BATCH_SIZES = (1, 2)
 # Two steps per run: the first compiles (or generalises) for the shape, the second captures the denoiser's CUDA graph.
 WARMUP_STEPS = 2
+# torch.compile's own default per-function recompile limit (8): one device's shapes fit in it.
+PER_DEVICE_RECOMPILES = 8
 
 
 def compile_blocks(transformer: nn.Module) -> None:
@@ -71,3 +73,14 @@ def warmup_requests(
         for width, height, prompt, count in runs
         for key in checkpoints
     ]
+
+
+def allow_recompiles_per_device(devices: int) -> None:
+    """Room for every device's graphs in torch.compile's per-function cache. The repeated blocks share one compiled
+    function, and its guards include the device of its inputs, so each GPU of a worker pool (krea2/workers.py) adds
+    its own entries (the warm-up's shapes and batch sizes); past the limit torch runs the blocks uncompiled for good."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, PER_DEVICE_RECOMPILES * devices)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 32 * PER_DEVICE_RECOMPILES * devices)
