@@ -52,7 +52,8 @@ def build_app(settings: Settings):
     from storage import HistoryStore, StorageError
     from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
     from storage.files import SERVED_DIRS
-    from studio.runtime import build_manager, compile_cache_dir, lora_library, use_compile_cache
+    from studio.devices import build_engine
+    from studio.runtime import compile_cache_dir, lora_library, use_compile_cache
     from studio.safety import content_policy
     from studio.service import StudioService
     from studio.signing import png_signer
@@ -75,13 +76,18 @@ def build_app(settings: Settings):
     if spaces is not None:
         settings = adapt_settings(settings)
     use_compile_cache(settings, store.data_dir)
-    manager = build_manager(
-        settings,
-        prepare_on_cpu=spaces is not None,
-        compile_cache_folder=compile_cache_dir(store.data_dir),
-        loras=lora_library(settings, store.data_dir),
-        content_policy=policy,
-    )
+    try:  # one manager, or one per device of KREA2_DEVICES (studio/devices.py)
+        manager = build_engine(
+            settings,
+            prepare_on_cpu=spaces is not None,
+            compile_cache_folder=compile_cache_dir(store.data_dir),
+            loras=lora_library(settings, store.data_dir),
+            content_policy=policy,
+            cuda_count=1 if spaces is not None else None,  # ZeroGPU lends one GPU per call
+        )
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
     manager.start(background=spaces is None)
     service = StudioService(manager, store)

@@ -186,6 +186,9 @@ class WorkerPool:
         Raises NotReady at once when no worker can serve its checkpoint, Cancelled when `cancel_event` is set while
         it waits; a running generation is cancelled by its manager as on one GPU."""
         cancel_event = cancel_event or threading.Event()
+        policy = self.workers[0].manager.content_policy  # every worker has the same block list: check it first
+        if policy is not None:
+            policy.check_prompt(request)
         worker = self._acquire(request, cancel_event)
         try:
             return worker.manager.generate(request, on_step, cancel_event)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -35,6 +35,9 @@ from storage.provenance import read_provenance
 
 from .recording import record_blocked, record_failure, record_result, record_start
 from .sources import store_source
+
+if TYPE_CHECKING:
+    from krea2.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
@@ -64,7 +67,7 @@ class IdleEvent:
 
 
 class StudioService:
-    def __init__(self, manager: ModelManager, store: HistoryStore) -> None:
+    def __init__(self, manager: ModelManager | WorkerPool, store: HistoryStore) -> None:
         self.manager = manager
         self.store = store
         # History rows without images (failed, cancelled) need something to show in a gallery.
@@ -88,6 +91,11 @@ class StudioService:
     @property
     def demo(self) -> bool:
         return self.manager.demo
+
+    @property
+    def concurrent_generations(self) -> int:
+        """Generations that run at once: 1 on one GPU, one per worker of a pool (krea2/workers.py)."""
+        return self.manager.concurrent_generations
 
     # ------------------------------------------------------------------------------------------------ generation
     def _cancel_event(self, session: str) -> threading.Event:
@@ -175,7 +183,8 @@ class StudioService:
         job: str | None = None,
     ) -> Iterator[StepEvent | DoneEvent | IdleEvent]:
         """Run requests one after the other in a worker thread, yielding step previews and results as they come (and
-        an IdleEvent after `idle` seconds without either, when given).
+        an IdleEvent after `idle` seconds without either, when given). With several workers (krea2/workers.py) they
+        run side by side instead, and the stream ends once all have finished (`run_side_by_side`).
 
         If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too, and so it
         is when `cancel_job(job)` names this stream's Gradio event (before it started: nothing runs, nothing is
@@ -191,12 +200,18 @@ class StudioService:
         events: queue.Queue = queue.Queue()
         finished = object()
 
+        def run(label: str, request: GenerationRequest) -> None:
+            on_step = lambda i, n, preview: events.put(StepEvent(i, n, preview, label))  # noqa: E731
+            result, generation = self._run_recorded(request, on_step, cancel_event, comparison_id)
+            events.put(DoneEvent(result, generation, label))
+
         def work() -> None:
             try:
-                for label, request in requests:
-                    on_step = lambda i, n, preview, label=label: events.put(StepEvent(i, n, preview, label))  # noqa: E731
-                    result, generation = self._run_recorded(request, on_step, cancel_event, comparison_id)
-                    events.put(DoneEvent(result, generation, label))
+                if len(requests) > 1 and self.concurrent_generations > 1:
+                    run_side_by_side(requests, run)
+                else:
+                    for label, request in requests:
+                        run(label, request)
             except (Krea2Error, StorageError) as error:
                 events.put(error)
             except Exception as error:  # never let the worker die silently: the caller would wait for a result
@@ -378,6 +393,30 @@ class StudioService:
     def png_provenance(self, path: str | Path) -> dict[str, Any]:
         """{"ai_generated", "xmp", "c2pa"}: what the PNG says about its origin (storage/provenance.py)."""
         return read_provenance(path)
+
+
+def run_side_by_side(requests: list[tuple[str, GenerationRequest]], run) -> None:
+    """`run(label, request)` for every request at once, one thread each (the worker pool gives each a worker), then
+    the first failure in request order, if any. Every request runs to its end and is recorded: one side failing does
+    not stop the other (a cancel stops both, through their shared cancel event)."""
+    failures: dict[int, BaseException] = {}
+
+    def one(position: int, label: str, request: GenerationRequest) -> None:
+        try:
+            run(label, request)
+        except Exception as error:  # noqa: BLE001 - handed to the caller's thread below
+            failures[position] = error
+
+    threads = [
+        threading.Thread(target=one, args=(position, label, request), name="krea2-generation", daemon=True)
+        for position, (label, request) in enumerate(requests)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[min(failures)]
 
 
 def log_generation(generation: Generation, result: GenerationResult) -> None:

@@ -143,6 +143,33 @@ def _labels(text: str) -> tuple[str, ...]:
     return labels
 
 
+CONTEXT_PARALLEL_MODES = ("off", "ulysses")  # krea2/context_parallel.py
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    """`cpu` or CUDA devices (`cuda:1`, or just `1`), comma separated, each GPU once: the workers, one per entry. The
+    machine's count is checked where the workers are built (studio/devices.py)."""
+    devices = []
+    for part in (part.strip().lower() for part in text.split(",")):
+        if part == "cpu":
+            devices.append("cpu")
+            continue
+        index = part.removeprefix("cuda:")
+        if not index.isdigit():
+            raise ValueError("must be `auto` or devices such as cuda:0,cuda:1 (or 0,1), or cpu, separated by commas")
+        devices.append(f"cuda:{int(index)}")
+    gpus = [device for device in devices if device != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise ValueError("must name each GPU once")
+    if gpus and len(gpus) != len(devices):
+        raise ValueError("must be all GPUs or all cpu, not both")
+    return tuple(devices)
+
+
+def _devices_or_auto(text: str) -> tuple[str, ...] | None:
+    return None if text.strip().lower() == "auto" else _devices(text)
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text.strip()).expanduser()
     if not path.is_file():
@@ -166,6 +193,9 @@ DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a pa
 PROBABILITY = Kind("number 0-1", _probability)
 LABELS = Kind("labels, comma separated", _labels)
 FILE = Kind("file", _existing_file)
+DEVICES = Kind("`auto`, or devices: `cuda:0,cuda:1` (or `0,1`), `cpu`", _devices_or_auto)
+CONTEXT_PARALLEL = Kind(", ".join(f"`{mode}`" for mode in CONTEXT_PARALLEL_MODES),
+                        _one_of(lambda: CONTEXT_PARALLEL_MODES))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -336,6 +366,19 @@ class Settings:
     c2pa_key: Path | None = setting(
         None, "KREA2_C2PA_KEY", FILE, "the PEM private key of `KREA2_C2PA_CERT` (unencrypted)", "off"
     )
+
+    # --------------------------------------------------------------------------------------------- several GPUs
+    devices: tuple[str, ...] | None = setting(
+        None, "KREA2_DEVICES", DEVICES,
+        "the devices generations run on, one worker (a whole Raw + Turbo manager) per device; requests go to a free "
+        "worker, Compare runs Raw and Turbo side by side (README: More than one GPU)",
+        "`auto`: every visible CUDA GPU, else one CPU worker", "--devices", (APP,),
+    )  # fmt: skip
+    context_parallel: str = setting(
+        "off", "KREA2_CONTEXT_PARALLEL", CONTEXT_PARALLEL,
+        "`ulysses`: one image across all GPUs (Ulysses attention over the heads, diffusers' parallelism API); needs "
+        "one process per GPU (`torchrun`, README: More than one GPU)", "`off`",
+    )  # fmt: skip
 
     @property
     def server_host(self) -> str:

@@ -6,7 +6,7 @@ They are events on hidden components rather than `gr.api` functions so that imag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,29 +124,31 @@ def _refused(error: Exception) -> gr.Error:
 def register_api(service: StudioService) -> None:
     # preprocess=False: every value reaches GenerationRequest exactly as sent, so it alone decides what is valid (a
     # component would turn an object into its repr, round 4.5 to 4, or fail on "abc" without naming the field).
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, "preprocess": False}
+    # As many at once as there are workers (krea2/workers.py), in the UI's one queue.
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": service.concurrent_generations, "preprocess": False}
 
-    def run(stream) -> Iterator[tuple[Any, Any]]:
-        """Relay a generation stream; yields progress, then (images, infos) last.
+    def run(stream, labels: Sequence[str], answer: Callable[[dict[str, Any]], Any]) -> Iterator[tuple[Any, Any]]:
+        """Relay a generation stream; yields progress, then (images, answer(infos by label)) last, the images in the
+        order of `labels` whatever order the runs finished in (side by side on several workers, Turbo ends first).
 
         A generator on purpose: Gradio resumes it after every step (and every IDLE_S without one), so a `/cancel` or
         a client that went away closes it between two steps, and closing it cancels the generation."""
-        images, infos = [], []
+        done: dict[str, tuple[list[tuple[str, str]], dict[str, Any]]] = {}
         try:
             for event in stream:
                 if isinstance(event, DoneEvent):
                     info = _summary(event)
-                    infos.append(info)
-                    for image in event.generation.images:
-                        caption = f"{info['checkpoint']} seed {image.seed}"
-                        images.append((service.image_file(image), caption))
+                    images = [(service.image_file(image), f"{info['checkpoint']} seed {image.seed}")
+                              for image in event.generation.images]  # fmt: skip
+                    done[event.label] = (images, info)
                 elif isinstance(event, StepEvent):
                     yield gr.skip(), {"checkpoint": event.label, "step": event.step, "steps": event.total}
                 else:
                     yield gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001 - every failure reaches the caller as one sentence
             raise _refused(error) from None
-        yield images, infos
+        ordered = [label for label in labels if label in done] + [label for label in done if label not in labels]
+        yield [image for label in ordered for image in done[label][0]], answer({k: done[k][1] for k in ordered})
 
     # The image fields default to None: gradio_client then treats them as optional (`added_later` for raw calls).
     def generate(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, num_images, loras=None,
@@ -165,8 +167,8 @@ def register_api(service: StudioService) -> None:
             raise _refused(renamed(error, LORA_FIELDS)) from None
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
-        for images, infos in run(service.generate(req, session_of(request), idle=IDLE_S, job=event_id())):
-            yield images, infos[0] if isinstance(infos, list) else infos
+        stream = service.generate(req, session_of(request), idle=IDLE_S, job=event_id())
+        yield from run(stream, [req.checkpoint], lambda infos: infos[req.checkpoint])
 
     def compare(prompt, negative_prompt, seed, width, height, raw_steps, raw_guidance, turbo_steps, loras=None,
                 image=None, mask=None, strength=None, outpaint=None, feather=None,
@@ -189,8 +191,8 @@ def register_api(service: StudioService) -> None:
             turbo = raw.with_checkpoint(TURBO.key, steps=_optional(turbo_steps))
         except InvalidRequest as error:
             raise _refused(renamed(error, {"steps": "turbo_steps"})) from None
-        for images, infos in run(service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())):
-            yield images, {RAW.key: infos[0], TURBO.key: infos[1]} if isinstance(infos, list) else infos
+        stream = service.compare(raw, turbo, session_of(request), idle=IDLE_S, job=event_id())
+        yield from run(stream, [RAW.key, TURBO.key], lambda infos: infos)
 
     def compare_loras(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, loras,
                       request: gr.Request):  # fmt: skip
@@ -206,8 +208,7 @@ def register_api(service: StudioService) -> None:
             raise _refused(renamed(error, LORA_FIELDS)) from None
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
-        for images, infos in run(stream):
-            yield images, {WITHOUT_LORAS: infos[0], WITH_LORAS: infos[1]} if isinstance(infos, list) else infos
+        yield from run(stream, [WITHOUT_LORAS, WITH_LORAS], lambda infos: infos)
 
     def loras_list():
         """The LoRA folder: what `loras` may name."""

@@ -484,31 +484,41 @@ class Handlers:
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         started = time.monotonic()
-        clock = StepClock()
+        # Several workers run Raw and Turbo side by side (krea2/workers.py): each keeps its own clock and progress
+        # line, and says where it ran; one GPU runs them one after the other, as always.
+        side_by_side = self.service.concurrent_generations > 1
+        clocks: dict[str, StepClock] = {}
+        lines: dict[str, str] = {}
         paths: dict[str, str] = {}
-        info: list[str] = []
+        info: dict[str, str] = {}
         used_seed = raw.seed
         yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             for event in self.service.compare(raw, turbo, session_of(request)):
                 name = get_spec(event.label).display_name
                 if isinstance(event, StepEvent):
-                    text = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
-                    yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    clock = clocks.setdefault(event.label, StepClock())
+                    line = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
+                    lines[event.label] = line
+                    yield "  \n".join(lines.values()) if side_by_side else line, *[gr.skip()] * 4
                 else:
                     r = event.result.request
                     used_seed = r.seed
                     paths[event.label] = self.service.image_file(event.generation.images[0])
                     used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
-                    info.append(f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
-                                f"{event.result.timings.total_s:.2f} s{used}")  # fmt: skip
+                    where = f" on {event.result.device}" if side_by_side else ""
+                    info[event.label] = (f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
+                                         f"{event.result.timings.total_s:.2f} s{where}{used}")  # fmt: skip
                     image = gr.update(value=paths[event.label], label=short_name(get_spec(event.label)))
-                    yield (f"{name} done", image if event.label == RAW.key else gr.skip(),
+                    lines[event.label] = f"{name} done"
+                    yield ("  \n".join(lines.values()) if side_by_side else f"{name} done",
+                           image if event.label == RAW.key else gr.skip(),
                            image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
+            seed_text = f"Seed **{used_seed}** for both" + ("" if side_by_side else " · prompt encoded once for both")
             pair = gr.update(value=(paths[RAW.key], paths[TURBO.key]), label=f"{short_name(RAW)} ↔ {short_name(TURBO)}")
+            ordered = [info[key] for key in (RAW.key, TURBO.key) if key in info]
             yield ("**Done**", gr.skip(), gr.skip(), pair,
-                   "  \n".join([*info, seed_text]))  # fmt: skip
+                   "  \n".join([*ordered, seed_text]))  # fmt: skip
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
@@ -527,7 +537,7 @@ class Handlers:
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         started = time.monotonic()
-        clock = StepClock()
+        clocks: dict[str, StepClock] = {}  # one per run: side by side on several workers, their steps interleave
         labels = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
         used_seed = req.seed
         paths: dict[str, str] = {}
@@ -536,6 +546,7 @@ class Handlers:
         try:
             for event in events:
                 if isinstance(event, StepEvent):
+                    clock = clocks.setdefault(event.label, StepClock())
                     text = f"**{labels[event.label]}** · " + clock.progress(event.step, event.total,
                                                                            time.monotonic() - started)  # fmt: skip
                     yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()

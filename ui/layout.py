@@ -85,7 +85,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
     side = {"minimum": MIN_SIDE, "maximum": MAX_SIDE, "step": SIDE_MULTIPLE}
     width_0, height_0 = handlers.default_size
     private = {"api_visibility": "private"}
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1, **private}
+    # Generations share one queue, as many at once as there are workers (one per GPU: krea2/workers.py).
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": service.concurrent_generations, **private}
 
     with StudioBlocks(title="Krea 2 Studio", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Krea 2 Studio")

@@ -1,0 +1,91 @@
+"""Which devices the app generates on (`KREA2_DEVICES`), and the engine built over them: today's single ModelManager
+for one device, a WorkerPool (krea2/workers.py) of one manager per device for several."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from krea2.content_filter import ContentPolicy, ImageClassifierFilter
+from krea2.lora_library import LoraLibrary
+from krea2.manager import ModelManager
+from krea2.workers import WorkerPool
+
+from .runtime import build_manager, fast_path_options
+from .settings import SettingError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_devices(requested: tuple[str, ...] | None, cuda_count: int) -> list[str]:
+    """The workers' devices: those `requested` (KREA2_DEVICES), or with `auto` (None) every visible CUDA GPU, else one
+    CPU worker. Raises SettingError for a GPU this machine does not have."""
+    if requested is None:
+        return [f"cuda:{index}" for index in range(cuda_count)] or ["cpu"]
+    for device in requested:
+        if device == "cpu":
+            continue
+        index = int(device.removeprefix("cuda:"))
+        if index >= cuda_count:
+            have = f"{cuda_count} CUDA device{'s' if cuda_count != 1 else ''}" if cuda_count else "no CUDA GPU"
+            raise SettingError(f"KREA2_DEVICES names {device}, but this machine has {have}")
+    return list(requested)
+
+
+def copy_for_device(policy: ContentPolicy | None) -> ContentPolicy | None:
+    """The same content policy with a classifier of its own (each worker loads one onto its device, where its
+    images are)."""
+    if policy is None:
+        return None
+    classifier = policy.classifier
+    return ContentPolicy(
+        classifier=ImageClassifierFilter(classifier.source, classifier.blocking_labels, classifier.threshold)
+        if classifier is not None
+        else None,
+        blocklist=policy.blocklist,
+        required=policy.required,
+        off_reason=policy.off_reason,
+        how_to_fix=policy.how_to_fix,
+    )
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    prepare_on_cpu: bool = False,
+    compile_cache_folder: Path | None = None,
+    loras: LoraLibrary | None = None,
+    content_policy: ContentPolicy | None = None,
+    cuda_count: int | None = None,
+) -> ModelManager | WorkerPool:
+    """One device: the manager `build_manager` builds today (with `auto`, on the GPU it picks). Several: a pool of one
+    manager per device, each choosing its own placement plan for its card, sharing the LoRA folder; the first keeps
+    the compile cache file (torch saves the whole process's compiled work, so one file serves all). Raises
+    SettingError for a device this machine lacks."""
+    devices = choose_devices(settings.devices, cuda_device_count() if cuda_count is None else cuda_count)
+    if len(devices) == 1:
+        device = None if settings.devices is None else devices[0]
+        return build_manager(
+            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder, loras=loras,
+            content_policy=content_policy, device=device,
+        )  # fmt: skip
+    cuda = devices[0] != "cpu"
+    if fast_path_options(settings, cuda=cuda, demo=settings.demo or not cuda).compile:
+        from krea2.speedups.compile import allow_recompiles_per_device
+
+        allow_recompiles_per_device(len(devices))
+    managers = []
+    for index, device in enumerate(devices):
+        first = index == 0
+        managers.append(build_manager(
+            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder if first else None,
+            loras=loras, content_policy=content_policy if first else copy_for_device(content_policy), device=device,
+        ))  # fmt: skip
+    log.info("%d workers: %s", len(managers), ", ".join(devices))
+    return WorkerPool(managers)
