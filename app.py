@@ -44,9 +44,9 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def build_app(settings: Settings):
+def build_app(settings: Settings, group=None):
     """The Gradio app and its launch arguments. Raises SystemExit(1) with a one-line message on stderr when the
-    history cannot be opened."""
+    history cannot be opened. `group`: this process is rank 0 of a context-parallel group (studio/devices.py)."""
     from starlette.middleware import Middleware
 
     from storage import HistoryStore, StorageError
@@ -84,12 +84,21 @@ def build_app(settings: Settings):
             loras=lora_library(settings, store.data_dir),
             content_policy=policy,
             cuda_count=1 if spaces is not None else None,  # ZeroGPU lends one GPU per call
+            group=group,
         )
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front.
-    manager.start(background=spaces is None)
+    # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front, and
+    # so do the ranks of a context-parallel group, which then stop with the app.
+    manager.start(background=spaces is None and group is None)
+    if group is not None:
+        import atexit
+
+        from krea2.context_parallel import ready_everywhere
+
+        ready_everywhere(manager, group)
+        atexit.register(manager.stop_followers)
     service = StudioService(manager, store)
     if spaces is not None:
         wrap_service(service, spaces)
@@ -133,12 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from studio.devices import follow, join_group
+
+    try:  # KREA2_CONTEXT_PARALLEL: one process per GPU (torchrun); rank 0 serves, the others follow it
+        group = join_group(settings)
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if group is not None and not group.lead:
+        return follow(settings, group)
     host, port = settings.server_host, settings.port
     if port_taken(host, port):
         print(f"error: port {port} on {host} is already in use; choose another with --port", file=sys.stderr)
         return 1
     try:
-        app, launch = build_app(settings)
+        app, launch = build_app(settings, group)
     except SystemExit as exit_:
         return int(exit_.code or 1)
     try:

@@ -1,19 +1,23 @@
-"""Which devices the app generates on (`KREA2_DEVICES`), and the engine built over them: today's single ModelManager
-for one device, a WorkerPool (krea2/workers.py) of one manager per device for several."""
+"""Which devices the app generates on, and the engine built over them: today's single ModelManager for one device, a
+WorkerPool (krea2/workers.py) of one manager per device for several (`KREA2_DEVICES`), or with
+`KREA2_CONTEXT_PARALLEL` one image across all GPUs, one process each (krea2/context_parallel.py): rank 0 serves the
+app, the other ranks `follow`."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import torch
 
 from krea2.content_filter import ContentPolicy, ImageClassifierFilter
+from krea2.context_parallel import ContextParallelManager, ProcessGroup, ready_everywhere, refusal
 from krea2.lora_library import LoraLibrary
 from krea2.manager import ModelManager
 from krea2.workers import WorkerPool
 
-from .runtime import build_manager, fast_path_options
+from .runtime import build_manager, fast_path_options, lora_library
 from .settings import SettingError, Settings
 
 log = logging.getLogger(__name__)
@@ -63,11 +67,19 @@ def build_engine(
     loras: LoraLibrary | None = None,
     content_policy: ContentPolicy | None = None,
     cuda_count: int | None = None,
+    group: ProcessGroup | None = None,
 ) -> ModelManager | WorkerPool:
     """One device: the manager `build_manager` builds today (with `auto`, on the GPU it picks). Several: a pool of one
     manager per device, each choosing its own placement plan for its card, sharing the LoRA folder; the first keeps
     the compile cache file (torch saves the whole process's compiled work, so one file serves all). Raises
-    SettingError for a device this machine lacks."""
+    SettingError for a device this machine lacks. With `group` (`join_group`): this rank's context-parallel manager.
+    """
+    if group is not None:
+        return build_manager(
+            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder, loras=loras,
+            content_policy=content_policy, device=str(group.device),
+            manager_class=functools.partial(ContextParallelManager, group=group),
+        )  # fmt: skip
     devices = choose_devices(settings.devices, cuda_device_count() if cuda_count is None else cuda_count)
     if len(devices) == 1:
         device = None if settings.devices is None else devices[0]
@@ -89,3 +101,33 @@ def build_engine(
         ))  # fmt: skip
     log.info("%d workers: %s", len(managers), ", ".join(devices))
     return WorkerPool(managers)
+
+
+# ------------------------------------------------------------------------------------------------ context parallelism
+def join_group(settings: Settings, cuda_count: int | None = None) -> ProcessGroup | None:
+    """With KREA2_CONTEXT_PARALLEL on: this process's rank, joined to the others (torchrun started them); None when
+    off. Raises SettingError, with what to do, when it cannot run here (one GPU, no torchrun)."""
+    if settings.context_parallel == "off":
+        return None
+    if settings.devices is not None:
+        raise SettingError("KREA2_DEVICES and KREA2_CONTEXT_PARALLEL: choose one (context parallelism runs one image "
+                           "on every GPU torchrun gives it; KREA2_DEVICES runs one worker per device)")  # fmt: skip
+    group = ProcessGroup.launched()
+    cuda_count = cuda_device_count() if cuda_count is None else cuda_count
+    if reason := refusal(settings.context_parallel, group.size, cuda_count):
+        raise SettingError(reason)
+    return group
+
+
+def follow(settings: Settings, group: ProcessGroup) -> int:
+    """A rank other than 0: load the same checkpoints onto this rank's GPU and run what rank 0 sends until it stops.
+    Returns the exit status."""
+    from storage.files import default_data_dir
+
+    manager = build_engine(settings, loras=lora_library(settings, settings.data_dir or default_data_dir()),
+                           group=group)  # fmt: skip
+    manager.start(background=False)
+    ready_everywhere(manager, group)
+    log.info("Rank %d of %d ready on %s: following rank 0", group.rank, group.size, group.device)
+    manager.follow()
+    return 0

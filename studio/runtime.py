@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,12 +82,14 @@ def build_manager(
     loras: LoraLibrary | None = None,
     content_policy: ContentPolicy | None = None,
     device: str | None = None,
+    manager_class: Callable[..., ModelManager] = ModelManager,
 ) -> ModelManager:
     """`prepare_on_cpu`: fuse/quantise the transformers before they move to the GPU (ZeroGPU: no GPU at start-up).
     `compile_cache_folder`: where torch's compile artifacts are kept between runs (the app's data folder).
     `loras`: the LoRA library requests may name LoRAs from (`lora_library`).
     `content_policy` (studio/safety.py) is applied to every generation; its classifier loads with the checkpoints.
-    `device`: the one device of this manager (one worker of several, studio/devices.py); None: the GPU, else the CPU."""
+    `device`: the one device of this manager (one worker of several, studio/devices.py); None: the GPU, else the CPU.
+    `manager_class`: a ModelManager's kind, e.g. one rank of a context-parallel group (studio/devices.py)."""
     cuda = torch.cuda.is_available()
     demo = settings.demo or not cuda
     if demo:
@@ -105,7 +108,7 @@ def build_manager(
     compile_cache = None
     if options.compile and compile_cache_folder is not None:
         compile_cache = CompileCache(compile_cache_folder, device=torch.cuda.get_device_name() if cuda else "cpu")
-    return ModelManager(
+    return manager_class(
         loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache, loras=loras,
         content_policy=content_policy, device=device,
     )  # fmt: skip
