@@ -347,3 +347,31 @@ def test_the_page_and_the_api_run_as_many_generations_at_once_as_there_are_worke
             assert {limit for _, limit in limits} == {expected}
     finally:
         store.close()
+
+
+def test_the_api_answers_raw_first_when_turbo_finished_first(pool, service):
+    """Side by side, Turbo's 8 steps end long before Raw's 52: the /compare endpoint still answers in its documented
+    order (images Raw then Turbo, infos by checkpoint). Raw is held at its first step until Turbo's row is recorded,
+    so Turbo surely finishes first."""
+    from ui.layout import build_ui
+
+    blocks = build_ui(service)
+    compare = next(fn.fn for fn in blocks.fns.values() if fn.api_name == "compare")
+    turbo_recorded = lambda: any(row.checkpoint == "turbo" and row.status == "ok"  # noqa: E731
+                                 for row in service.store.page().items)  # fmt: skip
+
+    def hold_raw(_module, _args, _kwargs):
+        assert until(turbo_recorded, timeout=60)
+
+    handles = [worker.manager.pipes["raw"].transformer.register_forward_pre_hook(hold_raw, with_kwargs=True)
+               for worker in pool.workers]  # fmt: skip
+    try:
+        *_progress, (images, infos) = compare("a green star", "", 5, 256, 256, 2, 0.0, 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(infos) == ["raw", "turbo"]
+    assert [infos[key]["checkpoint"] for key in infos] == ["raw", "turbo"]
+    assert [caption.split()[0] for _path, caption in images] == ["raw", "turbo"]
+    assert sorted((row.checkpoint, row.status) for row in service.store.page().items) == [("raw", "ok"),
+                                                                                          ("turbo", "ok")]  # fmt: skip
