@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ULYSSES = "ulysses"
 MODES = ("off", ULYSSES)
+IDLE_TIMEOUT = timedelta(days=365)  # how long followers wait for rank 0's next request
+STOP_WAIT_S = 120  # at shutdown, how long stopping the followers waits for a generation in flight
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -162,6 +165,7 @@ class ProcessGroup:
     rank: int
     size: int
     device: torch.device | None = None
+    control: object = field(default=None, compare=False)  # requests and cancel flags (gloo); None: the default group
 
     @property
     def lead(self) -> bool:
@@ -178,22 +182,25 @@ class ProcessGroup:
         if not dist.is_initialized():
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
         rank, size = dist.get_rank(), dist.get_world_size()
+        # Followers wait for rank 0's next request as long as the app is idle: their own group, without the default
+        # 30-minute timeout (which still catches a rank stuck in the model's collectives).
+        control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
         if not cuda:
-            return cls(rank, size, torch.device("cpu"))
+            return cls(rank, size, torch.device("cpu"), control)
         device = torch.device("cuda", rank % torch.cuda.device_count())  # one node: ranks in GPU order
         torch.cuda.set_device(device)
-        return cls(rank, size, device)
+        return cls(rank, size, device, control)
 
     def send(self, message: object) -> object:
         """Rank 0's `message` on every rank (a request, or None: stop)."""
         box = [message if self.lead else None]
-        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        dist.broadcast_object_list(box, src=0, group=self.control, device=torch.device("cpu"))
         return box[0]
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's flag on every rank."""
         value = torch.tensor([int(flag and self.lead)], dtype=torch.int32)
-        dist.broadcast(value, src=0)
+        dist.broadcast(value, src=0, group=self.control)
         return bool(value.item())
 
 
@@ -259,14 +266,18 @@ class ContextParallelManager(ModelManager):
                 log.info("Rank %d: %s", self.group.rank, error)
 
     def stop_followers(self) -> None:
-        with self._turn:
-            self.group.send(None)
+        """Tell the other ranks to stop (when the app stops: after the generation in flight, if any)."""
+        if self._turn.acquire(timeout=STOP_WAIT_S):
+            try:
+                self.group.send(None)
+            finally:
+                self._turn.release()
 
 
 def ready_everywhere(manager: ModelManager, group: ProcessGroup) -> None:
     """Wait until every rank's checkpoints are loaded (a barrier); NotReady on every rank if one failed to load."""
     loaded = all(manager.checkpoint_state(key) == "ready" for key in CHECKPOINTS)
     loaded = torch.tensor([int(loaded)], dtype=torch.int32)
-    dist.all_reduce(loaded, op=dist.ReduceOp.MIN)
+    dist.all_reduce(loaded, op=dist.ReduceOp.MIN, group=group.control)
     if not loaded.item():
         raise NotReady("A GPU of the context-parallel group failed to load the checkpoints; see its log.")
