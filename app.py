@@ -11,8 +11,12 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from studio.settings import APP, SettingError, Settings, add_flags, load_settings
+
+if TYPE_CHECKING:
+    from krea2.context_parallel import ProcessGroup
 
 log = logging.getLogger("krea2.app")
 
@@ -44,7 +48,7 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def build_app(settings: Settings, group=None):
+def build_app(settings: Settings, group: ProcessGroup | None = None):
     """The Gradio app and its launch arguments. Raises SystemExit(1) with a one-line message on stderr when the
     history cannot be opened. `group`: this process is rank 0 of a context-parallel group (studio/devices.py)."""
     from starlette.middleware import Middleware

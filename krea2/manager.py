@@ -282,7 +282,7 @@ class ModelManager:
         try:
             for done, request in enumerate(requests, 1):
                 self._wait_for_users()
-                with self._generate_lock:
+                with self._generate_lock, self.on_device():
                     self._generate(self.pipes[request.checkpoint], request, on_step, threading.Event())
                 self._warmup_progress = (done, len(requests))
         except Exception:
@@ -335,8 +335,7 @@ class ModelManager:
 
     def _warm_up_in_background(self) -> None:
         try:
-            with self.on_device():
-                self.warm_up()
+            self.warm_up()
         except Exception:
             log.exception("Compile warm-up failed; continuing uncompiled")
 
@@ -382,7 +381,8 @@ class ModelManager:
     # ----------------------------------------------------------------------------------------------- prompts
     def encode(self, text: str) -> PromptEmbeddings:
         """Prompt embeddings (cached; Raw and Turbo share the encoder, so one entry serves both)."""
-        return encode_prompt(self._any_pipe(), text, self._prompt_cache)
+        with self.on_device():
+            return encode_prompt(self._any_pipe(), text, self._prompt_cache)
 
     @property
     def prompt_cache(self) -> LRUCache[PromptEmbeddings]:
@@ -390,7 +390,8 @@ class ModelManager:
 
     def pipeline_inputs(self, request: GenerationRequest) -> dict:
         """The pipeline arguments a request fixes: its (cached) prompt embeddings and its settings."""
-        return pipeline_inputs(self._pipe(request.checkpoint), request, self._prompt_cache)
+        with self.on_device():
+            return pipeline_inputs(self._pipe(request.checkpoint), request, self._prompt_cache)
 
     # ----------------------------------------------------------------------------------------------- generation
     def _pipe(self, key: str) -> Krea2StudioPipeline:

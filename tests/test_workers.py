@@ -375,3 +375,13 @@ def test_the_api_answers_raw_first_when_turbo_finished_first(pool, service):
     assert [caption.split()[0] for _path, caption in images] == ["raw", "turbo"]
     assert sorted((row.checkpoint, row.status) for row in service.store.page().items) == [("raw", "ok"),
                                                                                           ("turbo", "ok")]  # fmt: skip
+
+
+def test_each_manager_makes_its_own_gpu_current_for_its_work(demo_sources):
+    """CUDA's current device is per thread, and code that says just "cuda" means it: a worker's generation, warm-up and
+    loading run under its own GPU (entering the context needs a GPU; which one it picks is checked here)."""
+    loader = PipelineLoader(demo_sources, torch.float32)
+    second = ModelManager(loader, device="cuda:1").on_device()
+    assert isinstance(second, torch.cuda.device) and second.idx == 1
+    for device in ("cpu", "cuda"):  # the CPU, and the single-GPU app's "cuda": nothing changes
+        assert isinstance(ModelManager(loader, device=device).on_device(), contextlib.nullcontext)
