@@ -286,7 +286,7 @@ def context_parallel_section(group: ProcessGroup, smoke: bool, repeats: int, cas
                                  "text_tokens": int(single.encode(prompt)[0].shape[1]),
                                  "single_s": statistics.median(times), "single_runs_s": times}  # fmt: skip
         free(single)
-    torch.distributed.barrier()
+    torch.distributed.barrier(group=group.control)
 
     # 2. Ulysses over every rank: rank 0 sends, the others follow (the app's path).
     manager = started(ContextParallelManager(loader, device=str(group.device), options=options, demo=smoke,
@@ -308,7 +308,7 @@ def context_parallel_section(group: ProcessGroup, smoke: bool, repeats: int, cas
             manager.stop_followers()
         else:
             manager.follow()
-    out["transformer_calls_per_rank"] = all_ranks(calls[0])
+    out["transformer_calls_per_rank"] = all_ranks(group, calls[0])
     out["ranks_in_step"] = len(set(out["transformer_calls_per_rank"])) == 1
 
     # 3. torch.compile on top, every rank alike (the app leaves it off under context parallelism until this works).
@@ -338,9 +338,9 @@ def cancel_check(manager: ContextParallelManager, req: GenerationRequest) -> dic
     return {"cancelled": cancelled, "last_step_seen": max(steps), "next_generation_s": after}
 
 
-def all_ranks(value: int) -> list[int]:
-    gathered: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, value)
+def all_ranks(group: ProcessGroup, value: int) -> list[int]:
+    gathered: list = [None] * group.size
+    torch.distributed.all_gather_object(gathered, value, group=group.control)
     return gathered
 
 
@@ -353,7 +353,7 @@ def compiled_on_top(manager, group: ProcessGroup, limits: dict, out: dict | None
             compile_blocks(pipe.transformer)
     except Exception as caught:  # noqa: BLE001 - what the run is for: does it compile?
         error = f"{type(caught).__name__}: {caught}"
-    errors = all_ranks(error is not None)
+    errors = all_ranks(group, error is not None)
     if any(errors):
         return {"error": error or "failed on another rank"}
     result: dict = {}
@@ -432,7 +432,9 @@ def main() -> int:
             payload["context_parallel"] = {"skipped": reason}
         else:
             if group.size > 1:
-                torch.distributed.barrier()  # rank 0 has freed sections 1-2's GPU memory
+                # Rank 0 has freed sections 1-2's GPU memory. On the control group, which has no timeout: sections 1-2
+                # may take longer than NCCL's.
+                torch.distributed.barrier(group=group.control)
             cases = [case.strip() for case in args.cp_cases.split(",") if case.strip()]
             payload["context_parallel"] = context_parallel_section(group, args.smoke, args.repeats, cases)
         save()
