@@ -385,3 +385,31 @@ def test_each_manager_makes_its_own_gpu_current_for_its_work(demo_sources):
     assert isinstance(second, torch.cuda.device) and second.idx == 1
     for device in ("cpu", "cuda"):  # the CPU, and the single-GPU app's "cuda": nothing changes
         assert isinstance(ModelManager(loader, device=device).on_device(), contextlib.nullcontext)
+
+
+def test_each_tab_cancels_its_own_run_when_one_page_runs_both(service):
+    """With two workers one page can run a Generate and a Compare at once; the Compare tab's Cancel stops the
+    Compare, and the Generate goes on."""
+    from ui.handlers import Handlers
+
+    handlers = Handlers(service)
+    outputs: dict[str, list] = {"generate": [], "compare": []}
+    stepped = {"generate": threading.Event(), "compare": threading.Event()}
+
+    def consume(name, stream):
+        for update in stream:
+            outputs[name].append(update)
+            if "Step" in str(update[0] if name == "compare" else update[1]):
+                stepped[name].set()
+
+    generate = handlers.generate("a red circle", "", "raw", 6, 0.0, 256, 256, 3, False, 1, [], None)
+    compare = handlers.compare("a blue square", "", 4, False, 256, 256, 100, 0.0, 1, None)
+    threads = [threading.Thread(target=consume, args=item) for item in (("generate", generate), ("compare", compare))]
+    for thread in threads:
+        thread.start()
+    assert stepped["generate"].wait(60) and stepped["compare"].wait(60)  # both running, one per worker
+    assert handlers.cancel_compare(None) == "**Cancelling…**"
+    for thread in threads:
+        thread.join(120)
+    assert outputs["compare"][-1][0] == "**Cancelled**"
+    assert outputs["generate"][-1][1].startswith("**Done**")

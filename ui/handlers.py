@@ -140,6 +140,12 @@ def session_of(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
 
+def compare_session(request: gr.Request | None) -> str:
+    """The Compare tab's runs under a name of their own, so each tab's Cancel stops its own run: with several workers
+    (krea2/workers.py) one page can run a Generate and a Compare at the same time."""
+    return session_of(request) + "/compare"
+
+
 def default_settings() -> dict[str, dict[str, float]]:
     return {key: {"steps": s.default_steps, "guidance": s.default_guidance} for key, s in CHECKPOINTS.items()}
 
@@ -376,6 +382,10 @@ class Handlers:
         cancelled = self.service.cancel(session_of(request))
         return "**Cancelling…**" if cancelled else gr.skip()
 
+    def cancel_compare(self, request: gr.Request):
+        cancelled = self.service.cancel(compare_session(request))
+        return "**Cancelling…**" if cancelled else gr.skip()
+
     @staticmethod
     def _selected(evt: gr.SelectData, count: int) -> int:
         """The index a select event names, when it names one of the `count` items shown."""
@@ -494,7 +504,7 @@ class Handlers:
         used_seed = raw.seed
         yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
-            for event in self.service.compare(raw, turbo, session_of(request)):
+            for event in self.service.compare(raw, turbo, compare_session(request)):
                 name = get_spec(event.label).display_name
                 if isinstance(event, StepEvent):
                     clock = clocks.setdefault(event.label, StepClock())
@@ -532,7 +542,7 @@ class Handlers:
             steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
             req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
                                 lora_choices(lora_rows))  # fmt: skip
-            events = self.service.compare_loras(req, session_of(request))
+            events = self.service.compare_loras(req, compare_session(request))
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return

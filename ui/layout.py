@@ -342,7 +342,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
         app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
         app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
-        c_cancel.click(handlers.cancel, None, c_progress, queue=False, **private)
+        c_cancel.click(handlers.cancel_compare, None, c_progress, queue=False, **private)
 
         h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav, h_lora]
         h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick]
