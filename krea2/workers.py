@@ -18,15 +18,20 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .checkpoints import CHECKPOINTS
 from .errors import Cancelled, NotReady, error_summary
 from .lora_fold import patcher_of
-from .manager import CheckpointStatus, GenerationResult, ModelManager
-from .preview import StepCallback
+from .manager import CheckpointStatus, GenerationResult, ManagerStatus, ModelManager
 from .request import GenerationRequest
+
+if TYPE_CHECKING:
+    from .lora_files import LoraContents
+    from .lora_library import LoraFile, LoraLibrary
+    from .preview import StepCallback
 
 log = logging.getLogger(__name__)
 WAIT_POLL_S = 0.05  # how often a request waiting for a worker looks at its cancel event
@@ -77,7 +82,7 @@ class PoolStatus:
     """The workers' statuses, as the status line shows them; `checkpoints` is what the pool can serve (a checkpoint is
     ready when one worker has it ready)."""
 
-    workers: list[tuple[Worker, object]]  # (worker, its ManagerStatus)
+    workers: list[tuple[Worker, ManagerStatus]]
     checkpoints: dict[str, CheckpointStatus] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -118,8 +123,8 @@ class WorkerPool:
         return self.workers[0].manager.demo
 
     @property
-    def loras(self):
-        """The LoRA library (one folder for every worker: `build_workers` gives them the same)."""
+    def loras(self) -> LoraLibrary | None:
+        """The LoRA library (one folder for every worker: `studio.devices.build_engine` gives them the same)."""
         return self.workers[0].manager.loras
 
     @property
@@ -160,10 +165,10 @@ class WorkerPool:
                 checkpoints[key] = CheckpointStatus("failed", failed[0].reason)
         return PoolStatus(statuses, checkpoints)
 
-    def lora_files(self, request: GenerationRequest):
+    def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
         return self.workers[0].manager.lora_files(request)
 
-    def check_lora(self, contents, name: str) -> None:
+    def check_lora(self, contents: LoraContents, name: str) -> None:
         worker = next((w for w in self.workers if any(w.ready_for(key) for key in CHECKPOINTS)), self.workers[0])
         worker.manager.check_lora(contents, name)
 
