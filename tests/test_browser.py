@@ -239,9 +239,10 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
     Image.new("RGB", (256, 256), (230, 200, 20)).save(init)
     page.get_by_text("Start from an image").first.click()
     page.locator("#init-image input[type=file]").set_input_files(str(init))
-    page.locator("#init-image canvas").first.wait_for(timeout=10_000)
     page.locator("#prompt textarea").fill("a red circle from an image")
     set_number(page, "strength", 0.5)
+    # The note under the editor says the upload arrived (and what Generate will do with it) before the click.
+    page.get_by_text("Init image 256×256: img2img at strength 0.50, generated at 256×256.").wait_for(timeout=30_000)
     page.locator("#generate-btn").click()
     page.get_by_text("Image input: generated at 256×256.").wait_for(timeout=120_000)  # behind earlier jobs
     shot(page, "08-img2img")

@@ -36,7 +36,7 @@ from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEve
 from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
-from .image_inputs import DEFAULT_STRENGTH, editor_source, editor_value
+from .image_inputs import DEFAULT_STRENGTH, describe_start, editor_source, editor_value
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, shown
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
@@ -258,6 +258,14 @@ class Handlers:
 
     def match_preset(self, width: float, height: float, checkpoint: str):
         return preset_for(width, height, checkpoint, self.service.demo)
+
+    @staticmethod
+    def describe_start(init, strength, feather, *sides) -> str:
+        """The note under the image editor: what Generate will do with its picture."""
+        try:
+            return as_text(describe_start(init, strength, feather, tuple(sides)))
+        except Exception as error:  # noqa: BLE001
+            return error_note(error)
 
     @staticmethod
     def busy():
