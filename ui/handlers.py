@@ -480,39 +480,19 @@ class Handlers:
                 start = image_source(init, strength=strength)
                 raw = replace(raw, width=start.size[0], height=start.size[1], source=start.source)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
+            events = self.service.compare(raw, turbo, session_of(request))
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        started = time.monotonic()
-        clock = StepClock()
-        paths: dict[str, str] = {}
-        info: list[str] = []
-        used_seed = raw.seed
-        yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            for event in self.service.compare(raw, turbo, session_of(request)):
-                name = get_spec(event.label).display_name
-                if isinstance(event, StepEvent):
-                    text = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
-                    yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                else:
-                    r = event.result.request
-                    used_seed = r.seed
-                    paths[event.label] = self.service.image_file(event.generation.images[0])
-                    used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
-                    info.append(f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
-                                f"{event.result.timings.total_s:.2f} s{used}")  # fmt: skip
-                    image = gr.update(value=paths[event.label], label=short_name(get_spec(event.label)))
-                    yield (f"{name} done", image if event.label == RAW.key else gr.skip(),
-                           image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{used_seed}** for both · prompt encoded once for both"
-            pair = gr.update(value=(paths[RAW.key], paths[TURBO.key]), label=f"{short_name(RAW)} ↔ {short_name(TURBO)}")
-            yield ("**Done**", gr.skip(), gr.skip(), pair,
-                   "  \n".join([*info, seed_text]))  # fmt: skip
-        except Cancelled:
-            yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except Exception as error:  # noqa: BLE001
-            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+        def described(event: DoneEvent) -> str:
+            r = event.result.request
+            used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
+            return f"{r.steps} steps, guidance {r.guidance}, {event.result.timings.total_s:.2f} s{used}"
+
+        names = {RAW.key: short_name(RAW), TURBO.key: short_name(TURBO)}
+        yield from self._stream_pair(events, names, described, f"{short_name(RAW)} ↔ {short_name(TURBO)}", raw.seed,
+                                     " · prompt encoded once for both")  # fmt: skip
 
     def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
                        request, checkpoint, lora_rows):  # fmt: skip
@@ -526,33 +506,41 @@ class Handlers:
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
+
+        def described(event: DoneEvent) -> str:
+            return f"{event.result.timings.total_s:.2f} s, LoRAs {shown(loras_text(event.result.loras) or 'none')}"
+
+        names = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
+        yield from self._stream_pair(events, names, described, f"{short_name(spec)}: without ↔ with LoRAs", req.seed)
+
+    def _stream_pair(self, events, names: dict[str, str], described, pair_label: str, seed: int | None,
+                     seed_note: str = ""):  # fmt: skip
+        """A two-run comparison's events as Compare's outputs: (progress, left image, right image, slider, info).
+        `names`: each run's label and the name it is shown by, the left run first; `described(done event)`: its line
+        in the info after its name; `seed`: the seed shown until a run reports the one it used."""
+        left, right = names
         started = time.monotonic()
         clock = StepClock()
-        labels = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
-        used_seed = req.seed
         paths: dict[str, str] = {}
         info: list[str] = []
+        used_seed = seed
         yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             for event in events:
+                name = names[event.label]
                 if isinstance(event, StepEvent):
-                    text = f"**{labels[event.label]}** · " + clock.progress(event.step, event.total,
-                                                                           time.monotonic() - started)  # fmt: skip
+                    text = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
                     yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     paths[event.label] = self.service.image_file(event.generation.images[0])
                     used_seed = event.result.request.seed
-                    used = loras_text(event.result.loras) or "none"
-                    info.append(f"**{labels[event.label]}**: {event.result.timings.total_s:.2f} s, LoRAs "
-                                f"{shown(used)}")  # fmt: skip
-                    image = gr.update(value=paths[event.label], label=labels[event.label])
-                    yield (f"{labels[event.label]} done", image if event.label == WITHOUT_LORAS else gr.skip(),
-                           image if event.label == WITH_LORAS else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{used_seed}** for both"
-            pair = gr.update(value=(paths[WITHOUT_LORAS], paths[WITH_LORAS]),
-                             label=f"{short_name(spec)}: without ↔ with LoRAs")  # fmt: skip
-            yield ("**Done**", gr.skip(), gr.skip(), pair,
-                   "  \n".join([*info, seed_text]))  # fmt: skip
+                    info.append(f"**{name}**: {described(event)}")
+                    image = gr.update(value=paths[event.label], label=name)
+                    yield (f"{name} done", image if event.label == left else gr.skip(),
+                           image if event.label == right else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
+            pair = gr.update(value=(paths[left], paths[right]), label=pair_label)
+            info.append(f"Seed **{used_seed}** for both{seed_note}")
+            yield "**Done**", gr.skip(), gr.skip(), pair, "  \n".join(info)
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
