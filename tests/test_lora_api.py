@@ -82,6 +82,18 @@ def test_compare_loras_runs_without_and_with_on_one_seed(client):
     assert infos["without"]["comparison_id"] == infos["with"]["comparison_id"]
 
 
+def test_compare_loras_starts_both_from_an_init_image(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (320, 256), (20, 160, 40)).save(init)
+    _images, infos = client.predict(prompt="a blue square", checkpoint="turbo", steps=2, loras=["ink:1"],
+                                    image=handle_file(str(init)), strength=0.5, api_name="/compare_loras")  # fmt: skip
+    for run in ("without", "with"):
+        assert (infos[run]["mode"], infos[run]["strength"], infos[run]["width"]) == ("img2img", 0.5, 320)
+
+
 @pytest.mark.parametrize(
     ("loras", "needle"),
     [

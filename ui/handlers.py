@@ -179,6 +179,15 @@ def build_request(prompt, negative, checkpoint, steps, guidance, width, height, 
     )
 
 
+def started_from(req: GenerationRequest, init: Any, strength: Any) -> GenerationRequest:
+    """`req` starting from Compare's init image, at that image's size (as it is without one): every Compare mode runs
+    its requests from the same start."""
+    if init is None:
+        return req
+    start = image_source(init, strength=strength)
+    return replace(req, width=start.size[0], height=start.size[1], source=start.source)
+
+
 def seeds_text(seeds: list[int]) -> str:
     """Every seed of a batch (image k used seed + k), not only the first."""
     if len(seeds) == 1:
@@ -470,15 +479,14 @@ class Handlers:
         init, strength = (*image, *(None, DEFAULT_STRENGTH)[len(image) :])[:2]
         if mode == COMPARE_LORAS:
             yield from self._compare_loras(prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance,
-                                           turbo_steps, request, lora_checkpoint, lora_rows)  # fmt: skip
+                                           turbo_steps, request, lora_checkpoint, lora_rows,
+                                           init, strength)  # fmt: skip
             return
         try:
             loras = lora_choices(lora_rows)
             raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1,
                                 loras)  # fmt: skip
-            if init is not None:
-                start = image_source(init, strength=strength)
-                raw = replace(raw, width=start.size[0], height=start.size[1], source=start.source)
+            raw = started_from(raw, init, strength)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
             events = self.service.compare(raw, turbo, session_of(request))
         except Exception as error:  # noqa: BLE001
@@ -495,13 +503,15 @@ class Handlers:
                                      " · prompt encoded once for both")  # fmt: skip
 
     def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
-                       request, checkpoint, lora_rows):  # fmt: skip
-        """One checkpoint without the LoRAs, then with them, on one seed: the left image is without, the right with."""
+                       request, checkpoint, lora_rows, init=None, strength=DEFAULT_STRENGTH):  # fmt: skip
+        """One checkpoint without the LoRAs, then with them, on one seed: the left image is without, the right with.
+        Both start from the init image when one is given, as in Raw against Turbo."""
         try:
             spec = get_spec(checkpoint if checkpoint in CHECKPOINTS else TURBO.key)
             steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
             req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
                                 lora_choices(lora_rows))  # fmt: skip
+            req = started_from(req, init, strength)
             events = self.service.compare_loras(req, session_of(request))
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
