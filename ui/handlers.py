@@ -27,8 +27,8 @@ from krea2 import (
     get_spec,
 )
 from krea2.demo import DEMO_SIDES
-from krea2.errors import ContentBlocked
-from krea2.request import MAX_LORAS, MAX_SEED
+from krea2.errors import ContentBlocked, LoraError
+from krea2.request import MAX_LORAS, MAX_SEED, LoraChoice
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
@@ -336,7 +336,7 @@ class Handlers:
 
     def upscale(self, selected: Any, factor: float, items: list, request: gr.Request = None):
         """The hi-res pass on a result or history image: upscaled by `factor`, then img2img at low strength with its
-        own settings and seed. Streams like `generate`."""
+        own settings, seed and LoRAs. Streams like `generate`."""
         try:
             generation, position = self._selection(selected)
             path = self.service.image_path(generation, position)
@@ -344,15 +344,25 @@ class Handlers:
                 raise gr.Error("That generation has no image to upscale.", print_exception=False)
             start = hires_source(path, float(factor))
             values = self._settings_of(selected)
+            loras, lora_notes = self._carried_loras(values["loras"])
             req = GenerationRequest(
                 prompt=values["prompt"], negative_prompt=values["negative_prompt"], checkpoint=values["checkpoint"],
                 steps=values["steps"], guidance=values["guidance"], width=start.size[0], height=start.size[1],
-                seed=values["seed"], source=start.source,
+                seed=values["seed"], loras=loras, source=start.source,
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
             return
-        yield from self._run(req, items, request, start.notes)
+        yield from self._run(req, items, request, (*start.notes, *lora_notes))
+
+    def _carried_loras(self, recorded: list[dict[str, Any]]) -> tuple[list[LoraChoice], list[str]]:
+        """The LoRAs an image was made with, as the hi-res pass takes them over (found as Reuse settings finds them,
+        a renamed file by its hash, said in a note). A missing one refuses the pass: redrawn without it, the bigger
+        image would no longer be the one upscaled."""
+        choices, notes = self.service.restore_loras(recorded)
+        if len(choices) < len(recorded):
+            raise LoraError(" ".join([*notes, "The hi-res pass redraws an image with the LoRAs it was made with."]))
+        return choices, [note.removesuffix(".") for note in notes]
 
     def upscaler(self, factor: float):
         """`upscale` by a fixed factor, as an event handler (one per button)."""
