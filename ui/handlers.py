@@ -37,7 +37,7 @@ from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
 from .image_inputs import DEFAULT_STRENGTH, editor_source, editor_value
-from .loras import ROW_VALUES, LoraHandlers, lora_choices, shown
+from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras, shown
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
@@ -456,9 +456,10 @@ class Handlers:
         seed = values.get("seed")
         width = values.get("width") or self.default_size[0]
         height = values.get("height") or self.default_size[1]
-        lora_rows, lora_note = self.loras.rows_for(values.get("loras") if isinstance(values.get("loras"), list) else [])
+        prompt, loras = recorded_prompt_and_loras(values)
+        lora_rows, lora_note = self.loras.rows_for(loras)
         return (
-            values.get("prompt", ""),
+            prompt,
             gr.update(value=values.get("negative_prompt") or "", visible=spec.uses_negative_prompt(guidance)),
             checkpoint,
             steps_slider(checkpoint, steps),
