@@ -10,9 +10,7 @@ import pytest
 from lora_helpers import random_factors, write_lora
 from PIL import Image
 
-from storage import HistoryStore
-from studio.service import StudioService
-from ui.handlers import COMPARE_CHECKPOINTS, COMPARE_LORAS, Handlers
+from ui.handlers import COMPARE_CHECKPOINTS, COMPARE_LORAS
 
 GREEN = (20, 160, 40)
 
@@ -22,13 +20,6 @@ def lora(lora_manager, lora_dir) -> str:
     write_lora(lora_dir / "compare" / "wash.safetensors",
                random_factors(lora_manager.pipes["turbo"].transformer, seed=31), "kohya")  # fmt: skip
     return "compare/wash"
-
-
-@pytest.fixture
-def handlers(lora_manager, tmp_path):
-    store = HistoryStore(tmp_path / "data").open()
-    yield Handlers(StudioService(lora_manager, store))
-    store.close()
 
 
 def picker(name: str = "", weight: float = 1.0) -> list:
@@ -44,8 +35,8 @@ def pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
 
 
-def test_raw_against_turbo_streams_its_progress_images_and_summary(handlers):
-    outputs = compare(handlers, COMPARE_CHECKPOINTS, *picker())
+def test_raw_against_turbo_streams_its_progress_images_and_summary(lora_handlers):
+    outputs = compare(lora_handlers, COMPARE_CHECKPOINTS, *picker())
     assert outputs[0][0] == "Waiting for the GPU…"
     progress = [out[0] for out in outputs]
     assert any(text.startswith("**Krea 2 Raw** · **Step 1/1**") for text in progress), progress
@@ -59,15 +50,15 @@ def test_raw_against_turbo_streams_its_progress_images_and_summary(handlers):
     assert lines[2] == "Seed **3** for both · prompt encoded once for both"
 
 
-def test_without_against_with_loras_starts_both_from_the_init_image(handlers, lora):
+def test_without_against_with_loras_starts_both_from_the_init_image(lora_handlers, lora):
     """Before, this mode dropped the init image: both runs were text-to-image at the form's size."""
     init = Image.new("RGB", (256, 256), GREEN)
-    from_noise = compare(handlers, COMPARE_LORAS, *picker(lora), width=512)[-1]
-    from_image = compare(handlers, COMPARE_LORAS, *picker(lora), init, 0.5, width=512)[-1]
+    from_noise = compare(lora_handlers, COMPARE_LORAS, *picker(lora), width=512)[-1]
+    from_image = compare(lora_handlers, COMPARE_LORAS, *picker(lora), init, 0.5, width=512)[-1]
     assert from_image[0] == "**Done**", from_image[0]
     assert from_image[3]["label"] == "Krea 2 Turbo: without ↔ with LoRAs"
 
-    rows = handlers.service.page(handlers.history_filter("", "all", False, True), None).items
+    rows = lora_handlers.service.page(lora_handlers.history_filter("", "all", False, True), None).items
     started = [g for g in rows if g.mode == "img2img"]
     assert len(started) == 2 and len({g.comparison_id for g in started}) == 1
     assert {(g.width, g.height, g.strength, g.source_sha256) for g in started} == {

@@ -4,19 +4,7 @@ sentence naming it. Through the page's own handler, on the demo checkpoints and 
 
 from __future__ import annotations
 
-import pytest
 from lora_helpers import random_factors, write_lora
-
-from storage import HistoryStore
-from studio.service import StudioService
-from ui.handlers import Handlers
-
-
-@pytest.fixture
-def handlers(lora_manager, tmp_path):
-    store = HistoryStore(tmp_path / "data").open()
-    yield Handlers(StudioService(lora_manager, store))
-    store.close()
 
 
 def made_with(handlers, lora_dir, name: str, seed: int) -> tuple[list, list]:
@@ -29,30 +17,30 @@ def made_with(handlers, lora_dir, name: str, seed: int) -> tuple[list, list]:
     return [items[0]["generation_id"], 0], items
 
 
-def test_the_loras_of_the_image_are_carried_over(handlers, lora_dir):
-    selected, items = made_with(handlers, lora_dir, "kept", seed=41)
-    up = list(handlers.upscaler(1.5)(selected, items))[-1]
+def test_the_loras_of_the_image_are_carried_over(lora_handlers, lora_dir):
+    selected, items = made_with(lora_handlers, lora_dir, "kept", seed=41)
+    up = list(lora_handlers.upscaler(1.5)(selected, items))[-1]
     assert "**Done**" in up[1] and "LoRAs hires/kept 0.8" in up[3], (up[1], up[3])
-    made, hires = handlers.service.get(selected[0]), handlers.service.get(up[4][0]["generation_id"])
+    made, hires = lora_handlers.service.get(selected[0]), lora_handlers.service.get(up[4][0]["generation_id"])
     assert (hires.mode, hires.width) == ("hires", 384)
     assert [(x.name, x.weight, x.hash) for x in hires.loras] == [(x.name, x.weight, x.hash) for x in made.loras]
     assert len(hires.loras[0].hash) == 64  # applied: the file was read, not only asked for
 
 
-def test_a_renamed_lora_is_found_by_its_hash_and_said(handlers, lora_dir):
-    selected, items = made_with(handlers, lora_dir, "before", seed=42)
+def test_a_renamed_lora_is_found_by_its_hash_and_said(lora_handlers, lora_dir):
+    selected, items = made_with(lora_handlers, lora_dir, "before", seed=42)
     (lora_dir / "hires" / "before.safetensors").rename(lora_dir / "hires" / "after.safetensors")
-    up = list(handlers.upscaler(1.5)(selected, items))[-1]
+    up = list(lora_handlers.upscaler(1.5)(selected, items))[-1]
     assert "**Done**" in up[1] and "was found as hires/after" in up[1], up[1]
-    assert [x.name for x in handlers.service.get(up[4][0]["generation_id"]).loras] == ["hires/after"]
+    assert [x.name for x in lora_handlers.service.get(up[4][0]["generation_id"]).loras] == ["hires/after"]
 
 
-def test_a_missing_lora_refuses_the_pass_with_a_sentence(handlers, lora_dir):
-    selected, items = made_with(handlers, lora_dir, "gone", seed=43)
+def test_a_missing_lora_refuses_the_pass_with_a_sentence(lora_handlers, lora_dir):
+    selected, items = made_with(lora_handlers, lora_dir, "gone", seed=43)
     (lora_dir / "hires" / "gone.safetensors").unlink()
-    before = handlers.service.count(handlers.history_filter("", "all", False, False))
-    outputs = list(handlers.upscaler(2.0)(selected, items))
+    before = lora_handlers.service.count(lora_handlers.history_filter("", "all", False, False))
+    outputs = list(lora_handlers.upscaler(2.0)(selected, items))
     note = outputs[-1][1]
     assert note.startswith("⚠️ The LoRA hires/gone") and "is not in the LoRA folder" in note, note
     assert "\n" not in note and len(outputs) == 1  # refused before anything ran
-    assert handlers.service.count(handlers.history_filter("", "all", False, False)) == before
+    assert lora_handlers.service.count(lora_handlers.history_filter("", "all", False, False)) == before

@@ -13,11 +13,9 @@ from test_cli import parsed
 
 from krea2.errors import InvalidRequest
 from krea2.request import GenerationRequest, LoraChoice
-from storage import HistoryStore
 from storage.pnginfo import read_parameters
 from studio import cli
-from studio.service import StudioService
-from ui.handlers import Handlers, for_people
+from ui.handlers import for_people
 
 FILL_LORA_NOTE = 14  # _fill_generate's outputs: the 14 of the form, the picker's note, then the picker's rows
 NO_ROWS = ["", 1.0, "both"] * 4
@@ -71,13 +69,6 @@ def ink(lora_manager, lora_dir) -> str:
     return "tags/ink"
 
 
-@pytest.fixture
-def handlers(lora_manager, tmp_path):
-    store = HistoryStore(tmp_path / "data").open()
-    yield Handlers(StudioService(lora_manager, store))
-    store.close()
-
-
 def generate(handlers, prompt: str, rows: list = NO_ROWS) -> tuple:
     return list(handlers.generate(prompt, "", "turbo", 2, 0.0, 256, 256, 5, False, 1, [], None, *rows))[-1]
 
@@ -86,44 +77,46 @@ def picture(done: tuple) -> np.ndarray:
     return np.asarray(Image.open(done[4][0]["path"]).convert("RGB"), dtype=np.int16)
 
 
-def test_a_tag_runs_exactly_as_the_picker_does(handlers, ink):
-    tagged = generate(handlers, f"a red circle <lora:{ink}:0.8>")
-    picked = generate(handlers, "a red circle", [ink, 0.8, "both", *NO_ROWS[3:]])
-    plain = generate(handlers, "a red circle")
+def test_a_tag_runs_exactly_as_the_picker_does(lora_handlers, ink):
+    tagged = generate(lora_handlers, f"a red circle <lora:{ink}:0.8>")
+    picked = generate(lora_handlers, "a red circle", [ink, 0.8, "both", *NO_ROWS[3:]])
+    plain = generate(lora_handlers, "a red circle")
     assert f"LoRAs {ink} 0.8" in tagged[3], tagged[3]
     assert np.array_equal(picture(tagged), picture(picked))  # the same LoRA, and the tag never reached the encoder
     assert np.abs(picture(tagged) - picture(plain)).mean() > 1  # and the LoRA does change the picture
-    row = handlers.service.get(tagged[4][0]["generation_id"])
+    row = lora_handlers.service.get(tagged[4][0]["generation_id"])
     assert row.prompt == "a red circle" and [(x.name, x.weight) for x in row.loras] == [(ink, 0.8)]
 
 
-def test_an_unknown_lora_in_a_tag_is_one_sentence_naming_it(handlers, ink):
-    before = handlers.service.count(handlers.history_filter("", "all", False, False))
-    note = generate(handlers, "a red circle <lora:tags/nowhere:1>")[1]
+def test_an_unknown_lora_in_a_tag_is_one_sentence_naming_it(lora_handlers, ink):
+    everything = lora_handlers.history_filter("", "all", False, False)
+    before = lora_handlers.service.count(everything)
+    note = generate(lora_handlers, "a red circle <lora:tags/nowhere:1>")[1]
     assert note.startswith("⚠️") and "tags/nowhere is not" in note and "\n" not in note, note
-    assert handlers.service.count(handlers.history_filter("", "all", False, False)) == before  # nothing recorded
+    assert lora_handlers.service.count(everything) == before  # nothing recorded
 
 
-def test_png_and_history_round_trips_run_the_lora_once(handlers, ink):
-    done = generate(handlers, f"a red circle, <lora:{ink}:0.8>")
-    text, _parsed, values = handlers.png_info(done[4][0]["path"])
+def test_png_and_history_round_trips_run_the_lora_once(lora_handlers, ink):
+    done = generate(lora_handlers, f"a red circle, <lora:{ink}:0.8>")
+    text, _parsed, values = lora_handlers.png_info(done[4][0]["path"])
     assert text.startswith(f"a red circle <lora:{ink}:0.8>\n") and text.count("<lora:") == 1  # the writer's tag only
-    for filled in (handlers.send_png_to_generate(values, {}), handlers.reuse([done[4][0]["generation_id"], 0], {})):
+    selected = [done[4][0]["generation_id"], 0]
+    for filled in (lora_handlers.send_png_to_generate(values, {}), lora_handlers.reuse(selected, {})):
         assert filled[0] == "a red circle" and filled[FILL_LORA_NOTE] == ""
         rows = [update["value"] for update in filled[FILL_LORA_NOTE + 1 :]]
         assert rows[:6] == [ink, 0.8, "both", "", 1.0, "both"]
-        again = generate(handlers, filled[0], rows)  # what the page sends next: the LoRA once, no refusal
+        again = generate(lora_handlers, filled[0], rows)  # what the page sends next: the LoRA once, no refusal
         assert f"LoRAs {ink} 0.8" in again[3] and np.array_equal(picture(again), picture(done))
 
 
-def test_a_recorded_prompt_that_still_holds_its_tag_is_sent_back_once(handlers, ink, tmp_path):
+def test_a_recorded_prompt_that_still_holds_its_tag_is_sent_back_once(lora_handlers, ink, tmp_path):
     """A PNG written before requests took tags out: the tag stayed in its prompt, the same LoRA in its list."""
-    done = generate(handlers, "a red circle", [ink, 0.8, "both", *NO_ROWS[3:]])
-    _text, _parsed, values = handlers.png_info(done[4][0]["path"])
+    done = generate(lora_handlers, "a red circle", [ink, 0.8, "both", *NO_ROWS[3:]])
+    _text, _parsed, values = lora_handlers.png_info(done[4][0]["path"])
     old = {**values, "prompt": f"a red circle <lora:{ink}:0.8>"}
-    filled = handlers.send_png_to_generate(old, {})
+    filled = lora_handlers.send_png_to_generate(old, {})
     assert filled[0] == "a red circle" and [u["value"] for u in filled[FILL_LORA_NOTE + 1 :]][:3] == [ink, 0.8, "both"]
     foreign = {"prompt": f"a red circle <lora:{ink}:0.6>", "loras": []}  # a tool that keeps tags in the prompt
-    filled = handlers.send_png_to_generate(foreign, {})
+    filled = lora_handlers.send_png_to_generate(foreign, {})
     assert filled[0] == "a red circle" and [u["value"] for u in filled[FILL_LORA_NOTE + 1 :]][:2] == [ink, 0.6]
     assert read_parameters(done[4][0]["path"])["request"]["prompt"] == "a red circle"
