@@ -31,7 +31,7 @@ def test_a_renamed_lora_is_found_by_its_hash_and_said(lora_handlers, lora_dir):
     selected, items = made_with(lora_handlers, lora_dir, "before", seed=42)
     (lora_dir / "hires" / "before.safetensors").rename(lora_dir / "hires" / "after.safetensors")
     up = list(lora_handlers.upscaler(1.5)(selected, items))[-1]
-    assert "**Done**" in up[1] and "was found as hires/after" in up[1], up[1]
+    assert "**Done**" in up[1] and "; the LoRA hires/before was found as hires/after." in up[1], up[1]
     assert [x.name for x in lora_handlers.service.get(up[4][0]["generation_id"]).loras] == ["hires/after"]
 
 

@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
 from typing import Any
 
@@ -362,7 +363,7 @@ class Handlers:
         choices, notes = self.service.restore_loras(recorded)
         if len(choices) < len(recorded):
             raise LoraError(" ".join([*notes, "The hi-res pass redraws an image with the LoRAs it was made with."]))
-        return choices, [note.removesuffix(".") for note in notes]
+        return choices, [note[:1].lower() + note[1:].removesuffix(".") for note in notes]  # after "Image input: …;"
 
     def upscaler(self, factor: float):
         """`upscale` by a fixed factor, as an event handler (one per button)."""
@@ -534,7 +535,8 @@ class Handlers:
         names = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
         yield from self._stream_pair(events, names, described, f"{short_name(spec)}: without ↔ with LoRAs", req.seed)
 
-    def _stream_pair(self, events, names: dict[str, str], described, pair_label: str, seed: int | None,
+    def _stream_pair(self, events: Iterable[StepEvent | DoneEvent], names: dict[str, str],
+                     described: Callable[[DoneEvent], str], pair_label: str, seed: int | None,
                      seed_note: str = ""):  # fmt: skip
         """A two-run comparison's events as Compare's outputs: (progress, left image, right image, slider, info).
         `names`: each run's label and the name it is shown by, the left run first; `described(done event)`: its line
