@@ -53,21 +53,18 @@ def explain_load_error(error: BaseException, source: str, spec: CheckpointSpec) 
     """Turn whatever from_pretrained raised into one actionable sentence."""
     problem = hub_problem(error)
     name = spec.display_name
-    if problem.kind == GATED:
-        return LoadError(
-            f"{name}: no access to the gated repo {source}. Accept the Krea 2 license on its Hub page "
-            f"(https://huggingface.co/{source}), then set HF_TOKEN or run `hf auth login`."
-        )
-    if problem.kind == OFFLINE:
-        return LoadError(
-            f"{name}: {source} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
-            f"download it, or point {spec.source_env_var} at a local folder (or use --demo)."
-        )
-    if problem.kind in (NO_REVISION, NO_FILE, NOT_FOUND):
-        return LoadError(f"{name}: repo {source} was not found on the Hub (check {spec.source_env_var}).")
-    if problem.kind == NO_MEMORY:
-        return LoadError(f"{name}: not enough memory to load {source}; try --placement offload.")
-    return LoadError(f"{name}: could not load {source}: {problem.first_line}")
+    not_found = f"{name}: repo {source} was not found on the Hub (check {spec.source_env_var})."
+    sentences = {
+        GATED: f"{name}: no access to the gated repo {source}. Accept the Krea 2 license on its Hub page "
+        f"(https://huggingface.co/{source}), then set HF_TOKEN or run `hf auth login`.",
+        OFFLINE: f"{name}: {source} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+        f"download it, or point {spec.source_env_var} at a local folder (or use --demo).",
+        NO_REVISION: not_found,
+        NO_FILE: not_found,
+        NOT_FOUND: not_found,
+        NO_MEMORY: f"{name}: not enough memory to load {source}; try --placement offload.",
+    }
+    return LoadError(sentences.get(problem.kind, f"{name}: could not load {source}: {problem.first_line}"))
 
 
 def _module_bytes(module: torch.nn.Module) -> int:

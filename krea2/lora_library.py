@@ -204,23 +204,16 @@ class LoraLibrary:
 def explain_hub_error(error: BaseException, repo_id: str, filename: str | None, folder: Path) -> LoraError:
     """One sentence for whatever huggingface_hub raised, phrased as the checkpoints' loading errors are."""
     problem = hub_problem(error)
-    if problem.kind == GATED:
-        return LoraError(
-            f"No access to the gated repo {repo_id}. Accept its terms on its Hub page (https://huggingface.co/"
-            f"{repo_id}), then set HF_TOKEN or run `hf auth login`."
-        )
-    if problem.kind == OFFLINE:
-        return LoraError(
-            f"The LoRA {repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
-            f"download it, or put the .safetensors file in the LoRA folder {folder}."
-        )
-    if problem.kind == NO_REVISION:
-        return LoraError(f"The Hub repo {repo_id} has no such revision (check the branch, tag or commit).")
-    if problem.kind == NO_FILE:
-        return LoraError(f"The Hub repo {repo_id} has no file {filename}.")
-    if problem.kind == NOT_FOUND:
-        return LoraError(f"The Hub repo {repo_id} was not found (or it is private: set HF_TOKEN).")
-    return LoraError(f"Could not download the LoRA {repo_id}: {problem.first_line}")
+    sentences = {
+        GATED: f"No access to the gated repo {repo_id}. Accept its terms on its Hub page (https://huggingface.co/"
+        f"{repo_id}), then set HF_TOKEN or run `hf auth login`.",
+        OFFLINE: f"The LoRA {repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+        f"download it, or put the .safetensors file in the LoRA folder {folder}.",
+        NO_REVISION: f"The Hub repo {repo_id} has no such revision (check the branch, tag or commit).",
+        NO_FILE: f"The Hub repo {repo_id} has no file {filename}.",
+        NOT_FOUND: f"The Hub repo {repo_id} was not found (or it is private: set HF_TOKEN).",
+    }
+    return LoraError(sentences.get(problem.kind, f"Could not download the LoRA {repo_id}: {problem.first_line}"))
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
