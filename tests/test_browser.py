@@ -6,34 +6,18 @@ Screenshots land in artifacts/browser/ (look at them)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from app_server import CHROMIUM, ROOT, AppServer
+from app_server import ROOT
+from browser_helpers import app_server_fixture, page_fixture
 
 SHOTS = ROOT / "artifacts" / "browser"
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_sources):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    data = tmp_path_factory.mktemp("browser") / "data"
-    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(server.url)
-    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
-    yield page
-    context.close()
+server = app_server_fixture("browser")
+page = page_fixture()
 
 
 def shot(page, name: str) -> None:
