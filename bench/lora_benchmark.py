@@ -66,7 +66,7 @@ from krea2.speedups.denoiser_graphs import denoiser_graphs_of
 log = logging.getLogger("bench.loras")
 TARGETS = {"one_lora_ratio_max": 1.05, "switch_max_s": 2.0, "memory_growth_gb_max": 0.05}
 FULL = {"side": 1024, "steps": TURBO.default_steps, "rank": 32, "cycles": 20}
-SMOKE = {"side": 128, "steps": 2, "rank": 4, "cycles": 3}
+SMOKE = {"side": 256, "steps": 2, "rank": 4, "cycles": 3}
 BLOCK_LAYERS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_gate", "attn.to_out.0", "ff.gate", "ff.up", "ff.down")
 
 
