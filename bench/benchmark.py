@@ -443,6 +443,17 @@ def result_path(out: str, env: dict, tag: str) -> Path:
     return Path(out) / f"{stamp}_{env['gpu'].replace(' ', '-')}_{tag}.json"
 
 
+def write_result(out: str, payload: dict, tag: str) -> Path:
+    """Every benchmark's last step: the payload (its "environment" included) gets the command that ran it, is written
+    to its `result_path` and printed. Returns the path."""
+    payload["command"] = "python " + " ".join(sys.argv)
+    path = result_path(out, payload["environment"], tag)
+    text = json.dumps(payload, indent=2)
+    path.write_text(text)
+    print(text)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="turbo1024,turbo2048,raw1024")
@@ -481,10 +492,7 @@ def main() -> int:
             ),
         }
         tag = "-".join(cases) + "_" + args.modes.replace(",", "-")
-    payload["command"] = "python " + " ".join(sys.argv)
-    path = result_path(args.out, env, tag)
-    path.write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload, tag)
     gc.collect()
     return 0
 

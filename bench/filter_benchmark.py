@@ -22,7 +22,6 @@ the device has no network, and the time does not depend on the weights. `--filte
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchmark import CUDA, InMemoryLoader, build_full_size, build_smoke, environment, result_path, timed
+from bench.benchmark import CUDA, InMemoryLoader, build_full_size, build_smoke, environment, timed, write_result
 from krea2.content_filter import ContentPolicy, ImageClassifierFilter
 from krea2.generation import to_pil_images
 from krea2.manager import ModelManager
@@ -150,11 +149,7 @@ def main() -> int:
             payload["end_to_end"] = end_to_end(policy, args.smoke, max(1, args.repeats // 5))
     per_image = max(run["filter_ms_per_image"] for run in payload["filter_alone"].values())
     payload["within_target"] = None if args.smoke else per_image <= TARGET_MS
-    payload["command"] = "python " + " ".join(sys.argv)
-    tag = "filter-smoke" if args.smoke else "filter"
-    path = result_path(args.out, payload["environment"], tag)
-    path.write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload, "filter-smoke" if args.smoke else "filter")
     return 0
 
 

@@ -13,7 +13,6 @@ its latents, both at the case's size. Run on a CUDA GPU:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -36,11 +35,11 @@ from benchmark import (  # the sibling script's helpers (path set above)
     environment,
     peak_gb,
     reset_peak,
-    result_path,
     smoke_case,
     stock_pipelines,
     sync,
     timed,
+    write_result,
 )
 
 from krea2.image_to_image import encode_image, pixels_of, schedule_tail, shifted_sigmas
@@ -172,11 +171,8 @@ def main() -> int:
     env = environment()
     payload = {"environment": env, "repeats": args.repeats,
                **benchmark(args.cases.split(","), args.strength, args.mode, args.repeats, args.smoke)}  # fmt: skip
-    payload["command"] = "python " + " ".join(sys.argv)
     mode = "padfree" if args.smoke else args.mode  # what the run measured
-    path = result_path(args.out, env, f"img2img-{args.cases.replace(',', '-')}_{mode}")
-    path.write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload, f"img2img-{args.cases.replace(',', '-')}_{mode}")
     return 0
 
 

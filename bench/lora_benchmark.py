@@ -53,8 +53,8 @@ from bench.benchmark import (
     build_smoke,
     environment,
     rel_l2,
-    result_path,
     sync,
+    write_result,
 )
 from krea2.checkpoints import TURBO
 from krea2.lora_library import LoraLibrary
@@ -240,10 +240,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     env = environment()
     payload = {"environment": env, "repeats": args.repeats, **benchmark(args.smoke, args.repeats)}
-    payload["command"] = "python " + " ".join(sys.argv)
-    path = result_path(args.out, env, "loras")
-    path.write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload, "loras")
     return 0
 
 

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchmark import CASES, InMemoryLoader, build_full_size, environment, result_path, run_ours, timed
+from bench.benchmark import CASES, InMemoryLoader, build_full_size, environment, run_ours, timed, write_result
 from krea2.manager import ModelManager
 from krea2.plans import SMALL_CARD_HEADROOM, STREAM_BUFFERS, GiB, MemoryBudget, ModelSizes, read_budget
 
@@ -219,10 +219,7 @@ def main() -> int:
             run = json.loads(done.stdout.strip().splitlines()[-1])
             payload["runs"].append(run)
             log.info("cap %s %s: %s", cap, path, {k: v.get("seconds") for k, v in run["cases"].items()})
-    payload["command"] = "python " + " ".join(sys.argv)
-    path = result_path(args.out, env, "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-"))
-    path.write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload, "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-"))
     return 0
 
 

@@ -26,7 +26,6 @@ import time
 PROCESS_START = time.perf_counter()  # before the heavy imports, as `python app.py` starts
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -75,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from bench.benchmark import environment, result_path
+    from bench.benchmark import environment, write_result
     from krea2 import GenerationRequest
     from studio.runtime import compile_cache_dir
 
@@ -112,10 +111,7 @@ def main() -> int:
     out["full_speed_runs_s"] = times
     out["status"] = manager.status().summary()
     out["compile_cache_files"] = sorted(path.name for path in compile_cache_dir(data_dir).glob("mega-cache-*.bin"))
-    out["command"] = "python " + " ".join(sys.argv)
-    path = result_path(args.out, out["environment"], f"startup_{out['cache']}")
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    write_result(args.out, out, f"startup_{out['cache']}")
     return 0
 
 

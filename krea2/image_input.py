@@ -149,7 +149,9 @@ def prepare_mask(source: bytes | str | Path | Image.Image, size: tuple[int, int]
         mask = image.convert("L")
     if mask.size != size:
         (mw, mh), (w, h) = mask.size, size
-        if abs(mw / mh - w / h) > 0.01:
+        # The image itself may have been brought to multiples of 16, which bends its shape by up to 16 pixels: a mask
+        # painted on the original must still fit.
+        if abs((mw / mh) / (w / h) - 1) > max(0.01, 16 / min(w, h)):
             raise InvalidImage(f"The mask is {mw}×{mh} but the image is {w}×{h}; they must have the same shape.")
         mask = mask.resize(size, Image.Resampling.BILINEAR)
         notes.append(f"mask resized from {mw}×{mh} to {w}×{h}")

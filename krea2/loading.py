@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import CHECKPOINTS, CheckpointSpec
 from .errors import LoadError
+from .hub_errors import GATED, NO_FILE, NO_MEMORY, NO_REVISION, NOT_FOUND, OFFLINE, hub_problem
 from .safetensors_file import names_a_file
 
 if TYPE_CHECKING:
@@ -50,39 +51,20 @@ def check_local_layout(source: str, spec: CheckpointSpec) -> None:
 
 def explain_load_error(error: BaseException, source: str, spec: CheckpointSpec) -> LoadError:
     """Turn whatever from_pretrained raised into one actionable sentence."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    text = " ".join(str(e) for e in chain).lower()
+    problem = hub_problem(error)
     name = spec.display_name
-
-    if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in text or "401" in text or "403" in text:
-        return LoadError(
-            f"{name}: no access to the gated repo {source}. Accept the Krea 2 license on its Hub page "
-            f"(https://huggingface.co/{source}), then set HF_TOKEN or run `hf auth login`."
-        )
-    if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for e in chain) or (
-        "offline" in text or "cannot find the requested files in the local cache" in text or "connection" in text
-    ):
-        return LoadError(
-            f"{name}: {source} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
-            f"download it, or point {spec.source_env_var} at a local folder (or use --demo)."
-        )
-    if any(isinstance(e, RepositoryNotFoundError) for e in chain) or "not found" in text:
-        return LoadError(f"{name}: repo {source} was not found on the Hub (check {spec.source_env_var}).")
-    if isinstance(error, MemoryError) or "out of memory" in text:
-        return LoadError(f"{name}: not enough memory to load {source}; try --placement offload.")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return LoadError(f"{name}: could not load {source}: {first}")
+    not_found = f"{name}: repo {source} was not found on the Hub (check {spec.source_env_var})."
+    sentences = {
+        GATED: f"{name}: no access to the gated repo {source}. Accept the Krea 2 license on its Hub page "
+        f"(https://huggingface.co/{source}), then set HF_TOKEN or run `hf auth login`.",
+        OFFLINE: f"{name}: {source} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+        f"download it, or point {spec.source_env_var} at a local folder (or use --demo).",
+        NO_REVISION: not_found,
+        NO_FILE: not_found,
+        NOT_FOUND: not_found,
+        NO_MEMORY: f"{name}: not enough memory to load {source}; try --placement offload.",
+    }
+    return LoadError(sentences.get(problem.kind, f"{name}: could not load {source}: {problem.first_line}"))
 
 
 def _module_bytes(module: torch.nn.Module) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import InvalidRequest, LoraError
+from .hub_errors import GATED, NO_FILE, NO_REVISION, NOT_FOUND, OFFLINE, hub_problem
 from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, require_safetensors, short_hash
 from .lora_weights import LoraWeights, lora_weights
 from .request import check_lora_name
@@ -202,43 +203,17 @@ class LoraLibrary:
 
 def explain_hub_error(error: BaseException, repo_id: str, filename: str | None, folder: Path) -> LoraError:
     """One sentence for whatever huggingface_hub raised, phrased as the checkpoints' loading errors are."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    text = " ".join(str(e) for e in chain).lower()
-
-    def caused_by(*kinds: type[BaseException]) -> bool:
-        return any(isinstance(e, kinds) for e in chain)
-
-    if caused_by(GatedRepoError) or "gated" in text or "401" in text or "403" in text:
-        return LoraError(
-            f"No access to the gated repo {repo_id}. Accept its terms on its Hub page (https://huggingface.co/"
-            f"{repo_id}), then set HF_TOKEN or run `hf auth login`."
-        )
-    if caused_by(LocalEntryNotFoundError, OfflineModeIsEnabled) or "offline" in text or "connection" in text:
-        return LoraError(
-            f"The LoRA {repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
-            f"download it, or put the .safetensors file in the LoRA folder {folder}."
-        )
-    if caused_by(RevisionNotFoundError):
-        return LoraError(f"The Hub repo {repo_id} has no such revision (check the branch, tag or commit).")
-    if caused_by(EntryNotFoundError):
-        return LoraError(f"The Hub repo {repo_id} has no file {filename}.")
-    if caused_by(RepositoryNotFoundError) or "not found" in text:
-        return LoraError(f"The Hub repo {repo_id} was not found (or it is private: set HF_TOKEN).")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return LoraError(f"Could not download the LoRA {repo_id}: {first}")
+    problem = hub_problem(error)
+    sentences = {
+        GATED: f"No access to the gated repo {repo_id}. Accept its terms on its Hub page (https://huggingface.co/"
+        f"{repo_id}), then set HF_TOKEN or run `hf auth login`.",
+        OFFLINE: f"The LoRA {repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect once to "
+        f"download it, or put the .safetensors file in the LoRA folder {folder}.",
+        NO_REVISION: f"The Hub repo {repo_id} has no such revision (check the branch, tag or commit).",
+        NO_FILE: f"The Hub repo {repo_id} has no file {filename}.",
+        NOT_FOUND: f"The Hub repo {repo_id} was not found (or it is private: set HF_TOKEN).",
+    }
+    return LoraError(sentences.get(problem.kind, f"Could not download the LoRA {repo_id}: {problem.first_line}"))
 
 
 def _copy_atomic(source: Path, target: Path) -> None:

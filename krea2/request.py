@@ -153,8 +153,11 @@ class GenerationRequest:
         if not isinstance(self.checkpoint, str) or self.checkpoint not in CHECKPOINTS:
             raise InvalidRequest("checkpoint", self.checkpoint, f"must be one of: {', '.join(CHECKPOINTS)}")
         spec = get_spec(self.checkpoint)
-        set_(self, "prompt", _check_text("prompt", self.prompt, required=True))
+        prompt, tagged = split_prompt_loras(_check_text("prompt", self.prompt, required=True))
+        set_(self, "prompt", _check_text("prompt", prompt, required=True))  # a prompt of tags alone is empty
         set_(self, "negative_prompt", _check_text("negative_prompt", self.negative_prompt, required=False))
+        if tag := PROMPT_LORA_TAG.search(self.negative_prompt):
+            raise InvalidRequest("negative_prompt", tag.group(), "must not hold LoRA tags: put them in the prompt")
 
         steps = spec.default_steps if self.steps is None else _as_int("steps", self.steps)
         _in_range("steps", steps, *spec.steps_range)
@@ -182,7 +185,7 @@ class GenerationRequest:
         _in_range("num_images", num_images, 1, MAX_IMAGES)
         set_(self, "num_images", num_images)
 
-        set_(self, "loras", _check_loras(self.loras))
+        set_(self, "loras", with_prompt_loras(_check_loras(self.loras), tagged))
         if self.source is not None:
             if not isinstance(self.source, ImageInput):
                 raise InvalidRequest("source", type(self.source).__name__, "must be an ImageInput")
@@ -340,6 +343,48 @@ def _check_loras(value: Any) -> tuple[LoraChoice, ...]:
             if first.name == second.name and any(first.applies_to(k) and second.applies_to(k) for k in CHECKPOINTS):
                 raise InvalidRequest("loras", first.name, "must name each LoRA once per checkpoint")
     return choices
+
+
+# A1111/Forge name LoRAs inside the prompt: `<lora:name:weight>` (`<lyco:…>` too; the weight left out is 1). A request
+# takes them out of its prompt (the text encoder never sees them) and runs them on both checkpoints, after the LoRAs
+# it names itself (the UI's picker, the API's and the CLI's `loras`); a LoRA named in both places is refused, whatever
+# the weights: one rule, and no weight chosen silently. History and the PNG keep the prompt without its tags, so the
+# PNG writer's own `<lora:…>` tags (storage/pnginfo.py) are the only ones there, each LoRA once.
+PROMPT_LORA_TAG = re.compile(r"<(?:lora|lyco):([^<>]*)>", re.IGNORECASE)
+
+
+def split_prompt_loras(prompt: str) -> tuple[str, tuple[LoraChoice, ...]]:
+    """A prompt's LoRA tags as choices (for both checkpoints), and the prompt without them (the commas and spaces
+    around a tag taken out); a prompt without tags comes back as it is."""
+    choices = []
+    for tag in PROMPT_LORA_TAG.finditer(prompt):
+        name, has_weight, weight = tag.group(1).partition(":")
+        if ":" in weight:
+            raise InvalidRequest("prompt", tag.group(), "has a LoRA tag with more than a name and a weight")
+        choices.append(LoraChoice(name, weight if has_weight else 1.0))
+    if not choices:
+        return prompt, ()
+    text = re.sub(r"[ \t]*,(?:[ \t]*,)+", ",", PROMPT_LORA_TAG.sub(" ", prompt))
+    text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip(" \t,") for line in text.split("\n"))
+    return text.strip(), tuple(choices)
+
+
+def with_prompt_loras(listed: tuple[LoraChoice, ...], tagged: tuple[LoraChoice, ...]) -> tuple[LoraChoice, ...]:
+    """The request's own LoRAs, then those its prompt's tags name (see PROMPT_LORA_TAG for the rule)."""
+    for index, choice in enumerate(tagged):
+        if any(other.name == choice.name for other in listed):
+            where = "in the LoRA list and as a <lora:…> tag in the prompt"
+        elif any(other.name == choice.name for other in tagged[:index]):
+            where = "in two <lora:…> tags of the prompt"
+        else:
+            continue
+        raise InvalidRequest("loras", choice.name, f"must name each LoRA once, and {choice.name} is named {where}")
+    merged = (*listed, *tagged)
+    if len(merged) > MAX_LORAS:
+        raise InvalidRequest(
+            "loras", f"{len(merged)} LoRAs", f"must be at most {MAX_LORAS}, tags in the prompt included"
+        )
+    return merged
 
 
 HISTORY_CHECKPOINTS = ("all", *CHECKPOINTS)

@@ -1,4 +1,5 @@
-"""History export and import: one zip with history.json, history.csv and the PNGs as stored.
+"""History export and import: one zip with history.json, history.csv, the PNGs as stored and the init images and
+masks the generations started from (`sources/<sha256>.png`, once each, as the data folder keeps them).
 
 Only the columns in EXPORTED travel (ids, paths and repair flags are this data folder's own), and an import checks
 every value it takes: an archive is a file from anywhere.
@@ -7,9 +8,12 @@ every value it takes: an archive is a file from anywhere.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
 import math
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,17 +27,22 @@ from .files import atomic_file
 from .models import Generation
 from .records import NewGeneration, NewImage
 
+log = logging.getLogger(__name__)
 FORMAT = "krea2-studio-history/1"
 EXPORTED = ("created_at", "checkpoint", "prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height",
             "num_images", "status", "error", "encode_ms", "denoise_ms", "decode_ms", "total_ms", "device", "placement",
-            "app_version", "favorite", "comparison_id")  # fmt: skip
+            "app_version", "favorite", "comparison_id", "mode", "strength", "source_sha256", "mask_sha256")  # fmt: skip
 TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint": (str,), "prompt": (str,), "negative_prompt": (str,), "seed": (int, type(None)), "steps": (int,),
     "guidance": (float, int), "width": (int,), "height": (int,), "num_images": (int,), "status": (str,),
     "error": (str, type(None)), "encode_ms": (int, type(None)), "denoise_ms": (int, type(None)),
     "decode_ms": (int, type(None)), "total_ms": (int, type(None)), "device": (str,), "placement": (str,),
-    "app_version": (str,), "favorite": (bool,), "comparison_id": (str, type(None)),
+    "app_version": (str,), "favorite": (bool,), "comparison_id": (str, type(None)), "mode": (str,),
+    "strength": (float, int, type(None)), "source_sha256": (str, type(None)), "mask_sha256": (str, type(None)),
 }  # fmt: skip
+SOURCE_COLUMNS = ("source_sha256", "mask_sha256")  # content addresses of files under sources/ (None: none)
+SOURCES_FOLDER = "sources"  # in the zip: sources/<sha256>.png, each file once however many rows share it
+CONTENT_ADDRESS = re.compile(r"[0-9a-f]{64}")
 LORA_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "hash": (str,), "weight": (float, int), "checkpoint": (str,)}
 MAX_LORAS = 16  # per generation, in an import (the app applies at most 4)
 MAX_GENERATIONS = 100_000
@@ -49,8 +58,17 @@ def _row(generation: Generation) -> dict[str, Any]:
     return values
 
 
-def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str], Path]) -> None:
-    """The zip is written to a temporary file beside `target` and renamed: a reader never sees half an archive."""
+def source_name(digest: str) -> str:
+    """Where the init image or mask stored under `digest` stands in the zip."""
+    return f"{SOURCES_FOLDER}/{digest}.png"
+
+
+def write_archive(
+    target: Path, rows: list[Generation], absolute: Callable[[str], Path], source_file: Callable[[str], Path]
+) -> None:
+    """The zip is written to a temporary file beside `target` and renamed: a reader never sees half an archive.
+    `source_file(digest)`: the data folder's file of an init image or mask. One lost on disk is left out and its row
+    travels without the link (the mode and strength stay), so the archive holds every source its rows name."""
     target = Path(target)
     try:
         # The zip is closed (its central directory written) inside the block, before atomic_file fsyncs and renames.
@@ -58,8 +76,21 @@ def write_archive(target: Path, rows: list[Generation], absolute: Callable[[str]
             records, table = [], io.StringIO()
             writer = csv.DictWriter(table, [*EXPORTED, "loras", "images"])
             writer.writeheader()
+            written_sources: set[str] = set()
             for generation in rows:
                 record = _row(generation)
+                for column in SOURCE_COLUMNS:
+                    digest = record[column]
+                    if digest is None or digest in written_sources:
+                        continue
+                    path = source_file(digest)
+                    if path.is_file():
+                        archive.write(path, source_name(digest))
+                        written_sources.add(digest)
+                    else:
+                        log.warning("Export: the init image %s of generation %s is gone; exported without it",
+                                    digest[:10], generation.id)  # fmt: skip
+                        record[column] = None
                 files = []
                 for image in generation.images:
                     name = f"images/{generation.id:06d}-{image.position}.png"
@@ -95,6 +126,22 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     fields["created_at"] = created if created.tzinfo else created.replace(tzinfo=UTC)
     if fields["status"] not in ("ok", "failed", "cancelled", "interrupted", "blocked"):
         fields["status"] = "interrupted"  # an export taken mid-run: that run never finished
+    return _checked_source(fields, index)
+
+
+def _checked_source(fields: dict[str, Any], index: int) -> dict[str, Any]:
+    """What an entry started from (exports older than image inputs say nothing: text-to-image)."""
+    fields["mode"] = fields["mode"] or "txt2img"
+    strength = fields["strength"]
+    if not re.fullmatch(r"[a-z0-9]{1,16}", fields["mode"]) or isinstance(strength, bool):
+        raise StorageError(f"Entry {index + 1} of history.json has an invalid mode or strength.")
+    if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
+        raise StorageError(f"Entry {index + 1} of history.json has an invalid mode or strength.")
+    for column in SOURCE_COLUMNS:
+        if fields[column] is not None and not CONTENT_ADDRESS.fullmatch(fields[column]):
+            raise StorageError(f"Entry {index + 1} of history.json has an invalid {column}.")
+    if fields["mask_sha256"] is not None and fields["source_sha256"] is None:
+        raise StorageError(f"Entry {index + 1} of history.json has a mask without an init image.")
     return fields
 
 
@@ -117,43 +164,97 @@ def _checked_loras(record: dict, index: int) -> list[dict[str, Any]]:
     return checked
 
 
-def read_archive(source: Path) -> Iterator[NewGeneration]:
-    """The NewGeneration of each exported generation, checked; the PNGs keep their bytes (and so their metadata)."""
-    try:
-        archive = zipfile.ZipFile(source)
-    except (OSError, zipfile.BadZipFile):
-        raise StorageError("That file is not a history export (not a zip archive).") from None
-    with archive:
+class ArchiveReader:
+    """A history export opened for import. Opening reads history.json and checks every entry (its values and LoRAs):
+    an archive with a bad entry is refused before anything is written. The sources (init images, masks) and images
+    are read, and checked, when asked for. Use it as a context manager (it holds the zip open)."""
+
+    def __init__(self, source: Path) -> None:
         try:
-            document = json.loads(archive.read("history.json"))
+            self._zip = zipfile.ZipFile(source)
+        except (OSError, zipfile.BadZipFile):
+            raise StorageError("That file is not a history export (not a zip archive).") from None
+        try:
+            records = self._records()
+            self._names = set(self._zip.namelist())
+            self._entries = [(record, _checked(record, i), _checked_loras(record, i)) for i, record in
+                             enumerate(records)]  # fmt: skip
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._zip.close()
+
+    def _records(self) -> list[Any]:
+        try:
+            document = json.loads(self._zip.read("history.json"))
         except KeyError:
             raise StorageError("That zip is not a history export (it has no history.json).") from None
-        except ValueError:
+        except (ValueError, zipfile.BadZipFile):
             raise StorageError("The history.json in that zip is not valid JSON.") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise StorageError("That zip is not a Krea 2 Studio history export.")
         records = document.get("generations")
         if not isinstance(records, list) or len(records) > MAX_GENERATIONS:
             raise StorageError("The history.json in that zip has no usable list of generations.")
-        names = set(archive.namelist())
-        for index, record in enumerate(records):
-            fields = _checked(record, index)
-            loras = _checked_loras(record, index)
+        return records
+
+    def sources(self) -> dict[str, int]:
+        """Every init image and mask the entries name (content address -> the first entry naming it, from 0)."""
+        named: dict[str, int] = {}
+        for index, (_record, fields, _loras) in enumerate(self._entries):
+            for column in SOURCE_COLUMNS:
+                if fields[column] is not None:
+                    named.setdefault(fields[column], index)
+        return named
+
+    def source_png(self, digest: str) -> bytes:
+        """The file of a source the entries name, as the zip holds it; refused with a sentence when the zip lacks it
+        or it is not the PNG its content address names (an archive is a file from anywhere, and rows point at it)."""
+        name = source_name(digest)
+        if name not in self._names:
+            entry = self.sources().get(digest, 0) + 1
+            raise StorageError(f"Entry {entry} of history.json names an init image ({digest[:10]}) that the zip "
+                               "does not hold.")  # fmt: skip
+        png = self._member(name, "an init image")
+        if hashlib.sha256(png).hexdigest() != digest:
+            raise StorageError(f"{name} in that zip is corrupt (its content does not match its name).")
+        _checked_png(png, name)
+        return png
+
+    def generations(self) -> Iterator[NewGeneration]:
+        """The NewGeneration of each exported generation; the PNGs keep their bytes (and so their metadata)."""
+        for index, (record, fields, loras) in enumerate(self._entries):
             images = []
             for item in record.get("images") or []:
                 name = item.get("file") if isinstance(item, dict) else None
                 seed = item.get("seed") if isinstance(item, dict) else None
-                if name not in names or not (seed is None or type(seed) is int):
+                if name not in self._names or not (seed is None or type(seed) is int):
                     raise StorageError(f"Entry {index + 1} of history.json names an image the zip does not hold.")
-                if archive.getinfo(name).file_size > MAX_IMAGE_BYTES:
-                    raise StorageError(f"{name} in that zip is too large to be an image of this app.")
-                png = archive.read(name)
-                try:
-                    image = PILImage.open(io.BytesIO(png))
-                    if image.format != "PNG" or image.width * image.height > MAX_PIXELS:
-                        raise StorageError(f"{name} in that zip is not a PNG of at most 2048×2048.")
-                    image.load()
-                except (OSError, PILImage.DecompressionBombError):
-                    raise StorageError(f"{name} in that zip is not a readable PNG.") from None
-                images.append(NewImage(image, seed, png))
+                png = self._member(name, "an image")
+                images.append(NewImage(_checked_png(png, name), seed, png))
             yield NewGeneration(fields, images, loras=loras)
+
+    def _member(self, name: str, what: str) -> bytes:
+        if self._zip.getinfo(name).file_size > MAX_IMAGE_BYTES:
+            raise StorageError(f"{name} in that zip is too large to be {what} of this app.")
+        try:
+            return self._zip.read(name)
+        except (zipfile.BadZipFile, OSError, EOFError):  # a CRC that does not match, a cut-off member
+            raise StorageError(f"{name} in that zip is corrupt (it cannot be read back).") from None
+
+
+def _checked_png(png: bytes, name: str) -> PILImage.Image:
+    """A PNG of this app's sizes, decoded (an upload's bomb or a truncated file is refused with a sentence)."""
+    try:
+        image = PILImage.open(io.BytesIO(png))
+        if image.format != "PNG" or image.width * image.height > MAX_PIXELS:
+            raise StorageError(f"{name} in that zip is not a PNG of at most 2048×2048.")
+        image.load()
+    except (OSError, PILImage.DecompressionBombError):
+        raise StorageError(f"{name} in that zip is not a readable PNG.") from None
+    return image

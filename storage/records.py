@@ -1,5 +1,5 @@
 """What the history store is asked to record: a generation's columns and its images (written by `HistoryStore.add`,
-read back from an export by `archive.read_archive`)."""
+read back from an export by `archive.ArchiveReader`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .archive import read_archive, write_archive
+from .archive import ArchiveReader, write_archive
 from .database import default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
@@ -261,26 +261,56 @@ class HistoryStore:
             with self.session() as session:
                 query = select(Generation).where(Generation.id.in_(generation_ids)).order_by(Generation.id)
                 rows = list(session.scalars(query))
-        write_archive(target, rows, self.absolute)
+        write_archive(target, rows, self.absolute, lambda digest: self.absolute(self.source_relative(digest)))
         return len(rows)
 
     def import_archive(self, source: Path) -> tuple[int, int]:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
-        Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. Returns
-        (added, skipped); raises StorageError naming the problem when the file is not a history export."""
+        Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
+        and masks they started from are written first (atomically, each once: one already here is kept), every one
+        checked before any is. Returns (added, skipped); raises StorageError naming the problem when the file is not
+        a history export, and then nothing of it stays (rows added and sources written so far are removed)."""
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip
-        added = skipped = 0
-        for new in read_archive(source):
-            key = (naive_utc(new.fields["created_at"]), new.fields["prompt"], new.fields.get("seed"))
-            if key in seen:
-                skipped += 1
-                continue
-            self.add(new)
-            seen.add(key)
-            added += 1
-        return added, skipped
+        added_ids: list[int] = []
+        written: list[Path] = []
+        skipped = 0
+        with ArchiveReader(source) as archive:
+            try:
+                self._import_sources(archive, written)
+                for new in archive.generations():
+                    key = (naive_utc(new.fields["created_at"]), new.fields["prompt"], new.fields.get("seed"))
+                    if key in seen:
+                        skipped += 1
+                        continue
+                    added_ids.append(self.add(new).id)
+                    seen.add(key)
+            except BaseException:
+                self._undo_import(added_ids, written)
+                raise
+        return len(added_ids), skipped
+
+    def _import_sources(self, archive: ArchiveReader, written: list[Path]) -> None:
+        """Write the archive's init images and masks that this data folder lacks, after checking all of them (a
+        missing or corrupt one refuses the import before any file is written); `written` collects the new files."""
+        paths = {digest: self.absolute(self.source_relative(digest)) for digest in archive.sources()}
+        # Content-addressed: a file already here under the same address is the same picture, and is kept.
+        needed = {digest: path for digest, path in paths.items() if not path.is_file()}
+        for digest in needed:  # every one checked before the first is written
+            archive.source_png(digest)
+        for digest, path in needed.items():
+            write_atomic(path, archive.source_png(digest))
+            written.append(path)
+
+    def _undo_import(self, added_ids: list[int], written: list[Path]) -> None:
+        """Remove what a failed import added: its rows (and their image files), then the sources it wrote."""
+        try:
+            if added_ids:
+                self.delete_many(added_ids)
+        except StorageError:
+            log.exception("Could not remove the %d generations of a failed import", len(added_ids))
+        remove_quietly(written)
 
     # ------------------------------------------------------------------------------------------------ sources
     def source_relative(self, digest: str) -> str:

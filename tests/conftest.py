@@ -113,3 +113,15 @@ def store(tmp_path: Path, database_url: str):
     history = HistoryStore(tmp_path / "data", database_url).open()
     yield history
     history.close()
+
+
+@pytest.fixture
+def lora_handlers(lora_manager, tmp_path):
+    """The page's handlers (ui/handlers.py) over a real StudioService: `lora_manager` and a fresh history store."""
+    from storage import HistoryStore
+    from studio.service import StudioService
+    from ui.handlers import Handlers
+
+    store = HistoryStore(tmp_path / "data").open()
+    yield Handlers(StudioService(lora_manager, store))
+    store.close()

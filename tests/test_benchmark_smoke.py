@@ -2,25 +2,19 @@
 benchmark cannot rot between GPU sessions. Its numbers mean nothing; its fields must be the GPU run's."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from smoke_helpers import ROOT, run_smoke
+
 # The committed GPU run whose Turbo 1024² result the benchmark must keep producing, field for field.
 GPU_RUN = ROOT / "bench/results/2026-11-26T0943_NVIDIA-H100-80GB-HBM3_turbo1024-turbo2048_exact-fast-nographs.json"
 NEEDS_CUDA = ("_denoiser_graphs",)  # what a mode records only where CUDA graphs exist
 
 
 def test_smoke_run_writes_the_gpu_runs_fields(tmp_path):
-    command = [
-        sys.executable, "bench/benchmark.py", "--smoke", "--cases", "turbo1024,raw1024",
-        "--modes", "exact,fast,nographs,fp8attn", "--step-cache", "0.05", "--repeats", "1", "--out", str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [path] = tmp_path.glob("*_cpu-smoke_turbo1024-raw1024_exact-fast-nographs-fp8attn.json")
-    smoke, gpu = json.loads(path.read_text()), json.loads(GPU_RUN.read_text())
+    smoke = run_smoke("benchmark.py", "--cases", "turbo1024,raw1024", "--modes", "exact,fast,nographs,fp8attn",
+                      "--step-cache", "0.05", "--repeats", "1", out=tmp_path,
+                      result="*_cpu-smoke_turbo1024-raw1024_exact-fast-nographs-fp8attn.json")  # fmt: skip
+    gpu = json.loads(GPU_RUN.read_text())
 
     assert set(gpu) <= set(smoke)
     expected = {key for key in gpu["cases"]["turbo1024"] if not key.endswith(NEEDS_CUDA)}
@@ -41,11 +35,10 @@ def test_smoke_run_writes_the_gpu_runs_fields(tmp_path):
 
 def test_img2img_benchmark_smoke_run(tmp_path):
     """bench/img2img_benchmark.py (issue 17's GPU benchmark) end to end on the demo checkpoints: its fields exist."""
-    command = [sys.executable, "bench/img2img_benchmark.py", "--smoke", "--repeats", "1", "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [path] = tmp_path.glob("*_cpu-smoke_img2img-turbo1024_padfree.json")
-    case = json.loads(path.read_text())["cases"]["turbo1024"]
+    result = run_smoke("img2img_benchmark.py", "--repeats", "1", out=tmp_path,
+                       result="*_cpu-smoke_img2img-turbo1024_padfree.json")  # fmt: skip
+    case = result["cases"]["turbo1024"]
     assert case["steps_run"] == 1 and case["stock_s"] > 0 and case["padfree_s"] > 0
     assert case["padfree_vs_stock_max_abs_pixel"] < 0.02  # the same image as the stock loop, up to rounding
     assert case["vae_encode_s"] > 0 and case["vae_decode_s"] > 0
+    assert result["command"].startswith("python bench/img2img_benchmark.py --smoke")

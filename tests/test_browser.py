@@ -6,34 +6,18 @@ Screenshots land in artifacts/browser/ (look at them)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from app_server import CHROMIUM, ROOT, AppServer
+from app_server import ROOT
+from browser_helpers import app_server_fixture, page_fixture
 
 SHOTS = ROOT / "artifacts" / "browser"
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_sources):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    data = tmp_path_factory.mktemp("browser") / "data"
-    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(server.url)
-    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
-    yield page
-    context.close()
+server = app_server_fixture("browser")
+page = page_fixture()
 
 
 def shot(page, name: str) -> None:
@@ -239,9 +223,10 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
     Image.new("RGB", (256, 256), (230, 200, 20)).save(init)
     page.get_by_text("Start from an image").first.click()
     page.locator("#init-image input[type=file]").set_input_files(str(init))
-    page.locator("#init-image canvas").first.wait_for(timeout=10_000)
     page.locator("#prompt textarea").fill("a red circle from an image")
     set_number(page, "strength", 0.5)
+    # The note under the editor says the upload arrived (and what Generate will do with it) before the click.
+    page.get_by_text("Init image 256×256: img2img at strength 0.50, generated at 256×256.").wait_for(timeout=30_000)
     page.locator("#generate-btn").click()
     page.get_by_text("Image input: generated at 256×256.").wait_for(timeout=120_000)  # behind earlier jobs
     shot(page, "08-img2img")

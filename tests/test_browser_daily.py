@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from app_server import CHROMIUM, AppServer
+from app_server import AppServer
+from browser_helpers import app_server_fixture
 from test_browser import set_number, shot, small
 
 pytestmark = pytest.mark.browser
@@ -23,14 +24,7 @@ CONTRAST_JS = """el => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_sources):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    data = tmp_path_factory.mktemp("daily") / "data"
-    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
-    yield app
-    app.stop()
+server = app_server_fixture("daily")
 
 
 def make_a_batch(server, prompt: str = "a batch of two") -> None:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from app_server import CHROMIUM, AppServer
+from browser_helpers import app_server_fixture, page_fixture
 from lora_helpers import random_factors, write_lora
 from test_browser import set_number, shot
 
@@ -16,25 +16,12 @@ from krea2.demo import build_transformer
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_sources):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    data = tmp_path_factory.mktemp("browser-loras") / "data"
+def ink_in_the_lora_folder(data: Path) -> None:
     write_lora(data / "loras" / "styles" / "ink.safetensors", random_factors(build_transformer(), seed=7), "kohya")
-    app = AppServer(data, Path(demo_sources["turbo"]).parent).start()
-    yield app
-    app.stop()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1400})
-    page = context.new_page()
-    page.goto(server.url)
-    page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=60_000)
-    yield page
-    context.close()
+server = app_server_fixture("browser-loras", prepare=ink_in_the_lora_folder)
+page = page_fixture(height=1400)
 
 
 def pick_lora(page, prefix: str, name: str, weight: float) -> None:

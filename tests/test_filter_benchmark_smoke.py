@@ -2,20 +2,11 @@
 GPU measurement of the content filter's cost cannot rot before a GPU session runs it. Its numbers mean nothing; its
 fields must be the ones the GPU run will write."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from smoke_helpers import run_smoke
 
 
 def test_smoke_run_writes_every_field_of_the_gpu_run(tmp_path):
-    command = [sys.executable, "bench/filter_benchmark.py", "--smoke", "--repeats", "5", "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [path] = tmp_path.glob("*_cpu-smoke_filter-smoke.json")
-    result = json.loads(path.read_text())
+    result = run_smoke("filter_benchmark.py", "--repeats", "5", out=tmp_path, result="*_cpu-smoke_filter-smoke.json")
     assert result["classifier"]["model"] == "ViTForImageClassification"  # Falconsai's architecture, tiny
     assert result["classifier"]["preprocessing"] == "torch, on the device"  # the path a GPU run takes
     assert result["target_ms_per_image"] == 15.0 and result["within_target"] is None  # a CPU run judges nothing

@@ -190,10 +190,10 @@ def test_an_api_cancel_stops_the_generation_on_the_server(server, client, delay)
 
 
 def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
-    # 512² x 60 steps: seconds on an idle machine, long enough that the cancel lands while it runs, and done well
-    # within the wait below on a loaded one (1024² x 30 took over 120 s on two busy cores, and the next test's job
-    # then waited behind it).
-    first = client.submit(prompt="keeps running", checkpoint="raw", steps=60, width=512, height=512, seed=2,
+    # Raw 256² x 40 guided steps: about 10 s on two idle cores, long enough that the cancel (1.5 s in) lands while it
+    # runs, and done well within the wait below on a loaded machine (512² x 60 took 80-150 s on two busy cores, and
+    # the next test's job then waited behind it).
+    first = client.submit(prompt="keeps running", checkpoint="raw", steps=40, width=256, height=256, seed=2,
                           api_name="/generate")  # fmt: skip
     time.sleep(1.0)
     second = client.submit(prompt="cancelled while queued", steps=1, seed=2, api_name="/generate", **SMALL)
@@ -201,7 +201,7 @@ def test_cancelling_a_queued_job_leaves_the_running_one_alone(server, client):
     second.cancel()
     assert not first.done()  # the cancel came while the first job ran and the second waited
     _images, info = first.result(timeout=120)
-    assert info["steps"] == 60
+    assert info["steps"] == 40
     time.sleep(1.0)
     assert wait_settled(server, "keeps running")[0].status == "ok"
     assert [g.status for g in wait_settled(server, "cancelled while queued")] in ([], ["cancelled"])
@@ -255,31 +255,6 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path):
     assert "Traceback" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"port {port}" in errors[0] and "in use" in errors[0], done.stderr[-2000:]
-
-
-def test_sigkilled_work_is_marked_interrupted_at_the_next_start(tmp_path, demo_sources):
-    import os
-    import signal
-
-    from gradio_client import Client
-
-    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
-    client = Client(app.url, verbose=False)
-    jobs = [client.submit(prompt=f"lost {n}", checkpoint="raw", steps=100, width=512, height=512,
-                          api_name="/generate") for n in range(3)]  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not any(g.status == "running" for g in rows(app)) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    os.kill(app.proc.pid, signal.SIGKILL)
-    app.proc.wait()
-    del jobs
-    app.start()
-    try:
-        found = rows(app, "lost")
-        assert [g.status for g in found] == ["interrupted"]  # the one running; queued ones never started
-        assert "stopped" in found[0].error
-    finally:
-        app.stop()
 
 
 def test_the_server_still_serves_after_all_of_the_above(server):

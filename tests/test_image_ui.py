@@ -113,3 +113,19 @@ def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
     assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
     with pytest.warns(UserWarning, match="not in this app's data folder"):
         assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None
+
+
+def test_the_editor_note_says_what_generate_will_do_before_any_click() -> None:
+    picture = Image.new("RGB", (500, 260), (200, 30, 30))
+    assert Handlers.describe_start(None, 0.6, 8) == ""
+    plain = Handlers.describe_start({"background": picture, "layers": []}, 0.6, 8, 0, 0, 0, 0)
+    said = "Init image 500×260: img2img at strength 0.60, generated at 496×256. Resized from 500×260 to 496×256."
+    assert plain == said
+    layer = Image.new("RGBA", (500, 260), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (0, 0, 250, 260))  # the left half painted
+    inpaint = Handlers.describe_start({"background": picture, "layers": [layer]}, 1.0, 0, 0, 0, 0, 0)
+    assert "inpaint of 50% of the picture" in inpaint
+    outpaint = Handlers.describe_start({"background": picture, "layers": []}, 1.0, 8, 64, 0, 0, 0)
+    assert "outpaint, generated at 560×256" in outpaint
+    refused = Handlers.describe_start({"background": picture, "layers": []}, 1.0, 8, 5000, 0, 0, 0)
+    assert refused == "⚠️ Outpaint left must be a whole number of pixels from 0 to 1024."

@@ -67,6 +67,19 @@ def test_generate_takes_loras_and_reports_them(client, server):
     assert client.predict(search="", lora="nothing", api_name="/history")["total"] == 0
 
 
+def test_tags_in_the_prompt_are_loras_too(client, server):
+    images, info = client.predict(prompt="a red circle <lora:ink:0.8>", seed=5, steps=1, loras=["styles/paper:-0.5"],
+                                  api_name="/generate", **SMALL)  # fmt: skip
+    assert [(x["name"], x["weight"]) for x in info["loras"]] == [("styles/paper", -0.5), ("ink", 0.8)]
+    text = read_parameters(images[0]["image"])["parameters"]
+    assert text.startswith("a red circle <lora:styles/paper:-0.5> <lora:ink:0.8>\n")
+    rows = row_count(server)
+    kind, message = call(server.url, "generate", json.dumps({"data": ["a fox <lora:nowhere:1>", "turbo", "", 1, "",
+                                                                      256, 256, 1, 1]}))  # fmt: skip
+    assert kind == "error" and one_sentence(message) and "nowhere is not" in message, message
+    assert row_count(server) == rows
+
+
 def test_compare_runs_raw_and_turbo_each_with_the_loras(client):
     images, infos = client.predict(prompt="a blue square", seed=2, raw_steps=1, turbo_steps=1, loras="ink:1",
                                    api_name="/compare", **SMALL)  # fmt: skip
@@ -80,6 +93,18 @@ def test_compare_loras_runs_without_and_with_on_one_seed(client):
     assert len(images) == 2 and infos["without"]["seed"] == infos["with"]["seed"]
     assert infos["without"]["loras"] == [] and infos["with"]["loras"][0]["name"] == "ink"
     assert infos["without"]["comparison_id"] == infos["with"]["comparison_id"]
+
+
+def test_compare_loras_starts_both_from_an_init_image(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (320, 256), (20, 160, 40)).save(init)
+    _images, infos = client.predict(prompt="a blue square", checkpoint="turbo", steps=2, loras=["ink:1"],
+                                    image=handle_file(str(init)), strength=0.5, api_name="/compare_loras")  # fmt: skip
+    for run in ("without", "with"):
+        assert (infos[run]["mode"], infos[run]["strength"], infos[run]["width"]) == ("img2img", 0.5, 320)
 
 
 @pytest.mark.parametrize(

@@ -1,20 +1,13 @@
 """bench/lora_benchmark.py in CI: `--smoke` runs the whole script on the demo checkpoints on the CPU, so that the GPU
 benchmark cannot rot between GPU sessions. Its numbers mean nothing; its fields are what the GPU run will report."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from smoke_helpers import run_smoke
 
 
 def test_smoke_run_writes_every_field_of_the_gpu_run(tmp_path):
-    command = [sys.executable, "bench/lora_benchmark.py", "--smoke", "--repeats", "1", "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [path] = tmp_path.glob("*_cpu-smoke_loras.json")
-    result = json.loads(path.read_text())
+    result = run_smoke(
+        "lora_benchmark.py", "--repeats", "1", out=tmp_path, result="*_cpu-smoke_loras.json", timeout=900
+    )
 
     assert result["lora"]["rank"] == 4 and result["lora"]["layers"] == 6 * 8  # every linear layer of the blocks
     turbo = result["turbo"]

@@ -16,17 +16,18 @@ from storage.pnginfo import read_parameters
 from studio import cli
 
 
-def test_generate_applies_repeated_loras_and_reports_them(tmp_path, demo_sources):
+def test_generate_applies_repeated_loras_and_reports_them(tmp_path, demo_sources, capsys):
+    """In-process (tests/test_cli.py runs the real process): the LoRAs reach the image, its PNG and the report."""
     loras = tmp_path / "loras"
     ink = write_lora(loras / "ink.safetensors", random_factors(build_transformer(), seed=1), "kohya")
     paper = write_lora(loras / "styles" / "paper.safetensors", random_factors(build_transformer(), seed=2), "krea")
-    env = {**os.environ, "KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_LORA_DIR": str(loras),
+    env = {"KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_LORA_DIR": str(loras),
            "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent)}  # fmt: skip
-    args = ["generate", "--demo", "--prompt", "a red circle", "--seed", "7", "--steps", "2", "--width", "256",
-            "--height", "256", "--lora", "ink:0.8", "--lora", "styles/paper:-0.5"]  # fmt: skip
-    done = run_cli(*args, "--out", str(tmp_path / "a.png"), env=env)
-    assert done.returncode == 0, done.stderr
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    args = parsed("--demo", "--prompt", "a red circle", "--seed", "7", "--steps", "2", "--width", "256",
+                  "--height", "256", "--lora", "ink:0.8", "--lora", "styles/paper:-0.5",
+                  "--out", str(tmp_path / "a.png"))  # fmt: skip
+    assert cli.run(args, environ=env) == 0, capsys.readouterr().err
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["loras"] == [
         {"name": "ink", "hash": autov3_hash(ink), "weight": 0.8},
         {"name": "styles/paper", "hash": autov3_hash(paper), "weight": -0.5},

@@ -217,6 +217,14 @@ def test_forty_concurrent_callers(tmp_path, demo_sources):
         app.stop()
 
 
+def running_rows(data_dir: Path) -> list[str]:
+    store = HistoryStore(data_dir).open(repair=False)
+    try:
+        return [g.prompt for g in store.page(limit=50).items if g.status == "running"]
+    finally:
+        store.close()
+
+
 def test_sigkill_mid_generation_loses_nothing(tmp_path, demo_sources):
     from gradio_client import Client
 
@@ -226,8 +234,12 @@ def test_sigkill_mid_generation_loses_nothing(tmp_path, demo_sources):
         client.predict(prompt=f"kept {n}", steps=1, api_name="/generate", **SMALL)
     job = client.submit(prompt="killed mid-run", checkpoint="raw", steps=100, width=1024, height=1024,
                         api_name="/generate")  # fmt: skip
-    time.sleep(4)
-    assert not job.done()
+    deadline = time.monotonic() + 60
+    while not running_rows(app.data_dir) and time.monotonic() < deadline:  # submits race each other: wait for it
+        time.sleep(0.3)
+    queued = [client.submit(prompt=f"queued {n}", steps=1, api_name="/generate", **SMALL) for n in range(2)]
+    time.sleep(2)
+    assert not job.done() and not any(q.done() for q in queued)
     os.kill(app.proc.pid, signal.SIGKILL)
     app.proc.wait()
 
@@ -240,6 +252,10 @@ def test_sigkill_mid_generation_loses_nothing(tmp_path, demo_sources):
         assert "0 generations missing files" in log.split("History repair:")[-1]
         store = HistoryStore(app.data_dir).open(repair=False)
         assert [g.prompt for g in store.page().items if g.status == "ok"] == ["kept 2", "kept 1", "kept 0"]
+        # The run the kill stopped is marked as such at the start; the queued ones never started, so left no row.
+        killed = [g for g in store.page().items if g.status not in ("ok",)]
+        assert [(g.prompt, g.status) for g in killed] == [("killed mid-run", "interrupted")]
+        assert "stopped" in killed[0].error
         store.close()
         assert Client(app.url, verbose=False).predict(prompt="after restart", steps=1, api_name="/generate", **SMALL)
     finally:

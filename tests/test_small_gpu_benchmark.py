@@ -2,21 +2,12 @@
 checkpoints on the CPU with simulated free memory, so the GPU benchmark cannot rot before its first GPU run. Its
 numbers mean nothing; its fields are the GPU run's."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from smoke_helpers import run_smoke
 
 
 def test_smoke_run_measures_a_plan_against_todays_offload_path(tmp_path):
-    command = [sys.executable, "bench/small_gpu_benchmark.py", "--smoke", "--caps", "16", "--cases", "turbo1024",
-               "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [path] = tmp_path.glob("*_cpu-smoke_small-gpu_16GB_offload-plan.json")
-    result = json.loads(path.read_text())
+    result = run_smoke("small_gpu_benchmark.py", "--caps", "16", "--cases", "turbo1024", "--repeats", "1",
+                       out=tmp_path, result="*_cpu-smoke_small-gpu_16GB_offload-plan.json", timeout=900)  # fmt: skip
     offload, plan = result["runs"]
     assert (offload["path"], offload["plan"]) == ("offload", "offload")
     assert plan["path"] == "plan" and plan["plan"] == "swap+stream 3"  # what a 16 GB card gets, for the demo

@@ -195,13 +195,17 @@ def register_api(service: StudioService) -> None:
         yield from run(stream, [RAW.key, TURBO.key], lambda infos: infos)
 
     def compare_loras(prompt, checkpoint, negative_prompt, steps, guidance, width, height, seed, loras,
-                      request: gr.Request):  # fmt: skip
-        """One checkpoint without the LoRAs and with them, same seed: what the LoRAs do."""
+                      image=None, mask=None, strength=None, outpaint=None, feather=None,
+                      request: gr.Request = None):  # fmt: skip
+        """One checkpoint without the LoRAs and with them, same seed (and the same init image, when one is sent):
+        what the LoRAs do."""
         try:
-            width, height = default_size(width, height)
+            start = image_start(image, mask, strength, outpaint, feather, (width, height))
+            width, height = start.size if start is not None else default_size(width, height)
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), loras=loras,
+                source=start.source if start else None,
             )  # fmt: skip
             stream = service.compare_loras(req, session_of(request), idle=IDLE_S, job=event_id())
         except InvalidRequest as error:
@@ -292,7 +296,7 @@ def register_api(service: StudioService) -> None:
         api_name="history", preprocess=False,
     )  # fmt: skip
     trigger.click(
-        compare_loras, [prompt, checkpoint, negative, steps, guidance, width, height, seed, loras], [images, info],
-        api_name="compare_loras", **gpu,
+        compare_loras, [prompt, checkpoint, negative, steps, guidance, width, height, seed, loras, *image_fields],
+        [images, info], api_name="compare_loras", **gpu,
     )  # fmt: skip
     trigger.click(loras_list, None, lora_list, api_name="loras", preprocess=False)

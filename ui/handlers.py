@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
 from typing import Any
 
@@ -27,8 +28,8 @@ from krea2 import (
     get_spec,
 )
 from krea2.demo import DEMO_SIDES
-from krea2.errors import ContentBlocked
-from krea2.request import MAX_LORAS, MAX_SEED
+from krea2.errors import ContentBlocked, LoraError
+from krea2.request import MAX_LORAS, MAX_SEED, LoraChoice
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
@@ -36,8 +37,8 @@ from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEve
 from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
-from .image_inputs import DEFAULT_STRENGTH, editor_source, editor_value
-from .loras import ROW_VALUES, LoraHandlers, lora_choices, shown
+from .image_inputs import DEFAULT_STRENGTH, describe_start, editor_source, editor_value
+from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras, shown
 from .presets import preset_choices, preset_for, preset_size
 from .text import as_text
 
@@ -185,6 +186,15 @@ def build_request(prompt, negative, checkpoint, steps, guidance, width, height, 
     )
 
 
+def started_from(req: GenerationRequest, init: Any, strength: Any) -> GenerationRequest:
+    """`req` starting from Compare's init image, at that image's size (as it is without one): every Compare mode runs
+    its requests from the same start."""
+    if init is None:
+        return req
+    start = image_source(init, strength=strength)
+    return replace(req, width=start.size[0], height=start.size[1], source=start.source)
+
+
 def seeds_text(seeds: list[int]) -> str:
     """Every seed of a batch (image k used seed + k), not only the first."""
     if len(seeds) == 1:
@@ -266,6 +276,14 @@ class Handlers:
         return preset_for(width, height, checkpoint, self.service.demo)
 
     @staticmethod
+    def describe_start(init, strength, feather, *sides) -> str:
+        """The note under the image editor: what Generate will do with its picture."""
+        try:
+            return as_text(describe_start(init, strength, feather, tuple(sides)))
+        except Exception as error:  # noqa: BLE001
+            return error_note(error)
+
+    @staticmethod
     def busy():
         """The Generate button while a run of this page is in flight: one click, one run."""
         return gr.update(interactive=False, value="Generating…")
@@ -333,7 +351,7 @@ class Handlers:
 
     def upscale(self, selected: Any, factor: float, items: list, request: gr.Request = None):
         """The hi-res pass on a result or history image: upscaled by `factor`, then img2img at low strength with its
-        own settings and seed. Streams like `generate`."""
+        own settings, seed and LoRAs. Streams like `generate`."""
         try:
             generation, position = self._selection(selected)
             path = self.service.image_path(generation, position)
@@ -341,15 +359,25 @@ class Handlers:
                 raise gr.Error("That generation has no image to upscale.", print_exception=False)
             start = hires_source(path, float(factor))
             values = self._settings_of(selected)
+            loras, lora_notes = self._carried_loras(values["loras"])
             req = GenerationRequest(
                 prompt=values["prompt"], negative_prompt=values["negative_prompt"], checkpoint=values["checkpoint"],
                 steps=values["steps"], guidance=values["guidance"], width=start.size[0], height=start.size[1],
-                seed=values["seed"], source=start.source,
+                seed=values["seed"], loras=loras, source=start.source,
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001
             yield gr.skip(), error_note(error), gr.skip(), gr.skip(), gr.skip()
             return
-        yield from self._run(req, items, request, start.notes)
+        yield from self._run(req, items, request, (*start.notes, *lora_notes))
+
+    def _carried_loras(self, recorded: list[dict[str, Any]]) -> tuple[list[LoraChoice], list[str]]:
+        """The LoRAs an image was made with, as the hi-res pass takes them over (found as Reuse settings finds them,
+        a renamed file by its hash, said in a note). A missing one refuses the pass: redrawn without it, the bigger
+        image would no longer be the one upscaled."""
+        choices, notes = self.service.restore_loras(recorded)
+        if len(choices) < len(recorded):
+            raise LoraError(" ".join([*notes, "The hi-res pass redraws an image with the LoRAs it was made with."]))
+        return choices, [note[:1].lower() + note[1:].removesuffix(".") for note in notes]  # after "Image input: …;"
 
     def upscaler(self, factor: float):
         """`upscale` by a fixed factor, as an event handler (one per button)."""
@@ -447,9 +475,10 @@ class Handlers:
         seed = values.get("seed")
         width = values.get("width") or self.default_size[0]
         height = values.get("height") or self.default_size[1]
-        lora_rows, lora_note = self.loras.rows_for(values.get("loras") if isinstance(values.get("loras"), list) else [])
+        prompt, loras = recorded_prompt_and_loras(values)
+        lora_rows, lora_note = self.loras.rows_for(loras)
         return (
-            values.get("prompt", ""),
+            prompt,
             gr.update(value=values.get("negative_prompt") or "", visible=spec.uses_negative_prompt(guidance)),
             checkpoint,
             steps_slider(checkpoint, steps),
@@ -480,100 +509,90 @@ class Handlers:
         init, strength = (*image, *(None, DEFAULT_STRENGTH)[len(image) :])[:2]
         if mode == COMPARE_LORAS:
             yield from self._compare_loras(prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance,
-                                           turbo_steps, request, lora_checkpoint, lora_rows)  # fmt: skip
+                                           turbo_steps, request, lora_checkpoint, lora_rows,
+                                           init, strength)  # fmt: skip
             return
         try:
             loras = lora_choices(lora_rows)
             raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1,
                                 loras)  # fmt: skip
-            if init is not None:
-                start = image_source(init, strength=strength)
-                raw = replace(raw, width=start.size[0], height=start.size[1], source=start.source)
+            raw = started_from(raw, init, strength)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
+            events = self.service.compare(raw, turbo, compare_session(request))
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
+
+        def described(event: DoneEvent) -> str:
+            r = event.result.request
+            used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
+            return f"{r.steps} steps, guidance {r.guidance}, {event.result.timings.total_s:.2f} s{used}"
+
+        names = {RAW.key: short_name(RAW), TURBO.key: short_name(TURBO)}
+        yield from self._stream_pair(events, names, described, f"{short_name(RAW)} ↔ {short_name(TURBO)}", raw.seed,
+                                     " · prompt encoded once for both")  # fmt: skip
+
+    def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
+                       request, checkpoint, lora_rows, init=None, strength=DEFAULT_STRENGTH):  # fmt: skip
+        """One checkpoint without the LoRAs, then with them, on one seed: the left image is without, the right with.
+        Both start from the init image when one is given, as in Raw against Turbo."""
+        try:
+            spec = get_spec(checkpoint if checkpoint in CHECKPOINTS else TURBO.key)
+            steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
+            req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
+                                lora_choices(lora_rows))  # fmt: skip
+            req = started_from(req, init, strength)
+            events = self.service.compare_loras(req, compare_session(request))
+        except Exception as error:  # noqa: BLE001
+            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+
+        def described(event: DoneEvent) -> str:
+            return f"{event.result.timings.total_s:.2f} s, LoRAs {shown(loras_text(event.result.loras) or 'none')}"
+
+        names = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
+        yield from self._stream_pair(events, names, described, f"{short_name(spec)}: without ↔ with LoRAs", req.seed)
+
+    def _stream_pair(self, events: Iterable[StepEvent | DoneEvent], names: dict[str, str],
+                     described: Callable[[DoneEvent], str], pair_label: str, seed: int | None,
+                     seed_note: str = ""):  # fmt: skip
+        """A two-run comparison's events as Compare's outputs: (progress, left image, right image, slider, info).
+        `names`: each run's label and the name it is shown by, the left run first; `described(done event)`: its line
+        in the info after its name; `seed`: the seed shown until a run reports the one it used."""
+        left, right = names
         started = time.monotonic()
-        # Several workers run Raw and Turbo side by side (krea2/workers.py): each keeps its own clock and progress
-        # line, and says where it ran; one GPU runs them one after the other, as always.
+        # Several workers run the two side by side (krea2/workers.py): each run keeps its own clock and progress line,
+        # and says where it ran; one GPU runs them one after the other, as always.
         side_by_side = self.service.concurrent_generations > 1
         clocks: dict[str, StepClock] = {}
         lines: dict[str, str] = {}
         paths: dict[str, str] = {}
         info: dict[str, str] = {}
-        used_seed = raw.seed
+        used_seed = seed
         yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
-            for event in self.service.compare(raw, turbo, compare_session(request)):
-                name = get_spec(event.label).display_name
+            for event in events:
+                name = names[event.label]
                 if isinstance(event, StepEvent):
                     clock = clocks.setdefault(event.label, StepClock())
                     line = f"**{name}** · " + clock.progress(event.step, event.total, time.monotonic() - started)
                     lines[event.label] = line
                     yield "  \n".join(lines.values()) if side_by_side else line, *[gr.skip()] * 4
                 else:
-                    r = event.result.request
-                    used_seed = r.seed
-                    paths[event.label] = self.service.image_file(event.generation.images[0])
-                    used = f", LoRAs {shown(loras_text(event.result.loras))}" if event.result.loras else ""
-                    where = f" on {event.result.device}" if side_by_side else ""
-                    info[event.label] = (f"**{name}**: {r.steps} steps, guidance {r.guidance}, "
-                                         f"{event.result.timings.total_s:.2f} s{where}{used}")  # fmt: skip
-                    image = gr.update(value=paths[event.label], label=short_name(get_spec(event.label)))
-                    lines[event.label] = f"{name} done"
-                    yield ("  \n".join(lines.values()) if side_by_side else f"{name} done",
-                           image if event.label == RAW.key else gr.skip(),
-                           image if event.label == TURBO.key else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{used_seed}** for both" + ("" if side_by_side else " · prompt encoded once for both")
-            pair = gr.update(value=(paths[RAW.key], paths[TURBO.key]), label=f"{short_name(RAW)} ↔ {short_name(TURBO)}")
-            ordered = [info[key] for key in (RAW.key, TURBO.key) if key in info]
-            yield ("**Done**", gr.skip(), gr.skip(), pair,
-                   "  \n".join([*ordered, seed_text]))  # fmt: skip
-        except Cancelled:
-            yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except Exception as error:  # noqa: BLE001
-            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-
-    def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
-                       request, checkpoint, lora_rows):  # fmt: skip
-        """One checkpoint without the LoRAs, then with them, on one seed: the left image is without, the right with."""
-        try:
-            spec = get_spec(checkpoint if checkpoint in CHECKPOINTS else TURBO.key)
-            steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
-            req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
-                                lora_choices(lora_rows))  # fmt: skip
-            events = self.service.compare_loras(req, compare_session(request))
-        except Exception as error:  # noqa: BLE001
-            yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
-        started = time.monotonic()
-        clocks: dict[str, StepClock] = {}  # one per run: side by side on several workers, their steps interleave
-        labels = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
-        used_seed = req.seed
-        paths: dict[str, str] = {}
-        info: list[str] = []
-        yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            for event in events:
-                if isinstance(event, StepEvent):
-                    clock = clocks.setdefault(event.label, StepClock())
-                    text = f"**{labels[event.label]}** · " + clock.progress(event.step, event.total,
-                                                                           time.monotonic() - started)  # fmt: skip
-                    yield text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                else:
                     paths[event.label] = self.service.image_file(event.generation.images[0])
                     used_seed = event.result.request.seed
-                    used = loras_text(event.result.loras) or "none"
-                    info.append(f"**{labels[event.label]}**: {event.result.timings.total_s:.2f} s, LoRAs "
-                                f"{shown(used)}")  # fmt: skip
-                    image = gr.update(value=paths[event.label], label=labels[event.label])
-                    yield (f"{labels[event.label]} done", image if event.label == WITHOUT_LORAS else gr.skip(),
-                           image if event.label == WITH_LORAS else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
-            seed_text = f"Seed **{used_seed}** for both"
-            pair = gr.update(value=(paths[WITHOUT_LORAS], paths[WITH_LORAS]),
-                             label=f"{short_name(spec)}: without ↔ with LoRAs")  # fmt: skip
-            yield ("**Done**", gr.skip(), gr.skip(), pair,
-                   "  \n".join([*info, seed_text]))  # fmt: skip
+                    where = f" on {event.result.device}" if side_by_side else ""
+                    info[event.label] = f"**{name}**: {described(event)}{where}"
+                    image = gr.update(value=paths[event.label], label=name)
+                    lines[event.label] = f"{name} done"
+                    yield ("  \n".join(lines.values()) if side_by_side else f"{name} done",
+                           image if event.label == left else gr.skip(),
+                           image if event.label == right else gr.skip(), gr.skip(), gr.skip())  # fmt: skip
+            pair = gr.update(value=(paths[left], paths[right]), label=pair_label)
+            ordered = [info[label] for label in (left, right) if label in info]
+            # Side by side, each run encodes the prompt on its own worker: no "encoded once" note then.
+            ordered.append(f"Seed **{used_seed}** for both{'' if side_by_side else seed_note}")
+            yield "**Done**", gr.skip(), gr.skip(), pair, "  \n".join(ordered)
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001

@@ -43,6 +43,26 @@ def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...
     )  # fmt: skip
 
 
+def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> str:
+    """What Generate will do with the editor's picture, shown as soon as it is there (size, mode and every change
+    made to it), so nobody has to generate to find out; empty without a picture. A picture the model cannot take
+    raises its one-sentence `InvalidImage` here rather than after a click."""
+    start = editor_source(value, strength, feather, sides)
+    if start is None:
+        return ""
+    source, (width, height) = start.source, start.size
+    if source.mode == "outpaint":
+        what = "outpaint"
+    elif source.mask is not None:
+        covered = sum(count for level, count in enumerate(source.mask.histogram()) if level >= 128)
+        what = f"inpaint of {100 * covered / (width * height):.0f}% of the picture"
+    else:
+        what = f"img2img at strength {float(strength):.2f}"
+    picture = value["background"]
+    notes = "".join(f" {note[0].upper()}{note[1:]}." for note in start.notes)
+    return f"Init image {picture.width}×{picture.height}: {what}, generated at {width}×{height}.{notes}"
+
+
 def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:
     """What the editor shows for a picture (and a mask, as a white layer where it repaints)."""
     picture = Image.open(image).convert("RGB") if isinstance(image, str) else image

@@ -150,6 +150,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                               maximum=OUTPAINT_MAX, step=SIDE_MULTIPLE, elem_id=f"outpaint-{side}")
                                     for side in ("left", "right", "top", "bottom")
                                 ]  # fmt: skip
+                            init_note = gr.Markdown(elem_id="init-note")
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -315,6 +316,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 handlers.generate, gen_inputs, gen_outputs, **run
             ).then(handlers.idle, None, generate_btn, queue=False, **private)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
+        start_inputs = [init_editor, strength, feather, *outpaint]
+        init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
+        for control in (strength, feather, *outpaint):
+            control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
             lambda: [gr.update(visible=True)] * 3, None, [send_btn, up15_btn, up2_btn], queue=False, **private
         )

@@ -12,6 +12,7 @@ import gradio as gr
 
 from krea2.errors import LoraError
 from krea2.request import LORA_BOTH, LORA_WEIGHT_RANGE, MAX_LORAS
+from storage.pnginfo import split_lora_tags
 from studio.service import StudioService
 
 from .text import as_text
@@ -42,6 +43,20 @@ def lora_choices(values: Sequence[Any]) -> list[dict[str, Any]]:
         if name not in (None, ""):
             choices.append({"name": name, "weight": weight, "target": target or LORA_BOTH})
     return choices
+
+
+def recorded_prompt_and_loras(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A recorded prompt (a history row's, a PNG's) and its LoRAs, ready for the Generate form: `<lora:…>` tags left in
+    the prompt (written before requests took them out, or by another tool) move to the LoRAs, where the picker shows
+    them, so the LoRA runs once. A tag naming a LoRA the record lists already is that LoRA (the record's has its
+    hash)."""
+    prompt = str(values.get("prompt") or "")
+    recorded = list(values.get("loras")) if isinstance(values.get("loras"), list) else []
+    text, tagged = split_lora_tags(prompt)
+    if not tagged:
+        return prompt, recorded
+    names = {lora.get("name") for lora in recorded if isinstance(lora, dict)}
+    return text, [*recorded, *(tag for tag in tagged if tag["name"] not in names)]
 
 
 def parse_hub_address(text: Any) -> tuple[str, str | None]:
