@@ -13,6 +13,7 @@ from studio import cli
 from studio.settings import (
     DATABASE,
     FOLDER,
+    README_END,
     SOURCE,
     SWITCH,
     TEXT,
@@ -35,6 +36,7 @@ def test_readme_settings_table_is_the_generated_one():
     without regenerating it fails here."""
     readme = (ROOT / "README.md").read_text()
     assert markdown() in readme, "README settings table is stale: run `python -m studio.settings --markdown`"
+    assert readme.count(README_END) == 1, "the README's settings section ends twice (a merge left a copy behind)"
 
 
 def test_every_setting_is_described_once():
