@@ -39,12 +39,10 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-def test_requests_are_served_between_warm_up_generations(fresh_manager):
-    """The first warm-up generation is held at its first step (a slow compile, as far as anyone can tell); a request
-    made meanwhile waits for that one generation only, then runs before the next, and the warm-up carries on."""
-    manager = fresh_manager
-    hold = threading.Event()
-    held = threading.Event()
+def held_warm_up(manager) -> tuple[threading.Thread, threading.Event]:
+    """A warm-up started in a thread and held at its first generation's first step (a slow compile, as far as anyone
+    can tell) until the returned event is set; returns once it is held."""
+    hold, held = threading.Event(), threading.Event()
 
     def slow_first_step(step, total, preview):
         if not hold.is_set():
@@ -54,6 +52,14 @@ def test_requests_are_served_between_warm_up_generations(fresh_manager):
     warm_up = threading.Thread(target=manager.warm_up, kwargs={**WARMUP, "on_step": slow_first_step})
     warm_up.start()
     held.wait(30)
+    return warm_up, hold
+
+
+def test_requests_are_served_between_warm_up_generations(fresh_manager):
+    """The first warm-up generation is held at its first step (a slow compile, as far as anyone can tell); a request
+    made meanwhile waits for that one generation only, then runs before the next, and the warm-up carries on."""
+    manager = fresh_manager
+    warm_up, hold = held_warm_up(manager)
     status = manager.status()
     assert status.warmup == "running" and status.warmup_progress == (0, 4)
     assert "compile warm-up: running 0/4 (generating uncompiled meanwhile)" in status.summary()
@@ -167,16 +173,7 @@ def test_the_service_serves_and_records_during_the_warm_up(fresh_manager, tmp_pa
 
     store = HistoryStore(tmp_path / "data").open()
     service = StudioService(fresh_manager, store)
-    hold, held = threading.Event(), threading.Event()
-
-    def slow_first_step(step, total, preview):
-        if not hold.is_set():
-            held.set()
-            hold.wait(30)
-
-    warm_up = threading.Thread(target=fresh_manager.warm_up, kwargs={**WARMUP, "on_step": slow_first_step})
-    warm_up.start()
-    held.wait(30)
+    warm_up, hold = held_warm_up(fresh_manager)
     line = service.status_line()
     assert "plan cpu: all weights on the CPU" in line and "compile warm-up: running 0/4" in line
     threading.Timer(0.5, hold.set).start()  # the slow warm-up step ends while the request waits
