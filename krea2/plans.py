@@ -121,10 +121,12 @@ def read_budget(device: torch.device) -> MemoryBudget:
     host = _host_available()
     if device.type != "cuda":
         return MemoryBudget(None, host)
-    free, total = torch.cuda.mem_get_info(device)
-    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    # "cuda" without an index is the current device: mem_get_info takes it so, get_per_process_memory_fraction not
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    fraction = torch.cuda.get_per_process_memory_fraction(index)
     if fraction < 1.0:  # the cap counts what this process holds already
-        free = min(free, int(fraction * total) - torch.cuda.memory_reserved(device))
+        free = min(free, int(fraction * total) - torch.cuda.memory_reserved(index))
     return MemoryBudget(free, host)
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from krea2.plans import GiB, MemoryBudget, ModelSizes, PlacementPlan, choose_plan, module_bytes
+from krea2.plans import GiB, MemoryBudget, ModelSizes, PlacementPlan, choose_plan, module_bytes, read_budget
 
 GB = 10**9
 NAMES = {"turbo": "Krea 2 Turbo", "raw": "Krea 2 Raw"}
@@ -121,3 +121,27 @@ def test_describe_names_todays_plans():
     )
     assert PlacementPlan("cpu").describe() == "plan cpu: all weights on the CPU"
     assert GiB == 1024**3
+
+
+def test_read_budget_names_the_cuda_device_by_index(monkeypatch):
+    """The app's device is plain "cuda": torch's get_per_process_memory_fraction refuses a device without an index
+    (the H200 run of 2026-12-02 failed every load on it), so read_budget must pass the index, as torch requires."""
+    seen = []
+
+    def by_index(name, value):
+        def probe(device=None):
+            if not isinstance(device, int):  # what torch.cuda._utils._get_device_index raises for torch.device("cuda")
+                raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+            seen.append(name)
+            return value
+
+        return probe
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", by_index("mem_get_info", (30 * GiB, 80 * GiB)))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", by_index("fraction", 0.25))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", by_index("reserved", 2 * GiB))
+    budget = read_budget(torch.device("cuda"))
+    assert budget.gpu_free == 20 * GiB - 2 * GiB  # a quarter of 80 GB, less what this process holds already
+    assert seen == ["mem_get_info", "fraction", "reserved"]
+    assert read_budget(torch.device("cuda", 1)).gpu_free == 18 * GiB
