@@ -239,11 +239,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
 
 
 class Stopwatch:
-    """A stage's clock and step budget. With a time cap, the step count is fixed once, after the first 60 steps, to
-    what fits in the cap (so the learning-rate schedule still runs to its end); the report records it, and
-    `--steps STAGE=N` without a cap repeats the same schedule."""
+    """A stage's clock and step budget. With a time cap, the step count is set after the first 60 steps to what fits
+    in the cap (so the learning-rate schedule still runs to its end), lowered again if the rate drops, and a stage
+    past its cap stops; the report records the steps run, and `--steps STAGE=N` without a cap repeats the schedule."""
 
     WARM, CALIBRATE_AT = 10, 60  # the rate is measured between these steps (the first ones pay for warm-up)
+    RECALIBRATE = 500
 
     PROFILED = range(20, 26)  # with `profile`: the steps torch.profiler records, after which the stage ends
 
@@ -278,12 +279,18 @@ class Stopwatch:
                 self.total = step
             if step == self.WARM:
                 warm_at = self.seconds
-            if step == self.CALIBRATE_AT and self.limit:
-                rate = (self.CALIBRATE_AT - self.WARM) / (self.seconds - warm_at)
-                fits = self.CALIBRATE_AT + int(0.97 * (self.limit - self.seconds) * rate)
+            if self.limit and step >= self.CALIBRATE_AT and step % self.RECALIBRATE == self.CALIBRATE_AT:
+                # Fixed at the first calibration, then checked again every RECALIBRATE steps: the rate can drop later
+                # (another job on the GPU), and a stage that overran its cap would overrun the whole device call.
+                rate = (step - self.WARM) / (self.seconds - warm_at)
+                fits = step + int(0.97 * (self.limit - self.seconds) * rate)
                 if fits < self.total:
                     log.warning("%s: %d of %d steps fit in %.1f min", self.stage, fits, self.total, self.limit / 60)
-                    self.total = max(fits, self.CALIBRATE_AT)
+                    self.total = max(fits, step + 1)
+            if self.limit and self.seconds > self.limit * 1.05 and step < self.total:
+                log.warning("%s: stopped at step %d of %d, past its %.1f min cap", self.stage, step, self.total,
+                            self.limit / 60)  # fmt: skip
+                self.total = step
 
 
 def scene_pixels(rng: random.Random, count: int, size: int, device, seed: int) -> torch.Tensor:
