@@ -71,10 +71,10 @@ def test_fast_path_is_off_unless_the_weights_sit_on_the_gpu(demo_sources):
     assert manager.placement == "cpu"
     assert manager.options == FastPathOptions() and manager.requested_options == options
     for pipe in manager.pipes.values():  # read from the modules: only the exact single-frame decode is on
-        assert installed(pipe) == ["single-frame VAE decode"]
+        assert installed(pipe) == ["single-frame VAE decode and encode"]
         assert pipe.text_graphs is None
         assert hasattr(pipe.transformer.transformer_blocks[0].attn, "to_q")  # not fused
-    assert manager.status().warmup == "off" and manager.status().fast_path == "single-frame VAE decode"
+    assert manager.status().warmup == "off" and manager.status().fast_path == "single-frame VAE decode and encode"
 
 
 @pytest.mark.parametrize(("probe", "expected"), [(None, "flash4"), ("flash-attn-4 did not run (ImportError)", None)])

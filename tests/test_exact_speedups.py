@@ -20,18 +20,60 @@ from krea2.speedups.vae_decode import (
 )
 
 
-@pytest.mark.parametrize("frames", [1, 5])  # an init image; a video, whose cached frames take the stock convolutions
-def test_single_frame_encode_matches_stock(frames):
+@pytest.mark.parametrize("frames", [1, 5])  # an init image; a video, whose cached frames take the stock encoder
+def test_single_frame_encode_matches_stock(frames, monkeypatch):
     vae = build_vae().eval()
     torch.manual_seed(0)
     pixels = torch.rand(2, 3, frames, 96, 80) * 2 - 1
+    calls = []
+    original = vae_decode.FrameEncoder.__call__
+    monkeypatch.setattr(vae_decode.FrameEncoder, "__call__", lambda *args: calls.append(1) or original(*args))
     with torch.no_grad():
         reference = vae.encode(pixels).latent_dist.mode()
         switched = use_single_frame_encode(vae)
         fast = vae.encode(pixels).latent_dist.mode()
     assert switched > 0 and isinstance(vae.encoder.conv_in, SingleFrameCausalConv3d)
+    assert isinstance(vae, SingleFrameQwenImageVAE) and len(calls) == (frames == 1)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
     assert use_single_frame_encode(vae, False) == switched and type(vae.encoder.conv_in) is QwenImageCausalConv3d
+    assert type(vae) is AutoencoderKLQwenImage  # no frame path left: stock again
+
+
+def test_compiled_frame_encode_matches_stock_and_shares_the_decoders_kernels():
+    """img2img's encode on the fast path: the decoder's fused kernels (torch.compile's CPU backend here)."""
+    vae = build_vae().eval()
+    torch.manual_seed(0)
+    use_single_frame_decode(vae, compiled=True)
+    with torch.no_grad():
+        for shape in ((1, 3, 1, 96, 80), (2, 3, 1, 64, 64)):  # two shapes: the second runs the dynamic kernels
+            pixels = torch.rand(shape) * 2 - 1
+            use_single_frame_encode(vae, False)
+            reference = vae.encode(pixels).latent_dist.mode()
+            use_single_frame_encode(vae, compiled=True)
+            assert vae.frame_encoder.ops is vae.frame_decoder.ops
+            torch.testing.assert_close(vae.encode(pixels).latent_dist.mode(), reference, rtol=1e-5, atol=1e-5)
+    assert vae_decode.single_frame_decode_of(vae) == "compiled"  # switching the encoder left the decoder alone
+
+
+def test_frame_encoder_runs_on_channels_last_activations_and_hooks_take_the_stock_path(monkeypatch):
+    vae = build_vae().eval()
+    layouts = []
+    original = vae_decode.frame_conv
+
+    def recording(conv, image, with_bias=True):
+        layouts.append(image.is_contiguous(memory_format=torch.channels_last))
+        return original(conv, image, with_bias)
+
+    monkeypatch.setattr(vae_decode, "frame_conv", recording)
+    use_single_frame_encode(vae)
+    pixels = torch.rand(1, 3, 1, 64, 64)
+    with torch.no_grad():
+        vae.encode(pixels)
+        assert len(layouts) > 10 and all(layouts)
+        calls, layouts[:] = [], []
+        vae.encoder.conv_out.register_forward_hook(lambda *_: calls.append(1))
+        vae.encode(pixels)
+    assert calls == [1] and layouts and not any(layouts)  # a hook (offloading's) must run: the stock path
 
 
 @pytest.mark.parametrize("frames", [1, 3])  # one image; a video latent, which takes the stock decoder

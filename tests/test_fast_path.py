@@ -41,8 +41,8 @@ def test_the_step_cache_goes_on_undistilled_pipelines_only():
     raw, turbo = studio_pipe(is_distilled=False), studio_pipe(is_distilled=True)
     apply([raw, turbo], FastPathOptions(step_cache=0.05), placement="cpu", device=CPU)
     assert step_cache_of(raw.transformer).threshold == 0.05 and step_cache_of(turbo.transformer) is None
-    assert installed(raw) == ["single-frame VAE decode", "step cache 0.05"]
-    assert installed(turbo) == ["single-frame VAE decode"]
+    assert installed(raw) == ["single-frame VAE decode and encode", "step cache 0.05"]
+    assert installed(turbo) == ["single-frame VAE decode and encode"]
 
 
 def test_applying_again_keeps_what_is_on():
@@ -58,7 +58,7 @@ def test_applying_again_keeps_what_is_on():
     assert step_cache_of(pipe.transformer) is cache and pipe.text_graphs is graphs
     assert [block._compiled_call_impl for block in pipe.transformer.transformer_blocks] == compiled_blocks
     assert installed(pipe) == [
-        "single-frame VAE decode (compiled)",
+        "single-frame VAE decode and encode (compiled)",
         "step cache 0.1",
         "text encoder CUDA graphs",
         "compiled blocks",

@@ -80,7 +80,7 @@ def test_manager_raw_with_step_cache(demo_sources):
     exact, cached = manager(0.0), manager(1e9)  # 1e9: every call after a branch's first reuses its residual
     assert step_cache_of(cached.pipes["turbo"].transformer) is None  # Turbo's 8 distilled steps: never cached
     assert cached.status().summary().endswith("Krea 2 Raw step cache 1e+09")  # Raw's alone, after the shared ones
-    assert exact.status().fast_path == "single-frame VAE decode + Krea 2 Raw step cache 0"
+    assert exact.status().fast_path == "single-frame VAE decode and encode + Krea 2 Raw step cache 0"
     reference = np.asarray(exact.generate(request).images[0], dtype=np.int16)
     first = np.asarray(cached.generate(request).images[0], dtype=np.int16)
     cache = step_cache_of(cached.pipes["raw"].transformer)

@@ -28,7 +28,12 @@ from .options import FastPathOptions
 from .projections import fuse_projections, projections_fused
 from .step_cache import install_step_cache, step_cache_of
 from .text_graphs import TextEncoderGraphs
-from .vae_decode import single_frame_decode_of, use_single_frame_decode, use_single_frame_encode
+from .vae_decode import (
+    single_frame_decode_of,
+    single_frame_encode_of,
+    use_single_frame_decode,
+    use_single_frame_encode,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import Krea2StudioPipeline
@@ -57,11 +62,11 @@ def apply(
         drop_denoiser_graphs(transformer)
 
     # 1. Single-frame VAE decode and encode (img2img's init image), always (exact): one frame through causal 3D
-    #    convolutions is 2D convolutions with the kernels' last time slice. With compile, the decoder's norm+SiLU and
-    #    residual adds run as fused kernels.
+    #    convolutions is 2D convolutions with the kernels' last time slice, in channels_last, without the video
+    #    VAE's feature cache. With compile, the norm+SiLU and residual adds of both run as fused kernels (one set).
     for vae in vaes:
         use_single_frame_decode(vae, compiled=options.compile)
-        use_single_frame_encode(vae)
+        use_single_frame_encode(vae, compiled=options.compile)
 
     # 2. First-block step cache (`step_cache`), undistilled checkpoints only: Raw's many guided steps change slowly
     #    enough to reuse the blocks' residual; Turbo's 8 distilled steps do not. Approximate.
@@ -139,7 +144,8 @@ def installed(pipe: Krea2StudioPipeline) -> list[str]:
     transformer = pipe.transformer
     names = []
     if decode := single_frame_decode_of(pipe.vae):
-        names.append("single-frame VAE decode" + (" (compiled)" if decode == "compiled" else ""))
+        encode = " and encode" if single_frame_encode_of(pipe.vae) else ""
+        names.append(f"single-frame VAE decode{encode}" + (" (compiled)" if decode == "compiled" else ""))
     if (cache := step_cache_of(transformer)) is not None:
         names.append(f"step cache {cache.threshold:g}")
     if projections_fused(transformer):

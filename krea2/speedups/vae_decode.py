@@ -16,6 +16,10 @@ the stock decoder's; only the floating-point rounding may differ, as between any
 
 `use_single_frame_decode(vae)` switches a VAE to this path by swapping classes in place (weights, state dict and
 `from_pretrained` are untouched); `use_single_frame_decode(vae, False)` switches it back.
+
+img2img encodes its init image, one frame, through the same VAE's encoder, which wastes the same work (zero time
+slices, a feature cache, unfused elementwise passes): `FrameEncoder` walks it the same way, with the decoder's blocks
+and ops, and `use_single_frame_encode(vae)` switches it on.
 """
 
 from __future__ import annotations
@@ -186,26 +190,11 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class FrameDecoder:
-    """The Qwen-Image decoder's forward pass for one frame, on 4D channels_last tensors (see the module docstring)."""
+class FrameBlocks:
+    """The residual and attention blocks that the Qwen-Image encoder and decoder share, run on one frame as 4D
+    channels_last tensors with `ops` for the elementwise work between convolutions."""
 
     ops: DecodeOps = DecodeOps()
-
-    def __call__(self, vae: AutoencoderKLQwenImage, z: torch.Tensor) -> torch.Tensor:
-        """(batch, z_dim, 1, h, w) latents → (batch, 3, 1, 8h, 8w) images in [-1, 1], like `vae._decode`."""
-        decoder = vae.decoder
-        x = frame_conv(vae.post_quant_conv, z[:, :, 0])
-        x = frame_conv(decoder.conv_in, x.contiguous(memory_format=torch.channels_last))
-        x = self.residual(decoder.mid_block.resnets[0], x)
-        for attention, resnet in zip(decoder.mid_block.attentions, decoder.mid_block.resnets[1:], strict=True):
-            x = self.residual(resnet, self.attention(attention, x))
-        for up_block in decoder.up_blocks:
-            for resnet in up_block.resnets:
-                x = self.residual(resnet, x)
-            if up_block.upsamplers is not None:
-                x = up_block.upsamplers[0].resample[1](upsample_nearest_2x(x))  # see `frame_decodable`
-        x = frame_conv(decoder.conv_out, self.ops.norm_silu(x, *norm_args(decoder.norm_out)))
-        return x.clamp(-1.0, 1.0).unsqueeze(2)
 
     def residual(self, block: QwenImageResidualBlock, x: torch.Tensor) -> torch.Tensor:
         ops = self.ops
@@ -226,6 +215,52 @@ class FrameDecoder:
         out = single_head_attention(q, k, v, self.ops.softmax)
         out = out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels_last again, no copy
         return block.proj(out) + x
+
+    def mid_block(self, mid_block, x: torch.Tensor) -> torch.Tensor:
+        x = self.residual(mid_block.resnets[0], x)
+        for attention, resnet in zip(mid_block.attentions, mid_block.resnets[1:], strict=True):
+            x = self.residual(resnet, self.attention(attention, x))
+        return x
+
+
+@dataclass
+class FrameEncoder(FrameBlocks):
+    """The Qwen-Image encoder's forward pass for one frame (img2img's init image), as `FrameDecoder` runs the decoder:
+    2D convolutions, channels_last, no feature cache, the same `DecodeOps`."""
+
+    def __call__(self, vae: AutoencoderKLQwenImage, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, 1, h, w) pixels in [-1, 1] → (batch, 2·z_dim, 1, h/8, w/8) moments, like `vae._encode`."""
+        encoder = vae.encoder
+        x = frame_conv(encoder.conv_in, x[:, :, 0].contiguous(memory_format=torch.channels_last))
+        for layer in encoder.down_blocks:
+            if isinstance(layer, QwenImageResidualBlock):
+                x = self.residual(layer, x)
+            elif isinstance(layer, QwenImageAttentionBlock):
+                x = self.attention(layer, x)
+            else:  # a resample: zero pad right and bottom, stride-2 convolution (see `frame_encodable`)
+                x = layer.resample(x)
+        x = self.mid_block(encoder.mid_block, x)
+        x = frame_conv(encoder.conv_out, self.ops.norm_silu(x, *norm_args(encoder.norm_out)))
+        return frame_conv(vae.quant_conv, x).unsqueeze(2)
+
+
+@dataclass
+class FrameDecoder(FrameBlocks):
+    """The Qwen-Image decoder's forward pass for one frame, on 4D channels_last tensors (see the module docstring)."""
+
+    def __call__(self, vae: AutoencoderKLQwenImage, z: torch.Tensor) -> torch.Tensor:
+        """(batch, z_dim, 1, h, w) latents → (batch, 3, 1, 8h, 8w) images in [-1, 1], like `vae._decode`."""
+        decoder = vae.decoder
+        x = frame_conv(vae.post_quant_conv, z[:, :, 0])
+        x = frame_conv(decoder.conv_in, x.contiguous(memory_format=torch.channels_last))
+        x = self.mid_block(decoder.mid_block, x)
+        for up_block in decoder.up_blocks:
+            for resnet in up_block.resnets:
+                x = self.residual(resnet, x)
+            if up_block.upsamplers is not None:
+                x = up_block.upsamplers[0].resample[1](upsample_nearest_2x(x))  # see `frame_decodable`
+        x = frame_conv(decoder.conv_out, self.ops.norm_silu(x, *norm_args(decoder.norm_out)))
+        return x.clamp(-1.0, 1.0).unsqueeze(2)
 
 
 def frame_decodable(vae: AutoencoderKLQwenImage) -> bool:
@@ -268,16 +303,18 @@ def hooked(*parts: nn.Module) -> bool:
 
 
 class SingleFrameQwenImageVAE(AutoencoderKLQwenImage):
-    """The Qwen-Image VAE whose untiled one-frame decode runs `FrameDecoder`; everything else is stock."""
+    """The Qwen-Image VAE whose untiled one-frame decode runs `frame_decoder` and whose untiled one-frame encode runs
+    `frame_encoder`, where set; everything else is stock."""
 
-    frame_decoder: FrameDecoder = FrameDecoder()
+    frame_decoder: FrameDecoder | None = None
+    frame_encoder: FrameEncoder | None = None
 
     def _decode(self, z: torch.Tensor, return_dict: bool = True):
         tiled = self.use_tiling and (
             z.shape[-1] > self.tile_sample_min_width // self.spatial_compression_ratio
             or z.shape[-2] > self.tile_sample_min_height // self.spatial_compression_ratio
         )
-        if z.shape[2] != 1 or tiled or hooked(self.post_quant_conv, self.decoder):
+        if self.frame_decoder is None or z.shape[2] != 1 or tiled or hooked(self.post_quant_conv, self.decoder):
             return super()._decode(z, return_dict)
         out = self.frame_decoder(self, z)
         if not return_dict:
@@ -286,6 +323,14 @@ class SingleFrameQwenImageVAE(AutoencoderKLQwenImage):
 
         return DecoderOutput(sample=out)
 
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        tiled = self.use_tiling and (
+            x.shape[-1] > self.tile_sample_min_width or x.shape[-2] > self.tile_sample_min_height
+        )
+        if self.frame_encoder is None or x.shape[2] != 1 or tiled or hooked(self.encoder, self.quant_conv):
+            return super()._encode(x)
+        return self.frame_encoder(self, x)
+
 
 def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: bool = False) -> int:
     """Switch `vae` to the single-frame decoder (`compiled`: its elementwise work compiled into fused kernels, see
@@ -293,19 +338,69 @@ def use_single_frame_decode(vae: nn.Module, enabled: bool = True, *, compiled: b
     already switched). A decoder already in the asked form keeps its (compiled) functions."""
     count = swap_causal_convs((getattr(vae, "post_quant_conv", None), getattr(vae, "decoder", None)), enabled)
     if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):  # not someone else's subclass
-        whole = enabled and frame_decodable(vae)
-        vae.__class__ = SingleFrameQwenImageVAE if whole else AutoencoderKLQwenImage
-        if whole and single_frame_decode_of(vae) != ("compiled" if compiled else "eager"):
-            vae.frame_decoder = FrameDecoder(DecodeOps.compiled() if compiled else DecodeOps())
+        if not (enabled and frame_decodable(vae)):
+            _set_frame_path(vae, "frame_decoder", None)
+        elif single_frame_decode_of(vae) != ("compiled" if compiled else "eager"):
+            _set_frame_path(vae, "frame_decoder", FrameDecoder(_ops(vae, compiled)))
     return count
 
 
-def use_single_frame_encode(vae: nn.Module, enabled: bool = True) -> int:
-    """The encoder's causal convolutions (img2img encodes one frame) as the 2D ones they are on one uncached frame, as
-    `SingleFrameCausalConv3d` does for the decoder: the same weights and math at a third of the stock work. The stock
-    `_encode` keeps its structure (its feature cache is empty on the first frame, so every convolution takes the 2D
-    path). Returns how many changed class."""
-    return swap_causal_convs((getattr(vae, "encoder", None), getattr(vae, "quant_conv", None)), enabled)
+def use_single_frame_encode(vae: nn.Module, enabled: bool = True, *, compiled: bool = False) -> int:
+    """Switch `vae`'s one-frame encode (img2img's init image) to `FrameEncoder`, as `use_single_frame_decode` does for
+    the decoder (sharing its `DecodeOps`), or back to stock. The encoder's causal convolutions become 2D ones too, for
+    the paths that stay stock (hooks, tiling). Returns how many convolutions changed class."""
+    count = swap_causal_convs((getattr(vae, "encoder", None), getattr(vae, "quant_conv", None)), enabled)
+    if type(vae) in (AutoencoderKLQwenImage, SingleFrameQwenImageVAE):
+        if not (enabled and frame_encodable(vae)):
+            _set_frame_path(vae, "frame_encoder", None)
+        elif single_frame_encode_of(vae) != ("compiled" if compiled else "eager"):
+            _set_frame_path(vae, "frame_encoder", FrameEncoder(_ops(vae, compiled)))
+    return count
+
+
+def _ops(vae: nn.Module, compiled: bool) -> DecodeOps:
+    """The VAE's other frame path's ops when they are of the asked kind (one set of compiled kernels for both)."""
+    for path in (getattr(vae, "frame_decoder", None), getattr(vae, "frame_encoder", None)):
+        if path is not None and path.ops.is_compiled == compiled:
+            return path.ops
+    return DecodeOps.compiled() if compiled else DecodeOps()
+
+
+def _set_frame_path(vae: nn.Module, name: str, path: FrameBlocks | None) -> None:
+    """Sets (or clears) one frame path; the VAE is a `SingleFrameQwenImageVAE` while it has one, stock otherwise."""
+    if path is not None:
+        vae.__class__ = SingleFrameQwenImageVAE
+        setattr(vae, name, path)
+    else:
+        vae.__dict__.pop(name, None)
+    if getattr(vae, "frame_decoder", None) is None and getattr(vae, "frame_encoder", None) is None:
+        vae.__class__ = AutoencoderKLQwenImage
+
+
+def frame_encodable(vae: AutoencoderKLQwenImage) -> bool:
+    """Whether `FrameEncoder` computes exactly what this VAE's encoder does on a first frame: SiLU activations, causal
+    convolutions whose single-frame form is exact, and downsampling by a right/bottom zero pad and a stride-2 2D
+    convolution (a "downsample3d" also caches the frame for its time convolution, which only a second frame meets)."""
+    encoder = getattr(vae, "encoder", None)
+    if encoder is None or not isinstance(encoder.nonlinearity, nn.SiLU):
+        return False
+    resamples = [m for m in encoder.modules() if isinstance(m, QwenImageResample)]
+    time_convs = {id(m.time_conv) for m in resamples if hasattr(m, "time_conv")}  # strided in time: never on frame 1
+    modules = [*vae.quant_conv.modules(), *encoder.modules()]
+    convs = [m for m in modules if isinstance(m, QwenImageCausalConv3d) and id(m) not in time_convs]
+    residuals = [m for m in encoder.modules() if isinstance(m, QwenImageResidualBlock)]
+    return (
+        all(single_frame_exact(conv) for conv in convs)
+        and all(pad_then_strided_conv(m) for m in resamples)
+        and all(isinstance(m.nonlinearity, nn.SiLU) for m in residuals)
+    )
+
+
+def pad_then_strided_conv(resample: QwenImageResample) -> bool:
+    if resample.mode not in ("downsample2d", "downsample3d") or len(resample.resample) != 2:
+        return False
+    pad, conv = resample.resample
+    return isinstance(pad, nn.ZeroPad2d) and isinstance(conv, nn.Conv2d) and conv.stride == (2, 2)
 
 
 def swap_causal_convs(parts, enabled: bool = True) -> int:
@@ -323,7 +418,15 @@ def swap_causal_convs(parts, enabled: bool = True) -> int:
 
 def single_frame_decode_of(vae: nn.Module) -> str | None:
     """ "compiled" or "eager" when `vae` decodes one frame through its own `FrameDecoder`, else None."""
-    decoder = vae.__dict__.get("frame_decoder") if isinstance(vae, SingleFrameQwenImageVAE) else None
-    if decoder is None:
+    return _kind(vae.__dict__.get("frame_decoder") if isinstance(vae, SingleFrameQwenImageVAE) else None)
+
+
+def single_frame_encode_of(vae: nn.Module) -> str | None:
+    """ "compiled" or "eager" when `vae` encodes one frame through its own `FrameEncoder`, else None."""
+    return _kind(vae.__dict__.get("frame_encoder") if isinstance(vae, SingleFrameQwenImageVAE) else None)
+
+
+def _kind(path: FrameBlocks | None) -> str | None:
+    if path is None:
         return None
-    return "compiled" if decoder.ops.is_compiled else "eager"
+    return "compiled" if path.ops.is_compiled else "eager"

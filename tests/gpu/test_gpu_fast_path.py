@@ -250,7 +250,7 @@ def test_compile_warm_up_then_the_whole_exact_path_matches_eager():
     assert manager.status().warmup == "ready"
     for key, pipe in manager.pipes.items():
         names = installed(pipe)
-        expected = {"single-frame VAE decode (compiled)", "compiled blocks", "denoiser CUDA graphs"}
+        expected = {"single-frame VAE decode and encode (compiled)", "compiled blocks", "denoiser CUDA graphs"}
         expected |= {"text encoder CUDA graphs"} | ({KERNEL_NAMES[FLASH4]} if options.attention else set())
         assert expected <= set(names), (key, names)
         graphs = denoiser_graphs_of(pipe.transformer)
