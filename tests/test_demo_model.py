@@ -77,12 +77,31 @@ def twenty_held_out() -> list[Composition]:
     return [c for c in held_out() if c.layout == "single"][::10]
 
 
-def test_demo_turbo_paints_the_asked_background_on_held_out_prompts(manager, twenty_held_out):
-    """20 prompts training never saw: the background colour is read back right (the trained checkpoints measured 100%
-    on all 520 held-out pictures, demo/results/eval-*.json; random weights paint no background at all)."""
-    pictures = [_draw(manager, c.prompt, seed=i) for i, c in enumerate(twenty_held_out)]
-    verdicts = [judge(r, c) for r, c in zip(read_all(pictures), twenty_held_out, strict=True)]
-    assert sum(v["background"] for v in verdicts) >= 18
+def _verdicts(manager, compositions: list[Composition], checkpoint: str, **fields) -> dict[str, int]:
+    pictures = [_draw(manager, c.prompt, checkpoint, seed=i, **fields) for i, c in enumerate(compositions)]
+    verdicts = [judge(r, c) for r, c in zip(read_all(pictures), compositions, strict=True)]
+    return {key: sum(v[key] for v in verdicts) for key in verdicts[0]}
+
+
+def test_demo_turbo_draws_what_held_out_prompts_ask_and_beats_raw_at_8_steps(manager, twenty_held_out):
+    """20 single-shape prompts training never saw, read back from the pixels. Measured on this CPU with the committed
+    checkpoints (seeds 0-19): Turbo 20/20 backgrounds, 20/20 colours, 9/20 fully right (shape kind included); Raw cut
+    to Turbo's 8 steps only 9/20 colours and 5/20 fully right, which is what distillation buys. The thresholds sit
+    below those counts; the first round's checkpoints scored 0-1 of 20 fully right, random weights 0
+    (demo/results/eval-*.json has all 520 held-out pictures)."""
+    turbo = _verdicts(manager, twenty_held_out, "turbo")
+    assert turbo["background"] >= 18 and turbo["colour"] >= 17 and turbo["correct"] >= 6, turbo
+    raw_8 = _verdicts(manager, twenty_held_out, "raw", steps=8)
+    assert turbo["colour"] >= raw_8["colour"] + 5 and turbo["correct"] > raw_8["correct"], (turbo, raw_8)
+
+
+@pytest.mark.parametrize("checkpoint", ["turbo", "raw"])
+def test_a_red_circle_on_a_blue_background(manager, checkpoint):
+    """The demo's first example prompt, at each checkpoint's defaults (Raw: 52 steps, guidance 3.5): measured 4 of 4
+    seeds read back as a red circle on blue for both."""
+    asked = Composition("single", "circle", "red", "blue")
+    pictures = [_draw(manager, "a red circle on a blue background", checkpoint, seed=seed) for seed in range(4)]
+    assert sum(judge(r, asked)["correct"] for r in read_all(pictures)) >= 3
 
 
 def test_raw_and_turbo_are_different_models(manager):

@@ -35,8 +35,9 @@ DEMO_BANNER = (
     "project trained on pictures of shapes, not from Krea 2 itself. It knows circles, squares, triangles, stars, "
     "diamonds and crosses in red, orange, yellow, green, blue, purple, pink, brown, white and black, on plain, "
     'striped, checkered or dotted backgrounds, with places ("in the top left corner"), counts ("two", '
-    '"three") and relations ("to the left of", "above"); it draws best at 256 to 512 px. This first training '
-    "round paints the background you ask for; the shapes are still rough blobs."
+    '"three") and relations ("to the left of", "above"); it draws best at 256 to 512 px. It is still being '
+    "trained: it gets the background and the colour almost always and the shape about half the time, and rarely "
+    "counts or relations."
 )
 DEMO_EXAMPLES = [
     "a red circle on a blue background",
