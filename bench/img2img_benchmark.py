@@ -151,6 +151,7 @@ def benchmark(case_names: list[str], strength: float, mode: str, repeats: int, s
             f"{mode}_speedup": row["stock_s"] / statistics.median(runs),
             f"{mode}_phases_ms": result.timings.as_ms(),
             f"{mode}_vs_stock_max_abs_pixel": float(np.abs(ours - stock_images[name]).max()),
+            f"{mode}_vs_stock_mean_abs_pixel": float(np.abs(ours - stock_images[name]).mean()),
             **{f"vae_{k}": v for k, v in vae_times(manager, case, image, repeats).items()},
         })  # fmt: skip
         sync()
