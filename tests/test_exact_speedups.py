@@ -55,9 +55,9 @@ def test_compiled_frame_encode_matches_stock_and_shares_the_decoders_kernels():
     assert vae_decode.single_frame_decode_of(vae) == "compiled"  # switching the encoder left the decoder alone
 
 
-def test_frame_encoder_runs_on_channels_last_activations_and_hooks_take_the_stock_path(monkeypatch):
-    vae = build_vae().eval()
-    layouts = []
+def conv_input_layouts(monkeypatch) -> list[bool]:
+    """Whether each frame convolution from now on reads a channels_last input, in order."""
+    layouts: list[bool] = []
     original = vae_decode.frame_conv
 
     def recording(conv, image, with_bias=True):
@@ -65,6 +65,12 @@ def test_frame_encoder_runs_on_channels_last_activations_and_hooks_take_the_stoc
         return original(conv, image, with_bias)
 
     monkeypatch.setattr(vae_decode, "frame_conv", recording)
+    return layouts
+
+
+def test_frame_encoder_runs_on_channels_last_activations_and_hooks_take_the_stock_path(monkeypatch):
+    vae = build_vae().eval()
+    layouts = conv_input_layouts(monkeypatch)
     use_single_frame_encode(vae)
     pixels = torch.rand(1, 3, 1, 64, 64)
     with torch.no_grad():
@@ -106,14 +112,7 @@ def test_compiled_frame_decode_matches_stock():
 
 def test_frame_decoder_runs_on_channels_last_activations(monkeypatch):
     vae = build_vae().eval()
-    layouts = []
-    original = vae_decode.frame_conv
-
-    def recording(conv, image, with_bias=True):
-        layouts.append(image.is_contiguous(memory_format=torch.channels_last))
-        return original(conv, image, with_bias)
-
-    monkeypatch.setattr(vae_decode, "frame_conv", recording)
+    layouts = conv_input_layouts(monkeypatch)
     use_single_frame_decode(vae)
     with torch.no_grad():
         vae.decode(torch.randn(1, 16, 1, 8, 8))

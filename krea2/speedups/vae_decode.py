@@ -264,18 +264,27 @@ class FrameDecoder(FrameBlocks):
 
 
 def frame_decodable(vae: AutoencoderKLQwenImage) -> bool:
-    """Whether `FrameDecoder` computes exactly what this VAE's decoder does: SiLU activations, spatial-only resampling
-    on a first frame, and causal convolutions whose single-frame form is exact."""
+    """Whether `FrameDecoder` computes exactly what this VAE's decoder does on one frame (see `frame_walkable`), its
+    upsampling being nearest 2x then a 2D convolution."""
     decoder = getattr(vae, "decoder", None)
-    if decoder is None or not isinstance(decoder.nonlinearity, nn.SiLU):
+    return decoder is not None and frame_walkable(decoder, vae.post_quant_conv, nearest_2x_then_conv)
+
+
+def frame_walkable(part: nn.Module, latent_conv: nn.Module, resample_ok: Callable[[QwenImageResample], bool]) -> bool:
+    """Whether a frame walk computes exactly what `part` (the VAE's encoder or decoder) and its `latent_conv` (the
+    quant conv beside it) do on a first frame: SiLU activations, causal convolutions whose single-frame form is exact,
+    and resamples that `resample_ok` accepts. A resample's time convolution is left out: a first frame never meets
+    it (the stock cache skips it)."""
+    if not isinstance(part.nonlinearity, nn.SiLU):
         return False
-    modules = [*vae.post_quant_conv.modules(), *decoder.modules()]
-    convs = [m for m in modules if isinstance(m, QwenImageCausalConv3d)]
-    resamples = [m for m in decoder.modules() if isinstance(m, QwenImageResample)]
-    residuals = [m for m in decoder.modules() if isinstance(m, QwenImageResidualBlock)]
+    resamples = [m for m in part.modules() if isinstance(m, QwenImageResample)]
+    time_convs = {id(m.time_conv) for m in resamples if hasattr(m, "time_conv")}
+    modules = [*latent_conv.modules(), *part.modules()]
+    convs = [m for m in modules if isinstance(m, QwenImageCausalConv3d) and id(m) not in time_convs]
+    residuals = [m for m in part.modules() if isinstance(m, QwenImageResidualBlock)]
     return (
         all(single_frame_exact(conv) for conv in convs)
-        and all(nearest_2x_then_conv(m) for m in resamples)
+        and all(resample_ok(m) for m in resamples)
         and all(isinstance(m.nonlinearity, nn.SiLU) for m in residuals)
     )
 
@@ -378,22 +387,11 @@ def _set_frame_path(vae: nn.Module, name: str, path: FrameBlocks | None) -> None
 
 
 def frame_encodable(vae: AutoencoderKLQwenImage) -> bool:
-    """Whether `FrameEncoder` computes exactly what this VAE's encoder does on a first frame: SiLU activations, causal
-    convolutions whose single-frame form is exact, and downsampling by a right/bottom zero pad and a stride-2 2D
-    convolution (a "downsample3d" also caches the frame for its time convolution, which only a second frame meets)."""
+    """Whether `FrameEncoder` computes exactly what this VAE's encoder does on one frame (see `frame_walkable`), its
+    downsampling being a right/bottom zero pad then a stride-2 2D convolution (a "downsample3d" also caches the frame
+    for its time convolution, which only a second frame meets)."""
     encoder = getattr(vae, "encoder", None)
-    if encoder is None or not isinstance(encoder.nonlinearity, nn.SiLU):
-        return False
-    resamples = [m for m in encoder.modules() if isinstance(m, QwenImageResample)]
-    time_convs = {id(m.time_conv) for m in resamples if hasattr(m, "time_conv")}  # strided in time: never on frame 1
-    modules = [*vae.quant_conv.modules(), *encoder.modules()]
-    convs = [m for m in modules if isinstance(m, QwenImageCausalConv3d) and id(m) not in time_convs]
-    residuals = [m for m in encoder.modules() if isinstance(m, QwenImageResidualBlock)]
-    return (
-        all(single_frame_exact(conv) for conv in convs)
-        and all(pad_then_strided_conv(m) for m in resamples)
-        and all(isinstance(m.nonlinearity, nn.SiLU) for m in residuals)
-    )
+    return encoder is not None and frame_walkable(encoder, vae.quant_conv, pad_then_strided_conv)
 
 
 def pad_then_strided_conv(resample: QwenImageResample) -> bool:
