@@ -257,7 +257,7 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
     def steps(self) -> Iterator[int]:
-        step, warm_at, profiler = 0, 0.0, None
+        step, profiler, since = 0, None, (self.WARM, 0.0)
         while step < self.total:
             if self.profile and step == self.PROFILED.start:
                 activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -278,16 +278,18 @@ class Stopwatch:
                     log.info("%s by %s\n%s", self.stage, key, table)
                 self.total = step
             if step == self.WARM:
-                warm_at = self.seconds
+                since = (step, self.seconds)
             if self.limit and step >= self.CALIBRATE_AT and step % self.RECALIBRATE == self.CALIBRATE_AT:
-                # Fixed at the first calibration, then checked again every RECALIBRATE steps: the rate can drop later
-                # (another job on the GPU), and a stage that overran its cap would overrun the whole device call.
-                rate = (step - self.WARM) / (self.seconds - warm_at)
+                # Set at the first calibration, then checked again every RECALIBRATE steps at the rate since the last
+                # check: the rate can drop later (another job on the GPU), and a stage that overran its cap would
+                # overrun the whole device call. (Lowering the total moves the learning-rate schedule forward.)
+                rate = (step - since[0]) / (self.seconds - since[1])
+                since = (step, self.seconds)
                 fits = step + int(0.97 * (self.limit - self.seconds) * rate)
                 if fits < self.total:
                     log.warning("%s: %d of %d steps fit in %.1f min", self.stage, fits, self.total, self.limit / 60)
-                    self.total = max(fits, step + 1)
-            if self.limit and self.seconds > self.limit * 1.05 and step < self.total:
+                    self.total = max(fits, step + 1, self.CALIBRATE_AT)
+            if self.limit and step >= self.CALIBRATE_AT and self.seconds > self.limit * 1.05 and step < self.total:
                 log.warning("%s: stopped at step %d of %d, past its %.1f min cap", self.stage, step, self.total,
                             self.limit / 60)  # fmt: skip
                 self.total = step

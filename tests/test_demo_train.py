@@ -1,0 +1,47 @@
+"""demo/train.py's Stopwatch: a time-capped stage fits its steps to the cap, also when the GPU slows down mid-stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from demo import train
+
+
+class FakeClock:
+    """perf_counter for a stage whose steps take `fast` seconds until step `slow_from`, then `slow` seconds."""
+
+    def __init__(self, fast: float, slow: float, slow_from: int) -> None:
+        self.now, self.fast, self.slow, self.slow_from, self.steps = 0.0, fast, slow, slow_from, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.fast if self.steps < self.slow_from else self.slow
+        self.steps += 1
+
+
+def run(monkeypatch, clock: FakeClock, minutes: float | None, total: int) -> tuple[int, float]:
+    monkeypatch.setattr(train.time, "perf_counter", clock)
+    watch = train.Stopwatch("raw", minutes, total)
+    ran = 0
+    for _ in watch.steps():
+        clock.step()
+        ran += 1
+    return ran, watch.seconds
+
+
+def test_the_steps_fit_the_cap_at_the_measured_rate(monkeypatch):
+    ran, seconds = run(monkeypatch, FakeClock(0.1, 0.1, 0), minutes=2.0, total=100_000)
+    assert 1100 <= ran <= 1200 and seconds <= 120  # 0.97 of 120 s at 10 steps/s
+
+
+def test_a_slowdown_mid_stage_lowers_the_step_count_and_keeps_the_cap(monkeypatch):
+    ran, seconds = run(monkeypatch, FakeClock(0.1, 0.3, 600), minutes=2.0, total=100_000)
+    assert seconds <= 120 * 1.05 + 0.3 and ran < 1100  # (one step past 5% over); unchecked: ~1160 steps, ~240 s
+
+
+@pytest.mark.parametrize("minutes", [None, -1.0])
+def test_no_cap_runs_every_step_and_a_spent_cap_still_calibrates(monkeypatch, minutes):
+    ran, _ = run(monkeypatch, FakeClock(0.1, 0.1, 0), minutes=minutes, total=500)
+    assert ran == (500 if minutes is None else train.Stopwatch.CALIBRATE_AT)
