@@ -132,7 +132,7 @@ def test_read_budget_names_the_cuda_device_by_index(monkeypatch):
         def probe(device=None):
             if not isinstance(device, int):  # what torch.cuda._utils._get_device_index raises for torch.device("cuda")
                 raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
-            seen.append(name)
+            seen.append((name, device))
             return value
 
         return probe
@@ -143,5 +143,7 @@ def test_read_budget_names_the_cuda_device_by_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", by_index("reserved", 2 * GiB))
     budget = read_budget(torch.device("cuda"))
     assert budget.gpu_free == 20 * GiB - 2 * GiB  # a quarter of 80 GB, less what this process holds already
-    assert seen == ["mem_get_info", "fraction", "reserved"]
+    assert seen == [("mem_get_info", 0), ("fraction", 0), ("reserved", 0)]  # "cuda" is the current device
+    seen.clear()
     assert read_budget(torch.device("cuda", 1)).gpu_free == 18 * GiB
+    assert seen == [("mem_get_info", 1), ("fraction", 1), ("reserved", 1)]
