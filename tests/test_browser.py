@@ -227,8 +227,17 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
     # mounted is lost), and see the note under it say the picture arrived before changing anything else.
     editor = page.locator("#init-image")
     editor.get_by_text("Upload an image").wait_for(timeout=30_000)
-    editor.locator("input[type=file]").set_input_files(str(init))
-    editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=30_000)  # the picture is in the editor
+    editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)  # the editor's drawing surface is up
+    for attempt in range(3):
+        # Seen on this 2-core machine under the full suite (2026-12-02, not explained): the editor, drawn by software
+        # WebGL here, sometimes never showed a file set into it. A person would drop the file again; so does the test.
+        editor.locator("input[type=file]").set_input_files(str(init))
+        try:
+            editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=15_000)  # the picture is in
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.locator("#prompt textarea").fill("a red circle from an image")
     # The note says what Generate will do with the picture before the click. Changing the strength sends the editor's
     # picture with it. Seen 2026-12-02, only when this module runs whole (after the cancelled run) and not explained:
