@@ -74,19 +74,16 @@ def build_engine(
     the compile cache file (torch saves the whole process's compiled work, so one file serves all). Raises
     SettingError for a device this machine lacks. With `group` (`join_group`): this rank's context-parallel manager.
     """
+    build = functools.partial(build_manager, settings, prepare_on_cpu=prepare_on_cpu, loras=loras)
     if group is not None:
-        return build_manager(
-            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder, loras=loras,
-            content_policy=content_policy, device=str(group.device),
+        return build(
+            compile_cache_folder=compile_cache_folder, content_policy=content_policy, device=str(group.device),
             manager_class=functools.partial(ContextParallelManager, group=group),
         )  # fmt: skip
     devices = choose_devices(settings.devices, cuda_device_count() if cuda_count is None else cuda_count)
     if len(devices) == 1:
         device = None if settings.devices is None else devices[0]
-        return build_manager(
-            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder, loras=loras,
-            content_policy=content_policy, device=device,
-        )  # fmt: skip
+        return build(compile_cache_folder=compile_cache_folder, content_policy=content_policy, device=device)
     cuda = devices[0] != "cpu"
     if fast_path_options(settings, cuda=cuda, demo=settings.demo or not cuda).compile:
         from krea2.speedups.compile import allow_recompiles_per_device
@@ -95,9 +92,9 @@ def build_engine(
     managers = []
     for index, device in enumerate(devices):
         first = index == 0
-        managers.append(build_manager(
-            settings, prepare_on_cpu=prepare_on_cpu, compile_cache_folder=compile_cache_folder if first else None,
-            loras=loras, content_policy=content_policy if first else copy_for_device(content_policy), device=device,
+        managers.append(build(
+            compile_cache_folder=compile_cache_folder if first else None,
+            content_policy=content_policy if first else copy_for_device(content_policy), device=device,
         ))  # fmt: skip
     log.info("%d workers: %s", len(managers), ", ".join(devices))
     return WorkerPool(managers)
