@@ -241,7 +241,8 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 300) -> float:
 class Stopwatch:
     """A stage's clock and step budget. With a time cap, the step count is set after the first 60 steps to what fits
     in the cap (so the learning-rate schedule still runs to its end), lowered again if the rate drops, and a stage
-    past its cap stops; the report records the steps run, and `--steps STAGE=N` without a cap repeats the schedule."""
+    past its cap stops; the report records the steps run, and `--steps STAGE=N` without a cap repeats the schedule
+    when the count was set once (a later lowering moved the schedule forward mid-stage, which N alone cannot replay)."""
 
     WARM, CALIBRATE_AT = 10, 60  # the rate is measured between these steps (the first ones pay for warm-up)
     RECALIBRATE = 500
