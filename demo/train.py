@@ -15,6 +15,11 @@ Stages, each reading the previous stages' results from `--work`:
 5. `export`: the real repos' layouts in `--out` (Turbo: a whole diffusers pipeline; Raw: `transformer/` only), bf16,
    and the LoRA in `loras/`.
 
+`import` is export's inverse: it fills `--work` from the checkpoints in `--out` (the committed ones by default), so a
+fresh clone can continue any stage, or train a LoRA, without the work folder of the session that trained them:
+
+    python -m demo.train --work artifacts/demo-train --stages import lora export
+
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
 """
@@ -829,13 +834,44 @@ def export(work: Path, out: Path) -> dict:
     return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
 
 
+def import_export(out: Path, work: Path) -> dict:
+    """Export's inverse: the work folder's files from exported checkpoints (bf16 on disk, fp32 in the work folder, as
+    the stages save them), loaded through the same `from_pretrained` the app uses."""
+    from diffusers import AutoencoderKLQwenImage, Krea2Transformer2DModel
+    from transformers import AutoTokenizer
+
+    turbo_dir, raw_dir = out / TURBO_FOLDER, out / RAW_FOLDER
+    work.mkdir(parents=True, exist_ok=True)
+
+    def fp32(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.float().contiguous() for k, v in module.state_dict().items()}
+
+    vae = AutoencoderKLQwenImage.from_pretrained(turbo_dir / "vae")
+    rgb = json.loads((turbo_dir / "vae" / LATENT_RGB_FILE).read_text())
+    stats = {"mean": list(vae.config.latents_mean), "std": list(vae.config.latents_std)}
+    stats |= {"rgb_factors": rgb["factors"], "rgb_bias": rgb["bias"]}
+    save_file(fp32(vae), work / "vae.safetensors")
+    (work / "vae.json").write_text(json.dumps(stats))
+    tokenizer = AutoTokenizer.from_pretrained(turbo_dir / "tokenizer")
+    tokenizer.save_pretrained(work / "tokenizer")
+    text_encoder = type(build_text_encoder(len(tokenizer))).from_pretrained(turbo_dir / "text_encoder")
+    save_file(fp32(text_encoder), work / "text_encoder.safetensors")
+    for name, folder in (("turbo", turbo_dir), ("raw", raw_dir)):
+        transformer = Krea2Transformer2DModel.from_pretrained(folder / "transformer")
+        save_file(fp32(transformer), work / f"{name}_transformer.safetensors")
+    if (out / "loras" / LORA_FILE).exists():
+        (work / "lora").mkdir(exist_ok=True)
+        shutil.copyfile(out / "loras" / LORA_FILE, work / "lora" / LORA_FILE)
+    return {"from": str(out), "files": sorted(p.name for p in work.iterdir())}
+
+
 STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo, "lora": train_lora}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("artifacts/demo-train"), help="intermediate results")
-    parser.add_argument("--out", type=Path, default=Path("demo/checkpoints"), help="where export writes")
+    parser.add_argument("--out", type=Path, default=Path("demo/checkpoints"), help="where export writes (import reads)")
     parser.add_argument("--stages", nargs="+", default=["vae", "raw", "turbo", "lora", "export"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--minutes", default="", help="time caps per stage, e.g. vae=2,raw=7,turbo=5")
@@ -883,6 +919,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("stage %s", stage)
         if stage == "export":
             report[stage] = export(args.work, args.out)
+        elif stage == "import":
+            report[stage] = import_export(args.out, args.work)
         else:
             report[stage] = STAGES[stage](args.work, budget, device)
             (report[stage][-1] if isinstance(report[stage], list) else report[stage])["device"] = device_name

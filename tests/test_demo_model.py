@@ -162,3 +162,21 @@ def test_training_tokenises_captions_as_the_pipeline_does(manager):
         expected, expected_mask = pipe.get_text_hidden_states(captions, TEXT_TOKENS, torch.device("cpu"))
     assert torch.equal(mask, expected_mask) and mask.sum(dim=1).unique().numel() == 3
     assert torch.equal(hidden, expected)
+
+
+def test_grid_edge_share_tells_the_pixel_style_from_the_plain_pictures():
+    """The measure the style LoRA's tests stand on, checked on ground truth: the generator's mosaic pictures against
+    its plain ones, same compositions."""
+    from dataclasses import replace
+
+    from demo.score import grid_edge_share
+
+    compositions = held_out()[:16]
+    rng = random.Random(3)
+    scenes = [scene_for(c, rng) for c in compositions]
+    shares = {}
+    for style in ("plain", "pixel"):
+        pictures = render([replace(s, style=style) for s in scenes], 256, torch.device("cpu"), seed=3)
+        shares[style] = [grid_edge_share((p.permute(1, 2, 0).numpy() * 255).round()) for p in pictures]
+    assert min(shares["pixel"]) > 0.95
+    assert np.median(shares["plain"]) < 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from demo import train
 
@@ -45,3 +46,25 @@ def test_a_slowdown_mid_stage_lowers_the_step_count_and_keeps_the_cap(monkeypatc
 def test_no_cap_runs_every_step_and_a_spent_cap_still_calibrates(monkeypatch, minutes):
     ran, _ = run(monkeypatch, FakeClock(0.1, 0.1, 0), minutes=minutes, total=500)
     assert ran == (500 if minutes is None else train.Stopwatch.CALIBRATE_AT)
+
+
+def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpoints(tmp_path):
+    """`import` (export's inverse) lets a fresh clone continue training, or train a LoRA, from the committed
+    checkpoints: exporting what it imported gives back every committed tensor bit for bit."""
+    from safetensors.torch import load_file
+
+    from krea2.demo import default_checkpoints_dir
+
+    committed = default_checkpoints_dir()
+    work, out = tmp_path / "work", tmp_path / "out"
+    train.import_export(committed, work)
+    assert train.load_transformer(work / "raw_transformer.safetensors", torch.device("cpu")) is not None
+    train.export(work, out)
+    for original in sorted(committed.rglob("*.safetensors")):
+        relative = original.relative_to(committed)
+        if relative.parts[0] == "loras":
+            continue
+        again = load_file(out / relative)
+        expected = load_file(original)
+        assert again.keys() == expected.keys(), relative
+        assert all(torch.equal(again[k], expected[k]) for k in expected), relative
