@@ -168,3 +168,15 @@ def test_denoiser_graphs_default_on_a_resident_gpu_only():
     assert not fast_path_options(Settings(), cuda=False, demo=True).denoiser_graphs
     assert not fast_path_options(Settings(denoiser_graphs=False), cuda=True, demo=False).denoiser_graphs
     assert not fast_path_options(Settings(), cuda=True, demo=False, prepare_on_cpu=True).denoiser_graphs
+
+
+def test_a_graph_captured_under_inference_mode_replays_outside_it(captures):
+    """The LoRA benchmark's first calls ran under inference_mode and the app's next ones under no_grad: the static
+    inputs must be normal tensors, or the replay's copy into them raises (as it did on the H200)."""
+    plain, graphed = pair()
+    install_denoiser_graphs(graphed)
+    with torch.inference_mode():
+        for seed in range(2):  # eager, then the capture
+            graphed(**inputs(seed), return_dict=False)
+    assert captures.count == 1
+    torch.testing.assert_close(run(graphed, inputs(5)), run(plain, inputs(5)))  # a replay, under no_grad

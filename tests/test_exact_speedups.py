@@ -249,3 +249,16 @@ def test_a_bad_capture_falls_back_to_eager_with_a_reason(manager, monkeypatch, f
     expected = "capture failed" if failure == "raises" else "disagreed with eager"
     assert expected in graphs.disabled_reason and not graphs.captured
     torch.testing.assert_close(out, reference)
+
+
+def test_a_bucket_captured_under_inference_mode_replays_outside_it(manager):
+    """A first call under inference_mode (a benchmark's, a warm-up's) must not leave inference tensors as the static
+    buffers: the pipeline's later calls run under no_grad, where writing into those would raise."""
+    pipe, ids = encoder_and_ids(manager, "a fox")
+    graphs = TextEncoderGraphs(pipe.text_encoder, pipe.text_encoder_select_layers, bucket=16)
+    with torch.inference_mode():
+        graphs(ids)
+    with torch.no_grad():
+        again = graphs(ids)
+        reference = text_features(pipe.text_encoder, ids, pipe.text_encoder_select_layers)
+    torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-5)

@@ -108,6 +108,10 @@ class DenoiserGraphs:
         entry.graph.replay()
         return entry.output.clone()  # the static output is overwritten by the next replay (CFG's second call)
 
+    # Static buffers are normal tensors even when the first call came under inference_mode: a replay outside it
+    # (the pipeline runs under no_grad) could not copy into inference tensors (the LoRA benchmark hit this on a GPU).
+    @torch.inference_mode(False)
+    @torch.no_grad()  # inference_mode(False) alone turns grad mode back on
     def _capture(self, inputs: dict[str, torch.Tensor]) -> _Captured | None:
         static = {name: tensor.clone() for name, tensor in inputs.items()}
         try:

@@ -106,6 +106,8 @@ class TextEncoderGraphs:
         self.captured.clear()  # never replayed again: free the graphs' memory
         log.warning("Text encoder CUDA graphs off: %s", reason)
 
+    @torch.inference_mode(False)  # normal static buffers, whichever mode the first call came in (see denoiser_graphs)
+    @torch.no_grad()  # inference_mode(False) alone turns grad mode back on
     def _capture(self, padded: int, device: torch.device) -> _Captured:
         input_ids = torch.full((1, padded), self.pad_id, dtype=torch.long, device=device)
         if device.type != "cuda":
