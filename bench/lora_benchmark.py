@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def memory_now() -> dict[str, float]:
             "rss_gb": rss_gb}  # fmt: skip
 
 
-def benchmark(smoke: bool, repeats: int) -> dict:
+def benchmark(smoke: bool, repeats: int, progress: Callable[[dict], None] = lambda results: None) -> dict:
+    """The five measurements; `progress` gets the results so far after each, so a run stopped by a device call's
+    time limit still leaves what it measured (the first GPU run lost everything 10 s before its end)."""
     sizes = SMOKE if smoke else FULL
     side, steps, rank = sizes["side"], sizes["steps"], sizes["rank"]
     turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
@@ -173,6 +176,8 @@ def benchmark(smoke: bool, repeats: int) -> dict:
         "lora_effect_final_latent_rel_l2": rel_l2(bf16["lora"], bf16["none"]),  # how big the change being kept is
     }
 
+    progress(results)
+
     # 3. One LoRA's cost per image: the fold is done before timing (the first generation with it), as in use.
     before = compiled_state(manager)
     timed_generations(manager, request(side, steps), 1)  # LoRA folded out again, warm
@@ -199,6 +204,7 @@ def benchmark(smoke: bool, repeats: int) -> dict:
     case["layers_per_switch"] = [report.layers_changed for report in switches]
     case["switch_then_image_s"] = timed_generations(manager, sets[0], 1)[0]
     results["turbo"] = case
+    progress(results)
 
     # 5. Load/unload cycles: the files read afresh each cycle, an image each cycle.
     cycles = []
@@ -211,6 +217,7 @@ def benchmark(smoke: bool, repeats: int) -> dict:
         gc.collect()
         sync()
         cycles.append(memory_now())
+        progress(results | {"memory_cycles": cycles})
     results["memory_cycles"] = cycles
     growth = {key: cycles[-1][key] - cycles[0][key] for key in cycles[0]}
     results["memory_growth_gb"] = growth
@@ -239,7 +246,14 @@ def main() -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = True
     env = environment()
-    payload = {"environment": env, "repeats": args.repeats, **benchmark(args.smoke, args.repeats)}
+    partial = Path(args.out) / "loras-partial.json"  # replaced by the result file once the run ends
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(results: dict) -> None:
+        partial.write_text(json.dumps({"environment": env, "partial": True, **results}, indent=1, default=str))
+
+    payload = {"environment": env, "repeats": args.repeats, **benchmark(args.smoke, args.repeats, progress)}
+    partial.unlink(missing_ok=True)
     write_result(args.out, payload, "loras")
     return 0
 

@@ -69,9 +69,38 @@ def compile_cache_dir(data_dir: Path) -> Path:
 LORA_FOLDER = "loras"  # in the data folder, unless KREA2_LORA_DIR names another
 
 
+DEMO_LORAS = "demo"  # the LoRA folder's subfolder the demo checkpoints' LoRAs are copied to
+
+
+def uses_demo(settings: Settings) -> bool:
+    """The demo checkpoints run when asked for, or when there is no CUDA GPU to run Krea 2 on."""
+    return settings.demo or not torch.cuda.is_available()
+
+
 def lora_library(settings: Settings, data_dir: Path) -> LoraLibrary:
-    """The LoRA folder the settings name, else `loras/` in the data folder."""
-    return LoraLibrary(settings.lora_dir or data_dir / LORA_FOLDER)
+    """The LoRA folder the settings name, else `loras/` in the data folder; with the demo checkpoints, their LoRAs
+    are put in it first (`add_demo_loras`)."""
+    folder = settings.lora_dir or data_dir / LORA_FOLDER
+    if uses_demo(settings):
+        add_demo_loras(folder, settings.demo_checkpoints)
+    return LoraLibrary(folder)
+
+
+def add_demo_loras(folder: Path, checkpoints: Path | None = None) -> list[Path]:
+    """Copy the LoRAs trained for the demo checkpoints (`demo/checkpoints/loras`) into `folder`/demo, where the
+    picker lists them (`demo/pixel-style`), so a visitor can try a LoRA at once. A file already there is left as it
+    is; each copy is written atomically. Returns the files copied."""
+    from krea2.demo import default_checkpoints_dir
+    from storage.files import write_atomic
+
+    copied = []
+    for source in sorted((Path(checkpoints or default_checkpoints_dir()) / "loras").glob("*.safetensors")):
+        target = Path(folder) / DEMO_LORAS / source.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, source.read_bytes())
+            copied.append(target)
+    return copied
 
 
 def build_manager(
@@ -91,7 +120,7 @@ def build_manager(
     `device`: the one device of this manager (one worker of several, studio/devices.py); None: the GPU, else the CPU.
     `manager_class`: a ModelManager's kind, e.g. one rank of a context-parallel group (studio/devices.py)."""
     cuda = torch.cuda.is_available()
-    demo = settings.demo or not cuda
+    demo = uses_demo(settings)
     if demo:
         from krea2.demo import demo_checkpoints
 

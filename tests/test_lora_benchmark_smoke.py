@@ -23,3 +23,4 @@ def test_smoke_run_writes_every_field_of_the_gpu_run(tmp_path):
     assert set(result["meets_targets"]) == {"one_lora_ratio", "switch_max_s", "no_memory_growth",
                                             "no_recompile_or_recapture"}  # fmt: skip
     assert result["command"].startswith("python bench/lora_benchmark.py --smoke")
+    assert not (tmp_path / "loras-partial.json").exists()  # written after each stage, gone once the result is
