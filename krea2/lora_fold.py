@@ -116,15 +116,17 @@ class LoraPatcher:
                 "off when the fast path was applied)."
             )
         source = _offload_copy(module, weight)
-        master = (source if source is not None else weight).detach().to("cpu", copy=True)
+        original = (source if source is not None else weight).detach()
         # Pinned, so that a LoRA change copies it to the GPU at full speed; only for weights a GPU runs from (on it,
         # or streamed to it): pinning touches CUDA, which a CPU-only start (ZeroGPU's, before the move) must not.
+        # Copied straight into pinned memory: a pageable copy pinned afterwards copied every master twice (the
+        # first fold at full size took 45 s on an H200, bench/NOTES.md).
         if self.pin_memory and (weight.device.type == "cuda" or source is not None):
             try:
-                return master.pin_memory()
+                return torch.empty(original.shape, dtype=original.dtype, pin_memory=True).copy_(original)
             except RuntimeError:  # no CUDA context to pin with: unpinned copies work, only slower
                 self.pin_memory = False
-        return master
+        return original.to("cpu", copy=True)
 
     def keep_masters(self, layers: Iterable[str]) -> None:
         """Take the masters of `layers` now (before their weights are quantised); ones taken already are kept."""
