@@ -140,8 +140,9 @@ def memory_now() -> dict[str, float]:
 
 
 def benchmark(smoke: bool, repeats: int, progress: Callable[[dict], None] = lambda results: None) -> dict:
-    """The five measurements; `progress` gets the results so far after each, so a run stopped by a device call's
-    time limit still leaves what it measured (the first GPU run lost everything 10 s before its end)."""
+    """The five measurements; `progress` gets the results so far after each stage and each cycle, so a run stopped
+    by a device call's time limit still leaves what it measured (a GPU run of 2026-12-02 lost everything in its
+    last cycles)."""
     sizes = SMOKE if smoke else FULL
     side, steps, rank = sizes["side"], sizes["steps"], sizes["rank"]
     turbo, raw_transformer = build_smoke() if smoke else build_full_size("cuda")
@@ -160,6 +161,7 @@ def benchmark(smoke: bool, repeats: int, progress: Callable[[dict], None] = lamb
     warm = ((side, side),)
     with_a = request(side, steps, ["A:0.8"])
     bf16 = {"none": final_latents(manager, request(side, steps)), "lora": final_latents(manager, with_a)}
+    progress(results)
 
     # 2. The fast path: fused projections + fp8 where the GPU has it; compiled and warmed up afresh, as the app does.
     fast = replace(bf16_options, compile=CUDA, text_graphs=CUDA, denoiser_graphs=CUDA,
@@ -187,6 +189,8 @@ def benchmark(smoke: bool, repeats: int, progress: Callable[[dict], None] = lamb
     case = {"no_lora_s": statistics.median(no_lora), "no_lora_runs_s": no_lora,
             "one_lora_s": statistics.median(one_lora), "one_lora_runs_s": one_lora}  # fmt: skip
     case["one_lora_ratio"] = case["one_lora_s"] / case["no_lora_s"]
+    results["turbo"] = case
+    progress(results | {"compiled_before": before, "compiled_now": compiled_state(manager)})
 
     # 4. Switching sets: the first use of each reads its file; after that, the fold alone.
     sets = [request(side, steps, ["A:0.8"]), request(side, steps, ["B:0.8", "A:0.3"])]
@@ -217,7 +221,9 @@ def benchmark(smoke: bool, repeats: int, progress: Callable[[dict], None] = lamb
         gc.collect()
         sync()
         cycles.append(memory_now())
-        progress(results | {"memory_cycles": cycles})
+        progress(
+            results | {"memory_cycles": cycles, "compiled_before": before, "compiled_now": compiled_state(manager)}
+        )
     results["memory_cycles"] = cycles
     growth = {key: cycles[-1][key] - cycles[0][key] for key in cycles[0]}
     results["memory_growth_gb"] = growth
@@ -249,10 +255,14 @@ def main() -> int:
     partial = Path(args.out) / "loras-partial.json"  # replaced by the result file once the run ends
     partial.parent.mkdir(parents=True, exist_ok=True)
 
+    written = []
+
     def progress(results: dict) -> None:
         partial.write_text(json.dumps({"environment": env, "partial": True, **results}, indent=1, default=str))
+        written.append(len(results))
 
     payload = {"environment": env, "repeats": args.repeats, **benchmark(args.smoke, args.repeats, progress)}
+    payload["partial_writes"] = len(written)  # stages 1-4 and each cycle
     partial.unlink(missing_ok=True)
     write_result(args.out, payload, "loras")
     return 0

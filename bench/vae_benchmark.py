@@ -2,10 +2,10 @@
 one process (issue 17: "the VAE encoder runs at least as fast as the decoder's single-frame path").
 
 Full-size `AutoencoderKLQwenImage` (the class defaults are the real config) with random weights in bf16, one
-(1, 3, side, side) picture. Stock: `vae.encode(...).latent_dist.mode()` and `vae.decode(...)` as diffusers runs them.
-Ours: the same calls after `use_single_frame_encode` / `use_single_frame_decode` (compiled on a GPU, as the fast path
-applies them), so `FrameEncoder` and `FrameDecoder` do the work. Medians of `--repeats` after warm-up, and the
-largest difference of ours from stock.
+one-frame (1, 3, 1, side, side) picture. Stock: `vae.encode(...).latent_dist.mode()` and `vae.decode(...)` as
+diffusers runs them. Ours: the same calls after `use_single_frame_encode` / `use_single_frame_decode` (compiled on a
+GPU, as the fast path applies them), so `FrameEncoder` and `FrameDecoder` do the work. Medians of `--repeats` after
+warm-up, and the largest difference of ours from stock.
 
     python bench/vae_benchmark.py --out bench/results
     python bench/vae_benchmark.py --smoke --out /tmp/smoke   # demo VAE, CPU (tests/test_vae_benchmark_smoke.py)

@@ -159,9 +159,13 @@ def grid_edge_share(image: Image.Image | np.ndarray, blocks: int = PIXEL_BLOCKS)
     """How much of a picture's edge energy lies on the pixel style's block grid (`blocks` per side), within a pixel
     either side (the VAE blurs an edge by about that much): about 3 / (side / blocks) for a picture whose edges fall
     anywhere, close to 1 for the mosaic. It measures the demo style LoRA's effect in pixels."""
+    if blocks < 2:
+        raise ValueError("a block grid needs at least 2 blocks per side")
     pixels = torch.from_numpy(
         np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     )
+    if pixels.dim() == 2:  # greyscale
+        pixels = pixels.unsqueeze(-1)
     height, width = pixels.shape[:2]
     total, on_grid = 0.0, 0.0
     for axis, side in ((1, width), (0, height)):

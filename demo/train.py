@@ -16,9 +16,12 @@ Stages, each reading the previous stages' results from `--work`:
    and the LoRA in `loras/`.
 
 `import` is export's inverse: it fills `--work` from the checkpoints in `--out` (the committed ones by default), so a
-fresh clone can continue any stage, or train a LoRA, without the work folder of the session that trained them:
+fresh clone can train a LoRA on them or continue Raw (`--raw-round N`; `vae` and `turbo` always start afresh) without
+the work folder of the session that trained them. It writes no training history: a later Raw round's report starts
+there. Export to another folder, then copy what changed into demo/checkpoints:
 
-    python -m demo.train --work artifacts/demo-train --stages import lora export
+    python -m demo.train --work artifacts/demo-train --stages import lora
+    python -m demo.train --work artifacts/demo-train --stages export --out artifacts/demo-export
 
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
@@ -852,8 +855,8 @@ def import_export(out: Path, work: Path) -> dict:
     stats |= {"rgb_factors": rgb["factors"], "rgb_bias": rgb["bias"]}
     save_file(fp32(vae), work / "vae.safetensors")
     (work / "vae.json").write_text(json.dumps(stats))
-    tokenizer = AutoTokenizer.from_pretrained(turbo_dir / "tokenizer")
-    tokenizer.save_pretrained(work / "tokenizer")
+    shutil.copytree(turbo_dir / "tokenizer", work / "tokenizer", dirs_exist_ok=True)  # as is: a load+save adds keys
+    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     text_encoder = type(build_text_encoder(len(tokenizer))).from_pretrained(turbo_dir / "text_encoder")
     save_file(fp32(text_encoder), work / "text_encoder.safetensors")
     for name, folder in (("turbo", turbo_dir), ("raw", raw_dir)):

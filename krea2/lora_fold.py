@@ -119,8 +119,9 @@ class LoraPatcher:
         original = (source if source is not None else weight).detach()
         # Pinned, so that a LoRA change copies it to the GPU at full speed; only for weights a GPU runs from (on it,
         # or streamed to it): pinning touches CUDA, which a CPU-only start (ZeroGPU's, before the move) must not.
-        # Copied straight into pinned memory: a pageable copy pinned afterwards copied every master twice (the
-        # first fold at full size took 45 s on an H200, bench/NOTES.md).
+        # Copied straight into pinned memory: a pageable copy pinned afterwards copied every master twice. (The first
+        # fold at full size, which takes the masters, took 45 s on an H200, bench/NOTES.md; how much of it the second
+        # copy was is not measured.)
         if self.pin_memory and (weight.device.type == "cuda" or source is not None):
             try:
                 return torch.empty(original.shape, dtype=original.dtype, pin_memory=True).copy_(original)

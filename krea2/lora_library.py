@@ -45,30 +45,49 @@ class LoraFile:
 
 
 class LoraLibrary:
-    def __init__(self, folder: Path | str, *, token: str | None = None, cache_dir: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        token: str | None = None,
+        cache_dir: Path | str | None = None,
+        builtin: Mapping[str, Path | str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
+        # Read-only folders listed under a prefix beside the user's (the demo checkpoints' LoRAs as `demo/...`):
+        # nothing is copied into the user's folder, and a file of the same name there wins.
+        self.builtin = {prefix: Path(root) for prefix, root in (builtin or {}).items()}
         self.token = token  # None: huggingface_hub's own HF_TOKEN variable, else the saved login
         self.cache_dir = cache_dir  # None: huggingface_hub's cache (HF_HUB_CACHE)
         self._hashes: dict[tuple[str, int, int], str] = {}
 
     # ------------------------------------------------------------------------------------------------ listing
     def files(self) -> list[LoraFile]:
-        """Every usable `.safetensors` file under the folder, by name (read from disk on each call)."""
-        if not self.folder.is_dir():
+        """Every usable `.safetensors` file under the folder and the built-in ones, by name (read from disk on each
+        call)."""
+        found: dict[str, LoraFile] = {}
+        for prefix, root in [("", self.folder), *((f"{p}/", root) for p, root in self.builtin.items())]:
+            for file in self._scan(root, prefix):
+                found.setdefault(file.name, file)  # the user's folder comes first
+        return sorted(found.values(), key=lambda file: file.name)
+
+    @staticmethod
+    def _scan(root: Path, prefix: str) -> list[LoraFile]:
+        if not root.is_dir():
             return []
         found = []
-        for path in self.folder.rglob(f"*{SUFFIX}"):
-            relative = path.relative_to(self.folder)
+        for path in root.rglob(f"*{SUFFIX}"):
+            relative = path.relative_to(root)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue  # hidden files, half-written uploads (.tmp-...), broken links
             try:
-                name = check_lora_name(PurePosixPath(*relative.parts).as_posix())
+                name = check_lora_name(prefix + PurePosixPath(*relative.parts).as_posix())
             except InvalidRequest:
                 log.warning("LoRA file %s skipped: its name cannot be written in a prompt or a PNG", relative)
                 continue
             stat = path.stat()
             found.append(LoraFile(name, path, stat.st_size, stat.st_mtime_ns))
-        return sorted(found, key=lambda file: file.name)
+        return found
 
     def names(self) -> list[str]:
         return [file.name for file in self.files()]

@@ -69,7 +69,7 @@ def compile_cache_dir(data_dir: Path) -> Path:
 LORA_FOLDER = "loras"  # in the data folder, unless KREA2_LORA_DIR names another
 
 
-DEMO_LORAS = "demo"  # the LoRA folder's subfolder the demo checkpoints' LoRAs are copied to
+DEMO_LORAS = "demo"  # the prefix the demo checkpoints' LoRAs are listed under (`demo/pixel-style`)
 
 
 def uses_demo(settings: Settings) -> bool:
@@ -78,29 +78,15 @@ def uses_demo(settings: Settings) -> bool:
 
 
 def lora_library(settings: Settings, data_dir: Path) -> LoraLibrary:
-    """The LoRA folder the settings name, else `loras/` in the data folder; with the demo checkpoints, their LoRAs
-    are put in it first (`add_demo_loras`)."""
-    folder = settings.lora_dir or data_dir / LORA_FOLDER
-    if uses_demo(settings):
-        add_demo_loras(folder, settings.demo_checkpoints)
-    return LoraLibrary(folder)
-
-
-def add_demo_loras(folder: Path, checkpoints: Path | None = None) -> list[Path]:
-    """Copy the LoRAs trained for the demo checkpoints (`demo/checkpoints/loras`) into `folder`/demo, where the
-    picker lists them (`demo/pixel-style`), so a visitor can try a LoRA at once. A file already there is left as it
-    is; each copy is written atomically. Returns the files copied."""
+    """The LoRA folder the settings name, else `loras/` in the data folder. With the demo checkpoints, the LoRAs
+    trained for them (their `loras/` folder) are listed too, as `demo/...`, read from where they ship: nothing is
+    written to the user's folder, so a folder shared with the real model never holds a demo-only LoRA."""
     from krea2.demo import default_checkpoints_dir
-    from storage.files import write_atomic
 
-    copied = []
-    for source in sorted((Path(checkpoints or default_checkpoints_dir()) / "loras").glob("*.safetensors")):
-        target = Path(folder) / DEMO_LORAS / source.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, source.read_bytes())
-            copied.append(target)
-    return copied
+    builtin = {}
+    if uses_demo(settings):
+        builtin[DEMO_LORAS] = Path(settings.demo_checkpoints or default_checkpoints_dir()) / "loras"
+    return LoraLibrary(settings.lora_dir or data_dir / LORA_FOLDER, builtin=builtin)
 
 
 def build_manager(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from demo.scenes import (
     sample_scene,
     scene_for,
 )
-from demo.score import judge, read_all
+from demo.score import grid_edge_share, judge, read_all
 from krea2.request import GenerationRequest
 
 
@@ -167,10 +168,6 @@ def test_training_tokenises_captions_as_the_pipeline_does(manager):
 def test_grid_edge_share_tells_the_pixel_style_from_the_plain_pictures():
     """The measure the style LoRA's tests stand on, checked on ground truth: the generator's mosaic pictures against
     its plain ones, same compositions."""
-    from dataclasses import replace
-
-    from demo.score import grid_edge_share
-
     compositions = held_out()[:16]
     rng = random.Random(3)
     scenes = [scene_for(c, rng) for c in compositions]

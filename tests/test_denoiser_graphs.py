@@ -20,7 +20,10 @@ class ReplayedFunction:
         self.fn, self.output, self.corrupt = fn, output, corrupt
 
     def replay(self) -> None:
-        self.output.copy_(self.fn() + (1.0 if self.corrupt else 0.0))
+        # A CUDA graph writes its output's memory directly, whatever the caller's autograd mode: the same here, also
+        # for an output captured under inference_mode and replayed outside it.
+        with torch.inference_mode():
+            self.output.copy_(self.fn() + (1.0 if self.corrupt else 0.0))
 
 
 @pytest.fixture

@@ -23,4 +23,5 @@ def test_smoke_run_writes_every_field_of_the_gpu_run(tmp_path):
     assert set(result["meets_targets"]) == {"one_lora_ratio", "switch_max_s", "no_memory_growth",
                                             "no_recompile_or_recapture"}  # fmt: skip
     assert result["command"].startswith("python bench/lora_benchmark.py --smoke")
-    assert not (tmp_path / "loras-partial.json").exists()  # written after each stage, gone once the result is
+    assert result["partial_writes"] == 4 + 3  # after stages 1-4 and each of the 3 cycles
+    assert not (tmp_path / "loras-partial.json").exists()  # gone once the result is written

@@ -38,7 +38,7 @@ DEMO_BANNER = (
     '"three") and relations ("to the left of", "above"); it draws best at 256 to 512 px. It is still being '
     "trained: it gets the background and the colour almost always and the shape about half the time, and rarely "
     "counts or relations. A style LoRA trained on the demo Raw comes with it: pick **demo/pixel-style** under LoRAs "
-    "(weight 0.5 to 1) and compare Raw and Turbo with it."
+    "(weight about 0.8) and compare Raw and Turbo with it."
 )
 DEMO_EXAMPLES = [
     "a red circle on a blue background",

@@ -19,6 +19,7 @@ eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -103,15 +104,16 @@ class DenoiserGraphs:
         if entry is None:  # the capture failed or disagreed: eager from now on
             self.graphs.clear()
             return self.eager(**inputs, return_dict=False)[0]
-        for name, tensor in inputs.items():
-            entry.inputs[name].copy_(tensor)
+        # A graph captured under inference_mode has inference tensors as its static inputs, which only inference_mode
+        # may write into; a replay from a no_grad caller (the pipeline) raised without this (the LoRA benchmark hit it
+        # on a GPU). Capturing with normal buffers instead would make torch.compile recompile inside the capture.
+        inference = entry.inputs["hidden_states"].is_inference()
+        with torch.inference_mode() if inference else contextlib.nullcontext():
+            for name, tensor in inputs.items():
+                entry.inputs[name].copy_(tensor)
         entry.graph.replay()
         return entry.output.clone()  # the static output is overwritten by the next replay (CFG's second call)
 
-    # Static buffers are normal tensors even when the first call came under inference_mode: a replay outside it
-    # (the pipeline runs under no_grad) could not copy into inference tensors (the LoRA benchmark hit this on a GPU).
-    @torch.inference_mode(False)
-    @torch.no_grad()  # inference_mode(False) alone turns grad mode back on
     def _capture(self, inputs: dict[str, torch.Tensor]) -> _Captured | None:
         static = {name: tensor.clone() for name, tensor in inputs.items()}
         try:
