@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from browser_helpers import app_server_fixture, page_fixture
 from lora_helpers import random_factors, write_lora
+from PIL import Image
 from test_browser import set_number, shot
 
 from krea2.demo import build_transformer
@@ -57,3 +59,23 @@ def test_compare_without_and_with_a_lora(page):
     page.locator("#compare-info").get_by_text("Turbo with LoRAs").wait_for(timeout=120_000)
     assert page.locator("#compare-raw img").count() == 1 and page.locator("#compare-turbo img").count() == 1
     shot(page, "loras-02-compare")
+
+
+def test_the_demo_lora_shows_on_raw_and_turbo_side_by_side(page):
+    """Issue 16's "done when", as a visitor of the demo app does it: pick the demo style LoRA (listed without being
+    put in any folder), run Compare Raw ↔ Turbo with it, and both pictures are in its pixel style (measured on the
+    files the page shows)."""
+    from demo.score import grid_edge_share
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill("a red circle on a blue background")
+    set_number(page, "compare-width", 256)
+    set_number(page, "compare-height", 256)
+    pick_lora(page, "compare", "demo/pixel-style", 0.8)
+    page.locator("#compare-btn").click()
+    page.locator("#compare-info").get_by_text(re.compile("pixel-style")).first.wait_for(timeout=180_000)
+    shot(page, "loras-03-demo-pixel-style")
+    for side in ("raw", "turbo"):
+        src = page.locator(f"#compare-{side} img").get_attribute("src")
+        path = Path(unquote(src.split("file=", 1)[1].split("?")[0]))
+        assert grid_edge_share(Image.open(path)) > 0.38, side  # without the LoRA: 0.04-0.25 (test_demo_lora.py)
