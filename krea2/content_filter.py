@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ContentBlocked, FilterUnavailable, error_summary
+from .hub_errors import hub_reachable
 from .request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,20 @@ class ImageClassifierFilter:
 
         if self.source.startswith(("/", ".", "~")) and not Path(self.source).expanduser().is_dir():
             raise ValueError(f"the classifier folder {self.source} does not exist")
+
+        def from_pretrained(local_files_only: bool):
+            return (AutoImageProcessor.from_pretrained(self.source, local_files_only=local_files_only),
+                    AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32,
+                                                                    local_files_only=local_files_only))  # fmt: skip
+
         try:
-            processor = AutoImageProcessor.from_pretrained(self.source)
-            model = AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32)
+            try:  # a folder, or the Hub's cache: no network, no retries
+                processor, model = from_pretrained(local_files_only=True)
+            except OSError:
+                if not hub_reachable():  # offline: the download would retry each file for ~20 s, then fail anyway
+                    raise ValueError(f"the classifier {self.source} is not a folder here or in the local Hub cache, "
+                                     "and the Hub cannot be reached (offline)") from None  # fmt: skip
+                processor, model = from_pretrained(local_files_only=False)
         except OSError as error:  # not a folder here, and the Hub did not give it
             log.debug("Loading the classifier %s failed", self.source, exc_info=error)
             raise ValueError(f"the classifier {self.source} is not a folder here and could not be downloaded "

@@ -72,13 +72,18 @@ def test_raw_toggle_shows_negative_and_keeps_each_checkpoints_settings(page):
 
 
 def test_compare_shows_two_images(page):
+    from playwright.sync_api import expect
+
     page.get_by_role("tab", name="Compare").click()
     page.locator("#compare-prompt textarea").fill("a lighthouse at night")
     set_number(page, "compare-width", 256)
     set_number(page, "compare-height", 256)
-    set_number(page, "compare-raw-steps", 4)
+    set_number(page, "compare-raw-steps", 20)  # a run long enough to see the button while it lasts
     page.locator("#compare-btn").click()
+    expect(page.locator("#compare-btn")).to_have_text("Comparing…", timeout=5_000)  # one click, one comparison
+    expect(page.locator("#compare-btn")).to_be_disabled()
     page.locator("#compare-info").get_by_text("prompt encoded once").wait_for(timeout=120_000)
+    expect(page.locator("#compare-btn")).to_be_enabled(timeout=10_000)
     assert page.locator("#compare-raw img").count() == 1
     assert page.locator("#compare-turbo img").count() == 1
     shot(page, "03-compare")

@@ -6,6 +6,7 @@ included."""
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
     for source, labels, expected in (
         (red_classifier, ("porn",), "has the labels normal, nsfw"),
         (str(tmp_path / "missing"), ("nsfw",), "does not exist"),
-        ("someone/not-a-cached-repo", ("nsfw",), "could not be downloaded"),
+        ("someone/not-a-cached-repo", ("nsfw",), "the Hub cannot be reached (offline)"),  # HF_HUB_OFFLINE (conftest)
     ):
         policy = ContentPolicy(ImageClassifierFilter(source, labels, 0.5), required=True, how_to_fix="Fix it.")
         assert policy.state == "loading"
@@ -212,3 +213,28 @@ def test_a_blocked_prompt_never_reaches_the_model(manager, tmp_path):
         manager.generate(GenerationRequest(prompt="a red circle", width=256, height=256),
                          on_step=lambda *a: steps.append(a))  # fmt: skip
     assert steps == []
+
+
+def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeypatch):
+    """Offline without HF_HUB_OFFLINE set (a newcomer's first `make run` with no network), the download of a classifier
+    that is not cached would retry each file for ~20 s; the cache is tried first and the Hub only when it answers."""
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    probes = []
+
+    def unreachable(address, timeout=None):
+        probes.append(address)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    policy = ContentPolicy(ImageClassifierFilter("someone/not-a-cached-repo", ("nsfw",), 0.5), required=False)
+    started = time.perf_counter()
+    policy.load("cpu")
+    assert time.perf_counter() - started < 5
+    assert policy.state == "failed" and "the Hub cannot be reached (offline)" in policy.reason
+    assert len(probes) == 1 and probes[0][0] == "huggingface.co"

@@ -292,6 +292,15 @@ class Handlers:
     def idle():
         return gr.update(interactive=True, value="Generate")
 
+    @staticmethod
+    def comparing():
+        """The Compare button while a comparison of this page is in flight, as Generate's."""
+        return gr.update(interactive=False, value="Comparing…")
+
+    @staticmethod
+    def compare_idle():
+        return gr.update(interactive=True, value="Compare")
+
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
                  items: list, request: gr.Request = None, *rows):  # fmt: skip
         """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress

@@ -38,7 +38,7 @@ DEMO_BANNER = (
     '"three") and relations ("to the left of", "above"); it draws best at 256 to 512 px. It is still being '
     "trained: it gets the background and the colour almost always and the shape about half the time, and rarely "
     "counts or relations. A style LoRA trained on the demo Raw comes with it: pick **demo/pixel-style** under LoRAs "
-    "(weight about 0.8) and compare Raw and Turbo with it."
+    "(any weight from 0.5 to 1.5) and compare Raw and Turbo with it."
 )
 DEMO_EXAMPLES = [
     "a red circle on a blue background",
@@ -160,8 +160,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         progress = gr.Markdown(elem_id="progress")
                         preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
                                            elem_id="preview")  # fmt: skip
-                        gallery = gr.Gallery(label="Results (newest first)", columns=4, height=400,
-                                             elem_id="results")  # fmt: skip
+                        gallery = gr.Gallery(
+                            label="Results (newest first)",
+                            columns=4,
+                            height=400,
+                            object_fit="contain",
+                            elem_id="results",
+                        )  # whole pictures, not crops
                         seed_used = gr.Markdown(elem_id="seed-used")
                         details = gr.HTML(elem_id="result-details")  # user text: HTML-escaped, see ui/text.py
                         with gr.Row():
@@ -339,13 +344,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.idle, None, generate_btn, queue=False, **private
         )
 
-        compare_btn.click(
+        compare_btn.click(handlers.comparing, None, compare_btn, queue=False, **private).then(
             handlers.compare,
             [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps,
              c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
-        )  # fmt: skip
+        ).then(handlers.compare_idle, None, compare_btn, queue=False, **private)  # fmt: skip
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
         app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
         app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
