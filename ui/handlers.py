@@ -284,22 +284,13 @@ class Handlers:
             return error_note(error)
 
     @staticmethod
-    def busy():
-        """The Generate button while a run of this page is in flight: one click, one run."""
-        return gr.update(interactive=False, value="Generating…")
+    def busy(label: str = "Generating…"):
+        """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""
+        return gr.update(interactive=False, value=label)
 
     @staticmethod
-    def idle():
-        return gr.update(interactive=True, value="Generate")
-
-    @staticmethod
-    def comparing():
-        """The Compare button while a comparison of this page is in flight, as Generate's."""
-        return gr.update(interactive=False, value="Comparing…")
-
-    @staticmethod
-    def compare_idle():
-        return gr.update(interactive=True, value="Compare")
+    def idle(label: str = "Generate"):
+        return gr.update(interactive=True, value=label)
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
                  items: list, request: gr.Request = None, *rows):  # fmt: skip

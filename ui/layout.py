@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import gradio as gr
 
 from krea2 import RAW, TURBO, get_spec
@@ -344,13 +346,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.idle, None, generate_btn, queue=False, **private
         )
 
-        compare_btn.click(handlers.comparing, None, compare_btn, queue=False, **private).then(
+        compare_btn.click(partial(handlers.busy, "Comparing…"), None, compare_btn, queue=False, **private).then(
             handlers.compare,
             [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps,
              c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
-        ).then(handlers.compare_idle, None, compare_btn, queue=False, **private)  # fmt: skip
+        ).then(partial(handlers.idle, "Compare"), None, compare_btn, queue=False, **private)  # fmt: skip
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
         app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
         app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
