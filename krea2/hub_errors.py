@@ -4,10 +4,10 @@ their own sentence; which problem it was is decided here only."""
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
+from urllib.request import getproxies
 
 GATED, OFFLINE, NO_REVISION, NO_FILE, NOT_FOUND, NO_MEMORY = (
     "gated", "offline", "no revision", "no file", "not found", "no memory"
@@ -62,9 +62,6 @@ def hub_problem(error: BaseException) -> HubProblem:
     return HubProblem(kind, first)
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether a download from the Hub can start: not with HF_HUB_OFFLINE, else whether its endpoint (HF_ENDPOINT)
     takes a TCP connection within `timeout` seconds. Through a proxy the proxy decides, so it is assumed reachable.
@@ -73,7 +70,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+    if {"https", "all"} & set(getproxies()):  # the standard proxy variables, as httpx reads them
         return True
     endpoint = urlparse(constants.ENDPOINT)
     try:

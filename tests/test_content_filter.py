@@ -223,7 +223,7 @@ def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeyp
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):  # no proxy to leave the decision to
         monkeypatch.delenv(name, raising=False)
     probes = []
 
@@ -238,3 +238,21 @@ def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeyp
     assert time.perf_counter() - started < 5
     assert policy.state == "failed" and "the Hub cannot be reached (offline)" in policy.reason
     assert len(probes) == 1 and probes[0][0] == "huggingface.co"
+
+
+def test_behind_a_proxy_the_hub_is_left_to_the_proxy(monkeypatch):
+    """A direct TCP probe says nothing where only a proxy gets out: with one configured, the download is tried."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from krea2.hub_errors import hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub_reachable()
+    monkeypatch.delenv("HTTPS_PROXY")
+    for name in ("https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not hub_reachable()
