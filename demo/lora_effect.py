@@ -33,22 +33,35 @@ WEIGHTS = (0.0, 0.5, 0.8, 1.0, 1.5)
 STEPS = {RAW.key: 20, TURBO.key: TURBO.default_steps}
 
 
+def demo_manager(data_dir: Path) -> ModelManager:
+    """The demo app's manager, its LoRA library as `python app.py` builds it without a GPU (the demo LoRAs listed)."""
+    manager = ModelManager(PipelineLoader(demo_checkpoints(), torch.float32), demo=True,
+                           loras=lora_library(Settings(demo=True), data_dir))  # fmt: skip
+    manager.start(background=False)
+    return manager
+
+
+def edge_shares(manager: ModelManager, checkpoint: str, loras: list[str], side: int = 256,
+                prompts: tuple[str, ...] = PROMPTS) -> list[float]:  # fmt: skip
+    """`grid_edge_share` of one picture per prompt (seed = its index) with these LoRAs."""
+    shares = []
+    for seed, prompt in enumerate(prompts):
+        request = GenerationRequest(prompt=prompt, checkpoint=checkpoint, width=side, height=side,
+                                    steps=STEPS[checkpoint], seed=seed, loras=loras)  # fmt: skip
+        shares.append(round(grid_edge_share(manager.generate(request).images[0]), 4))
+    return shares
+
+
 def measure(lora: str, side: int) -> dict:
     with tempfile.TemporaryDirectory() as data:
-        library = lora_library(Settings(demo=True), Path(data))
-        manager = ModelManager(PipelineLoader(demo_checkpoints(), torch.float32), demo=True, loras=library)
-        manager.start(background=False)
+        manager = demo_manager(Path(data))
+        library = manager.loras
         results: dict = {"lora": lora, "hash": library.short_hash(library.get(lora)), "side": side, "steps": STEPS,
                          "prompts": PROMPTS, "seeds": list(range(len(PROMPTS))), "checkpoints": {}}  # fmt: skip
         for checkpoint in (RAW.key, TURBO.key):
             rows = {}
             for weight in WEIGHTS:
-                shares = []
-                for seed, prompt in enumerate(PROMPTS):
-                    request = GenerationRequest(prompt=prompt, checkpoint=checkpoint, width=side, height=side,
-                                                steps=STEPS[checkpoint], seed=seed,
-                                                loras=[f"{lora}:{weight}"] if weight else [])  # fmt: skip
-                    shares.append(round(grid_edge_share(manager.generate(request).images[0]), 4))
+                shares = edge_shares(manager, checkpoint, [f"{lora}:{weight}"] if weight else [], side)
                 rows[str(weight)] = {"grid_edge_share": shares, "median": statistics.median(shares)}
             results["checkpoints"][checkpoint] = rows
     return results

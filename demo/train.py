@@ -754,7 +754,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
 
 # ----------------------------------------------------------------------------------------------- stage: style LoRA
 LORA_RANK = 16
-LORA_FILE = "pixel-style.safetensors"  # shown in the app as demo/pixel-style (studio.runtime.add_demo_loras)
+LORA_FILE = "pixel-style.safetensors"  # listed in the app as demo/pixel-style (studio.runtime.lora_library)
 # The single-stream blocks' projections, as diffusers' Krea 2 LoRA training script targets them.
 LORA_TARGETS = r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0)|ff\.(gate|up|down))"
 

@@ -215,16 +215,21 @@ def test_a_blocked_prompt_never_reaches_the_model(manager, tmp_path):
     assert steps == []
 
 
-def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeypatch):
+@pytest.fixture
+def online_without_proxy(monkeypatch):
+    """HF_HUB_OFFLINE unset (the tests set it) and no proxy to leave the decision to: `hub_reachable` probes."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeypatch, online_without_proxy):
     """Offline without HF_HUB_OFFLINE set (a newcomer's first `make run` with no network), the download of a classifier
     that is not cached would retry each file for ~20 s; the cache is tried first and the Hub only when it answers."""
     import socket
 
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):  # no proxy to leave the decision to
-        monkeypatch.delenv(name, raising=False)
     probes = []
 
     def unreachable(address, timeout=None):
@@ -240,19 +245,13 @@ def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeyp
     assert len(probes) == 1 and probes[0][0] == "huggingface.co"
 
 
-def test_behind_a_proxy_the_hub_is_left_to_the_proxy(monkeypatch):
+def test_behind_a_proxy_the_hub_is_left_to_the_proxy(monkeypatch, online_without_proxy):
     """A direct TCP probe says nothing where only a proxy gets out: with one configured, the download is tried."""
     import socket
 
-    from huggingface_hub import constants
-
     from krea2.hub_errors import hub_reachable
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
+    assert not hub_reachable()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert hub_reachable()
-    monkeypatch.delenv("HTTPS_PROXY")
-    for name in ("https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    assert not hub_reachable()
