@@ -47,6 +47,8 @@ def test_generate_shows_preview_then_gallery_image(page):
     page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
     assert page.get_by_text(re.compile(r"Seed used: \d+")).is_visible()
     shot(page, "01-generate")
+    box, thumb = page.locator("#results").bounding_box(), page.locator("#results img").first.bounding_box()
+    assert thumb["y"] + thumb["height"] <= box["y"] + box["height"], (thumb, box)  # the whole picture, not its top
     page.locator("#results img").first.click()
     page.locator("#result-details").get_by_text("a red fox in the snow").wait_for(timeout=10_000)
     assert page.get_by_role("button", name="Use these settings").is_visible()

@@ -167,8 +167,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             columns=4,
                             height=400,
                             object_fit="contain",
+                            fit_columns=False,  # one result in a column of four: a widened square overflowed the box
                             elem_id="results",
-                        )  # whole pictures, not crops
+                        )  # whole pictures, not cropss, not crops
                         seed_used = gr.Markdown(elem_id="seed-used")
                         details = gr.HTML(elem_id="result-details")  # user text: HTML-escaped, see ui/text.py
                         with gr.Row():
