@@ -15,7 +15,8 @@ def test_smoke_run_writes_every_field_of_the_gpu_run(tmp_path):
     assert len(turbo["first_use_s"]) == 2 and len(turbo["switch_runs_s"]) == 4
     assert all(layers == 48 for layers in turbo["layers_per_switch"])  # both sets touch every layer: all refolded
     assert set(result["errors"]) == {"fast_vs_bf16_final_latent_rel_l2", "fast_lora_vs_bf16_lora_final_latent_rel_l2",
-                                     "lora_effect_final_latent_rel_l2"}  # fmt: skip
+                                     "lora_effect_final_latent_rel_l2",
+                                     "fast_lora_change_vs_bf16_lora_change_rel_l2"}  # fmt: skip
     assert result["errors"]["lora_effect_final_latent_rel_l2"] > 0.01  # the LoRAs change the picture
     assert len(result["memory_cycles"]) == 3 and set(result["memory_growth_gb"]) == {"allocated_gb", "reserved_gb",
                                                                                      "rss_gb"}  # fmt: skip
