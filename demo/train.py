@@ -105,6 +105,7 @@ class Budget:
     lora_steps: int = 1500
     lora_batch: int = 256
     lora_pool: int = 16384  # pixel-style pictures at 256²
+    probe_every: int = 0  # Raw: score held-out prompts every this many steps (0: never); the learning curve
 
 
 def vocabulary() -> list[str]:
@@ -592,6 +593,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     minutes = (budget.minutes or {}).get("raw")
     watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps, budget.profile)
     losses = LossLog("raw")
+    curve: list[dict] = []
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
@@ -606,6 +608,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         ema_t.update(transformer, step)
         ema_e.update(text_encoder, step)
         losses.add(step, loss, watch.seconds)
+        if budget.probe_every and (step + 1) % budget.probe_every == 0:
+            curve.append({"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t)})
+            log.info("raw probe: %s", curve[-1])
     save_file(ema_t.model.state_dict(), work / "raw_transformer.safetensors")
     save_file(ema_e.model.state_dict(), work / "text_encoder.safetensors")
     rounds = json.loads((work / "report.json").read_text()).get("raw", []) if (work / "report.json").exists() else []
@@ -622,7 +627,44 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         "seconds": round(watch.seconds, 1),
         "final_loss": losses.final(200),
     }
+    if curve:
+        this["probes"] = curve
     return [*rounds[: budget.raw_round], this]
+
+
+PROBE_STEPS, PROBE_SINGLES, PROBE_OTHERS = 20, 48, 8
+
+
+@torch.no_grad()
+def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema) -> dict:
+    """Held-out accuracy of the EMA weights now, on a fixed sample of `demo.evaluate`'s prompts (48 single shapes, 8
+    counts, 8 relations, one seed) at Raw's guidance and 20 steps: a point on the learning curve, a second or two on a
+    GPU. It says whether more of the same training would reach the targets; `demo.evaluate` gives the numbers."""
+    from demo.evaluate import SIZE, score
+    from demo.scenes import held_out
+
+    compositions = held_out()
+    sample = random.Random(7)
+    chosen = [
+        *sample.sample([c for c in compositions if c.layout == "single"], PROBE_SINGLES),
+        *sample.sample([c for c in compositions if c.layout != "single"], 2 * PROBE_OTHERS),
+    ]
+    pipe = make_pipeline(vae, ema_e.model, tokenizer, ema_t.model, is_distilled=False)
+    device = next(ema_t.model.parameters()).device
+    with bf16(device):
+        pictures = pipe(
+            prompt=[c.prompt for c in chosen],
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=PROBE_STEPS,
+            guidance_scale=TEACHER_GUIDANCE,
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type="pt",
+            max_sequence_length=64,
+        ).images
+    result = score(chosen, pictures.float().cpu())
+    layouts = {f"{layout}_correct": result[layout]["correct"] for layout in ("single", "count", "relation")}
+    return {"accuracy": result["accuracy"], **layouts, "single_kind": result["single"]["kind"]}
 
 
 def load_text_side(work: Path, device: torch.device):
@@ -885,6 +927,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
+    parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -902,6 +945,7 @@ def main(argv: list[str] | None = None) -> None:
         compile=device.type == "cuda" if args.compile is None else args.compile,
         turbo_trajectories=args.trajectories,
         profile=args.profile,
+        probe_every=args.probe_every,
     )
     for stage, batch in (p.split("=") for p in args.batch.split(",") if p):
         setattr(budget, f"{stage}_batch", int(batch))
@@ -912,7 +956,7 @@ def main(argv: list[str] | None = None) -> None:
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16,
-            compile=budget.compile, profile=budget.profile,
+            compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
