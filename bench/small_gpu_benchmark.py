@@ -208,8 +208,13 @@ def main() -> int:
             log.info("run: cap %s GB, %s", cap, path)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                payload["runs"].append({"path": path, "cap_gb": cap, "error": f"timed out after {args.timeout} s"})
+            except subprocess.TimeoutExpired as timeout:
+                # The child's log so far says where it was (a GPU run of 2026-12-02 timed out and said nothing).
+                stderr = timeout.stderr or b""  # bytes even with text=True (subprocess's documentation)
+                stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+                log.error("cap %s %s timed out after %s s; its log:\n%s", cap, path, args.timeout, stderr[-3000:])
+                payload["runs"].append({"path": path, "cap_gb": cap, "error": f"timed out after {args.timeout} s",
+                                        "log_tail": stderr.strip().splitlines()[-12:]})  # fmt: skip
                 continue
             if done.returncode != 0:
                 tail = done.stderr.strip().splitlines()[-1:] or ["no output"]

@@ -21,3 +21,23 @@ def test_smoke_run_measures_a_plan_against_todays_offload_path(tmp_path):
             assert set(case["phases_ms"]) == {"encode_ms", "denoise_ms", "decode_ms", "total_ms"}
     assert len(plan["switch_s"]) == 2 and "switch_s" not in offload  # Raw swapped in and Turbo back, from RAM
     assert result["command"].startswith("python bench/small_gpu_benchmark.py --smoke")
+
+
+def test_a_run_that_times_out_keeps_the_end_of_its_log(tmp_path, monkeypatch):
+    """A timed-out child is a result too, with where it was: the first GPU run's plan timed out and said nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from bench import small_gpu_benchmark
+
+    def timing_out(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"], stderr=b"placing\nwarm-up: compiling raw\n")
+
+    monkeypatch.setattr(subprocess, "run", timing_out)
+    monkeypatch.setattr(sys, "argv", ["small_gpu_benchmark.py", "--smoke", "--caps", "24", "--paths", "plan",
+                                      "--timeout", "7", "--out", str(tmp_path)])  # fmt: skip
+    assert small_gpu_benchmark.main() == 0
+    (written,) = tmp_path.glob("*small-gpu_24GB_plan.json")
+    (run,) = json.loads(written.read_text())["runs"]
+    assert run["error"] == "timed out after 7 s" and run["log_tail"] == ["placing", "warm-up: compiling raw"]

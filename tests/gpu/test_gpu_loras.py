@@ -45,9 +45,9 @@ pytestmark = [
 RANK = 32
 LAYERS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_gate", "attn.to_out.0", "ff.gate", "ff.up", "ff.down")
 # Each update's norm against its weight's. On random weights a block's output is a small part of the residual stream,
-# so 0.3 moved the 3-block velocity by only 0.0074 (relative L2, H200, 2026-12-02): 0.5 keeps the effect well clear
-# of fp8's own error on the same velocity (the assertions measure both).
-RELATIVE_UPDATE = 0.5
+# and fp8's error on the 3-block velocity (0.0044 relative L2, H200, 2026-12-02) is what an update of ~0.2 does
+# (0.3 -> 0.0074, 0.5 -> 0.0112): 1.0 makes the LoRA's effect ~5x fp8's error, so its change can be checked.
+RELATIVE_UPDATE = 1.0
 
 
 def random_lora(transformer, seed: int, name: str) -> LoraWeights:
@@ -109,12 +109,13 @@ def test_a_lora_switch_on_the_compiled_fp8_path_recompiles_nothing_and_matches_b
     assert relative_l2(fp8_lora, compiled_lora) < 1e-3  # the replay and the compiled call agree
 
     effect, fp8_error = relative_l2(bf16_lora, plain), relative_l2(fp8_plain, plain)
-    assert effect > 5 * fp8_error, f"the LoRA's effect ({effect:.4f}) must dwarf fp8's own error ({fp8_error:.4f})"
+    assert effect > 3 * fp8_error, f"the LoRA's effect ({effect:.4f}) must dwarf fp8's own error ({fp8_error:.4f})"
     error = relative_l2(fp8_lora, bf16_lora)
     assert error < FP8_TOLERANCE, f"fp8 + LoRA against bf16 + LoRA: relative L2 {error:.4f}"
-    # The change the LoRA makes, on fp8 against bf16: the same change, up to fp8's error on both sides of it.
+    # The change the LoRA makes, on fp8 against bf16: the same change, up to fp8's error on both sides of it (~0.3
+    # expected at 5x); no change at all (stale weights) gives 1.0, the wrong sign 2.0, twice the weight 1.0.
     change_error = relative_l2(fp8_lora - fp8_plain, bf16_lora - plain)
-    assert change_error < 0.3, f"the LoRA's change on fp8 against on bf16: relative L2 {change_error:.3f}"
+    assert change_error < 0.5, f"the LoRA's change on fp8 against on bf16: relative L2 {change_error:.3f}"
     assert torch.equal(fp8_back, fp8_plain)  # no LoRA: the original fp8 weights, bit for bit
     for layer, (qdata, scale) in original.items():
         weight = transformer.get_submodule(layer).weight
