@@ -80,3 +80,21 @@ def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpo
             assert loaded[0] == loaded[1], relative
         else:
             assert again.read_bytes() == original.read_bytes(), relative
+
+
+def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch):
+    """`--probe-every`'s probe, cut to 8 single shapes at 8 steps: the committed Raw draws some of them right (the
+    full evaluation: 25% at 8 steps), through the same scorer as demo.evaluate."""
+    from krea2.demo import default_checkpoints_dir
+
+    monkeypatch.setattr(train, "PROBE_STEPS", 8)
+    monkeypatch.setattr(train, "PROBE_SINGLES", 8)
+    monkeypatch.setattr(train, "PROBE_OTHERS", 1)
+    work, cpu = tmp_path / "work", torch.device("cpu")
+    train.import_export(default_checkpoints_dir(), work)
+    vae, _ = train.load_vae(work, cpu)
+    tokenizer, text_encoder = train.load_text_side(work, cpu)
+    transformer = train.load_transformer(work / "raw_transformer.safetensors", cpu)
+    point = train.probe(vae, tokenizer, train.Ema(text_encoder, 0.9), train.Ema(transformer, 0.9))
+    assert set(point) == {"accuracy", "single_correct", "count_correct", "relation_correct", "single_kind"}
+    assert 0 < point["single_kind"] <= 1 and 0 < point["accuracy"] <= 1
