@@ -97,7 +97,7 @@ def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_pla
     page.wait_for_timeout(500)
     assert size.input_value() == "Custom"
     set_number(page, "width", 1024)
-    set_number(page, "height", 1024)  # the demo opens at 512²
+    set_number(page, "height", 1024)  # the demo opens at 256²
     page.wait_for_timeout(500)
     assert size.input_value().startswith("1:1 · 1024×1024")
 

@@ -61,9 +61,9 @@ def test_the_size_preset_follows_the_sides():
 
 
 def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
-    """The demo model learned 512² and 256² squares: in demo mode the tabs open at 512², named as a preset; with the
-    real checkpoints they open at the request's 1024² and the demo sizes are no presets."""
-    assert service.demo and Handlers(service).default_size == (512, 512)
+    """The demo model learned 256² and 512² squares and draws best at 256²: in demo mode the tabs open at 256², named
+    as a preset; with the real checkpoints they open at the request's 1024² and the demo sizes are no presets."""
+    assert service.demo and Handlers(service).default_size == (256, 256)
     assert preset_for(512, 512, "turbo", demo=True) == "1:1 · 512×512 (demo model)"
     assert preset_for(256, 256, "raw", demo=True) == "1:1 · 256×256 (demo model)"
     assert preset_for(512, 512, "turbo") == CUSTOM
