@@ -132,6 +132,10 @@ def lora_weights(contents: LoraContents, name: str, autov3: str, shapes: Mapping
             scale = 1.0
         else:
             scale = float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        if not math.isfinite(scale):  # the weights are checked in _check_fits; a NaN alpha would poison them all
+            raise LoraError(
+                f"The LoRA {name} has a NaN or infinite alpha (for '{module}'): the file or its metadata is damaged."
+            )
         modules[module] = LoraFactors(down.contiguous(), up.contiguous(), scale)
     if not any(f.scale != 0 and bool(f.up.any()) and bool(f.down.any()) for f in modules.values()):
         raise LoraError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 
 import pytest
@@ -108,6 +109,10 @@ def test_content_refusals_say_what_was_expected(tmp_path, transformer, shapes):
     assert "maps 192 features to 192, but the LoRA's maps 6144 to 6144" in refusal(full_size, shapes)
     nan = save(tmp_path / "nan.safetensors", {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up * torch.nan})
     assert "NaN or infinite" in refusal(nan, shapes)
+    for fmt in ("krea", "kohya", "diffusers"):  # an alpha tensor (kohya folds it into lora_up) or PEFT's metadata
+        for alpha in (math.nan, math.inf):
+            bad_alpha = write_lora(tmp_path / f"alpha-{fmt}-{alpha}.safetensors", factors, fmt, alpha=alpha)
+            assert "NaN or infinite" in refusal(bad_alpha, shapes), (fmt, alpha)
     untrained = save(tmp_path / "untrained.safetensors", {f"{key}.lora_A.weight": down,
                                                           f"{key}.lora_B.weight": torch.zeros_like(up)})  # fmt: skip
     assert "would change nothing" in refusal(untrained, shapes)
