@@ -21,7 +21,7 @@ from .errors import InvalidRequest, LoraError
 from .hub_errors import GATED, NO_FILE, NO_REVISION, NOT_FOUND, OFFLINE, hub_problem
 from .lora_files import SUFFIX, LoraContents, autov3_hash, read_lora, require_safetensors, short_hash
 from .lora_weights import LoraWeights, lora_weights
-from .request import check_lora_name
+from .request import GenerationRequest, check_lora_name
 
 log = logging.getLogger(__name__)
 HUB_FOLDER = "hub"
@@ -104,12 +104,12 @@ class LoraLibrary:
         same_stem = [file for file in files if file.name.rpartition("/")[2] == last]
         if len(same_stem) == 1:
             return same_stem[0]
-        if autov3:
-            wanted = autov3.lower()
-            for file in files:
-                if self.hash(file).startswith(wanted):
-                    return file
-        return None
+        return self.with_hash(autov3) if autov3 else None
+
+    def with_hash(self, autov3: str) -> LoraFile | None:
+        """The file whose AutoV3 hash is (or starts with: 12 digits are what PNGs carry) `autov3`, if any."""
+        wanted = autov3.lower()
+        return next((file for file in self.files() if self.hash(file).startswith(wanted)), None)
 
     def get(self, name: str) -> LoraFile:
         file = self.find(name)
@@ -266,3 +266,19 @@ def _link_or_copy(cached: Path, target: Path) -> None:
     except OSError:
         link.unlink(missing_ok=True)
         _copy_atomic(cached, target)
+
+
+def request_lora_files(library: LoraLibrary | None, request: GenerationRequest) -> list[LoraFile]:
+    """The files of the request's LoRAs, or InvalidRequest naming one the LoRA folder does not hold: checked before a
+    generation is recorded or a model loads, like every other field."""
+    if request.active_loras and library is None:
+        raise InvalidRequest("loras", request.active_loras[0].name, "must be empty: this app has no LoRA folder")
+    files = []
+    for choice in request.active_loras:
+        file = library.find(choice.name) if library is not None else None
+        if file is None:
+            raise InvalidRequest(
+                "loras", choice.name, f"must be in the LoRA folder, and {choice.name} is not (refresh the list?)"
+            )
+        files.append(file)
+    return files

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 from .content_filter import ContentPolicy, ImageClassifierFilter
-from .errors import GenerationFailed, InvalidRequest, Krea2Error, LoadError, LoraError, NotReady
+from .errors import GenerationFailed, Krea2Error, LoadError, LoraError, NotReady
 from .generation import (
     AppliedLora,
     GenerationResult,
@@ -28,6 +28,7 @@ from .generation import (
 from .loading import build_pipeline_sharing
 from .lora_files import LoraContents
 from .lora_fold import FoldReport, patcher_of, target_shapes
+from .lora_library import request_lora_files
 from .lora_weights import LoraWeights, lora_weights
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
@@ -498,19 +499,8 @@ class ModelManager:
         return [AppliedLora(lora.name, lora.hash, strength, request.checkpoint) for lora, strength in weights]
 
     def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
-        """The files of the request's LoRAs, or InvalidRequest naming one the LoRA folder does not hold: checked
-        before a generation is recorded, like every other field."""
-        if request.active_loras and self.loras is None:
-            raise InvalidRequest("loras", request.active_loras[0].name, "must be empty: this app has no LoRA folder")
-        files = []
-        for choice in request.active_loras:
-            file = self.loras.find(choice.name) if self.loras is not None else None
-            if file is None:
-                raise InvalidRequest(
-                    "loras", choice.name, f"must be in the LoRA folder, and {choice.name} is not (refresh the list?)"
-                )
-            files.append(file)
-        return files
+        """The files of the request's LoRAs (InvalidRequest for one the LoRA folder does not hold)."""
+        return request_lora_files(self.loras, request)
 
     def _lora_weights(self, name: str, pipe: Krea2StudioPipeline) -> LoraWeights:
         """A LoRA of the library, read and checked against the transformer once (cached until its file changes)."""

@@ -106,6 +106,7 @@ def _generate(
     policy: ContentPolicy,
     sign_png: Callable[[bytes], bytes] | None,
 ) -> int:
+    from krea2.lora_library import request_lora_files
     from storage import HistoryStore
     from storage.files import default_data_dir
 
@@ -124,10 +125,12 @@ def _generate(
     except ContentBlocked as error:
         blocked(error)
         raise
+    data_dir = store.data_dir if store else settings.data_dir or default_data_dir()
+    library = lora_library(settings, data_dir)
+    request_lora_files(library, request)  # a LoRA the folder lacks is bad input: exit 2, nothing loaded or recorded
     if store and request.source is not None:
         store_source(store, request.source)  # before the row that names it
-    data_dir = store.data_dir if store else settings.data_dir or default_data_dir()
-    manager = build_manager(settings, loras=lora_library(settings, data_dir), content_policy=policy)
+    manager = build_manager(settings, loras=library, content_policy=policy)
     manager.start(background=False)
     try:
         result = manager.generate(request)

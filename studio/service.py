@@ -313,11 +313,17 @@ class StudioService:
             if not isinstance(lora, dict):
                 continue  # nothing recognisable as a LoRA (PNG metadata can hold anything)
             name, digest = str(lora.get("name") or ""), str(lora.get("hash") or "")
-            file = self.manager.loras.find(name, digest or None) if self.manager.loras is not None else None
+            library = self.manager.loras
+            file = library.find(name, digest or None) if library is not None else None
             shown = f"{name} ({digest[:12]})" if digest else name
             if file is None:
                 notes.append(f"The LoRA {shown} is not in the LoRA folder; add it to use these settings as they were.")
                 continue
+            if digest and not library.hash(file).startswith(digest.lower()):  # the name now holds another file
+                file = library.with_hash(digest) or file
+                if not library.hash(file).startswith(digest.lower()):
+                    notes.append(f"The LoRA {name} has changed since ({digest[:12]} then, {library.hash(file)[:12]} "
+                                 "now): the folder's file is used, so the picture may differ.")  # fmt: skip
             if file.name != name:
                 notes.append(f"The LoRA {name} was found as {file.name}.")
             try:

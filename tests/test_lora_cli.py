@@ -48,6 +48,23 @@ def test_bad_loras_are_refused_before_anything_loads(capsys):
     assert "loras: must be at most 4" in capsys.readouterr().err
 
 
+def test_a_lora_the_folder_lacks_is_bad_input_before_any_model_loads_or_row_is_written(tmp_path, capsys, monkeypatch):
+    from storage import HistoryStore
+    from studio import runtime
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built for a request that names a missing LoRA")
+
+    monkeypatch.setattr(runtime, "build_manager", no_model)
+    env = {"KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_LORA_DIR": str(tmp_path / "loras")}
+    assert cli.run(parsed("--demo", "--prompt", "x", "--lora", "nope:1"), environ=env) == 2
+    err = capsys.readouterr().err
+    assert err == "error: loras: must be in the LoRA folder, and nope is not (refresh the list?) (got 'nope')\n", err
+    store = HistoryStore(tmp_path / "data").open()
+    assert store.count() == 0
+    store.close()
+
+
 def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     loras = tmp_path / "loras"
     ink = write_lora(loras / "ink.safetensors", random_factors(build_transformer(), ["img_in"]), "kohya")

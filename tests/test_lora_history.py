@@ -75,6 +75,31 @@ def test_reuse_finds_the_file_by_hash_when_it_was_renamed_and_says_what_is_missi
         moved.unlink()
 
 
+def test_reuse_under_a_name_that_now_holds_another_file_finds_the_recorded_one_or_says_so(service, ink, lora_dir):
+    """A name is not an identity: the hash recorded with the generation decides, and a changed file is said."""
+    name, path = ink
+    [done] = run(service, GenerationRequest(prompt="a fox", loras=[f"{name}:0.5"], **SMALL))
+    recorded = loras_of(service.store.get(done.generation.id))
+    digest = recorded[0]["hash"]
+    original = path.read_bytes()
+    kept = lora_dir / "history" / "ink-original.safetensors"
+    kept.write_bytes(original)  # the recorded file, under another name
+    write_lora(path, random_factors(service.manager.pipes["turbo"].transformer, seed=5), "kohya")  # a new "ink"
+    try:
+        choices, notes = service.restore_loras(recorded)
+        assert [(c.name, c.weight) for c in choices] == [("history/ink-original", 0.5)]
+        assert notes == [f"The LoRA {name} was found as history/ink-original."]
+        kept.unlink()
+        choices, notes = service.restore_loras(recorded)  # only the new file is left
+        now = service.manager.loras.hash(service.manager.loras.get(name))
+        assert [(c.name, c.weight) for c in choices] == [(name, 0.5)] and now[:12] != digest[:12]
+        assert notes == [f"The LoRA {name} has changed since ({digest[:12]} then, {now[:12]} now): the folder's file "
+                         "is used, so the picture may differ."]  # fmt: skip
+    finally:
+        path.write_bytes(original)
+        kept.unlink(missing_ok=True)
+
+
 def test_an_a1111_png_s_loras_come_back_by_name_or_hash(service, ink):
     name, _ = ink
     short = service.manager.loras.short_hash(service.manager.loras.get(name))
