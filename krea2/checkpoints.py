@@ -25,7 +25,8 @@ class CheckpointSpec:
     steps_range: tuple[int, int]
     guidance_range: tuple[float, float]
     recommended_megapixels: tuple[float, float]
-    description: str
+    description: str  # how it behaves (steps, guidance, negative prompt)
+    size_advice: str  # the sizes it draws best at (the demo model's are its own: ui/presets.py)
 
     def source(self, override: str | None = None) -> str:
         """Where to load from: the override given (the app's KREA2_RAW / KREA2_TURBO setting), else the Hub default."""
@@ -48,7 +49,8 @@ RAW = CheckpointSpec(
     steps_range=(1, 100),
     guidance_range=(0.0, 20.0),
     recommended_megapixels=(0.25, 1.0),
-    description="Undistilled base: 52 steps, guidance 3.5, negative prompt applies. Best up to ~1 MP.",
+    description="Undistilled base: 52 steps, guidance 3.5, negative prompt applies.",
+    size_advice="Best up to ~1 MP.",
 )
 
 TURBO = CheckpointSpec(
@@ -63,7 +65,8 @@ TURBO = CheckpointSpec(
     steps_range=(1, 100),
     guidance_range=(0.0, 20.0),
     recommended_megapixels=(1.0, 4.0),
-    description="Distilled: 8 steps, no guidance (negative prompt ignored). Best at 1-4 MP.",
+    description="Distilled: 8 steps, no guidance (negative prompt ignored).",
+    size_advice="Best at 1-4 MP.",
 )
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {"raw": RAW, "turbo": TURBO}

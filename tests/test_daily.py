@@ -15,7 +15,7 @@ from storage import HistoryStore
 from studio.service import StudioService
 from ui.details import describe
 from ui.handlers import Handlers, StepClock, error_note, for_people, next_seed, seeds_text
-from ui.presets import CUSTOM, preset_for
+from ui.presets import CUSTOM, checkpoint_note, preset_for
 
 
 @pytest.fixture
@@ -68,6 +68,13 @@ def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
     assert preset_for(256, 256, "raw", demo=True) == "1:1 · 256×256 (demo model)"
     assert preset_for(512, 512, "turbo") == CUSTOM
     assert preset_for(2048, 2048, "turbo", demo=True) == CUSTOM  # no 4 MP preset for a model that learned 512²
+    # and the note under the checkpoint toggle gives the demo model's size, not the real checkpoint's 1-4 MP
+    assert checkpoint_note("turbo", demo=True) == (
+        "Distilled: 8 steps, no guidance (negative prompt ignored). The demo model draws best at 256×256."
+    )
+    assert checkpoint_note("turbo").endswith("Best at 1-4 MP.") and checkpoint_note("raw").endswith("~1 MP.")
+    switched = Handlers(service).switch_checkpoint("raw", 8, 0.0, "turbo", {})
+    assert "The demo model draws best at 256×256." in switched[3] and "MP" not in switched[3]
     real = StudioService(ModelManager(PipelineLoader(demo_sources, torch.float32), demo=False), service.store)
     assert not real.demo and Handlers(real).default_size == (1024, 1024)  # (never started: nothing is loaded)
 

@@ -39,7 +39,7 @@ from studio.sources import hires_source, image_source, reused_source
 from .details import describe, loras_text
 from .image_inputs import DEFAULT_STRENGTH, describe_start, editor_source, editor_value
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras, shown
-from .presets import preset_choices, preset_for, preset_size
+from .presets import checkpoint_note, preset_choices, preset_for, preset_size
 from .text import as_text
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class Handlers:
             steps_slider(new, mine["steps"]),
             guidance_slider(new, mine["guidance"]),
             gr.update(visible=spec.uses_negative_prompt(mine["guidance"])),
-            spec.description,
+            checkpoint_note(new, self.service.demo),
             gr.update(choices=preset_choices(new, self.service.demo)),
             new,
             settings,
@@ -491,7 +491,7 @@ class Handlers:
                 choices=preset_choices(checkpoint, self.service.demo),
                 value=preset_for(width, height, checkpoint, self.service.demo),
             ),
-            spec.description,
+            checkpoint_note(checkpoint, self.service.demo),
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
             gr.Tabs(selected="generate"),

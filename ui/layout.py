@@ -27,7 +27,7 @@ from .handlers import (
 )
 from .image_inputs import DEFAULT_STRENGTH
 from .lora_picker import lora_picker, wire_lora_pickers
-from .presets import preset_choices, preset_for
+from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks
 
 # What the demo model knows is demo/scenes.py's vocabulary (tests/test_demo_model.py keeps the two in step).
@@ -120,7 +120,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                 )
                         negative = gr.Textbox(label="Negative prompt", visible=False, elem_id="negative-prompt")
                         checkpoint = gr.Radio(CHECKPOINT_CHOICES, value=first.key, label="Checkpoint", elem_id="ckpt")
-                        checkpoint_info = gr.Markdown(first.description)
+                        checkpoint_info = gr.Markdown(checkpoint_note(first.key, service.demo))
                         steps = gr.Slider(*first.steps_range, value=first.default_steps, step=1,
                                           label=steps_label(first), elem_id="steps")  # fmt: skip
                         guidance = gr.Slider(*first.guidance_range, value=first.default_guidance, step=0.1,

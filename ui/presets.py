@@ -53,6 +53,15 @@ def preset_choices(checkpoint: str, demo: bool = False) -> list[str]:
     return [*labels, CUSTOM]
 
 
+def checkpoint_note(checkpoint: str, demo: bool = False) -> str:
+    """What the UI says under the checkpoint toggle: how it behaves and the sizes it draws best at, which in demo mode
+    are the demo model's (the real checkpoint's "1-4 MP" is far beyond what the demo model learned)."""
+    spec = CHECKPOINTS[checkpoint]
+    side = DEMO_SIDES[0]
+    advice = f"The demo model draws best at {side}×{side}." if demo else spec.size_advice
+    return f"{spec.description} {advice}"
+
+
 def preset_size(label: object) -> tuple[int, int] | None:
     """The size a preset label names; None for Custom or anything else a client sends (a list is not a label)."""
     return SIZES.get(label) if isinstance(label, str) else None
