@@ -46,12 +46,6 @@ def start_app(data: Path, port: int) -> subprocess.Popen:
     raise SystemExit("the app did not start in 120 s")
 
 
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
 def fixed_seed(page, index: int) -> None:
     """Untick the `index`-th "Randomize seed" box (0: Generate, 1: Compare) and set its seed to 1."""
     page.get_by_label("Randomize seed").nth(index).uncheck()
@@ -70,21 +64,23 @@ def take(out: Path, url: str) -> None:
         page.get_by_text("Krea 2 Turbo: ready").wait_for(timeout=120_000)
         page.get_by_role("button", name=PROMPT).click()
         fixed_seed(page, 0)
-        page.locator("#generate-btn").click()
-        page.locator("#progress").get_by_text("Done").wait_for(timeout=120_000)
-        page.wait_for_timeout(1000)
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(out / "generate.png"), full_page=True)
+        run_and_shoot(page, "#generate-btn", page.locator("#progress").get_by_text("Done"), out / "generate.png")
 
         page.get_by_role("tab", name="Compare").click()
         page.locator("#compare-prompt textarea").fill(PROMPT)
         fixed_seed(page, 1)
-        page.locator("#compare-btn").click()
-        page.locator("#compare-info").get_by_text("prompt encoded once").wait_for(timeout=300_000)
-        page.wait_for_timeout(1000)
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(out / "compare.png"), full_page=True)
+        done = page.locator("#compare-info").get_by_text("prompt encoded once")
+        run_and_shoot(page, "#compare-btn", done, out / "compare.png")
         browser.close()
+
+
+def run_and_shoot(page, button: str, done, path: Path) -> None:
+    """Click `button`, wait for `done` to show, and take the whole page from its top."""
+    page.locator(button).click()
+    done.wait_for(timeout=300_000)
+    page.wait_for_timeout(1000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
 
 
 def main() -> None:
