@@ -128,6 +128,7 @@ def run_child(args: argparse.Namespace) -> dict:
     out["ready_s"] = time.perf_counter() - start
     status = manager.status()
     out.update(plan=manager.placement, status=status.summary(), warmup=status.warmup)
+    out["warmup_skipped"] = list(status.warmup_skipped)  # each with its error's type; the child's log has the rest
     out["options"] = {key: str(value) for key, value in manager.options.__dict__.items()}
 
     out["cases"] = {}
@@ -222,6 +223,10 @@ def main() -> int:
                 log.error("cap %s %s failed:\n%s", cap, path, done.stderr[-3000:])
                 continue
             run = json.loads(done.stdout.strip().splitlines()[-1])
+            # The child's errors that did not stop it (a warm-up shape skipped, say): the 2026-12-03 24 GB run's
+            # warm-up failed and its reason was lost with the child's log.
+            errors = [line for line in done.stderr.splitlines() if "Error" in line or "skipped" in line]
+            run["log_errors"] = errors[-20:]
             payload["runs"].append(run)
             log.info("cap %s %s: %s", cap, path, {k: v.get("seconds") for k, v in run["cases"].items()})
     write_result(args.out, payload, "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-"))

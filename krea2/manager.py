@@ -67,6 +67,7 @@ class ManagerStatus:
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
     plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
     warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many
+    warmup_skipped: tuple[str, ...] = ()  # failed warm-up generations: "<checkpoint> <size> [x<images>]: <error type>"
     content_filter: str = ""  # the content policy's words (krea2/content_filter.py), "" without one
 
     def summary(self) -> str:
@@ -77,8 +78,14 @@ class ManagerStatus:
         if self.warmup == "running":
             done, total = self.warmup_progress
             parts.append(f"compile warm-up: running {done}/{total} (generating uncompiled meanwhile)")
+        elif self.warmup == "ready" and self.warmup_skipped:
+            done, total = self.warmup_progress
+            skipped = len(self.warmup_skipped)
+            parts.append(f"compile warm-up: ready, {skipped} of {total} shapes skipped ({self.warmup_skipped[0]})")
         elif self.warmup != "off":
-            parts.append(f"compile warm-up: {self.warmup}" + (" (full speed)" if self.warmup == "ready" else ""))
+            detail = " (full speed)" if self.warmup == "ready" else ""
+            detail = f" ({self.warmup_skipped[0]})" if self.warmup == "failed" and self.warmup_skipped else detail
+            parts.append(f"compile warm-up: {self.warmup}{detail}")
         if self.fast_path:
             parts.append(self.fast_path)
         if self.content_filter:
@@ -120,6 +127,7 @@ class ModelManager:
         self.residency: Residency | None = None  # a small-GPU plan's: which transformer is on the GPU
         self.compile_cache = compile_cache  # torch's compile artifacts, loaded before the warm-up, saved after it
         self._warmup_progress = (0, 0)
+        self._warmup_skipped: tuple[str, ...] = ()
         self._waiting_users = 0  # requests waiting for the GPU: the warm-up lets them go first
         self._turns = threading.Condition()
         self.requested_options = options or FastPathOptions()
@@ -277,19 +285,27 @@ class ModelManager:
         requests = warmup_requests(self.pipes, sizes, steps, batch_sizes)
         if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
             requests.sort(key=lambda request: request.checkpoint != self.residency.active)
-        self._warmup, self._warmup_progress = "running", (0, len(requests))
+        self._warmup, self._warmup_progress, self._warmup_skipped = "running", (0, len(requests)), ()
         if self.compile_cache is not None:
             self.compile_cache.load()
-        try:
-            for done, request in enumerate(requests, 1):
-                self._wait_for_users()
+        for done, request in enumerate(requests, 1):
+            self._wait_for_users()
+            try:
                 with self._generate_lock, self.on_device():
                     self._generate(self.pipes[request.checkpoint], request, on_step, threading.Event())
-                self._warmup_progress = (done, len(requests))
-        except Exception:
-            self._warmup = "failed"
-            raise
-        self._warmup = "ready"
+            except Exception as error:
+                # One shape that cannot run here (out of memory at a large batch on a small card, say) must not stop
+                # the others from compiling (a 24 GB H200 run's warm-up ended "failed", with no reason given and the
+                # shapes after the failing one left uncompiled). A user asking for that shape gets its own clear error.
+                label = f"{CHECKPOINTS[request.checkpoint].display_name} {request.width}×{request.height}"
+                label += f" ×{request.num_images}" if request.num_images > 1 else ""
+                log.exception("Compile warm-up: %s skipped", label)
+                self._warmup_skipped += (f"{label}: {type(error).__name__}",)
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            self._warmup_progress = (done, len(requests))
+        self._warmup = "failed" if len(self._warmup_skipped) == len(requests) else "ready"
         seconds = time.perf_counter() - start
         log.info("Compile warm-up done in %.1f s", seconds)
         if self.compile_cache is not None:
@@ -362,6 +378,7 @@ class ModelManager:
             fast_path=self._fast_path_summary(),
             plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
             warmup_progress=self._warmup_progress,
+            warmup_skipped=self._warmup_skipped,
             content_filter=self.content_policy.status() if self.content_policy is not None else "",
         )
 

@@ -14,6 +14,7 @@ def test_smoke_run_measures_a_plan_against_todays_offload_path(tmp_path):
     assert "plan swap+stream 3" in plan["status"] and "3 blocks of each streamed" in plan["status"]
     for run in (offload, plan):
         assert run["cap_gb"] == 16.0 and run["peak_host_rss_gb"] > 0 and run["start_s"] > 0
+        assert run["warmup_skipped"] == [] and run["log_errors"] == []  # nothing failed on the way
         for case in run["cases"].values():
             assert "error" not in case, case
             assert case["checkpoint"] == "turbo" and (case["width"], case["steps"]) == (256, 2)

@@ -129,6 +129,32 @@ def test_a_damaged_compile_cache_does_not_stop_the_warm_up(fresh_manager, tmp_pa
     assert fresh_manager.status().warmup == "ready"
 
 
+def test_a_warm_up_shape_that_fails_is_skipped_named_and_the_rest_still_warm_up(fresh_manager, monkeypatch):
+    """A shape that cannot run (out of memory at one batch size on a small card) is named in the status line, and
+    the warm-up goes on with the others; only when every shape fails does it say failed."""
+    ran: list[tuple[str, str]] = []
+    generate = fresh_manager._generate
+
+    def out_of_memory_for_raw_short_prompt(pipe, request, *args, **kwargs):
+        if request.checkpoint == "raw" and request.prompt == "a cat":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        ran.append((request.checkpoint, request.prompt))
+        return generate(pipe, request, *args, **kwargs)
+
+    monkeypatch.setattr(fresh_manager, "_generate", out_of_memory_for_raw_short_prompt)
+    fresh_manager.warm_up(**WARMUP)
+    status = fresh_manager.status()
+    assert status.warmup == "ready" and status.warmup_progress == (4, 4) and len(ran) == 3
+    assert status.warmup_skipped == ("Krea 2 Raw 256×256: OutOfMemoryError",)
+    assert "compile warm-up: ready, 1 of 4 shapes skipped (Krea 2 Raw 256×256: OutOfMemoryError)" in status.summary()
+
+    monkeypatch.setattr(fresh_manager, "_generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no GPU")))
+    fresh_manager.warm_up(**WARMUP)
+    status = fresh_manager.status()
+    assert status.warmup == "failed" and len(status.warmup_skipped) == 4
+    assert "compile warm-up: failed (Krea 2 Turbo 256×256: RuntimeError)" in status.summary()
+
+
 CACHE_ROUND_TRIP = """
 import json, os, sys, tempfile
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # a fresh machine's empty caches
