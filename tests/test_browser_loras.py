@@ -78,4 +78,4 @@ def test_the_demo_lora_shows_on_raw_and_turbo_side_by_side(page):
     for side in ("raw", "turbo"):
         src = page.locator(f"#compare-{side} img").get_attribute("src")
         path = Path(unquote(src.split("file=", 1)[1].split("?")[0]))
-        assert grid_edge_share(Image.open(path)) > 0.38, side  # without the LoRA: 0.04-0.25 (test_demo_lora.py)
+        assert grid_edge_share(Image.open(path)) > 0.38, side  # without the LoRA: 0.13-0.35 (test_demo_lora.py)

@@ -86,14 +86,14 @@ def _verdicts(manager, compositions: list[Composition], checkpoint: str, **field
 
 def test_demo_turbo_draws_what_held_out_prompts_ask_and_beats_raw_at_8_steps(manager, twenty_held_out):
     """20 single-shape prompts training never saw, read back from the pixels. Measured on this CPU with the committed
-    checkpoints (seeds 0-19): Turbo 20/20 backgrounds, 20/20 colours, 9/20 fully right (shape kind included); Raw cut
-    to Turbo's 8 steps only 9/20 colours and 5/20 fully right, which is what distillation buys. The thresholds sit
-    below those counts; the first round's checkpoints scored 0-1 of 20 fully right, random weights 0
-    (demo/results/eval-*.json has all 520 held-out pictures)."""
+    checkpoints (seeds 0-19, 2026-12-03): Turbo 20/20 backgrounds and colours, 19/20 fully right (shape kind
+    included); Raw cut to Turbo's 8 steps only 9/20 colours and 6/20 fully right, which is what distillation buys. The
+    thresholds sit below those counts; the checkpoints before the fourth Raw round scored 9/20 on Turbo, the first
+    round's 0-1, random weights 0 (demo/results/eval-*.json has all 520 held-out pictures)."""
     turbo = _verdicts(manager, twenty_held_out, "turbo")
-    assert turbo["background"] >= 18 and turbo["colour"] >= 17 and turbo["correct"] >= 6, turbo
+    assert turbo["background"] >= 18 and turbo["colour"] >= 18 and turbo["correct"] >= 15, turbo
     raw_8 = _verdicts(manager, twenty_held_out, "raw", steps=8)
-    assert turbo["colour"] >= raw_8["colour"] + 5 and turbo["correct"] > raw_8["correct"], (turbo, raw_8)
+    assert turbo["colour"] >= raw_8["colour"] + 5 and turbo["correct"] >= raw_8["correct"] + 5, (turbo, raw_8)
 
 
 @pytest.mark.parametrize("checkpoint", ["turbo", "raw"])
