@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from demo.scenes import Scene, Shape, render
+from demo.scenes import COLOURS, Scene, Shape, render
 from krea2.image_to_image import schedule_tail
 from krea2.request import GenerationRequest, ImageInput, InvalidRequest
 
@@ -43,15 +43,19 @@ def test_strength_one_is_text_to_image_exactly(manager, checkpoint: str) -> None
 
 
 def test_low_strength_keeps_the_image_high_strength_follows_the_prompt(manager) -> None:
+    """At 0.25 only the last two of Turbo's eight steps run: the init's green square stays where it is and green, and
+    the picture stays far closer to the init than one drawn from noise, where the prompt's blue background replaces
+    the yellow one. Measured with the committed checkpoints (seed 11): mean distance 15.1 at 0.25 (the square's centre
+    within 3 levels; the trained model warms the yellow background towards orange), 142 at 1.0 (a blue corner)."""
     init = scene_image("yellow", "green")
-    distance = {}
-    for strength in (0.25, 1.0):
-        image = manager.generate(request(source=ImageInput(init, strength=strength))).images[0]
-        distance[strength] = float(np.abs(pixels(image) - pixels(init)).mean())
-    # At 0.25 only the last two of Turbo's eight steps run: the picture stays close to the init image (the VAE's
-    # round trip plus two steps); from noise the prompt's blue background replaces the yellow one.
-    assert distance[0.25] < 12, distance
-    assert distance[1.0] > 3 * distance[0.25], distance
+    before = pixels(init)
+    centre, corner = (slice(118, 138), slice(118, 138)), (slice(0, 20), slice(0, 20))
+    images = {s: pixels(manager.generate(request(source=ImageInput(init, strength=s))).images[0]) for s in (0.25, 1.0)}
+    distance = {strength: float(np.abs(image - before).mean()) for strength, image in images.items()}
+    assert np.abs(images[0.25][centre] - before[centre]).mean() < 15, images[0.25][centre].mean(axis=(0, 1))
+    assert distance[1.0] > 5 * distance[0.25], distance
+    blue = np.array(COLOURS["blue"], dtype=np.float32)
+    assert np.abs(images[1.0][corner].mean(axis=(0, 1)) - blue).max() < 40, images[1.0][corner].mean(axis=(0, 1))
 
 
 def test_inpaint_leaves_unmasked_pixels_unchanged_and_repaints_the_mask(manager) -> None:
