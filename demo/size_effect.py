@@ -1,0 +1,60 @@
+"""How the demo model's pictures depend on their size, read back from pixels: 48 held-out single-shape prompts (a
+fixed sample, seed = the prompt's index) on Turbo at each side, each picture resized to the scorer's 256² first. The
+demo app opens at the side that scores best (`krea2/demo.DEMO_SIDES`), and its banner says what happens at the other.
+
+    python -m demo.size_effect --out demo/results/size-effect-<date>-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from demo.evaluate import SIZE
+from demo.scenes import held_out
+from demo.score import judge, read_all
+from krea2.checkpoints import TURBO
+from krea2.demo import DEMO_SIDES, demo_checkpoints
+from krea2.loading import PipelineLoader
+from krea2.manager import ModelManager
+from krea2.request import GenerationRequest
+
+PROMPTS, SAMPLE_SEED = 48, 7
+
+
+def measure(sides: tuple[int, ...] = DEMO_SIDES, prompts: int = PROMPTS) -> dict:
+    manager = ModelManager(PipelineLoader(demo_checkpoints(), torch.float32), demo=True)
+    manager.start(background=False)
+    singles = [c for c in held_out() if c.layout == "single"]
+    chosen = random.Random(SAMPLE_SEED).sample(singles, prompts)
+    results: dict = {"checkpoint": TURBO.key, "prompts": prompts, "sample_seed": SAMPLE_SEED, "sides": {}}
+    for side in sides:
+        pictures = []
+        for seed, composition in enumerate(chosen):
+            request = GenerationRequest(prompt=composition.prompt, checkpoint=TURBO.key, width=side, height=side,
+                                        seed=seed)  # fmt: skip
+            image = manager.generate(request).images[0]
+            pictures.append(np.asarray(image.resize((SIZE, SIZE), Image.BICUBIC), dtype=np.float32))
+        verdicts = [judge(reading, c) for reading, c in zip(read_all(pictures), chosen, strict=True)]
+        results["sides"][str(side)] = {key: sum(v[key] for v in verdicts) for key in verdicts[0]}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    results = measure()
+    results["command"] = f"python -m demo.size_effect --out {args.out}"
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(results["sides"])
+
+
+if __name__ == "__main__":
+    main()
