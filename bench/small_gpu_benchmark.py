@@ -225,8 +225,9 @@ def main() -> int:
             run = json.loads(done.stdout.strip().splitlines()[-1])
             # The child's errors that did not stop it (a warm-up shape skipped, say): the 2026-12-03 24 GB run's
             # warm-up failed and its reason was lost with the child's log.
-            errors = [line for line in done.stderr.splitlines() if "Error" in line or "skipped" in line]
-            run["log_errors"] = errors[-20:]
+            lines = done.stderr.splitlines()
+            skipped = [line for line in lines if "skipped" in line]  # every one (a traceback's lines follow each)
+            run["log_errors"] = skipped + [line for line in lines if "Error" in line and line not in skipped][-20:]
             payload["runs"].append(run)
             log.info("cap %s %s: %s", cap, path, {k: v.get("seconds") for k, v in run["cases"].items()})
     write_result(args.out, payload, "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-"))

@@ -13,24 +13,20 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from demo.evaluate import SIZE
+from demo.evaluate import SIZE, load_manager
 from demo.scenes import held_out
 from demo.score import judge, read_all
 from krea2.checkpoints import TURBO
-from krea2.demo import DEMO_SIDES, demo_checkpoints
-from krea2.loading import PipelineLoader
+from krea2.demo import DEMO_SIDES
 from krea2.manager import ModelManager
 from krea2.request import GenerationRequest
 
 PROMPTS, SAMPLE_SEED = 48, 7
 
 
-def measure(sides: tuple[int, ...] = DEMO_SIDES, prompts: int = PROMPTS) -> dict:
-    manager = ModelManager(PipelineLoader(demo_checkpoints(), torch.float32), demo=True)
-    manager.start(background=False)
+def measure(manager: ModelManager, sides: tuple[int, ...] = DEMO_SIDES, prompts: int = PROMPTS) -> dict:
     singles = [c for c in held_out() if c.layout == "single"]
     chosen = random.Random(SAMPLE_SEED).sample(singles, prompts)
     results: dict = {"checkpoint": TURBO.key, "prompts": prompts, "sample_seed": SAMPLE_SEED, "sides": {}}
@@ -50,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    results = measure()
+    results = measure(load_manager(None, "cpu"))
     results["command"] = f"python -m demo.size_effect --out {args.out}"
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(results["sides"])

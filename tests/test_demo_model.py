@@ -179,11 +179,11 @@ def test_grid_edge_share_tells_the_pixel_style_from_the_plain_pictures():
     assert np.median(shares["plain"]) < 0.3
 
 
-def test_the_size_check_behind_the_demo_banner_runs():
+def test_the_size_check_behind_the_demo_banner_runs(manager):
     """`python -m demo.size_effect` (the banner's "draws best at 256 px"), on its first 6 prompts at 256² only:
     measured 45 of 48 fully right there (demo/results/size-effect-2026-12-03-cpu.json)."""
     from demo.size_effect import measure
 
-    result = measure(sides=(256,), prompts=6)
+    result = measure(manager, sides=(256,), prompts=6)
     assert set(result["sides"]) == {"256"} and result["prompts"] == 6
     assert result["sides"]["256"]["correct"] >= 4, result
