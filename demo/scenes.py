@@ -218,16 +218,28 @@ def _relation(rng: random.Random, colour: str, kind: str, bg: str, texture: str)
     return Scene(shapes, bg, texture, caption, "relation", relation=relation)
 
 
-def sample_scene(rng: random.Random, exclude: set[tuple[str, str, str]] | None = None, style: Style = "plain") -> Scene:
-    """A random scene (60% one shape, 20% a count, 20% a relation), never showing an excluded (colour, kind,
-    background) pairing: pass `held_out_triples()` so that training never sees what evaluation asks for."""
+# What share of training scenes has each layout (the held-out set is fixed: 200 singles, 30 counts, 30 relations).
+LAYOUT_MIX: dict[str, float] = {"single": 0.6, "count": 0.2, "relation": 0.2}
+
+
+def sample_scene(
+    rng: random.Random,
+    exclude: set[tuple[str, str, str]] | None = None,
+    style: Style = "plain",
+    mix: dict[str, float] | None = None,
+) -> Scene:
+    """A random scene (by default `LAYOUT_MIX`: 60% one shape, 20% a count, 20% a relation), never showing an
+    excluded (colour, kind, background) pairing: pass `held_out_triples()` so that training never sees what evaluation
+    asks for."""
+    mix = mix or LAYOUT_MIX
+    single, count = mix["single"], mix["single"] + mix["count"]
     while True:
         bg = rng.choice(list(COLOURS))
         colour = rng.choice(_contrasting(bg))
         kind = rng.choice(KINDS)
         texture = "plain" if rng.random() < 0.7 else rng.choice(TEXTURES[1:])
         roll = rng.random()
-        make = _single if roll < 0.6 else _count if roll < 0.8 else _relation
+        make = _single if roll < single else _count if roll < count else _relation
         scene = make(rng, colour, kind, bg, texture)
         if exclude and any((s.colour, s.kind, bg) in exclude for s in scene.shapes):
             continue

@@ -52,6 +52,7 @@ from demo.scenes import (
     COLOURS,
     COUNT_WORDS,
     KINDS,
+    LAYOUT_MIX,
     PLACES,
     PLURALS,
     RELATIONS,
@@ -93,6 +94,7 @@ class Budget:
     raw_steps: int = 9000
     raw_batch: int = 1024  # at 256²; a 512² batch holds a quarter as many pictures (the same number of tokens)
     raw_pool: dict[int, int] | None = None  # pictures drawn per size for the latent pool
+    layout_mix: dict[str, float] | None = None  # Raw's pool and Turbo's captions: share of each layout (LAYOUT_MIX)
     raw_round: int = 0  # 0: from scratch; 1, 2...: continue from the previous round's weights
     raw_lr: float = 1e-3
     turbo_trajectories: int = 12288
@@ -426,7 +428,7 @@ class LatentPool:
     with no pictures is left out (`sizes()` says which the pool holds); `seconds` splits the drawing time by phase."""
 
     def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, tokens: Tokens, sizes: dict[int, int],
-                 device, style: str = "plain") -> None:  # fmt: skip
+                 device, style: str = "plain", mix: dict[str, float] | None = None) -> None:  # fmt: skip
         self.latents: dict[int, torch.Tensor] = {}
         self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.empty = tokens([""])
@@ -436,7 +438,7 @@ class LatentPool:
                 continue
             chunk = max(1, 512 * (256 // size) ** 2)  # 512 pictures at 256², 128 at 512²
             with self._timed("scenes", device):
-                scenes = [sample_scene(rng, exclude, style) for _ in range(count)]
+                scenes = [sample_scene(rng, exclude, style, mix) for _ in range(count)]
             parts = []
             for start in range(0, count, chunk):
                 with self._timed("render", device):
@@ -581,7 +583,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
     encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
-    pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device)
+    pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
     parameters = [*transformer.parameters(), *text_encoder.parameters()]
@@ -618,6 +620,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     this = {
         "round": budget.raw_round,
         "pool": budget.raw_pool,
+        "layout_mix": budget.layout_mix or LAYOUT_MIX,
         "pool_seconds": round(pool_seconds, 1),
         "pool_phases_s": rounded(pool.seconds),
         "batch": budget.raw_batch,
@@ -742,7 +745,8 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
         captions_all, states = [], []
         total = int(budget.turbo_trajectories * share)
         for start in range(0, total, chunk):
-            captions = [sample_scene(rng, exclude).caption for _ in range(min(chunk, total - start))]
+            scenes = [sample_scene(rng, exclude, mix=budget.layout_mix) for _ in range(min(chunk, total - start))]
+            captions = [scene.caption for scene in scenes]
             seed = 31 + start + size
             states.append(compiled_teacher.run(teacher_trajectories, pipe, teacher, captions, size, device, seed))
             captions_all += captions
@@ -910,6 +914,17 @@ def import_export(out: Path, work: Path) -> dict:
     return {"from": str(out), "files": sorted(p.name for p in work.iterdir())}
 
 
+def layout_mix(text: str) -> dict[str, float] | None:
+    """`--mix single=0.4,count=0.3,relation=0.3` -> the shares (None for the default `LAYOUT_MIX`); every layout
+    named once, the shares summing to 1."""
+    if not text:
+        return None
+    mix = {name: float(share) for name, share in (part.split("=") for part in text.split(","))}
+    if set(mix) != set(LAYOUT_MIX) or any(share < 0 for share in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
+        raise SystemExit(f"--mix names {', '.join(LAYOUT_MIX)} once each, shares >= 0 summing to 1: got {text!r}")
+    return mix
+
+
 STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo, "lora": train_lora}
 
 
@@ -923,6 +938,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="", help="step counts per stage, e.g. raw=9000,turbo=3000")
     parser.add_argument("--batch", default="", help="batch sizes at 256² per stage, e.g. raw=1024,turbo=1024")
     parser.add_argument("--pool", default="49152,8192", help="Raw's latent pool: pictures at 256² and at 512²")
+    parser.add_argument("--mix", default="", help="layout shares, e.g. single=0.4,count=0.3,relation=0.3")
     parser.add_argument("--raw-lr", type=float, default=Budget.raw_lr, help="Raw's peak learning rate")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
@@ -940,6 +956,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = Budget(
         minutes={k: float(v) for k, v in (p.split("=") for p in args.minutes.split(",") if p)},
         raw_pool=dict(zip((256, 512), map(int, args.pool.split(",")), strict=True)),
+        layout_mix=layout_mix(args.mix),
         raw_round=args.raw_round,
         raw_lr=args.raw_lr,
         compile=device.type == "cuda" if args.compile is None else args.compile,
@@ -955,7 +972,7 @@ def main(argv: list[str] | None = None) -> None:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
-            lora_steps=4, lora_batch=4, lora_pool=16,
+            lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)

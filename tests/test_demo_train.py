@@ -98,3 +98,25 @@ def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch
     point = train.probe(vae, tokenizer, train.Ema(text_encoder, 0.9), train.Ema(transformer, 0.9))
     assert set(point) == {"accuracy", "single_correct", "count_correct", "relation_correct", "single_kind"}
     assert 0 < point["single_kind"] <= 1 and 0 < point["accuracy"] <= 1
+
+
+def test_the_layout_mix_sets_what_share_of_training_scenes_are_counts_and_relations():
+    """`--mix` (issue 15: counts and relations are what the demo model misses) moves the pool's layouts; the default
+    stays `LAYOUT_MIX`; a mix that leaves a layout out or does not sum to 1 is refused."""
+    import random
+    from collections import Counter
+
+    from demo.scenes import held_out_triples, sample_scene
+    from demo.train import layout_mix
+
+    def shares(mix) -> Counter:
+        rng, exclude = random.Random(0), held_out_triples()
+        return Counter(sample_scene(rng, exclude, mix=mix).layout for _ in range(2000))
+
+    default, shifted = shares(None), shares(layout_mix("single=0.2,count=0.4,relation=0.4"))
+    assert default["single"] > 1100 and shifted["single"] < 500, (default, shifted)
+    assert shifted["count"] > 2 * default["count"] and shifted["relation"] > 2 * default["relation"]
+    assert layout_mix("") is None
+    for bad in ("single=0.5,count=0.5", "single=0.5,count=0.3,relation=0.3", "single=1.2,count=-0.1,relation=-0.1"):
+        with pytest.raises(SystemExit, match="--mix names"):
+            layout_mix(bad)
