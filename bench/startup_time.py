@@ -92,10 +92,13 @@ def main() -> int:
     loaded = since_start()
     out["weights_loaded_s"] = loaded  # since the process started
     out["status_when_loaded"] = manager.status().summary()
+    log.info("weights loaded after %.1f s: %s", loaded, out["status_when_loaded"])  # the log says how far a cut run got
 
     result = manager.generate(request)  # the first image, the moment the weights are there
     out["first_image_after_weights_s"] = since_start() - loaded
     out["first_image_generation_s"] = result.timings.total_s
+    log.info("first image %.1f s after the weights (%.2f s generating)", out["first_image_after_weights_s"],
+             result.timings.total_s)  # fmt: skip
     during = []
     while manager.status().warmup == "running":
         time.sleep(args.interval)
@@ -103,9 +106,11 @@ def main() -> int:
             break
         asked = since_start()
         during.append({"asked_after_weights_s": asked - loaded, "seconds": manager.generate(request).timings.total_s})
+        log.info("during the warm-up: %s", during[-1])
     out["images_during_warmup"] = during
     out["warmup"] = manager.status().warmup
     out["full_speed_after_weights_s"] = since_start() - loaded
+    log.info("warm-up %s %.1f s after the weights", out["warmup"], out["full_speed_after_weights_s"])
     times = [manager.generate(request).timings.total_s for _ in range(args.repeats)]
     out["full_speed_image_s"] = statistics.median(times)
     out["full_speed_runs_s"] = times
