@@ -155,6 +155,12 @@ def judge(reading: Reading, composition: Composition) -> dict[str, bool]:
     return verdict
 
 
+def tally(pictures, compositions: list[Composition]) -> dict[str, int]:
+    """How many pictures show each part of what their compositions ask (`judge`'s keys, `correct` included)."""
+    verdicts = [judge(reading, c) for reading, c in zip(read_all(pictures), compositions, strict=True)]
+    return {key: sum(verdict[key] for verdict in verdicts) for key in verdicts[0]}
+
+
 def grid_edge_share(image: Image.Image | np.ndarray, blocks: int = PIXEL_BLOCKS) -> float:
     """How much of a picture's edge energy lies on the pixel style's block grid (`blocks` per side), within a pixel
     either side (the VAE blurs an edge by about that much): about 3 / (side / blocks) for a picture whose edges fall

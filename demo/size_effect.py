@@ -17,7 +17,7 @@ from PIL import Image
 
 from demo.evaluate import SIZE, load_manager
 from demo.scenes import held_out
-from demo.score import judge, read_all
+from demo.score import tally
 from krea2.checkpoints import TURBO
 from krea2.demo import DEMO_SIDES
 from krea2.manager import ModelManager
@@ -37,8 +37,7 @@ def measure(manager: ModelManager, sides: tuple[int, ...] = DEMO_SIDES, prompts:
                                         seed=seed)  # fmt: skip
             image = manager.generate(request).images[0]
             pictures.append(np.asarray(image.resize((SIZE, SIZE), Image.BICUBIC), dtype=np.float32))
-        verdicts = [judge(reading, c) for reading, c in zip(read_all(pictures), chosen, strict=True)]
-        results["sides"][str(side)] = {key: sum(v[key] for v in verdicts) for key in verdicts[0]}
+        results["sides"][str(side)] = tally(pictures, chosen)
     return results
 
 

@@ -919,9 +919,15 @@ def layout_mix(text: str) -> dict[str, float] | None:
     named once, the shares summing to 1."""
     if not text:
         return None
-    mix = {name: float(share) for name, share in (part.split("=") for part in text.split(","))}
-    if set(mix) != set(LAYOUT_MIX) or any(share < 0 for share in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
-        raise SystemExit(f"--mix names {', '.join(LAYOUT_MIX)} once each, shares >= 0 summing to 1: got {text!r}")
+    usage = f"--mix names {', '.join(LAYOUT_MIX)} once each as name=share, shares >= 0 summing to 1: got {text!r}"
+    try:
+        pairs = [part.split("=") for part in text.split(",")]
+        mix = {name.strip(): float(share) for name, share in pairs}  # a part without one '=' fails to unpack
+    except ValueError:
+        raise SystemExit(usage) from None
+    if len(mix) != len(pairs) or set(mix) != set(LAYOUT_MIX) or any(share < 0 for share in mix.values()) \
+            or abs(sum(mix.values()) - 1) > 1e-6:  # fmt: skip
+        raise SystemExit(usage)
     return mix
 
 

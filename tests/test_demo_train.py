@@ -117,6 +117,9 @@ def test_the_layout_mix_sets_what_share_of_training_scenes_are_counts_and_relati
     assert default["single"] > 1100 and shifted["single"] < 500, (default, shifted)
     assert shifted["count"] > 2 * default["count"] and shifted["relation"] > 2 * default["relation"]
     assert layout_mix("") is None
-    for bad in ("single=0.5,count=0.5", "single=0.5,count=0.3,relation=0.3", "single=1.2,count=-0.1,relation=-0.1"):
+    malformed = ("single0.4,count=0.3,relation=0.3", "single=a,count=0.5,relation=0.5",
+                 "single=0.2,count=0.4,relation=0.1,relation=0.3")  # a usage message, not a traceback  # fmt: skip
+    wrong = ("single=0.5,count=0.5", "single=0.5,count=0.3,relation=0.3", "single=1.2,count=-0.1,relation=-0.1")
+    for bad in wrong + malformed:
         with pytest.raises(SystemExit, match="--mix names"):
             layout_mix(bad)
