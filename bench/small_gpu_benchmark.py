@@ -116,7 +116,10 @@ def run_child(args: argparse.Namespace) -> dict:
     if args.path == "offload":
         options, placement = FastPathOptions(), "offload"
     else:  # what the app puts on here (`studio.runtime`); the plan keeps what it allows (`speedups.for_plan`)
-        options = fast_path_options(Settings(), cuda=not args.smoke, demo=args.smoke)
+        # --no-compile: the plan without torch.compile (and so without the denoiser graphs its warm-up captures), an
+        # upper bound on the plan's time that fits a short device call (no compile warm-up).
+        settings = Settings(compile=False) if args.no_compile else Settings()
+        options = fast_path_options(settings, cuda=not args.smoke, demo=args.smoke)
         placement = "auto"
     probe = simulated_probe(cap or 80.0, ModelSizes.of(_demo_pipes(loader))) if args.smoke else read_budget
     start = time.perf_counter()
@@ -186,6 +189,7 @@ def main() -> int:
     parser.add_argument("--raw-steps", type=int, default=52, help="Raw's steps (its default 52; fewer to fit a call)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=3000, help="seconds per run")
+    parser.add_argument("--no-compile", action="store_true", help="the plan without compile: no warm-up, slower")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
         "--smoke", action="store_true", help="CPU, demo checkpoints, simulated memory: checks the script"
@@ -206,6 +210,7 @@ def main() -> int:
             command = [sys.executable, __file__, "--child", "--cap", cap, "--path", path, "--cases", args.cases,
                        "--raw-steps", str(args.raw_steps), "--repeats", str(args.repeats)]  # fmt: skip
             command += ["--smoke"] if args.smoke else []
+            command += ["--no-compile"] if args.no_compile else []
             log.info("run: cap %s GB, %s", cap, path)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -230,7 +235,9 @@ def main() -> int:
             run["log_errors"] = skipped + [line for line in lines if "Error" in line and line not in skipped][-20:]
             payload["runs"].append(run)
             log.info("cap %s %s: %s", cap, path, {k: v.get("seconds") for k, v in run["cases"].items()})
-    write_result(args.out, payload, "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-"))
+    payload["compile"] = not args.no_compile
+    name = "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-")
+    write_result(args.out, payload, name + ("_no-compile" if args.no_compile else ""))
     return 0
 
 
