@@ -234,7 +234,7 @@ def main() -> int:
             skipped = [line for line in lines if "skipped" in line]  # every one (a traceback's lines follow each)
             run["log_errors"] = skipped + [line for line in lines if "Error" in line and line not in skipped][-20:]
             payload["runs"].append(run)
-            log.info("cap %s %s: %s", cap, path, {k: v.get("seconds") for k, v in run["cases"].items()})
+            log.info("cap %s %s: %s", cap, path, {k: v.get("seconds", v.get("error")) for k, v in run["cases"].items()})
     payload["compile"] = not args.no_compile
     name = "small-gpu_" + args.caps.replace(",", "-") + "GB_" + args.paths.replace(",", "-")
     write_result(args.out, payload, name + ("_no-compile" if args.no_compile else ""))
