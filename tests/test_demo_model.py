@@ -19,7 +19,7 @@ from demo.scenes import (
     sample_scene,
     scene_for,
 )
-from demo.score import grid_edge_share, judge, read_all
+from demo.score import grid_edge_share, judge, read_all, tally
 from krea2.request import GenerationRequest
 
 
@@ -80,8 +80,7 @@ def twenty_held_out() -> list[Composition]:
 
 def _verdicts(manager, compositions: list[Composition], checkpoint: str, **fields) -> dict[str, int]:
     pictures = [_draw(manager, c.prompt, checkpoint, seed=i, **fields) for i, c in enumerate(compositions)]
-    verdicts = [judge(r, c) for r, c in zip(read_all(pictures), compositions, strict=True)]
-    return {key: sum(v[key] for v in verdicts) for key in verdicts[0]}
+    return tally(pictures, compositions)
 
 
 def test_demo_turbo_draws_what_held_out_prompts_ask_and_beats_raw_at_8_steps(manager, twenty_held_out):
