@@ -914,19 +914,27 @@ def import_export(out: Path, work: Path) -> dict:
     return {"from": str(out), "files": sorted(p.name for p in work.iterdir())}
 
 
+def key_values(text: str, convert: Callable[[str], float], usage: str) -> dict[str, float]:
+    """`raw=7,turbo=5` -> {"raw": 7.0, "turbo": 5.0} (`convert` each value; "" -> {}); a part without one '=', a value
+    `convert` refuses or a name given twice stops with `usage` instead of a traceback."""
+    try:
+        pairs = [part.split("=") for part in text.split(",") if part]
+        values = {name.strip(): convert(value) for name, value in pairs}  # a part without one '=' fails to unpack
+    except ValueError:
+        raise SystemExit(usage) from None
+    if len(values) != len(pairs):
+        raise SystemExit(usage)
+    return values
+
+
 def layout_mix(text: str) -> dict[str, float] | None:
     """`--mix single=0.4,count=0.3,relation=0.3` -> the shares (None for the default `LAYOUT_MIX`); every layout
     named once, the shares summing to 1."""
     if not text:
         return None
     usage = f"--mix names {', '.join(LAYOUT_MIX)} once each as name=share, shares >= 0 summing to 1: got {text!r}"
-    try:
-        pairs = [part.split("=") for part in text.split(",")]
-        mix = {name.strip(): float(share) for name, share in pairs}  # a part without one '=' fails to unpack
-    except ValueError:
-        raise SystemExit(usage) from None
-    if len(mix) != len(pairs) or set(mix) != set(LAYOUT_MIX) or any(share < 0 for share in mix.values()) \
-            or abs(sum(mix.values()) - 1) > 1e-6:  # fmt: skip
+    mix = key_values(text, float, usage)
+    if set(mix) != set(LAYOUT_MIX) or any(share < 0 for share in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
         raise SystemExit(usage)
     return mix
 
@@ -960,7 +968,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     budget = Budget(
-        minutes={k: float(v) for k, v in (p.split("=") for p in args.minutes.split(",") if p)},
+        minutes=key_values(args.minutes, float, f"--minutes takes stage=minutes pairs: got {args.minutes!r}"),
         raw_pool=dict(zip((256, 512), map(int, args.pool.split(",")), strict=True)),
         layout_mix=layout_mix(args.mix),
         raw_round=args.raw_round,
@@ -970,10 +978,10 @@ def main(argv: list[str] | None = None) -> None:
         profile=args.profile,
         probe_every=args.probe_every,
     )
-    for stage, batch in (p.split("=") for p in args.batch.split(",") if p):
-        setattr(budget, f"{stage}_batch", int(batch))
-    for stage, steps in (p.split("=") for p in args.steps.split(",") if p):
-        setattr(budget, f"{stage}_steps", int(steps))
+    for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
+        setattr(budget, f"{stage}_batch", batch)
+    for stage, steps in key_values(args.steps, int, f"--steps takes stage=steps pairs: got {args.steps!r}").items():
+        setattr(budget, f"{stage}_steps", steps)
     if args.smoke:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,

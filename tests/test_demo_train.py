@@ -123,3 +123,15 @@ def test_the_layout_mix_sets_what_share_of_training_scenes_are_counts_and_relati
     for bad in wrong + malformed:
         with pytest.raises(SystemExit, match="--mix names"):
             layout_mix(bad)
+
+
+def test_the_stage_flags_refuse_a_malformed_value_with_a_usage_message():
+    """--minutes, --steps and --batch share --mix's parsing: a part without '=', a value that is no number or a stage
+    given twice stops with a message naming the flag, before any training."""
+    from demo.train import key_values, main
+
+    assert key_values("raw=7,turbo=2.5", float, "usage") == {"raw": 7.0, "turbo": 2.5}
+    assert key_values("", int, "usage") == {}
+    for flag, bad in (("--minutes", "raw7"), ("--steps", "raw=many"), ("--batch", "raw=8,raw=16")):
+        with pytest.raises(SystemExit, match=f"{flag} takes"):
+            main(["--smoke", "--device", "cpu", "--stages", "export", flag, bad])
