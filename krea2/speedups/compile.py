@@ -6,8 +6,12 @@ seconds instead of minutes, and Raw reuses what Turbo compiled (same block class
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import torch
 from torch import nn
 
 from ..request import GenerationRequest
@@ -37,13 +41,23 @@ def compile_blocks(transformer: nn.Module) -> None:
     streamed = [block for block in transformer.transformer_blocks if offloaded(block)]
     if not streamed:
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=None)
-        return
-    # A small-GPU plan streams some blocks with group offloading (`krea2/residency.py`): its hooks move weights in
-    # Python around the block's forward, which a full graph cannot hold. Those run eagerly; the resident ones are
-    # compiled exactly as `compile_repeated_blocks` compiles every block.
+    else:
+        # A small-GPU plan streams some blocks with group offloading (`krea2/residency.py`): its hooks move weights in
+        # Python around the block's forward, which a full graph cannot hold. Those run eagerly; the resident ones are
+        # compiled exactly as `compile_repeated_blocks` compiles every block.
+        for block in transformer.transformer_blocks:
+            if not offloaded(block):
+                block.compile(fullgraph=True, dynamic=None)
+    route_compiled_blocks(transformer)
+
+
+def route_compiled_blocks(transformer: nn.Module) -> None:
+    """Put `Routed` in front of each compiled block: eager in a thread inside `eager_in_this_thread`, and the sequence
+    length marked dynamic before the compiled call."""
     for block in transformer.transformer_blocks:
-        if not offloaded(block):
-            block.compile(fullgraph=True, dynamic=None)
+        compiled = getattr(block, "_compiled_call_impl", None)
+        if compiled is not None and not isinstance(compiled, Routed):
+            block._compiled_call_impl = Routed(compiled, block._call_impl, mark=mark_sequence_dynamic)
 
 
 def blocks_compiled(transformer: nn.Module) -> bool:
@@ -84,3 +98,66 @@ def allow_recompiles_per_device(devices: int) -> None:
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, PER_DEVICE_RECOMPILES * devices)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 32 * PER_DEVICE_RECOMPILES * devices)
+
+
+# ------------------------------------------------------------------------------------------ compiling beside requests
+# The app compiles in a background thread while users' requests run (`ModelManager.warm_up`). torch's own switch for
+# "run eagerly instead of compiling", `torch.compiler.set_stance`, is process-wide and would stop that thread's
+# compilation too; dynamo's frame hook is per thread, so a call that never enters a compiled wrapper never meets
+# dynamo. `Routed` stands in front of each compiled function of the project and picks per thread.
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def eager_in_this_thread() -> Iterator[None]:
+    """Inside, every `Routed` function called from this thread runs its eager original (nothing compiles, nothing is
+    looked up in dynamo's caches); other threads are unaffected."""
+    previous = getattr(_this_thread, "eager", False)
+    _this_thread.eager = True
+    try:
+        yield
+    finally:
+        _this_thread.eager = previous
+
+
+def eager_here() -> bool:
+    return getattr(_this_thread, "eager", False)
+
+
+class Routed:
+    """A compiled function that runs `eager` instead in a thread inside `eager_in_this_thread`; `mark` (if any) sees
+    the arguments before the compiled call."""
+
+    def __init__(
+        self,
+        compiled: Callable[..., Any],
+        eager: Callable[..., Any],
+        mark: Callable[[tuple, dict], None] | None = None,
+    ) -> None:
+        self.compiled, self.eager, self.mark = compiled, eager, mark
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if eager_here():
+            return self.eager(*args, **kwargs)
+        if self.mark is not None:
+            self.mark(args, kwargs)
+        return self.compiled(*args, **kwargs)
+
+
+def mark_sequence_dynamic(args: tuple, kwargs: dict) -> None:
+    """Mark every dimension of a block's inputs that has the sequence's length (the hidden states', the rotary
+    tables'; never a last, feature, dimension, whatever its size) as dynamic before the first compilation. Left to
+    itself, torch.compile compiles the first shape statically and compiles again, dynamically, at the second: on an
+    H200 each compilation of the fp8 block took 70-90 s of a cold start
+    (`bench/results/2026-12-03T0427_NVIDIA-H200_startup_cold.log`). `maybe_mark_dynamic`, not `mark_dynamic`: a
+    dimension the graph turns out to need static stays static instead of raising."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
+        return
+    length = hidden.shape[1]
+    for value in (*args, *kwargs.values()):
+        for tensor in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(tensor, torch.Tensor):
+                for dim, size in enumerate(tensor.shape[:-1]):
+                    if size == length:
+                        torch._dynamo.maybe_mark_dynamic(tensor, dim)

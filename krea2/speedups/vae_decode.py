@@ -39,6 +39,8 @@ from diffusers.models.autoencoders.autoencoder_kl_qwenimage import (
 )
 from torch import nn
 
+from .compile import Routed
+
 # Flash and cuDNN attention kernels take head dims up to 256; the VAE's mid-block attention has one head of 384, which
 # PyTorch then runs on its slower memory-efficient kernel (bench/NOTES.md, fourth session).
 FLASH_MAX_HEAD_DIM = 256
@@ -128,7 +130,7 @@ class DecodeOps:
             norm_silu=compiled_per_width(norm_silu),
             bias_norm_silu=compiled_per_width(bias_norm_silu),
             bias_add=compiled_per_width(bias_add),
-            softmax=torch.compile(scaled_softmax),
+            softmax=Routed(torch.compile(scaled_softmax), scaled_softmax),
             is_compiled=True,
         )
 
@@ -138,15 +140,14 @@ def compiled_per_width(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.T
     keep each row of the norm's reduction in registers (one read) instead of looping over it twice. One compilation
     per width (the decoder has three) and batch-size class (one, several). Not `fullgraph`: past dynamo's recompile
     limit it runs eagerly rather than failing."""
-    compiled = torch.compile(fn, dynamic=True)
 
-    def call(*args):
+    def mark_channels_static(args: tuple, _kwargs: dict) -> None:
         for arg in args:
             if isinstance(arg, torch.Tensor):
                 torch._dynamo.mark_static(arg, 1 if arg.dim() == 4 else 0)  # the channel dim
-        return compiled(*args)
 
-    return call
+    # Routed: eager in a user's thread while the manager compiles in the background (`speedups/compile.py`).
+    return Routed(torch.compile(fn, dynamic=True), fn, mark=mark_channels_static)
 
 
 def single_head_attention(
