@@ -235,6 +235,9 @@ class ContextParallelManager(ModelManager):
             if not context_parallel_on(pipe.transformer):
                 enable_context_parallel(pipe.transformer, self.group.size)
 
+    def compiles_beside_requests(self) -> bool:
+        return False  # every rank runs the same collectives in the same order: one generation at a time
+
     def status(self):
         status = super().status()
         status.fast_path = " + ".join(filter(None, [status.fast_path, f"Ulysses over {self.group.size} GPUs"]))

@@ -146,10 +146,12 @@ def generate(
     on_step: StepCallback | None = None,
     cancel_event: threading.Event | None = None,
     image_filter: ImageClassifierFilter | None = None,
+    measure_peak: bool = True,
 ) -> Generated:
     """Run `request` (its seed already drawn: `request.seeded()`) on `pipe`. Raises Cancelled within one step of
     `cancel_event`, GenerationFailed for unusable output, ContentBlocked when `image_filter` flags any image (the
-    previews were mosaics then, and no image of the batch is made)."""
+    previews were mosaics then, and no image of the batch is made). `measure_peak` False leaves the device's peak-memory
+    counter alone (it is one per device): the manager's background compile runs beside a user's generation."""
     if request.seed is None:
         raise ValueError("generate needs a seeded request (GenerationRequest.seeded)")
     cancel_event = cancel_event or threading.Event()
@@ -159,8 +161,8 @@ def generate(
         raise Cancelled()
     if (cache := step_cache_of(pipe.transformer)) is not None:
         cache.reset()  # residuals from another image must never be reused
-    cuda = device.type == "cuda"
-    if cuda:
+    measure = device.type == "cuda" and measure_peak
+    if measure:
         torch.cuda.reset_peak_memory_stats(device)
     clock = PhaseClock(device)
 
@@ -213,7 +215,7 @@ def generate(
         raise blocked
     images = to_pil_images(decoded)
     clock.end("decode")
-    peak = torch.cuda.max_memory_allocated(device) if cuda else None
+    peak = torch.cuda.max_memory_allocated(device) if measure else None
     return Generated(images=images, timings=clock.timings(), peak_gpu_bytes=peak)
 
 

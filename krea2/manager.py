@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,8 +38,15 @@ from .preview import QWEN_IMAGE_LATENT_RGB, LatentRGB, StepCallback
 from .request import GenerationRequest
 from .residency import Residency
 from .speedups import FastPathOptions, apply, for_plan, installed, weights_moved
-from .speedups.compile import WARMUP_BATCH_SIZES, WARMUP_SIZES, WARMUP_STEPS, warmup_requests
+from .speedups.compile import (
+    WARMUP_BATCH_SIZES,
+    WARMUP_SIZES,
+    WARMUP_STEPS,
+    eager_in_this_thread,
+    warmup_requests,
+)
 from .speedups.denoiser_graphs import denoiser_graphs_of
+from .speedups.step_cache import step_cache_of
 
 if TYPE_CHECKING:
     from .compile_cache import CompileCache
@@ -66,7 +73,8 @@ class ManagerStatus:
     warmup: str = "off"  # off | running | ready | failed
     fast_path: str = ""  # what of the fast path is on, e.g. "fused projections + fp8 + FlashAttention-4 + ..."
     plan: str = ""  # the placement plan, one line (`PlacementPlan.describe`)
-    warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many
+    warmup_progress: tuple[int, int] = (0, 0)  # warm-up generations done, of how many (in the current stage)
+    warmup_stage: str = ""  # "" (one stage) | compiling (beside requests) | capturing (one at a time, between them)
     warmup_skipped: tuple[str, ...] = ()  # failed warm-up generations (`ModelManager._warm_up_one` says how named)
     content_filter: str = ""  # the content policy's words (krea2/content_filter.py), "" without one
 
@@ -77,7 +85,9 @@ class ManagerStatus:
             parts.append(text + (f" ({status.reason})" if status.reason else ""))
         if self.warmup == "running":
             done, total = self.warmup_progress
-            parts.append(f"compile warm-up: running {done}/{total} (generating uncompiled meanwhile)")
+            stage = {"compiling": "compiling in the background", "capturing": "capturing graphs"}
+            word = stage.get(self.warmup_stage, "running")
+            parts.append(f"compile warm-up: {word} {done}/{total} (generating uncompiled meanwhile)")
         elif self.warmup == "ready" and self.warmup_skipped:
             total = self.warmup_progress[1]
             skipped = len(self.warmup_skipped)
@@ -114,9 +124,12 @@ class ModelManager:
         compile_cache: CompileCache | None = None,
         loras: LoraLibrary | None = None,
         content_policy: ContentPolicy | None = None,
+        background_compile: bool | None = None,
     ) -> None:
         """`plan` forces a placement plan (tests, benchmarks); otherwise `placement` (the setting) and what
-        `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`)."""
+        `memory_probe` finds free once the checkpoints are loaded choose one (`plans.choose_plan`).
+        `background_compile`: whether the warm-up compiles beside users' requests (`warm_up`); None: on a GPU where
+        every weight stays put."""
         self.loader = loader
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.requested_placement = placement
@@ -128,6 +141,8 @@ class ModelManager:
         self.compile_cache = compile_cache  # torch's compile artifacts, loaded before the warm-up, saved after it
         self._warmup_progress = (0, 0)
         self._warmup_skipped: tuple[str, ...] = ()
+        self._warmup_stage = ""
+        self.background_compile = background_compile
         self._waiting_users = 0  # requests waiting for the GPU: the warm-up lets them go first
         self._turns = threading.Condition()
         self.requested_options = options or FastPathOptions()
@@ -284,6 +299,10 @@ class ModelManager:
         it: users are served meanwhile (uncompiled where a shape is not compiled yet, see `generate`). torch's compile
         artifacts are loaded first and saved after (`compile_cache`). Returns the seconds it took.
 
+        Where weights stay put (`compiles_beside_requests`), the compiling itself happens first, without the GPU lock
+        (`_compile_beside_requests`), and the locked generations then only capture CUDA graphs: a cold start's first
+        image no longer waits behind a warm-up generation that compiles for a minute and a half.
+
         `strict` (benchmarks, tests): the first failing generation ends the warm-up and is raised. Not strict (the
         app's background warm-up): a failing shape is skipped, logged and named in the status line, and the others still
         warm up; a 24 GB H200 run's warm-up stopped at one failing shape, said only "failed", and left the rest
@@ -294,9 +313,13 @@ class ModelManager:
         if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
             requests.sort(key=lambda request: request.checkpoint != self.residency.active)
         self._warmup, self._warmup_progress, self._warmup_skipped = "running", (0, len(requests)), ()
+        self._warmup_stage = ""
         try:
             if self.compile_cache is not None:
                 self.compile_cache.load()
+            if self.compiles_beside_requests():
+                self._compile_beside_requests(requests, on_step, strict)
+                self._warmup_progress = (0, len(requests))
             for done, request in enumerate(requests, 1):
                 self._wait_for_users()
                 failure = self._warm_up_one(request, on_step, strict)
@@ -309,6 +332,7 @@ class ModelManager:
                 bool(requests) and len(self._warmup_skipped) == len(requests)
             )
             self._warmup = "failed" if failed else "ready"
+            self._warmup_stage = ""
         seconds = time.perf_counter() - start
         if self._warmup == "failed":
             log.error("Compile warm-up failed: every shape failed (the first: %s)", self._warmup_skipped[0])
@@ -318,6 +342,65 @@ class ModelManager:
         if self.compile_cache is not None:
             self.compile_cache.save()
         return seconds
+
+    def compiles_beside_requests(self) -> bool:
+        """Whether the warm-up compiles without the GPU lock: as asked, else on a GPU; never under a swapping plan,
+        whose weights move between the GPU and CPU RAM under the lock."""
+        if self.residency is not None:
+            return False
+        return self.background_compile if self.background_compile is not None else self.device.type == "cuda"
+
+    def _compile_beside_requests(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None, strict: bool
+    ) -> None:
+        """The warm-up's first stage, without the GPU lock: a one-step generation per warm-up shape, in this thread on
+        a pipeline of its own (`thread_copy`) and, on a GPU, a CUDA stream of its own, so that torch.compile compiles
+        while users' requests run beside it, eagerly (`_uncompiled_while_warming`). No CUDA graph is captured
+        meanwhile, by anyone: a capture beside another thread's GPU work and inductor's benchmarking is not safe. The
+        locked stage that follows captures them from what is compiled by then. A failing shape is only logged here
+        (not strict): the locked stage runs it again and names it if it fails there. A checkpoint with Raw's step
+        cache is left to the locked stage, whose cache state belongs to the request using it."""
+        shapes = [r for r in requests if step_cache_of(self.pipes[r.checkpoint].transformer) is None]
+        graphs = self._graphs()
+        with self._generate_lock:  # no user's generation is half-way when capturing stops
+            self._warmup_stage, self._warmup_progress = "compiling", (0, len(shapes))
+            for graph in graphs:
+                graph.paused = True
+        start = time.perf_counter()
+        try:
+            stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+            copies: dict[str, Krea2StudioPipeline] = {}
+            own_prompts: LRUCache[PromptEmbeddings] = LRUCache(4)  # eager encodings, never served to users
+            for done, request in enumerate(shapes, 1):
+                pipe = copies.get(request.checkpoint) or copies.setdefault(
+                    request.checkpoint, self.pipes[request.checkpoint].thread_copy()
+                )
+                try:
+                    on_stream = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+                    with self.on_device(), on_stream:
+                        generate(
+                            pipe, replace(request, steps=1).seeded(), prompt_cache=own_prompts, device=self.device,
+                            latent_rgb=self.latent_rgb, on_step=on_step, measure_peak=False,
+                        )  # fmt: skip
+                        if stream is not None:
+                            stream.synchronize()
+                except Exception:
+                    if strict:
+                        raise
+                    log.exception("Background compile: %s failed; the locked warm-up runs it again", request.checkpoint)
+                self._warmup_progress = (done, len(shapes))
+            log.info("Compiled beside requests: %d shapes in %.1f s", len(shapes), time.perf_counter() - start)
+        finally:
+            with self._generate_lock:
+                for graph in graphs:
+                    graph.paused = False
+                self._warmup_stage = "capturing"
+
+    def _graphs(self) -> list:
+        """Every CUDA-graph wrapper on the pipelines (the denoisers', the shared text encoder's): what pauses."""
+        found = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+        found += [pipe.text_graphs for pipe in self.pipes.values() if pipe.text_graphs is not None]
+        return list({id(g): g for g in found}.values())
 
     def _warm_up_one(self, request: GenerationRequest, on_step: StepCallback | None, strict: bool) -> str:
         """One warm-up generation; "" when it ran, else what failed (checkpoint, size, images if more than one, the
@@ -366,9 +449,17 @@ class ModelManager:
     @contextlib.contextmanager
     def _uncompiled_while_warming(self) -> Iterator[None]:
         """During the warm-up a user's request runs what is compiled already and eagerly what is not (torch's
-        `eager_on_recompile` stance: no compilation in a user's time), with no denoiser graphs captured from it."""
+        `eager_on_recompile` stance: no compilation in a user's time), with no denoiser graphs captured from it.
+        While the warm-up compiles beside requests, the request runs the project's compiled functions eagerly in its
+        own thread (`eager_in_this_thread`; the stance is process-wide and would stop that compilation too), and the
+        compiling stage keeps every graph paused. The caller holds the GPU lock, so the stage read here holds until
+        the request ends."""
         if self._warmup != "running":
             yield
+            return
+        if self._warmup_stage == "compiling":
+            with eager_in_this_thread():
+                yield
             return
         graphs = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
         for graph in graphs:
@@ -408,6 +499,7 @@ class ModelManager:
             fast_path=self._fast_path_summary(),
             plan=self.plan.describe(self._active(), self._names()) if self.plan is not None else "",
             warmup_progress=self._warmup_progress,
+            warmup_stage=self._warmup_stage,
             warmup_skipped=self._warmup_skipped,
             content_filter=self.content_policy.status() if self.content_policy is not None else "",
         )

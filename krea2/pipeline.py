@@ -8,6 +8,8 @@ with no mask left the transformer's attention runs on the fused (flash) kernels.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from diffusers import Krea2Pipeline
 
@@ -50,6 +52,24 @@ class Krea2StudioPipeline(Krea2Pipeline):
         if not getattr(studio.transformer, "_krea2_positions_hook", False):
             studio.transformer.register_forward_pre_hook(_match_text_positions, with_kwargs=True)
             studio.transformer._krea2_positions_hook = True
+        return studio
+
+    def thread_copy(self) -> Krea2StudioPipeline:
+        """A pipeline for another thread over the same models: its own scheduler (whose timesteps a call sets), its
+        own tokenizer (a fast tokenizer used by two threads at once can raise "Already borrowed"), its own per-call
+        state, and no text-encoder graphs (it encodes eagerly, capturing nothing). The manager's background compile
+        runs on one beside users' requests."""
+        studio = type(self)(
+            **{
+                **self.components,
+                "scheduler": copy.deepcopy(self.scheduler),
+                "tokenizer": copy.deepcopy(self.tokenizer),
+            },
+            text_encoder_select_layers=self.text_encoder_select_layers,
+            is_distilled=self.config.is_distilled,
+        )
+        derive_prompt_template_lengths(studio)
+        studio.set_progress_bar_config(disable=True)
         return studio
 
     def get_text_hidden_states(

@@ -125,7 +125,7 @@ def build_manager(
         compile_cache = CompileCache(compile_cache_folder, device=torch.cuda.get_device_name() if cuda else "cpu")
     return manager_class(
         loader, placement=settings.placement, options=options, demo=demo, compile_cache=compile_cache, loras=loras,
-        content_policy=content_policy, device=device,
+        content_policy=content_policy, device=device, background_compile=settings.background_compile,
     )  # fmt: skip
 
 

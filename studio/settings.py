@@ -281,6 +281,11 @@ class Settings:
         None, "KREA2_COMPILE", SWITCH, "regional `torch.compile` of the transformer blocks, warmed up at start-up",
         "on with CUDA",
     )  # fmt: skip
+    background_compile: bool | None = setting(
+        None, "KREA2_BACKGROUND_COMPILE", SWITCH,
+        "compile beside requests at start-up (they run uncompiled meanwhile), then capture CUDA graphs between them",
+        "on with compile where the weights stay on the GPU",
+    )  # fmt: skip
     fp8: bool | None = setting(
         None, "KREA2_FP8", SWITCH,
         "fused projections + fp8 transformer weights and activations (needs `torchao`, compute capability ≥ 8.9)",

@@ -210,6 +210,22 @@ def test_each_call_returns_its_own_tensor(manager):
         torch.testing.assert_close(result, copy, rtol=0, atol=0)
 
 
+def test_paused_graphs_capture_nothing_new_and_still_replay_what_they_have(manager):
+    """While the manager compiles beside requests, no thread captures (a capture beside another thread's GPU work is
+    not safe); a length captured before still replays, a new one is encoded eagerly, to the same features."""
+    pipe, short_ids = encoder_and_ids(manager, "a fox")
+    _, long_ids = encoder_and_ids(manager, "a long prompt " * 12)
+    graphs = TextEncoderGraphs(pipe.text_encoder, pipe.text_encoder_select_layers, bucket=16)
+    with torch.inference_mode():
+        graphs(short_ids)
+        graphs.paused = True
+        replayed, eager = graphs(short_ids), graphs(long_ids)
+        reference = text_features(pipe.text_encoder, long_ids, pipe.text_encoder_select_layers)
+    assert list(graphs.captured) == [graphs.padded_length(short_ids.shape[1])]
+    assert replayed.shape[1] == short_ids.shape[1]
+    torch.testing.assert_close(eager, reference, rtol=0, atol=0)
+
+
 def test_pipeline_with_graphs_gives_the_same_embeddings(manager):
     pipe = manager.pipes["turbo"]
     with torch.inference_mode():

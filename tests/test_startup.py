@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from krea2 import GenerationRequest
 from krea2.compile_cache import CompileCache
 from krea2.loading import PipelineLoader
 from krea2.manager import ModelManager
+from krea2.speedups.compile import Routed
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"width": 256, "height": 256, "steps": 2}
@@ -162,6 +164,59 @@ def test_a_warm_up_shape_that_fails_is_skipped_named_and_the_rest_still_warm_up(
     assert "compile warm-up: failed (Krea 2 Turbo 256×256, 12-word prompt: RuntimeError)" in status.summary()
     fresh_manager.warm_up(sizes=(), steps=1, batch_sizes=(1,))  # nothing to warm up has not failed
     assert fresh_manager.status().warmup == "ready" and fresh_manager.status().warmup_skipped == ()
+
+
+def test_the_warm_up_compiles_beside_requests_then_captures_between_them(demo_sources):
+    """With `background_compile` (a GPU's default; forced here on the CPU) the warm-up's first stage compiles without
+    the GPU lock: a request made while that stage's first generation is held (a long compile, as far as anyone can
+    tell) is served at once, with the project's compiled functions run eagerly in its own thread (nothing compiles
+    in its time), while the warm-up's own thread compiles. Then the locked stage runs every shape, one at a time."""
+    manager = ModelManager(
+        PipelineLoader(demo_sources, torch.float32), device="cpu", demo=True, background_compile=True
+    )
+    manager.start(background=False)
+    in_warm_up = Routed(torch.compile(lambda x: torch.cos(x) + 2, backend="eager", fullgraph=True), lambda x: x)
+    in_request = Routed(torch.compile(lambda x: torch.sin(x) + 1, backend="eager", fullgraph=True), lambda x: x)
+    stages: list[str] = []
+    hold, held = threading.Event(), threading.Event()
+
+    def warm_up_step(step, total, preview):
+        stages.append(manager.status().warmup_stage)
+        in_warm_up(torch.ones(3))  # the warm-up's thread compiles
+        if not hold.is_set():
+            held.set()
+            hold.wait(60)
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    warm_up = threading.Thread(target=manager.warm_up, kwargs={**WARMUP, "on_step": warm_up_step})
+    warm_up.start()
+    assert held.wait(30)
+    status = manager.status()
+    assert status.warmup_stage == "compiling" and status.warmup_progress == (0, 4)
+    assert "compile warm-up: compiling in the background 0/4 (generating uncompiled meanwhile)" in status.summary()
+    request = GenerationRequest(prompt="a cat", seed=3, **SMALL)
+    served = manager.generate(request, lambda step, total, preview: in_request(torch.ones(3)))
+    assert not hold.is_set()  # served while the compiling generation was still held
+    assert counters["stats"]["unique_graphs"] == graphs_before + 1  # the warm-up's compile; nothing in the request's
+    hold.set()
+    warm_up.join(120)
+    status = manager.status()
+    assert status.warmup == "ready" and status.warmup_progress == (4, 4) and status.warmup_stage == ""
+    assert stages.count("compiling") == 4 and stages.count("capturing") == 4 * WARMUP["steps"]
+    again = manager.generate(request)
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(served.images[0]))  # the same image, warm or not
+
+
+def test_a_swapping_plan_never_compiles_beside_requests(fresh_manager):
+    """Under a small-GPU plan the weights move between the GPU and CPU RAM under the GPU lock: compiling beside a
+    request would run on weights being moved. Asking for it does not change that."""
+    fresh_manager.background_compile = True
+    assert fresh_manager.compiles_beside_requests()
+    fresh_manager.residency = object()  # any residency: a plan that swaps
+    assert not fresh_manager.compiles_beside_requests()
+    fresh_manager.residency = None
+    fresh_manager.background_compile = None
+    assert not fresh_manager.compiles_beside_requests()  # the CPU's default
 
 
 CACHE_ROUND_TRIP = """

@@ -58,6 +58,9 @@ class TextEncoderGraphs:
         self.pad_id = pad_id
         self.captured: dict[int, _Captured] = {}
         self.disabled_reason: str | None = None  # set when a capture failed or disagreed: eager from then on
+        # Set while the manager compiles in a background thread (its warm-up's first stage): no new capture then,
+        # beside another thread's GPU work and inductor's benchmarking; graphs captured already still replay.
+        self.paused = False
 
     def padded_length(self, length: int) -> int:
         return -(-length // self.bucket) * self.bucket
@@ -67,6 +70,8 @@ class TextEncoderGraphs:
             return text_features(self.text_encoder, input_ids, self.select_layers)
         entry = self.captured.get(self.padded_length(input_ids.shape[1]))
         if entry is None:
+            if self.paused:
+                return text_features(self.text_encoder, input_ids, self.select_layers)
             return self._capture_checked(input_ids)
         # A copy: the static output is overwritten by the next replay, and callers cache what they get.
         return self._run(entry, input_ids).clone()
