@@ -94,6 +94,7 @@ def main() -> int:
     out["status_when_loaded"] = manager.status().summary()
     log.info("weights loaded after %.1f s: %s", loaded, out["status_when_loaded"])  # the log says how far a cut run got
 
+    out["first_image_stage"] = manager.status().warmup_stage  # where the warm-up was when it was asked
     result = manager.generate(request)  # the first image, the moment the weights are there
     out["first_image_after_weights_s"] = since_start() - loaded
     out["first_image_generation_s"] = result.timings.total_s
@@ -104,8 +105,9 @@ def main() -> int:
         time.sleep(args.interval)
         if manager.status().warmup != "running":
             break
-        asked = since_start()
-        during.append({"asked_after_weights_s": asked - loaded, "seconds": manager.generate(request).timings.total_s})
+        asked, stage = since_start(), manager.status().warmup_stage  # compiling (beside it) or capturing (between)
+        seconds = manager.generate(request).timings.total_s
+        during.append({"asked_after_weights_s": asked - loaded, "stage": stage, "seconds": seconds})
         log.info("during the warm-up: %s", during[-1])
     out["images_during_warmup"] = during
     out["warmup"] = manager.status().warmup
