@@ -372,9 +372,9 @@ class ModelManager:
             copies: dict[str, Krea2StudioPipeline] = {}
             own_prompts: LRUCache[PromptEmbeddings] = LRUCache(4)  # eager encodings, never served to users
             for done, request in enumerate(shapes, 1):
-                pipe = copies.get(request.checkpoint) or copies.setdefault(
-                    request.checkpoint, self.pipes[request.checkpoint].thread_copy()
-                )
+                if request.checkpoint not in copies:
+                    copies[request.checkpoint] = self.pipes[request.checkpoint].thread_copy()
+                pipe = copies[request.checkpoint]
                 try:
                     on_stream = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
                     with self.on_device(), on_stream:
