@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -146,9 +147,13 @@ def run_child(args: argparse.Namespace) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             times, result = timed(lambda c=case: run_ours(manager, c, seed=1), args.repeats)
-        except Exception as error:  # noqa: BLE001 - an out-of-memory is a result too; the other cases still count
-            out["cases"][name] = {**case, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
-            log.error("%s %s failed: %s", args.path, name, error)
+        except Exception as error:  # an out-of-memory is a result too; the other cases still count
+            out["cases"][name] = {
+                **case,
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
+                "traceback": traceback.format_exc()[-3000:],  # the 16 GB plan's first failure said only its message
+            }
+            log.exception("%s %s failed", args.path, name)
             continue
         out["cases"][name] = {
             **case,

@@ -1,8 +1,7 @@
-# Call 3 (session h): issue 16's last GPU check (the LoRA tests, the manager test's threshold never ran on a GPU),
-# then issue 17's open question, img2img at strength 0.6 on the exact path.
+# Call 3 (session h): why the 16 GB plan fails (a 4-block probe of its Residency, with streaming variants), then
+# issue 16's last GPU check (the LoRA tests; the manager test's threshold never ran on a GPU).
 source bench/runs/prefix.sh >/dev/null
-timeout 330 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider 2>&1 | grep -v "^  \|Warning\|warn" | tail -20
+timeout 120 python3 bench/runs/2026-12-03h-probe16.py 2>&1 | grep -v "Warning\|warn(" | tail -60
+echo "probe done at ${SECONDS}s"
+timeout $((400 - SECONDS)) python3 -m pytest -m gpu tests/gpu/test_gpu_loras.py -q -p no:cacheprovider 2>&1 | grep -v "^  \|Warning\|warn" | tail -15
 echo "gpu tests done at ${SECONDS}s"
-timeout $((585 - SECONDS)) python3 bench/img2img_benchmark.py --cases turbo1024 --strength 0.6 --mode exact --out $OUT > $OUT/img2img-exact.log 2>&1
-echo "img2img rc=$?"
-tail -5 $OUT/img2img-exact.log | cut -c1-300
