@@ -372,6 +372,10 @@ class ModelManager:
             copies: dict[str, Krea2StudioPipeline] = {}
             own_prompts: LRUCache[PromptEmbeddings] = LRUCache(4)  # eager encodings, never served to users
             for done, request in enumerate(shapes, 1):
+                # Users first, as in the locked stage: a compilation beside a request slows it (on an H200 the cold
+                # start's first image took 10.7 s beside the first compilation, 2.8 s alone), so none starts while
+                # a request waits or runs. One that arrives during a compilation still shares the CPU with it.
+                self._wait_for_users()
                 if request.checkpoint not in copies:
                     copies[request.checkpoint] = self.pipes[request.checkpoint].thread_copy()
                 pipe = copies[request.checkpoint]

@@ -207,6 +207,40 @@ def test_the_warm_up_compiles_beside_requests_then_captures_between_them(demo_so
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(served.images[0]))  # the same image, warm or not
 
 
+def test_no_compilation_starts_while_a_request_waits_or_runs(demo_sources):
+    """A compilation slows a request beside it (the CPU is shared), so the compiling stage starts its next shape only
+    once no request waits or runs, as the locked stage does."""
+    manager = ModelManager(
+        PipelineLoader(demo_sources, torch.float32), device="cpu", demo=True, background_compile=True
+    )
+    manager.start(background=False)
+    user_holds, user_in, first_shape_held, first_shape_go = (threading.Event() for _ in range(4))
+
+    def warm_up_step(step, total, preview):
+        if manager.status().warmup_progress[0] == 0 and not first_shape_go.is_set():
+            first_shape_held.set()
+            first_shape_go.wait(60)
+
+    def user_step(step, total, preview):
+        user_in.set()
+        user_holds.wait(60)
+
+    warm_up = threading.Thread(target=manager.warm_up, kwargs={**WARMUP, "on_step": warm_up_step})
+    warm_up.start()
+    assert first_shape_held.wait(30)
+    user = threading.Thread(target=lambda: manager.generate(GenerationRequest(prompt="a cat", **SMALL), user_step))
+    user.start()
+    assert user_in.wait(30)
+    first_shape_go.set()  # the first shape ends while the request runs
+    wait_until(lambda: manager.status().warmup_progress[0] == 1)
+    time.sleep(0.5)
+    assert manager.status().warmup_progress == (1, 4) and manager.status().warmup_stage == "compiling"
+    user_holds.set()
+    user.join(60)
+    warm_up.join(120)
+    assert manager.status().warmup == "ready"
+
+
 def test_a_swapping_plan_never_compiles_beside_requests(fresh_manager):
     """Under a small-GPU plan the weights move between the GPU and CPU RAM under the GPU lock: compiling beside a
     request would run on weights being moved. Asking for it does not change that."""
