@@ -393,6 +393,7 @@ class ModelManager:
                         raise
                     log.exception("Background compile: %s failed; the locked warm-up runs it again", request.checkpoint)
                 self._warmup_progress = (done, len(shapes))
+                log.info("Compiled beside requests: %s (%d of %d)", _label(request), done, len(shapes))
             log.info("Compiled beside requests: %d shapes in %.1f s", len(shapes), time.perf_counter() - start)
         finally:
             with self._generate_lock:
@@ -416,9 +417,7 @@ class ModelManager:
         except Exception as error:
             if strict:
                 raise
-            label = f"{CHECKPOINTS[request.checkpoint].display_name} {request.width}×{request.height}"
-            label += f" ×{request.num_images}" if request.num_images > 1 else ""
-            label += f", {len(request.prompt.split())}-word prompt"
+            label = _label(request)
             log.exception("Compile warm-up: %s skipped", label)
             return f"{label}: {type(error).__name__}"
 
@@ -656,3 +655,11 @@ class ModelManager:
     def check_lora(self, contents: LoraContents, name: str) -> None:
         """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
         lora_weights(contents, name, "", target_shapes(self._any_pipe().transformer))
+
+
+def _label(request: GenerationRequest) -> str:
+    """A warm-up generation in the log and the status line: checkpoint, size, images if more than one, and the
+    prompt's length in words."""
+    label = f"{CHECKPOINTS[request.checkpoint].display_name} {request.width}×{request.height}"
+    label += f" ×{request.num_images}" if request.num_images > 1 else ""
+    return label + f", {len(request.prompt.split())}-word prompt"
