@@ -71,9 +71,15 @@ class Residency:
             for index, block in enumerate(transformer.transformer_blocks):
                 if fp8:
                     self._quantise_on_device(block)
-                self._to_cpu(block)
                 if index in streamed:
+                    # Group offloading pins copies of its own. Pinned here first, an fp8 weight (a torchao tensor)
+                    # would be its own "copy" (pinning a pinned tensor returns it), and diffusers moves torchao
+                    # weights to the GPU by swapping tensor contents: the copy went with it, and the next step's
+                    # pinning failed on a GPU tensor ("cannot pin 'CUDAFloat8_e4m3fnType'", the 16 GB plan on an H200).
+                    block.to("cpu")
                     self._stream(block)
+                else:
+                    self._to_cpu(block)
             for module in self._rest(transformer):
                 self._to_cpu(module)
         for key, transformer in self.transformers.items():

@@ -105,3 +105,28 @@ def test_a_pre_quantised_fp8_checkpoint_swaps_and_streams_in_fp8(tmp_path, demo_
         for block in pipe.transformer.transformer_blocks:
             assert isinstance(block.attn.to_qkvg.weight, Float8Tensor)  # resident, parked and streamed alike
     assert manager.residency.swaps == 2
+
+
+def test_streamed_blocks_reach_group_offloading_unpinned(monkeypatch):
+    """Group offloading keeps pinned CPU copies of its own. A block pinned before it would hand it the weights
+    themselves as their copies, and diffusers moves fp8 (torchao) weights to the GPU by swapping tensor contents, so
+    the "copy" went to the GPU with them and the next step failed to pin it (the 16 GB plan on an H200). Resident
+    blocks are still pinned: their copies are what a swap moves in."""
+    from krea2 import residency as residency_module
+    from krea2.demo import build_demo_pipeline
+    from krea2.residency import Residency
+
+    pinned: set[int] = set()
+    monkeypatch.setattr(residency_module, "_pinned", lambda tensor: pinned.add(id(tensor)) or tensor)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pinning is attempted only with CUDA
+    pipes = {key: build_demo_pipeline(transformer_seed=seed, is_distilled=key == "turbo") for key, seed in
+             (("turbo", 1), ("raw", 2))}  # fmt: skip
+    transformers = {key: pipe.transformer for key, pipe in pipes.items()}
+    plan = PlacementPlan("swap+stream 2", swap=True, streamed_blocks=2, text_encoder="gpu")
+    turbo = pipes["turbo"]
+    Residency(plan, transformers, turbo.text_encoder, turbo.vae, torch.device("cpu"), active="turbo").place(fp8=False)
+    for transformer in transformers.values():
+        streamed = set(plan.streamed_indices(len(transformer.transformer_blocks)))
+        for index, block in enumerate(transformer.transformer_blocks):
+            was_pinned = {id(p) in pinned for p in block.parameters()}
+            assert was_pinned == ({False} if index in streamed else {True}), index

@@ -2,8 +2,8 @@
 
 The plan's own Residency on a pair of 4-block, full-width Krea 2 transformers (fp8, 2 blocks streamed by diffusers'
 group offloading), a forward on the active one, a swap, a forward on the other; the full traceback of what fails.
-Then the same with the streaming varied, to see which works: `current` (use_stream, record_stream), `low_cpu_mem`
-(pinned at each onload instead of once), `no_stream` (synchronous copies, nothing pinned by diffusers).
+`fixed` is the code as committed (streamed blocks handed to group offloading unpinned); `pinned_first` puts back
+what failed (every block pinned by the Residency before group offloading takes the streamed ones).
 
     PYTHONPATH=. python bench/runs/2026-12-03h-probe16.py
 """
@@ -14,8 +14,8 @@ import traceback
 
 import torch
 from diffusers import Krea2Transformer2DModel
-from diffusers.hooks import apply_group_offloading
 
+from krea2 import residency as residency_module
 from krea2.plans import PlacementPlan
 from krea2.residency import Residency
 
@@ -41,20 +41,16 @@ def inputs() -> dict:
     }
 
 
-def variant(name: str):
-    def stream(self, module) -> None:
-        options = {
-            "current": {"use_stream": True, "record_stream": True},
-            "low_cpu_mem": {"use_stream": True, "record_stream": True, "low_cpu_mem_usage": True},
-            "no_stream": {"use_stream": False},
-        }[name]
-        apply_group_offloading(module, onload_device=DEVICE, offload_type="leaf_level", **options)
-
-    return stream
+def pin_everything_first(self, module) -> None:
+    """The Residency's `_to_cpu` before the fix, applied to the streamed blocks too."""
+    module.to("cpu")
+    module._apply(residency_module._pinned)
 
 
 def run(name: str) -> None:
-    Residency._stream = variant(name)
+    if name == "pinned_first":
+        original_stream = Residency._stream
+        Residency._stream = lambda self, module: (pin_everything_first(self, module), original_stream(self, module))
     plan = PlacementPlan("swap+stream 2", fp8=True, swap=True, streamed_blocks=2, text_encoder="gpu")
     models = {"turbo": transformer(1), "raw": transformer(2)}
     residency = Residency(plan, models, torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), DEVICE, active="turbo")
@@ -68,8 +64,11 @@ def run(name: str) -> None:
                 print(f"{name}: {key} forward ok, output finite {bool(out.isfinite().all())}", flush=True)
     except Exception:  # noqa: BLE001 - the traceback is the finding
         print(f"{name}: FAILED\n{traceback.format_exc()}", flush=True)
+    finally:
+        if name == "pinned_first":
+            Residency._stream = original_stream
 
 
 if __name__ == "__main__":
-    for name in ("current", "low_cpu_mem", "no_stream"):
+    for name in ("fixed", "pinned_first"):
         run(name)
