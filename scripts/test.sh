@@ -34,4 +34,7 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest "$@"
+# Both cores: one pytest-xdist worker each, a test file per worker at a time (module-scoped app servers and browsers
+# stay one per file); tests/conftest.py gives each worker one thread and its own PostgreSQL database. `-n 0` runs
+# everything in one process.
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -11,7 +11,14 @@ import torch
 from krea2.quiet import quiet_libraries
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# Two threads for the one process of a plain run. Under pytest-xdist (scripts/test.sh runs `-n 2` on a 2-core machine)
+# one each, for the workers and the apps, CLIs and benchmarks they start (OMP_NUM_THREADS): two 2-thread processes on
+# two cores spin against each other, and a demo generation took 94 s instead of 22 s alone (27 s on one thread).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 # As the app, the CLI and the benchmarks do at start-up; without it, whichever test first imports diffusers gets
 # torchao's "Unable to import" line in its captured stderr (test_cli's one-line checks failed when run alone).
 quiet_libraries()
@@ -86,12 +93,32 @@ def postgres_url() -> str | None:
     return os.environ.get("KREA2_TEST_POSTGRES_URL")
 
 
+@pytest.fixture(scope="session")
+def worker_postgres_url() -> str | None:
+    """KREA2_TEST_POSTGRES_URL, or under pytest-xdist a database of this worker's own beside it (krea2_test_gw0, ...),
+    created on first use: each storage test drops and recreates the public schema, which must not pull the tables
+    from under a test on another worker."""
+    url, worker = postgres_url(), os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    from sqlalchemy import create_engine, make_url, text
+
+    base = make_url(url)
+    own = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if not connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": own}).scalar():
+            connection.execute(text(f'CREATE DATABASE "{own}"'))
+    engine.dispose()
+    return base.set(database=own).render_as_string(hide_password=False)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path: Path) -> str:
     """Each storage test runs on a fresh SQLite file and, where a server is configured, a fresh PostgreSQL schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'history.sqlite3'}"
-    url = postgres_url()
+    url = request.getfixturevalue("worker_postgres_url")
     if not url:
         if os.environ.get("CI"):
             pytest.fail("KREA2_TEST_POSTGRES_URL is not set in CI")

@@ -189,10 +189,14 @@ def test_forty_concurrent_callers(tmp_path, demo_sources):
     app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent, {"KREA2_QUEUE_SIZE": "16"}).start()
     try:
         completed, busy, other = [], [], []
-        barrier = threading.Barrier(40)
+        # The clients connect one after the other, before the burst: forty at once each fetch the app's config with
+        # httpx's 5-s timeout, which a busy machine (two test workers on two cores) can miss, and a caller that died
+        # before the barrier left the other 39 waiting on it for good. The barrier's timeout is a backstop.
+        clients = [Client(app.url, verbose=False) for _ in range(40)]
+        barrier = threading.Barrier(40, timeout=120)
 
         def caller(n: int) -> None:
-            client = Client(app.url, verbose=False)
+            client = clients[n]
             barrier.wait()
             try:
                 _images, info = client.predict(prompt=f"load {n}", steps=1, seed=n, api_name="/generate", **SMALL)
