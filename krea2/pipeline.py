@@ -38,11 +38,12 @@ class Krea2StudioPipeline(Krea2Pipeline):
     text_graphs: TextEncoderGraphs | None = None  # set by `speedups.apply` where the encoder stays on the GPU
 
     @classmethod
-    def from_pipeline(cls, pipe: Krea2Pipeline) -> Krea2StudioPipeline:
-        """The studio pipeline over `pipe`'s very component objects (nothing is copied), ready to run: the template
-        lengths of its tokenizer, no progress bar, and the transformer rebuilding text positions per call."""
+    def from_pipeline(cls, pipe: Krea2Pipeline, **replaced) -> Krea2StudioPipeline:
+        """The studio pipeline over `pipe`'s very component objects (nothing is copied but the `replaced` components),
+        ready to run: the template lengths of its tokenizer, no progress bar, and the transformer rebuilding text
+        positions per call."""
         studio = cls(
-            **pipe.components,
+            **{**pipe.components, **replaced},
             text_encoder_select_layers=pipe.text_encoder_select_layers,
             is_distilled=pipe.config.is_distilled,
         )
@@ -59,18 +60,9 @@ class Krea2StudioPipeline(Krea2Pipeline):
         own tokenizer (a fast tokenizer used by two threads at once can raise "Already borrowed"), its own per-call
         state, and no text-encoder graphs (it encodes eagerly, capturing nothing). The manager's background compile
         runs on one beside users' requests."""
-        studio = type(self)(
-            **{
-                **self.components,
-                "scheduler": copy.deepcopy(self.scheduler),
-                "tokenizer": copy.deepcopy(self.tokenizer),
-            },
-            text_encoder_select_layers=self.text_encoder_select_layers,
-            is_distilled=self.config.is_distilled,
+        return type(self).from_pipeline(
+            self, scheduler=copy.deepcopy(self.scheduler), tokenizer=copy.deepcopy(self.tokenizer)
         )
-        derive_prompt_template_lengths(studio)
-        studio.set_progress_bar_config(disable=True)
-        return studio
 
     def get_text_hidden_states(
         self, prompt: str | list[str], max_sequence_length: int = 512, device: torch.device | None = None
