@@ -391,7 +391,7 @@ class ModelManager:
                 except Exception:
                     if strict:
                         raise
-                    log.exception("Background compile: %s failed; the locked warm-up runs it again", request.checkpoint)
+                    log.exception("Background compile: %s failed; the locked warm-up runs it again", _label(request))
                 self._warmup_progress = (done, len(shapes))
                 log.info("Compiled beside requests: %s (%d of %d)", _label(request), done, len(shapes))
             log.info("Compiled beside requests: %d shapes in %.1f s", len(shapes), time.perf_counter() - start)
@@ -401,9 +401,12 @@ class ModelManager:
                     graph.paused = False
                 self._warmup_stage = "capturing"
 
+    def _denoiser_graphs(self) -> list:
+        return [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+
     def _graphs(self) -> list:
         """Every CUDA-graph wrapper on the pipelines (the denoisers', the shared text encoder's): what pauses."""
-        found = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+        found = self._denoiser_graphs()
         found += [pipe.text_graphs for pipe in self.pipes.values() if pipe.text_graphs is not None]
         return list({id(g): g for g in found}.values())
 
@@ -464,7 +467,7 @@ class ModelManager:
             with eager_in_this_thread():
                 yield
             return
-        graphs = [g for pipe in self.pipes.values() if (g := denoiser_graphs_of(pipe.transformer)) is not None]
+        graphs = self._denoiser_graphs()
         for graph in graphs:
             graph.paused = True
         try:
