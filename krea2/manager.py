@@ -42,6 +42,8 @@ from .speedups.compile import (
     WARMUP_BATCH_SIZES,
     WARMUP_SIZES,
     WARMUP_STEPS,
+    compile_times_table,
+    compiled_graph_count,
     eager_in_this_thread,
     warmup_requests,
 )
@@ -372,6 +374,7 @@ class ModelManager:
             copies: dict[str, Krea2StudioPipeline] = {}
             own_prompts: LRUCache[PromptEmbeddings] = LRUCache(4)  # eager encodings, never served to users
             for done, request in enumerate(shapes, 1):
+                graphs_before, shape_start = compiled_graph_count(), time.perf_counter()
                 # Users first, as in the locked stage: a compilation beside a request slows it (on an H200 the cold
                 # start's first image took 10.7 s beside the first compilation, 2.8 s alone), so none starts while
                 # a request waits or runs. One that arrives during a compilation still shares the CPU with it.
@@ -393,8 +396,11 @@ class ModelManager:
                         raise
                     log.exception("Background compile: %s failed; the locked warm-up runs it again", _label(request))
                 self._warmup_progress = (done, len(shapes))
-                log.info("Compiled beside requests: %s (%d of %d)", _label(request), done, len(shapes))
+                seconds, new_graphs = time.perf_counter() - shape_start, compiled_graph_count() - graphs_before
+                log.info("Compiled beside requests: %s (%d of %d) in %.1f s, %d new graphs", _label(request), done,
+                         len(shapes), seconds, new_graphs)  # fmt: skip
             log.info("Compiled beside requests: %d shapes in %.1f s", len(shapes), time.perf_counter() - start)
+            log.info("torch.compile's time per compiled function (s):\n%s", compile_times_table())
         finally:
             with self._generate_lock:
                 for graph in graphs:

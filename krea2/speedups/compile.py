@@ -100,6 +100,21 @@ def allow_recompiles_per_device(devices: int) -> None:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 32 * PER_DEVICE_RECOMPILES * devices)
 
 
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has compiled in this process so far (dynamo's own counter): the warm-up logs how many
+    each of its shapes added, to show which shapes compile something and which only reuse."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def compile_times_table() -> str:
+    """dynamo's per-function compile times so far (its own table): where a start-up's compiling time went."""
+    from torch._dynamo.utils import compile_times
+
+    return compile_times(repr="str", aggregate=True)
+
+
 # ------------------------------------------------------------------------------------------ compiling beside requests
 # The app compiles in a background thread while users' requests run (`ModelManager.warm_up`). torch's own switch for
 # "run eagerly instead of compiling", `torch.compiler.set_stance`, is process-wide and would stop that thread's
