@@ -42,6 +42,7 @@ from .speedups.compile import (
     WARMUP_BATCH_SIZES,
     WARMUP_SIZES,
     WARMUP_STEPS,
+    compile_order,
     compile_times_table,
     compiled_graph_count,
     eager_in_this_thread,
@@ -311,7 +312,7 @@ class ModelManager:
         uncompiled. A user asking for a skipped shape later compiles it in their own time (an out-of-memory error again
         comes back as `generate`'s clear one)."""
         start = time.perf_counter()
-        requests = warmup_requests(self.pipes, sizes, steps, batch_sizes)
+        requests = compile_order(warmup_requests(self.pipes, sizes, steps, batch_sizes))
         if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
             requests.sort(key=lambda request: request.checkpoint != self.residency.active)
         self._warmup, self._warmup_progress, self._warmup_skipped = "running", (0, len(requests)), ()

@@ -12,14 +12,16 @@ from torch._dynamo.utils import counters
 
 from krea2.demo import build_demo_pipeline
 from krea2.pipeline import Krea2StudioPipeline
+from krea2.request import GenerationRequest
 from krea2.speedups.compile import (
     Routed,
+    compile_order,
     eager_here,
     eager_in_this_thread,
-    mark_sequence_dynamic,
+    mark_block_sizes_dynamic,
     route_compiled_blocks,
 )
-from krea2.speedups.vae_decode import DecodeOps
+from krea2.speedups.vae_decode import DecodeOps, norm_silu
 
 
 def tiny_pipe() -> Krea2StudioPipeline:
@@ -59,14 +61,33 @@ def test_without_the_marks_the_second_shape_compiles_again():
     assert unique_graphs() - before == 2
 
 
-def test_only_sequence_dimensions_are_marked_never_a_feature_dimension():
+def test_only_sequence_and_batch_dimensions_are_marked_never_a_feature_dimension():
     hidden = torch.zeros(1, 8, 8)  # the sequence as long as the width: only dim 1 is the sequence
     cos, sin = torch.zeros(8, 4), torch.zeros(8, 4)
     temb = torch.zeros(1, 1, 8)
-    mark_sequence_dynamic((hidden, temb, (cos, sin), None), {})
+    mask = torch.ones(1, 1, 1, 8, dtype=torch.bool)
+    mark_block_sizes_dynamic((hidden, temb, (cos, sin), mask), {})
     assert hidden._dynamo_weak_dynamic_indices == {1}
     assert cos._dynamo_weak_dynamic_indices == {0} and sin._dynamo_weak_dynamic_indices == {0}
     assert not getattr(temb, "_dynamo_weak_dynamic_indices", set())
+    assert not getattr(mask, "_dynamo_weak_dynamic_indices", set())  # its sequence is its last dim: a key mask
+    for batched in (hidden, temb, mask):
+        assert batched._dynamo_unbacked_indices == {0}
+    assert not hasattr(cos, "_dynamo_unbacked_indices")  # the rotary tables are the same for every image
+
+
+def test_one_compilation_of_the_blocks_serves_one_image_or_several():
+    """A 2-image request after a 1-image one, on Raw (guided) and Turbo: no second graph (torch specialises a batch of
+    1 and would compile the blocks again for 2; on an H200 that is a cold start's 70-90 s)."""
+    torch._dynamo.reset()
+    pipe = Krea2StudioPipeline.from_pipeline(build_demo_pipeline(transformer_seed=3, is_distilled=False))
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=None, backend="eager")
+    route_compiled_blocks(pipe.transformer)
+    before = unique_graphs()
+    for guidance, images in [(1.0, 1), (3.5, 1), (1.0, 2), (3.5, 2)]:
+        pipe(prompt="a red circle", width=64, height=64, num_inference_steps=1, output_type="latent",
+             guidance_scale=guidance, num_images_per_prompt=images)  # fmt: skip
+    assert unique_graphs() - before == 1
 
 
 def test_routed_functions_run_eagerly_in_the_thread_that_asks_and_compiled_elsewhere():
@@ -96,3 +117,33 @@ def test_the_vae_kernels_are_routed_too():
     ops = DecodeOps.compiled()
     for op in (ops.norm_silu, ops.bias_norm_silu, ops.bias_add, ops.softmax):
         assert isinstance(op, Routed)
+
+
+def test_one_compilation_of_each_vae_kernel_serves_every_size_and_batch():
+    """Non-square first (the warm-up's `compile_order`): a square image, 2 and 3 images, other sizes reuse it. Square
+    first, a non-square image compiles again (torch's duck sizing: what the order avoids)."""
+    ops = DecodeOps.compiled()
+    gamma = torch.rand(8, 1, 1)  # QwenImageRMS_norm's shape for images
+
+    def graphs_for(shapes) -> int:
+        before = unique_graphs()
+        for shape in shapes:
+            x = torch.randn(shape).to(memory_format=torch.channels_last)
+            torch.testing.assert_close(ops.norm_silu(x, gamma, 0.0, 2.0), norm_silu(x, gamma, 0.0, 2.0))
+        return unique_graphs() - before
+
+    torch._dynamo.reset()
+    assert graphs_for([(1, 8, 6, 4), (1, 8, 4, 4), (2, 8, 4, 4), (3, 8, 5, 7), (1, 8, 9, 9)]) == 1
+    torch._dynamo.reset()
+    ops = DecodeOps.compiled()
+    assert graphs_for([(1, 8, 4, 4), (1, 8, 6, 4)]) == 2
+
+
+def test_the_warm_up_compiles_a_non_square_image_first_and_keeps_the_rest_in_order():
+    def request(width: int, height: int, checkpoint: str) -> GenerationRequest:
+        return GenerationRequest(prompt="a cat", checkpoint=checkpoint, width=width, height=height)
+
+    square_turbo, square_raw = request(1024, 1024, "turbo"), request(1024, 1024, "raw")
+    wide_turbo, wide_raw = request(1024, 768, "turbo"), request(1024, 768, "raw")
+    ordered = compile_order([square_turbo, square_raw, wide_turbo, wide_raw])
+    assert ordered == [wide_turbo, wide_raw, square_turbo, square_raw]

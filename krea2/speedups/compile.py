@@ -57,7 +57,7 @@ def route_compiled_blocks(transformer: nn.Module) -> None:
     for block in transformer.transformer_blocks:
         compiled = getattr(block, "_compiled_call_impl", None)
         if compiled is not None and not isinstance(compiled, Routed):
-            block._compiled_call_impl = Routed(compiled, block._call_impl, mark=mark_sequence_dynamic)
+            block._compiled_call_impl = Routed(compiled, block._call_impl, mark=mark_block_sizes_dynamic)
 
 
 def blocks_compiled(transformer: nn.Module) -> bool:
@@ -87,6 +87,13 @@ def warmup_requests(
         for width, height, prompt, count in runs
         for key in checkpoints
     ]
+
+
+def compile_order(requests: Iterable[GenerationRequest]) -> list[GenerationRequest]:
+    """The warm-up's shapes in the order to compile them: a non-square image first. torch.compile gives sizes that are
+    equal on the first call one symbol ("duck sizing"), so a square first decode would make the VAE's kernels
+    square-only and a later non-square image compile them again; non-square first, one set serves both."""
+    return sorted(requests, key=lambda request: request.width == request.height)
 
 
 def allow_recompiles_per_device(devices: int) -> None:
@@ -159,20 +166,29 @@ class Routed:
         return self.compiled(*args, **kwargs)
 
 
-def mark_sequence_dynamic(args: tuple, kwargs: dict) -> None:
-    """Mark every dimension of a block's inputs that has the sequence's length (the hidden states', the rotary
-    tables'; never a last, feature, dimension, whatever its size) as dynamic before the first compilation. Left to
-    itself, torch.compile compiles the first shape statically and compiles again, dynamically, at the second: on an
-    H200 each compilation of the fp8 block took 70-90 s of a cold start
-    (`bench/results/2026-12-03T0427_NVIDIA-H200_startup_cold.log`). `maybe_mark_dynamic`, not `mark_dynamic`: a
-    dimension the graph turns out to need static stays static instead of raising."""
+def mark_block_sizes_dynamic(args: tuple, kwargs: dict) -> None:
+    """Before the first compilation of a block, mark its inputs' varying sizes, so that one graph serves every prompt,
+    image size and batch:
+
+    - every dimension with the sequence's length (the hidden states', the rotary tables'; never a last, feature,
+      dimension, whatever its size) as dynamic. Left to itself, torch.compile compiles the first shape statically and
+      compiles again, dynamically, at the second: on an H200 each compilation of the fp8 block took 70-90 s of a cold
+      start (`bench/results/2026-12-03T0427_NVIDIA-H200_startup_cold.log`). `maybe_mark_dynamic`, not
+      `mark_dynamic`: a dimension the graph turns out to need static stays static instead of raising;
+    - the batch dimension of every batched input (the hidden states, the time embedding, the attention mask: 3-D or
+      more, with the batch's size first) as unbacked. torch specialises a size of 1, so a 2-image request would
+      otherwise compile the block once more. The rotary tables (2-D, sequence first) are not batched."""
     hidden = args[0] if args else kwargs.get("hidden_states")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
         return
-    length = hidden.shape[1]
+    batch, length = hidden.shape[:2]
     for value in (*args, *kwargs.values()):
         for tensor in value if isinstance(value, tuple | list) else (value,):
-            if isinstance(tensor, torch.Tensor):
-                for dim, size in enumerate(tensor.shape[:-1]):
-                    if size == length:
-                        torch._dynamo.maybe_mark_dynamic(tensor, dim)
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            batched = tensor.dim() >= 3 and tensor.shape[0] == batch
+            if batched:
+                torch._dynamo.decorators.mark_unbacked(tensor, 0)
+            for dim in range(int(batched), tensor.dim() - 1):
+                if tensor.shape[dim] == length:
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)

@@ -130,21 +130,31 @@ class DecodeOps:
             norm_silu=compiled_per_width(norm_silu),
             bias_norm_silu=compiled_per_width(bias_norm_silu),
             bias_add=compiled_per_width(bias_add),
-            softmax=Routed(torch.compile(scaled_softmax), scaled_softmax),
+            softmax=Routed(torch.compile(scaled_softmax, dynamic=True), scaled_softmax, mark=mark_batch_unbacked),
             is_compiled=True,
         )
+
+
+def mark_batch_unbacked(args: tuple, _kwargs: dict) -> None:
+    """The batch dimension of every image-shaped (3-D or more) tensor argument as unbacked: torch.compile otherwise
+    specialises a size of 1 and compiles a second graph for batches of two or more (on the tiny VAE: 9 graphs more for
+    a 2-image decode; on the GPU each is a cold start's kernel compilation). One graph serves every batch size."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() >= 3:
+            torch._dynamo.decorators.mark_unbacked(arg, 0)
 
 
 def compiled_per_width(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """`fn` compiled with dynamic batch and spatial sizes but a static channel count: a known row length lets inductor
     keep each row of the norm's reduction in registers (one read) instead of looping over it twice. One compilation
-    per width (the decoder has three) and batch-size class (one, several). Not `fullgraph`: past dynamo's recompile
-    limit it runs eagerly rather than failing."""
+    per width (the decoder has three), for every batch size (`mark_batch_unbacked`). Not `fullgraph`: past dynamo's
+    recompile limit it runs eagerly rather than failing."""
 
-    def mark_channels_static(args: tuple, _kwargs: dict) -> None:
+    def mark_channels_static(args: tuple, kwargs: dict) -> None:
         for arg in args:
             if isinstance(arg, torch.Tensor):
                 torch._dynamo.mark_static(arg, 1 if arg.dim() == 4 else 0)  # the channel dim
+        mark_batch_unbacked(args, kwargs)
 
     # Routed: eager in a user's thread while the manager compiles in the background (`speedups/compile.py`).
     return Routed(torch.compile(fn, dynamic=True), fn, mark=mark_channels_static)
