@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
 
 from .content_filter import ImageClassifierFilter, blocked_images
-from .errors import Cancelled, GenerationFailed
+from .errors import Cancelled, ContentBlocked, GenerationFailed
 from .image_to_image import start_from_image
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
@@ -147,13 +148,24 @@ def generate(
     cancel_event: threading.Event | None = None,
     image_filter: ImageClassifierFilter | None = None,
     measure_peak: bool = True,
+    images_at_once: int = 0,
 ) -> Generated:
     """Run `request` (its seed already drawn: `request.seeded()`) on `pipe`. Raises Cancelled within one step of
     `cancel_event`, GenerationFailed for unusable output, ContentBlocked when `image_filter` flags any image (the
     previews were mosaics then, and no image of the batch is made). `measure_peak` False leaves the device's peak-memory
-    counter alone (it is one per device): the manager's background compile runs beside a user's generation."""
+    counter alone (it is one per device): the manager's background compile runs beside a user's generation.
+    `images_at_once` (0: all): a batch larger than that runs in parts (`in_parts`), as a small GPU's plan asks."""
     if request.seed is None:
         raise ValueError("generate needs a seeded request (GenerationRequest.seeded)")
+    if 0 < images_at_once < request.num_images:
+
+        def run(part: GenerationRequest, part_on_step: StepCallback | None) -> Generated:
+            return generate(
+                pipe, part, prompt_cache=prompt_cache, device=device, latent_rgb=latent_rgb, on_step=part_on_step,
+                cancel_event=cancel_event, image_filter=image_filter, measure_peak=measure_peak,
+            )  # fmt: skip
+
+        return in_parts(request, images_at_once, on_step, run)
     cancel_event = cancel_event or threading.Event()
     # CPU noise: the same latents, so the same image, on every device.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds]
@@ -217,6 +229,46 @@ def generate(
     clock.end("decode")
     peak = torch.cuda.max_memory_allocated(device) if measure else None
     return Generated(images=images, timings=clock.timings(), peak_gpu_bytes=peak)
+
+
+def in_parts(
+    request: GenerationRequest,
+    images_at_once: int,
+    on_step: StepCallback | None,
+    run: Callable[[GenerationRequest, StepCallback | None], Generated],
+) -> Generated:
+    """`request`'s images in consecutive parts of at most `images_at_once`, each a request of its own that `run`
+    generates: image k still uses seed + k (a part starts at its first image's seed), so the images are the ones one
+    call would make. Progress counts every part's steps as one run's. All or nothing, as one call: a part that is
+    cancelled, fails or is blocked ends the whole request (a block is reported for the whole request) and no image of
+    an earlier part is handed back."""
+    seeds = request.image_seeds
+    parts = [
+        replace(request, seed=seeds[start], num_images=len(seeds[start : start + images_at_once]))
+        for start in range(0, len(seeds), images_at_once)
+    ]
+    steps = request.denoise_steps
+    results: list[Generated] = []
+    for index, part in enumerate(parts):
+        part_on_step = None
+        if on_step is not None:
+
+            def part_on_step(step: int, _total: int, preview: Image.Image, done: int = index * steps) -> None:
+                on_step(done + step, len(parts) * steps, preview)
+
+        try:
+            results.append(run(part, part_on_step))
+        except ContentBlocked as blocked:
+            raise ContentBlocked(str(blocked), request) from None
+    timings = PhaseTimings(
+        **{name: sum(getattr(result.timings, name) for result in results) for name in PhaseTimings.__annotations__}
+    )
+    peaks = [result.peak_gpu_bytes for result in results if result.peak_gpu_bytes is not None]
+    return Generated(
+        images=[image for result in results for image in result.images],
+        timings=timings,
+        peak_gpu_bytes=max(peaks) if peaks else None,
+    )
 
 
 def to_pil_images(batch: torch.Tensor) -> list[Image.Image]:

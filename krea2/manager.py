@@ -614,6 +614,7 @@ class ModelManager:
             on_step=on_step,
             cancel_event=cancel_event,
             image_filter=image_filter,
+            images_at_once=self.plan.images_at_once if self.plan is not None else 0,
         )
         return GenerationResult(
             request=request,

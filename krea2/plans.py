@@ -156,6 +156,10 @@ class PlacementPlan:
     text_encoder: str = "gpu"  # TEXT_ENCODER_MODES
     vae_tiling: bool = False
     pinned: bool = True  # CPU copies in page-locked memory (fast, asynchronous copies)
+    # Images per pipeline call (0: all a request asks for at once). The small-GPU plans' headroom holds one 1024²
+    # image: on a 24 GB cap Raw 1024², 2 images, ran out of memory (bench/NOTES.md, session g), so their batches run
+    # one at a time.
+    images_at_once: int = 0
     gpu_bytes: int = 0  # estimated: weights on the GPU plus headroom
     host_bytes: int = 0  # estimated: weights kept in CPU RAM
     gpu_free: int | None = None  # what it was chosen for
@@ -205,7 +209,8 @@ class PlacementPlan:
             "streamed": "text encoder streamed from CPU RAM when encoding",
         }[self.text_encoder]
         vae = "VAE on the GPU" + (f", tiled above {VAE_TILE}²" if self.vae_tiling else "")
-        return f"plan {self.name}{free}: {transformers}; {encoder}; {vae}"
+        batches = {0: "", 1: "; images one at a time"}.get(self.images_at_once, f"; {self.images_at_once} at a time")
+        return f"plan {self.name}{free}: {transformers}; {encoder}; {vae}{batches}"
 
 
 CPU_PLAN = PlacementPlan("cpu")
@@ -251,6 +256,6 @@ def choose_plan(
                 return PlacementPlan(
                     name, fp8=fp8, swap=sizes.num_transformers > 1, streamed_blocks=streamed, text_encoder=encoder,
                     vae_tiling=True, pinned=host + HOST_MARGIN <= budget.host_available, gpu_bytes=needed,
-                    host_bytes=host, gpu_free=free,
+                    host_bytes=host, gpu_free=free, images_at_once=1,
                 )  # fmt: skip
     return PlacementPlan("offload", gpu_free=free)

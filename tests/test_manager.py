@@ -1,5 +1,6 @@
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch
 from diffusers import Krea2Pipeline
 
 from krea2 import Cancelled, GenerationFailed, GenerationRequest
-from krea2.generation import MAX_SEQUENCE_LENGTH
+from krea2.errors import ContentBlocked
+from krea2.generation import MAX_SEQUENCE_LENGTH, Generated, PhaseTimings, in_parts
 from krea2.loading import derive_prompt_template_lengths
 
 SMALL = {"width": 256, "height": 256}
@@ -62,6 +64,56 @@ def test_each_image_of_a_batch_reproduces_alone(manager):
     assert batch.seeds == [10, 11]
     second = manager.generate(GenerationRequest(prompt="batch", seed=11, **SMALL))
     assert np.abs(pixels(batch, 1) - pixels(second)).max() <= 1
+
+
+def test_a_plan_that_holds_one_image_runs_a_batch_one_image_at_a_time(manager, monkeypatch):
+    """A small GPU's plan (`images_at_once` 1): a 3-image request runs three pipeline calls of one image each, gives
+    the images a 3-image call gives (each reproduces alone), and counts its progress over all of them."""
+    together = manager.generate(GenerationRequest(prompt="parts", seed=20, num_images=3, steps=2, **SMALL))
+    monkeypatch.setattr(manager, "plan", replace(manager.plan, images_at_once=1))
+    batches: list[int] = []
+    hook = manager.pipes["turbo"].transformer.register_forward_pre_hook(
+        lambda _module, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    progress: list[tuple[int, int]] = []
+    try:
+        parts = manager.generate(
+            GenerationRequest(prompt="parts", seed=20, num_images=3, steps=2, **SMALL),
+            on_step=lambda i, n, _preview: progress.append((i, n)),
+        )
+    finally:
+        hook.remove()
+    assert batches == [1] * 6  # three calls of two steps, one image each
+    assert progress == [(i, 6) for i in range(1, 7)]
+    assert parts.seeds == together.seeds == [20, 21, 22] and len(parts.images) == 3
+    for k in range(3):
+        assert np.abs(pixels(parts, k) - pixels(together, k)).max() <= 1
+    assert parts.timings.total_s >= parts.timings.denoise_s > 0
+
+
+def test_a_batch_in_parts_is_all_or_nothing():
+    """A part that is cancelled or blocked ends the request: no image of an earlier part comes back, and a block is
+    reported for the whole request (its history row), not for the part."""
+    request = GenerationRequest(prompt="parts", seed=5, num_images=3, steps=2, **SMALL)
+    ran: list[GenerationRequest] = []
+
+    def run(fail: Exception):
+        def one_part(part, on_step):
+            ran.append(part)
+            if len(ran) == 2:
+                raise fail
+            on_step(1, 2, None)
+            return Generated(images=["image"], timings=PhaseTimings(), peak_gpu_bytes=None)
+
+        return one_part
+
+    with pytest.raises(ContentBlocked) as blocked:
+        in_parts(request, 1, lambda *_: None, run(ContentBlocked("flagged", "the part")))
+    assert blocked.value.request is request and [part.seed for part in ran] == [5, 6]
+    ran.clear()
+    with pytest.raises(Cancelled):
+        in_parts(request, 2, lambda *_: None, run(Cancelled()))
+    assert [(part.seed, part.num_images) for part in ran] == [(5, 2), (7, 1)]
 
 
 def test_timings_and_preview(manager):
