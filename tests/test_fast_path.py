@@ -12,7 +12,7 @@ from krea2.demo import build_demo_pipeline, build_transformer
 from krea2.loading import build_pipeline_sharing
 from krea2.pipeline import Krea2StudioPipeline
 from krea2.speedups import FastPathOptions, apply, for_placement, installed
-from krea2.speedups.compile import warmup_requests
+from krea2.speedups.compile import compile_order, warmup_requests
 from krea2.speedups.step_cache import step_cache_of
 
 CPU = torch.device("cpu")
@@ -76,8 +76,8 @@ def test_pipelines_sharing_an_encoder_share_its_graphs():
 
 
 def test_warm_up_runs_every_planned_shape_holding_the_gpu(manager, monkeypatch):
-    """The public warm-up runs the compile plan (every size and batch, each checkpoint) and holds the generation lock
-    throughout, so no user request runs between its shapes."""
+    """The public warm-up runs the compile plan (every size and batch, each checkpoint, in `compile_order`: a
+    non-square image first) and holds the generation lock throughout, so no user request runs between its shapes."""
     monkeypatch.setattr(manager, "_warmup", manager._warmup)  # the session's manager: its status back afterwards
     ran = []
     original = manager._generate
@@ -90,7 +90,7 @@ def test_warm_up_runs_every_planned_shape_holding_the_gpu(manager, monkeypatch):
     monkeypatch.setattr(manager, "_generate", recording)
     sizes, batches = ((256, 256), (256, 320)), (1, 2)
     seconds = manager.warm_up(sizes=sizes, steps=1, batch_sizes=batches)
-    planned = warmup_requests(manager.pipes, sizes, 1, batches)
+    planned = compile_order(warmup_requests(manager.pipes, sizes, 1, batches))
     assert ran == [(r.checkpoint, r.width, r.height, r.num_images, r.steps) for r in planned]
     assert {(w, h) for _, w, h, _, _ in ran} == set(sizes) and {n for *_, n, _ in ran} == set(batches)
     assert {key for key, *_ in ran} == set(manager.pipes)
