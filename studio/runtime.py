@@ -143,4 +143,5 @@ def fast_path_options(settings: Settings, *, cuda: bool, demo: bool, prepare_on_
         # Captured by the compile warm-up, so only with compile.
         denoiser_graphs=cuda and not prepare_on_cpu and settings.denoiser_graphs is not False,
         lora_masters=settings.lora_masters,
+        kernel_tuning=settings.kernel_tuning,
     )

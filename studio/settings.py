@@ -281,6 +281,11 @@ class Settings:
         None, "KREA2_COMPILE", SWITCH, "regional `torch.compile` of the transformer blocks, warmed up at start-up",
         "on with CUDA",
     )  # fmt: skip
+    kernel_tuning: bool = setting(
+        True, "KREA2_KERNEL_TUNING", SWITCH,
+        "with compile: inductor's coordinate-descent tuning of every compiled kernel (torchao's fp8 recipe); off "
+        "shortens the start-up's compiling, whether the kernels are slower is not measured yet", "on",
+    )  # fmt: skip
     background_compile: bool | None = setting(
         None, "KREA2_BACKGROUND_COMPILE", SWITCH,
         "compile beside requests at start-up (they run uncompiled meanwhile), then capture CUDA graphs between them",

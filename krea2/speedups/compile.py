@@ -51,13 +51,24 @@ def compile_blocks(transformer: nn.Module) -> None:
     route_compiled_blocks(transformer)
 
 
+def set_kernel_tuning(enabled: bool) -> None:
+    """Inductor's coordinate-descent tuning of each generated kernel's block sizes, on or off (process-wide: inductor
+    has one configuration). torchao's fp8 recipe had turned it on, with every direction checked, as a side effect of
+    quantising; the measurements before session i all ran with it. It runs when a kernel first runs, so at start-up:
+    on an H200 it was 38.7 s of a restart's ~52 s of compiling (bench/NOTES.md, session i)."""
+    import torch._inductor.config as inductor
+
+    inductor.coordinate_descent_tuning = enabled
+    inductor.coordinate_descent_check_all_directions = enabled
+
+
 def route_compiled_blocks(transformer: nn.Module) -> None:
     """Put `Routed` in front of each compiled block: eager in a thread inside `eager_in_this_thread`, and the sequence
     length marked dynamic before the compiled call."""
     for block in transformer.transformer_blocks:
         compiled = getattr(block, "_compiled_call_impl", None)
         if compiled is not None and not isinstance(compiled, Routed):
-            block._compiled_call_impl = Routed(compiled, block._call_impl, mark=mark_block_sizes_dynamic)
+            block._compiled_call_impl = Routed(compiled, block._call_impl, mark=mark_sequence_dynamic)
 
 
 def blocks_compiled(transformer: nn.Module) -> bool:
@@ -116,10 +127,14 @@ def compiled_graph_count() -> int:
 
 
 def compile_times_table() -> str:
-    """dynamo's per-function compile times so far (its own table): where a start-up's compiling time went."""
-    from torch._dynamo.utils import compile_times
+    """dynamo's time per compilation phase so far (its own table): where a start-up's compiling time went. Only a log
+    line: a torch that lacks or changed this private helper gets a note instead of a failed warm-up."""
+    try:
+        from torch._dynamo.utils import compile_times
 
-    return compile_times(repr="str", aggregate=True)
+        return compile_times(repr="str", aggregate=True)
+    except Exception as error:  # noqa: BLE001 - diagnostics never stop the warm-up
+        return f"(not available: {type(error).__name__}: {error})"
 
 
 # ------------------------------------------------------------------------------------------ compiling beside requests
@@ -166,18 +181,18 @@ class Routed:
         return self.compiled(*args, **kwargs)
 
 
-def mark_block_sizes_dynamic(args: tuple, kwargs: dict) -> None:
-    """Before the first compilation of a block, mark its inputs' varying sizes, so that one graph serves every prompt,
-    image size and batch:
+def mark_sequence_dynamic(args: tuple, kwargs: dict) -> None:
+    """Mark every dimension of a block's inputs that has the sequence's length (the hidden states', the rotary
+    tables'; never a batched tensor's first dimension, never a last, feature, dimension, whatever its size) as dynamic
+    before the first compilation, so that one graph serves every prompt and image size. Left to itself, torch.compile
+    compiles the first shape statically and compiles again, dynamically, at the second: on an H200 each compilation
+    of the fp8 block took 70-90 s of a cold start (`bench/results/2026-12-03T0427_NVIDIA-H200_startup_cold.log`).
+    `maybe_mark_dynamic`, not `mark_dynamic`: a dimension the graph turns out to need static stays static instead of
+    raising.
 
-    - every dimension with the sequence's length (the hidden states', the rotary tables'; never a last, feature,
-      dimension, whatever its size) as dynamic. Left to itself, torch.compile compiles the first shape statically and
-      compiles again, dynamically, at the second: on an H200 each compilation of the fp8 block took 70-90 s of a cold
-      start (`bench/results/2026-12-03T0427_NVIDIA-H200_startup_cold.log`). `maybe_mark_dynamic`, not
-      `mark_dynamic`: a dimension the graph turns out to need static stays static instead of raising;
-    - the batch dimension of every batched input (the hidden states, the time embedding, the attention mask: 3-D or
-      more, with the batch's size first) as unbacked. torch specialises a size of 1, so a 2-image request would
-      otherwise compile the block once more. The rotary tables (2-D, sequence first) are not batched."""
+    The batch stays as torch leaves it (a batch of 1 specialised, so several images compile the block once more):
+    marked unbacked, as the VAE's kernels are, the fp8 block failed to compile on an H200 ("Could not guard on
+    data-dependent expression Ne(u1, 1)", `bench/results/2026-12-03T1245_NVIDIA-H200_startup_unbacked-batch.log`)."""
     hidden = args[0] if args else kwargs.get("hidden_states")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
         return
@@ -187,8 +202,6 @@ def mark_block_sizes_dynamic(args: tuple, kwargs: dict) -> None:
             if not isinstance(tensor, torch.Tensor):
                 continue
             batched = tensor.dim() >= 3 and tensor.shape[0] == batch
-            if batched:
-                torch._dynamo.decorators.mark_unbacked(tensor, 0)
             for dim in range(int(batched), tensor.dim() - 1):
                 if tensor.shape[dim] == length:
                     torch._dynamo.maybe_mark_dynamic(tensor, dim)

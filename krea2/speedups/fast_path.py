@@ -21,7 +21,7 @@ import torch
 
 from ..placement import Placement, apply_placement, unique_modules
 from .attention import KERNEL_NAMES, attention_in_use, install_fast_attention
-from .compile import blocks_compiled, compile_blocks
+from .compile import blocks_compiled, compile_blocks, set_kernel_tuning
 from .denoiser_graphs import denoiser_graphs_of, drop_denoiser_graphs, install_denoiser_graphs
 from .fp8 import fp8_layers, fp8_quantized, quantize_fp8
 from .options import FastPathOptions
@@ -116,8 +116,11 @@ def apply(
 
     # 7. Regional compilation of the repeated blocks (`compile`): one compiled graph for all 28 blocks of both
     #    checkpoints; it compiles lazily, so the manager's warm-up runs the common shapes first. Blocks a plan streams
-    #    run eagerly.
+    #    run eagerly. `kernel_tuning`: inductor's coordinate-descent search over each kernel's block sizes, which
+    #    torchao's fp8 recipe used to switch on for the process (set here instead, in the open); most of a start-up's
+    #    compile time on an H200.
     if options.compile:
+        set_kernel_tuning(options.kernel_tuning)
         for transformer in transformers:
             compile_blocks(transformer)
 

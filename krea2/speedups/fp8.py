@@ -8,10 +8,12 @@ from torch import nn
 
 
 def fp8_config():
-    """The one torchao configuration of the fast path: fp8 e4m3 weights and activations, one scale per row."""
+    """The one torchao configuration of the fast path: fp8 e4m3 weights and activations, one scale per row. Not
+    `set_inductor_config`: torchao would switch on inductor's kernel tuning for the whole process as a side effect of
+    quantising; the fast path sets that itself (`kernel_tuning`, `speedups/compile.py`)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
 
 
 def quantize_fp8(transformer: nn.Module) -> None:

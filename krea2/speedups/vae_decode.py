@@ -136,12 +136,12 @@ class DecodeOps:
 
 
 def mark_batch_unbacked(args: tuple, _kwargs: dict) -> None:
-    """The batch dimension of every image-shaped (3-D or more) tensor argument as unbacked: torch.compile otherwise
-    specialises a size of 1 and compiles a second graph for batches of two or more (on the tiny VAE: 9 graphs more for
-    a 2-image decode; on the GPU each is a cold start's kernel compilation). One graph serves every batch size."""
-    for arg in args:
-        if isinstance(arg, torch.Tensor) and arg.dim() >= 3:
-            torch._dynamo.decorators.mark_unbacked(arg, 0)
+    """The first argument's batch dimension as unbacked (the softmax's scores; the per-width kernels' images, below):
+    torch.compile otherwise specialises a size of 1 and compiles a second graph for batches of two or more (on the tiny
+    VAE, 9 graphs more for a 2-image decode; on an H200 the 2-image shape then compiled no VAE graph, bench/NOTES.md,
+    session i). One graph serves every batch size."""
+    if args and isinstance(args[0], torch.Tensor):
+        torch._dynamo.decorators.mark_unbacked(args[0], 0)
 
 
 def compiled_per_width(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -150,11 +150,12 @@ def compiled_per_width(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.T
     per width (the decoder has three), for every batch size (`mark_batch_unbacked`). Not `fullgraph`: past dynamo's
     recompile limit it runs eagerly rather than failing."""
 
-    def mark_channels_static(args: tuple, kwargs: dict) -> None:
+    def mark_channels_static(args: tuple, _kwargs: dict) -> None:
         for arg in args:
             if isinstance(arg, torch.Tensor):
                 torch._dynamo.mark_static(arg, 1 if arg.dim() == 4 else 0)  # the channel dim
-        mark_batch_unbacked(args, kwargs)
+                if arg.dim() == 4:  # an image (the input, a shortcut), not a (channels, 1, 1) parameter
+                    torch._dynamo.decorators.mark_unbacked(arg, 0)
 
     # Routed: eager in a user's thread while the manager compiles in the background (`speedups/compile.py`).
     return Routed(torch.compile(fn, dynamic=True), fn, mark=mark_channels_static)
