@@ -238,10 +238,12 @@ def in_parts(
     run: Callable[[GenerationRequest, StepCallback | None], Generated],
 ) -> Generated:
     """`request`'s images in consecutive parts of at most `images_at_once`, each a request of its own that `run`
-    generates: image k still uses seed + k (a part starts at its first image's seed), so the images are the ones one
-    call would make. Progress counts every part's steps as one run's. All or nothing, as one call: a part that is
-    cancelled, fails or is blocked ends the whole request (a block is reported for the whole request) and no image of
-    an earlier part is handed back."""
+    generates: image k still uses seed + k (a part starts at its first image's seed), so each image is the one a
+    request for it alone makes (one call for all of them can differ slightly where a batch shares statistics: Raw's
+    step cache, per-tensor fp8 attention scales). Progress counts every part's steps as one run's. All or nothing, as
+    one call: a part that is cancelled, fails or is blocked ends the whole request, no image of an earlier part is
+    handed back, and a block is reported for the whole request (its history row). An image input is encoded again
+    for each part."""
     seeds = request.image_seeds
     parts = [
         replace(request, seed=seeds[start], num_images=len(seeds[start : start + images_at_once]))
@@ -259,7 +261,11 @@ def in_parts(
         try:
             results.append(run(part, part_on_step))
         except ContentBlocked as blocked:
-            raise ContentBlocked(str(blocked), request) from None
+            message = str(blocked)
+            if part.num_images == 1:  # the part's "this image" is one of the request's
+                first = index * images_at_once + 1
+                message = message.replace("this image", f"image {first} of {request.num_images}", 1)
+            raise ContentBlocked(message, request) from None
     timings = PhaseTimings(
         **{name: sum(getattr(result.timings, name) for result in results) for name in PhaseTimings.__annotations__}
     )

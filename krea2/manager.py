@@ -312,6 +312,8 @@ class ModelManager:
         uncompiled. A user asking for a skipped shape later compiles it in their own time (an out-of-memory error again
         comes back as `generate`'s clear one)."""
         start = time.perf_counter()
+        if self.plan is not None and self.plan.images_per_call:  # larger batches run in parts: nothing new to warm up
+            batch_sizes = tuple(count for count in batch_sizes if count <= self.plan.images_per_call)
         requests = compile_order(warmup_requests(self.pipes, sizes, steps, batch_sizes))
         if self.residency is not None:  # a swapping plan: the checkpoint on the GPU first, then the others
             requests.sort(key=lambda request: request.checkpoint != self.residency.active)
@@ -614,7 +616,7 @@ class ModelManager:
             on_step=on_step,
             cancel_event=cancel_event,
             image_filter=image_filter,
-            images_at_once=self.plan.images_at_once if self.plan is not None else 0,
+            images_at_once=self.plan.images_per_call if self.plan is not None else 0,
         )
         return GenerationResult(
             request=request,

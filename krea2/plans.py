@@ -156,10 +156,7 @@ class PlacementPlan:
     text_encoder: str = "gpu"  # TEXT_ENCODER_MODES
     vae_tiling: bool = False
     pinned: bool = True  # CPU copies in page-locked memory (fast, asynchronous copies)
-    # Images per pipeline call (0: all a request asks for at once). The small-GPU plans' headroom holds one 1024²
-    # image: on a 24 GB cap Raw 1024², 2 images, ran out of memory (bench/NOTES.md, session g), so their batches run
-    # one at a time.
-    images_at_once: int = 0
+    images_at_once: int | None = None  # images per pipeline call; None: as `images_per_call` says for the plan
     gpu_bytes: int = 0  # estimated: weights on the GPU plus headroom
     host_bytes: int = 0  # estimated: weights kept in CPU RAM
     gpu_free: int | None = None  # what it was chosen for
@@ -168,6 +165,15 @@ class PlacementPlan:
     def placement(self) -> str:
         """The engine's coarse placement: `gpu` (resident when running), `offload` or `cpu`."""
         return self.name if self.name in ("offload", "cpu") else "gpu"
+
+    @property
+    def images_per_call(self) -> int:
+        """Images per pipeline call (0: all a request asks for at once). The small-GPU plans' headroom holds one 1024²
+        image: on a 24 GB cap Raw 1024², 2 images, ran out of memory (bench/NOTES.md, session g), so their batches run
+        one at a time (`generation.in_parts`), whoever built the plan."""
+        if self.images_at_once is not None:
+            return self.images_at_once
+        return 1 if self.swap or self.streamed_blocks else 0
 
     @property
     def managed(self) -> bool:
@@ -209,7 +215,7 @@ class PlacementPlan:
             "streamed": "text encoder streamed from CPU RAM when encoding",
         }[self.text_encoder]
         vae = "VAE on the GPU" + (f", tiled above {VAE_TILE}²" if self.vae_tiling else "")
-        batches = {0: "", 1: "; images one at a time"}.get(self.images_at_once, f"; {self.images_at_once} at a time")
+        batches = {0: "", 1: "; images one at a time"}.get(self.images_per_call, f"; {self.images_per_call} at a time")
         return f"plan {self.name}{free}: {transformers}; {encoder}; {vae}{batches}"
 
 
@@ -256,6 +262,6 @@ def choose_plan(
                 return PlacementPlan(
                     name, fp8=fp8, swap=sizes.num_transformers > 1, streamed_blocks=streamed, text_encoder=encoder,
                     vae_tiling=True, pinned=host + HOST_MARGIN <= budget.host_available, gpu_bytes=needed,
-                    host_bytes=host, gpu_free=free, images_at_once=1,
+                    host_bytes=host, gpu_free=free,
                 )  # fmt: skip
     return PlacementPlan("offload", gpu_free=free)

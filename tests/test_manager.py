@@ -107,9 +107,11 @@ def test_a_batch_in_parts_is_all_or_nothing():
 
         return one_part
 
+    flagged = "The content filter flagged this image as nudity (score 0.91), so nothing was saved or shown."
     with pytest.raises(ContentBlocked) as blocked:
-        in_parts(request, 1, lambda *_: None, run(ContentBlocked("flagged", "the part")))
+        in_parts(request, 1, lambda *_: None, run(ContentBlocked(flagged, "the part")))
     assert blocked.value.request is request and [part.seed for part in ran] == [5, 6]
+    assert str(blocked.value).startswith("The content filter flagged image 2 of 3 as nudity (score 0.91)")
     ran.clear()
     with pytest.raises(Cancelled):
         in_parts(request, 2, lambda *_: None, run(Cancelled()))

@@ -67,8 +67,9 @@ def test_a_24_gb_card_runs_turbo_fp8_resident_and_keeps_raw_warm_in_ram(full_siz
     line = plan.describe("turbo", NAMES)
     assert line.startswith("plan swap (23.4 GB free): Krea 2 Turbo transformer fp8 on the GPU, Krea 2 Raw warm in "
                            "pinned CPU RAM, swapped in on demand; text encoder fp8 on the GPU")  # fmt: skip
-    assert plan.images_at_once == 1 and line.endswith("; images one at a time")
-    assert choose_plan("auto", card(80), full_size, fp8=True).images_at_once == 0  # a big card: the whole batch
+    assert plan.images_per_call == 1 and line.endswith("; images one at a time")
+    assert choose_plan("auto", card(80), full_size, fp8=True).images_per_call == 0  # a big card: the whole batch
+    assert PlacementPlan("swap+stream 3", fp8=True, streamed_blocks=3).images_per_call == 1  # built by hand too
     # Without fp8 for the text encoder, it is streamed while encoding instead.
     assert choose_plan("auto", card(24), full_size, fp8=True, text_encoder_fp8=False).text_encoder == "streamed"
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,22 @@ def test_the_service_serves_and_records_during_the_warm_up(fresh_manager, tmp_pa
     warm_up.join(120)
     assert "compile warm-up: ready (full speed)" in service.status_line()
     store.close()
+
+
+def test_a_plan_that_runs_images_one_at_a_time_warms_up_no_larger_batch(fresh_manager, monkeypatch):
+    """Under a small GPU's plan a 2-image request runs as two 1-image calls (`generation.in_parts`): the warm-up's
+    2-image shapes would only repeat the 1-image ones, so they are left out (and with them, on a 24 GB card, a shape
+    that did not fit)."""
+    batches: list[int] = []
+    hook = fresh_manager.pipes["turbo"].transformer.register_forward_pre_hook(
+        lambda _module, _args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        fresh_manager.warm_up(**{**WARMUP, "batch_sizes": (1, 2)})
+        assert fresh_manager.status().warmup_progress == (6, 6) and 2 in batches  # the whole batch, in one call
+        batches.clear()
+        monkeypatch.setattr(fresh_manager, "plan", replace(fresh_manager.plan, images_at_once=1))
+        fresh_manager.warm_up(**{**WARMUP, "batch_sizes": (1, 2)})
+    finally:
+        hook.remove()
+    assert fresh_manager.status().warmup_progress == (4, 4) and set(batches) == {1}
