@@ -403,7 +403,7 @@ class ModelManager:
                 log.info("Compiled beside requests: %s (%d of %d) in %.1f s, %d new graphs", _label(request), done,
                          len(shapes), seconds, new_graphs)  # fmt: skip
             log.info("Compiled beside requests: %d shapes in %.1f s", len(shapes), time.perf_counter() - start)
-            log.info("torch.compile's time per compiled function (s):\n%s", compile_times_table())
+            log.info("torch.compile's time per phase, whole process (s):\n%s", compile_times_table())
         finally:
             with self._generate_lock:
                 for graph in graphs:
