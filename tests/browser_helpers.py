@@ -10,11 +10,12 @@ import pytest
 from app_server import CHROMIUM, AppServer
 
 
-def app_server_fixture(folder: str, prepare: Callable[[Path], None] | None = None):
-    """A module-scoped `server` fixture: `python app.py --demo` over a fresh data folder (named after `folder`, and
-    filled by `prepare` first), stopped after the module; the module is skipped where Debian's chromium is missing."""
+def app_server_fixture(folder: str, prepare: Callable[[Path], None] | None = None, name: str = "server"):
+    """A module-scoped `server` fixture (or `name`): `python app.py --demo` over a fresh data folder (named after
+    `folder`, and filled by `prepare` first), stopped after the module; the module is skipped where Debian's chromium
+    is missing."""
 
-    @pytest.fixture(scope="module", name="server")
+    @pytest.fixture(scope="module", name=name)
     def server(tmp_path_factory, demo_sources):
         if not Path(CHROMIUM).exists():
             pytest.skip("Debian chromium is not installed")

@@ -1,6 +1,7 @@
 """The app as a daily tool (issue 21) in headless Chromium: dark mode, keyboard and controls, progress, errors,
-phone layout, batches in History; and the terminal and API details a newcomer noticed. One app server for the page
-tests, each making the history it needs; the test that stops a server to read its shutdown line has its own."""
+phone layout, batches in History; and the terminal and API details a newcomer noticed. One app server for the module,
+each test making the history it needs; the test that stops it to read its log and shutdown line runs last (a test
+after it would find it started again)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from app_server import AppServer
 from browser_helpers import app_server_fixture
 from test_browser import set_number, shot, small
 
@@ -24,7 +24,16 @@ CONTRAST_JS = """el => {
 }"""
 
 
-server = app_server_fixture("daily")
+app = app_server_fixture("daily", name="app")
+
+
+@pytest.fixture
+def server(app):
+    """The module's app server, started again if a test before stopped it (only the log test does, and it runs last:
+    a start costs ~13 CPU-seconds and about 15 s on a loaded machine)."""
+    if app.proc is None or app.proc.poll() is not None:
+        app.start()
+    return app
 
 
 def make_a_batch(server, prompt: str = "a batch of two") -> None:
@@ -171,23 +180,16 @@ def test_a_demo_example_prompt_fills_the_prompt_box(browser, server):
     context.close()
 
 
-@pytest.fixture
-def own_server(tmp_path, demo_sources):
-    """A server of this test's own, which it may stop."""
-    app = AppServer(tmp_path / "data", Path(demo_sources["turbo"]).parent).start()
-    yield app
-    app.stop()
-
-
-def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(own_server):
-    """Stops its server to read the shutdown line."""
+def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generation(server):
+    """Stops the module's server to read its shutdown line; its log then holds every page test's run as well, and
+    must be as quiet."""
     from gradio_client import Client
 
-    make_a_batch(own_server)
-    page = Client(own_server.url, verbose=False).predict(api_name="/history")
+    make_a_batch(server)
+    page = Client(server.url, verbose=False).predict(api_name="/history")
     assert all(item["created_at"].endswith("+00:00") for item in page["items"]) and page["items"]
-    own_server.stop()
-    log = own_server.log.read_text()
+    server.stop()
+    log = server.log.read_text()
     for noise in ("torchao", "_C_", "deprecated", "%|", "HTTP Request"):
         assert noise not in log, noise
     assert re.search(r"Generation #\d+: Krea 2 Turbo, 256×256, 1 steps, 2 images, [\d.]+ s", log)
