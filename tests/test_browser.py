@@ -97,9 +97,9 @@ def test_cancel_stops_a_long_run(page):
     page.locator("#ckpt").get_by_text("Raw").click()
     # The toggle's round trip sets Raw's defaults; typing before it lands gets overwritten by steps=52.
     expect(page.locator("#steps input[type=number]")).to_have_value("52", timeout=10_000)
-    set_number(page, "steps", 100)
-    set_number(page, "width", 1024)
-    set_number(page, "height", 1024)
+    set_number(page, "steps", 100)  # 512² x 100 guided steps: ~50 s on an idle core, far past the wait for "Cancelled"
+    set_number(page, "width", 512)  # (1024²: each step took 4.5 s, waited out before the cancel landed)
+    set_number(page, "height", 512)
     page.locator("#prompt textarea").fill("a very long run")
     page.locator("#generate-btn").click()
     page.locator("#progress").get_by_text(re.compile(r"Step \d+/100")).wait_for(timeout=60_000)
