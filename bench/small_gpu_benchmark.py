@@ -38,15 +38,21 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchmark import CASES, InMemoryLoader, build_full_size, environment, run_ours, timed, write_result
+from bench.benchmark import CASES as ONE_IMAGE_CASES
+from bench.benchmark import InMemoryLoader, build_full_size, environment, run_ours, timed, write_result
 from krea2.manager import ModelManager
 from krea2.plans import SMALL_CARD_HEADROOM, STREAM_BUFFERS, GiB, MemoryBudget, ModelSizes, read_budget
+
+# Raw 1024² x 2 in one request: a plan that swaps or streams runs it one image per pipeline call
+# (`generation.in_parts`), where one call of two images had run out of memory at 24 GB (session g).
+CASES = {**ONE_IMAGE_CASES, "raw1024x2": {**ONE_IMAGE_CASES["raw1024"], "num_images": 2}}
 
 log = logging.getLogger("small-gpu")
 PATHS = ("offload", "plan")
@@ -93,7 +99,7 @@ def run_child(args: argparse.Namespace) -> dict:
     from krea2.loading import PipelineLoader
     from krea2.speedups import FastPathOptions
     from studio.runtime import fast_path_options
-    from studio.settings import Settings
+    from studio.settings import load_settings
 
     cap = None if args.cap == "none" else float(args.cap)
     t0 = time.perf_counter()
@@ -119,7 +125,8 @@ def run_child(args: argparse.Namespace) -> dict:
     else:  # what the app puts on here (`studio.runtime`); the plan keeps what it allows (`speedups.for_plan`)
         # --no-compile: the plan without torch.compile (and so without the denoiser graphs its warm-up captures), an
         # upper bound on the plan's time that fits a short device call (no compile warm-up).
-        settings = Settings(compile=False) if args.no_compile else Settings()
+        settings = load_settings()  # the environment's settings, as the app reads them (KREA2_KERNEL_TUNING, ...)
+        settings = replace(settings, compile=False) if args.no_compile else settings
         options = fast_path_options(settings, cuda=not args.smoke, demo=args.smoke)
         placement = "auto"
     probe = simulated_probe(cap or 80.0, ModelSizes.of(_demo_pipes(loader))) if args.smoke else read_budget

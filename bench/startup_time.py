@@ -46,7 +46,7 @@ def build(args: argparse.Namespace, data_dir: Path):
     import torch
 
     from studio.runtime import build_manager, compile_cache_dir, fast_path_options, use_compile_cache
-    from studio.settings import Settings, load_settings
+    from studio.settings import load_settings
 
     settings = load_settings({"KREA2_DEMO": "1"} if args.smoke else None)
     use_compile_cache(settings, data_dir)
@@ -56,7 +56,7 @@ def build(args: argparse.Namespace, data_dir: Path):
     from krea2.compile_cache import CompileCache
     from krea2.manager import ModelManager
 
-    options = fast_path_options(Settings(), cuda=True, demo=False)
+    options = fast_path_options(settings, cuda=True, demo=False)  # the environment's settings (KREA2_KERNEL_TUNING...)
     cache = CompileCache(compile_cache_dir(data_dir), device=torch.cuda.get_device_name()) if options.compile else None
     turbo, raw = build_full_size("cuda")
     return ModelManager(InMemoryLoader(turbo, raw), options=options, compile_cache=cache)
@@ -92,6 +92,7 @@ def main() -> int:
     loaded = since_start()
     out["weights_loaded_s"] = loaded  # since the process started
     out["status_when_loaded"] = manager.status().summary()
+    out["options"] = {key: str(value) for key, value in manager.options.__dict__.items()}
     log.info("weights loaded after %.1f s: %s", loaded, out["status_when_loaded"])  # the log says how far a cut run got
 
     out["first_image_stage"] = manager.status().warmup_stage  # where the warm-up was when it was asked
