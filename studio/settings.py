@@ -282,9 +282,9 @@ class Settings:
         "on with CUDA",
     )  # fmt: skip
     kernel_tuning: bool = setting(
-        True, "KREA2_KERNEL_TUNING", SWITCH,
-        "with compile: inductor's coordinate-descent tuning of every compiled kernel (torchao's fp8 recipe); off "
-        "shortens the start-up's compiling, whether the kernels are slower is not measured yet", "on",
+        False, "KREA2_KERNEL_TUNING", SWITCH,
+        "with compile: inductor's coordinate-descent tuning of every compiled kernel (torchao's fp8 recipe turns it "
+        "on); on an H200 it made a cold start's compiling ~5x longer for no measurable speed", "off",
     )  # fmt: skip
     background_compile: bool | None = setting(
         None, "KREA2_BACKGROUND_COMPILE", SWITCH,

@@ -54,8 +54,8 @@ def compile_blocks(transformer: nn.Module) -> None:
 def set_kernel_tuning(enabled: bool) -> None:
     """Inductor's coordinate-descent tuning of each generated kernel's block sizes, on or off (process-wide: inductor
     has one configuration). torchao's fp8 recipe had turned it on, with every direction checked, as a side effect of
-    quantising; the measurements before session i all ran with it. It runs when a kernel first runs, so at start-up:
-    on an H200 it was 38.7 s of a restart's ~52 s of compiling (bench/NOTES.md, session i)."""
+    quantising; the measurements before session j all ran with it. It runs when a kernel first runs, so at start-up,
+    where it was most of the compiling on an H200 (bench/NOTES.md, sessions i and j)."""
     import torch._inductor.config as inductor
 
     inductor.coordinate_descent_tuning = enabled

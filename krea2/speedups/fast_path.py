@@ -117,8 +117,8 @@ def apply(
     # 7. Regional compilation of the repeated blocks (`compile`): one compiled graph for all 28 blocks of both
     #    checkpoints; it compiles lazily, so the manager's warm-up runs the common shapes first. Blocks a plan streams
     #    run eagerly. `kernel_tuning`: inductor's coordinate-descent search over each kernel's block sizes, which
-    #    torchao's fp8 recipe used to switch on for the process (set here instead, in the open); most of a start-up's
-    #    compile time on an H200.
+    #    torchao's fp8 recipe used to switch on for the process (set here instead, in the open). Off by default: on
+    #    an H200 it was most of a start-up's compile time and bought no measurable speed (bench/NOTES.md, session j).
     if options.compile:
         set_kernel_tuning(options.kernel_tuning)
         for transformer in transformers:

@@ -11,8 +11,7 @@ from ..plans import PlacementPlan
 @dataclass(frozen=True)
 class FastPathOptions:
     """Which speed-ups `apply` puts on the pipelines (the exact ones every pipeline gets, PAD-free text and the
-    single-frame VAE decode, have no switch). All off by default but `kernel_tuning`, which only acts with `compile`
-    (it is what every measurement before it had, through torchao); the app turns on what runs on its machine."""
+    single-frame VAE decode, have no switch). All off by default; the app turns on what runs on its machine."""
 
     compile: bool = False  # regional compile of the repeated blocks (GPU), warmed up in the background
     fp8: bool = False  # fused projections + torchao fp8 rowwise weights+activations (GPU, compute capability >= 8.9)
@@ -22,7 +21,7 @@ class FastPathOptions:
     text_graphs: bool = False  # the text encoder from CUDA graphs (GPU-resident only; text_graphs.py)
     denoiser_graphs: bool = False  # exact: compiled transformer calls from CUDA graphs, with compile only
     lora_masters: bool = False  # with fp8: keep the blocks' bf16 weights in CPU memory, for LoRAs to fold into
-    kernel_tuning: bool = True  # with compile: inductor's coordinate-descent kernel tuning (a longer start-up)
+    kernel_tuning: bool = False  # with compile: inductor's coordinate-descent kernel tuning (a longer start-up)
 
 
 def for_placement(options: FastPathOptions, placement: Placement) -> FastPathOptions:
