@@ -23,6 +23,9 @@ there. Export to another folder, then copy what changed into demo/checkpoints:
     python -m demo.train --work artifacts/demo-train --stages import lora
     python -m demo.train --work artifacts/demo-train --stages export --out artifacts/demo-export
 
+A from-scratch Raw (round 0) builds its transformer at `--transformer WIDTHxBLOCKS` (default 192x6, the committed
+checkpoints' shape); every later stage and round reads the shape from the work folder.
+
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
 """
@@ -108,6 +111,7 @@ class Budget:
     lora_batch: int = 256
     lora_pool: int = 16384  # pixel-style pictures at 256²
     probe_every: int = 0  # Raw: score held-out prompts every this many steps (0: never); the learning curve
+    transformer: tuple[int, int] = (192, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
 
 
 def vocabulary() -> list[str]:
@@ -578,7 +582,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         tokenizer = build_tokenizer(vocabulary())
         tokenizer.save_pretrained(work / "tokenizer")
         text_encoder = build_text_encoder(len(tokenizer)).to(device).train()
-        transformer = build_transformer(seed=2).to(device).train()
+        width, layers = budget.transformer
+        transformer = build_transformer(seed=2, width=width, layers=layers).to(device).train()
+        save_shape(work, transformer)
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
@@ -619,6 +625,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     rounds = rounds if isinstance(rounds, list) else [rounds]
     this = {
         "round": budget.raw_round,
+        "transformer": json.loads((work / SHAPE_FILE).read_text()) if (work / SHAPE_FILE).exists() else None,
         "pool": budget.raw_pool,
         "layout_mix": budget.layout_mix or LAYOUT_MIX,
         "pool_seconds": round(pool_seconds, 1),
@@ -679,8 +686,20 @@ def load_text_side(work: Path, device: torch.device):
     return tokenizer, text_encoder.to(device).eval().requires_grad_(False)
 
 
+SHAPE_FILE = "transformer.json"  # the work folder's transformers' width and blocks (all of its transformers share them)
+
+
+def save_shape(work: Path, transformer: torch.nn.Module) -> None:
+    config = transformer.config
+    shape = {"width": config.num_attention_heads * config.attention_head_dim, "layers": config.num_layers}
+    (work / SHAPE_FILE).write_text(json.dumps(shape) + "\n")
+
+
 def load_transformer(path: Path, device: torch.device):
-    transformer = build_transformer()
+    """A work folder's transformer weights, in the shape its `SHAPE_FILE` names (the default shape without one)."""
+    shape_file = path.parent / SHAPE_FILE
+    shape = json.loads(shape_file.read_text()) if shape_file.exists() else {}
+    transformer = build_transformer(**shape)
     transformer.load_state_dict(load_file(path))
     return transformer.to(device)
 
@@ -908,6 +927,7 @@ def import_export(out: Path, work: Path) -> dict:
     for name, folder in (("turbo", turbo_dir), ("raw", raw_dir)):
         transformer = Krea2Transformer2DModel.from_pretrained(folder / "transformer")
         save_file(fp32(transformer), work / f"{name}_transformer.safetensors")
+        save_shape(work, transformer)
     if (out / "loras" / LORA_FILE).exists():
         (work / "lora").mkdir(exist_ok=True)
         shutil.copyfile(out / "loras" / LORA_FILE, work / "lora" / LORA_FILE)
@@ -939,6 +959,18 @@ def layout_mix(text: str) -> dict[str, float] | None:
     return mix
 
 
+def transformer_shape(text: str) -> tuple[int, int]:
+    """`--transformer 256x6` -> (256, 6): width (a multiple of 64) and blocks."""
+    usage = f"--transformer takes WIDTHxBLOCKS, the width a multiple of 64 (e.g. 256x6): got {text!r}"
+    try:
+        width, layers = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(usage) from None
+    if width <= 0 or width % 64 or layers <= 0:
+        raise SystemExit(usage)
+    return width, layers
+
+
 STAGES = {"vae": train_vae, "raw": train_raw, "turbo": train_turbo, "lora": train_lora}
 
 
@@ -958,6 +990,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
     parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
+    parser.add_argument("--transformer", default="192x6", help="a from-scratch Raw's width x blocks, e.g. 256x6")
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -977,6 +1010,7 @@ def main(argv: list[str] | None = None) -> None:
         turbo_trajectories=args.trajectories,
         profile=args.profile,
         probe_every=args.probe_every,
+        transformer=transformer_shape(args.transformer),
     )
     for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
         setattr(budget, f"{stage}_batch", batch)
@@ -988,6 +1022,7 @@ def main(argv: list[str] | None = None) -> None:
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
+            transformer=budget.transformer,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"

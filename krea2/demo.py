@@ -95,19 +95,25 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
     return Qwen3VLModel(config).eval()
 
 
-def build_transformer(seed: int = 0):
-    """The miniature Krea2Transformer2DModel: 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M parameters."""
+HEAD_DIM = 32  # the miniature's attention heads; the width sets how many
+
+
+def build_transformer(seed: int = 0, width: int = 192, layers: int = 6):
+    """The miniature Krea2Transformer2DModel: by default 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M
+    parameters. `width` (a multiple of 64) and `layers` size a wider or deeper one, heads and MLP in proportion."""
     import torch
     from diffusers import Krea2Transformer2DModel
 
+    if width % (2 * HEAD_DIM) or width <= 0 or layers <= 0:
+        raise ValueError(f"a demo transformer needs a width that is a positive multiple of {2 * HEAD_DIM}: {width}")
     torch.manual_seed(seed)
     return Krea2Transformer2DModel(
         in_channels=64,  # 16 latent channels x 2x2 patches, as in the real model
-        num_layers=6,
-        attention_head_dim=32,
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        intermediate_size=512,
+        num_layers=layers,
+        attention_head_dim=HEAD_DIM,
+        num_attention_heads=width // HEAD_DIM,
+        num_key_value_heads=width // (2 * HEAD_DIM),
+        intermediate_size=64 * round(width * 8 / 3 / 64),  # 512 at 192, the proportion of the real model's MLP
         timestep_embed_dim=64,
         text_hidden_dim=TEXT_HIDDEN,
         num_text_layers=len(TEXT_LAYERS),

@@ -61,6 +61,7 @@ def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpo
     work, out = tmp_path / "work", tmp_path / "out"
     train.import_export(committed, work)
     assert train.load_transformer(work / "raw_transformer.safetensors", torch.device("cpu")) is not None
+    assert json.loads((work / train.SHAPE_FILE).read_text()) == {"width": 192, "layers": 6}  # the committed shape
     train.export(work, out)
     for original in sorted(path for path in committed.rglob("*") if path.is_file()):
         relative = original.relative_to(committed)
@@ -135,3 +136,28 @@ def test_the_stage_flags_refuse_a_malformed_value_with_a_usage_message():
     for flag, bad in (("--minutes", "raw7"), ("--steps", "raw=many"), ("--batch", "raw=8,raw=16")):
         with pytest.raises(SystemExit, match=f"{flag} takes"):
             main(["--smoke", "--device", "cpu", "--stages", "export", flag, bad])
+
+
+def test_a_wider_transformer_keeps_its_shape_through_every_later_stage(tmp_path):
+    """`--transformer 256x6` (issue 15's next try: the committed 192x6 model binds words to shapes poorly) builds a
+    from-scratch Raw at that shape, and every later stage (Turbo, the LoRA, export) and a later round load that shape
+    from the work folder; a malformed shape stops with a usage message."""
+    from demo.train import SHAPE_FILE, load_transformer, save_shape, transformer_shape
+    from krea2.demo import build_transformer
+
+    assert transformer_shape("256x6") == (256, 6) and transformer_shape("192X6") == (192, 6)
+    for bad in ("256", "250x6", "256x0", "wide"):
+        with pytest.raises(SystemExit, match="--transformer takes"):
+            transformer_shape(bad)
+    wide = build_transformer(seed=2, width=256, layers=7)
+    assert (wide.config.num_attention_heads, wide.config.num_key_value_heads, wide.config.num_layers) == (8, 4, 7)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in build_transformer().parameters())
+    from safetensors.torch import save_file
+
+    save_file(wide.state_dict(), tmp_path / "raw_transformer.safetensors")
+    save_shape(tmp_path, wide)
+    assert json.loads((tmp_path / SHAPE_FILE).read_text()) == {"width": 256, "layers": 7}
+    again = load_transformer(tmp_path / "raw_transformer.safetensors", torch.device("cpu"))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in wide.state_dict().items())
+    with pytest.raises(ValueError, match="multiple of 64"):
+        build_transformer(width=100)
