@@ -24,7 +24,7 @@ there. Export to another folder, then copy what changed into demo/checkpoints:
     python -m demo.train --work artifacts/demo-train --stages export --out artifacts/demo-export
 
 A from-scratch Raw (round 0) builds its transformer at `--transformer WIDTHxBLOCKS` (default 192x6, the committed
-checkpoints' shape); every later stage and round reads the shape from the work folder.
+checkpoints' shape); every later stage and round reads the shape from the weights' file (its metadata).
 
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from demo.scenes import (
@@ -584,7 +585,6 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         text_encoder = build_text_encoder(len(tokenizer)).to(device).train()
         width, layers = budget.transformer
         transformer = build_transformer(seed=2, width=width, layers=layers).to(device).train()
-        save_shape(work, transformer)
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
@@ -619,13 +619,13 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         if budget.probe_every and (step + 1) % budget.probe_every == 0:
             curve.append({"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t)})
             log.info("raw probe: %s", curve[-1])
-    save_file(ema_t.model.state_dict(), work / "raw_transformer.safetensors")
+    save_transformer(ema_t.model, work / "raw_transformer.safetensors")
     save_file(ema_e.model.state_dict(), work / "text_encoder.safetensors")
     rounds = json.loads((work / "report.json").read_text()).get("raw", []) if (work / "report.json").exists() else []
     rounds = rounds if isinstance(rounds, list) else [rounds]
     this = {
         "round": budget.raw_round,
-        "transformer": json.loads((work / SHAPE_FILE).read_text()) if (work / SHAPE_FILE).exists() else None,
+        "transformer": shape_of(transformer),
         "pool": budget.raw_pool,
         "layout_mix": budget.layout_mix or LAYOUT_MIX,
         "pool_seconds": round(pool_seconds, 1),
@@ -686,20 +686,22 @@ def load_text_side(work: Path, device: torch.device):
     return tokenizer, text_encoder.to(device).eval().requires_grad_(False)
 
 
-SHAPE_FILE = "transformer.json"  # the work folder's transformers' width and blocks (all of its transformers share them)
-
-
-def save_shape(work: Path, transformer: torch.nn.Module) -> None:
+def shape_of(transformer: torch.nn.Module) -> dict[str, int]:
     config = transformer.config
-    shape = {"width": config.num_attention_heads * config.attention_head_dim, "layers": config.num_layers}
-    (work / SHAPE_FILE).write_text(json.dumps(shape) + "\n")
+    return {"width": config.num_attention_heads * config.attention_head_dim, "layers": config.num_layers}
+
+
+def save_transformer(transformer: torch.nn.Module, path: Path) -> None:
+    """A work folder's transformer weights, with their shape in the file's metadata (`load_transformer` builds it)."""
+    state = {k: v.float().contiguous() for k, v in transformer.state_dict().items()}
+    save_file(state, path, metadata={key: str(value) for key, value in shape_of(transformer).items()})
 
 
 def load_transformer(path: Path, device: torch.device):
-    """A work folder's transformer weights, in the shape its `SHAPE_FILE` names (the default shape without one)."""
-    shape_file = path.parent / SHAPE_FILE
-    shape = json.loads(shape_file.read_text()) if shape_file.exists() else {}
-    transformer = build_transformer(**shape)
+    """A work folder's transformer, in the shape its file's metadata names (the default shape for a file without)."""
+    with safe_open(path, framework="pt") as file:
+        metadata = file.metadata() or {}
+    transformer = build_transformer(**{key: int(metadata[key]) for key in ("width", "layers") if key in metadata})
     transformer.load_state_dict(load_file(path))
     return transformer.to(device)
 
@@ -804,7 +806,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
         optimizer.step()
         ema.update(student, step)
         losses.add(step, loss, watch.seconds)
-    save_file(ema.model.state_dict(), work / "turbo_transformer.safetensors")
+    save_transformer(ema.model, work / "turbo_transformer.safetensors")
     return {
         "trajectories": budget.turbo_trajectories,
         "trajectory_seconds": round(trajectory_seconds, 1),
@@ -926,8 +928,7 @@ def import_export(out: Path, work: Path) -> dict:
     save_file(fp32(text_encoder), work / "text_encoder.safetensors")
     for name, folder in (("turbo", turbo_dir), ("raw", raw_dir)):
         transformer = Krea2Transformer2DModel.from_pretrained(folder / "transformer")
-        save_file(fp32(transformer), work / f"{name}_transformer.safetensors")
-        save_shape(work, transformer)
+        save_transformer(transformer, work / f"{name}_transformer.safetensors")
     if (out / "loras" / LORA_FILE).exists():
         (work / "lora").mkdir(exist_ok=True)
         shutil.copyfile(out / "loras" / LORA_FILE, work / "lora" / LORA_FILE)
@@ -990,7 +991,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
     parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
-    parser.add_argument("--transformer", default="192x6", help="a from-scratch Raw's width x blocks, e.g. 256x6")
+    parser.add_argument("--transformer", help="a from-scratch Raw's width x blocks (default 192x6), e.g. 256x6")
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1010,8 +1011,10 @@ def main(argv: list[str] | None = None) -> None:
         turbo_trajectories=args.trajectories,
         profile=args.profile,
         probe_every=args.probe_every,
-        transformer=transformer_shape(args.transformer),
+        transformer=transformer_shape(args.transformer or "192x6"),
     )
+    if args.transformer and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
+        raise SystemExit("--transformer sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
     for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
         setattr(budget, f"{stage}_batch", batch)
     for stage, steps in key_values(args.steps, int, f"--steps takes stage=steps pairs: got {args.steps!r}").items():

@@ -105,7 +105,10 @@ def build_transformer(seed: int = 0, width: int = 192, layers: int = 6):
     from diffusers import Krea2Transformer2DModel
 
     if width % (2 * HEAD_DIM) or width <= 0 or layers <= 0:
-        raise ValueError(f"a demo transformer needs a width that is a positive multiple of {2 * HEAD_DIM}: {width}")
+        raise ValueError(
+            f"a demo transformer needs a width that is a positive multiple of {2 * HEAD_DIM} and at least one block: "
+            f"width {width}, {layers} blocks"
+        )
     torch.manual_seed(seed)
     return Krea2Transformer2DModel(
         in_channels=64,  # 16 latent channels x 2x2 patches, as in the real model

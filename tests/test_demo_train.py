@@ -53,6 +53,7 @@ def test_no_cap_runs_every_step_and_a_spent_cap_still_calibrates(monkeypatch, mi
 def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpoints(tmp_path):
     """`import` (export's inverse) lets a fresh clone continue training, or train a LoRA, from the committed
     checkpoints: exporting what it imported gives back every committed tensor bit for bit."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from krea2.demo import default_checkpoints_dir
@@ -61,7 +62,8 @@ def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpo
     work, out = tmp_path / "work", tmp_path / "out"
     train.import_export(committed, work)
     assert train.load_transformer(work / "raw_transformer.safetensors", torch.device("cpu")) is not None
-    assert json.loads((work / train.SHAPE_FILE).read_text()) == {"width": 192, "layers": 6}  # the committed shape
+    with safe_open(work / "raw_transformer.safetensors", framework="pt") as file:  # the committed shape, recorded
+        assert file.metadata() == {"width": "192", "layers": "6"}
     train.export(work, out)
     for original in sorted(path for path in committed.rglob("*") if path.is_file()):
         relative = original.relative_to(committed)
@@ -138,25 +140,28 @@ def test_the_stage_flags_refuse_a_malformed_value_with_a_usage_message():
             main(["--smoke", "--device", "cpu", "--stages", "export", flag, bad])
 
 
-def test_a_wider_transformer_keeps_its_shape_through_every_later_stage(tmp_path):
-    """`--transformer 256x6` (issue 15's next try: the committed 192x6 model binds words to shapes poorly) builds a
-    from-scratch Raw at that shape, and every later stage (Turbo, the LoRA, export) and a later round load that shape
-    from the work folder; a malformed shape stops with a usage message."""
-    from demo.train import SHAPE_FILE, load_transformer, save_shape, transformer_shape
+def test_a_wider_transformer_keeps_its_shape_in_its_weights_file(tmp_path):
+    """`--transformer 256x6` (issue 15's next try: the committed 192x6 model binds words to shapes poorly) sets the
+    shape of a from-scratch Raw; the work folder's weights files carry their shape, so `load_transformer` (what
+    Turbo's distillation, the LoRA, export and a later round call) builds that shape again. The flag is refused where
+    it would be ignored, and a malformed shape stops with a usage message."""
+    from safetensors import safe_open
+
+    from demo.train import load_transformer, main, save_transformer, transformer_shape
     from krea2.demo import build_transformer
 
     assert transformer_shape("256x6") == (256, 6) and transformer_shape("192X6") == (192, 6)
     for bad in ("256", "250x6", "256x0", "wide"):
         with pytest.raises(SystemExit, match="--transformer takes"):
             transformer_shape(bad)
+    for stages in (["--stages", "turbo"], ["--stages", "raw", "--raw-round", "1"]):
+        with pytest.raises(SystemExit, match="from-scratch Raw"):
+            main(["--smoke", "--device", "cpu", "--work", str(tmp_path / "w"), "--transformer", "256x6", *stages])
     wide = build_transformer(seed=2, width=256, layers=7)
     assert (wide.config.num_attention_heads, wide.config.num_key_value_heads, wide.config.num_layers) == (8, 4, 7)
-    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in build_transformer().parameters())
-    from safetensors.torch import save_file
-
-    save_file(wide.state_dict(), tmp_path / "raw_transformer.safetensors")
-    save_shape(tmp_path, wide)
-    assert json.loads((tmp_path / SHAPE_FILE).read_text()) == {"width": 256, "layers": 7}
+    save_transformer(wide, tmp_path / "raw_transformer.safetensors")
+    with safe_open(tmp_path / "raw_transformer.safetensors", framework="pt") as file:
+        assert file.metadata() == {"width": "256", "layers": "7"}
     again = load_transformer(tmp_path / "raw_transformer.safetensors", torch.device("cpu"))
     assert all(torch.equal(again.state_dict()[k], v) for k, v in wide.state_dict().items())
     with pytest.raises(ValueError, match="multiple of 64"):

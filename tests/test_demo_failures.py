@@ -1,0 +1,38 @@
+"""demo/failures.py sorts a wrong count or relation picture by how it is wrong (issue 15's diagnosis), from what the
+scorer read."""
+
+from __future__ import annotations
+
+from demo.failures import count_failure, relation_failure
+from demo.scenes import Composition
+from demo.score import Found, Reading
+
+RELATION = Composition("relation", "circle", "red", "blue", relation="left", other_kind="square", other_colour="yellow")
+
+
+def reading(*shapes: tuple[str, str, float]) -> Reading:
+    return Reading("blue", tuple(Found(kind, colour, x, 0.5, 400) for kind, colour, x in shapes))
+
+
+def test_relation_pictures_are_sorted_by_what_stands_in_for_the_missing_shape():
+    cases = {
+        "right": reading(("circle", "red", 0.25), ("square", "yellow", 0.75)),
+        "both shapes, wrong places": reading(("circle", "red", 0.75), ("square", "yellow", 0.25)),
+        "neither shape": reading(("star", "green", 0.25), ("cross", "white", 0.75)),
+        "only the subject, twice": reading(("circle", "red", 0.25), ("circle", "red", 0.75)),
+        "only the object, once": reading(("square", "yellow", 0.75)),
+        "the subject, and the other's kind in another colour": reading(("circle", "red", 0.2), ("square", "red", 0.8)),
+        "the object, and the other's colour on another kind": reading(("star", "red", 0.2), ("square", "yellow", 0.8)),
+        "the subject, and something else": reading(("circle", "red", 0.25), ("star", "green", 0.75)),
+    }
+    assert {name: relation_failure(picture, RELATION) for name, picture in cases.items()} == {n: n for n in cases}
+
+
+def test_count_pictures_say_how_many_shapes_were_drawn():
+    two = Composition("count", "star", "red", "blue", count=2)
+    assert count_failure(reading(("star", "red", 0.2), ("star", "red", 0.8)), two) == "right"
+    three = reading(("star", "red", 0.2), ("star", "red", 0.5), ("star", "red", 0.8))
+    assert count_failure(three, two) == "asked 2, drew 3"
+    assert count_failure(reading(("star", "red", 0.2), ("circle", "red", 0.8)), two) == (
+        "the number asked, a wrong kind or colour"
+    )
