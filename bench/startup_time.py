@@ -59,7 +59,10 @@ def build(args: argparse.Namespace, data_dir: Path):
     options = fast_path_options(settings, cuda=True, demo=False)  # the environment's settings (KREA2_KERNEL_TUNING...)
     cache = CompileCache(compile_cache_dir(data_dir), device=torch.cuda.get_device_name()) if options.compile else None
     turbo, raw = build_full_size("cuda")
-    return ModelManager(InMemoryLoader(turbo, raw), options=options, compile_cache=cache)
+    return ModelManager(
+        InMemoryLoader(turbo, raw), placement=settings.placement, options=options, compile_cache=cache,
+        background_compile=settings.background_compile,
+    )  # fmt: skip
 
 
 def main() -> int:

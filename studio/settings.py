@@ -283,8 +283,8 @@ class Settings:
     )  # fmt: skip
     kernel_tuning: bool = setting(
         False, "KREA2_KERNEL_TUNING", SWITCH,
-        "with compile: inductor's coordinate-descent tuning of every compiled kernel (torchao's fp8 recipe turns it "
-        "on); on an H200 it made a cold start's compiling ~5x longer for no measurable speed", "off",
+        "with compile: inductor's coordinate-descent tuning of every compiled kernel (what torchao's fp8 recipe "
+        "would switch on); on an H200 the cold warm-up took 5.7x as long with it, for no measurable speed", "off",
     )  # fmt: skip
     background_compile: bool | None = setting(
         None, "KREA2_BACKGROUND_COMPILE", SWITCH,
