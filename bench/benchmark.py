@@ -412,6 +412,11 @@ def memory_24gb(repeats: int) -> dict:
     return out
 
 
+def options_record(options) -> dict[str, str]:
+    """A manager's fast-path options as a results file records them (every value as text)."""
+    return {key: str(value) for key, value in vars(options).items()}
+
+
 def environment() -> dict:
     import diffusers
     import transformers

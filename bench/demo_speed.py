@@ -3,12 +3,13 @@
     python bench/demo_speed.py [--repeats 5] [--skip-app]
     python bench/demo_speed.py --skip-app --transformer 256x6   # the same with random transformers of another shape
 
-Each case runs once to warm up, then `--repeats` times; medians are reported, side by side in one run.
-`--transformer WIDTHxBLOCKS` swaps both checkpoints' transformers for random ones of that shape (a copy of the demo
-checkpoints in a temporary folder, loaded the same way): the CPU cost of a demo model of that size before training
-it (issue 15). The app start
+Each case runs once to warm up, then `--repeats` times; medians are reported, side by side in one run. The app start
 is timed from process launch to the manager's "Checkpoints ready" line with the page answering (as tests/app_server
 waits for it). Results go to bench/results/<date>_<machine>_demo-cpu.json.
+
+`--transformer WIDTHxBLOCKS` swaps both checkpoints' transformers for random ones of that shape (a copy of the demo
+checkpoints in a temporary folder, loaded the same way): the CPU cost of a demo model of that size before training
+it (issue 15).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo.train import transformer_shape  # noqa: E402
 from krea2.demo import demo_checkpoints  # noqa: E402
 from krea2.loading import PipelineLoader  # noqa: E402
 from krea2.manager import ModelManager  # noqa: E402
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument("--skip-app", action="store_true")
     parser.add_argument("--transformer", help="random transformers of this shape, WIDTHxBLOCKS (e.g. 256x6)")
     args = parser.parse_args()
-    shape = tuple(int(part) for part in args.transformer.lower().split("x")) if args.transformer else None
+    shape = transformer_shape(args.transformer) if args.transformer else None  # demo.train's flag, its usage message
     torch.set_num_threads(os.cpu_count() or 1)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

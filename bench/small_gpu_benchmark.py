@@ -49,7 +49,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchmark import CASES as ONE_IMAGE_CASES
-from bench.benchmark import InMemoryLoader, build_full_size, environment, run_ours, timed, write_result
+from bench.benchmark import (
+    InMemoryLoader,
+    build_full_size,
+    environment,
+    options_record,
+    run_ours,
+    timed,
+    write_result,
+)
 from krea2.manager import ModelManager
 from krea2.plans import SMALL_CARD_HEADROOM, STREAM_BUFFERS, GiB, MemoryBudget, ModelSizes, read_budget
 
@@ -145,7 +153,7 @@ def run_child(args: argparse.Namespace) -> dict:
     status = manager.status()
     out.update(plan=manager.placement, status=status.summary(), warmup=status.warmup)
     out["warmup_skipped"] = list(status.warmup_skipped)  # each with its error's type; the child's log has the rest
-    out["options"] = {key: str(value) for key, value in manager.options.__dict__.items()}
+    out["options"] = options_record(manager.options)
 
     out["cases"] = {}
     for name in args.cases.split(","):

@@ -77,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from bench.benchmark import environment, write_result
+    from bench.benchmark import environment, options_record, write_result
     from krea2 import GenerationRequest
     from studio.runtime import compile_cache_dir
 
@@ -95,7 +95,7 @@ def main() -> int:
     loaded = since_start()
     out["weights_loaded_s"] = loaded  # since the process started
     out["status_when_loaded"] = manager.status().summary()
-    out["options"] = {key: str(value) for key, value in manager.options.__dict__.items()}
+    out["options"] = options_record(manager.options)
     log.info("weights loaded after %.1f s: %s", loaded, out["status_when_loaded"])  # the log says how far a cut run got
 
     out["first_image_stage"] = manager.status().warmup_stage  # where the warm-up was when it was asked

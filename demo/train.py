@@ -691,10 +691,14 @@ def shape_of(transformer: torch.nn.Module) -> dict[str, int]:
     return {"width": config.num_attention_heads * config.attention_head_dim, "layers": config.num_layers}
 
 
+def fp32(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's weights as the work folder keeps them: fp32, contiguous."""
+    return {k: v.float().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_transformer(transformer: torch.nn.Module, path: Path) -> None:
     """A work folder's transformer weights, with their shape in the file's metadata (`load_transformer` builds it)."""
-    state = {k: v.float().contiguous() for k, v in transformer.state_dict().items()}
-    save_file(state, path, metadata={key: str(value) for key, value in shape_of(transformer).items()})
+    save_file(fp32(transformer), path, metadata={key: str(value) for key, value in shape_of(transformer).items()})
 
 
 def load_transformer(path: Path, device: torch.device):
@@ -912,10 +916,6 @@ def import_export(out: Path, work: Path) -> dict:
 
     turbo_dir, raw_dir = out / TURBO_FOLDER, out / RAW_FOLDER
     work.mkdir(parents=True, exist_ok=True)
-
-    def fp32(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.float().contiguous() for k, v in module.state_dict().items()}
-
     vae = AutoencoderKLQwenImage.from_pretrained(turbo_dir / "vae")
     rgb = json.loads((turbo_dir / "vae" / LATENT_RGB_FILE).read_text())
     stats = {"mean": list(vae.config.latents_mean), "std": list(vae.config.latents_std)}
