@@ -1,12 +1,13 @@
 """What the demo checkpoints get wrong on counts and relations: the held-out count and relation prompts, drawn and read
 back, each wrong picture sorted by how it is wrong.
 
-    python -m demo.failures --setting turbo_8 --out demo/results/failures-2026-12-03-cpu.json
+    python -m demo.failures --setting turbo_8 --out demo/results/failures-2026-12-03k-cpu.json
 
 `demo.evaluate` says how often a picture is right; this says what the wrong ones show. For a count, how many shapes
-were drawn against how many were asked. For a relation (two described shapes), whether each of the two came out,
-and what stands in for a missing one: a second copy of the one that came out, the missing one's kind in another
-colour, its colour on another kind, or something else. Issue 15's next training run is chosen from these.
+were drawn against how many were asked. For a relation (two described shapes), whether each of the two came out;
+when both did, whether they lie along the asked axis but swapped or along the other axis; when one is missing, what
+stands in for it: a second copy of the one that came out, the missing one's kind in another colour, its colour on
+another kind, or something else. Issue 15's next training run is chosen from these.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def relation_failure(reading: Reading, composition: Composition) -> str:
     verdict = judge(reading, composition)
     if verdict["correct"]:
         return "right"
-    if verdict["shapes"]:
-        return "both shapes, wrong places"
+    if verdict["shapes"]:  # the relation's axis (across or up and down) drawn, but the two swapped, or the other axis
+        a = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour))
+        b = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour))
+        across = abs(a.x - b.x) > abs(a.y - b.y)
+        return f"both shapes, {'swapped' if across == (composition.relation in ('left', 'right')) else 'other axis'}"
     found = [(shape.kind, shape.colour) for shape in reading.shapes]
     subject, other = (composition.kind, composition.colour), (composition.other_kind, composition.other_colour)
     if subject not in found and other not in found:

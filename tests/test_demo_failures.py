@@ -17,7 +17,7 @@ def reading(*shapes: tuple[str, str, float]) -> Reading:
 def test_relation_pictures_are_sorted_by_what_stands_in_for_the_missing_shape():
     cases = {
         "right": reading(("circle", "red", 0.25), ("square", "yellow", 0.75)),
-        "both shapes, wrong places": reading(("circle", "red", 0.75), ("square", "yellow", 0.25)),
+        "both shapes, swapped": reading(("circle", "red", 0.75), ("square", "yellow", 0.25)),
         "neither shape": reading(("star", "green", 0.25), ("cross", "white", 0.75)),
         "only the subject, twice": reading(("circle", "red", 0.25), ("circle", "red", 0.75)),
         "only the object, once": reading(("square", "yellow", 0.75)),
@@ -26,6 +26,9 @@ def test_relation_pictures_are_sorted_by_what_stands_in_for_the_missing_shape():
         "the subject, and something else": reading(("circle", "red", 0.25), ("star", "green", 0.75)),
     }
     assert {name: relation_failure(picture, RELATION) for name, picture in cases.items()} == {n: n for n in cases}
+    above = (Found("circle", "red", 0.5, 0.2, 400), Found("square", "yellow", 0.5, 0.8, 400))
+    one_above_the_other = Reading("blue", above)
+    assert relation_failure(one_above_the_other, RELATION) == "both shapes, other axis"
 
 
 def test_count_pictures_say_how_many_shapes_were_drawn():
