@@ -41,11 +41,8 @@ def relation_failure(reading: Reading, composition: Composition) -> str:
     verdict = judge(reading, composition)
     if verdict["correct"]:
         return "right"
-    if verdict["shapes"]:  # the relation's axis (across or up and down) drawn, but the two swapped, or the other axis
-        a = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour))
-        b = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour))
-        across = abs(a.x - b.x) > abs(a.y - b.y)
-        return f"both shapes, {'swapped' if across == (composition.relation in ('left', 'right')) else 'other axis'}"
+    if verdict["shapes"]:
+        return placement_failure(reading, composition, verdict)
     found = [(shape.kind, shape.colour) for shape in reading.shapes]
     subject, other = (composition.kind, composition.colour), (composition.other_kind, composition.other_colour)
     if subject not in found and other not in found:
@@ -61,6 +58,22 @@ def relation_failure(reading: Reading, composition: Composition) -> str:
     if stand_in[1] == missing[1]:
         return f"the {which}, and the other's colour on another kind"
     return f"the {which}, and something else"
+
+
+def placement_failure(reading: Reading, composition: Composition, verdict: dict[str, bool]) -> str:
+    """A relation picture with both described shapes that is still wrong: in place but with more shapes or another
+    background, on the other axis (one above the other for "to the left of"), swapped, or too close to tell."""
+    if verdict["relation"]:
+        return "both shapes in place, more shapes or another background"
+    a = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour))
+    b = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour))
+    horizontal = composition.relation in ("left", "right")
+    if (abs(a.x - b.x) > abs(a.y - b.y)) != horizontal:
+        return "both shapes, other axis"
+    subject_after = (a.x - b.x if horizontal else a.y - b.y) > 0  # the subject right of (below) the object
+    if subject_after == (composition.relation in ("left", "above")):
+        return "both shapes, swapped"
+    return "both shapes, too close"  # the asked order, nearer than the scorer's margin
 
 
 def main(argv: list[str] | None = None) -> None:

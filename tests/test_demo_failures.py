@@ -31,6 +31,24 @@ def test_relation_pictures_are_sorted_by_what_stands_in_for_the_missing_shape():
     assert relation_failure(one_above_the_other, RELATION) == "both shapes, other axis"
 
 
+def test_relation_pictures_with_both_shapes_say_what_is_wrong_with_their_places():
+    above = Composition(
+        "relation", "circle", "red", "blue", relation="above", other_kind="square", other_colour="yellow"
+    )
+    red, yellow = ("circle", "red"), ("square", "yellow")
+
+    def at(*shapes: tuple[tuple[str, str], float, float], background: str = "blue") -> Reading:
+        return Reading(background, tuple(Found(k, c, x, y, 400) for (k, c), x, y in shapes))
+
+    assert relation_failure(at((red, 0.5, 0.2), (yellow, 0.5, 0.8)), above) == "right"
+    assert relation_failure(at((red, 0.5, 0.8), (yellow, 0.5, 0.2)), above) == "both shapes, swapped"
+    assert relation_failure(at((red, 0.2, 0.5), (yellow, 0.8, 0.5)), above) == "both shapes, other axis"
+    assert relation_failure(at((red, 0.5, 0.48), (yellow, 0.5, 0.52)), above) == "both shapes, too close"
+    in_place = "both shapes in place, more shapes or another background"
+    assert relation_failure(at((red, 0.5, 0.2), (yellow, 0.5, 0.8), (("star", "green"), 0.2, 0.5)), above) == in_place
+    assert relation_failure(at((red, 0.5, 0.2), (yellow, 0.5, 0.8), background="green"), above) == in_place
+
+
 def test_count_pictures_say_how_many_shapes_were_drawn():
     two = Composition("count", "star", "red", "blue", count=2)
     assert count_failure(reading(("star", "red", 0.2), ("star", "red", 0.8)), two) == "right"

@@ -195,7 +195,7 @@ def test_grid_edge_share_tells_the_pixel_style_from_the_plain_pictures():
 
 def test_the_size_check_behind_the_demo_banner_runs(manager):
     """`python -m demo.size_effect` (the banner's "draws best at 256 px"), on its first 6 prompts at 256² only:
-    measured 45 of 48 fully right there (demo/results/size-effect-2026-12-03-cpu.json)."""
+    measured 48 of 48 fully right there (demo/results/size-effect-2026-12-03k-cpu.json)."""
     from demo.size_effect import measure
 
     result = measure(manager, sides=(256,), prompts=6)
