@@ -8,6 +8,11 @@ were drawn against how many were asked. For a relation (two described shapes), w
 when both did, whether they lie along the asked axis but swapped or along the other axis; when one is missing, what
 stands in for it: a second copy of the one that came out, the missing one's kind in another colour, its colour on
 another kind, or something else. Issue 15's next training run is chosen from these.
+
+It also measures what the text side tells apart (`text_difference`): for each held-out relation prompt, how far the
+transformer's text features (after its text fusion) move when the relation's direction is swapped ("to the left of"
+for "to the right of", "above" for "below"), against when the object's colour is swapped, a word the model has
+learnt. A direction the features do not carry cannot put the shapes in order.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import argparse
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from demo.evaluate import SETTINGS, draw, load_manager
-from demo.scenes import Composition, held_out
-from demo.score import Reading, judge, read_all
+from demo.scenes import COLOURS, Composition, held_out
+from demo.score import Found, Reading, judge, read_all
 
 log = logging.getLogger("demo.failures")
 
@@ -60,13 +68,30 @@ def relation_failure(reading: Reading, composition: Composition) -> str:
     return f"the {which}, and something else"
 
 
+def described_pair(reading: Reading, composition: Composition) -> tuple[Found, Found] | None:
+    """The subject and the object of a relation as the picture shows them (the largest of each), if both are there."""
+    subject = [s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour)]
+    other = [s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour)]
+    return (subject[0], other[0]) if subject and other else None
+
+
+def subject_first(reading: Reading, composition: Composition) -> str | None:
+    """Whether the subject comes first (left of, or above, the object, along the relation's axis) whatever the
+    relation asks: a model that ignores the direction puts it first about half the time."""
+    pair = described_pair(reading, composition)
+    if pair is None:
+        return None
+    (a, b), horizontal = pair, composition.relation in ("left", "right")
+    return "subject first" if (a.x < b.x if horizontal else a.y < b.y) else "subject second"
+
+
 def placement_failure(reading: Reading, composition: Composition, verdict: dict[str, bool]) -> str:
     """A relation picture with both described shapes that is still wrong: in place but with more shapes or another
     background, on the other axis (one above the other for "to the left of"), swapped, or too close to tell."""
     if verdict["relation"]:
         return "both shapes in place, more shapes or another background"
-    a = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour))
-    b = next(s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour))
+    a, b = described_pair(reading, composition) or (None, None)
+    assert a is not None and b is not None  # verdict["shapes"]: both are there
     horizontal = composition.relation in ("left", "right")
     if (abs(a.x - b.x) > abs(a.y - b.y)) != horizontal:
         return "both shapes, other axis"
@@ -74,6 +99,55 @@ def placement_failure(reading: Reading, composition: Composition, verdict: dict[
     if subject_after == (composition.relation in ("left", "above")):
         return "both shapes, swapped"
     return "both shapes, too close"  # the asked order, nearer than the scorer's margin
+
+
+# Each relation's opposite: its words have as many tokens, so the two prompts' features compare token by token.
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+@torch.no_grad()
+def text_difference(pipe, first: str, second: str) -> float:
+    """The largest cosine distance, token by token, between the text features `pipe.transformer` computes for two
+    prompts (its text fusion and input projection over the text encoder's tapped layers): 0 for the same features."""
+    embeds, mask = pipe.get_text_hidden_states([first, second], 64, pipe.transformer.device)
+    transformer = pipe.transformer
+    fused = transformer.text_fusion(embeds.to(transformer.dtype), attention_mask=mask[:, None, None, :].bool())
+    features = transformer.txt_in(fused).float()
+    tokens = int(mask.sum(dim=1).min())
+    distance = 1 - F.cosine_similarity(features[0, :tokens], features[1, :tokens], dim=-1)
+    return round(float(distance.max()), 4)
+
+
+def text_separation(pipe, relations: list[Composition]) -> dict[str, float]:
+    """Median `text_difference` over relation prompts for their direction swapped and for their object's colour, and
+    over their subjects alone "on the left" against "on the right" of a single-shape prompt (a place the model
+    draws)."""
+    direction, colour, place = [], [], []
+    for composition in relations:
+        alone = Composition("single", composition.kind, composition.colour, composition.background).prompt
+        left, right = (alone.replace(" on ", f" on the {side} on ", 1) for side in ("left", "right"))
+        place.append(text_difference(pipe, left, right))
+        swapped = replace(composition, relation=OPPOSITE[composition.relation or "left"])
+        recoloured = replace(composition, other_colour=next(
+            c for c in COLOURS if c not in (composition.colour, composition.other_colour, composition.background)
+        ))  # fmt: skip
+        direction.append(text_difference(pipe, composition.prompt, swapped.prompt))
+        colour.append(text_difference(pipe, composition.prompt, recoloured.prompt))
+    return {
+        "direction swapped": round(float(np.median(direction)), 4),
+        "object colour swapped": round(float(np.median(colour)), 4),
+        "single shape's place swapped": round(float(np.median(place)), 4),
+    }
+
+
+def word_distances(pipe, pairs=(("left", "right"), ("above", "below"), ("red", "blue"))) -> dict[str, float]:
+    """Cosine distance between the text encoder's input embeddings of word pairs (each word one token)."""
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    ids = {word: pipe.tokenizer(" " + word, add_special_tokens=False)["input_ids"] for pair in pairs for word in pair}
+    return {
+        f"{a}/{b}": round(float(1 - F.cosine_similarity(table[ids[a][0]], table[ids[b][0]], dim=0)), 4)
+        for a, b in pairs
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,15 +164,24 @@ def main(argv: list[str] | None = None) -> None:
     cases = [(c, 1000 * s + i) for s in range(args.seeds) for i, c in enumerate(every) if c.layout != "single"]
     pictures = draw(manager, args.setting, [c.prompt for c, _ in cases], [seed for _, seed in cases], batch=30)
     readings = read_all(list(pictures))
+    relations = [c for c in every if c.layout == "relation"]
     tallies: dict[str, Counter] = {"count": Counter(), "relation": Counter()}
+    order: Counter = Counter()  # relation pictures with both shapes: (asked direction, subject first or second)
     for (composition, _), reading in zip(cases, readings, strict=True):
         sort = count_failure if composition.layout == "count" else relation_failure
         tallies[composition.layout][sort(reading, composition)] += 1
+        if composition.layout == "relation" and (first := subject_first(reading, composition)):
+            order[f"{composition.relation}: {first}"] += 1
     report = {
         "setting": args.setting,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "seeds": args.seeds,
         **{layout: dict(tally.most_common()) for layout, tally in tallies.items()},
+        "relation_order": dict(sorted(order.items())),
+        "text_difference": {  # per checkpoint, the median over the held-out relation prompts (text_separation)
+            key: text_separation(pipe, relations) for key, pipe in manager.pipes.items()
+        },
+        "word_embedding_distance": word_distances(manager.pipes["turbo"]),  # one text encoder for both
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

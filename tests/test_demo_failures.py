@@ -3,9 +3,18 @@ scorer read."""
 
 from __future__ import annotations
 
-from demo.failures import count_failure, relation_failure
+from demo.failures import (
+    count_failure,
+    relation_failure,
+    subject_first,
+    text_difference,
+    text_separation,
+    word_distances,
+)
 from demo.scenes import Composition
 from demo.score import Found, Reading
+from demo.train import vocabulary
+from krea2.demo import build_demo_pipeline
 
 RELATION = Composition("relation", "circle", "red", "blue", relation="left", other_kind="square", other_colour="yellow")
 
@@ -57,3 +66,29 @@ def test_count_pictures_say_how_many_shapes_were_drawn():
     assert count_failure(reading(("star", "red", 0.2), ("circle", "red", 0.8)), two) == (
         "the number asked, a wrong kind or colour"
     )
+
+
+def test_text_difference_is_nothing_for_one_prompt_and_something_for_another_word():
+    """The measure behind the report's `text_difference` (the relation's direction against the object's colour), on a
+    randomly initialised miniature: the same prompt twice gives the same features; a changed colour word moves them."""
+    pipe = build_demo_pipeline(words=vocabulary())
+    assert text_difference(pipe, RELATION.prompt, RELATION.prompt) < 1e-5
+    recoloured = RELATION.prompt.replace("yellow", "green")
+    assert text_difference(pipe, RELATION.prompt, recoloured) > 0.01
+    separation = text_separation(pipe, [RELATION])
+    assert set(separation) == {"direction swapped", "object colour swapped", "single shape's place swapped"}
+    assert separation["direction swapped"] == text_difference(
+        pipe, RELATION.prompt, RELATION.prompt.replace("left", "right")
+    )
+    distances = word_distances(pipe, pairs=(("left", "right"), ("left", "left")))
+    assert distances["left/left"] < 1e-5 < distances["left/right"]
+
+
+def test_the_order_of_a_relations_two_shapes_is_read_whatever_was_asked():
+    right_of = Composition(
+        "relation", "circle", "red", "blue", relation="right", other_kind="square", other_colour="yellow"
+    )
+    left_to_right = reading(("circle", "red", 0.25), ("square", "yellow", 0.75))
+    assert subject_first(left_to_right, RELATION) == subject_first(left_to_right, right_of) == "subject first"
+    assert subject_first(reading(("square", "yellow", 0.25), ("circle", "red", 0.75)), RELATION) == "subject second"
+    assert subject_first(reading(("circle", "red", 0.25)), RELATION) is None
