@@ -87,7 +87,10 @@ def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpo
 
 def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch):
     """`--probe-every`'s probe, cut to 8 single shapes at 8 steps: the committed Raw draws some of them right (the
-    full evaluation: 25% at 8 steps), through the same scorer as demo.evaluate."""
+    full evaluation: 49% of single shapes at 8 steps), through the same scorer as demo.evaluate; and the text
+    side's direction (demo.failures.text_separation) of the weights it was given."""
+    from demo.failures import text_separation
+    from demo.scenes import held_out
     from krea2.demo import default_checkpoints_dir
 
     monkeypatch.setattr(train, "PROBE_STEPS", 8)
@@ -99,8 +102,13 @@ def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch
     tokenizer, text_encoder = train.load_text_side(work, cpu)
     transformer = train.load_transformer(work / "raw_transformer.safetensors", cpu)
     point = train.probe(vae, tokenizer, train.Ema(text_encoder, 0.9), train.Ema(transformer, 0.9))
-    assert set(point) == {"accuracy", "single_correct", "count_correct", "relation_correct", "single_kind"}
+    assert set(point) == {
+        "accuracy", "single_correct", "count_correct", "relation_correct", "single_kind", "direction_difference",
+    }  # fmt: skip
     assert 0 < point["single_kind"] <= 1 and 0 < point["accuracy"] <= 1
+    assert point["direction_difference"] == text_separation(train.make_pipeline(
+        vae, text_encoder, tokenizer, transformer, is_distilled=False
+    ), [c for c in held_out() if c.layout == "relation"])["direction swapped"]  # fmt: skip
 
 
 def test_the_layout_mix_sets_what_share_of_training_scenes_are_counts_and_relations():
