@@ -24,7 +24,8 @@ there. Export to another folder, then copy what changed into demo/checkpoints:
     python -m demo.train --work artifacts/demo-train --stages export --out artifacts/demo-export
 
 A from-scratch Raw (round 0) builds its transformer at `--transformer WIDTHxBLOCKS` (default 192x6, the committed
-checkpoints' shape); every later stage and round reads the shape from the weights' file (its metadata).
+checkpoints' shape) and its text encoder at `--text-width N` (default 64); every later stage and round reads the
+shapes from the weights' files (the transformer's metadata, the text encoder's embedding table).
 
 Seeds are fixed; every stage has a step count (and a time cap that stops it early and says so, so one device call
 cannot overrun). `demo/evaluate.py` then measures what the checkpoints draw.
@@ -67,6 +68,7 @@ from demo.scenes import (
 )
 from krea2.demo import (
     RAW_FOLDER,
+    TEXT_HIDDEN,
     TEXT_LAYERS,
     TURBO_FOLDER,
     build_scheduler,
@@ -113,6 +115,7 @@ class Budget:
     lora_pool: int = 16384  # pixel-style pictures at 256²
     probe_every: int = 0  # Raw: score held-out prompts every this many steps (0: never); the learning curve
     transformer: tuple[int, int] = (192, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
+    text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
 
 
 def vocabulary() -> list[str]:
@@ -582,9 +585,10 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     else:
         tokenizer = build_tokenizer(vocabulary())
         tokenizer.save_pretrained(work / "tokenizer")
-        text_encoder = build_text_encoder(len(tokenizer)).to(device).train()
+        text_encoder = build_text_encoder(len(tokenizer), width=budget.text_width).to(device).train()
         width, layers = budget.transformer
-        transformer = build_transformer(seed=2, width=width, layers=layers).to(device).train()
+        transformer = build_transformer(seed=2, width=width, layers=layers, text_width=budget.text_width)
+        transformer = transformer.to(device).train()
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
@@ -692,14 +696,17 @@ def load_text_side(work: Path, device: torch.device):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-    text_encoder = build_text_encoder(len(tokenizer))
-    text_encoder.load_state_dict(load_file(work / "text_encoder.safetensors"))
+    weights = load_file(work / "text_encoder.safetensors")
+    width = weights["language_model.embed_tokens.weight"].shape[1]  # the width it was trained at (--text-width)
+    text_encoder = build_text_encoder(len(tokenizer), width=width)
+    text_encoder.load_state_dict(weights)
     return tokenizer, text_encoder.to(device).eval().requires_grad_(False)
 
 
 def shape_of(transformer: torch.nn.Module) -> dict[str, int]:
     config = transformer.config
-    return {"width": config.num_attention_heads * config.attention_head_dim, "layers": config.num_layers}
+    width = config.num_attention_heads * config.attention_head_dim
+    return {"width": width, "layers": config.num_layers, "text_width": config.text_hidden_dim}
 
 
 def fp32(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -716,7 +723,8 @@ def load_transformer(path: Path, device: torch.device):
     """A work folder's transformer, in the shape its file's metadata names (the default shape for a file without)."""
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata() or {}
-    transformer = build_transformer(**{key: int(metadata[key]) for key in ("width", "layers") if key in metadata})
+    shape = {key: int(metadata[key]) for key in ("width", "layers", "text_width") if key in metadata}
+    transformer = build_transformer(**shape)
     transformer.load_state_dict(load_file(path))
     return transformer.to(device)
 
@@ -1003,6 +1011,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
     parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
     parser.add_argument("--transformer", help="a from-scratch Raw's width x blocks (default 192x6), e.g. 256x6")
+    parser.add_argument(
+        "--text-width", type=int, help=f"a from-scratch Raw's text encoder width (default {TEXT_HIDDEN})"
+    )
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1023,9 +1034,13 @@ def main(argv: list[str] | None = None) -> None:
         profile=args.profile,
         probe_every=args.probe_every,
         transformer=transformer_shape(args.transformer or "192x6"),
+        text_width=args.text_width or TEXT_HIDDEN,
     )
-    if args.transformer and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
-        raise SystemExit("--transformer sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
+    for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
+        if given and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
+            raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
+    if budget.text_width <= 0 or budget.text_width % 32:
+        raise SystemExit(f"--text-width takes a positive multiple of 32: got {args.text_width}")
     for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
         setattr(budget, f"{stage}_batch", batch)
     for stage, steps in key_values(args.steps, int, f"--steps takes stage=steps pairs: got {args.steps!r}").items():
@@ -1036,7 +1051,7 @@ def main(argv: list[str] | None = None) -> None:
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
-            transformer=budget.transformer,
+            transformer=budget.transformer, text_width=budget.text_width,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"

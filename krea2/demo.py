@@ -74,18 +74,20 @@ def build_tokenizer(words: Iterable[str] = ()):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def build_text_encoder(vocab_size: int, seed: int = 0):
+def build_text_encoder(vocab_size: int, seed: int = 0, width: int = TEXT_HIDDEN):
+    """The miniature Qwen3-VL text encoder: `width` wide (heads of 16, half as many KV heads), one layer per tapped
+    hidden state."""
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
     torch.manual_seed(seed)
     config = Qwen3VLConfig(
         text_config={
-            "hidden_size": TEXT_HIDDEN,
-            "intermediate_size": 2 * TEXT_HIDDEN,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
             "num_hidden_layers": len(TEXT_LAYERS),
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": width // 16,
+            "num_key_value_heads": width // 32,
             "head_dim": 16,
             "vocab_size": vocab_size,
             "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
@@ -99,16 +101,17 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
 HEAD_DIM = 32  # the miniature's attention heads; the width sets how many
 
 
-def build_transformer(seed: int = 0, width: int = 192, layers: int = 6):
+def build_transformer(seed: int = 0, width: int = 192, layers: int = 6, text_width: int = TEXT_HIDDEN):
     """The miniature Krea2Transformer2DModel: by default 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M
-    parameters. `width` (a multiple of 64) and `layers` size a wider or deeper one, heads and MLP in proportion."""
+    parameters. `width` (a multiple of 64) and `layers` size a wider or deeper one, heads and MLP in proportion;
+    `text_width` is the text encoder's width it reads (its text fusion runs at that width)."""
     import torch
     from diffusers import Krea2Transformer2DModel
 
-    if width % (2 * HEAD_DIM) or width <= 0 or layers <= 0:
+    if width % (2 * HEAD_DIM) or width <= 0 or layers <= 0 or text_width % 32 or text_width <= 0:
         raise ValueError(
-            f"a demo transformer needs a width that is a positive multiple of {2 * HEAD_DIM} and at least one block: "
-            f"width {width}, {layers} blocks"
+            f"a demo transformer needs a width that is a positive multiple of {2 * HEAD_DIM}, at least one block and a "
+            f"text width that is a positive multiple of 32: width {width}, {layers} blocks, text width {text_width}"
         )
     torch.manual_seed(seed)
     return Krea2Transformer2DModel(
@@ -119,11 +122,11 @@ def build_transformer(seed: int = 0, width: int = 192, layers: int = 6):
         num_key_value_heads=width // (2 * HEAD_DIM),
         intermediate_size=64 * round(width * 8 / 3 / 64),  # 512 at 192, the proportion of the real model's MLP
         timestep_embed_dim=64,
-        text_hidden_dim=TEXT_HIDDEN,
+        text_hidden_dim=text_width,
         num_text_layers=len(TEXT_LAYERS),
         text_num_attention_heads=4,
         text_num_key_value_heads=2,
-        text_intermediate_size=2 * TEXT_HIDDEN,
+        text_intermediate_size=2 * text_width,
         num_layerwise_text_blocks=1,
         num_refiner_text_blocks=2,
         axes_dims_rope=(8, 12, 12),
