@@ -911,6 +911,10 @@ def export(work: Path, out: Path) -> dict:
     tokenizer, text_encoder = load_text_side(work, cpu)
     turbo = load_transformer(work / "turbo_transformer.safetensors", cpu)
     raw = load_transformer(work / "raw_transformer.safetensors", cpu)
+    widths = {"text encoder": text_encoder.config.text_config.hidden_size}
+    widths |= {name: model.config.text_hidden_dim for name, model in (("Turbo", turbo), ("Raw", raw))}
+    if len(set(widths.values())) > 1:  # e.g. a new --text-width Raw beside an imported Turbo: it would not draw
+        raise SystemExit(f"the work folder's text widths differ ({widths}): run the stages after raw (turbo) first")
     pipe = make_pipeline(vae, text_encoder, tokenizer, turbo, is_distilled=True)
     pipe.to(torch.bfloat16)
     raw.to(torch.bfloat16)
@@ -1034,10 +1038,10 @@ def main(argv: list[str] | None = None) -> None:
         profile=args.profile,
         probe_every=args.probe_every,
         transformer=transformer_shape(args.transformer or "192x6"),
-        text_width=args.text_width or TEXT_HIDDEN,
+        text_width=TEXT_HIDDEN if args.text_width is None else args.text_width,
     )
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
-        if given and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
+        if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
     if budget.text_width <= 0 or budget.text_width % 32:
         raise SystemExit(f"--text-width takes a positive multiple of 32: got {args.text_width}")

@@ -92,7 +92,13 @@ def build_text_encoder(vocab_size: int, seed: int = 0, width: int = TEXT_HIDDEN)
             "vocab_size": vocab_size,
             "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
         },
-        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 64},
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": width,
+        },
         vocab_size=vocab_size,
     )
     return Qwen3VLModel(config).eval()
@@ -104,7 +110,8 @@ HEAD_DIM = 32  # the miniature's attention heads; the width sets how many
 def build_transformer(seed: int = 0, width: int = 192, layers: int = 6, text_width: int = TEXT_HIDDEN):
     """The miniature Krea2Transformer2DModel: by default 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M
     parameters. `width` (a multiple of 64) and `layers` size a wider or deeper one, heads and MLP in proportion;
-    `text_width` is the text encoder's width it reads (its text fusion runs at that width)."""
+    `text_width` is the text encoder's width it reads (its text fusion runs at that width, with 4 heads and 2 KV heads
+    whatever the width, so a wider one has wider heads)."""
     import torch
     from diffusers import Krea2Transformer2DModel
 

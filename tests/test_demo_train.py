@@ -191,8 +191,9 @@ def test_a_wider_text_encoder_trains_exports_and_loads_like_the_real_checkpoints
     work, out = str(tmp_path / "work"), tmp_path / "out"
     with pytest.raises(SystemExit, match="from-scratch Raw"):
         train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "turbo", "--text-width", "128"])
-    with pytest.raises(SystemExit, match="multiple of 32"):
-        train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--text-width", "100"])
+    for bad in ("100", "0"):
+        with pytest.raises(SystemExit, match="multiple of 32"):
+            train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--text-width", bad])
     train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "import"])
     stages = ["raw", "turbo", "lora", "export"]
     smoke = ["--smoke", "--device", "cpu", "--work", work, "--out", str(out), "--transformer", "128x2"]
@@ -201,6 +202,21 @@ def test_a_wider_text_encoder_trains_exports_and_loads_like_the_real_checkpoints
     assert text_encoder.config.text_config.hidden_size == 128
     manager = ModelManager(PipelineLoader(demo_checkpoints(out), torch.float32), device="cpu", demo=True)
     manager.start(background=False)
-    assert manager.pipes["turbo"].transformer.config.text_hidden_dim == 128
-    request = GenerationRequest(prompt="a red circle on a blue background", width=256, height=256, steps=2, seed=1)
-    assert manager.generate(request).images[0].size == (256, 256)
+    assert {key: pipe.transformer.config.text_hidden_dim for key, pipe in manager.pipes.items()} == {
+        "turbo": 128, "raw": 128,
+    }  # fmt: skip
+    for checkpoint in ("turbo", "raw"):
+        request = GenerationRequest(
+            prompt="a red circle", checkpoint=checkpoint, width=256, height=256, steps=2, seed=1
+        )
+        assert manager.generate(request).images[0].size == (256, 256)
+    again = tmp_path / "again"  # import reads the width back from the exported checkpoints
+    train.main(["--smoke", "--device", "cpu", "--work", str(again), "--out", str(out), "--stages", "import"])
+    assert train.load_text_side(again, torch.device("cpu"))[1].config.text_config.hidden_size == 128
+    # A Raw at a new width beside the imported (64-wide) Turbo is refused at export, not shipped to fail at drawing.
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "import"])
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--text-width", "128", "--stages", "raw"])
+    with pytest.raises(SystemExit, match="text widths differ"):
+        train.main(
+            ["--smoke", "--device", "cpu", "--work", work, "--out", str(tmp_path / "mixed"), "--stages", "export"]
+        )
