@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from demo.evaluate import SETTINGS, draw, load_manager
 from demo.scenes import COLOURS, Composition, held_out
-from demo.score import Found, Reading, judge, read_all
+from demo.score import Found, Reading, described_pair, judge, read_all
 
 log = logging.getLogger("demo.failures")
 
@@ -68,11 +68,9 @@ def relation_failure(reading: Reading, composition: Composition) -> str:
     return f"the {which}, and something else"
 
 
-def described_pair(reading: Reading, composition: Composition) -> tuple[Found, Found] | None:
-    """The subject and the object of a relation as the picture shows them (the largest of each), if both are there."""
-    subject = [s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour)]
-    other = [s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour)]
-    return (subject[0], other[0]) if subject and other else None
+def offset_along_axis(a: Found, b: Found, composition: Composition) -> float:
+    """How far the subject `a` lies right of (or below, for "above" and "below") the object `b`."""
+    return a.x - b.x if composition.relation in ("left", "right") else a.y - b.y
 
 
 def subject_first(reading: Reading, composition: Composition) -> str | None:
@@ -81,8 +79,7 @@ def subject_first(reading: Reading, composition: Composition) -> str | None:
     pair = described_pair(reading, composition)
     if pair is None:
         return None
-    (a, b), horizontal = pair, composition.relation in ("left", "right")
-    return "subject first" if (a.x < b.x if horizontal else a.y < b.y) else "subject second"
+    return "subject first" if offset_along_axis(*pair, composition) < 0 else "subject second"
 
 
 def placement_failure(reading: Reading, composition: Composition, verdict: dict[str, bool]) -> str:
@@ -90,12 +87,12 @@ def placement_failure(reading: Reading, composition: Composition, verdict: dict[
     background, on the other axis (one above the other for "to the left of"), swapped, or too close to tell."""
     if verdict["relation"]:
         return "both shapes in place, more shapes or another background"
-    a, b = described_pair(reading, composition) or (None, None)
-    assert a is not None and b is not None  # verdict["shapes"]: both are there
-    horizontal = composition.relation in ("left", "right")
-    if (abs(a.x - b.x) > abs(a.y - b.y)) != horizontal:
+    pair = described_pair(reading, composition)
+    assert pair is not None  # verdict["shapes"]: both are there
+    a, b = pair
+    if (abs(a.x - b.x) > abs(a.y - b.y)) != (composition.relation in ("left", "right")):
         return "both shapes, other axis"
-    subject_after = (a.x - b.x if horizontal else a.y - b.y) > 0  # the subject right of (below) the object
+    subject_after = offset_along_axis(a, b, composition) > 0  # the subject right of (below) the object
     if subject_after == (composition.relation in ("left", "above")):
         return "both shapes, swapped"
     return "both shapes, too close"  # the asked order, nearer than the scorer's margin

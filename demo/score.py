@@ -128,18 +128,24 @@ def _regions(pixels: torch.Tensor, background: torch.Tensor, labels: torch.Tenso
     return Reading(_nearest_colour(background), shapes)
 
 
+def described_pair(reading: Reading, composition: Composition) -> tuple[Found, Found] | None:
+    """A relation's subject and object as the picture shows them (the largest of each), if both are there."""
+    subject = [s for s in reading.shapes if (s.kind, s.colour) == (composition.kind, composition.colour)]
+    other = [s for s in reading.shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour)]
+    return (subject[0], other[0]) if subject and other else None
+
+
 def judge(reading: Reading, composition: Composition) -> dict[str, bool]:
     """Which parts of the composition the picture shows, and `correct`: all of them."""
     shapes = reading.shapes
     verdict = {"background": reading.background == composition.background}
     if composition.layout == "relation":
-        first = [s for s in shapes if (s.kind, s.colour) == (composition.kind, composition.colour)]
-        second = [s for s in shapes if (s.kind, s.colour) == (composition.other_kind, composition.other_colour)]
+        pair = described_pair(reading, composition)
         verdict["count"] = len(shapes) == 2
-        verdict["shapes"] = bool(first and second)
+        verdict["shapes"] = pair is not None
         placed = False
-        if first and second:
-            a, b = first[0], second[0]
+        if pair is not None:
+            a, b = pair
             placed = {
                 "left": a.x < b.x - RELATION_MARGIN,
                 "right": a.x > b.x + RELATION_MARGIN,
