@@ -7,7 +7,8 @@ Stages, each reading the previous stages' results from `--work`:
 1. `vae`: the Qwen-Image VAE architecture (narrow) trained to reconstruct the scene generator's pictures; then the
    per-channel latent mean/std the pipeline normalises with, and the latent->RGB factors of the live preview.
 2. `raw`: text encoder and transformer trained together by flow matching (the pipeline's resolution-dependent time
-   shift, 10% caption dropout so classifier-free guidance works), at 256² and 512², with an EMA of the weights.
+   shift, 10% caption dropout so classifier-free guidance works), at 256² and 512², with an EMA of the weights;
+   `--structure-loss W` adds `CaptionStructure`, a text-side objective standing in for the real encoder's pretraining.
 3. `turbo`: distilled from Raw: Raw's guided trajectories (6 Euler sub-steps per Turbo step, guidance 3.5) sampled at
    Turbo's 8-step schedule with its fixed shift (`mu=1.15`, `is_distilled`); the student, started from Raw, learns
    to make each step in one, without guidance. It shares Raw's text encoder and VAE.
@@ -62,6 +63,7 @@ from demo.scenes import (
     PLURALS,
     RELATIONS,
     TEXTURES,
+    Scene,
     held_out_triples,
     render,
     sample_scene,
@@ -116,6 +118,7 @@ class Budget:
     probe_every: int = 0  # Raw: score held-out prompts every this many steps (0: never); the learning curve
     transformer: tuple[int, int] = (192, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
     text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
+    structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
 
 
 def vocabulary() -> list[str]:
@@ -439,6 +442,7 @@ class LatentPool:
                  device, style: str = "plain", mix: dict[str, float] | None = None) -> None:  # fmt: skip
         self.latents: dict[int, torch.Tensor] = {}
         self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.labels: dict[int, torch.Tensor] = {}  # each picture's `structure_labels`
         self.empty = tokens([""])
         self.seconds = {"scenes": 0.0, "render": 0.0, "encode": 0.0, "tokenise": 0.0}
         for size, count in sizes.items():
@@ -456,6 +460,7 @@ class LatentPool:
             self.latents[size] = torch.cat(parts)
             with self._timed("tokenise", device):
                 self.captions[size] = tokens([s.caption for s in scenes])
+            self.labels[size] = torch.tensor([structure_labels(s) for s in scenes], device=device)
 
     @contextlib.contextmanager
     def _timed(self, phase: str, device: torch.device) -> Iterator[None]:
@@ -469,14 +474,16 @@ class LatentPool:
     def sizes(self) -> tuple[int, ...]:
         return tuple(self.latents)
 
-    def sample(self, size: int, count: int, dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(latents, token ids, attention mask) of `count` random pool entries; `dropout` of the captions empty."""
+    def sample(self, size: int, count: int, dropout: float) -> tuple[torch.Tensor, ...]:
+        """(latents, token ids, attention mask, structure labels) of `count` random pool entries; `dropout` of the
+        captions empty (their labels all `IGNORE`: an empty caption says nothing)."""
         latents = self.latents[size]
         index = torch.randint(len(latents), (count,), device=latents.device)
         dropped = (torch.rand(count, device=latents.device) < dropout)[:, None]
         (empty_ids, empty_mask), (ids, mask) = self.empty, self.captions[size]
         ids, mask = torch.where(dropped, empty_ids, ids[index]), torch.where(dropped, empty_mask, mask[index])
-        return latents[index].float(), ids, mask
+        labels = torch.where(dropped, IGNORE, self.labels[size][index])
+        return latents[index].float(), ids, mask, labels
 
 
 class Tokens:
@@ -561,15 +568,72 @@ def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tens
     )[0]
 
 
-def flow_matching_loss(tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int) -> torch.Tensor:
-    """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`."""
+# What a caption says, one class per field, for the caption-structure objective: the relation (0 for none), then the
+# subject's colour and kind, then the object's (a relation's second shape; IGNORE where there is none).
+IGNORE = -100  # F.cross_entropy's ignore_index
+STRUCTURE_CLASSES = {
+    "relation": 1 + len(RELATIONS),
+    "subject_colour": len(COLOURS),
+    "subject_kind": len(KINDS),
+    "object_colour": len(COLOURS),
+    "object_kind": len(KINDS),
+}
+
+
+def structure_labels(scene: Scene) -> list[int]:
+    colours, subject = list(COLOURS), scene.shapes[0]
+    other = scene.shapes[1] if scene.layout == "relation" else None
+    return [
+        0 if scene.relation is None else 1 + list(RELATIONS).index(scene.relation),
+        colours.index(subject.colour),
+        KINDS.index(subject.kind),
+        IGNORE if other is None else colours.index(other.colour),
+        IGNORE if other is None else KINDS.index(other.kind),
+    ]
+
+
+class CaptionStructure(torch.nn.Module):
+    """Linear read-outs of what a caption says (`STRUCTURE_CLASSES`) from the transformer's text features, averaged
+    over the caption's tokens: Raw's optional second objective, trained with the text side and thrown away after.
+    Why: the text encoder here is trained from scratch with Raw, and session k found that it had dropped a relation's
+    direction (its features moved 0.0014 when "left of" became "right of", against 0.48 for a colour); the real
+    Krea 2's Qwen3-VL comes pretrained and keeps such things apart. Reading the direction, and which colour and kind
+    belong to the subject and which to the object, back from the pooled features makes the text side keep them;
+    whether the transformer then uses them is what the held-out relations measure."""
+
+    def __init__(self, transformer, weight: float) -> None:
+        super().__init__()
+        width = transformer.config.num_attention_heads * transformer.config.attention_head_dim  # txt_in's output
+        self.weight = weight
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in STRUCTURE_CLASSES.values())
+        self.last = torch.zeros(())
+
+    def loss(self, transformer, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        fused = transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :])
+        features = transformer.txt_in(fused).float()
+        weights = mask.unsqueeze(-1).float()
+        pooled = (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        total, counted = pooled.new_zeros(()), (labels != IGNORE).sum().clamp(min=1)
+        for field, head in enumerate(self.heads):
+            total = total + F.cross_entropy(head(pooled), labels[:, field], ignore_index=IGNORE, reduction="sum")
+        self.last = (total / counted).detach()
+        return total / counted
+
+
+def flow_matching_loss(
+    tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int,
+    structure: CaptionStructure | None = None, labels: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`; with
+    `structure`, its weighted caption-structure loss is backpropagated too (the flow-matching loss is returned)."""
     device = x0.device
     noisy = (1 - sigma) * x0 + sigma * noise
     with bf16(device):
         embeds, mask = tokens.hidden_states(ids, mask)
         predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
+        extra = 0.0 if structure is None else structure.weight * structure.loss(transformer, embeds, mask, labels)
     loss = F.mse_loss(predicted.float(), noise - x0)
-    loss.backward()
+    (loss + extra).backward()
     return loss
 
 
@@ -596,7 +660,10 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
-    parameters = [*transformer.parameters(), *text_encoder.parameters()]
+    structure = None
+    if budget.structure_weight:
+        structure = CaptionStructure(transformer, budget.structure_weight).to(device)
+    parameters = [*transformer.parameters(), *text_encoder.parameters(), *(structure or torch.nn.Module()).parameters()]
     peak = budget.raw_lr
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
@@ -604,22 +671,24 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     blocks = CompiledBlocks(transformer, budget.compile)
     minutes = (budget.minutes or {}).get("raw")
     watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps, budget.profile)
-    losses = LossLog("raw")
+    losses, structure_losses = LossLog("raw"), LossLog("raw structure")
     curve: list[dict] = []
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
         size, count = resolution(rng, step, budget.raw_batch, pool.sizes())
-        x0, ids, mask = pool.sample(size, count, CAPTION_DROPOUT)
+        x0, ids, mask, labels = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
         optimizer.zero_grad(set_to_none=True)
-        loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size)
+        loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size, structure, labels)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         ema_t.update(transformer, step)
         ema_e.update(text_encoder, step)
         losses.add(step, loss, watch.seconds)
+        if structure is not None:
+            structure_losses.add(step, structure.last, watch.seconds)
         if budget.probe_every and (step + 1) % budget.probe_every == 0:
             curve.append({"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t)})
             log.info("raw probe: %s", curve[-1])
@@ -641,6 +710,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         "seconds": round(watch.seconds, 1),
         "final_loss": losses.final(200),
     }
+    if structure is not None:
+        this["structure_weight"] = structure.weight
+        this["final_structure_loss"] = structure_losses.final(200)
     if curve:
         this["probes"] = curve
     return [*rounds[: budget.raw_round], this]
@@ -881,7 +953,7 @@ def train_lora(work: Path, budget: Budget, device: torch.device) -> dict:
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=50)
-        x0, ids, mask = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
+        x0, ids, mask, _ = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(len(x0), device=device))).view(-1, 1, 1)
         optimizer.zero_grad(set_to_none=True)
@@ -1018,6 +1090,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--text-width", type=int, help=f"a from-scratch Raw's text encoder width (default {TEXT_HIDDEN})"
     )
+    parser.add_argument(
+        "--structure-loss", type=float, default=0.0,
+        help="Raw: weight of the caption-structure objective on the text side (CaptionStructure; 0: off)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1039,7 +1115,10 @@ def main(argv: list[str] | None = None) -> None:
         probe_every=args.probe_every,
         transformer=transformer_shape(args.transformer or "192x6"),
         text_width=TEXT_HIDDEN if args.text_width is None else args.text_width,
+        structure_weight=args.structure_loss,
     )
+    if args.structure_loss < 0:
+        raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
@@ -1055,7 +1134,7 @@ def main(argv: list[str] | None = None) -> None:
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
-            transformer=budget.transformer, text_width=budget.text_width,
+            transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
