@@ -119,6 +119,7 @@ class Budget:
     transformer: tuple[int, int] = (192, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
     text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
     structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
+    freeze_text_encoder: bool = False  # a later Raw round keeps the text encoder (a Turbo distilled on it stays valid)
 
 
 def vocabulary() -> list[str]:
@@ -644,7 +645,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     vae, stats = load_vae(work, device)
     if budget.raw_round:  # a further round continues from the last round's (EMA) weights
         tokenizer, text_encoder = load_text_side(work, device)
-        text_encoder.train().requires_grad_(True)
+        text_encoder.train(not budget.freeze_text_encoder).requires_grad_(not budget.freeze_text_encoder)
         transformer = load_transformer(work / "raw_transformer.safetensors", device).train()
     else:
         tokenizer = build_tokenizer(vocabulary())
@@ -663,7 +664,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     structure = None
     if budget.structure_weight:
         structure = CaptionStructure(transformer, budget.structure_weight).to(device)
-    parameters = [*transformer.parameters(), *text_encoder.parameters(), *(structure or torch.nn.Module()).parameters()]
+    parameters = [p for m in (transformer, text_encoder, structure) if m is not None for p in m.parameters()]
+    parameters = [p for p in parameters if p.requires_grad]
     peak = budget.raw_lr
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
@@ -685,7 +687,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         ema_t.update(transformer, step)
-        ema_e.update(text_encoder, step)
+        if not budget.freeze_text_encoder:  # a frozen one is saved bit for bit as it was loaded
+            ema_e.update(text_encoder, step)
         losses.add(step, loss, watch.seconds)
         if structure is not None:
             structure_losses.add(step, structure.last, watch.seconds)
@@ -710,6 +713,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         "seconds": round(watch.seconds, 1),
         "final_loss": losses.final(200),
     }
+    if budget.freeze_text_encoder:
+        this["text_encoder"] = "frozen"
     if structure is not None:
         this["structure_weight"] = structure.weight
         this["final_structure_loss"] = structure_losses.final(200)
@@ -1094,6 +1099,10 @@ def main(argv: list[str] | None = None) -> None:
         "--structure-loss", type=float, default=0.0,
         help="Raw: weight of the caption-structure objective on the text side (CaptionStructure; 0: off)",
     )  # fmt: skip
+    parser.add_argument(
+        "--freeze-text-encoder", action="store_true",
+        help="a later Raw round (--raw-round N) keeps the text encoder as it is: a Turbo distilled on it stays valid",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1116,7 +1125,10 @@ def main(argv: list[str] | None = None) -> None:
         transformer=transformer_shape(args.transformer or "192x6"),
         text_width=TEXT_HIDDEN if args.text_width is None else args.text_width,
         structure_weight=args.structure_loss,
+        freeze_text_encoder=args.freeze_text_encoder,
     )
+    if args.freeze_text_encoder and not args.raw_round:
+        raise SystemExit("--freeze-text-encoder is for a later Raw round (--raw-round N): a from-scratch one trains it")
     if args.structure_loss < 0:
         raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
@@ -1135,6 +1147,7 @@ def main(argv: list[str] | None = None) -> None:
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
+            freeze_text_encoder=budget.freeze_text_encoder,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
