@@ -223,11 +223,13 @@ def test_a_wider_text_encoder_trains_exports_and_loads_like_the_real_checkpoints
 
 
 def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_direction(tmp_path):
-    """`--structure-loss` (issue 15, session l): the committed text side has dropped a relation's direction (its
-    features move ~0.001 when "left of" becomes "right of", demo.failures). A few steps of `CaptionStructure` alone on
-    the generator's captions (the text encoder, the transformer's text fusion and input projection, the read-outs; no
-    pictures) make them move for the held-out relations, which it never saw; and its labels say what each caption
-    says: the relation, then the first-named shape's colour and kind, then the second's (relations only)."""
+    """`--structure-loss` (issue 15, session l): session k's text side had dropped a relation's direction (its
+    features moved 0.0014 when "left of" became "right of", demo.failures). Here the committed text side is made to
+    drop it entirely (each direction word's input embedding set equal to its opposite's: the features of a prompt and
+    its swapped twin are then the same), and eighty steps of `CaptionStructure` alone on the generator's captions (the
+    text encoder, the transformer's text fusion and input projection, the read-outs; no pictures) make them move for
+    the held-out relations, which it never saw. Its labels say what each caption says: the relation, then the
+    first-named shape's colour and kind, then the second's (relations only)."""
     import random
 
     from demo.failures import text_separation
@@ -254,6 +256,11 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     transformer = train.load_transformer(work / "raw_transformer.safetensors", cpu).requires_grad_(False)
     pipe = train.make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     relations = [c for c in held_out() if c.layout == "relation"]
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for pair in (("left", "right"), ("above", "below")):
+            a, b = (tokenizer(" " + word, add_special_tokens=False)["input_ids"][0] for word in pair)
+            table[a] = table[b] = (table[a] + table[b]) / 2
     before = text_separation(pipe, relations)["direction swapped"]
 
     structure = train.CaptionStructure(transformer, weight=1.0)
@@ -264,7 +271,7 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     tokens = train.Tokens(pipe, cpu)
     torch.manual_seed(0)
     losses = []
-    for step in range(40):
+    for step in range(80):
         batch = scenes[(step * 64) % len(scenes) :][:64]
         ids, mask = tokens([s.caption for s in batch])
         embeds, mask = tokens.hidden_states(ids, mask)
@@ -277,6 +284,6 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     for module in trained:
         module.eval()
     after = text_separation(pipe, relations)["direction swapped"]
-    assert before < 0.005, before
-    assert after > 0.05 and after > 20 * before, (before, after)
+    assert before == 0, before
+    assert after > 0.05, after
     assert max(losses[-5:]) < losses[0] / 2, losses
