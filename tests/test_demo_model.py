@@ -85,8 +85,8 @@ def _verdicts(manager, compositions: list[Composition], checkpoint: str, **field
 
 def test_demo_turbo_draws_what_held_out_prompts_ask_and_beats_raw_at_8_steps(manager, twenty_held_out):
     """20 single-shape prompts training never saw, read back from the pixels. Measured on this CPU with the committed
-    checkpoints (seeds 0-19, 2026-12-03, session k): Turbo 20/20 backgrounds, colours and fully right (shape kind
-    included); Raw cut to Turbo's 8 steps only 10/20 colours and 7/20 fully right, which is what distillation buys.
+    checkpoints (seeds 0-19, 2026-12-04, session l): Turbo 20/20 backgrounds, colours and fully right (shape kind
+    included); Raw cut to Turbo's 8 steps only 12/20 colours and 8/20 fully right, which is what distillation buys.
     The thresholds sit below those counts; the checkpoints before the fourth Raw round scored 9/20 on Turbo, the first
     round's 0-1, random weights 0 (demo/results/eval-*.json has all 520 held-out pictures)."""
     turbo = _verdicts(manager, twenty_held_out, "turbo")
@@ -97,8 +97,8 @@ def test_demo_turbo_draws_what_held_out_prompts_ask_and_beats_raw_at_8_steps(man
 
 def test_demo_turbo_draws_as_many_shapes_as_held_out_counts_ask_and_both_shapes_of_a_relation(manager):
     """All 30 held-out counts ("two ...", "three ...") and 30 relations, Turbo at its defaults, seeds 0-29. Measured on
-    this CPU (2026-12-03, session k, the checkpoints trained on counts in a row or column): counts 25/30 the right
-    number, 22/30 fully right, against 6 and 3 for Raw cut to 8 steps; relations 17/30 with both described shapes.
+    this CPU (2026-12-04, session l): counts 23/30 the right number, 21/30 fully right, against 4 and 3 for Raw cut
+    to 8 steps; relations 16/30 with both described shapes (session k's checkpoints: 25, 22, 6, 3 and 17).
     The checkpoints before (counts scattered over a 3x3 grid) drew the right number 30 % of the time and both shapes
     of a relation 23 % (demo/results/eval-2026-12-03-h200.json), below these thresholds."""
     counts = [c for c in held_out() if c.layout == "count"]
@@ -195,7 +195,7 @@ def test_grid_edge_share_tells_the_pixel_style_from_the_plain_pictures():
 
 def test_the_size_check_behind_the_demo_banner_runs(manager):
     """`python -m demo.size_effect` (the banner's "draws best at 256 px"), on its first 6 prompts at 256² only:
-    measured 48 of 48 fully right there (demo/results/size-effect-2026-12-03k-cpu.json)."""
+    measured 48 of 48 fully right there (demo/results/size-effect-2026-12-04l-cpu.json)."""
     from demo.size_effect import measure
 
     result = measure(manager, sides=(256,), prompts=6)
