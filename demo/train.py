@@ -475,7 +475,9 @@ class LatentPool:
     def sizes(self) -> tuple[int, ...]:
         return tuple(self.latents)
 
-    def sample(self, size: int, count: int, dropout: float) -> tuple[torch.Tensor, ...]:
+    def sample(
+        self, size: int, count: int, dropout: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(latents, token ids, attention mask, structure labels) of `count` random pool entries; `dropout` of the
         captions empty (their labels all `IGNORE`: an empty caption says nothing)."""
         latents = self.latents[size]
@@ -582,6 +584,7 @@ STRUCTURE_CLASSES = {
 
 
 def structure_labels(scene: Scene) -> list[int]:
+    """A scene's `STRUCTURE_CLASSES` labels, in that order: shapes[0] is the first-named shape in every layout."""
     colours, subject = list(COLOURS), scene.shapes[0]
     other = scene.shapes[1] if scene.layout == "relation" else None
     return [
@@ -607,7 +610,7 @@ class CaptionStructure(torch.nn.Module):
         width = transformer.config.num_attention_heads * transformer.config.attention_head_dim  # txt_in's output
         self.weight = weight
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in STRUCTURE_CLASSES.values())
-        self.last = torch.zeros(())
+        self.last: torch.Tensor | None = None  # the last step's loss (detached), for the round's loss log
 
     def loss(self, transformer, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         fused = transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :])
@@ -662,7 +665,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
     structure = None
-    if budget.structure_weight:
+    if budget.structure_weight:  # its heads share the gradient clipping below: a large weight would scale Raw's down
         structure = CaptionStructure(transformer, budget.structure_weight).to(device)
     parameters = [p for m in (transformer, text_encoder, structure) if m is not None for p in m.parameters()]
     parameters = [p for p in parameters if p.requires_grad]
@@ -1129,8 +1132,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.freeze_text_encoder and not args.raw_round:
         raise SystemExit("--freeze-text-encoder is for a later Raw round (--raw-round N): a from-scratch one trains it")
-    if args.structure_loss < 0:
+    if not (math.isfinite(args.structure_loss) and args.structure_loss >= 0):
         raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
+    if (args.structure_loss or args.freeze_text_encoder) and "raw" not in args.stages:
+        raise SystemExit("--structure-loss and --freeze-text-encoder set how Raw trains (--stages raw)")
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")

@@ -263,13 +263,13 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
             table[a] = table[b] = (table[a] + table[b]) / 2
     before = text_separation(pipe, relations)["direction swapped"]
 
+    torch.manual_seed(123)  # fresh read-outs: loading the transformer reseeded torch (build_transformer's seed)
     structure = train.CaptionStructure(transformer, weight=1.0)
     trained = [text_encoder, transformer.text_fusion, transformer.txt_in, structure]
     for module in trained:
         module.train().requires_grad_(True)
     optimizer = torch.optim.AdamW([p for m in trained for p in m.parameters()], lr=3e-3)
     tokens = train.Tokens(pipe, cpu)
-    torch.manual_seed(0)
     losses = []
     for step in range(80):
         batch = scenes[(step * 64) % len(scenes) :][:64]
@@ -284,6 +284,31 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     for module in trained:
         module.eval()
     after = text_separation(pipe, relations)["direction swapped"]
+    # Measured on this CPU: 0.21, and 0.004 with the relation labels all "none" (the rest of the objective alone).
     assert before == 0, before
-    assert after > 0.05, after
-    assert max(losses[-5:]) < losses[0] / 2, losses
+    assert after > 0.1, after
+    assert losses[0] > 2 and max(losses[-5:]) < losses[0] / 4, losses  # fresh read-outs that learnt to read
+
+
+def test_a_later_raw_round_with_a_frozen_text_encoder_and_the_structure_objective(tmp_path):
+    """Session l's last round: `--freeze-text-encoder` leaves the text encoder bit for bit as it was (a Turbo
+    distilled on it stays valid) while Raw's transformer trains, `--structure-loss` is recorded with its final loss,
+    and both flags are refused where they would do nothing or something undefined."""
+    work = str(tmp_path / "w")
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "import"])
+    names = ("text_encoder.safetensors", "raw_transformer.safetensors")
+    before = {name: Path(work, name).read_bytes() for name in names}
+    smoke = ["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--raw-round", "1"]
+    train.main([*smoke, "--freeze-text-encoder", "--structure-loss", "0.05"])
+    assert Path(work, "text_encoder.safetensors").read_bytes() == before["text_encoder.safetensors"]
+    assert Path(work, "raw_transformer.safetensors").read_bytes() != before["raw_transformer.safetensors"]
+    this = json.loads(Path(work, "report.json").read_text())["raw"][-1]
+    assert this["text_encoder"] == "frozen" and this["structure_weight"] == 0.05
+    assert this["final_structure_loss"] > 0, this
+    for bad in (["--structure-loss", "-1"], ["--structure-loss", "nan"], ["--structure-loss", "inf"]):
+        with pytest.raises(SystemExit, match="--structure-loss takes"):
+            train.main([*smoke, *bad])
+    with pytest.raises(SystemExit, match="--raw-round"):
+        train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--freeze-text-encoder"])
+    with pytest.raises(SystemExit, match="--stages raw"):
+        train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "turbo", "--structure-loss", "0.05"])
