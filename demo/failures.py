@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from demo.evaluate import SETTINGS, draw, load_manager
 from demo.scenes import COLOURS, Composition, held_out
 from demo.score import Found, Reading, described_pair, judge, read_all
+from demo.train import text_features
 
 log = logging.getLogger("demo.failures")
 
@@ -107,9 +108,7 @@ def text_difference(pipe, first: str, second: str) -> float:
     """The largest cosine distance, token by token, between the text features `pipe.transformer` computes for two
     prompts (its text fusion and input projection over the text encoder's tapped layers): 0 for the same features."""
     embeds, mask = pipe.get_text_hidden_states([first, second], 64, pipe.transformer.device)
-    transformer = pipe.transformer
-    fused = transformer.text_fusion(embeds.to(transformer.dtype), attention_mask=mask[:, None, None, :].bool())
-    features = transformer.txt_in(fused).float()
+    features = text_features(pipe.transformer, embeds.to(pipe.transformer.dtype), mask.bool()).float()
     tokens = int(mask.sum(dim=1).min())
     distance = 1 - F.cosine_similarity(features[0, :tokens], features[1, :tokens], dim=-1)
     return round(float(distance.max()), 4)

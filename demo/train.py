@@ -571,6 +571,12 @@ def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tens
     )[0]
 
 
+def text_features(transformer, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The transformer's text features for the text encoder's tapped layers `embeds`, as its forward pass makes them
+    (text fusion, then input projection)."""
+    return transformer.txt_in(transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :]))
+
+
 # What a caption says, one class per field, for the caption-structure objective: the relation (0 for none), then the
 # subject's colour and kind, then the object's (a relation's second shape; IGNORE where there is none).
 IGNORE = -100  # F.cross_entropy's ignore_index
@@ -612,11 +618,23 @@ class CaptionStructure(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in STRUCTURE_CLASSES.values())
         self.last: torch.Tensor | None = None  # the last step's loss (detached), for the round's loss log
 
-    def loss(self, transformer, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        fused = transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :])
-        features = transformer.txt_in(fused).float()
+    @staticmethod
+    @contextlib.contextmanager
+    def reading(transformer) -> Iterator[list[torch.Tensor]]:
+        """Keeps the text features the transformer's own forward pass computes (its `txt_in` output), so the loss
+        needs no second pass through the text fusion."""
+        captured: list[torch.Tensor] = []
+        handle = transformer.txt_in.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def loss(self, features: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy over every label given (`IGNORE`d ones left out) for text `features` (batch,
+        tokens, width) whose tokens `mask` says are there."""
         weights = mask.unsqueeze(-1).float()
-        pooled = (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        pooled = (features.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         total, counted = pooled.new_zeros(()), (labels != IGNORE).sum().clamp(min=1)
         for field, head in enumerate(self.heads):
             total = total + F.cross_entropy(head(pooled), labels[:, field], ignore_index=IGNORE, reduction="sum")
@@ -634,8 +652,9 @@ def flow_matching_loss(
     noisy = (1 - sigma) * x0 + sigma * noise
     with bf16(device):
         embeds, mask = tokens.hidden_states(ids, mask)
-        predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
-        extra = 0.0 if structure is None else structure.weight * structure.loss(transformer, embeds, mask, labels)
+        with contextlib.nullcontext([]) if structure is None else structure.reading(transformer) as features:
+            predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
+        extra = 0.0 if structure is None else structure.weight * structure.loss(features[0], mask, labels)
     loss = F.mse_loss(predicted.float(), noise - x0)
     (loss + extra).backward()
     return loss

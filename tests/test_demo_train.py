@@ -277,7 +277,7 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
         embeds, mask = tokens.hidden_states(ids, mask)
         labels = torch.tensor([train.structure_labels(s) for s in batch])
         optimizer.zero_grad()
-        loss = structure.loss(transformer, embeds, mask, labels)
+        loss = structure.loss(train.text_features(transformer, embeds, mask), mask, labels)
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
