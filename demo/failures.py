@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from demo.evaluate import SETTINGS, draw, load_manager
 from demo.scenes import COLOURS, Composition, held_out
 from demo.score import Found, Reading, described_pair, judge, read_all
-from demo.train import text_features
 
 log = logging.getLogger("demo.failures")
 
@@ -101,6 +100,12 @@ def placement_failure(reading: Reading, composition: Composition, verdict: dict[
 
 # Each relation's opposite: its words have as many tokens, so the two prompts' features compare token by token.
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def text_features(transformer, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The transformer's text features for the text encoder's tapped layers `embeds`, as its forward pass makes them
+    (text fusion, then input projection; demo.train's structure objective reads the same from that pass)."""
+    return transformer.txt_in(transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :]))
 
 
 @torch.no_grad()

@@ -571,12 +571,6 @@ def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tens
     )[0]
 
 
-def text_features(transformer, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The transformer's text features for the text encoder's tapped layers `embeds`, as its forward pass makes them
-    (text fusion, then input projection)."""
-    return transformer.txt_in(transformer.text_fusion(embeds, attention_mask=mask[:, None, None, :]))
-
-
 # What a caption says, one class per field, for the caption-structure objective: the relation (0 for none), then the
 # subject's colour and kind, then the object's (a relation's second shape; IGNORE where there is none).
 IGNORE = -100  # F.cross_entropy's ignore_index

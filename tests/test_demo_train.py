@@ -232,7 +232,7 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     first-named shape's colour and kind, then the second's (relations only)."""
     import random
 
-    from demo.failures import text_separation
+    from demo.failures import text_features, text_separation
     from demo.scenes import COLOURS, KINDS, RELATIONS, held_out, held_out_triples, sample_scene
     from krea2.demo import default_checkpoints_dir
 
@@ -277,7 +277,7 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
         embeds, mask = tokens.hidden_states(ids, mask)
         labels = torch.tensor([train.structure_labels(s) for s in batch])
         optimizer.zero_grad()
-        loss = structure.loss(train.text_features(transformer, embeds, mask), mask, labels)
+        loss = structure.loss(text_features(transformer, embeds, mask), mask, labels)
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
