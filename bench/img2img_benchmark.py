@@ -73,8 +73,9 @@ def init_image(width: int, height: int) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8))
 
 
-def run_stock(pipe, case: dict, image: Image.Image, strength: float, seed: int) -> np.ndarray:
-    """Stock diffusers only: encode, noise to the tail's first sigma, `latents=` + `sigmas=`."""
+def run_stock(pipe, case: dict, image: Image.Image, strength: float, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Stock diffusers only: encode, noise to the tail's first sigma, `latents=` + `sigmas=`. Returns the image and the
+    init image's latents (packed, normalised), which ours are compared with."""
     device = pipe._execution_device
     generator = [torch.Generator("cpu").manual_seed(seed)]
     with torch.no_grad():
@@ -85,11 +86,12 @@ def run_stock(pipe, case: dict, image: Image.Image, strength: float, seed: int) 
         sigmas = schedule_tail(case["steps"], strength)
         first = shifted_sigmas(pipe, sigmas, noise.shape[1])[0].item()
         start = ((1 - first) * latents + first * noise.float()).to(pipe.transformer.dtype)
-        return pipe(
+        image = pipe(
             prompt=PROMPT, negative_prompt=NEGATIVE if case["guidance"] > 0 else None,
             guidance_scale=case["guidance"], width=case["width"], height=case["height"], latents=start,
             sigmas=sigmas, num_inference_steps=len(sigmas), output_type="np",
         ).images[0]  # fmt: skip
+        return image, latents
 
 
 def run_ours(manager: ModelManager, case: dict, image: Image.Image, strength: float, seed: int):
@@ -117,13 +119,16 @@ def benchmark(case_names: list[str], strength: float, mode: str, repeats: int, s
     results: dict = {}
     seed = 7
     stock_images: dict[str, np.ndarray] = {}
+    stock_latents: dict[str, torch.Tensor] = {}
     for name in case_names:  # 1. stock first, while every module is as diffusers made it
         case = smoke_case(CASES[name]) if smoke else CASES[name]
         image = init_image(case["width"], case["height"])
         pipe = pipes[case["checkpoint"]]
         run_stock(pipe, case, image, strength, seed)  # warm-up
         reset_peak()
-        runs, stock_images[name] = timed(lambda p=pipe, c=case, i=image: run_stock(p, c, i, strength, seed), repeats)
+        runs, (stock_images[name], stock_latents[name]) = timed(
+            lambda p=pipe, c=case, i=image: run_stock(p, c, i, strength, seed), repeats
+        )
         results[name] = {
             **case, "strength": strength, "steps_run": len(schedule_tail(case["steps"], strength)),
             "stock_s": statistics.median(runs), "stock_runs_s": runs, "stock_peak_gb": peak_gb(),
@@ -145,6 +150,9 @@ def benchmark(case_names: list[str], strength: float, mode: str, repeats: int, s
         reset_peak()
         runs, result = timed(lambda c=case, i=image: run_ours(manager, c, i, strength, seed), repeats)
         ours = np.asarray(result.images[0], dtype=np.float32) / 255
+        # Where a pixel difference starts: the init image's latents through our encoder against the stock one's.
+        with torch.no_grad():
+            latents = encode_image(manager.pipes[case["checkpoint"]], pixels_of(image, stock_latents[name].device))
         row = results[name]
         row.update({
             f"{mode}_s": statistics.median(runs), f"{mode}_runs_s": runs, f"{mode}_peak_gb": peak_gb(),
@@ -152,6 +160,8 @@ def benchmark(case_names: list[str], strength: float, mode: str, repeats: int, s
             f"{mode}_phases_ms": result.timings.as_ms(),
             f"{mode}_vs_stock_max_abs_pixel": float(np.abs(ours - stock_images[name]).max()),
             f"{mode}_vs_stock_mean_abs_pixel": float(np.abs(ours - stock_images[name]).mean()),
+            f"{mode}_vs_stock_image_latents_max_abs": float((latents - stock_latents[name]).abs().max()),
+            "stock_image_latents_abs_max": float(stock_latents[name].abs().max()),
             **{f"vae_{k}": v for k, v in vae_times(manager, case, image, repeats).items()},
         })  # fmt: skip
         sync()
