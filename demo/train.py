@@ -7,7 +7,8 @@ Stages, each reading the previous stages' results from `--work`:
 1. `vae`: the Qwen-Image VAE architecture (narrow) trained to reconstruct the scene generator's pictures; then the
    per-channel latent mean/std the pipeline normalises with, and the latent->RGB factors of the live preview.
 2. `raw`: text encoder and transformer trained together by flow matching (the pipeline's resolution-dependent time
-   shift, 10% caption dropout so classifier-free guidance works), at 256² and 512², with an EMA of the weights;
+   shift, 10% caption dropout so classifier-free guidance works), at 256² and 512² (`--pool` and `--size-mix` also
+   take other sizes, e.g. a cheaper 128² share of the steps), with an EMA of the weights;
    `--structure-loss W` adds `CaptionStructure`, a text-side objective standing in for the real encoder's pretraining.
 3. `turbo`: distilled from Raw: Raw's guided trajectories (6 Euler sub-steps per Turbo step, guidance 3.5) sampled at
    Turbo's 8-step schedule with its fixed shift (`mu=1.15`, `is_distilled`); the student, started from Raw, learns
@@ -102,6 +103,7 @@ class Budget:
     raw_steps: int = 9000
     raw_batch: int = 1024  # at 256²; a 512² batch holds a quarter as many pictures (the same number of tokens)
     raw_pool: dict[int, int] | None = None  # pictures drawn per size for the latent pool
+    raw_size_mix: dict[int, float] | None = None  # Raw: share of the steps per picture size (None: `resolution`'s)
     layout_mix: dict[str, float] | None = None  # Raw's pool and Turbo's captions: share of each layout (LAYOUT_MIX)
     raw_round: int = 0  # 0: from scratch; 1, 2...: continue from the previous round's weights
     raw_lr: float = 1e-3
@@ -551,12 +553,28 @@ def make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled: bool)
     return pipe
 
 
-def resolution(rng: random.Random, step: int, base_batch: int, sizes: tuple[int, ...] = (256, 512)) -> tuple[int, int]:
-    """(size, batch) for a step: a fifth of the steps at 512² (a quarter of the pictures: the same tokens), if 512²
-    is among `sizes`. The first two steps take one of each, so both shapes are compiled and warm before the
-    Stopwatch measures the step rate."""
-    large = 512 in sizes and (step == 1 or (step > 1 and rng.random() < 0.2))
-    return (512, max(1, base_batch // 4)) if large else (256, base_batch)
+def resolution(
+    rng: random.Random, step: int, base_batch: int, sizes: tuple[int, ...] = (256, 512),
+    shares: dict[int, float] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """(size, batch) for a step. A batch at size s holds `base_batch` · (256/s)² pictures: the same tokens at every
+    size. Without `shares`: a fifth of the steps at 512², if 512² is among `sizes`, the rest at 256². With `shares`
+    (size -> share of the steps, `--size-mix`): each size drawn with its share. Either way the first steps take one of
+    each size, so every shape is compiled and warm before the Stopwatch measures the step rate."""
+    if shares is None:
+        large = 512 in sizes and (step == 1 or (step > 1 and rng.random() < 0.2))
+        return (512, max(1, base_batch // 4)) if large else (256, base_batch)
+    ordered = sorted(shares)
+    if step < len(ordered):
+        size = ordered[step]
+    else:
+        draw, size = rng.random(), ordered[-1]
+        for candidate in ordered:
+            draw -= shares[candidate]
+            if draw < 0:
+                size = candidate
+                break
+    return size, max(1, round(base_batch * (256 / size) ** 2))
 
 
 def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tensor:
@@ -694,7 +712,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
-        size, count = resolution(rng, step, budget.raw_batch, pool.sizes())
+        size, count = resolution(rng, step, budget.raw_batch, pool.sizes(), budget.raw_size_mix)
         x0, ids, mask, labels = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
@@ -719,6 +737,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         "round": budget.raw_round,
         "transformer": shape_of(transformer),
         "pool": budget.raw_pool,
+        **({"size_mix": budget.raw_size_mix} if budget.raw_size_mix else {}),
         "layout_mix": budget.layout_mix or LAYOUT_MIX,
         "pool_seconds": round(pool_seconds, 1),
         "pool_phases_s": rounded(pool.seconds),
@@ -1076,6 +1095,35 @@ def layout_mix(text: str) -> dict[str, float] | None:
     return mix
 
 
+POOL_SIZES = range(64, 513, 32)  # picture sizes Raw's pool takes (the VAE's 8 x the transformer's 2 x 2 divides them)
+
+
+def raw_pool(text: str) -> dict[int, int]:
+    """`--pool 49152,8192` (pictures at 256² and 512²) or `--pool 128=65536,256=16384` -> {size: pictures}."""
+    usage = f"--pool takes N256,N512 or size=pictures pairs, sizes in 64..512 in steps of 32: got {text!r}"
+    if "=" not in text:
+        try:
+            return dict(zip((256, 512), map(int, text.split(",")), strict=True))
+        except ValueError:
+            raise SystemExit(usage) from None
+    pool = {int(size): int(count) for size, count in key_values(text, int, usage).items() if size.isdigit()}
+    if len(pool) != len(text.split(",")) or any(s not in POOL_SIZES or n < 0 for s, n in pool.items()):
+        raise SystemExit(usage)
+    return pool
+
+
+def size_mix(text: str) -> dict[int, float] | None:
+    """`--size-mix 128=0.7,256=0.3` -> {128: 0.7, 256: 0.3}: shares >= 0 summing to 1 (None: `resolution`'s default)."""
+    if not text:
+        return None
+    usage = f"--size-mix takes size=share pairs, shares >= 0 summing to 1: got {text!r}"
+    mix = {int(size): share for size, share in key_values(text, float, usage).items() if size.isdigit()}
+    shares = mix.values()
+    if len(mix) != len(text.split(",")) or any(share < 0 for share in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise SystemExit(usage)
+    return mix
+
+
 def transformer_shape(text: str) -> tuple[int, int]:
     """`--transformer 256x6` -> (256, 6): width (a multiple of 64) and blocks."""
     usage = f"--transformer takes WIDTHxBLOCKS, the width a multiple of 64 (e.g. 256x6): got {text!r}"
@@ -1100,7 +1148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", default="", help="time caps per stage, e.g. vae=2,raw=7,turbo=5")
     parser.add_argument("--steps", default="", help="step counts per stage, e.g. raw=9000,turbo=3000")
     parser.add_argument("--batch", default="", help="batch sizes at 256² per stage, e.g. raw=1024,turbo=1024")
-    parser.add_argument("--pool", default="49152,8192", help="Raw's latent pool: pictures at 256² and at 512²")
+    parser.add_argument(
+        "--pool", default="49152,8192", help="Raw's latent pool: pictures at 256² and at 512², or per size: 128=N,256=M"
+    )
+    parser.add_argument("--size-mix", default="", help="Raw: share of the steps per size, e.g. 128=0.7,256=0.3")
     parser.add_argument("--mix", default="", help="layout shares, e.g. single=0.4,count=0.3,relation=0.3")
     parser.add_argument("--raw-lr", type=float, default=Budget.raw_lr, help="Raw's peak learning rate")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
@@ -1130,7 +1181,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     budget = Budget(
         minutes=key_values(args.minutes, float, f"--minutes takes stage=minutes pairs: got {args.minutes!r}"),
-        raw_pool=dict(zip((256, 512), map(int, args.pool.split(",")), strict=True)),
+        raw_pool=raw_pool(args.pool),
+        raw_size_mix=size_mix(args.size_mix),
         layout_mix=layout_mix(args.mix),
         raw_round=args.raw_round,
         raw_lr=args.raw_lr,
@@ -1152,6 +1204,10 @@ def main(argv: list[str] | None = None) -> None:
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
+    if budget.raw_size_mix is not None:
+        drawn = {size for size, count in budget.raw_pool.items() if count > 0}
+        if "raw" not in args.stages or not {s for s, share in budget.raw_size_mix.items() if share > 0} <= drawn:
+            raise SystemExit(f"--size-mix sets Raw's steps (--stages raw) over sizes its --pool draws: {sorted(drawn)}")
     if budget.text_width <= 0 or budget.text_width % 32:
         raise SystemExit(f"--text-width takes a positive multiple of 32: got {args.text_width}")
     for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
@@ -1160,7 +1216,8 @@ def main(argv: list[str] | None = None) -> None:
         setattr(budget, f"{stage}_steps", steps)
     if args.smoke:
         budget = Budget(
-            vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_pool={256: 16, 512: 4}, raw_round=args.raw_round,
+            vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_round=args.raw_round,
+            raw_pool={size: 16 if size <= 256 else 4 for size in budget.raw_pool}, raw_size_mix=budget.raw_size_mix,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,

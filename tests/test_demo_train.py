@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,48 @@ def test_a_later_raw_round_with_a_frozen_text_encoder_and_the_structure_objectiv
         train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--freeze-text-encoder"])
     with pytest.raises(SystemExit, match="--stages raw"):
         train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "turbo", "--structure-loss", "0.05"])
+
+
+def test_resolution_draws_each_size_with_its_share_and_the_same_tokens_per_step():
+    """`--size-mix` (a cheaper 128² share of Raw's steps, for a from-scratch run that must learn faster per minute):
+    every size is drawn with its share, the first steps take one of each (so each shape compiles before the rate is
+    measured), and a batch holds the same number of image tokens at every size. Without it, the old 256²/512² split."""
+    rng = random.Random(0)
+    shares = {128: 0.7, 256: 0.3}
+    drawn = [train.resolution(rng, step, 512, (128, 256), shares) for step in range(6000)]
+    assert drawn[:2] == [(128, 2048), (256, 512)]
+    assert {(size // 16) ** 2 * count for size, count in drawn} == {256 * 512}
+    assert abs(sum(size == 128 for size, _ in drawn) / len(drawn) - 0.7) < 0.02
+    legacy = [train.resolution(random.Random(0), step, 512, (256, 512)) for step in range(3)]
+    assert legacy[1] == (512, 128) and legacy[0] == (256, 512)
+    default = [train.resolution(rng, step, 512, (256, 512))[0] for step in range(6000)]
+    assert abs(default.count(512) / len(default) - 0.2) < 0.02
+
+
+def test_the_pool_and_size_mix_flags_parse_or_refuse_with_a_usage_message(tmp_path):
+    assert train.raw_pool("49152,8192") == {256: 49152, 512: 8192}
+    assert train.raw_pool("128=65536,256=16384") == {128: 65536, 256: 16384}
+    for bad in ("100=5", "128=x", "128=5,128=6", "1,2,3", "big=4"):
+        with pytest.raises(SystemExit, match="--pool takes"):
+            train.raw_pool(bad)
+    assert train.size_mix("") is None and train.size_mix("128=0.25,256=0.75") == {128: 0.25, 256: 0.75}
+    for bad in ("128=0.5", "128=-0.5,256=1.5", "128=0.5,128=0.5", "small=1"):
+        with pytest.raises(SystemExit, match="--size-mix takes"):
+            train.size_mix(bad)
+    smoke = ["--smoke", "--device", "cpu", "--work", str(tmp_path), "--stages", "raw"]
+    with pytest.raises(SystemExit, match="sizes its --pool draws"):
+        train.main([*smoke, "--pool", "128=64,256=0", "--size-mix", "128=0.5,256=0.5"])
+    with pytest.raises(SystemExit, match="sizes its --pool draws"):
+        train.main([*smoke[:-2], "--stages", "turbo", "--size-mix", "256=1"])
+
+
+def test_a_raw_round_trains_on_128_pictures_and_records_its_size_mix(tmp_path):
+    """A Raw round whose pool holds 128² and 256² pictures runs steps at both sizes through main and says so."""
+    work = str(tmp_path / "w")
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "import"])
+    before = Path(work, "raw_transformer.safetensors").read_bytes()
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "raw", "--raw-round", "1",
+                "--pool", "128=64,256=16", "--size-mix", "128=0.5,256=0.5"])  # fmt: skip
+    this = json.loads(Path(work, "report.json").read_text())["raw"][-1]
+    assert this["pool"] == {"128": 16, "256": 16} and this["size_mix"] == {"128": 0.5, "256": 0.5}
+    assert this["steps"] == 4 and Path(work, "raw_transformer.safetensors").read_bytes() != before
