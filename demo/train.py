@@ -112,6 +112,7 @@ class Budget:
     turbo_batch: int = 1024
     minutes: dict[str, float] | None = None  # per-stage time caps
     compile: bool = False  # the transformer blocks through torch.compile (on a GPU)
+    eager: tuple[str, ...] = ()  # stages that run without compile all the same (`--eager vae`: its cold compile)
     profile: bool = False  # profile a few steps of each stage, log where the time goes, and end the stage there
     stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
     lora_steps: int = 1500
@@ -122,6 +123,12 @@ class Budget:
     text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
     structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
     freeze_text_encoder: bool = False  # a later Raw round keeps the text encoder (a Turbo distilled on it stays valid)
+
+
+def compiles(budget: Budget, stage: str) -> bool:
+    """Whether `stage` compiles: `--compile` (on by default on a GPU) unless `--eager` names the stage. Session m
+    measured the VAE's compile on a cold machine at ~100 s of its 198 s stage; eager may finish sooner."""
+    return budget.compile and stage not in budget.eager
 
 
 def vocabulary() -> list[str]:
@@ -354,7 +361,7 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
     watch = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps, budget.profile)
     losses = LossLog("vae")
-    compiled = Compiled(budget.compile)  # the whole step: the VAE's time goes to small elementwise kernels
+    compiled = Compiled(compiles(budget, "vae"))  # the whole step: the VAE's time goes to small elementwise kernels
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
@@ -691,7 +698,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
-    encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
+    encoder = LatentEncoder(vae, stats, device, Compiled(compiles(budget, "raw")))
     pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
@@ -704,7 +711,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
     ema_t, ema_e = Ema(transformer, EMA_DECAY), Ema(text_encoder, EMA_DECAY)
-    blocks = CompiledBlocks(transformer, budget.compile)
+    blocks = CompiledBlocks(transformer, compiles(budget, "raw"))
     minutes = (budget.minutes or {}).get("raw")
     watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps, budget.profile)
     losses, structure_losses = LossLog("raw"), LossLog("raw structure")
@@ -930,7 +937,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     clock = time.perf_counter()
 
     # 1. Raw's trajectories, 3/4 of them at 256² and 1/4 at 512², in chunks of one shape (one compiled graph each).
-    compiled_teacher = CompiledBlocks(teacher, budget.compile)
+    compiled_teacher = CompiledBlocks(teacher, compiles(budget, "turbo"))
     sets: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]] = {}  # size -> (tokens, trajectories)
     for size, share, chunk in ((256, 0.75, 1536), (512, 0.25, 384)):
         captions_all, states = [], []
@@ -949,7 +956,7 @@ def train_turbo(work: Path, budget: Budget, device: torch.device) -> dict:
     peak = 2e-4
     optimizer = torch.optim.AdamW(student.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
     ema = Ema(student, EMA_DECAY)
-    blocks = CompiledBlocks(student, budget.compile)
+    blocks = CompiledBlocks(student, compiles(budget, "turbo"))
     sigmas = turbo_sigmas().to(device)
     minutes = (budget.minutes or {}).get("turbo")
     watch = Stopwatch(
@@ -1016,7 +1023,7 @@ def train_lora(work: Path, budget: Budget, device: torch.device) -> dict:
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
-    encoder = LatentEncoder(vae, stats, device, Compiled(budget.compile))
+    encoder = LatentEncoder(vae, stats, device, Compiled(compiles(budget, "lora")))
     pool = LatentPool(rng, held_out_triples(), encoder, tokens, {256: budget.lora_pool}, device, style="pixel")
     pool_seconds = time.perf_counter() - clock
     parameters = [p for p in transformer.parameters() if p.requires_grad]
@@ -1190,6 +1197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mix", default="", help="layout shares, e.g. single=0.4,count=0.3,relation=0.3")
     parser.add_argument("--raw-lr", type=float, default=Budget.raw_lr, help="Raw's peak learning rate")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the blocks (on GPUs)")
+    parser.add_argument("--eager", nargs="+", default=[], choices=sorted(STAGES), help="stages run without compile")
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
     parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
@@ -1222,6 +1230,7 @@ def main(argv: list[str] | None = None) -> None:
         raw_round=args.raw_round,
         raw_lr=args.raw_lr,
         compile=device.type == "cuda" if args.compile is None else args.compile,
+        eager=tuple(args.eager),
         turbo_trajectories=args.trajectories,
         profile=args.profile,
         probe_every=args.probe_every,
@@ -1255,7 +1264,7 @@ def main(argv: list[str] | None = None) -> None:
             raw_pool={size: 16 if size <= 256 else 4 for size in budget.raw_pool}, raw_size_mix=budget.raw_size_mix,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
-            compile=budget.compile, profile=budget.profile, probe_every=budget.probe_every,
+            compile=budget.compile, eager=budget.eager, profile=budget.profile, probe_every=budget.probe_every,
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
             freeze_text_encoder=budget.freeze_text_encoder,
         )  # fmt: skip

@@ -364,3 +364,23 @@ def test_a_raw_round_trains_on_128_pictures_and_records_its_size_mix(tmp_path):
     this = json.loads(Path(work, "report.json").read_text())["raw"][-1]
     assert this["pool"] == {"128": 16, "256": 16} and this["size_mix"] == {"128": 0.5, "256": 0.5}
     assert this["steps"] == 4 and Path(work, "raw_transformer.safetensors").read_bytes() != before
+
+
+def test_eager_names_the_stages_that_skip_compile(tmp_path, monkeypatch):
+    """`--eager vae` (session m: the VAE's cold compile took ~100 s of its 198 s stage) turns compile off for the
+    stages it names only; a stage it does not know is refused."""
+    budget = train.Budget(compile=True, eager=("vae",))
+    assert not train.compiles(budget, "vae") and train.compiles(budget, "raw")
+    assert not train.compiles(train.Budget(compile=False), "raw")
+    seen = {}
+
+    def stage(name: str):
+        return lambda work, budget, device: seen.setdefault(name, {"compiled": train.compiles(budget, name)})
+
+    for name in ("vae", "raw"):
+        monkeypatch.setitem(train.STAGES, name, stage(name))
+    work = str(tmp_path / "w")
+    train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "vae", "raw", "--compile", "--eager", "vae"])
+    assert seen == {"vae": {"compiled": False, "device": "cpu"}, "raw": {"compiled": True, "device": "cpu"}}
+    with pytest.raises(SystemExit):
+        train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "vae", "--eager", "vea"])
