@@ -695,6 +695,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         width, layers = budget.transformer
         transformer = build_transformer(seed=2, width=width, layers=layers, text_width=budget.text_width)
         transformer = transformer.to(device).train()
+    # Building or loading a transformer seeds torch (krea2.demo.build_transformer), which made every later round draw
+    # the same batches, noise and caption dropout; the round's own stream starts here.
+    torch.manual_seed(120 + budget.raw_round)
     pipe = make_pipeline(vae, text_encoder, tokenizer, transformer, is_distilled=False)
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()

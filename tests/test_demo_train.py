@@ -384,3 +384,26 @@ def test_eager_names_the_stages_that_skip_compile(tmp_path, monkeypatch):
     assert seen == {"vae": {"compiled": False, "device": "cpu"}, "raw": {"compiled": True, "device": "cpu"}}
     with pytest.raises(SystemExit):
         train.main(["--smoke", "--device", "cpu", "--work", work, "--stages", "vae", "--eager", "vea"])
+
+
+def test_each_raw_round_draws_its_own_noise(tmp_path, monkeypatch):
+    """Loading the last round's transformer reseeds torch (krea2.demo.build_transformer); each round then reseeds
+    with its own number, so rounds 1 and 2 from the same weights do not train on the same noise."""
+    noises: dict[int, list[torch.Tensor]] = {1: [], 2: []}
+    number = 0
+    loss = train.flow_matching_loss
+
+    def recording(tokens, transformer, x0, noise, *rest):
+        noises[number].append(noise.clone())
+        return loss(tokens, transformer, x0, noise, *rest)
+
+    monkeypatch.setattr(train, "flow_matching_loss", recording)
+    work = tmp_path / "w"
+    train.main(["--smoke", "--device", "cpu", "--work", str(work), "--stages", "import"])
+    weights = {name: (work / name).read_bytes() for name in ("raw_transformer.safetensors", "report.json")}
+    for number in (1, 2):
+        for name, data in weights.items():  # both rounds start from the same weights
+            (work / name).write_bytes(data)
+        train.main(["--smoke", "--device", "cpu", "--work", str(work), "--stages", "raw", "--raw-round", str(number)])
+    assert len(noises[1]) == len(noises[2]) == 4
+    assert noises[1][0].shape == noises[2][0].shape and not torch.equal(noises[1][0], noises[2][0])
