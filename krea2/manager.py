@@ -157,6 +157,7 @@ class ModelManager:
         self._warmup = "off"
         self._ready = threading.Event()
         self._generate_lock = threading.Lock()  # one generation (or warm-up, or fast-path change) at a time
+        self._warmup_lock = threading.Lock()  # one warm-up at a time (`warm_up`)
         self._cancel_current: threading.Event | None = None
         self._prompt_cache: LRUCache[PromptEmbeddings] = LRUCache(prompt_cache_size)
         self._loader_thread: threading.Thread | None = None
@@ -310,7 +311,23 @@ class ModelManager:
         app's background warm-up): a failing shape is skipped, logged and named in the status line, and the others still
         warm up; a 24 GB H200 run's warm-up stopped at one failing shape, said only "failed", and left the rest
         uncompiled. A user asking for a skipped shape later compiles it in their own time (an out-of-memory error again
-        comes back as `generate`'s clear one)."""
+        comes back as `generate`'s clear one).
+
+        One warm-up runs at a time: a second call (a benchmark's own, beside the one a compiling manager starts when
+        it has loaded) waits for the first and then finds most of its shapes compiled. Two at once raced on an H200
+        (session m): one's locked stage captured CUDA graphs while the other compiled beside it, the captures failed
+        and the denoiser's graphs were off for the rest of the run."""
+        with self._warmup_lock:
+            return self._warm_up(sizes, steps, batch_sizes, on_step, strict)
+
+    def _warm_up(
+        self,
+        sizes: tuple[tuple[int, int], ...],
+        steps: int,
+        batch_sizes: tuple[int, ...],
+        on_step: StepCallback | None,
+        strict: bool,
+    ) -> float:
         start = time.perf_counter()
         if self.plan is not None and self.plan.images_per_call:  # larger batches run in parts: nothing new to warm up
             batch_sizes = tuple(count for count in batch_sizes if count <= self.plan.images_per_call)

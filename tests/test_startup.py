@@ -338,3 +338,24 @@ def test_a_plan_that_runs_images_one_at_a_time_warms_up_no_larger_batch(fresh_ma
     finally:
         hook.remove()
     assert fresh_manager.status().warmup_progress == (4, 4) and set(batches) == {1}
+
+
+def test_a_second_warm_up_waits_for_the_first(demo_sources):
+    """Two warm-ups at once (a benchmark's own beside the one a compiling manager starts once loaded) raced on an H200:
+    one's locked stage captured CUDA graphs while the other compiled beside it, and the captures failed. With the
+    compiling beside requests on (the GPU's way, here on the CPU), a second warm-up starts no generation while the
+    first is held in its compile stage, and both end ready."""
+    loader = PipelineLoader(demo_sources, torch.float32)
+    manager = ModelManager(loader, device="cpu", demo=True, background_compile=True)
+    manager.start(background=False)
+    first, hold = held_warm_up(manager)
+    second_stepped = threading.Event()
+    second = threading.Thread(
+        target=manager.warm_up, kwargs={**WARMUP, "on_step": lambda step, total, preview: second_stepped.set()}
+    )
+    second.start()
+    assert not second_stepped.wait(5)  # a generation of its own would have made a step by now (~0.1 s each here)
+    hold.set()
+    first.join(HOLD_S)
+    second.join(HOLD_S)
+    assert second_stepped.is_set() and manager.status().warmup == "ready"
