@@ -64,6 +64,7 @@ from demo.scenes import (
     PLURALS,
     RELATIONS,
     TEXTURES,
+    Composition,
     Scene,
     held_out_triples,
     render,
@@ -458,7 +459,9 @@ class LatentPool:
         for size, count in sizes.items():
             if count <= 0:
                 continue
-            chunk = max(1, 512 * (256 // size) ** 2)  # 512 pictures at 256², 128 at 512²
+            # 512 pictures at 256², 128 at 512² (the same pixels per chunk). Integer division made it 1 at 512² until
+            # session m: 512² pictures were drawn one at a time (~60-80 s of a ~100 s pool on an H200).
+            chunk = max(1, round(512 * (256 / size) ** 2))
             with self._timed("scenes", device):
                 scenes = [sample_scene(rng, exclude, style, mix) for _ in range(count)]
             parts = []
@@ -564,14 +567,15 @@ def resolution(
     rng: random.Random, step: int, base_batch: int, sizes: tuple[int, ...] = (256, 512),
     shares: dict[int, float] | None = None,
 ) -> tuple[int, int]:  # fmt: skip
-    """(size, batch) for a step. A batch at size s holds `base_batch` · (256/s)² pictures: the same tokens at every
-    size. Without `shares`: a fifth of the steps at 512², if 512² is among `sizes`, the rest at 256². With `shares`
-    (size -> share of the steps, `--size-mix`): each size drawn with its share. Either way the first steps take one of
+    """(size, batch) for a step. A batch at size s holds `base_batch` · (256/s)² pictures: the same image tokens at
+    every size (each picture also brings its caption's 40 text tokens, so a 128² step holds ~1.4x a 256² one's).
+    Without `shares`: a fifth of the steps at 512², if 512² is among `sizes`, the rest at 256². With `shares` (size ->
+    share of the steps, `--size-mix`): each size with a share drawn with it. Either way the first steps take one of
     each size, so every shape is compiled and warm before the Stopwatch measures the step rate."""
     if shares is None:
         large = 512 in sizes and (step == 1 or (step > 1 and rng.random() < 0.2))
         return (512, max(1, base_batch // 4)) if large else (256, base_batch)
-    ordered = sorted(shares)
+    ordered = sorted(size for size, share in shares.items() if share > 0)
     if step < len(ordered):
         size = ordered[step]
     else:
@@ -772,11 +776,12 @@ PROBE_STEPS, PROBE_SINGLES, PROBE_OTHERS = 20, 48, 8
 
 
 @torch.no_grad()
-def caption_gain(pipe, compositions: list, size: int = 256, seed: int = 5) -> float:
+def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: int = 5) -> float:
     """How much the right caption lowers Raw's flow-matching loss on ground-truth pictures of `compositions`, against
     another composition's caption, with the same pictures, noise and noise levels: 1 - loss(right) / loss(other).
-    0 for a transformer that ignores its caption; it rises long before the pictures come out right (session m: a
-    from-scratch Raw scored 9 % held-out after 3,000 steps on a GPU), so early probes can tell two recipes apart."""
+    0 for a transformer that ignores its caption, 0.88 for the committed Raw on the probe's 64 prompts. Meant to rise
+    before the pictures come out right (not yet measured on a from-scratch run; session m's scored 9 % held-out after
+    3,000 steps on a GPU), so that early probes can tell two recipes apart."""
     from demo.scenes import scene_for
 
     device = pipe._execution_device
@@ -1148,9 +1153,12 @@ def raw_pool(text: str) -> dict[int, int]:
     usage = f"--pool takes N256,N512 or size=pictures pairs, sizes in 64..512 in steps of 32: got {text!r}"
     if "=" not in text:
         try:
-            return dict(zip((256, 512), map(int, text.split(",")), strict=True))
+            pool = dict(zip((256, 512), map(int, text.split(",")), strict=True))
         except ValueError:
             raise SystemExit(usage) from None
+        if any(count < 0 for count in pool.values()):
+            raise SystemExit(usage)
+        return pool
     pool = {int(size): int(count) for size, count in key_values(text, int, usage).items() if size.isdigit()}
     if len(pool) != len(text.split(",")) or any(s not in POOL_SIZES or n < 0 for s, n in pool.items()):
         raise SystemExit(usage)
@@ -1251,10 +1259,19 @@ def main(argv: list[str] | None = None) -> None:
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
+    drawn = sorted(size for size, count in budget.raw_pool.items() if count > 0)
+    if not drawn:
+        raise SystemExit(f"--pool draws no pictures: {args.pool!r}")
+    if budget.raw_size_mix is None and (256 not in drawn or not set(drawn) <= {256, 512}):
+        raise SystemExit(f"--pool draws {drawn}: sizes besides 256 and 512 (or no 256) need --size-mix to say how many "
+                         "of Raw's steps each takes (without it, 256², a fifth at 512²)")  # fmt: skip
     if budget.raw_size_mix is not None:
-        drawn = {size for size, count in budget.raw_pool.items() if count > 0}
-        if "raw" not in args.stages or not {s for s, share in budget.raw_size_mix.items() if share > 0} <= drawn:
-            raise SystemExit(f"--size-mix sets Raw's steps (--stages raw) over sizes its --pool draws: {sorted(drawn)}")
+        if "raw" not in args.stages:
+            raise SystemExit("--size-mix sets how Raw trains (--stages raw)")
+        shared = sorted(size for size, share in budget.raw_size_mix.items() if share > 0)
+        if shared != drawn:
+            raise SystemExit(f"--size-mix must share Raw's steps over exactly the sizes --pool draws: {drawn}, not "
+                             f"{shared}")  # fmt: skip
     if budget.text_width <= 0 or budget.text_width % 32:
         raise SystemExit(f"--text-width takes a positive multiple of 32: got {args.text_width}")
     for stage, batch in key_values(args.batch, int, f"--batch takes stage=size pairs: got {args.batch!r}").items():
@@ -1264,7 +1281,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         budget = Budget(
             vae_steps=4, vae_batch=2, raw_steps=4, raw_batch=4, raw_round=args.raw_round,
-            raw_pool={size: 16 if size <= 256 else 4 for size in budget.raw_pool}, raw_size_mix=budget.raw_size_mix,
+            raw_pool={size: (16 if size <= 256 else 4) if count else 0 for size, count in budget.raw_pool.items()},
+            raw_size_mix=budget.raw_size_mix,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, eager=budget.eager, profile=budget.profile, probe_every=budget.probe_every,

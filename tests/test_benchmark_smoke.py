@@ -40,7 +40,6 @@ def test_img2img_benchmark_smoke_run(tmp_path):
     case = result["cases"]["turbo1024"]
     assert case["steps_run"] == 1 and case["stock_s"] > 0 and case["padfree_s"] > 0
     assert case["padfree_vs_stock_max_abs_pixel"] < 0.02  # the same image as the stock loop, up to rounding
-    assert case["padfree_vs_stock_mean_abs_pixel"] <= case["padfree_vs_stock_max_abs_pixel"]
     # the same init-image latents as the stock encoder's, up to rounding, on latents far larger than that
     assert case["padfree_vs_stock_image_latents_max_abs"] < 0.01 * case["stock_image_latents_abs_max"]
     assert case["vae_encode_s"] > 0 and case["vae_decode_s"] > 0
