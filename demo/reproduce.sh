@@ -27,13 +27,19 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-artifacts/demo-reproduce}
 EXPORT=${EXPORT:-artifacts/demo-reproduced}
 PYTHON=${PYTHON:-python3}
-read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"  # more demo.train flags, e.g. "--smoke" (tests/test_demo_train.py)
+# More demo.train flags for both training parts, e.g. TRAIN_FLAGS="--smoke --device cpu" checks the script on a CPU in
+# ~3 minutes (the smoke run trains a few steps of everything; its checkpoints mean nothing).
+read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"
 mkdir -p "$WORK"
 
-part() {
-    local name=$1 start=$SECONDS
+part() {  # runs one part, records its wall time; a failing part stops the script with its status
+    local name=$1 start=$SECONDS status=0
     shift
-    "$@"
+    "$@" || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "$name failed (exit status $status)" >&2
+        return "$status"
+    fi
     echo "$name $((SECONDS - start)) s" | tee -a "$WORK/times.txt"
 }
 
@@ -41,7 +47,7 @@ part1() {
     part "part 1 (vae, raw round 0)" "$PYTHON" -m demo.train --work "$WORK" --stages vae raw \
         --transformer 192x6 --batch raw=512 --pool 49152,0 --raw-lr 1e-3 \
         --mix single=0.35,count=0.3,relation=0.35 --structure-loss 0.05 \
-        --probe-every 1000 --steps vae=2000 --minutes vae=3.6,raw=5.6 "${TRAIN_FLAGS[@]}"
+        --probe-every 1000 --steps vae=2000 --minutes vae=3.6,raw=5.6 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 part2() {
@@ -49,7 +55,7 @@ part2() {
         --stages raw turbo lora export --out "$EXPORT" \
         --raw-round 1 --freeze-text-encoder --batch raw=512 --pool 32768,4096 --raw-lr 6e-4 \
         --mix single=0.3,count=0.3,relation=0.4 --structure-loss 0.05 \
-        --trajectories 8192 --steps turbo=4000 --minutes raw=4.3,turbo=3.8,lora=0.7 "${TRAIN_FLAGS[@]}"
+        --trajectories 8192 --steps turbo=4000 --minutes raw=4.3,turbo=3.8,lora=0.7 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 evaluate() {
@@ -60,6 +66,6 @@ case "${1:-all}" in
     1) part1 ;;
     2) part2 ;;
     evaluate) evaluate ;;
-    all) part1 && part2 && evaluate ;;
+    all) part1 || exit; part2 || exit; evaluate ;;
     *) echo "usage: bash demo/reproduce.sh [all|1|2|evaluate]" >&2; exit 2 ;;
 esac

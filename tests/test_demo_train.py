@@ -1,9 +1,13 @@
-"""demo/train.py's Stopwatch: a time-capped stage fits its steps to the cap, also when the GPU slows down mid-stage."""
+"""demo/train.py on the CPU (its stages in smoke runs, the Stopwatch, the flags, the probe, the text-side objective)
+and demo/reproduce.sh's failure handling."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -393,7 +397,7 @@ def test_eager_names_the_stages_that_skip_compile(tmp_path, monkeypatch):
     assert not train.compiles(train.Budget(compile=False), "raw")
     seen = {}
 
-    def stage(name: str):
+    def stage(name: str) -> Callable[..., dict]:
         return lambda work, budget, device: seen.setdefault(name, {"compiled": train.compiles(budget, name)})
 
     for name in ("vae", "raw"):
@@ -448,3 +452,15 @@ def test_the_pool_draws_each_size_in_chunks_of_the_same_pixels(monkeypatch):
     sizes = {512: 130, 128: 2100, 256: 600}
     train.LatentPool(random.Random(0), train.held_out_triples(), encode, tokens, sizes, torch.device("cpu"))
     assert drawn == [(128, 512), (2, 512), (2048, 128), (52, 128), (512, 256), (88, 256)]
+
+
+def test_the_reproduce_script_stops_at_a_failing_part(tmp_path):
+    """demo/reproduce.sh run whole: a part that fails ends the script with its status, before the next part runs on a
+    half-made work folder, and records no time for it."""
+    script = Path(__file__).resolve().parents[1] / "demo" / "reproduce.sh"
+    env = {**os.environ, "WORK": str(tmp_path / "work"), "EXPORT": str(tmp_path / "export"), "PYTHON": "false"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert "part 1 (vae, raw round 0) failed (exit status 1)" in done.stderr
+    assert "part 2" not in done.stderr + done.stdout
+    assert not (tmp_path / "work" / "times.txt").exists()

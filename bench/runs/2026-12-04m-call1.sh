@@ -5,8 +5,8 @@
 # tokenizer also come back in $OUT (fp32, ~25 MB) in case the machine goes cold in between.
 source bench/runs/prefix.sh
 export WORK=artifacts/demo-reproduce EXPORT=artifacts/demo-reproduced
-rm -rf $WORK $EXPORT
+rm -rf "$WORK" "$EXPORT"
 bash demo/reproduce.sh 1 > $OUT/part1.log 2>&1
 echo "part 1 rc=$?"
-cp -r $WORK $OUT/work-part1
+cp -r "$WORK" "$OUT/work-part1"
 grep -v "it/s\]\|s/it\]" $OUT/part1.log | grep "probe\|vae:\|raw:\|raw structure\|steps fit\|stopped\|Error\|error\|part 1" | cut -c1-400 | tail -16
