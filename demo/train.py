@@ -816,7 +816,7 @@ def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema) -> dict:
     `direction_difference` is `demo.failures.text_separation`'s "direction swapped" over the 30 held-out relations:
     how far the text features move when a relation's direction is swapped (session k's checkpoints: 0.0014, against
     0.48 for a colour); relations cannot come out in order before it rises. `caption_gain` (on ground-truth pictures
-    of the same prompts) moves before the accuracies do."""
+    of the same prompts) is meant to move before the accuracies do."""
     from demo.evaluate import SIZE, score
     from demo.failures import text_separation
     from demo.scenes import held_out
@@ -1145,7 +1145,8 @@ def layout_mix(text: str) -> dict[str, float] | None:
     return mix
 
 
-POOL_SIZES = range(64, 513, 32)  # picture sizes Raw's pool takes (the VAE's 8 x the transformer's 2 x 2 divides them)
+POOL_SIZES = range(64, 513, 32)  # picture sizes Raw's pool takes (a multiple of 16 is what the VAE's 8x and the
+# transformer's 2x2 patches need; 32 keeps the position grids even)
 
 
 def raw_pool(text: str) -> dict[int, int]:
