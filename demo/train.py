@@ -1145,8 +1145,8 @@ def layout_mix(text: str) -> dict[str, float] | None:
     return mix
 
 
-POOL_SIZES = range(64, 513, 32)  # picture sizes Raw's pool takes (a multiple of 16 is what the VAE's 8x and the
-# transformer's 2x2 patches need; 32 keeps the position grids even)
+POOL_SIZES = range(64, 513, 32)  # picture sizes Raw's pool takes (the VAE's 8x and the transformer's 2x2 patches
+# need a multiple of 16; steps of 32 are enough for the sizes worth trying)
 
 
 def raw_pool(text: str) -> dict[int, int]:
