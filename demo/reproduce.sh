@@ -18,8 +18,9 @@
 #
 # Why these settings (the sessions that found them are in bench/NOTES.md, issue 15):
 # - part 1: the VAE, then Raw round 0 from scratch at 256² only (its pool took ~30 s against ~100 s with 512² pictures,
-#   which were then drawn one at a time; since session m's fix they are 128 at a time, not yet timed), with the caption-structure objective from the first step (a from-scratch text encoder drops a
-#   relation's direction without it) and counts and relations at 65 % of the scenes;
+#   which were then drawn one at a time; since session m's fix they are 128 at a time, not yet timed), with the
+#   caption-structure objective from the first step (a from-scratch text encoder drops a relation's direction without
+#   it) and counts and relations at 65 % of the scenes;
 # - part 2: Raw round 1 on a pool with 512² pictures and more relations, the text encoder frozen (the real Krea 2's is;
 #   session l's last round learnt the relations that way), then Turbo distilled from it, the LoRA, export.
 set -euo pipefail
