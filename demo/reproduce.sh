@@ -17,10 +17,10 @@
 # $WORK/times.txt and the train report is $WORK/report.json.
 #
 # Why these settings (the sessions that found them are in bench/NOTES.md, issue 15):
-# - part 1: the VAE, then Raw round 0 from scratch at 256² only (its pool took ~30 s against ~100 s with 512² pictures,
-#   which were then drawn one at a time; since session m's fix they are 128 at a time, not yet timed), with the
-#   caption-structure objective from the first step (a from-scratch text encoder drops a relation's direction without
-#   it) and counts and relations at 65 % of the scenes;
+# - part 1: the VAE, then Raw round 0 from scratch at 256² only (its pool took ~30 s against ~100 s with 512²
+#   pictures, which were then drawn one at a time; since session m's fix they are 128 at a time, not yet timed),
+#   with the caption-structure objective from the first step (a from-scratch text encoder drops a relation's
+#   direction without it) and counts and relations at 65 % of the scenes;
 # - part 2: Raw round 1 on a pool with 512² pictures and more relations, the text encoder frozen (the real Krea 2's is;
 #   session l's last round learnt the relations that way), then Turbo distilled from it, the LoRA, export.
 set -euo pipefail
@@ -56,7 +56,8 @@ part2() {
         --stages raw turbo lora export --out "$EXPORT" \
         --raw-round 1 --freeze-text-encoder --batch raw=512 --pool 32768,4096 --raw-lr 6e-4 \
         --mix single=0.3,count=0.3,relation=0.4 --structure-loss 0.05 \
-        --trajectories 8192 --steps turbo=4000 --minutes raw=4.3,turbo=3.8,lora=0.7 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
+        --trajectories 8192 --steps turbo=4000 --minutes raw=4.3,turbo=3.8,lora=0.7 \
+        ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 evaluate() {
