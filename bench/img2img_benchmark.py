@@ -86,12 +86,12 @@ def run_stock(pipe, case: dict, image: Image.Image, strength: float, seed: int) 
         sigmas = schedule_tail(case["steps"], strength)
         first = shifted_sigmas(pipe, sigmas, noise.shape[1])[0].item()
         start = ((1 - first) * latents + first * noise.float()).to(pipe.transformer.dtype)
-        image = pipe(
+        picture = pipe(
             prompt=PROMPT, negative_prompt=NEGATIVE if case["guidance"] > 0 else None,
             guidance_scale=case["guidance"], width=case["width"], height=case["height"], latents=start,
             sigmas=sigmas, num_inference_steps=len(sigmas), output_type="np",
         ).images[0]  # fmt: skip
-        return image, latents
+        return picture, latents
 
 
 def run_ours(manager: ModelManager, case: dict, image: Image.Image, strength: float, seed: int):
