@@ -124,6 +124,7 @@ class Budget:
     text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
     structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
     freeze_text_encoder: bool = False  # a later Raw round keeps the text encoder (a Turbo distilled on it stays valid)
+    zero_init: bool = False  # a from-scratch Raw starts with its modulation and output projection at zero (adaLN-Zero)
 
 
 def compiles(budget: Budget, stage: str) -> bool:
@@ -665,6 +666,17 @@ class CaptionStructure(torch.nn.Module):
         return total / counted
 
 
+def zero_modulation(transformer) -> None:
+    """adaLN-Zero (DiT, Peebles & Xie 2023): the timestep's modulation projection and the output projection start at
+    zero, so every block starts as the identity (its gates are zero) and the first prediction is zero. diffusers builds
+    them with PyTorch's default init: random gates that scale each block's output by the timestep from the first step.
+    DiT measured adaLN-Zero learning markedly faster than the same modulation without the zeros."""
+    with torch.no_grad():
+        for linear in (transformer.time_mod_proj, transformer.final_layer.linear):
+            linear.weight.zero_()
+            linear.bias.zero_()
+
+
 def flow_matching_loss(
     tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int,
     structure: CaptionStructure | None = None, labels: torch.Tensor | None = None,
@@ -698,6 +710,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         text_encoder = build_text_encoder(len(tokenizer), width=budget.text_width).to(device).train()
         width, layers = budget.transformer
         transformer = build_transformer(seed=2, width=width, layers=layers, text_width=budget.text_width)
+        if budget.zero_init:
+            zero_modulation(transformer)
         transformer = transformer.to(device).train()
     # Building or loading a transformer seeds torch (krea2.demo.build_transformer), which made every later round draw
     # the same batches, noise and caption dropout; the round's own stream starts here.
@@ -764,6 +778,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     }
     if budget.freeze_text_encoder:
         this["text_encoder"] = "frozen"
+    if budget.zero_init:
+        this["init"] = "adaLN-Zero"
     if structure is not None:
         this["structure_weight"] = structure.weight
         this["final_structure_loss"] = structure_losses.final(200)
@@ -1225,6 +1241,10 @@ def main(argv: list[str] | None = None) -> None:
         "--freeze-text-encoder", action="store_true",
         help="a later Raw round (--raw-round N) keeps the text encoder as it is: a Turbo distilled on it stays valid",
     )  # fmt: skip
+    parser.add_argument(
+        "--zero-init", action="store_true",
+        help="a from-scratch Raw starts each block as the identity and its output at zero (adaLN-Zero, as in DiT)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1250,6 +1270,7 @@ def main(argv: list[str] | None = None) -> None:
         text_width=TEXT_HIDDEN if args.text_width is None else args.text_width,
         structure_weight=args.structure_loss,
         freeze_text_encoder=args.freeze_text_encoder,
+        zero_init=args.zero_init,
     )
     if args.freeze_text_encoder and not args.raw_round:
         raise SystemExit("--freeze-text-encoder is for a later Raw round (--raw-round N): a from-scratch one trains it")
@@ -1257,7 +1278,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
     if (args.structure_loss or args.freeze_text_encoder) and "raw" not in args.stages:
         raise SystemExit("--structure-loss and --freeze-text-encoder set how Raw trains (--stages raw)")
-    for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
+    for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width),
+                        ("--zero-init", args.zero_init or None)):  # fmt: skip
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
     drawn = sorted(size for size, count in budget.raw_pool.items() if count > 0)
@@ -1288,7 +1310,7 @@ def main(argv: list[str] | None = None) -> None:
             lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, eager=budget.eager, profile=budget.profile, probe_every=budget.probe_every,
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
-            freeze_text_encoder=budget.freeze_text_encoder,
+            freeze_text_encoder=budget.freeze_text_encoder, zero_init=budget.zero_init,
         )  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
