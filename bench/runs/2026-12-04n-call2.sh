@@ -11,7 +11,7 @@ rm -f $work/raw_transformer.safetensors $work/turbo_transformer.safetensors $wor
 rm -rf $work/tokenizer $work/lora $work/report.json
 timeout 560 python -m demo.train --work $work --stages raw --transformer 192x6 --batch raw=256 --raw-lr 2e-3 \
   --zero-init --structure-loss 0.05 --mix single=0.6,count=0.2,relation=0.2 --pool 49152,0 --probe-every 1000 \
-  --steps raw=20000 --minutes raw=8.4 > $OUT/C.log 2>&1
+  --steps raw=20000 --minutes raw=8.0 > $OUT/C.log 2>&1
 echo "rc=$?"
 cp -r $work $OUT/work-C
 grep "probe\|raw: \|steps fit\|stopped\|Error" $OUT/C.log | cut -c1-330 | tail -14
