@@ -589,6 +589,14 @@ def resolution(
     return size, max(1, round(base_batch * (256 / size) ** 2))
 
 
+def cudnn_attention_fails(device: torch.device, sizes: tuple[int, ...]) -> bool:
+    """Whether Raw must train without cuDNN's attention: on session n's H200 its backward failed at the first 128²
+    step (`mha_graph.execute(...).is_good()`, compiled and eager alike; a batch of 2,048 pictures, whose text fusion
+    attends over 81,920 sequences of tapped layers), while 256² batches of up to 1,024 had run. Only sizes below 256
+    are switched, so the 256² recipes keep the attention they were timed with."""
+    return device.type == "cuda" and min(sizes) < 256
+
+
 def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tensor:
     """The transformer's velocity for packed `latents` at noise level `sigma` (one per picture), pictures `size`²."""
     return transformer(
@@ -723,6 +731,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
+    if cudnn_attention_fails(device, pool.sizes()):
+        log.info("raw: cuDNN attention off (pictures below 256²)")
+        torch.backends.cuda.enable_cudnn_sdp(False)
     structure = None
     if budget.structure_weight:  # its heads share the gradient clipping below: a large weight would scale Raw's down
         structure = CaptionStructure(transformer, budget.structure_weight).to(device)

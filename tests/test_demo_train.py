@@ -464,3 +464,37 @@ def test_the_reproduce_script_stops_at_a_failing_part(tmp_path):
     assert "part 1 (vae, raw round 0) failed (exit status 1)" in done.stderr
     assert "part 2" not in done.stderr + done.stdout
     assert not (tmp_path / "work" / "times.txt").exists()
+
+
+def test_cudnn_attention_is_switched_off_only_for_pools_below_256_on_a_gpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train.cudnn_attention_fails(cuda, (128, 256))
+    assert not train.cudnn_attention_fails(cuda, (256, 512))  # what session m and n's 256² runs trained with
+    assert not train.cudnn_attention_fails(cpu, (128,))  # no cuDNN on a CPU
+
+
+def test_zero_init_starts_raw_at_zero_with_every_block_the_identity_and_still_learns(tmp_path):
+    """`--zero-init` (adaLN-Zero): the first prediction is zero and each block passes its input through unchanged;
+    one step of training moves the output projection off zero, and the next reaches the blocks' gates. The flag is
+    refused where there is no from-scratch Raw to start."""
+    from krea2.demo import build_transformer
+
+    transformer = build_transformer(seed=2)
+    train.zero_modulation(transformer)
+    latents, embeds = torch.randn(2, 16, 64), torch.randn(2, 5, len(train.TEXT_LAYERS), 64)
+    sigma = torch.tensor([0.3, 0.9])
+    assert torch.count_nonzero(train.velocity(transformer, latents, embeds, None, sigma, 64)) == 0
+    block = transformer.transformer_blocks[0]
+    hidden = torch.randn(2, 21, 192)
+    temb = transformer.time_mod_proj(torch.nn.functional.gelu(transformer.time_embed(sigma, torch.float32)))
+    rotary = transformer.rotary_emb(train.image_positions(5, 64 // 16, "cpu"))
+    assert torch.equal(block(hidden, temb, rotary), hidden)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        train.F.mse_loss(train.velocity(transformer, latents, embeds, None, sigma, 64), latents).backward()
+        optimizer.step()
+    assert torch.count_nonzero(train.velocity(transformer, latents, embeds, None, sigma, 64)) > 0
+    assert block.scale_shift_table.abs().sum() > 0
+    with pytest.raises(SystemExit, match="from-scratch Raw"):
+        train.main(["--smoke", "--device", "cpu", "--work", str(tmp_path), "--stages", "turbo", "--zero-init"])
