@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from demo.evaluate import load_manager
-from demo.scenes import COLOURS, KINDS, Composition, _contrasting, held_out, render, scene_for
-from demo.train import LatentEncoder, Tokens, bf16, raw_mu, time_shift, velocity
+from demo.scenes import COLOURS, KINDS, Composition, held_out, render, scene_for
+from demo.train import LatentEncoder, Tokens, bf16, raw_mu, training_sigmas, velocity
 
 SIGMAS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
 
@@ -34,14 +34,14 @@ def swapped(composition: Composition, field: str, rng: random.Random) -> Composi
     """`composition` with its shape's kind or colour replaced by another one a training caption could have."""
     if field == "kind":
         return replace(composition, kind=rng.choice([k for k in KINDS if k != composition.kind]))
-    choices = [c for c in _contrasting(composition.background) if c != composition.colour]
+    choices = [c for c in COLOURS if c not in (composition.colour, composition.background)]
     return replace(composition, colour=rng.choice(choices))
 
 
-def training_density(mu: float, bins: tuple[float, ...] = SIGMAS, draws: int = 1_000_000) -> list[float]:
-    """The share of Raw's training noise levels (`demo.train`: the shifted logit-normal) nearest each of `bins`."""
-    generator = torch.Generator().manual_seed(0)
-    sigma = time_shift(mu, torch.sigmoid(torch.randn(draws, generator=generator)))
+def training_density(image_tokens: int, bins: tuple[float, ...] = SIGMAS, draws: int = 1_000_000) -> list[float]:
+    """The share of Raw's training noise levels (`demo.train.training_sigmas`) at pictures of `image_tokens` nearest
+    each of `bins`."""
+    sigma = training_sigmas(image_tokens, draws, generator=torch.Generator().manual_seed(0))
     edges = torch.tensor([(a + b) / 2 for a, b in itertools.pairwise(bins)])
     counts = torch.bincount(torch.bucketize(sigma, edges), minlength=len(bins)).float()
     return (counts / counts.sum()).tolist()
@@ -50,7 +50,7 @@ def training_density(mu: float, bins: tuple[float, ...] = SIGMAS, draws: int = 1
 @torch.no_grad()
 def measure(
     pipe, compositions: list[Composition], sigmas: tuple[float, ...] = SIGMAS, size: int = 256, seed: int = 3
-) -> dict:
+) -> dict[str, object]:
     device = pipe._execution_device
     vae = pipe.vae
     stats = {"mean": vae.config.latents_mean, "std": vae.config.latents_std}
@@ -80,7 +80,7 @@ def measure(
                     predicted = velocity(pipe.transformer, noisy[these], embeds[these], mask[these], sigma[these], size)
                 total += F.mse_loss(predicted.float(), (noise - x0)[these], reduction="sum").item()
             losses[name].append(total / x0.numel())
-    density = training_density(raw_mu(x0.shape[1]), sigmas)
+    density = training_density(x0.shape[1], sigmas)
     gains = {
         field: [s - r for s, r in zip(losses[f"{field} swapped"], losses["right"], strict=True)]
         for field in ("kind", "colour")
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pictures", type=int, default=96, help="held-out single-shape prompts measured")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     singles = [c for c in held_out() if c.layout == "single"]
     chosen = random.Random(11).sample(singles, min(args.pictures, len(singles)))
     manager = load_manager(args.checkpoints, "cpu")

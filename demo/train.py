@@ -160,6 +160,14 @@ def raw_mu(image_tokens: int) -> float:
     return image_tokens * slope + (0.5 - slope * 256)
 
 
+def training_sigmas(
+    image_tokens: int, count: int, device=None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Raw's training noise levels for pictures of `image_tokens`: a logit-normal draw, shifted as the pipeline shifts
+    its sigmas at that resolution."""
+    return time_shift(raw_mu(image_tokens), torch.sigmoid(torch.randn(count, device=device, generator=generator)))
+
+
 def pack(latents: torch.Tensor) -> torch.Tensor:
     """(B, 16, h, w) -> (B, h/2 * w/2, 64), as Krea2Pipeline._pack_latents."""
     b, c, h, w = latents.shape
@@ -589,12 +597,18 @@ def resolution(
     return size, max(1, round(base_batch * (256 / size) ** 2))
 
 
-def cudnn_attention_fails(device: torch.device, sizes: tuple[int, ...]) -> bool:
-    """Whether Raw must train without cuDNN's attention: on session n's H200 its backward failed at the first 128²
-    step (`mha_graph.execute(...).is_good()`, compiled and eager alike; a batch of 2,048 pictures, whose text fusion
-    attends over 81,920 sequences of tapped layers), while 256² batches of up to 1,024 had run. Only sizes below 256
-    are switched, so the 256² recipes keep the attention they were timed with."""
-    return device.type == "cuda" and min(sizes) < 256
+# The text fusion's layer-wise attention runs one sequence per caption token: pictures per step x TEXT_TOKENS of them in
+# one attention call. On session n's H200, cuDNN's attention backward failed at 81,920 (a 128² batch of 2,048;
+# `mha_graph.execute(...).is_good()`, compiled and eager alike), while 40,960 had run (2026-12-02: 256² batches of
+# 1,024). 65,536 is cuDNN's batch limit as reported upstream (the other kernels put the batch in a 65,535-long grid
+# dimension too), so a recipe past it is refused before its pool is drawn instead of crashing a device call.
+MAX_TEXT_SEQUENCES = 65_535
+
+
+def largest_batch(budget: Budget) -> int:
+    """The most pictures one Raw step takes (`resolution`'s batch at the smallest size the pool draws)."""
+    drawn = [size for size, count in (budget.raw_pool or {}).items() if count > 0] or [256]
+    return max(1, round(budget.raw_batch * (256 / min(drawn)) ** 2))
 
 
 def velocity(transformer, latents, embeds, mask, sigma, size: int) -> torch.Tensor:
@@ -678,7 +692,9 @@ def zero_modulation(transformer) -> None:
     """adaLN-Zero (DiT, Peebles & Xie 2023): the timestep's modulation projection and the output projection start at
     zero, so every block starts as the identity (its gates are zero) and the first prediction is zero. diffusers builds
     them with PyTorch's default init: random gates that scale each block's output by the timestep from the first step.
-    DiT measured adaLN-Zero learning markedly faster than the same modulation without the zeros."""
+    DiT measured adaLN-Zero learning markedly faster than the same modulation without the zeros. Unlike DiT's, the
+    final layer's scale and shift come straight from the timestep embedding, which stays as built: zeroing it too
+    would leave the blocks' modulation no gradient at all."""
     with torch.no_grad():
         for linear in (transformer.time_mod_proj, transformer.final_layer.linear):
             linear.weight.zero_()
@@ -731,9 +747,6 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
-    if cudnn_attention_fails(device, pool.sizes()):
-        log.info("raw: cuDNN attention off (pictures below 256²)")
-        torch.backends.cuda.enable_cudnn_sdp(False)
     structure = None
     if budget.structure_weight:  # its heads share the gradient clipping below: a large weight would scale Raw's down
         structure = CaptionStructure(transformer, budget.structure_weight).to(device)
@@ -754,7 +767,7 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         size, count = resolution(rng, step, budget.raw_batch, pool.sizes(), budget.raw_size_mix)
         x0, ids, mask, labels = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
-        sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(count, device=device))).view(-1, 1, 1)
+        sigma = training_sigmas(x0.shape[1], count, device).view(-1, 1, 1)
         optimizer.zero_grad(set_to_none=True)
         loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size, structure, labels)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -822,7 +835,7 @@ def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: i
         x0 = torch.cat([encoder(chunk) for chunk in pixels.split(64)]).float()
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = torch.randn(x0.shape, generator=generator).to(device)
-    sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(len(x0), generator=generator))).to(device)
+    sigma = training_sigmas(x0.shape[1], len(x0), generator=generator).to(device)
     noisy = (1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * noise
     tokens = Tokens(pipe, device)
     captions = [scene.caption for scene in scenes]
@@ -1072,7 +1085,7 @@ def train_lora(work: Path, budget: Budget, device: torch.device) -> dict:
             group["lr"] = lr_at(step, watch.total, peak, warmup=50)
         x0, ids, mask, _ = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
-        sigma = time_shift(raw_mu(x0.shape[1]), torch.sigmoid(torch.randn(len(x0), device=device))).view(-1, 1, 1)
+        sigma = training_sigmas(x0.shape[1], len(x0), device).view(-1, 1, 1)
         optimizer.zero_grad(set_to_none=True)
         loss = flow_matching_loss(tokens, transformer, x0, noise, sigma, ids, mask, 256)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -1289,10 +1302,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
     if (args.structure_loss or args.freeze_text_encoder) and "raw" not in args.stages:
         raise SystemExit("--structure-loss and --freeze-text-encoder set how Raw trains (--stages raw)")
-    for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width),
-                        ("--zero-init", args.zero_init or None)):  # fmt: skip
+    for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
+    if args.zero_init and ("raw" not in args.stages or args.raw_round):  # a later round starts from trained weights
+        raise SystemExit("--zero-init sets how a from-scratch Raw starts (--stages raw, no --raw-round)")
     drawn = sorted(size for size, count in budget.raw_pool.items() if count > 0)
     if not drawn:
         raise SystemExit(f"--pool draws no pictures: {args.pool!r}")
@@ -1323,6 +1337,13 @@ def main(argv: list[str] | None = None) -> None:
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
             freeze_text_encoder=budget.freeze_text_encoder, zero_init=budget.zero_init,
         )  # fmt: skip
+    if "raw" in args.stages and largest_batch(budget) * TEXT_TOKENS > MAX_TEXT_SEQUENCES:
+        pictures = largest_batch(budget)
+        raise SystemExit(
+            f"a Raw step of {pictures} pictures would run its text fusion over {pictures * TEXT_TOKENS:,} sequences in "
+            f"one attention call, past the {MAX_TEXT_SEQUENCES:,} GPU attention kernels take (session n's 128² batch "
+            f"of 2,048 crashed): a smaller --batch raw=N"
+        )
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}

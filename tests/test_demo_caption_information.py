@@ -21,12 +21,12 @@ def test_a_swapped_caption_changes_only_the_field_named():
         assert (colour.kind, colour.background) == (composition.kind, composition.background)
 
 
-def test_the_training_density_is_a_share_per_noise_level_that_a_larger_shift_moves_up():
-    low, high = training_density(0.0), training_density(1.5)
+def test_the_training_density_is_a_share_per_noise_level_that_larger_pictures_move_up():
+    low, high = training_density(256), training_density(4096)  # 256² and 1024² pictures: shifts e^0.5 and e^1.1
     assert sum(low) == pytest.approx(1.0) and sum(high) == pytest.approx(1.0)
-    assert low == pytest.approx(low[::-1], abs=0.01)  # no shift: the logit-normal is symmetric about 0.5
+    assert max(low) == pytest.approx(0.176, abs=0.01)  # what bench/NOTES.md quotes for 256² at sigma 0.75
     mean_low, mean_high = (sum(d * s for d, s in zip(density, SIGMAS, strict=True)) for density in (low, high))
-    assert mean_high > mean_low + 0.1
+    assert mean_high > mean_low + 0.05
 
 
 def test_the_shipped_raw_gains_from_the_right_kind_and_colour(manager):

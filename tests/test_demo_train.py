@@ -466,29 +466,37 @@ def test_the_reproduce_script_stops_at_a_failing_part(tmp_path):
     assert not (tmp_path / "work" / "times.txt").exists()
 
 
-def test_cudnn_attention_is_switched_off_only_for_pools_below_256_on_a_gpu():
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert train.cudnn_attention_fails(cuda, (128, 256))
-    assert not train.cudnn_attention_fails(cuda, (256, 512))  # what session m and n's 256² runs trained with
-    assert not train.cudnn_attention_fails(cpu, (128,))  # no cuDNN on a CPU
+def test_a_raw_step_too_large_for_the_gpus_attention_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Session n's 128² batch of 2,048 crashed in cuDNN's attention (its text fusion ran 81,920 sequences in one call):
+    such a recipe now stops with a usage message before its pool is drawn; 1,024 pictures a step still train."""
+    ran = []
+    monkeypatch.setitem(train.STAGES, "raw", lambda work, budget, device: ran.append(budget.raw_batch) or {})
+    base = ["--device", "cpu", "--work", str(tmp_path), "--stages", "raw",
+            "--pool", "128=64,256=16", "--size-mix", "128=0.5,256=0.5"]  # fmt: skip
+    with pytest.raises(SystemExit, match="81,920 sequences"):
+        train.main([*base, "--batch", "raw=512"])
+    with pytest.raises(SystemExit, match="smaller --batch"):
+        train.main([*base[:-4], "--pool", "49152,0", "--batch", "raw=2048"])
+    train.main([*base, "--batch", "raw=256"])  # 1,024 pictures at 128²: as many as 256² batches of 1,024 that ran
+    assert ran == [256]
 
 
-def test_zero_init_starts_raw_at_zero_with_every_block_the_identity_and_still_learns(tmp_path):
+def test_zero_init_starts_raw_at_zero_with_every_block_the_identity_and_still_learns(tmp_path, monkeypatch):
     """`--zero-init` (adaLN-Zero): the first prediction is zero and each block passes its input through unchanged;
-    one step of training moves the output projection off zero, and the next reaches the blocks' gates. The flag is
-    refused where there is no from-scratch Raw to start."""
+    one step of training moves the output projection off zero, and the next reaches the blocks' gates. The flag
+    reaches a from-scratch Raw round and is refused where there is none to start."""
     from krea2.demo import build_transformer
 
     transformer = build_transformer(seed=2)
     train.zero_modulation(transformer)
     latents, embeds = torch.randn(2, 16, 64), torch.randn(2, 5, len(train.TEXT_LAYERS), 64)
     sigma = torch.tensor([0.3, 0.9])
+    passed = []
+    for block in transformer.transformer_blocks:
+        block.register_forward_hook(lambda module, args, output: passed.append(torch.equal(output, args[0])))
     assert torch.count_nonzero(train.velocity(transformer, latents, embeds, None, sigma, 64)) == 0
+    assert passed == [True] * len(transformer.transformer_blocks)
     block = transformer.transformer_blocks[0]
-    hidden = torch.randn(2, 21, 192)
-    temb = transformer.time_mod_proj(torch.nn.functional.gelu(transformer.time_embed(sigma, torch.float32)))
-    rotary = transformer.rotary_emb(train.image_positions(5, 64 // 16, "cpu"))
-    assert torch.equal(block(hidden, temb, rotary), hidden)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3)
     for _ in range(2):
         optimizer.zero_grad()
@@ -496,5 +504,24 @@ def test_zero_init_starts_raw_at_zero_with_every_block_the_identity_and_still_le
         optimizer.step()
     assert torch.count_nonzero(train.velocity(transformer, latents, embeds, None, sigma, 64)) > 0
     assert block.scale_shift_table.abs().sum() > 0
-    with pytest.raises(SystemExit, match="from-scratch Raw"):
-        train.main(["--smoke", "--device", "cpu", "--work", str(tmp_path), "--stages", "turbo", "--zero-init"])
+    smoke = ["--smoke", "--device", "cpu", "--work", str(tmp_path)]
+    for stages in (["--stages", "turbo"], ["--stages", "raw", "--raw-round", "1"]):
+        with pytest.raises(SystemExit, match="from-scratch Raw starts"):
+            train.main([*smoke, *stages, "--zero-init"])
+
+    class Reached(Exception):
+        pass
+
+    def reached(what: str) -> Callable[..., None]:  # stops the stage there, before any picture is drawn
+        def stop(*args, **kwargs) -> None:
+            raise Reached(what)
+
+        return stop
+
+    monkeypatch.setattr(train, "zero_modulation", reached("zeroed"))
+    monkeypatch.setattr(train, "LatentPool", reached("the pool"))
+    train.main([*smoke, "--stages", "import"])
+    with pytest.raises(Reached, match="zeroed"):
+        train.main([*smoke, "--stages", "raw", "--zero-init"])
+    with pytest.raises(Reached, match="the pool"):  # without the flag the weights are left as built
+        train.main([*smoke, "--stages", "raw"])
