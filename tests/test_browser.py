@@ -265,3 +265,23 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, tmp_path):
     page.locator("#send-btn").click()  # the result becomes the next init image
     page.locator("#upscale-2-btn").click()  # and the hi-res pass runs on it
     page.get_by_text("Image input: upscaled ×2 to 512×512.").wait_for(timeout=120_000)
+
+
+def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
+    """Seed -1 (another tool's "random") is refused in one sentence on the progress line, and the Generate button
+    comes back for the next try, with the seed put right (a hostile pass found it left disabled until a reload)."""
+    small(page)
+    page.get_by_label("Randomize seed").first.uncheck()
+    set_number(page, "seed", -1)
+    page.locator("#prompt textarea").fill("a red circle on a blue background")
+    page.locator("#generate-btn").click()
+    page.locator("#progress").get_by_text(re.compile(r"seed must be between 0 and \d+ \(it is -1\)")).wait_for(
+        timeout=30_000
+    )
+    button = page.locator("#generate-btn")
+    page.wait_for_function("el => !el.disabled", arg=button.element_handle(), timeout=10_000)
+    shot(page, "09-seed-out-of-range")
+    set_number(page, "seed", 7)
+    button.click()
+    page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
+    assert page.get_by_text("Seed used: 7").is_visible()

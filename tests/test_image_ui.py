@@ -3,6 +3,8 @@ the editor's picture and painted strokes, the hi-res pass, send-to-img2img and r
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,3 +131,23 @@ def test_the_editor_note_says_what_generate_will_do_before_any_click() -> None:
     assert "outpaint, generated at 560×256" in outpaint
     refused = Handlers.describe_start({"background": picture, "layers": []}, 1.0, 8, 5000, 0, 0, 0)
     assert refused == "⚠️ Outpaint left must be a whole number of pixels from 0 to 1024."
+
+
+def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(handlers) -> None:
+    """A PNG from another tool may say Steps 500, a 5000x3 size, seed -1 or guidance "high": Generate's controls get
+    values they take (a control left out of range refused the next run, and a text guidance crashed the handler),
+    and the note under the checkpoint says what was changed."""
+    values = {"prompt": "a fox", "checkpoint": "raw", "steps": 500, "guidance": "high", "width": 5000, "height": 3,
+              "seed": -1}  # fmt: skip
+    filled = handlers.send_png_to_generate(values, {})
+    prompt, _, checkpoint, steps, guidance, width, height, seed, randomize, _, note = filled[:11]
+    note = html.unescape(note)  # the values are shown as text, escaped for the Markdown they sit in
+    assert (prompt, checkpoint, steps["value"], guidance["value"]) == ("a fox", "raw", 100, 3.5)
+    assert (width, height, seed, randomize) == (2048, 256, 0, True)
+    for said in ("Steps 500 is outside", "set to 100", "Guidance 'high' is not a number", "Width 5000",
+                 "Height 3", "Seed -1"):  # fmt: skip
+        assert said in note
+    ours = handlers.send_png_to_generate({**values, "steps": 30, "guidance": 2.0, "width": 512, "height": 768,
+                                          "seed": 9}, {})  # fmt: skip
+    assert (ours[3]["value"], ours[4]["value"], ours[5], ours[6], ours[7], ours[8]) == (30, 2.0, 512, 768, 9, False)
+    assert "outside" not in ours[10] and "not a number" not in ours[10]

@@ -29,7 +29,7 @@ from krea2 import (
 )
 from krea2.demo import DEMO_SIDES
 from krea2.errors import ContentBlocked, LoraError
-from krea2.request import MAX_LORAS, MAX_SEED, LoraChoice
+from krea2.request import MAX_LORAS, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, LoraChoice
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
 from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
@@ -468,13 +468,33 @@ class Handlers:
         return self._fill_generate(values, settings)
 
     def _fill_generate(self, values: dict[str, Any], settings: dict):
+        """Generate's controls from recorded settings (a history item, a result, a PNG's metadata). A PNG may come from
+        another tool: a value outside what a control takes is brought into range (a slider or number box left out
+        of range refuses the next run) and said so under the checkpoint; one that is not a number is left out."""
         checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else DEFAULT_CHECKPOINT
         spec = get_spec(checkpoint)
-        steps = values.get("steps") or spec.default_steps
-        guidance = values.get("guidance") if values.get("guidance") is not None else spec.default_guidance
+        notes: list[str] = []
+
+        def fitted(name: str, default: float, lo: float, hi: float, multiple: int = 0) -> float:
+            value = values.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN too
+                if value is not None:
+                    notes.append(f"{name.capitalize()} {value!r} is not a number: left at {default:g}.")
+                return default
+            fit = min(max(round(value / multiple) * multiple if multiple else value, lo), hi)
+            if fit != value:
+                notes.append(f"{name.capitalize()} {value:g} is outside what {spec.display_name} takes: "
+                             f"set to {fit:g}.")  # fmt: skip
+            return fit
+
+        steps = int(fitted("steps", spec.default_steps, *spec.steps_range))
+        guidance = fitted("guidance", spec.default_guidance, *spec.guidance_range)
+        width = int(fitted("width", self.default_size[0], MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE))
+        height = int(fitted("height", self.default_size[1], MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE))
         seed = values.get("seed")
-        width = values.get("width") or self.default_size[0]
-        height = values.get("height") or self.default_size[1]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            notes.append(f"Seed {seed!r} is not one this app draws with (0 to {MAX_SEED}): a random seed is used.")
+            seed = None
         prompt, loras = recorded_prompt_and_loras(values)
         lora_rows, lora_note = self.loras.rows_for(loras)
         return (
@@ -491,7 +511,7 @@ class Handlers:
                 choices=preset_choices(checkpoint, self.service.demo),
                 value=preset_for(width, height, checkpoint, self.service.demo),
             ),
-            checkpoint_note(checkpoint, self.service.demo),
+            "\n\n".join([checkpoint_note(checkpoint, self.service.demo), *map(as_text, notes)]),
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
             gr.Tabs(selected="generate"),

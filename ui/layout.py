@@ -7,8 +7,7 @@ from functools import partial
 import gradio as gr
 
 from krea2 import RAW, TURBO, get_spec
-from krea2.image_input import OUTPAINT_MAX
-from krea2.request import MAX_IMAGES, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from krea2.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from studio.service import StudioService
 
 from .api import register_api
@@ -134,7 +133,11 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             width = gr.Slider(**side, value=width_0, label="Width", elem_id="width")
                             height = gr.Slider(**side, value=height_0, label="Height", elem_id="height")
                         with gr.Row():
-                            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                            # No minimum/maximum on the number boxes: Gradio refuses a value outside them before
+                            # the handler runs, and the chain then never reached `idle`, leaving Generate disabled
+                            # until a reload (seed -1, another tool's "random"). GenerationRequest and the image
+                            # inputs check the ranges and say so on the progress line.
+                            seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
                             randomize = gr.Checkbox(value=True, label="Randomize seed")
                             num_images = gr.Slider(1, MAX_IMAGES, value=REQUEST_DEFAULTS["num_images"], step=1,
                                                    label="Images")  # fmt: skip
@@ -152,8 +155,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             feather = gr.Slider(0, 64, value=8, step=1, label="Mask feather (px)", elem_id="feather")
                             with gr.Row():
                                 outpaint = [
-                                    gr.Number(label=f"Outpaint {side} (px)", value=0, precision=0, minimum=0,
-                                              maximum=OUTPAINT_MAX, step=SIDE_MULTIPLE, elem_id=f"outpaint-{side}")
+                                    gr.Number(label=f"Outpaint {side} (px)", value=0, precision=0,
+                                              step=SIDE_MULTIPLE, elem_id=f"outpaint-{side}")
                                     for side in ("left", "right", "top", "bottom")
                                 ]  # fmt: skip
                             init_note = gr.Markdown(elem_id="init-note")
@@ -189,7 +192,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         c_prompt = gr.Textbox(label="Prompt", lines=1, max_lines=8, elem_id="compare-prompt")
                         c_negative = gr.Textbox(label="Negative prompt (Raw)", elem_id="compare-negative")
                         with gr.Row():
-                            c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                            c_seed = gr.Number(label="Seed", value=0, precision=0, elem_id="compare-seed")
                             c_random = gr.Checkbox(value=True, label="Randomize seed")
                         with gr.Row():
                             c_width = gr.Slider(**side, value=width_0, label="Width", elem_id="compare-width")
