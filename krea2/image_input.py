@@ -82,7 +82,9 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImage(f"The {what} declares an enormous size (a decompression bomb); refused.") from None
-        except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "not an image" / "truncated"
+        except Image.UnidentifiedImageError:  # its message names a BytesIO object, nothing a person can use
+            raise InvalidImage(f"The {what} could not be read as an image: use a PNG, JPEG or WebP file.") from None
+        except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "truncated", "broken"
             raise InvalidImage(f"The {what} could not be read as an image ({error}).") from None
     return image, data
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +98,23 @@ def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     )
 
 
+def _write_out(out: Path, paths: list[str], result, sign_png: Callable[[bytes], bytes] | None) -> None:
+    """`--out`: the history's copy of the first image, or (with `--no-history`) the image encoded with its metadata,
+    written whole or not at all."""
+    from storage.files import encode_png, write_atomic
+
+    if paths:
+        write_atomic(out, Path(paths[0]).read_bytes())
+        return
+    from storage.pnginfo import build_pnginfo
+
+    from .recording import png_parameters
+
+    params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
+    png = encode_png(result.images[0], build_pnginfo(params))
+    write_atomic(out, sign_png(png) if sign_png is not None else png)
+
+
 def _generate(
     request: GenerationRequest,
     settings: Settings,
@@ -155,18 +171,11 @@ def _generate(
         paths = [str(store.absolute(image.path).absolute()) for image in generation.images]
     if args.out:
         out = Path(args.out).absolute()  # both paths printed absolute, like the history copies
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if paths:
-            shutil.copyfile(paths[0], out)
-        else:
-            from storage.files import encode_png
-            from storage.pnginfo import build_pnginfo
-
-            from .recording import png_parameters
-
-            params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
-            png = encode_png(result.images[0], build_pnginfo(params))
-            out.write_bytes(sign_png(png) if sign_png is not None else png)
+        try:
+            _write_out(out, paths, result, sign_png)
+        except StorageError as error:  # the image is made (and in the history, when recorded): say where it is
+            kept = f" The image is in the history as generation {generation_id}." if generation_id is not None else ""
+            raise StorageError(f"{error}{kept}") from None
         paths.insert(0, str(out))
     line = {
         "checkpoint": result.request.checkpoint,
@@ -238,6 +247,8 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     from .signing import png_signer
 
     try:
+        if getattr(args, "out", None) and Path(args.out).is_dir():  # found before any model loads, not after the run
+            raise InvalidRequest("--out", args.out, "is a folder; give the file to write, e.g. picture.png")
         request = request_of(args)
         settings = load_settings(environ, args)
         policy, sign_png = content_policy(settings), png_signer(settings)

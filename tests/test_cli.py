@@ -56,6 +56,23 @@ def test_cli_bad_input_is_exit_2_and_one_line(capsys):
         assert caught.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
 
 
+def test_cli_out_as_a_folder_is_bad_input_and_an_unwritable_out_says_where_the_image_is(tmp_path, capsys,
+                                                                                        demo_sources):  # fmt: skip
+    """`--out` naming a folder stopped with IsADirectoryError's traceback after the run (a hostile pass): it is bad
+    input, found before anything loads. A file that cannot be written is one line that says the generation is kept."""
+    assert cli.run(parsed("--prompt", "x", "--out", str(tmp_path)), environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out: is a folder") and len(err.strip().splitlines()) == 1, err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {"KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent)}
+    args = ("--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256")
+    assert cli.run(parsed(*args, "--out", str(blocker / "fox.png")), environ=env) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "The image is in the history as generation 1." in err, err
+    assert not list(tmp_path.glob("file*/*"))
+
+
 def test_cli_bad_engine_setting_is_exit_2_and_one_line(capsys):
     for name, value in (("KREA2_STEP_CACHE", "fast"), ("KREA2_ATTENTION", "flash5"), ("KREA2_PLACEMENT", "tpu")):
         assert cli.run(parsed("--demo", "--prompt", "x"), environ={name: value}) == 2

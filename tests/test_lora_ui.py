@@ -150,3 +150,13 @@ def test_the_page_builds_with_both_pickers(service):
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
     assert {"generate-lora-1", "generate-lora-4", "compare-lora-1", "compare-mode", "history-lora"} <= ids
     assert isinstance(app, gr.Blocks)
+
+
+def test_a_lora_note_shows_quotes_and_markdown_characters_as_typed():
+    """A hostile pass found "it has &#x27;a&#x27;" in an upload's refusal: the `#` of the quote's entity had been
+    escaped for Markdown, so the entity showed as text."""
+    from ui.loras import shown
+
+    note = shown("it has 'a'; expected keys like 'transformer…' #1 *b* <i>")
+    assert "&#x27;a&#x27;" in note and "\\&" not in note and "&\\#" not in note
+    assert "\\#1 \\*b\\*" in note and "&lt;i&gt;" in note

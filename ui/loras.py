@@ -30,8 +30,9 @@ HUB_URL = re.compile(
 
 
 def shown(text: str) -> str:
-    """Text (a LoRA name, an error) as Markdown that displays exactly its characters."""
-    return MARKDOWN_SPECIALS.sub(r"\\\1", as_text(text))
+    """Text (a LoRA name, an error) as Markdown that displays exactly its characters. Markdown's specials are escaped
+    before the HTML ones: the other way round, the `#` of `&#x27;` got a backslash and a quote showed as its entity."""
+    return as_text(MARKDOWN_SPECIALS.sub(r"\\\1", str(text)))
 
 
 def lora_choices(values: Sequence[Any]) -> list[dict[str, Any]]:
