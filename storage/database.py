@@ -62,6 +62,12 @@ def make_engine(url: str, *, transactional_ddl: bool = False) -> Engine:
     return engine
 
 
+def _foreign_keys(connection, on: bool) -> None:
+    """SQLite's foreign keys on or off for this connection. Run on the driver's connection, outside any transaction:
+    inside one SQLite ignores the pragma (SQLAlchemy would begin one before a statement of its own)."""
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
 def alembic_config(extra_version_locations: list[str] | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -87,9 +93,19 @@ def migrate(url: str, extra_version_locations: list[str] | None = None) -> None:
         if before == head:
             return
         log.info("Migrating history database %s -> %s", before or "empty", head)
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:  # a table rebuild drops the old table, which would cascade to its images with foreign keys on
+                _foreign_keys(connection, on=False)
+            try:
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+                    if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("a migration left rows pointing at rows that are gone")
+            finally:
+                if sqlite:
+                    _foreign_keys(connection, on=True)
     except (SQLAlchemyError, OSError, RuntimeError, ValueError) as error:
         raise StorageError(
             f"The history database could not be upgraded ({type(error).__name__}: {str(error).splitlines()[0]}); "

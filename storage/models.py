@@ -62,6 +62,9 @@ class Generation(Base):
         Index("ix_generations_checkpoint_id", "checkpoint", "id"),
         Index("ix_generations_favorite_id", "favorite", "id"),
         Index("ix_generations_comparison_id", "comparison_id"),
+        # SQLite reuses the largest rowid once its row is deleted: "generation #64" would then name another image
+        # for an API client or an open tab (migration 0004). PostgreSQL's sequences never hand an id out twice.
+        {"sqlite_autoincrement": True},
     )
 
     def timings_ms(self) -> dict[str, int | None]:

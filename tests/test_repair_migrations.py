@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from storage_helpers import new_generation
 
-from storage import HistoryStore, StorageError
+from storage import HistoryFilter, HistoryStore, StorageError
 from storage.database import alembic_config, current_revision, make_engine, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +121,46 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
             with Image.open(path) as img:
                 img.load()  # complete PNG, not a partial one
     assert not list((data / "images").rglob(".tmp-*"))
+
+
+def test_generation_ids_are_never_reused_and_the_rebuild_keeps_every_image(tmp_path):
+    """A hostile pass saw "Generation #64" twice: SQLite handed a deleted newest row's id to the next one. Migration
+    0004 rebuilds the table with AUTOINCREMENT; run with foreign keys off, the old table's drop does not take the
+    images with it."""
+    from alembic import command
+
+    from storage.database import _foreign_keys
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    store = HistoryStore(tmp_path / "d", url).open()
+    first, second, newest = (store.add(new_generation(f"g{i}", images=1)) for i in range(3))
+    assert store.delete(newest.id)
+    assert store.add(new_generation("after", images=0)).id == newest.id + 1
+    store.close()
+
+    def table_sql() -> str:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            sql = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'generations'")).scalar()
+        engine.dispose()
+        return sql
+
+    engine = make_engine(url, transactional_ddl=True)  # back to the schema before 0004, as older databases are
+    with engine.connect() as connection:
+        _foreign_keys(connection, on=False)
+        with connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0003_image_inputs")
+        _foreign_keys(connection, on=True)
+    engine.dispose()
+    assert "AUTOINCREMENT" not in table_sql()
+    store = HistoryStore(tmp_path / "d", url).open()  # migrates to the newest schema
+    assert "AUTOINCREMENT" in table_sql()
+    assert [len(store.get(g.id).images) for g in (first, second)] == [1, 1]
+    assert all(store.absolute(store.get(g.id).images[0].path).is_file() for g in (first, second))
+    assert [g.id for g in store.page(filters=HistoryFilter(text="g1")).items] == [second.id]  # search kept up
+    latest = store.add(new_generation("latest", images=1))
+    assert [g.id for g in store.page(filters=HistoryFilter(text="latest")).items] == [latest.id]
+    assert store.delete(latest.id) and store.add(new_generation("next", images=0)).id == latest.id + 1
+    store.close()
