@@ -4,6 +4,7 @@ the editor's picture and painted strokes, the hi-res pass, send-to-img2img and r
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,16 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
                                           "seed": 9}, {})  # fmt: skip
     assert (ours[3]["value"], ours[4]["value"], ours[5], ours[6], ours[7], ours[8]) == (30, 2.0, 512, 768, 9, False)
     assert "outside" not in ours[10] and "not a number" not in ours[10]
+
+
+def test_a_result_deleted_from_history_leaves_the_results_gallery_at_the_next_run(handlers) -> None:
+    """A hostile pass: after a delete, the next run's gallery still held the deleted file, and clicking its tile showed
+    Gradio's refusal with the file's path on the server."""
+    first = last(handlers.generate("a red circle", "", "turbo", 2, 0.0, 256, 256, 1, False, 1, []))
+    kept = last(handlers.generate("a blue square", "", "turbo", 2, 0.0, 256, 256, 2, False, 1, first[4]))
+    gone = kept[4][0]["generation_id"]
+    handlers.delete([gone, 0])
+    after = last(handlers.generate("a green star", "", "turbo", 2, 0.0, 256, 256, 3, False, 1, kept[4]))
+    shown_ids = [item["generation_id"] for item in after[4]]
+    assert gone not in shown_ids and shown_ids[1:] == [first[4][0]["generation_id"]]
+    assert len(after[2]) == 2 and all(Path(path).is_file() for path, _caption in after[2])

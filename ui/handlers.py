@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -330,7 +331,9 @@ class Handlers:
                          "position": image.position, "caption": f"seed {image.seed}"}
                         for image in generation.images
                     ]  # fmt: skip
-                    items = new + list(items or [])
+                    # Results deleted from History since (their files gone) leave the gallery: Gradio refused to
+                    # serve a missing file with a message naming its path on the server.
+                    items = new + [i for i in items or [] if isinstance(i, dict) and Path(str(i.get("path"))).is_file()]
                     t = event.result.timings
                     warnings = "".join(f"\n\n⚠️ {w}" for w in event.result.warnings)
                     text = (f"**Done** in {t.total_s:.2f} s (encode {t.encode_s:.2f} · denoise {t.denoise_s:.2f} · "
