@@ -69,6 +69,22 @@ def test_cancel_mid_run_leaves_no_image_and_records_cancelled(service):
     assert not list((service.store.data_dir / "images").rglob("*.png"))
 
 
+def test_cancel_while_a_run_waits_in_the_queue_stops_it_before_it_starts(service):
+    """A hostile pass: Cancel clicked while a page's run waited for the GPU found nothing to stop, and the run went
+    ahead and was recorded. The page's click marks the run as asked for (`expect`); a Cancel before it starts stops
+    it there, with nothing recorded; a Cancel with nothing asked for or running says so, and the next run is not
+    touched by an earlier Cancel."""
+    assert not service.cancel("page")  # nothing running, nothing waiting
+    service.expect("page")
+    assert service.cancel("page")
+    with pytest.raises(Cancelled):
+        list(service.generate(GenerationRequest(prompt="waited", seed=1, **SMALL), "page"))
+    assert statuses(service.store) == [] and not service.cancel("page")
+    service.expect("page")  # the next click: runs as usual
+    assert run(service, GenerationRequest(prompt="next", seed=2, **SMALL), "page")
+    assert statuses(service.store) == ["ok"]
+
+
 @pytest.mark.parametrize(
     ("error", "message"),
     [(errno.ENOSPC, "is full"), (errno.EROFS, "not writable"), (errno.EACCES, "not writable")],

@@ -289,6 +289,16 @@ class Handlers:
         """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""
         return gr.update(interactive=False, value=label)
 
+    def queued(self, request: gr.Request = None):
+        """`busy` for Generate's runs, and the run marked as asked for: a Cancel while it waits in the queue stops it
+        before it starts (StudioService.expect)."""
+        self.service.expect(session_of(request))
+        return self.busy()
+
+    def compare_queued(self, request: gr.Request = None):
+        self.service.expect(compare_session(request))
+        return self.busy("Comparing…")
+
     @staticmethod
     def idle(label: str = "Generate"):
         return gr.update(interactive=True, value=label)

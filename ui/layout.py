@@ -327,7 +327,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # spinner or badge on the images.
         run = {"show_progress": "full", "show_progress_on": progress, **gpu}
         for trigger in (generate_btn.click, prompt.submit):
-            trigger(handlers.busy, None, generate_btn, queue=False, **private).then(
+            trigger(handlers.queued, None, generate_btn, queue=False, **private).then(
                 handlers.generate, gen_inputs, gen_outputs, **run
             ).then(handlers.idle, None, generate_btn, queue=False, **private)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
@@ -343,16 +343,16 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
-            button.click(handlers.busy, None, generate_btn, queue=False, **private).then(
+            button.click(handlers.queued, None, generate_btn, queue=False, **private).then(
                 handlers.upscaler(factor), [selected, results], gen_outputs, **run
             ).then(handlers.idle, None, generate_btn, queue=False, **private)
         vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success(
-            handlers.busy, None, generate_btn, queue=False, **private
+            handlers.queued, None, generate_btn, queue=False, **private
         ).then(handlers.generate, gen_inputs, gen_outputs, **run).then(
             handlers.idle, None, generate_btn, queue=False, **private
         )
 
-        compare_btn.click(partial(handlers.busy, "Comparing…"), None, compare_btn, queue=False, **private).then(
+        compare_btn.click(handlers.compare_queued, None, compare_btn, queue=False, **private).then(
             handlers.compare,
             [c_prompt, c_negative, c_seed, c_random, c_width, c_height, c_raw_steps, c_raw_guidance, c_turbo_steps,
              c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
