@@ -363,6 +363,9 @@ class HistoryStore:
         else:
             for word in words:
                 query = query.where(Generation.prompt.ilike(f"%{word}%"))
+        typed = (filters.text or "").strip()
+        if typed and not words:  # only punctuation or emoji ("%", "🦊"): matched as typed, not dropped to "everything"
+            query = query.where(Generation.prompt.contains(typed[:100], autoescape=True))
         return query
 
     def page(self, cursor: int | None = None, limit: int = 24, filters: HistoryFilter | None = None) -> Page:

@@ -38,6 +38,16 @@ def test_page_is_newest_first_and_keyset(store):
     assert [g.id for g in last.items] == ids[:1] and last.next_cursor is None
 
 
+def test_a_search_of_only_punctuation_or_emoji_finds_it_as_typed(store):
+    """A hostile pass: "%" or "🦊" showed every generation (no word left to search for)."""
+    fox = store.add(new_generation("a fox 🦊 at 100% speed", images=0))
+    store.add(new_generation("a plain whale", images=0))
+    for typed in ("🦊", "%", " % "):
+        assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [fox.id], typed
+    assert store.page(filters=HistoryFilter(text="_")).items == []  # LIKE's wildcards are characters here
+    assert store.count(HistoryFilter(text="🐳")) == 0
+
+
 def test_filters_search_favorites_comparisons(store):
     fox = store.add(new_generation("a red fox in the snow", images=0))
     store.add(new_generation("a blue whale", images=0, checkpoint="raw"))
