@@ -285,3 +285,21 @@ def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
     button.click()
     page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
     assert page.get_by_text("Seed used: 7").is_visible()
+
+
+def test_upscale_from_history_holds_generate_until_it_is_done(page):
+    """History's Upscale ×2 runs on the Generate tab like Generate itself: its button is held while the pass runs
+    (a hostile pass found it clickable, a second run queued behind the first) and back when it is done."""
+    small(page)
+    page.locator("#prompt textarea").fill("a yellow star on a purple background")
+    page.locator("#generate-btn").click()
+    page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-gallery img").first.wait_for(timeout=30_000)
+    page.locator("#history-gallery img").first.click()
+    page.locator("#history-params").get_by_text("a yellow star").wait_for(timeout=10_000)
+    page.locator("#history-upscale").click()
+    button = page.locator("#generate-btn")
+    page.wait_for_function("el => el.disabled", arg=button.element_handle(), timeout=10_000)
+    page.locator("#progress").get_by_text(re.compile(r"upscaled ×2 to 512×512")).wait_for(timeout=90_000)
+    page.wait_for_function("el => !el.disabled", arg=button.element_handle(), timeout=10_000)

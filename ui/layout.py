@@ -386,7 +386,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then(
-            handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run
+            handlers.queued,
+            None,
+            generate_btn,
+            queue=False,
+            **private,  # one run at a time, as from Generate
+        ).then(handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run).then(
+            handlers.idle, None, generate_btn, queue=False, **private
         )
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
