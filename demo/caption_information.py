@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from demo.evaluate import load_manager
-from demo.scenes import COLOURS, KINDS, Composition, held_out, render, scene_for
-from demo.train import LatentEncoder, Tokens, bf16, raw_mu, training_sigmas, velocity
+from demo.scenes import COLOURS, KINDS, Composition, held_out
+from demo.train import Tokens, bf16, ground_truth, raw_mu, training_sigmas, velocity
 
 SIGMAS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
 
@@ -52,16 +52,8 @@ def measure(
     pipe, compositions: list[Composition], sigmas: tuple[float, ...] = SIGMAS, size: int = 256, seed: int = 3
 ) -> dict[str, object]:
     device = pipe._execution_device
-    vae = pipe.vae
-    stats = {"mean": vae.config.latents_mean, "std": vae.config.latents_std}
-    rng = random.Random(seed)
-    scenes = [scene_for(c, rng) for c in compositions]
-    pixels = render(scenes, size, device, seed=seed) * 2 - 1
-    encoder = LatentEncoder(vae, stats, device)
-    with bf16(device):
-        x0 = torch.cat([encoder(chunk) for chunk in pixels.split(32)]).float()
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    rng = random.Random(seed)  # the pictures' places and sizes, then the swapped words
+    x0, noise, _ = ground_truth(pipe, compositions, size, seed, rng, chunk=32)
     captions = {
         "right": [c.prompt for c in compositions],
         **{f"{field} swapped": [swapped(c, field, rng).prompt for c in compositions] for field in ("kind", "colour")},

@@ -816,29 +816,39 @@ PROBE_STEPS, PROBE_SINGLES, PROBE_OTHERS = 20, 48, 8
 
 
 @torch.no_grad()
+def ground_truth(
+    pipe, compositions: list[Composition], size: int, seed: int, rng: random.Random, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """Ground-truth pictures of `compositions` (places and sizes drawn from `rng`, rendered with `seed`) as Raw's
+    normalised latents, noise for them, and the generator that drew the noise (what else is drawn continues it)."""
+    from demo.scenes import scene_for
+
+    device = pipe._execution_device
+    vae = pipe.vae
+    stats = {"mean": vae.config.latents_mean, "std": vae.config.latents_std}
+    scenes = [scene_for(c, rng) for c in compositions]
+    pixels = render(scenes, size, device, seed=seed) * 2 - 1
+    encoder = LatentEncoder(vae, stats, device)
+    with bf16(device):
+        x0 = torch.cat([encoder(part) for part in pixels.split(chunk)]).float()
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    return x0, noise, generator
+
+
+@torch.no_grad()
 def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: int = 5) -> float:
     """How much the right caption lowers Raw's flow-matching loss on ground-truth pictures of `compositions`, against
     another composition's caption, with the same pictures, noise and noise levels: 1 - loss(right) / loss(other).
     0 for a transformer that ignores its caption, 0.88 for the committed Raw on the probe's 64 prompts. Meant to rise
     before the pictures come out right (not yet measured on a from-scratch run; session m's scored 9 % held-out after
     3,000 steps on a GPU), so that early probes can tell two recipes apart."""
-    from demo.scenes import scene_for
-
     device = pipe._execution_device
-    vae = pipe.vae
-    stats = {"mean": vae.config.latents_mean, "std": vae.config.latents_std}
-    rng = random.Random(seed)
-    scenes = [scene_for(c, rng) for c in compositions]
-    pixels = render(scenes, size, device, seed=seed) * 2 - 1
-    encoder = LatentEncoder(vae, stats, device)
-    with bf16(device):
-        x0 = torch.cat([encoder(chunk) for chunk in pixels.split(64)]).float()
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    x0, noise, generator = ground_truth(pipe, compositions, size, seed, random.Random(seed))
     sigma = training_sigmas(x0.shape[1], len(x0), generator=generator).to(device)
     noisy = (1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * noise
     tokens = Tokens(pipe, device)
-    captions = [scene.caption for scene in scenes]
+    captions = [c.prompt for c in compositions]  # what scene_for captions each picture with
     losses = []
     for these in (captions, captions[1:] + captions[:1]):  # each picture with its own caption, then its neighbour's
         with bf16(device):
