@@ -79,10 +79,10 @@ class StudioService:
             Image.new("RGB", (256, 256), (60, 60, 66)).save(buffer, format="WEBP")
             write_atomic(self.placeholder, buffer.getvalue())
         self._cancel_events: dict[str, threading.Event] = {}
-        # A page's run that was asked for and waits in Gradio's queue (`expect`): Cancel marks it, and it then stops
-        # before it starts. Without it a Cancel clicked while the run waited found nothing to stop, and the run went
-        # ahead (a hostile pass saw it finish and be recorded).
-        self._waiting: dict[str, threading.Event] = {}
+        # A page's runs that were asked for and wait in Gradio's queue (`expect`), oldest first: Cancel marks them,
+        # and each then stops when its handler takes its mark (`started`). Without them a Cancel clicked while a run
+        # waited found nothing to stop, and the run went ahead (a hostile pass saw it finish and be recorded).
+        self._waiting: dict[str, collections.deque[threading.Event]] = {}
         self._job_events: dict[str, threading.Event] = {}  # Gradio event id -> its generation's cancel event
         self._cancelled_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()  # cancelled, newest last
         self._lock = threading.Lock()
@@ -122,22 +122,32 @@ class StudioService:
         return True
 
     def expect(self, session: str) -> None:
-        """A run for `session` was just asked for (its page's button was clicked) and may wait in the queue: until it
-        starts, `cancel(session)` stops it from starting. A later request replaces an earlier one's mark."""
+        """A run for `session` was just asked for (its page's button was clicked) and may wait in the queue: until its
+        handler calls `started(session)`, `cancel(session)` stops it from starting."""
         with self._lock:
-            self._waiting[session] = threading.Event()
+            self._waiting.setdefault(session, collections.deque()).append(threading.Event())
+
+    def started(self, session: str) -> bool:
+        """The oldest run `session` asked for has left the queue: takes its mark (whatever the handler does next, so
+        no mark outlives its run) and says whether it was cancelled while it waited. Runs without a mark (the API's,
+        which cancel by job) were not."""
+        with self._lock:
+            marks = self._waiting.get(session)
+            mark = marks.popleft() if marks else None
+            if marks is not None and not marks:
+                del self._waiting[session]
+        return mark is not None and mark.is_set()
 
     def cancel(self, session: str) -> bool:
-        """Stop `session`'s run: the one running, or else the one it asked for that has not started yet. Returns
+        """Stop `session`'s run: the one running, or else the ones it asked for that have not started yet. Returns
         whether there was one to stop."""
         with self._lock:
-            event = self._cancel_events.get(session)
-            if event is None or event.is_set():
-                event = self._waiting.get(session)
-        if event is None or event.is_set():
-            return False
-        event.set()
-        return True
+            running = self._cancel_events.get(session)
+            events = [running] if running is not None and not running.is_set() else list(self._waiting.get(session, ()))
+        events = [event for event in events if not event.is_set()]
+        for event in events:
+            event.set()
+        return bool(events)
 
     def _run_recorded(
         self, request: GenerationRequest, on_step, cancel_event: threading.Event, comparison_id: str | None
@@ -203,10 +213,6 @@ class StudioService:
         If the consumer goes away (browser closed, Gradio cancel), the running generation is cancelled too, and so it
         is when `cancel_job(job)` names this stream's Gradio event (before it started: nothing runs, nothing is
         recorded)."""
-        with self._lock:
-            waited = self._waiting.pop(session, None)
-        if waited is not None and waited.is_set():  # cancelled while it waited: nothing runs, nothing is recorded
-            raise Cancelled()
         for _label, request in requests:  # a LoRA the folder lacks is refused like any other field: nothing recorded
             self.manager.lora_files(request)
         cancel_event = self._cancel_event(session)

@@ -288,7 +288,7 @@ def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
 
 
 def test_upscale_from_history_holds_generate_until_it_is_done(page):
-    """History's Upscale ×2 runs on the Generate tab like Generate itself: its button is held while the pass runs
+    """History's "Upscale x2" runs on the Generate tab like Generate itself: its button is held while the pass runs
     (a hostile pass found it clickable, a second run queued behind the first) and back when it is done."""
     small(page)
     page.locator("#prompt textarea").fill("a yellow star on a purple background")

@@ -71,18 +71,35 @@ def test_cancel_mid_run_leaves_no_image_and_records_cancelled(service):
 
 def test_cancel_while_a_run_waits_in_the_queue_stops_it_before_it_starts(service):
     """A hostile pass: Cancel clicked while a page's run waited for the GPU found nothing to stop, and the run went
-    ahead and was recorded. The page's click marks the run as asked for (`expect`); a Cancel before it starts stops
-    it there, with nothing recorded; a Cancel with nothing asked for or running says so, and the next run is not
-    touched by an earlier Cancel."""
+    ahead and was recorded. Each click marks a run as asked for (`expect`); its handler takes the mark when it leaves
+    the queue (`started`), whatever it does next, so a mark never outlives its run (a refused run's mark made a later
+    Cancel say "Cancelling…" for nothing). Cancel with nothing running stops every run still waiting."""
     assert not service.cancel("page")  # nothing running, nothing waiting
     service.expect("page")
+    service.expect("page")  # Enter pressed while the first waits
     assert service.cancel("page")
-    with pytest.raises(Cancelled):
-        list(service.generate(GenerationRequest(prompt="waited", seed=1, **SMALL), "page"))
-    assert statuses(service.store) == [] and not service.cancel("page")
-    service.expect("page")  # the next click: runs as usual
+    assert service.started("page") and service.started("page")  # both stop before they start
+    assert not service.started("page") and not service.cancel("page")
+    service.expect("page")
+    assert not service.started("page")  # not cancelled: runs as usual, and its mark is gone
     assert run(service, GenerationRequest(prompt="next", seed=2, **SMALL), "page")
-    assert statuses(service.store) == ["ok"]
+    assert statuses(service.store) == ["ok"] and not service.cancel("page")
+    service.expect("other")  # another page's Cancel leaves this one's run alone
+    assert not service.cancel("page") and not service.started("other")
+
+
+def test_a_queued_run_cancelled_on_the_page_is_not_recorded_and_a_refused_one_leaves_no_mark(service):
+    from ui.handlers import Handlers
+
+    handlers = Handlers(service)
+    handlers.queued(None)
+    assert service.cancel("anonymous")
+    outputs = list(handlers.generate("waited", "", "turbo", 1, 0.0, 256, 256, 1, False, 1, []))
+    assert outputs[-1][1] == "**Cancelled** before it started" and statuses(service.store) == []
+    handlers.queued(None)
+    refused = list(handlers.generate("bad seed", "", "turbo", 1, 0.0, 256, 256, -1, False, 1, []))
+    assert "seed must be between" in refused[-1][1]
+    assert not service.cancel("anonymous")  # nothing left to cancel: the page shows no "Cancelling…"
 
 
 @pytest.mark.parametrize(

@@ -289,13 +289,13 @@ class Handlers:
         """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""
         return gr.update(interactive=False, value=label)
 
-    def queued(self, request: gr.Request = None):
+    def queued(self, request: gr.Request = None) -> dict:
         """`busy` for Generate's runs, and the run marked as asked for: a Cancel while it waits in the queue stops it
         before it starts (StudioService.expect)."""
         self.service.expect(session_of(request))
         return self.busy()
 
-    def compare_queued(self, request: gr.Request = None):
+    def compare_queued(self, request: gr.Request = None) -> dict:
         self.service.expect(compare_session(request))
         return self.busy("Comparing…")
 
@@ -312,6 +312,9 @@ class Handlers:
         lora_rows, image = rows[:LORA_VALUES], (*rows[LORA_VALUES:], *IMAGE_DEFAULTS[len(rows[LORA_VALUES:]) :])
         init, strength, feather, *sides = image
         notes: tuple[str, ...] = ()
+        if self.service.started(session_of(request)):  # cancelled while it waited in the queue
+            yield gr.skip(), "**Cancelled** before it started", gr.skip(), gr.skip(), gr.skip()
+            return
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
                                 num_images, lora_choices(lora_rows))  # fmt: skip
@@ -365,6 +368,9 @@ class Handlers:
     def upscale(self, selected: Any, factor: float, items: list, request: gr.Request = None):
         """The hi-res pass on a result or history image: upscaled by `factor`, then img2img at low strength with its
         own settings, seed and LoRAs. Streams like `generate`."""
+        if self.service.started(session_of(request)):
+            yield gr.skip(), "**Cancelled** before it started", gr.skip(), gr.skip(), gr.skip()
+            return
         try:
             generation, position = self._selection(selected)
             path = self.service.image_path(generation, position)
@@ -538,6 +544,9 @@ class Handlers:
         """Streams: (progress text, raw image, turbo image, slider, info). Failures as in `generate`: one line.
         `mode` COMPARE_LORAS runs `lora_checkpoint` without and with the LoRAs instead of Raw against Turbo. `rows`:
         the LoRA picker's values, then the init image and strength (both checkpoints start from it, at its size)."""
+        if self.service.started(compare_session(request)):  # cancelled while it waited in the queue
+            yield "**Cancelled** before it started", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
         lora_rows, image = rows[:LORA_VALUES], rows[LORA_VALUES:]
         init, strength = (*image, *(None, DEFAULT_STRENGTH)[len(image) :])[:2]
         if mode == COMPARE_LORAS:
