@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StorageError
@@ -62,7 +62,12 @@ def make_engine(url: str, *, transactional_ddl: bool = False) -> Engine:
     return engine
 
 
-def _foreign_keys(connection, on: bool) -> None:
+def _dangling(connection: Connection) -> set[tuple]:
+    """SQLite's `foreign_key_check`: (table, rowid, parent table, key index) of each row whose parent is gone."""
+    return {tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check")}
+
+
+def _foreign_keys(connection: Connection, on: bool) -> None:
     """SQLite's foreign keys on or off for this connection. Run on the driver's connection, outside any transaction:
     inside one SQLite ignores the pragma (SQLAlchemy would begin one before a statement of its own)."""
     connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
@@ -99,10 +104,14 @@ def migrate(url: str, extra_version_locations: list[str] | None = None) -> None:
                 _foreign_keys(connection, on=False)
             try:
                 with connection.begin():
+                    # Rows already pointing nowhere (written with foreign keys off, e.g. by the sqlite3 shell) are
+                    # start-up repair's to handle; only ones the migration made would stop it.
+                    dangling = _dangling(connection) if sqlite else set()
                     config.attributes["connection"] = connection
                     command.upgrade(config, "head")
-                    if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                        raise RuntimeError("a migration left rows pointing at rows that are gone")
+                    if sqlite and (made := _dangling(connection) - dangling):
+                        tables = ", ".join(sorted({table for table, *_ in made}))
+                        raise RuntimeError(f"the upgrade left rows of {tables} pointing at rows that are gone")
             finally:
                 if sqlite:
                     _foreign_keys(connection, on=True)

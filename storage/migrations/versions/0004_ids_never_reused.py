@@ -29,9 +29,9 @@ def _rebuild(autoincrement: bool) -> None:
     with op.batch_alter_table("generations", recreate="always", table_kwargs={"sqlite_autoincrement": autoincrement}):
         pass
     for sql in triggers:
-        op.execute(sql)
+        bind.exec_driver_sql(sql)  # as written: through text() a ":name" in a trigger would read as a parameter
     if bind.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'generations_fts'").first() is not None:
-        op.execute("INSERT INTO generations_fts(generations_fts) VALUES ('rebuild')")
+        bind.exec_driver_sql("INSERT INTO generations_fts(generations_fts) VALUES ('rebuild')")
 
 
 def upgrade() -> None:
