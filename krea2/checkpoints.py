@@ -65,7 +65,7 @@ TURBO = CheckpointSpec(
     steps_range=(1, 100),
     guidance_range=(0.0, 20.0),
     recommended_megapixels=(1.0, 4.0),
-    description="Distilled: 8 steps, no guidance (the negative prompt applies only with guidance above 0).",
+    description="Distilled: 8 steps, guidance 0 by default (a negative prompt applies only with guidance above 0).",
     size_advice="Best at 1-4 MP.",
 )
 

@@ -9,12 +9,16 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from krea2.checkpoints import CHECKPOINTS
 from krea2.content_filter import ContentPolicy
 from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
 from krea2.image_input import InvalidImage
 from krea2.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from krea2.generation import GenerationResult
 from storage import StorageError
 
 from .settings import GENERATE, LORA, SettingError, Settings, add_flags, load_settings
@@ -98,21 +102,28 @@ def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     )
 
 
-def _write_out(out: Path, paths: list[str], result, sign_png: Callable[[bytes], bytes] | None) -> None:
+def _write_out(
+    out: Path, paths: list[str], result: GenerationResult, sign_png: Callable[[bytes], bytes] | None
+) -> None:
     """`--out`: the history's copy of the first image, or (with `--no-history`) the image encoded with its metadata,
-    written whole or not at all."""
-    from storage.files import encode_png, write_atomic
+    written whole or not at all (StorageError names `out` otherwise)."""
+    from storage.files import atomic_file, encode_png
 
-    if paths:
-        write_atomic(out, Path(paths[0]).read_bytes())
-        return
-    from storage.pnginfo import build_pnginfo
+    try:
+        if paths:
+            data = Path(paths[0]).read_bytes()
+        else:
+            from storage.pnginfo import build_pnginfo
 
-    from .recording import png_parameters
+            from .recording import png_parameters
 
-    params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
-    png = encode_png(result.images[0], build_pnginfo(params))
-    write_atomic(out, sign_png(png) if sign_png is not None else png)
+            params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
+            png = encode_png(result.images[0], build_pnginfo(params))
+            data = sign_png(png) if sign_png is not None else png
+        with atomic_file(out) as handle:
+            handle.write(data)
+    except OSError as error:
+        raise StorageError(f"--out {out} could not be written ({error.strerror or error}).") from None
 
 
 def _generate(

@@ -70,8 +70,8 @@ def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
     assert preset_for(2048, 2048, "turbo", demo=True) == CUSTOM  # no 4 MP preset for a model that learned 512²
     # and the note under the checkpoint toggle gives the demo model's size, not the real checkpoint's 1-4 MP
     assert checkpoint_note("turbo", demo=True) == (
-        "Distilled: 8 steps, no guidance (the negative prompt applies only with guidance above 0). The demo model "
-        "draws best at 256×256."
+        "Distilled: 8 steps, guidance 0 by default (a negative prompt applies only with guidance above 0). The demo "
+        "model draws best at 256×256."
     )
     assert checkpoint_note("turbo").endswith("Best at 1-4 MP.") and checkpoint_note("raw").endswith("~1 MP.")
     switched = Handlers(service).switch_checkpoint("raw", 8, 0.0, "turbo", {})

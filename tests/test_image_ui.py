@@ -145,13 +145,17 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
     note = html.unescape(note)  # the values are shown as text, escaped for the Markdown they sit in
     assert (prompt, checkpoint, steps["value"], guidance["value"]) == ("a fox", "raw", 100, 3.5)
     assert (width, height, seed, randomize) == (2048, 256, 0, True)
-    for said in ("Steps 500 is outside", "set to 100", "Guidance 'high' is not a number", "Width 5000",
-                 "Height 3", "Seed -1"):  # fmt: skip
+    for said in ("Steps 500 is not one Krea 2 Raw takes (1 to 100 in steps of 1): set to 100", "Guidance 'high' is "
+                 "not a number", "Width 5000 is not one", "Height 3", "Seed -1"):  # fmt: skip
         assert said in note
     ours = handlers.send_png_to_generate({**values, "steps": 30, "guidance": 2.0, "width": 512, "height": 768,
-                                          "seed": 9}, {})  # fmt: skip
+                                          "seed": 9.0}, {})  # fmt: skip
     assert (ours[3]["value"], ours[4]["value"], ours[5], ours[6], ours[7], ours[8]) == (30, 2.0, 512, 768, 9, False)
-    assert "outside" not in ours[10] and "not a number" not in ours[10]
+    assert "is not one" not in ours[10] and "not a number" not in ours[10]
+    odd = handlers.send_png_to_generate({**values, "steps": 7.6, "guidance": float("nan"), "width": 1000,
+                                         "height": 10**400, "seed": 10**400}, {})  # fmt: skip
+    assert (odd[3]["value"], odd[4]["value"], odd[5], odd[6], odd[8]) == (8, 3.5, 992, handlers.default_size[1], True)
+    assert "Steps 7.6 is not one" in html.unescape(odd[10]) and "in steps of 16): set to 992" in odd[10]
 
 
 def test_a_result_deleted_from_history_leaves_the_results_gallery_at_the_next_run(handlers) -> None:

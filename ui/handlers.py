@@ -38,7 +38,7 @@ from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEve
 from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
-from .image_inputs import DEFAULT_STRENGTH, describe_start, editor_source, editor_value
+from .image_inputs import DEFAULT_STRENGTH, STRENGTH_RANGE, describe_start, editor_source, editor_value
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras, shown
 from .presets import checkpoint_note, preset_choices, preset_for, preset_size
 from .text import as_text
@@ -136,6 +136,11 @@ def display_preview(preview, min_side: int = 256):
     """The latent preview is 1/8 of the image; scale it up (smoothly) so it is visible."""
     scale = max(1, -(-min_side // min(preview.size)))
     return preview.resize((preview.width * scale, preview.height * scale), resample=2)  # bilinear
+
+
+def plain_number(value: Any) -> bool:
+    """A finite int or float a control can take (not a bool, NaN or a 400-digit integer from a foreign PNG)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and abs(value) <= 2**53 and value == value
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -494,25 +499,29 @@ class Handlers:
         spec = get_spec(checkpoint)
         notes: list[str] = []
 
-        def fitted(name: str, default: float, lo: float, hi: float, multiple: int = 0) -> float:
+        def fitted(name: str, default: float, lo: float, hi: float, multiple: float = 0) -> float:
             value = values.get(name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN too
+            if not plain_number(value):
                 if value is not None:
-                    notes.append(f"{name.capitalize()} {value!r} is not a number: left at {default:g}.")
+                    notes.append(f"{name.capitalize()} {str(value)[:40]!r} is not a number: left at {default:g}.")
                 return default
             fit = min(max(round(value / multiple) * multiple if multiple else value, lo), hi)
             if fit != value:
-                notes.append(f"{name.capitalize()} {value:g} is outside what {spec.display_name} takes: "
-                             f"set to {fit:g}.")  # fmt: skip
+                step = f" in steps of {multiple:g}" if multiple else ""
+                notes.append(f"{name.capitalize()} {value:g} is not one {spec.display_name} takes ({lo:g} to {hi:g}"
+                             f"{step}): set to {fit:g}.")  # fmt: skip
             return fit
 
-        steps = int(fitted("steps", spec.default_steps, *spec.steps_range))
+        steps = int(fitted("steps", spec.default_steps, *spec.steps_range, multiple=1))
         guidance = fitted("guidance", spec.default_guidance, *spec.guidance_range)
         width = int(fitted("width", self.default_size[0], MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE))
         height = int(fitted("height", self.default_size[1], MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE))
         seed = values.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-            notes.append(f"Seed {seed!r} is not one this app draws with (0 to {MAX_SEED}): a random seed is used.")
+        if plain_number(seed) and seed == int(seed) and 0 <= seed <= MAX_SEED:
+            seed = int(seed)  # 5.0 from a JSON writer is seed 5
+        elif seed is not None:
+            notes.append(f"Seed {str(seed)[:40]} is not one this app draws with (0 to {MAX_SEED}): a random seed "
+                         "is used.")  # fmt: skip
             seed = None
         prompt, loras = recorded_prompt_and_loras(values)
         lora_rows, lora_note = self.loras.rows_for(loras)
@@ -827,7 +836,8 @@ class Handlers:
             gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
                        "folder; its settings were sent without it.")  # fmt: skip
             return None, gr.skip(), gr.skip()
-        strength = values.get("strength") if isinstance(values.get("strength"), (int, float)) else gr.skip()
+        strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
+        strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
         return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True)
 
     @friendly

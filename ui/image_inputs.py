@@ -11,6 +11,7 @@ from krea2.image_input import Outpaint
 from studio.sources import PreparedSource, image_source
 
 DEFAULT_STRENGTH = 0.6  # img2img; inpaint and outpaint default to 1 (the masked area redrawn from noise)
+STRENGTH_RANGE = (0.05, 1.0)  # the strength sliders'
 
 
 def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None:

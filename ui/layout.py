@@ -24,7 +24,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
-from .image_inputs import DEFAULT_STRENGTH
+from .image_inputs import DEFAULT_STRENGTH, STRENGTH_RANGE
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks
@@ -150,7 +150,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
                                 elem_id="init-image",
                             )  # fmt: skip
-                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, elem_id="strength",
+                            strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, elem_id="strength",
                                                  label="Strength (1 redraws from noise; lower keeps more)")  # fmt: skip
                             feather = gr.Slider(0, 64, value=8, step=1, label="Mask feather (px)", elem_id="feather")
                             with gr.Row():
@@ -215,7 +215,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             c_init = gr.Image(label="Init image (both checkpoints start from it)", type="pil",
                                               sources=["upload", "clipboard"], height=240,
                                               elem_id="compare-init")  # fmt: skip
-                            c_strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                            c_strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                                    elem_id="compare-strength")  # fmt: skip
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
