@@ -123,14 +123,30 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
     assert not list((data / "images").rglob(".tmp-*"))
 
 
-def test_generation_ids_are_never_reused_and_the_rebuild_keeps_every_image(tmp_path):
-    """A hostile pass saw "Generation #64" twice: SQLite handed a deleted newest row's id to the next one. Migration
-    0004 rebuilds the table with AUTOINCREMENT; run with foreign keys off, the old table's drop does not take the
-    images with it."""
+def back_to_0003(url: str, then=None) -> None:
+    """Downgrade a SQLite history to revision 0003 (before generation ids were kept from reuse), with foreign keys off
+    as `migrate` runs them, and run the statement `then` in the same transaction."""
     from alembic import command
 
     from storage.database import _foreign_keys
 
+    engine = make_engine(url, transactional_ddl=True)
+    with engine.connect() as connection:
+        _foreign_keys(connection, on=False)
+        with connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0003_image_inputs")
+            if then is not None:
+                connection.execute(then)
+        _foreign_keys(connection, on=True)
+    engine.dispose()
+
+
+def test_generation_ids_are_never_reused_and_the_rebuild_keeps_every_image(tmp_path):
+    """A hostile pass saw "Generation #64" twice: SQLite handed a deleted newest row's id to the next one. Migration
+    0004 rebuilds the table with AUTOINCREMENT; run with foreign keys off, the old table's drop does not take the
+    images with it."""
     url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
     store = HistoryStore(tmp_path / "d", url).open()
     first, second, newest = (store.add(new_generation(f"g{i}", images=1)) for i in range(3))
@@ -145,15 +161,7 @@ def test_generation_ids_are_never_reused_and_the_rebuild_keeps_every_image(tmp_p
         engine.dispose()
         return sql
 
-    engine = make_engine(url, transactional_ddl=True)  # back to the schema before 0004, as older databases are
-    with engine.connect() as connection:
-        _foreign_keys(connection, on=False)
-        with connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0003_image_inputs")
-        _foreign_keys(connection, on=True)
-    engine.dispose()
+    back_to_0003(url)  # the schema before 0004, as older databases are
     assert "AUTOINCREMENT" not in table_sql()
     store = HistoryStore(tmp_path / "d", url).open()  # migrates to the newest schema
     assert "AUTOINCREMENT" in table_sql()
@@ -171,24 +179,12 @@ def test_generation_ids_are_never_reused_and_the_rebuild_keeps_every_image(tmp_p
 def test_rows_already_pointing_nowhere_do_not_stop_the_upgrade(tmp_path):
     """An images row whose generation is gone (written with foreign keys off, as the sqlite3 shell does by default)
     is start-up repair's to handle: the foreign-key check after a migration counts only rows the migration made."""
-    from alembic import command
-
-    from storage.database import _foreign_keys
-
     url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
     store = HistoryStore(tmp_path / "d", url).open()
     kept = store.add(new_generation("kept", images=1))
     store.close()
-    engine = make_engine(url, transactional_ddl=True)
-    with engine.connect() as connection:
-        _foreign_keys(connection, on=False)
-        with connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0003_image_inputs")
-            connection.execute(text("UPDATE images SET generation_id = 999 WHERE generation_id = :id"), {"id": kept.id})
-        _foreign_keys(connection, on=True)
-    engine.dispose()
+    orphan = text("UPDATE images SET generation_id = 999 WHERE generation_id = :id").bindparams(id=kept.id)
+    back_to_0003(url, orphan)
     store = HistoryStore(tmp_path / "d", url).open()  # upgrades; repair deals with the orphan file
     assert store.get(kept.id).images == []
     store.close()
