@@ -361,8 +361,8 @@ class HistoryStore:
             ids = text("SELECT rowid FROM generations_fts WHERE generations_fts MATCH :match").bindparams(match=match)
             query = query.where(Generation.id.in_(ids))
         else:
-            for word in words:
-                query = query.where(Generation.prompt.ilike(f"%{word}%"))
+            for word in words:  # "_" is a word character and a LIKE wildcard: escaped, it matches only itself
+                query = query.where(Generation.prompt.icontains(word, autoescape=True))
         typed = (filters.text or "").strip()
         if typed and not words:  # only punctuation or emoji ("%", "🦊"): matched as typed, not dropped to "everything"
             query = query.where(Generation.prompt.contains(typed[:100], autoescape=True))
