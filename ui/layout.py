@@ -385,12 +385,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.reuse_source, h_selected, [init_editor, strength, image_panel], **private
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
+        # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
         h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then(
-            handlers.queued,
-            None,
-            generate_btn,
-            queue=False,
-            **private,  # one run at a time, as from Generate
+            handlers.queued, None, generate_btn, queue=False, **private
         ).then(handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run).then(
             handlers.idle, None, generate_btn, queue=False, **private
         )
