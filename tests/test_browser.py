@@ -9,7 +9,7 @@ import re
 
 import pytest
 from app_server import ROOT
-from browser_helpers import app_server_fixture, page_fixture
+from browser_helpers import app_server_fixture, open_in_history, page_fixture
 
 SHOTS = ROOT / "artifacts" / "browser"
 
@@ -206,11 +206,7 @@ def test_history_shows_markup_in_a_prompt_as_text(server, browser):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         page.goto(server.url)
-        page.get_by_role("tab", name="History").click()
-        page.locator("#history-gallery img").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(1500)  # the reload that opening the tab triggers
-        page.locator("#history-gallery img").first.click()
-        page.locator("#history-params").get_by_text(prompt).wait_for(timeout=10_000)  # the very characters typed
+        open_in_history(page, prompt[:30], prompt)  # the very characters typed
         assert page.locator("#history-params img").count() == 0
         assert page.locator("#history-params strong").count() == 0
         page.wait_for_timeout(1000)
@@ -294,10 +290,7 @@ def test_upscale_from_history_holds_generate_until_it_is_done(page):
     page.locator("#prompt textarea").fill("a yellow star on a purple background")
     page.locator("#generate-btn").click()
     page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
-    page.get_by_role("tab", name="History").click()
-    page.locator("#history-gallery img").first.wait_for(timeout=30_000)
-    page.locator("#history-gallery img").first.click()
-    page.locator("#history-params").get_by_text("a yellow star").wait_for(timeout=10_000)
+    open_in_history(page, "a yellow star on a purple background", "a yellow star on a purple background")
     page.locator("#history-upscale").click()
     button = page.locator("#generate-btn")
     page.wait_for_function("el => el.disabled", arg=button.element_handle(), timeout=10_000)
