@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -315,13 +316,50 @@ def _texture_mask(texture: list[str], u: torch.Tensor, v: torch.Tensor, jitter: 
     return torch.where(which == 1, stripes, torch.where(which == 2, checks, torch.where(which == 3, dots, 0.0)))
 
 
+def _grid(batch: int, size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres as (u: columns, v: rows), fractions of the side, (batch, size, size) each."""
+    coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    v, u = torch.meshgrid(coords, coords, indexing="ij")
+    return u.expand(batch, size, size), v.expand(batch, size, size)
+
+
+def _layers(
+    scenes: list[Scene], size: int, u: torch.Tensor, v: torch.Tensor
+) -> Iterator[tuple[list[Shape], torch.Tensor]]:
+    """The scenes' shapes in drawing order, one layer per position in `Scene.shapes`: (each scene's shape there, its
+    anti-aliased coverage (batch, size, size)); a scene with fewer shapes has coverage 0 in the later layers."""
+    batch, device = len(scenes), u.device
+    for j in range(max(len(s.shapes) for s in scenes)):
+        present = [j < len(s.shapes) for s in scenes]
+        shapes = [s.shapes[j] if j < len(s.shapes) else s.shapes[0] for s in scenes]
+        kind = torch.tensor([KINDS.index(s.kind) for s in shapes], device=device).view(batch, 1, 1)
+        cx = torch.tensor([s.x for s in shapes], device=device).view(batch, 1, 1)
+        cy = torch.tensor([s.y for s in shapes], device=device).view(batch, 1, 1)
+        r = torch.tensor([s.size for s in shapes], device=device).view(batch, 1, 1)
+        alpha = (0.5 - shape_distance(kind, u - cx, v - cy, r) * size).clamp(0, 1)
+        yield shapes, alpha * torch.tensor(present, device=device, dtype=torch.float32).view(batch, 1, 1)
+
+
+def kind_coverage(scenes: list[Scene], size: int, cell: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """What each `cell`x`cell` square of the pictures `render` draws shows: the share of its pixels that are
+    background (class 0) or a shape of each kind (class 1 + its index in KINDS), shapes composited in drawing order
+    as `render` paints them. (batch, (size / cell)², 1 + len(KINDS)), squares row by row; each row sums to 1."""
+    batch = len(scenes)
+    u, v = _grid(batch, size, device)
+    shares = torch.zeros(batch, 1 + len(KINDS), size, size, device=device)
+    shares[:, 0] = 1
+    for shapes, alpha in _layers(scenes, size, u, v):
+        kind = torch.tensor([1 + KINDS.index(s.kind) for s in shapes], device=device)
+        paint = F.one_hot(kind, 1 + len(KINDS)).float().view(batch, -1, 1, 1)
+        shares = shares * (1 - alpha.unsqueeze(1)) + paint * alpha.unsqueeze(1)
+    return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
+
+
 def render(scenes: list[Scene], size: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
     """Draw scenes as a (batch, 3, size, size) float tensor in [0, 1], anti-aliased, with a faint colour jitter."""
-    batch, most = len(scenes), max(len(s.shapes) for s in scenes)
+    batch = len(scenes)
     gen = torch.Generator().manual_seed(seed)
-    coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
-    v, u = torch.meshgrid(coords, coords, indexing="ij")  # v: rows (y), u: columns (x)
-    u, v = u.expand(batch, size, size), v.expand(batch, size, size)
+    u, v = _grid(batch, size, device)
 
     background = torch.tensor([_rgb(s.background) for s in scenes], device=device).view(batch, 3, 1, 1)
     jitter = torch.rand(batch, 1, 1, generator=gen).to(device)
@@ -331,15 +369,7 @@ def render(scenes: list[Scene], size: int, device: torch.device | str = "cpu", s
     tone = background + (light * (0 - background) + (1 - light) * (1 - background)) * 0.35
     image = background * (1 - second) + tone * second
 
-    for j in range(most):
-        present = [j < len(s.shapes) for s in scenes]
-        shapes = [s.shapes[j] if j < len(s.shapes) else s.shapes[0] for s in scenes]
-        kind = torch.tensor([KINDS.index(s.kind) for s in shapes], device=device).view(batch, 1, 1)
-        cx = torch.tensor([s.x for s in shapes], device=device).view(batch, 1, 1)
-        cy = torch.tensor([s.y for s in shapes], device=device).view(batch, 1, 1)
-        r = torch.tensor([s.size for s in shapes], device=device).view(batch, 1, 1)
-        alpha = (0.5 - shape_distance(kind, u - cx, v - cy, r) * size).clamp(0, 1)
-        alpha = alpha * torch.tensor(present, device=device, dtype=torch.float32).view(batch, 1, 1)
+    for shapes, alpha in _layers(scenes, size, u, v):
         colour = torch.tensor([_rgb(s.colour) for s in shapes], device=device).view(batch, 3, 1, 1)
         image = image * (1 - alpha.unsqueeze(1)) + colour * alpha.unsqueeze(1)
 

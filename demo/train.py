@@ -9,7 +9,8 @@ Stages, each reading the previous stages' results from `--work`:
 2. `raw`: text encoder and transformer trained together by flow matching (the pipeline's resolution-dependent time
    shift, 10% caption dropout so classifier-free guidance works), at 256² and 512² (`--pool` and `--size-mix` also
    take other sizes, e.g. a cheaper 128² share of the steps), with an EMA of the weights;
-   `--structure-loss W` adds `CaptionStructure`, a text-side objective standing in for the real encoder's pretraining.
+   `--structure-loss W` adds `CaptionStructure`, a text-side objective standing in for the real encoder's pretraining;
+   `--shape-map-loss W` adds `ShapeMaps`, which asks each image token which shape kind the clean picture shows there.
 3. `turbo`: distilled from Raw: Raw's guided trajectories (6 Euler sub-steps per Turbo step, guidance 3.5) sampled at
    Turbo's 8-step schedule with its fixed shift (`mu=1.15`, `is_distilled`); the student, started from Raw, learns
    to make each step in one, without guidance. It shares Raw's text encoder and VAE.
@@ -67,6 +68,7 @@ from demo.scenes import (
     Composition,
     Scene,
     held_out_triples,
+    kind_coverage,
     render,
     sample_scene,
 )
@@ -125,6 +127,7 @@ class Budget:
     structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
     freeze_text_encoder: bool = False  # a later Raw round keeps the text encoder (a Turbo distilled on it stays valid)
     zero_init: bool = False  # a from-scratch Raw starts with its modulation and output projection at zero (adaLN-Zero)
+    shape_map_weight: float = 0.0  # Raw: weight of the per-token shape-kind objective (`ShapeMaps`; 0: none)
 
 
 def compiles(budget: Budget, stage: str) -> bool:
@@ -459,10 +462,12 @@ class LatentPool:
     with no pictures is left out (`sizes()` says which the pool holds); `seconds` splits the drawing time by phase."""
 
     def __init__(self, rng: random.Random, exclude, encode: LatentEncoder, tokens: Tokens, sizes: dict[int, int],
-                 device, style: str = "plain", mix: dict[str, float] | None = None) -> None:  # fmt: skip
+                 device, style: str = "plain", mix: dict[str, float] | None = None,
+                 shares: bool = False) -> None:  # fmt: skip
         self.latents: dict[int, torch.Tensor] = {}
         self.captions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.labels: dict[int, torch.Tensor] = {}  # each picture's `structure_labels`
+        self.shares: dict[int, torch.Tensor] = {}  # with `shares`: each picture's `kind_coverage` per image token
         self.empty = tokens([""])
         self.seconds = {"scenes": 0.0, "render": 0.0, "encode": 0.0, "tokenise": 0.0}
         for size, count in sizes.items():
@@ -473,13 +478,17 @@ class LatentPool:
             chunk = max(1, round(512 * (256 / size) ** 2))
             with self._timed("scenes", device):
                 scenes = [sample_scene(rng, exclude, style, mix) for _ in range(count)]
-            parts = []
+            parts, maps = [], []
             for start in range(0, count, chunk):
                 with self._timed("render", device):
                     pixels = render(scenes[start : start + chunk], size, device, seed=start + size) * 2 - 1
+                    if shares:  # one image token covers 16x16 pixels (the VAE's 8x, the transformer's 2x2 patches)
+                        maps.append(kind_coverage(scenes[start : start + chunk], size, 16, device).to(torch.bfloat16))
                 with self._timed("encode", device), bf16(device):
                     parts.append(encode(pixels).to(torch.bfloat16))
             self.latents[size] = torch.cat(parts)
+            if shares:
+                self.shares[size] = torch.cat(maps)
             with self._timed("tokenise", device):
                 self.captions[size] = tokens([s.caption for s in scenes])
             self.labels[size] = torch.tensor([structure_labels(s) for s in scenes], device=device)
@@ -498,16 +507,18 @@ class LatentPool:
 
     def sample(
         self, size: int, count: int, dropout: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(latents, token ids, attention mask, structure labels) of `count` random pool entries; `dropout` of the
-        captions empty (their labels all `IGNORE`: an empty caption says nothing)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(latents, token ids, attention mask, structure labels, kind shares or None) of `count` random pool
+        entries; `dropout` of the captions empty (their labels all `IGNORE`: an empty caption says nothing; the
+        shares stay, as they describe the picture)."""
         latents = self.latents[size]
         index = torch.randint(len(latents), (count,), device=latents.device)
         dropped = (torch.rand(count, device=latents.device) < dropout)[:, None]
         (empty_ids, empty_mask), (ids, mask) = self.empty, self.captions[size]
         ids, mask = torch.where(dropped, empty_ids, ids[index]), torch.where(dropped, empty_mask, mask[index])
         labels = torch.where(dropped, IGNORE, self.labels[size][index])
-        return latents[index].float(), ids, mask, labels
+        shares = self.shares[size][index].float() if size in self.shares else None
+        return latents[index].float(), ids, mask, labels, shares
 
 
 class Tokens:
@@ -688,6 +699,44 @@ class CaptionStructure(torch.nn.Module):
         return total / counted
 
 
+class ShapeMaps(torch.nn.Module):
+    """A linear read-out, from each image token's features where the blocks end (what the output layer reads), of
+    what the clean picture shows under that token: the share of background and of each shape kind (`kind_coverage`);
+    Raw's optional third objective, thrown away after training. Why: session n's from-scratch Raw bound colours within
+    1,000 steps but drew the asked kind at chance through 2,000. In the velocity loss a wrong kind costs only the few
+    latents along a shape's outline, while a wrong colour costs the whole shape; this objective asks every token in
+    and around the shape for its kind at every noise level, from the noisy latents and the caption, so the features
+    the output layer draws from must carry the kind (as REPA aligns a DiT's features to a pretrained encoder's,
+    here with the generator's ground truth instead of an encoder)."""
+
+    def __init__(self, transformer, weight: float) -> None:
+        super().__init__()
+        width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        self.weight = weight
+        self.head = torch.nn.Linear(width, 1 + len(KINDS))
+        self.last: torch.Tensor | None = None  # the last step's loss (detached), for the round's loss log
+
+    @staticmethod
+    @contextlib.contextmanager
+    def reading(transformer) -> Iterator[list[torch.Tensor]]:
+        """Keeps the image tokens' features the transformer's own forward pass hands its output layer (outside the
+        compiled blocks, so the hook costs no recompile)."""
+        captured: list[torch.Tensor] = []
+        handle = transformer.final_layer.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def loss(self, features: torch.Tensor, mask: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy of the read-out against the tokens' `shares` (batch, tokens, classes), over every token;
+        `mask` (the caption's) is not needed: every picture has its map."""
+        logits = self.head(features.float())
+        loss = -(shares * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+        self.last = loss.detach()
+        return loss
+
+
 def zero_modulation(transformer) -> None:
     """adaLN-Zero (DiT, Peebles & Xie 2023): the timestep's modulation projection and the output projection start at
     zero, so every block starts as the identity (its gates are zero) and the first prediction is zero. diffusers builds
@@ -703,17 +752,19 @@ def zero_modulation(transformer) -> None:
 
 def flow_matching_loss(
     tokens: Tokens, transformer, x0, noise, sigma, ids, mask, size: int,
-    structure: CaptionStructure | None = None, labels: torch.Tensor | None = None,
+    objectives: tuple[tuple[CaptionStructure | ShapeMaps, torch.Tensor], ...] = (),
 ) -> torch.Tensor:  # fmt: skip
-    """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`; with
-    `structure`, its weighted caption-structure loss is backpropagated too (the flow-matching loss is returned)."""
+    """One Raw training step's loss, backpropagated: the velocity `noise - x0` at the noisy point for `sigma`. Each
+    (objective, its targets) in `objectives` reads the features it needs from that same forward pass, and its
+    weighted loss is backpropagated too (the flow-matching loss is returned)."""
     device = x0.device
     noisy = (1 - sigma) * x0 + sigma * noise
-    with bf16(device):
+    with bf16(device), contextlib.ExitStack() as stack:
         embeds, mask = tokens.hidden_states(ids, mask)
-        with contextlib.nullcontext([]) if structure is None else structure.reading(transformer) as features:
-            predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
-        extra = 0.0 if structure is None else structure.weight * structure.loss(features[0], mask, labels)
+        read = [stack.enter_context(objective.reading(transformer)) for objective, _ in objectives]
+        predicted = velocity(transformer, noisy, embeds, mask, sigma.view(-1), size)
+        stack.close()  # the hooks are off before anything else runs the transformer
+        extra = sum(o.weight * o.loss(f[0], mask, target) for (o, target), f in zip(objectives, read, strict=True))
     loss = F.mse_loss(predicted.float(), noise - x0)
     (loss + extra).backward()
     return loss
@@ -744,13 +795,18 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     tokens = Tokens(pipe, device)
     clock = time.perf_counter()
     encoder = LatentEncoder(vae, stats, device, Compiled(compiles(budget, "raw")))
-    pool = LatentPool(rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix)
+    shape_maps = ShapeMaps(transformer, budget.shape_map_weight).to(device) if budget.shape_map_weight else None
+    pool = LatentPool(
+        rng, exclude, encoder, tokens, budget.raw_pool, device, mix=budget.layout_mix, shares=shape_maps is not None
+    )
     pool_seconds = time.perf_counter() - clock
     log.info("raw: %s pictures in %.0f s (%s)", budget.raw_pool, pool_seconds, rounded(pool.seconds))
     structure = None
     if budget.structure_weight:  # its heads share the gradient clipping below: a large weight would scale Raw's down
         structure = CaptionStructure(transformer, budget.structure_weight).to(device)
-    parameters = [p for m in (transformer, text_encoder, structure) if m is not None for p in m.parameters()]
+    parameters = [
+        p for m in (transformer, text_encoder, structure, shape_maps) if m is not None for p in m.parameters()
+    ]
     parameters = [p for p in parameters if p.requires_grad]
     peak = budget.raw_lr
     fused = device.type == "cuda"
@@ -759,17 +815,18 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     blocks = CompiledBlocks(transformer, compiles(budget, "raw"))
     minutes = (budget.minutes or {}).get("raw")
     watch = Stopwatch("raw", minutes and minutes - pool_seconds / 60, budget.raw_steps, budget.profile)
-    losses, structure_losses = LossLog("raw"), LossLog("raw structure")
+    losses, structure_losses, shape_map_losses = LossLog("raw"), LossLog("raw structure"), LossLog("raw shape maps")
     curve: list[dict] = []
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=200 if budget.raw_round == 0 else 50)
         size, count = resolution(rng, step, budget.raw_batch, pool.sizes(), budget.raw_size_mix)
-        x0, ids, mask, labels = pool.sample(size, count, CAPTION_DROPOUT)
+        x0, ids, mask, labels, shares = pool.sample(size, count, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = training_sigmas(x0.shape[1], count, device).view(-1, 1, 1)
+        objectives = tuple((o, t) for o, t in ((structure, labels), (shape_maps, shares)) if o is not None)
         optimizer.zero_grad(set_to_none=True)
-        loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size, structure, labels)
+        loss = blocks.run(flow_matching_loss, tokens, transformer, x0, noise, sigma, ids, mask, size, objectives)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         ema_t.update(transformer, step)
@@ -778,6 +835,8 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         losses.add(step, loss, watch.seconds)
         if structure is not None:
             structure_losses.add(step, structure.last, watch.seconds)
+        if shape_maps is not None:
+            shape_map_losses.add(step, shape_maps.last, watch.seconds)
         if budget.probe_every and (step + 1) % budget.probe_every == 0:
             curve.append({"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t)})
             log.info("raw probe: %s", curve[-1])
@@ -807,6 +866,9 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
     if structure is not None:
         this["structure_weight"] = structure.weight
         this["final_structure_loss"] = structure_losses.final(200)
+    if shape_maps is not None:
+        this["shape_map_weight"] = shape_maps.weight
+        this["final_shape_map_loss"] = shape_map_losses.final(200)
     if curve:
         this["probes"] = curve
     return [*rounds[: budget.raw_round], this]
@@ -1093,7 +1155,7 @@ def train_lora(work: Path, budget: Budget, device: torch.device) -> dict:
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=50)
-        x0, ids, mask, _ = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
+        x0, ids, mask, _, _ = pool.sample(256, budget.lora_batch, CAPTION_DROPOUT)
         noise = torch.randn_like(x0)
         sigma = training_sigmas(x0.shape[1], len(x0), device).view(-1, 1, 1)
         optimizer.zero_grad(set_to_none=True)
@@ -1272,6 +1334,10 @@ def main(argv: list[str] | None = None) -> None:
         help="Raw: weight of the caption-structure objective on the text side (CaptionStructure; 0: off)",
     )  # fmt: skip
     parser.add_argument(
+        "--shape-map-loss", type=float, default=0.0,
+        help="Raw: weight of the objective asking each image token which shape kind it shows (ShapeMaps; 0: off)",
+    )  # fmt: skip
+    parser.add_argument(
         "--freeze-text-encoder", action="store_true",
         help="a later Raw round (--raw-round N) keeps the text encoder as it is: a Turbo distilled on it stays valid",
     )  # fmt: skip
@@ -1305,13 +1371,17 @@ def main(argv: list[str] | None = None) -> None:
         structure_weight=args.structure_loss,
         freeze_text_encoder=args.freeze_text_encoder,
         zero_init=args.zero_init,
+        shape_map_weight=args.shape_map_loss,
     )
     if args.freeze_text_encoder and not args.raw_round:
         raise SystemExit("--freeze-text-encoder is for a later Raw round (--raw-round N): a from-scratch one trains it")
-    if not (math.isfinite(args.structure_loss) and args.structure_loss >= 0):
-        raise SystemExit(f"--structure-loss takes a weight >= 0: got {args.structure_loss}")
-    if (args.structure_loss or args.freeze_text_encoder) and "raw" not in args.stages:
-        raise SystemExit("--structure-loss and --freeze-text-encoder set how Raw trains (--stages raw)")
+    for flag, weight in (("--structure-loss", args.structure_loss), ("--shape-map-loss", args.shape_map_loss)):
+        if not (math.isfinite(weight) and weight >= 0):
+            raise SystemExit(f"{flag} takes a weight >= 0: got {weight}")
+    if (args.structure_loss or args.shape_map_loss or args.freeze_text_encoder) and "raw" not in args.stages:
+        raise SystemExit(
+            "--structure-loss, --shape-map-loss and --freeze-text-encoder set how Raw trains (--stages raw)"
+        )
     for flag, given in (("--transformer", args.transformer), ("--text-width", args.text_width)):
         if given is not None and ("raw" not in args.stages or args.raw_round):  # later ones read it from the weights
             raise SystemExit(f"{flag} sets the shape of a from-scratch Raw (--stages raw, no --raw-round)")
@@ -1346,6 +1416,7 @@ def main(argv: list[str] | None = None) -> None:
             compile=budget.compile, eager=budget.eager, profile=budget.profile, probe_every=budget.probe_every,
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
             freeze_text_encoder=budget.freeze_text_encoder, zero_init=budget.zero_init,
+            shape_map_weight=budget.shape_map_weight,
         )  # fmt: skip
     if "raw" in args.stages and largest_batch(budget) * TEXT_TOKENS > MAX_TEXT_SEQUENCES:
         pictures = largest_batch(budget)
