@@ -159,6 +159,8 @@ def test_history_survives_restart_then_search_and_delete(server, browser):
     assert page.locator("#history-image img").count() == 1
     page.locator("#history-favorite").click()
     page.get_by_role("button", name="★ Unfavorite").wait_for(timeout=10_000)
+    gallery.locator("button", has_text="★ #").first.wait_for(timeout=10_000)  # the tile shows it, no Refresh needed
+    assert page.locator("#history-params").get_by_text(prompt).is_visible()  # and the details stay open
     with page.expect_download(timeout=20_000) as download:
         page.locator("#history-download").click()
     assert download.value.suggested_filename.endswith(".png")

@@ -165,3 +165,29 @@ def test_the_forms_take_defaults_and_ranges_from_the_checkpoint_specs_and_the_re
     assert components["compare-raw-steps"].value == krea2.RAW.default_steps
     assert components["width"].maximum == krea2.request.MAX_SIDE and components["width"].step == 16
     assert [b.maximum for b in blocks if getattr(b, "label", None) == "Images"] == [3]
+
+
+def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
+    """A ★ toggled in History reloads the page it is on (not the first), so its tile shows the star without a Refresh,
+    and leaves the details open; opening the tab reloads without closing them either. A new search still hides
+    them (the generation shown may not be among its results)."""
+    from studio.recording import record_failure
+    from studio.service import HISTORY_PAGE_SIZE
+
+    handlers = Handlers(service)
+    for number in range(HISTORY_PAGE_SIZE + 2):
+        record_failure(service.store, GenerationRequest(prompt=f"row {number}", width=256, height=256), "cancelled",
+                       "Generation cancelled.")  # fmt: skip
+    first = handlers.history("", "all", False, False, None)
+    older = handlers.history("", "all", False, False, first[2], direction="older")
+    generation_id, _ = older[2]["ids"][0]
+    shown = handlers.select_history(older[2], gr.SelectData(None, {"index": 0, "value": None}))
+    assert shown[0]["visible"] is True
+    assert handlers.toggle_favorite(shown[3]) == "★ Unfavorite"
+    items, count, nav, details, _ = handlers.history("", "all", False, False, older[2], direction="same",
+                                                     keep_details=True)  # fmt: skip
+    assert nav["stack"] == older[2]["stack"] and count == older[1]  # the same (second) page
+    assert items[0][1].startswith(f"★ #{generation_id} ")
+    assert "visible" not in details  # left as it is
+    assert "visible" not in handlers.history("", "all", False, False, nav, keep_details=True)[3]
+    assert handlers.history("row 3", "all", False, False, nav)[3]["visible"] is False

@@ -664,8 +664,11 @@ class Handlers:
 
     @friendly
     def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = "",
-                direction: str = "first"):  # fmt: skip
-        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select)."""
+                direction: str = "first", keep_details: bool = False):  # fmt: skip
+        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select).
+        `direction`: "first" page, "older", "newer", or the "same" page again. `keep_details` leaves the selected
+        generation's details open (a reload that only brings tiles up to date: opening the tab, a ★ toggled), where a
+        new search or page hides them."""
         nav = dict(nav or {"stack": [None], "next": None})
         stack = list(nav.get("stack") or [None])
         if direction == "first":
@@ -695,7 +698,8 @@ class Handlers:
         text = f"{shown} of {total} generations"
         choices = [(f"#{g.id} · {g.prompt[:40]}", g.id) for g in page.items]
         nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
-        return items, text, nav, gr.update(visible=False), gr.update(choices=choices, value=[])
+        details = gr.update() if keep_details else gr.update(visible=False)
+        return items, text, nav, details, gr.update(choices=choices, value=[])
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):
