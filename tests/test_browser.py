@@ -286,15 +286,16 @@ def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
 
 
 def test_upscale_from_history_holds_generate_until_it_is_done(page):
-    """History's "Upscale x2" runs on the Generate tab like Generate itself: its button is held while the pass runs
-    (a hostile pass found it clickable, a second run queued behind the first) and back when it is done."""
+    """History's "Upscale x2" runs on the Generate tab like Generate itself: every button that starts such a run
+    (Generate, Vary, the Upscales, History's own) is held while the pass runs (a hostile pass found them clickable, a
+    second run queued behind the first) and back when it is done."""
     small(page)
     page.locator("#prompt textarea").fill("a yellow star on a purple background")
     page.locator("#generate-btn").click()
     page.get_by_text(re.compile(r"Done.* in [\d.]+ s")).wait_for(timeout=60_000)
     open_in_history(page, "a yellow star on a purple background", "a yellow star on a purple background")
     page.locator("#history-upscale").click()
-    button = page.locator("#generate-btn")
-    page.wait_for_function("el => el.disabled", arg=button.element_handle(), timeout=10_000)
+    held = [page.locator(f"#{name}").element_handle() for name in ("generate-btn", "history-upscale")]
+    page.wait_for_function("els => els.every(el => el.disabled)", arg=held, timeout=10_000)  # every run button
     page.locator("#progress").get_by_text(re.compile(r"upscaled ×2 to 512×512")).wait_for(timeout=90_000)
-    page.wait_for_function("el => !el.disabled", arg=button.element_handle(), timeout=10_000)
+    page.wait_for_function("els => els.every(el => !el.disabled)", arg=held, timeout=10_000)

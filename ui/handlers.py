@@ -49,6 +49,9 @@ SOURCE_FIELDS = ("strength", "source_sha256", "mask_sha256")  # what a PNG says 
 # outpaint left/right/top/bottom); left out, they take these.
 LORA_VALUES = MAX_LORAS * ROW_VALUES
 IMAGE_DEFAULTS = (None, DEFAULT_STRENGTH, 0, 0, 0, 0, 0)
+# The buttons that start one of Generate's runs (ui/layout.py's `run_buttons`, Generate first): held together while one
+# runs, so one click is one run.
+RUN_BUTTONS = 5
 USER_ERRORS = (Krea2Error, StorageError, PngInfoError)
 # What a form shows before anyone touches it: GenerationRequest's own defaults (checkpoint, size, image count).
 REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
@@ -294,19 +297,25 @@ class Handlers:
         """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""
         return gr.update(interactive=False, value=label)
 
-    def queued(self, request: gr.Request = None) -> dict:
-        """`busy` for Generate's runs, and the run marked as asked for: a Cancel while it waits in the queue stops it
-        before it starts (StudioService.expect)."""
+    def queued(self, request: gr.Request = None) -> tuple[dict, ...]:
+        """Every button that starts one of Generate's runs held while one is in flight (`RUN_BUTTONS`: Generate, which
+        says so, then the others: a second click queued a second run behind the first), and the run marked as asked
+        for: a Cancel while it waits in the queue stops it before it starts (StudioService.expect)."""
         self.service.expect(session_of(request))
-        return self.busy()
+        return self.busy(), *[gr.update(interactive=False)] * (RUN_BUTTONS - 1)
 
     def compare_queued(self, request: gr.Request = None) -> dict:
         self.service.expect(compare_session(request))
         return self.busy("Comparing…")
 
     @staticmethod
-    def idle(label: str = "Generate"):
-        return gr.update(interactive=True, value=label)
+    def idle() -> tuple[dict, ...]:
+        """`RUN_BUTTONS` back, once Generate's run is over."""
+        return gr.update(interactive=True, value="Generate"), *[gr.update(interactive=True)] * (RUN_BUTTONS - 1)
+
+    @staticmethod
+    def compare_idle() -> dict:
+        return gr.update(interactive=True, value="Compare")
 
     def generate(self, prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, num_images,
                  items: list, request: gr.Request = None, *rows):  # fmt: skip

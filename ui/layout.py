@@ -18,6 +18,7 @@ from .handlers import (
     COMPARE_LORAS,
     DEFAULT_CHECKPOINT,
     REQUEST_DEFAULTS,
+    RUN_BUTTONS,
     Handlers,
     default_settings,
     guidance_label,
@@ -326,10 +327,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
         # spinner or badge on the images.
         run = {"show_progress": "full", "show_progress_on": progress, **gpu}
+        # Every button that starts one of Generate's runs, held together while one is in flight (Generate first).
+        run_buttons = [generate_btn, vary_btn, up15_btn, up2_btn, h_upscale]
+        assert len(run_buttons) == RUN_BUTTONS
         for trigger in (generate_btn.click, prompt.submit):
-            trigger(handlers.queued, None, generate_btn, queue=False, **private).then(
+            trigger(handlers.queued, None, run_buttons, queue=False, **private).then(
                 handlers.generate, gen_inputs, gen_outputs, **run
-            ).then(handlers.idle, None, generate_btn, queue=False, **private)
+            ).then(handlers.idle, None, run_buttons, queue=False, **private)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
         init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
@@ -343,13 +347,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
-            button.click(handlers.queued, None, generate_btn, queue=False, **private).then(
+            button.click(handlers.queued, None, run_buttons, queue=False, **private).then(
                 handlers.upscaler(factor), [selected, results], gen_outputs, **run
-            ).then(handlers.idle, None, generate_btn, queue=False, **private)
+            ).then(handlers.idle, None, run_buttons, queue=False, **private)
         vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success(
-            handlers.queued, None, generate_btn, queue=False, **private
+            handlers.queued, None, run_buttons, queue=False, **private
         ).then(handlers.generate, gen_inputs, gen_outputs, **run).then(
-            handlers.idle, None, generate_btn, queue=False, **private
+            handlers.idle, None, run_buttons, queue=False, **private
         )
 
         compare_btn.click(handlers.compare_queued, None, compare_btn, queue=False, **private).then(
@@ -358,7 +362,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
              c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
-        ).then(partial(handlers.idle, "Compare"), None, compare_btn, queue=False, **private)  # fmt: skip
+        ).then(handlers.compare_idle, None, compare_btn, queue=False, **private)  # fmt: skip
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
         app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
         app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
@@ -391,9 +395,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
         h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then(
-            handlers.queued, None, generate_btn, queue=False, **private
+            handlers.queued, None, run_buttons, queue=False, **private
         ).then(handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run).then(
-            handlers.idle, None, generate_btn, queue=False, **private
+            handlers.idle, None, run_buttons, queue=False, **private
         )
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
