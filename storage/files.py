@@ -46,7 +46,7 @@ def explain_os_error(error: OSError, path: Path) -> StorageError:
     if error.errno == errno.ENOSPC:
         return StorageError(f"The disk holding {path.parent} is full; nothing was saved.")
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"The data folder {path.parent} is not writable; nothing was saved.")
+        return StorageError(f"The folder {path.parent} is not writable; nothing was saved.")  # data folder or --out
     return StorageError(f"Could not write {path.name}: {error.strerror or error}; nothing was saved.")
 
 
