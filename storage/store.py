@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 # finds into `interrupted` (storage/repair.py).
 STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
 FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
+# Scripts written without spaces between words: kana, CJK ideographs, Thai, Lao, Myanmar, Khmer.
+UNSPACED_SCRIPT = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]"
+)
 PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
 
 
@@ -356,13 +360,15 @@ class HistoryStore:
             with_lora = select(GenerationLora.generation_id).where(GenerationLora.name == filters.lora)
             query = query.where(Generation.id.in_(with_lora))
         words = re.findall(r"\w+", filters.text or "")[:16]
-        if words and self.dialect == "sqlite":
-            match = " ".join(f'"{w}"*' for w in words)  # every word, as a prefix: "fox sno" finds "fox in the snow"
+        # The search index splits at spaces and punctuation, so a Japanese or Chinese sentence is one long token and a
+        # word in its middle was never found: a word in such a script is matched anywhere in the prompt instead.
+        indexed = [w for w in words if not UNSPACED_SCRIPT.search(w)] if self.dialect == "sqlite" else []
+        if indexed:
+            match = " ".join(f'"{w}"*' for w in indexed)  # every word, as a prefix: "fox sno" finds "fox in the snow"
             ids = text("SELECT rowid FROM generations_fts WHERE generations_fts MATCH :match").bindparams(match=match)
             query = query.where(Generation.id.in_(ids))
-        else:
-            for word in words:  # "_" is a word character and a LIKE wildcard: escaped, it matches only itself
-                query = query.where(Generation.prompt.icontains(word, autoescape=True))
+        for word in (w for w in words if w not in indexed):  # "_" is a LIKE wildcard: escaped, it matches only itself
+            query = query.where(Generation.prompt.icontains(word, autoescape=True))
         typed = (filters.text or "").strip()
         if typed and not words:  # only punctuation or emoji ("%", "🦊"): matched as typed, not dropped to "everything"
             query = query.where(Generation.prompt.contains(typed[:100], autoescape=True))

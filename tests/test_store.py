@@ -48,6 +48,19 @@ def test_a_search_of_only_punctuation_or_emoji_finds_it_as_typed(store):
     assert store.count(HistoryFilter(text="🐳")) == 0
 
 
+def test_a_word_in_the_middle_of_a_japanese_or_chinese_prompt_is_found(store):
+    """A hostile pass: the search index splits at spaces, so "狐" in "雪の中の赤い狐" found nothing (the sentence is
+    one token). A word in a script written without spaces is found anywhere; other words of the same search still go
+    through the index (prefixes, any order)."""
+    fox = store.add(new_generation("雪の中の赤い狐 in the snow", images=0))
+    store.add(new_generation("青い鯨", images=0))
+    store.add(new_generation("a red fox", images=0))
+    for typed in ("狐", "赤い", "雪の中", "狐 sno", "赤い狐"):
+        assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [fox.id], typed
+    assert store.count(HistoryFilter(text="鯨 snow")) == 0  # every word must match, as elsewhere
+    assert store.count(HistoryFilter(text="虎")) == 0
+
+
 def test_filters_search_favorites_comparisons(store):
     fox = store.add(new_generation("a red fox in the snow", images=0))
     store.add(new_generation("a blue whale", images=0, checkpoint="raw"))
