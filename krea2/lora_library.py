@@ -107,9 +107,18 @@ class LoraLibrary:
         return self.with_hash(autov3) if autov3 else None
 
     def with_hash(self, autov3: str) -> LoraFile | None:
-        """The file whose AutoV3 hash is (or starts with: 12 digits are what PNGs carry) `autov3`, if any."""
+        """The file whose AutoV3 hash is (or starts with: 12 digits are what PNGs carry) `autov3`, if any (a file
+        that cannot be read has no hash to match)."""
         wanted = autov3.lower()
-        return next((file for file in self.files() if self.hash(file).startswith(wanted)), None)
+        return next((file for file in self.files() if self.hash_or_problem(file)[0].startswith(wanted)), None)
+
+    def hash_or_problem(self, file: LoraFile) -> tuple[str, str | None]:
+        """(the file's hash, None), or ("", why it cannot be read) for a damaged file (empty, cut off, not
+        safetensors): one such file in the folder must not stop a listing or a search by hash; using it says why."""
+        try:
+            return self.hash(file), None
+        except LoraError as error:
+            return "", str(error)
 
     def get(self, name: str) -> LoraFile:
         file = self.find(name)

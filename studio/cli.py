@@ -227,17 +227,18 @@ def _lora(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"name": added.name, "path": str(added.path.absolute()), "hash": library.hash(added)}))
         return 0
     files = library.files()
+    checked = [(file, *library.hash_or_problem(file)) for file in files]  # a damaged file is listed with its problem
     if args.json:
-        for file in files:
-            print(json.dumps({"name": file.name, "bytes": file.size, "hash": library.hash(file),
-                              "path": str(file.path.absolute())}))  # fmt: skip
+        for file, digest, problem in checked:
+            entry = {"name": file.name, "bytes": file.size, "hash": digest or None, "path": str(file.path.absolute())}
+            print(json.dumps({**entry, **({"problem": problem} if problem else {})}))
         return 0
     if not files:
         print(f"No LoRAs in {library.folder.absolute()} (put .safetensors files there).")
         return 0
     width = max(len(file.name) for file in files)
-    for file in files:
-        print(f"{file.name:<{width}}  {file.size / 2**20:8.1f} MB  {short_hash(library.hash(file))}")
+    for file, digest, problem in checked:
+        print(f"{file.name:<{width}}  {file.size / 2**20:8.1f} MB  {short_hash(digest) if digest else problem}")
     return 0
 
 

@@ -311,6 +311,10 @@ class StudioService:
         """The file's AutoV3 hash (64 hex digits)."""
         return self._library().hash(file)
 
+    def lora_hash_or_problem(self, file: LoraFile) -> tuple[str, str | None]:
+        """The file's hash, or why it cannot be read (LoraLibrary.hash_or_problem)."""
+        return self._library().hash_or_problem(file)
+
     def _library(self):
         if self.manager.loras is None:
             raise LoraError("This app has no LoRA folder.")
@@ -343,11 +347,16 @@ class StudioService:
             if file is None:
                 notes.append(f"The LoRA {shown} is not in the LoRA folder; add it to use these settings as they were.")
                 continue
-            if digest and not library.hash(file).startswith(digest.lower()):  # the name now holds another file
+            now, problem = library.hash_or_problem(file)
+            if problem:
+                notes.append(f"{problem} It was left out.")
+                continue
+            if digest and not now.startswith(digest.lower()):  # the name now holds another file
                 file = library.with_hash(digest) or file
-                if not library.hash(file).startswith(digest.lower()):
-                    notes.append(f"The LoRA {name} has changed since ({digest[:12]} then, {library.hash(file)[:12]} "
-                                 "now): the folder's file is used, so the picture may differ.")  # fmt: skip
+                now = library.hash(file)
+                if not now.startswith(digest.lower()):
+                    notes.append(f"The LoRA {name} has changed since ({digest[:12]} then, {now[:12]} now): the "
+                                 "folder's file is used, so the picture may differ.")  # fmt: skip
             if file.name != name:
                 notes.append(f"The LoRA {name} was found as {file.name}.")
             try:

@@ -50,6 +50,14 @@ def test_the_lora_list_names_the_folder(client, server):
     # The demo app lists the demo checkpoints' own LoRA beside the folder's (tests/test_demo_lora.py).
     assert [item["name"] for item in listed] == ["demo/pixel-style", "ink", "styles/paper"]
     assert listed[1] == {"name": "ink", "hash": autov3_hash(ink), "bytes": ink.stat().st_size}
+    damaged = server.data_dir / "loras" / "empty.safetensors"
+    damaged.write_bytes(b"")  # listed with its problem, no longer the whole list's error (a hostile pass)
+    try:
+        listed = client.predict(api_name="/loras")
+    finally:
+        damaged.unlink()
+    assert listed[1] == {"name": "empty", "hash": None, "bytes": 0, "problem": "The LoRA empty is an empty file."}
+    assert listed[2]["hash"] == autov3_hash(ink)
 
 
 def test_generate_takes_loras_and_reports_them(client, server):

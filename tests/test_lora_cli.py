@@ -75,7 +75,8 @@ def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     # Without a GPU the demo checkpoints run, and the LoRA trained for them is listed with the folder's own.
     demo = [] if torch.cuda.is_available() else ["demo/pixel-style"]
     assert [line.split()[0] for line in lines] == [*demo, "ink", "styles/paper"]
-    assert lines[len(demo)].split()[-1] == autov3_hash(ink)[:12]
+    ink_hash = autov3_hash(ink)[:12]
+    assert lines[len(demo)].split()[-1] == ink_hash
     assert (
         cli.run(cli.build_parser().parse_args(["lora", "list", "--json"]), environ={"KREA2_LORA_DIR": str(loras)}) == 0
     )
@@ -86,6 +87,11 @@ def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()] == demo if demo else "No LoRAs in" in out
+    (loras / "empty.safetensors").write_bytes(b"")  # a damaged file is listed with its problem; the rest as before
+    assert cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(loras)]), environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [*demo, "empty", "ink", "styles/paper"]
+    assert lines[len(demo)].endswith("The LoRA empty is an empty file.") and lines[len(demo) + 1].endswith(ink_hash)
 
 
 def test_lora_pull_takes_a_hub_lora_into_the_folder(tmp_path):

@@ -45,6 +45,25 @@ def test_a_name_from_another_tool_is_found_by_file_name_or_hash(tmp_path, factor
         library.get("gone")
 
 
+def test_a_damaged_file_in_the_folder_stops_nothing_but_itself(tmp_path, factors):
+    """A hostile pass: an empty `.safetensors` file in the folder made every search by hash fail with its error (a
+    PNG's or a history row's LoRA missing by name could no longer be looked for). It is listed with its problem and
+    skipped by a search; using it still says why."""
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00")
+    ink = write_lora(tmp_path / "ink.safetensors", factors, "kohya")
+    library = LoraLibrary(tmp_path)
+    assert library.names() == ["cut", "empty", "ink"]
+    assert library.find("ghost", library.short_hash(library.get("ink"))).name == "ink"
+    assert library.find("ghost", "0123456789ab") is None
+    digest, problem = library.hash_or_problem(library.get("empty"))
+    assert digest == "" and problem == "The LoRA empty is an empty file."
+    assert library.hash_or_problem(library.get("ink")) == (library.hash(library.get("ink")), None)
+    assert ink.exists()
+    with pytest.raises(LoraError, match="The LoRA cut"):
+        library.hash(library.get("cut"))
+
+
 def test_an_upload_is_kept_once_under_a_safe_name(tmp_path, factors):
     incoming = tmp_path / "incoming"
     first = write_lora(incoming / "upload-1", factors, "kohya")

@@ -215,10 +215,14 @@ def register_api(service: StudioService) -> None:
         yield from run(stream, [WITHOUT_LORAS, WITH_LORAS], lambda infos: infos)
 
     def loras_list():
-        """The LoRA folder: what `loras` may name."""
+        """The LoRA folder: what `loras` may name; a file that cannot be read has no hash and says why."""
         try:
-            files = service.lora_files()
-            return [{"name": f.name, "hash": service.lora_hash(f), "bytes": f.size} for f in files]
+            listed = []
+            for file in service.lora_files():
+                digest, problem = service.lora_hash_or_problem(file)
+                listed.append({"name": file.name, "hash": digest or None, "bytes": file.size,
+                               **({"problem": problem} if problem else {})})  # fmt: skip
+            return listed
         except Exception as error:  # noqa: BLE001
             raise _refused(error) from None
 
