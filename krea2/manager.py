@@ -682,6 +682,15 @@ class ModelManager:
         """Forget the LoRAs read so far (the next use reads its file again); what is folded in stays."""
         self._lora_cache.clear()
 
+    def check_request_loras(self, request: GenerationRequest) -> None:
+        """Raise LoraError now for a LoRA of the request that the loaded transformers cannot take, so that a run of
+        several requests (Compare) refuses before its first one runs instead of failing half-way. Checked files are
+        cached for the run itself; with no checkpoint ready yet, the run checks them as it starts."""
+        if not request.active_loras or not any(s.state == "ready" for s in self._status.values()):
+            return
+        for lora in request.active_loras:
+            self._lora_weights(lora.name, self._any_pipe())
+
     def check_lora(self, contents: LoraContents, name: str) -> None:
         """Raise LoraError if a LoRA file (an upload, a download) cannot be applied to the loaded transformers."""
         lora_weights(contents, name, "", target_shapes(self._any_pipe().transformer))

@@ -168,9 +168,15 @@ class WorkerPool:
     def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
         return self.workers[0].manager.lora_files(request)
 
+    def _checking_worker(self) -> Worker:
+        """A worker with a checkpoint ready (else the first): the same model on every card, one check serves all."""
+        return next((w for w in self.workers if any(w.ready_for(key) for key in CHECKPOINTS)), self.workers[0])
+
+    def check_request_loras(self, request: GenerationRequest) -> None:
+        self._checking_worker().manager.check_request_loras(request)
+
     def check_lora(self, contents: LoraContents, name: str) -> None:
-        worker = next((w for w in self.workers if any(w.ready_for(key) for key in CHECKPOINTS)), self.workers[0])
-        worker.manager.check_lora(contents, name)
+        self._checking_worker().manager.check_lora(contents, name)
 
     def clear_lora_cache(self) -> None:
         for worker in self.workers:

@@ -215,6 +215,8 @@ class StudioService:
         recorded)."""
         for _label, request in requests:  # a LoRA the folder lacks is refused like any other field: nothing recorded
             self.manager.lora_files(request)
+        for _label, request in requests:  # and one the model cannot take, before the first run (Compare's second)
+            self.manager.check_request_loras(request)
         cancel_event = self._cancel_event(session)
         if job is not None:
             with self._lock:

@@ -72,3 +72,20 @@ def test_without_against_with_loras_starts_both_from_the_init_image(lora_handler
         assert from_init < np.abs(pixels(noise_path)[:256, :256] - green).mean() - 5  # it kept the green picture
     without, with_lora = (pixels(path) for path in from_image[3]["value"])
     assert np.abs(without - with_lora).mean() > 1  # and the LoRA still shows
+
+
+def test_a_lora_one_side_cannot_take_is_refused_before_either_side_runs(lora_handlers, lora_dir):
+    """A hostile pass: a LoRA made for another model, for Turbo only, was found out only when Turbo started; Raw had
+    run and was kept, and the page showed the new Raw beside the last comparison's Turbo. Now nothing runs and nothing
+    is recorded, and a new comparison clears the last one's pictures first."""
+    transformer = lora_handlers.service.manager.pipes["turbo"].transformer
+    (factors,) = random_factors(transformer, ["transformer_blocks.0.attn.to_q"]).values()
+    write_lora(lora_dir / "compare" / "flux.safetensors", {"single_transformer_blocks.0.attn.to_q": factors},
+               "diffusers")  # fmt: skip
+    before = lora_handlers.service.store.count()
+    turbo_only = ["compare/flux", 1.0, "turbo"] + ["", 1.0, "both"] * 3
+    outputs = compare(lora_handlers, COMPARE_CHECKPOINTS, *turbo_only, prompt="a red circle")
+    assert outputs[0][1:] == (gr.update(value=None),) * 3 + ("",)  # the last comparison cleared
+    assert "made for another model" in outputs[-1][0], outputs[-1][0]
+    assert all(out[1] in (gr.skip(), gr.update(value=None)) for out in outputs)  # no Raw picture was made
+    assert lora_handlers.service.store.count() == before

@@ -629,7 +629,9 @@ class Handlers:
         paths: dict[str, str] = {}
         info: dict[str, str] = {}
         used_seed = seed
-        yield "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        # The last comparison goes: a run that fails or is cancelled half-way must not leave its first image beside
+        # the previous run's second, as if they were a pair.
+        yield "Waiting for the GPU…", gr.update(value=None), gr.update(value=None), gr.update(value=None), ""
         try:
             for event in events:
                 name = names[event.label]
