@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
-from .errors import Krea2Error
+from .errors import InvalidRequest, Krea2Error
 from .request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -182,6 +182,21 @@ class Outpaint:
                 raise InvalidImage(f"Outpaint {name} must be a whole number of pixels from 0 to {OUTPAINT_MAX}.")
         if not (self.left or self.right or self.top or self.bottom):
             raise InvalidImage("Outpaint needs at least one side to extend.")
+
+
+def whole_number(text: object) -> int | None:
+    """`text` as a whole number of pixels (ASCII digits, spaces around allowed), or None. str.isdigit() alone took
+    "²", which int() then refused with a ValueError the user saw as "Something went wrong"."""
+    text = str(text).strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def parse_outpaint(text: str) -> Outpaint:
+    """The API's and the CLI's "left,right,top,bottom" outpaint field."""
+    sides = [whole_number(part) for part in str(text).split(",")]
+    if len(sides) != 4 or None in sides:
+        raise InvalidRequest("outpaint", text, "must be four whole numbers: left,right,top,bottom")
+    return Outpaint(*sides)
 
 
 def outpaint_canvas(image: Image.Image, sides: Outpaint, feather: int = 16) -> tuple[Image.Image, Image.Image, str]:

@@ -81,25 +81,19 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
 
 def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     """--image and its companions, prepared (the size: --width/--height when both are given, else the image's)."""
-    from krea2.image_input import Outpaint
+    from krea2.image_input import parse_outpaint, whole_number
 
-    outpaint = None
-    if args.outpaint:
-        sides = args.outpaint.split(",")
-        if len(sides) != 4 or not all(side.strip().isdigit() for side in sides):
-            raise InvalidRequest("outpaint", args.outpaint, "must be four whole numbers: left,right,top,bottom")
-        outpaint = Outpaint(*(int(side) for side in sides))
+    outpaint = parse_outpaint(args.outpaint) if args.outpaint else None
     default_strength = 1.0 if (args.mask or outpaint) else 0.6
     strength = args.strength if args.strength not in (None, "") else default_strength  # ImageInput parses it
-    if not str(args.feather).strip().isdigit():
+    feather = whole_number(args.feather)
+    if feather is None:
         raise InvalidRequest("feather", args.feather, "must be a whole number of pixels")
     size = None
     if {"width", "height"} <= given.keys():  # checked as the request checks them, before any file is read
         checked = GenerationRequest(prompt="-", width=given["width"], height=given["height"])
         size = (checked.width, checked.height)
-    return image_source(
-        args.image, strength=strength, mask=args.mask, feather=int(args.feather), outpaint=outpaint, size=size
-    )
+    return image_source(args.image, strength=strength, mask=args.mask, feather=feather, outpaint=outpaint, size=size)
 
 
 def _write_out(

@@ -140,6 +140,8 @@ def test_cli_bad_image_input_is_exit_2_and_one_line(tmp_path, capsys):
         ["--image", str(good), "--strength", "0"],
         ["--strength", "0.5"],
         ["--image", str(good), "--outpaint", "1,2"],
+        ["--image", str(good), "--outpaint", "²,0,0,0"],  # passed str.isdigit(), then failed in int()
+        ["--image", str(good), "--feather", "²"],
         ["--image", str(good), "--mask", str(good)],  # an all-black mask: nothing to repaint
     )
     for extra in cases:

@@ -74,7 +74,7 @@ def uploaded_path(value: Any) -> str | None:
 def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):
     """The `image`, `mask`, `strength`, `outpaint` ("left,right,top,bottom" pixels) and `feather` fields as the
     request's start, or None without an image. The size: `width`/`height` when both are given, else the image's."""
-    from krea2.image_input import Outpaint
+    from krea2.image_input import parse_outpaint, whole_number
     from studio.sources import image_source
 
     path = uploaded_path(image)
@@ -82,24 +82,20 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
         if any(_optional(v) is not None for v in (mask, strength, outpaint)):
             raise InvalidRequest("image", None, "is needed by mask, strength and outpaint")
         return None
-    sides = None
-    if _optional(outpaint) is not None:
-        parts = str(outpaint).split(",")
-        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-            raise InvalidRequest("outpaint", outpaint, "must be four whole numbers: left,right,top,bottom")
-        sides = Outpaint(*(int(p) for p in parts))
+    sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
     mask_path = uploaded_path(mask)
     default = 1.0 if (mask_path or sides) else 0.6
-    feather = _optional(feather) or 0
-    if not str(feather).strip().isdigit():
+    pixels = whole_number(_optional(feather) or 0)
+    if pixels is None:
         raise InvalidRequest("feather", feather, "must be a whole number of pixels")
     width, height = (_optional(v) for v in size)
     wanted = None
     if width is not None and height is not None:
         checked = GenerationRequest(prompt="-", width=width, height=height)
         wanted = (checked.width, checked.height)
+    strength = _optional(strength)  # a strength of 0 is the caller's (and refused), not "none given"
     return image_source(
-        path, strength=_optional(strength) or default, mask=mask_path, feather=int(feather), outpaint=sides,
+        path, strength=default if strength is None else strength, mask=mask_path, feather=pixels, outpaint=sides,
         size=wanted,
     )  # fmt: skip
 
