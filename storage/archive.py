@@ -46,6 +46,10 @@ CONTENT_ADDRESS = re.compile(r"[0-9a-f]{64}")
 LORA_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "hash": (str,), "weight": (float, int), "checkpoint": (str,)}
 MAX_LORAS = 16  # per generation, in an import (the app applies at most 4)
 MAX_GENERATIONS = 100_000
+MAX_HISTORY_JSON_BYTES = 256 * 2**20  # read whole into memory: a zip of a few hundred KB can hold gigabytes of it
+MAX_INTEGER = 2**63 - 1  # a database integer's range (a larger one failed the import with an OverflowError)
+MAX_ID_CHARS = 64  # comparison ids are 32 hex digits
+EntryCheck = Callable[[dict[str, Any]], None]  # raises ValueError(field name) for an entry the app could not have made
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_PIXELS = 2048 * 2048
 
@@ -115,18 +119,32 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     for name, types in TYPES.items():
         value = record.get(name, "" if str in types else None)
         if name == "favorite":
-            value = bool(record.get("favorite", False))
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            value = record.get("favorite", False)  # a real true or false: bool("no") is True
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or not _storable(value):
             raise StorageError(f"Entry {index + 1} of history.json has an invalid {name}.")
         fields[name] = value
+    if fields["comparison_id"] is not None and len(fields["comparison_id"]) > MAX_ID_CHARS:
+        raise StorageError(f"Entry {index + 1} of history.json has an invalid comparison_id.")
     try:
         created = datetime.fromisoformat(str(record.get("created_at")))
-    except ValueError:
+        created = created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # year 1 at +05:00 is before year 1 in UTC
         raise StorageError(f"Entry {index + 1} of history.json has an invalid created_at.") from None
-    fields["created_at"] = created if created.tzinfo else created.replace(tzinfo=UTC)
+    fields["created_at"] = created
     if fields["status"] not in ("ok", "failed", "cancelled", "interrupted", "blocked"):
         fields["status"] = "interrupted"  # an export taken mid-run: that run never finished
     return _checked_source(fields, index)
+
+
+def _storable(value: Any) -> bool:
+    """A value a database column holds as it is: an integer within 64 bits, a finite float, text without NUL."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -MAX_INTEGER <= value <= MAX_INTEGER
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, str) or "\x00" not in value
 
 
 def _checked_source(fields: dict[str, Any], index: int) -> dict[str, Any]:
@@ -158,7 +176,7 @@ def _checked_loras(record: dict, index: int) -> list[dict[str, Any]]:
         ):
             raise StorageError(f"Entry {index + 1} of history.json has an invalid LoRA.")
         too_long = len(lora["name"]) > 255 or len(lora["hash"]) > 64 or len(lora["checkpoint"]) > 16
-        if too_long or not math.isfinite(lora["weight"]):
+        if too_long or not all(_storable(lora[name]) for name in LORA_TYPES):
             raise StorageError(f"Entry {index + 1} of history.json has an invalid LoRA.")
         checked.append({name: lora[name] for name in LORA_TYPES})
     return checked
@@ -169,7 +187,9 @@ class ArchiveReader:
     an archive with a bad entry is refused before anything is written. The sources (init images, masks) and images
     are read, and checked, when asked for. Use it as a context manager (it holds the zip open)."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, check: EntryCheck | None = None) -> None:
+        """`check`: the app's own test of an entry's values (its request's ranges and choices), which the history
+        does not know; it raises ValueError naming the field."""
         try:
             self._zip = zipfile.ZipFile(source)
         except (OSError, zipfile.BadZipFile):
@@ -179,6 +199,11 @@ class ArchiveReader:
             self._names = set(self._zip.namelist())
             self._entries = [(record, _checked(record, i), _checked_loras(record, i)) for i, record in
                              enumerate(records)]  # fmt: skip
+            for index, (_record, fields, loras) in enumerate(self._entries if check is not None else []):
+                try:
+                    check({**fields, "loras": loras})
+                except ValueError as error:
+                    raise StorageError(f"Entry {index + 1} of history.json has an invalid {error}.") from None
         except BaseException:
             self._zip.close()
             raise
@@ -191,6 +216,8 @@ class ArchiveReader:
 
     def _records(self) -> list[Any]:
         try:
+            if self._zip.getinfo("history.json").file_size > MAX_HISTORY_JSON_BYTES:
+                raise StorageError(f"The history.json in that zip is larger than {MAX_HISTORY_JSON_BYTES // 2**20} MB.")
             document = json.loads(self._zip.read("history.json"))
         except KeyError:
             raise StorageError("That zip is not a history export (it has no history.json).") from None
@@ -233,8 +260,10 @@ class ArchiveReader:
             for item in record.get("images") or []:
                 name = item.get("file") if isinstance(item, dict) else None
                 seed = item.get("seed") if isinstance(item, dict) else None
-                if name not in self._names or not (seed is None or type(seed) is int):
+                if name not in self._names:
                     raise StorageError(f"Entry {index + 1} of history.json names an image the zip does not hold.")
+                if not (seed is None or type(seed) is int) or not _storable(seed):
+                    raise StorageError(f"Entry {index + 1} of history.json has an image with an invalid seed.")
                 png = self._member(name, "an image")
                 images.append(NewImage(_checked_png(png, name), seed, png))
             yield NewGeneration(fields, images, loras=loras)

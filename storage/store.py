@@ -22,7 +22,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .archive import ArchiveReader, write_archive
+from .archive import ArchiveReader, EntryCheck, write_archive
 from .database import default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
@@ -268,7 +268,7 @@ class HistoryStore:
         write_archive(target, rows, self.absolute, lambda digest: self.absolute(self.source_relative(digest)))
         return len(rows)
 
-    def import_archive(self, source: Path) -> tuple[int, int]:
+    def import_archive(self, source: Path, check: EntryCheck | None = None) -> tuple[int, int]:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
         and masks they started from are written first (atomically, each once: one already here is kept), every one
@@ -280,7 +280,7 @@ class HistoryStore:
         added_ids: list[int] = []
         written: list[Path] = []
         skipped = 0
-        with ArchiveReader(source) as archive:
+        with ArchiveReader(source, check) as archive:
             try:
                 self._import_sources(archive, written)
                 for new in archive.generations():

@@ -425,7 +425,7 @@ class StudioService:
         return target, self.store.export_archive(target, generation_ids)
 
     def import_archive(self, path: str | Path) -> tuple[int, int]:
-        return self.store.import_archive(Path(path))
+        return self.store.import_archive(Path(path), check=check_imported)
 
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:
@@ -434,6 +434,21 @@ class StudioService:
     def png_provenance(self, path: str | Path) -> dict[str, Any]:
         """{"ai_generated", "xmp", "c2pa"}: what the PNG says about its origin (storage/provenance.py)."""
         return read_provenance(path)
+
+
+def check_imported(entry: dict[str, Any]) -> None:
+    """An imported history entry as this app would have made it: its values within a request's ranges and choices
+    (a row is recorded only for a request that passed them), so History, Reuse and Upscale never meet a size of -5
+    or a checkpoint it does not have. Raises ValueError naming the field (storage.archive.EntryCheck)."""
+    try:
+        loras = [LoraChoice(lora["name"], lora["weight"], lora["checkpoint"]) for lora in entry["loras"]]
+        GenerationRequest(
+            prompt=entry["prompt"], checkpoint=entry["checkpoint"], negative_prompt=entry["negative_prompt"],
+            steps=entry["steps"], guidance=entry["guidance"], width=entry["width"], height=entry["height"],
+            seed=entry["seed"], num_images=entry["num_images"], loras=loras,
+        )  # fmt: skip
+    except InvalidRequest as error:
+        raise ValueError(error.field) from None
 
 
 def run_side_by_side(requests: list[tuple[str, GenerationRequest]], run) -> None:

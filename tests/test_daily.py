@@ -191,3 +191,23 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     assert "visible" not in details  # left as it is
     assert "visible" not in handlers.history("", "all", False, False, nav, keep_details=True)[3]
     assert handlers.history("row 3", "all", False, False, nav)[3]["visible"] is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"checkpoint": "gpt-4"}, "checkpoint"), ({"steps": 0}, "steps"), ({"width": -5}, "width"),
+     ({"seed": -5}, "seed"), ({"num_images": 99}, "num_images"), ({"prompt": "x" * 3_000_000}, "prompt"),
+     ({"loras": [{"name": "../../x", "hash": "", "weight": 1.0, "checkpoint": "both"}]}, "lora_name"),
+     ({"loras": [{"name": "ink", "hash": "", "weight": 1e308, "checkpoint": "both"}]}, "lora_weight"),
+     ({"loras": [{"name": "ink", "hash": "", "weight": 1.0, "checkpoint": "nope"}]}, "lora_target")],
+)  # fmt: skip
+def test_an_import_takes_only_what_the_app_could_have_made(service, tmp_path, changes, field):
+    """A hostile pass: an import took a size of -5x0, steps 0, checkpoint "gpt-4" and LoRA names with "..", which
+    History then showed and Upscale refused. An entry is checked as a request of this app is (its ranges and choices),
+    and refused in one sentence naming the field, before anything is written."""
+    from test_store import export_of
+
+    with pytest.raises(Exception, match=f"^Entry 1 of history.json has an invalid {field}\\.$"):
+        service.import_archive(export_of(tmp_path / "e.zip", **changes))
+    assert service.store.count() == 0
+    assert service.import_archive(export_of(tmp_path / "good.zip")) == (1, 0)

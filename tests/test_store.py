@@ -256,3 +256,51 @@ def test_import_refuses_what_is_not_an_export(store, tmp_path):
     with pytest.raises(StorageError, match="invalid steps"):
         store.import_archive(bad)
     assert store.count() == 0
+
+
+GOOD_ENTRY = {"created_at": "2026-01-01T00:00:00+00:00", "checkpoint": "turbo", "prompt": "x", "seed": 1, "steps": 8,
+              "guidance": 0.0, "width": 256, "height": 256, "num_images": 1, "status": "ok", "error": None,
+              "comparison_id": None, "source_sha256": None, "mask_sha256": None}  # fmt: skip
+
+
+def export_of(path, **changes):
+    """A history export of one entry: GOOD_ENTRY with `changes`."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        document = {"format": "krea2-studio-history/1", "generations": [{**GOOD_ENTRY, **changes}]}
+        zipped.writestr("history.json", json.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"seed": 2**70}, "seed"), ({"steps": 10**30}, "steps"), ({"favorite": "no"}, "favorite"),
+     ({"created_at": "0001-01-01T00:00:00+05:00"}, "created_at"), ({"comparison_id": "c" * 5000}, "comparison_id"),
+     ({"prompt": "a\x00b"}, "prompt"), ({"images": [{"file": "images/1.png", "seed": 2**80}]}, "image")],
+)  # fmt: skip
+def test_import_refuses_values_a_database_cannot_hold_in_one_sentence(store, tmp_path, changes, field):
+    """A hostile pass: numbers past 64 bits and dates that leave the calendar in UTC failed the import with
+    "Something went wrong (OverflowError)"; "no" was taken as a favourite (bool("no") is True)."""
+    import zipfile
+
+    path = export_of(tmp_path / "e.zip", **changes)
+    if "images" in changes:
+        with zipfile.ZipFile(path, "a") as zipped:
+            zipped.writestr("images/1.png", b"")
+    with pytest.raises(
+        StorageError, match=f"^Entry 1 of history.json has an (invalid {field}|{field} with an invalid)"
+    ):
+        store.import_archive(path)
+    assert store.count() == 0
+
+
+def test_import_refuses_a_history_json_too_large_to_read(store, tmp_path, monkeypatch):
+    import storage.archive as archive
+
+    monkeypatch.setattr(archive, "MAX_HISTORY_JSON_BYTES", 100)
+    with pytest.raises(StorageError, match=r"history\.json in that zip is larger than"):
+        store.import_archive(export_of(tmp_path / "e.zip"))
+    monkeypatch.undo()
+    assert store.import_archive(export_of(tmp_path / "e.zip")) == (1, 0)
