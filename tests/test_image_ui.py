@@ -158,6 +158,24 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
     assert "Steps 7.6 is not one" in html.unescape(odd[10]) and "in steps of 16): set to 992" in odd[10]
 
 
+def test_a_pngs_number_too_large_for_json_is_shown_as_text_and_sent_to_generate_in_range(handlers, tmp_path) -> None:
+    """A hostile pass: an A1111 PNG saying "Seed: 99999999999999999999" left both PNG info boxes with a red "Error"
+    badge (Gradio's JSON encoder refused an integer past 64 bits) and Send to Generate then had nothing to send."""
+    import gradio as gr
+    from PIL.PngImagePlugin import PngInfo
+
+    text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 3.5, Seed: 99999999999999999999, Size: 512x768"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=meta)
+    shown_text, parsed, values = handlers.png_info(str(path))
+    assert shown_text == text and parsed["seed"] == "99999999999999999999"
+    gr.JSON().postprocess(parsed)  # what failed
+    filled = handlers.send_png_to_generate(values, {})
+    assert (filled[0], filled[7], filled[8]) == ("a cat", 0, True) and "Seed 99999999999999999999" in filled[10]
+
+
 def test_a_result_deleted_from_history_leaves_the_results_gallery_at_the_next_run(handlers) -> None:
     """A hostile pass: after a delete, the next run's gallery still held the deleted file, and clicking its tile showed
     Gradio's refusal with the file's path on the server."""

@@ -135,6 +135,19 @@ def friendly(fn):
     return wrapper
 
 
+def shown_json(value: Any) -> Any:
+    """`value` for a gr.JSON: a whole number past JavaScript's exact range (2^53) as text. A PNG's text can say
+    anything ("Seed: 99999999999999999999"), and Gradio's JSON encoder refused an integer past 64 bits: the box showed a
+    red "Error" badge and nothing else."""
+    if isinstance(value, dict):
+        return {key: shown_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shown_json(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        return str(value)
+    return value
+
+
 def display_preview(preview, min_side: int = 256):
     """The latent preview is 1/8 of the image; scale it up (smoothly) so it is visible."""
     scale = max(1, -(-min_side // min(preview.size)))
@@ -822,7 +835,7 @@ class Handlers:
             values.update({k: v for k, v in info["request"].items() if k in (*SETTINGS_FIELDS, *SOURCE_FIELDS)})
             if isinstance(info["request"].get("loras"), list):  # ours: the LoRAs with their hashes
                 values["loras"] = info["request"]["loras"]
-        return info["parameters"] or "", info["request"] or info["parsed"], values
+        return info["parameters"] or "", shown_json(info["request"] or info["parsed"]), values
 
     def png_provenance(self, path: str | None):
         """The PNG's AI disclosure (XMP) and C2PA manifest. A file that is not a readable PNG shows nothing here:
