@@ -67,15 +67,20 @@ class LoraLibrary:
         call)."""
         found: dict[str, LoraFile] = {}
         for prefix, root in [("", self.folder), *((f"{p}/", root) for p, root in self.builtin.items())]:
-            for file in self._scan(root, prefix):
+            for file in self._scan(root, prefix)[0]:
                 found.setdefault(file.name, file)  # the user's folder comes first
         return sorted(found.values(), key=lambda file: file.name)
 
+    def unnamable(self) -> list[str]:
+        """The folder's `.safetensors` files left out of `files()` because their names cannot be written in a prompt
+        or a PNG (`check_lora_name`), as paths in the folder: what the list's note asks to rename."""
+        return sorted(self._scan(self.folder, "")[1])
+
     @staticmethod
-    def _scan(root: Path, prefix: str) -> list[LoraFile]:
+    def _scan(root: Path, prefix: str) -> tuple[list[LoraFile], list[str]]:
         if not root.is_dir():
-            return []
-        found = []
+            return [], []
+        found, unnamable = [], []
         for path in root.rglob(f"*{SUFFIX}"):
             relative = path.relative_to(root)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
@@ -84,10 +89,11 @@ class LoraLibrary:
                 name = check_lora_name(prefix + PurePosixPath(*relative.parts).as_posix())
             except InvalidRequest:
                 log.warning("LoRA file %s skipped: its name cannot be written in a prompt or a PNG", relative)
+                unnamable.append(PurePosixPath(*relative.parts).as_posix())
                 continue
             stat = path.stat()
             found.append(LoraFile(name, path, stat.st_size, stat.st_mtime_ns))
-        return found
+        return found, unnamable
 
     def names(self) -> list[str]:
         return [file.name for file in self.files()]

@@ -309,6 +309,10 @@ class StudioService:
     def lora_names(self) -> list[str]:
         return [file.name for file in self.lora_files()]
 
+    def lora_unnamable(self) -> list[str]:
+        """The LoRA folder's files left out of the list for their names (LoraLibrary.unnamable)."""
+        return self.manager.loras.unnamable() if self.manager.loras is not None else []
+
     def lora_hash(self, file: LoraFile) -> str:
         """The file's AutoV3 hash (64 hex digits)."""
         return self._library().hash(file)

@@ -88,8 +88,12 @@ def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()] == demo if demo else "No LoRAs in" in out
     (loras / "empty.safetensors").write_bytes(b"")  # a damaged file is listed with its problem; the rest as before
+    (loras / "weird:name.safetensors").write_bytes(ink.read_bytes())  # and one whose name a prompt cannot hold, said
     assert cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(loras)]), environ={}) == 0
-    lines = capsys.readouterr().out.splitlines()
+    said = capsys.readouterr()
+    assert said.err == ("warning: weird:name.safetensors is not listed: a LoRA's name cannot contain : , < > \" or "
+                        "\\ (rename the file)\n")  # fmt: skip
+    lines = said.out.splitlines()
     assert [line.split()[0] for line in lines] == [*demo, "empty", "ink", "styles/paper"]
     assert lines[len(demo)].endswith("The LoRA empty is an empty file.") and lines[len(demo) + 1].endswith(ink_hash)
 

@@ -130,7 +130,24 @@ def test_uploads_fill_a_row_and_refusals_are_a_note(service, tmp_path):
     assert note.startswith("⚠️ The LoRA wrong does not fit") and "wrong" not in service.lora_names()
     note, *_ = handlers.add_from_hub("not a repo", *[""] * 8)
     assert note.startswith("⚠️ Type a Hub repo")
+    note, *_ = handlers.add_from_hub("a/b/../../../etc/passwd.safetensors", *[""] * 8)  # the typing, not the repo
+    assert note.startswith("⚠️ A file in a Hub repo is named by its path inside the repo"), note
     assert NO_LORA in handlers.choices()
+
+
+def test_the_list_says_which_files_it_leaves_out_for_their_names(service, lora_dir, tmp_path):
+    """A hostile pass: a LoRA copied into the folder as `weird:name.safetensors` vanished from every list without a
+    word (only the server log said why). The refreshed list's note names it and says what to do."""
+    handlers = Handlers(service).loras
+    note, *lists = handlers.refresh(*[""] * 4)
+    assert note == "" and len(lists) == 4
+    odd = lora_dir / "ui" / "odd,name.safetensors"
+    odd.write_bytes(b"")
+    try:
+        note, *_ = handlers.refresh(*[""] * 4)
+    finally:
+        odd.unlink()
+    assert note.startswith("⚠️ Not listed: `ui/odd,name.safetensors`. A LoRA's name cannot contain"), note
 
 
 def test_history_filters_by_lora_and_lists_the_loras_used(service, names):

@@ -364,8 +364,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
             show_progress="full", show_progress_on=c_progress, **gpu,
         ).then(handlers.compare_idle, None, compare_btn, queue=False, **private)  # fmt: skip
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
-        app.load(handlers.loras.refresh, g_loras.names, g_loras.names, queue=False, **private)
-        app.load(handlers.loras.refresh, c_loras.names, c_loras.names, queue=False, **private)
+        app.load(handlers.loras.refresh, g_loras.names, [g_loras.note, *g_loras.names], queue=False, **private)
+        app.load(handlers.loras.refresh, c_loras.names, [c_loras.note, *c_loras.names], queue=False, **private)
         c_cancel.click(handlers.cancel_compare, None, c_progress, queue=False, **private)
 
         h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav, h_lora]

@@ -60,7 +60,11 @@ def wire_lora_pickers(pickers: list[LoraPicker], handlers: LoraHandlers, private
     for picker in pickers:
         others = [other for other in pickers if other is not picker]
         lists = picker.names + [name for other in others for name in other.names]
-        picker.refresh.click(handlers.refresh, picker.names, picker.names, queue=False, **private)
+        picker.refresh.click(handlers.refresh, picker.names, [picker.note, *picker.names], queue=False, **private)
         picker.upload.upload(handlers.upload, [picker.upload, *lists], [picker.note, *lists], **private)
-        for trigger in (picker.hub_add.click, picker.hub.submit):
-            trigger(handlers.add_from_hub, [picker.hub, *lists], [picker.note, *lists], **private)
+        for trigger in (picker.hub_add.click, picker.hub.submit):  # a download can take a while: one at a time
+            trigger(lambda: (gr.update(interactive=False, value="Adding…"), "Downloading from the Hub…"), None,
+                    [picker.hub_add, picker.note], queue=False, **private).then(
+                handlers.add_from_hub, [picker.hub, *lists], [picker.note, *lists], **private
+            ).then(lambda: gr.update(interactive=True, value="Add from Hub"), None, picker.hub_add, queue=False,
+                   **private)  # fmt: skip

@@ -65,7 +65,12 @@ def parse_hub_address(text: Any) -> tuple[str, str | None]:
     match = HUB_URL.match(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise LoraError("Type a Hub repo as owner/name, or owner/name/file.safetensors.")
-    return match.group("repo"), match.group("file")
+    file = match.group("file")
+    if file is not None and ("\\" in file or any(part in ("", ".", "..") for part in file.split("/"))):
+        # huggingface_hub's own refusal asked "the repository owner to rename this file": the typing is ours
+        raise LoraError("A file in a Hub repo is named by its path inside the repo (no . or .. parts), as in "
+                        "owner/name/folder/file.safetensors.")  # fmt: skip
+    return match.group("repo"), file
 
 
 class LoraHandlers:
@@ -86,8 +91,17 @@ class LoraHandlers:
             values[values.index("")] = select
         return [gr.update(choices=choices, value=value) for value in values]
 
-    def refresh(self, *current: Any) -> list[dict]:
-        return self._lists(current)
+    def refresh(self, *current: Any) -> list:
+        """(note, the picker's lists read again): the note names the folder's files left out for their names (a
+        file copied in by hand may have one; an upload is renamed), or is empty."""
+        unnamable = self.service.lora_unnamable()
+        note = ""
+        if unnamable:
+            files = ", ".join(f"`{shown(name)}`" for name in unnamable[:5])
+            more = f" and {len(unnamable) - 5} more" if len(unnamable) > 5 else ""
+            note = (f"⚠️ Not listed: {files}{more}. A LoRA's name cannot contain : , < > \" or \\ (they separate "
+                    "names in prompts and PNGs); rename the file.")  # fmt: skip
+        return [note, *self._lists(current)]
 
     def upload(self, path: Any, *current: Any) -> list:
         """Keep an uploaded file in the LoRA folder and pick it; (note, the lists of this picker, of the other one)."""
@@ -100,7 +114,8 @@ class LoraHandlers:
         return [f"Added **{shown(added.name)}** to the LoRA folder.", *self._added(added.name, current)]
 
     def add_from_hub(self, address: Any, *current: Any) -> list:
-        """Download a LoRA from the Hub into the LoRA folder and pick it; as `upload`."""
+        """Download a LoRA from the Hub into the LoRA folder and pick it; as `upload` (its button is held meanwhile:
+        ui/lora_picker.py)."""
         try:
             repo, filename = parse_hub_address(address)
             added = self.service.add_lora_from_hub(repo, filename)
