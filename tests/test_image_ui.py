@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -161,7 +162,6 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
 def test_a_pngs_number_too_large_for_json_is_shown_as_text_and_sent_to_generate_in_range(handlers, tmp_path) -> None:
     """A hostile pass: an A1111 PNG saying "Seed: 99999999999999999999" left both PNG info boxes with a red "Error"
     badge (Gradio's JSON encoder refused an integer past 64 bits) and Send to Generate then had nothing to send."""
-    import gradio as gr
     from PIL.PngImagePlugin import PngInfo
 
     text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 3.5, Seed: 99999999999999999999, Size: 512x768"
@@ -186,4 +186,9 @@ def test_a_result_deleted_from_history_leaves_the_results_gallery_at_the_next_ru
     after = last(handlers.generate("a green star", "", "turbo", 2, 0.0, 256, 256, 3, False, 1, kept[4]))
     shown_ids = [item["generation_id"] for item in after[4]]
     assert gone not in shown_ids and shown_ids[1:] == [first[4][0]["generation_id"]]
+    # Before the next run its tile is still there: selecting it says so in the details (no toast and red badge), and
+    # the actions on a selection stay hidden.
+    details, reuse, vary, selected = handlers.select_result(kept[4], gr.SelectData(None, {"index": 0, "value": None}))
+    assert details == f"Generation {gone} no longer exists." and selected is None
+    assert reuse == vary == gr.update(visible=False) and handlers.result_actions(selected)[0]["visible"] is False
     assert len(after[2]) == 2 and all(Path(path).is_file() for path, _caption in after[2])

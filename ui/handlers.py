@@ -472,10 +472,19 @@ class Handlers:
     def select_result(self, items: list, evt: gr.SelectData):
         """Returns (details, reuse button, vary button, selection)."""
         item = (items or [])[self._selected(evt, len(items or []))]
-        generation = self.service.get(item["generation_id"])
+        try:
+            generation = self.service.get(item["generation_id"])
+        except StorageError as error:  # deleted in History since: said in the details, not as a toast and badge
+            hidden = gr.update(visible=False)
+            return as_text(str(error)), hidden, hidden, None
         position = item.get("position", 0) if isinstance(item.get("position", 0), int) else 0
         shown = gr.update(visible=True)
         return describe(generation, position), shown, shown, [generation.id, position]
+
+    @staticmethod
+    def result_actions(selected: Any) -> list[dict]:
+        """Send to img2img and the two Upscales, shown once a result that still exists is selected."""
+        return [gr.update(visible=selected is not None)] * 3
 
     def _selection(self, selected: Any) -> tuple[Any, int]:
         """(generation, image position) of a selection: [id, position] (or a bare id, position 0)."""

@@ -340,7 +340,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         for control in (strength, feather, *outpaint):
             control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
-            lambda: [gr.update(visible=True)] * 3, None, [send_btn, up15_btn, up2_btn], queue=False, **private
+            handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
             handlers.reuse_source, selected, [init_editor, strength, image_panel], **private
