@@ -570,7 +570,8 @@ class Handlers:
                 choices=preset_choices(checkpoint, self.service.demo),
                 value=preset_for(width, height, checkpoint, self.service.demo),
             ),
-            "\n\n".join([checkpoint_note(checkpoint, self.service.demo), *map(as_text, notes)]),
+            # Each value changed to fit is flagged as the LoRA notes are (a hostile pass missed them below the note).
+            "\n\n".join([checkpoint_note(checkpoint, self.service.demo), *("⚠️ " + as_text(n) for n in notes)]),
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
             gr.Tabs(selected="generate"),
