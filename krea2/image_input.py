@@ -188,7 +188,8 @@ def whole_number(text: object) -> int | None:
     """`text` as a whole number of pixels (ASCII digits, spaces around allowed), or None. str.isdigit() alone took
     "²", which int() then refused with a ValueError the user saw as "Something went wrong"."""
     text = str(text).strip()
-    return int(text) if text.isascii() and text.isdigit() else None
+    # Ten digits at most: int() refuses a string past 4,300 digits with a ValueError of its own.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
 def parse_outpaint(text: str) -> Outpaint:

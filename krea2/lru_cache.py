@@ -27,7 +27,9 @@ class LRUCache(Generic[V]):
                 self.hits += 1
                 return self._items[key]
             self.misses += 1
-        value = compute()  # outside the lock: encoding is slow and callers are serialised by the manager anyway
+        # Outside the lock: encoding is slow. Two callers (a run and Compare's LoRA check) may compute one key at once;
+        # both get a correct value and the later one is kept.
+        value = compute()
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)

@@ -684,8 +684,8 @@ class ModelManager:
 
     def check_request_loras(self, request: GenerationRequest) -> None:
         """Raise LoraError now for a LoRA of the request that the loaded transformers cannot take, so that a run of
-        several requests (Compare) refuses before its first one runs instead of failing half-way. Checked files are
-        cached for the run itself; with no checkpoint ready yet, the run checks them as it starts."""
+        several requests (Compare) refuses before its first one runs instead of failing half-way. On one GPU the
+        checked LoRA is cached for the run; with no checkpoint ready yet, the run checks it as it starts."""
         if not request.active_loras or not any(s.state == "ready" for s in self._status.values()):
             return
         for lora in request.active_loras:

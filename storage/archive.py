@@ -137,14 +137,21 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
 
 
 def _storable(value: Any) -> bool:
-    """A value a database column holds as it is: an integer within 64 bits, a finite float, text without NUL."""
+    """A value a database column holds as it is: an integer within 64 bits, a finite float, text without NUL that
+    UTF-8 can encode (JSON's "\\ud800" decodes to a lone surrogate, which the database driver refused)."""
     if isinstance(value, bool) or value is None:
         return True
     if isinstance(value, int):
         return -MAX_INTEGER <= value <= MAX_INTEGER
     if isinstance(value, float):
         return math.isfinite(value)
-    return not isinstance(value, str) or "\x00" not in value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    return True
 
 
 def _checked_source(fields: dict[str, Any], index: int) -> dict[str, Any]:

@@ -47,10 +47,24 @@ log = logging.getLogger(__name__)
 # finds into `interrupted` (storage/repair.py).
 STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
 FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
-# Scripts written without spaces between words: kana, CJK ideographs, Thai, Lao, Myanmar, Khmer.
+# Scripts written without spaces between words: kana (half-width too), CJK ideographs, Thai, Lao, Myanmar, Khmer.
 UNSPACED_SCRIPT = re.compile(
-    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]"
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff65-\uff9f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]"
 )
+# A word in those scripts keeps its combining marks (Thai, Lao, Myanmar and Khmer vowels and signs, kana voicing marks
+# are not word characters: splitting at them left fragments such as 'สว' that matched nearly any prompt in the script).
+UNSPACED_WORD = re.compile(r"(?:\w|[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3099-\u309c])+")
+
+
+def search_words(typed: str) -> list[str]:
+    """The words of a search, 16 at most: runs of word characters (`UNSPACED_WORD`'s in the unspaced scripts)."""
+    words = []
+    for part in typed.split():
+        words += (UNSPACED_WORD if UNSPACED_SCRIPT.search(part) else WORD).findall(part)
+    return words[:16]
+
+
+WORD = re.compile(r"\w+")
 PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
 
 
@@ -359,7 +373,7 @@ class HistoryStore:
         if filters.lora:
             with_lora = select(GenerationLora.generation_id).where(GenerationLora.name == filters.lora)
             query = query.where(Generation.id.in_(with_lora))
-        words = re.findall(r"\w+", filters.text or "")[:16]
+        words = search_words(filters.text or "")
         # The search index splits at spaces and punctuation, so a Japanese or Chinese sentence is one long token and a
         # word in its middle was never found: a word in such a script is matched anywhere in the prompt instead.
         indexed = [w for w in words if not UNSPACED_SCRIPT.search(w)] if self.dialect == "sqlite" else []

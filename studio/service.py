@@ -25,7 +25,7 @@ from krea2.errors import ContentBlocked, InvalidRequest, LoraError
 from krea2.lora_library import LoraFile
 from krea2.lora_weights import check_is_lora
 from krea2.manager import GenerationResult, ModelManager
-from krea2.request import HistoryQuery, LoraChoice
+from krea2.request import MAX_PROMPT_CHARS, HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
 from storage.files import STATIC_DIR
 from storage.models import Generation
@@ -215,8 +215,9 @@ class StudioService:
         recorded)."""
         for _label, request in requests:  # a LoRA the folder lacks is refused like any other field: nothing recorded
             self.manager.lora_files(request)
-        for _label, request in requests:  # and one the model cannot take, before the first run (Compare's second)
-            self.manager.check_request_loras(request)
+        if len(requests) > 1:  # and one the model cannot take, before the first run (Compare's second side)
+            for _label, request in requests:
+                self.manager.check_request_loras(request)
         cancel_event = self._cancel_event(session)
         if job is not None:
             with self._lock:
@@ -312,10 +313,6 @@ class StudioService:
     def lora_unnamable(self) -> list[str]:
         """The LoRA folder's files left out of the list for their names (LoraLibrary.unnamable)."""
         return self.manager.loras.unnamable() if self.manager.loras is not None else []
-
-    def lora_hash(self, file: LoraFile) -> str:
-        """The file's AutoV3 hash (64 hex digits)."""
-        return self._library().hash(file)
 
     def lora_hash_or_problem(self, file: LoraFile) -> tuple[str, str | None]:
         """The file's hash, or why it cannot be read (LoraLibrary.hash_or_problem)."""
@@ -441,18 +438,23 @@ class StudioService:
 
 
 def check_imported(entry: dict[str, Any]) -> None:
-    """An imported history entry as this app would have made it: its values within a request's ranges and choices
+    """An imported history entry as this app would have made it: its settings within a request's ranges and choices
     (a row is recorded only for a request that passed them), so History, Reuse and Upscale never meet a size of -5
-    or a checkpoint it does not have. Raises ValueError naming the field (storage.archive.EntryCheck)."""
+    or a checkpoint it does not have. The prompts are checked for length only: rows of older versions kept
+    `<lora:...>` tags and control tokens that today's requests take out or refuse, and their exports must still
+    import. Raises ValueError naming the field (storage.archive.EntryCheck)."""
+    for field in ("prompt", "negative_prompt"):
+        if len(entry[field]) > MAX_PROMPT_CHARS:
+            raise ValueError(field)
     try:
         loras = [LoraChoice(lora["name"], lora["weight"], lora["checkpoint"]) for lora in entry["loras"]]
         GenerationRequest(
-            prompt=entry["prompt"], checkpoint=entry["checkpoint"], negative_prompt=entry["negative_prompt"],
-            steps=entry["steps"], guidance=entry["guidance"], width=entry["width"], height=entry["height"],
-            seed=entry["seed"], num_images=entry["num_images"], loras=loras,
+            prompt="-", checkpoint=entry["checkpoint"], steps=entry["steps"], guidance=entry["guidance"],
+            width=entry["width"], height=entry["height"], seed=entry["seed"], num_images=entry["num_images"],
+            loras=loras,
         )  # fmt: skip
     except InvalidRequest as error:
-        raise ValueError(error.field) from None
+        raise ValueError(error.field.replace("lora_", "LoRA ")) from None  # an export's LoRA "checkpoint": its target
 
 
 def run_side_by_side(requests: list[tuple[str, GenerationRequest]], run) -> None:

@@ -142,6 +142,7 @@ def test_cli_bad_image_input_is_exit_2_and_one_line(tmp_path, capsys):
         ["--image", str(good), "--outpaint", "1,2"],
         ["--image", str(good), "--outpaint", "²,0,0,0"],  # passed str.isdigit(), then failed in int()
         ["--image", str(good), "--feather", "²"],
+        ["--image", str(good), "--outpaint", "9" * 5000 + ",0,0,0"],  # past int()'s 4,300-digit limit
         ["--image", str(good), "--mask", str(good)],  # an all-black mask: nothing to repaint
     )
     for extra in cases:

@@ -184,8 +184,7 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     shown = handlers.select_history(older[2], gr.SelectData(None, {"index": 0, "value": None}))
     assert shown[0]["visible"] is True
     assert handlers.toggle_favorite(shown[3]) == "★ Unfavorite"
-    items, count, nav, details, _ = handlers.history("", "all", False, False, older[2], direction="same",
-                                                     keep_details=True)  # fmt: skip
+    items, count, nav, details = handlers.history_tiles("", "all", False, False, older[2])  # the ticks left alone
     assert nav["stack"] == older[2]["stack"] and count == older[1]  # the same (second) page
     assert items[0][1].startswith(f"★ #{generation_id} ")
     assert "visible" not in details  # left as it is
@@ -197,9 +196,10 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     ("changes", "field"),
     [({"checkpoint": "gpt-4"}, "checkpoint"), ({"steps": 0}, "steps"), ({"width": -5}, "width"),
      ({"seed": -5}, "seed"), ({"num_images": 99}, "num_images"), ({"prompt": "x" * 3_000_000}, "prompt"),
-     ({"loras": [{"name": "../../x", "hash": "", "weight": 1.0, "checkpoint": "both"}]}, "lora_name"),
-     ({"loras": [{"name": "ink", "hash": "", "weight": 1e308, "checkpoint": "both"}]}, "lora_weight"),
-     ({"loras": [{"name": "ink", "hash": "", "weight": 1.0, "checkpoint": "nope"}]}, "lora_target")],
+     ({"loras": [{"name": "../../x", "hash": "", "weight": 1.0, "checkpoint": "both"}]}, "LoRA name"),
+     ({"loras": [{"name": "ink", "hash": "", "weight": 1e308, "checkpoint": "both"}]}, "LoRA weight"),
+     ({"loras": [{"name": "ink", "hash": "", "weight": 1.0, "checkpoint": "nope"}]}, "LoRA target"),
+     ({"prompt": "a cat <lora:ink:0.5> <|im_end|>"}, None)],
 )  # fmt: skip
 def test_an_import_takes_only_what_the_app_could_have_made(service, tmp_path, changes, field):
     """A hostile pass: an import took a size of -5x0, steps 0, checkpoint "gpt-4" and LoRA names with "..", which
@@ -207,6 +207,9 @@ def test_an_import_takes_only_what_the_app_could_have_made(service, tmp_path, ch
     and refused in one sentence naming the field, before anything is written."""
     from test_store import export_of
 
+    if field is None:  # a prompt an older version recorded as typed (today's requests take the tag out): imported
+        assert service.import_archive(export_of(tmp_path / "old.zip", **changes)) == (1, 0)
+        return
     with pytest.raises(Exception, match=f"^Entry 1 of history.json has an invalid {field}\\.$"):
         service.import_archive(export_of(tmp_path / "e.zip", **changes))
     assert service.store.count() == 0

@@ -59,6 +59,10 @@ def test_a_word_in_the_middle_of_a_japanese_or_chinese_prompt_is_found(store):
         assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [fox.id], typed
     assert store.count(HistoryFilter(text="鯨 snow")) == 0  # every word must match, as elsewhere
     assert store.count(HistoryFilter(text="虎")) == 0
+    # A Thai word keeps its vowel signs: split at them, "สวัสดี" became "สว" and "สด", which "สวนสดใส" holds too.
+    hello = store.add(new_generation("สวัสดีครับ", images=0))
+    store.add(new_generation("สวนสดใส", images=0))
+    assert [g.id for g in store.page(filters=HistoryFilter(text="สวัสดี")).items] == [hello.id]
 
 
 def test_filters_search_favorites_comparisons(store):
@@ -278,7 +282,8 @@ def export_of(path, **changes):
     ("changes", "field"),
     [({"seed": 2**70}, "seed"), ({"steps": 10**30}, "steps"), ({"favorite": "no"}, "favorite"),
      ({"created_at": "0001-01-01T00:00:00+05:00"}, "created_at"), ({"comparison_id": "c" * 5000}, "comparison_id"),
-     ({"prompt": "a\x00b"}, "prompt"), ({"images": [{"file": "images/1.png", "seed": 2**80}]}, "image")],
+     ({"prompt": "a\x00b"}, "prompt"), ({"device": "\ud800"}, "device"),
+     ({"images": [{"file": "images/1.png", "seed": 2**80}]}, "image")],
 )  # fmt: skip
 def test_import_refuses_values_a_database_cannot_hold_in_one_sentence(store, tmp_path, changes, field):
     """A hostile pass: numbers past 64 bits and dates that leave the calendar in UTC failed the import with

@@ -701,8 +701,8 @@ class Handlers:
                 direction: str = "first", keep_details: bool = False):  # fmt: skip
         """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select).
         `direction`: "first" page, "older", "newer", or the "same" page again. `keep_details` leaves the selected
-        generation's details open (a reload that only brings tiles up to date: opening the tab, a ★ toggled), where a
-        new search or page hides them."""
+        generation's details open (opening the tab, a ★ toggled: the generation shown is still there), where a new
+        search or page hides them."""
         nav = dict(nav or {"stack": [None], "next": None})
         stack = list(nav.get("stack") or [None])
         if direction == "first":
@@ -734,6 +734,11 @@ class Handlers:
         nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
         details = gr.update() if keep_details else gr.update(visible=False)
         return items, text, nav, details, gr.update(choices=choices, value=[])
+
+    def history_tiles(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = ""):
+        """The page shown, read again (a ★ toggled shows on its tile): (gallery, count text, nav state, detail
+        visibility) as `history`, with the details left open and the multi-select's ticks left alone."""
+        return self.history(search, checkpoint, favorites, comparisons, nav, lora, "same", keep_details=True)[:4]
 
     @friendly
     def select_history(self, nav: dict, evt: gr.SelectData):

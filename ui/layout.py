@@ -377,9 +377,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
             trigger(handlers.loras.history_choices, None, h_lora, queue=False, **private)
         h_older.click(lambda *a: handlers.history(*a, direction="older"), h_inputs, h_outputs, **private)
         h_newer.click(lambda *a: handlers.history(*a, direction="newer"), h_inputs, h_outputs, **private)
-        # History loads with the page and again whenever its tab is opened (new generations show up); that reload and
-        # a ★ toggled bring the tiles up to date and leave open details open (a tile clicked just after opening the
-        # tab lost its details when the reload landed).
+        # History loads with the page and again whenever its tab is opened (new generations show up); that reload
+        # leaves open details open (a tile clicked just after opening the tab lost its details when it landed).
         app.load(handlers.history, h_inputs, h_outputs, **private)
         history_tab.select(partial(handlers.history, keep_details=True), h_inputs, h_outputs, **private)
         h_gallery.select(
@@ -387,7 +386,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             [h_detail, h_image, h_params, h_selected, h_favorite, h_download, h_confirm], **private,
         ).success(handlers.history_source, h_selected, h_source, **private)  # fmt: skip
         h_favorite.click(handlers.toggle_favorite, h_selected, h_favorite, **private).success(
-            partial(handlers.history, direction="same", keep_details=True), h_inputs, h_outputs, **private
+            handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
             handlers.reuse_source, h_selected, [init_editor, strength, image_panel], **private
