@@ -702,12 +702,12 @@ class CaptionStructure(torch.nn.Module):
 class ShapeMaps(torch.nn.Module):
     """A linear read-out, from each image token's features where the blocks end (what the output layer reads), of
     what the clean picture shows under that token: the share of background and of each shape kind (`kind_coverage`);
-    Raw's optional third objective, thrown away after training. Why: session n's from-scratch Raw bound colours within
-    1,000 steps but drew the asked kind at chance through 2,000. In the velocity loss a wrong kind costs only the few
-    latents along a shape's outline, while a wrong colour costs the whole shape; this objective asks every token in
-    and around the shape for its kind at every noise level, from the noisy latents and the caption, so the features
-    the output layer draws from must carry the kind (as REPA aligns a DiT's features to a pretrained encoder's,
-    here with the generator's ground truth instead of an encoder)."""
+    Raw's optional third objective, thrown away after training. Why (a hypothesis, bench/NOTES.md session o):
+    session n's from-scratch Raw bound colours within 1,000 steps but drew the asked kind at chance through 2,000. A
+    colour is one value for all of a shape's latents, a kind an outline the tokens around it must agree on, and the
+    velocity loss rewards the kind only once they do; this objective asks every token for its kind at every noise
+    level, from the noisy latents and the caption, so the features the output layer draws from must carry it (as
+    REPA gives a DiT's features a direct target, here the generator's ground truth instead of an encoder's)."""
 
     def __init__(self, transformer, weight: float) -> None:
         super().__init__()

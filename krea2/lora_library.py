@@ -72,12 +72,13 @@ class LoraLibrary:
         return sorted(found.values(), key=lambda file: file.name)
 
     def unnamable(self) -> list[str]:
-        """The folder's `.safetensors` files left out of `files()` because their names cannot be written in a prompt
-        or a PNG (`check_lora_name`), as paths in the folder: what the list's note asks to rename."""
-        return sorted(self._scan(self.folder, "")[1])
+        """One sentence for each of the folder's `.safetensors` files left out of `files()` because its name cannot be
+        written in a prompt or a PNG (`check_lora_name`): what the list's note and `lora list` say."""
+        return [f"{path} is not listed: its name {problem}; rename the file." for path, problem in
+                sorted(self._scan(self.folder, "")[1])]  # fmt: skip
 
     @staticmethod
-    def _scan(root: Path, prefix: str) -> tuple[list[LoraFile], list[str]]:
+    def _scan(root: Path, prefix: str) -> tuple[list[LoraFile], list[tuple[str, str]]]:
         if not root.is_dir():
             return [], []
         found, unnamable = [], []
@@ -87,9 +88,9 @@ class LoraLibrary:
                 continue  # hidden files, half-written uploads (.tmp-...), broken links
             try:
                 name = check_lora_name(prefix + PurePosixPath(*relative.parts).as_posix())
-            except InvalidRequest:
+            except InvalidRequest as error:
                 log.warning("LoRA file %s skipped: its name cannot be written in a prompt or a PNG", relative)
-                unnamable.append(PurePosixPath(*relative.parts).as_posix())
+                unnamable.append((PurePosixPath(*relative.parts).as_posix(), error.problem))
                 continue
             stat = path.stat()
             found.append(LoraFile(name, path, stat.st_size, stat.st_mtime_ns))

@@ -46,7 +46,9 @@ CONTENT_ADDRESS = re.compile(r"[0-9a-f]{64}")
 LORA_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "hash": (str,), "weight": (float, int), "checkpoint": (str,)}
 MAX_LORAS = 16  # per generation, in an import (the app applies at most 4)
 MAX_GENERATIONS = 100_000
-MAX_HISTORY_JSON_BYTES = 256 * 2**20  # read whole into memory: a zip of a few hundred KB can hold gigabytes of it
+# history.json is read whole into memory, and a zip of a few hundred KB can hold gigabytes of it. 512 MB holds
+# MAX_GENERATIONS rows of ~5 KB each (exports write text as UTF-8, not \u escapes: a long CJK prompt ~6 KB).
+MAX_HISTORY_JSON_BYTES = 512 * 2**20
 MAX_INTEGER = 2**63 - 1  # a database integer's range (a larger one failed the import with an OverflowError)
 MAX_ID_CHARS = 64  # comparison ids are 32 hex digits
 EntryCheck = Callable[[dict[str, Any]], None]  # raises ValueError(field name) for an entry the app could not have made
@@ -106,7 +108,8 @@ def write_archive(
                 records.append(record)
                 loras = " ".join(f"{lora['name']}:{lora['weight']:g}" for lora in record["loras"])
                 writer.writerow({**record, "loras": loras, "images": " ".join(f["file"] for f in files)})
-            archive.writestr("history.json", json.dumps({"format": FORMAT, "generations": records}, indent=1))
+            document = json.dumps({"format": FORMAT, "generations": records}, indent=1, ensure_ascii=False)
+            archive.writestr("history.json", document.encode("utf-8"))
             archive.writestr("history.csv", table.getvalue())
     except OSError as error:
         raise StorageError(f"Could not write the export {target.name}: {error.strerror or error}.") from error

@@ -222,9 +222,8 @@ def _lora(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     files = library.files()
     unnamable = library.unnamable()
-    for name in unnamable:  # a file copied in by hand may have a name a prompt cannot hold: said, not dropped
-        print(f"warning: {name} is not listed: a LoRA's name cannot contain : , < > \" or \\ (rename "
-              "the file)", file=sys.stderr)  # fmt: skip
+    for sentence in unnamable:  # a file copied in by hand may have a name a prompt cannot hold: said, not dropped
+        print(f"warning: {sentence}", file=sys.stderr)
     checked = [(file, *library.hash_or_problem(file)) for file in files]  # a damaged file is listed with its problem
     if args.json:
         for file, digest, problem in checked:

@@ -311,7 +311,7 @@ class StudioService:
         return [file.name for file in self.lora_files()]
 
     def lora_unnamable(self) -> list[str]:
-        """The LoRA folder's files left out of the list for their names (LoraLibrary.unnamable)."""
+        """A sentence for each LoRA folder file left out of the list for its name (LoraLibrary.unnamable)."""
         return self.manager.loras.unnamable() if self.manager.loras is not None else []
 
     def lora_hash_or_problem(self, file: LoraFile) -> tuple[str, str | None]:

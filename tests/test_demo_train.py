@@ -572,7 +572,8 @@ def test_the_shape_map_objective_reads_each_tokens_kind_from_the_transformer(tmp
     """`ShapeMaps` reads the image tokens' features where the blocks end, in the order of the targets: a fresh
     two-block transformer trained by `flow_matching_loss` with it for a hundred steps on nearly clean latents (sigma
     0.05) of the generator's single shapes finds where the shapes are (the tokens it calls a shape overlap the true
-    ones), which a read-out of misordered tokens could not; the read-out beats always answering the commonest class."""
+    ones), which a read-out of misordered tokens could not; its loss beats the best fixed answer's (the entropy of
+    the classes' average shares)."""
     from krea2.demo import build_transformer, default_checkpoints_dir
 
     work, cpu = tmp_path / "work", torch.device("cpu")

@@ -26,9 +26,9 @@ def test_the_folder_lists_subfolders_and_skips_what_cannot_be_named(tmp_path, fa
     (tmp_path / "notes.txt").write_text("not a LoRA")
     library = LoraLibrary(tmp_path)
     assert library.names() == ["ink", "styles/watercolor"]
-    assert library.unnamable() == [
-        "bad:name.safetensors"
-    ]  # what the list's note asks to rename (hidden and temporary files not)
+    # What the list's note and `lora list` say about it (hidden and temporary files are not mentioned).
+    assert library.unnamable() == ['bad:name.safetensors is not listed: its name must be a LoRA name from the LoRA '
+                                   'list (no : , < > " \\ or ..); rename the file.']  # fmt: skip
     write_lora(tmp_path / "later" / "new.safetensors", factors, "diffusers")
     assert library.names() == ["ink", "later/new", "styles/watercolor"]  # read again: a refresh sees it
     assert LoraLibrary(tmp_path / "missing").names() == []

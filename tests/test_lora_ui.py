@@ -142,12 +142,14 @@ def test_the_list_says_which_files_it_leaves_out_for_their_names(service, lora_d
     note, *lists = handlers.refresh(*[""] * 4)
     assert note == "" and len(lists) == 4
     odd = lora_dir / "ui" / "odd,name.safetensors"
+    odd.parent.mkdir(parents=True, exist_ok=True)
     odd.write_bytes(b"")
     try:
         note, *_ = handlers.refresh(*[""] * 4)
     finally:
         odd.unlink()
-    assert note.startswith("⚠️ Not listed: `ui/odd,name.safetensors`. A LoRA's name cannot contain"), note
+    assert note.startswith("⚠️ ui/odd,name.safetensors is not listed: its name must be a LoRA name"), note
+    assert note.endswith("rename the file.") and "&lt;" in note  # shown as typed, not read as HTML
 
 
 def test_history_filters_by_lora_and_lists_the_loras_used(service, names):

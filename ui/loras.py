@@ -95,12 +95,8 @@ class LoraHandlers:
         """(note, the picker's lists read again): the note names the folder's files left out for their names (a
         file copied in by hand may have one; an upload is renamed), or is empty."""
         unnamable = self.service.lora_unnamable()
-        note = ""
-        if unnamable:
-            files = ", ".join(f"`{shown(name)}`" for name in unnamable[:5])
-            more = f" and {len(unnamable) - 5} more" if len(unnamable) > 5 else ""
-            note = (f"⚠️ Not listed: {files}{more}. A LoRA's name cannot contain : , < > \" or \\ (they separate "
-                    "names in prompts and PNGs); rename the file.")  # fmt: skip
+        more = [f"{len(unnamable) - 5} more files are not listed either."] if len(unnamable) > 5 else []
+        note = "  \n".join("⚠️ " + shown(sentence) for sentence in [*unnamable[:5], *more])
         return [note, *self._lists(current)]
 
     def upload(self, path: Any, *current: Any) -> list:
