@@ -192,6 +192,14 @@ def whole_number(text: object) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
+def parse_feather(text: object) -> int:
+    """The API's and the CLI's feather field: a whole number of pixels."""
+    pixels = whole_number(text)
+    if pixels is None:
+        raise InvalidRequest("feather", text, "must be a whole number of pixels")
+    return pixels
+
+
 def parse_outpaint(text: str) -> Outpaint:
     """The API's and the CLI's "left,right,top,bottom" outpaint field."""
     sides = [whole_number(part) for part in str(text).split(",")]

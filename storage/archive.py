@@ -209,9 +209,10 @@ class ArchiveReader:
             self._names = set(self._zip.namelist())
             self._entries = [(record, _checked(record, i), _checked_loras(record, i)) for i, record in
                              enumerate(records)]  # fmt: skip
-            for index, (_record, fields, loras) in enumerate(self._entries if check is not None else []):
+            for index, (_record, fields, loras) in enumerate(self._entries):
                 try:
-                    check({**fields, "loras": loras})
+                    if check is not None:
+                        check({**fields, "loras": loras})
                 except ValueError as error:
                     raise StorageError(f"Entry {index + 1} of history.json has an invalid {error}.") from None
         except BaseException:

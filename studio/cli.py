@@ -81,14 +81,12 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
 
 def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     """--image and its companions, prepared (the size: --width/--height when both are given, else the image's)."""
-    from krea2.image_input import parse_outpaint, whole_number
+    from krea2.image_input import parse_feather, parse_outpaint
 
     outpaint = parse_outpaint(args.outpaint) if args.outpaint else None
     default_strength = 1.0 if (args.mask or outpaint) else 0.6
     strength = args.strength if args.strength not in (None, "") else default_strength  # ImageInput parses it
-    feather = whole_number(args.feather)
-    if feather is None:
-        raise InvalidRequest("feather", args.feather, "must be a whole number of pixels")
+    feather = parse_feather(args.feather)
     size = None
     if {"width", "height"} <= given.keys():  # checked as the request checks them, before any file is read
         checked = GenerationRequest(prompt="-", width=given["width"], height=given["height"])

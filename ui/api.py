@@ -74,7 +74,7 @@ def uploaded_path(value: Any) -> str | None:
 def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):
     """The `image`, `mask`, `strength`, `outpaint` ("left,right,top,bottom" pixels) and `feather` fields as the
     request's start, or None without an image. The size: `width`/`height` when both are given, else the image's."""
-    from krea2.image_input import parse_outpaint, whole_number
+    from krea2.image_input import parse_feather, parse_outpaint
     from studio.sources import image_source
 
     path = uploaded_path(image)
@@ -85,9 +85,7 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
     mask_path = uploaded_path(mask)
     default = 1.0 if (mask_path or sides) else 0.6
-    pixels = whole_number(_optional(feather) or 0)
-    if pixels is None:
-        raise InvalidRequest("feather", feather, "must be a whole number of pixels")
+    pixels = parse_feather(_optional(feather) or 0)
     width, height = (_optional(v) for v in size)
     wanted = None
     if width is not None and height is not None:
