@@ -118,6 +118,7 @@ class Budget:
     eager: tuple[str, ...] = ()  # stages that run without compile all the same (`--eager vae`: its cold compile)
     profile: bool = False  # profile a few steps of each stage, log where the time goes, and end the stage there
     stat_pictures: int = 1024  # pictures the latent statistics and preview factors are measured on
+    round_trip_pictures: int = 256  # held-out pictures the VAE's round trip is scored on
     lora_steps: int = 1500
     lora_batch: int = 256
     lora_pool: int = 16384  # pixel-style pictures at 256²
@@ -395,7 +396,7 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
         "seconds": round(watch.seconds, 1),
         "compiled": compiled.enabled,
         "final_loss": losses.final(100),
-        "round_trip_accuracy": round_trip_accuracy(vae, device),
+        "round_trip_accuracy": round_trip_accuracy(vae, device, budget.round_trip_pictures),
     }
 
 
@@ -1412,7 +1413,7 @@ def main(argv: list[str] | None = None) -> None:
             raw_pool={size: (16 if size <= 256 else 4) if count else 0 for size, count in budget.raw_pool.items()},
             raw_size_mix=budget.raw_size_mix,
             turbo_trajectories=8, turbo_steps=4, turbo_batch=4, minutes=budget.minutes, stat_pictures=64,
-            lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
+            round_trip_pictures=16, lora_steps=4, lora_batch=4, lora_pool=16, layout_mix=budget.layout_mix,
             compile=budget.compile, eager=budget.eager, profile=budget.profile, probe_every=budget.probe_every,
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
             freeze_text_encoder=budget.freeze_text_encoder, zero_init=budget.zero_init,
