@@ -11,6 +11,8 @@ import pytest
 from app_server import ROOT
 from browser_helpers import app_server_fixture, open_in_history, page_fixture
 
+from storage import HistoryFilter, HistoryStore
+
 SHOTS = ROOT / "artifacts" / "browser"
 
 pytestmark = pytest.mark.browser
@@ -285,10 +287,11 @@ def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
     assert page.get_by_text("Seed used: 7").is_visible()
 
 
-def test_upscale_from_history_holds_generate_until_it_is_done(page):
+def test_upscale_from_history_holds_generate_until_it_is_done(page, server):
     """History's "Upscale x2" runs on the Generate tab like Generate itself: every button that starts such a run
     (Generate, Vary, the Upscales, History's own) is held while the pass runs (a hostile pass found them clickable, a
-    second run queued behind the first) and back when it is done."""
+    second run queued behind the first) and back when it is done. Enter in the prompt box, which no held button stops,
+    starts nothing meanwhile (it used to queue a run, whose end then gave the buttons back early)."""
     small(page)
     page.locator("#prompt textarea").fill("a yellow star on a purple background")
     page.locator("#generate-btn").click()
@@ -297,5 +300,16 @@ def test_upscale_from_history_holds_generate_until_it_is_done(page):
     page.locator("#history-upscale").click()
     held = [page.locator(f"#{name}").element_handle() for name in ("generate-btn", "history-upscale")]
     page.wait_for_function("els => els.every(el => el.disabled)", arg=held, timeout=10_000)  # every run button
+    page.locator("#prompt textarea").fill("a blue square pressed while held")
+    page.locator("#prompt textarea").press("Enter")
+    page.wait_for_timeout(300)
+    shot(page, "10-enter-while-held")  # no toast, no error badge: the run in flight goes on as it was
     page.locator("#progress").get_by_text(re.compile(r"upscaled ×2 to 512×512")).wait_for(timeout=90_000)
     page.wait_for_function("els => els.every(el => !el.disabled)", arg=held, timeout=10_000)
+    page.wait_for_timeout(2_000)  # a queued run would have started by now
+    store = HistoryStore(server.data_dir).open(repair=False)
+    try:
+        assert not store.page(limit=10, filters=HistoryFilter(text="pressed while held")).items
+    finally:
+        store.close()
+    assert page.locator("#prompt textarea").input_value() == "a blue square pressed while held"  # kept for later

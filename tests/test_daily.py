@@ -169,8 +169,9 @@ def test_the_forms_take_defaults_and_ranges_from_the_checkpoint_specs_and_the_re
 
 def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     """A ★ toggled in History reloads the page it is on (not the first), so its tile shows the star without a Refresh,
-    and leaves the details open; opening the tab reloads without closing them either. A new search still hides
-    them (the generation shown may not be among its results)."""
+    and leaves the details open; opening the tab reloads that page without closing them either (it went back to the
+    first page under the second's details). A new search still hides them (the generation shown may not be among its
+    results)."""
     from studio.recording import record_failure
     from studio.service import HISTORY_PAGE_SIZE
 
@@ -188,8 +189,20 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     assert nav["stack"] == older[2]["stack"] and count == older[1]  # the same (second) page
     assert items[0][1].startswith(f"★ #{generation_id} ")
     assert "visible" not in details  # left as it is
-    assert "visible" not in handlers.history("", "all", False, False, nav, keep_details=True)[3]
+    items, count, nav, details, _ = handlers.history_reopened("", "all", False, False, nav)  # the tab opened again
+    assert nav["stack"] == older[2]["stack"] and count == older[1] and "visible" not in details
     assert handlers.history("row 3", "all", False, False, nav)[3]["visible"] is False
+
+
+def test_opening_the_history_tab_reloads_the_page_it_was_left_on(service):
+    """The tab's select event is wired to `history_reopened` (above), not to the first page's reload."""
+    from ui.layout import build_ui
+
+    app = build_ui(service)
+    tab = next(b for b in app.blocks.values() if isinstance(b, gr.Tab) and b.label == "History")
+    on_select = [fn.fn for fn in app.fns.values() if (tab._id, "select") in fn.targets]
+    names = {getattr(fn, "__name__", "") for fn in on_select}
+    assert "history_reopened" in names and "history" not in names, names
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from storage import HistoryStore
 from studio.service import StudioService
 from ui.handlers import COMPARE_LORAS, Handlers
 from ui.layout import build_ui
-from ui.loras import NO_LORA, lora_choices, parse_hub_address
+from ui.loras import NO_LORA, LoraHandlers, lora_choices, parse_hub_address
 
 FILL_LORA_NOTE = 14  # _fill_generate's outputs: the 14 of the form, the picker's note, then its rows
 ROWS = slice(FILL_LORA_NOTE + 1, None)
@@ -133,6 +133,16 @@ def test_uploads_fill_a_row_and_refusals_are_a_note(service, tmp_path):
     note, *_ = handlers.add_from_hub("a/b/../../../etc/passwd.safetensors", *[""] * 8)  # the typing, not the repo
     assert note.startswith("⚠️ A file in a Hub repo is named by its path inside the repo"), note
     assert NO_LORA in handlers.choices()
+
+
+def test_enter_in_the_hub_box_during_a_download_starts_no_second_one():
+    """The held Add button stops a second click; Enter in the address box meets the picker's flag instead."""
+    downloading, button, note = LoraHandlers.hub_started(False)
+    assert downloading is True and button["interactive"] is False and note == "Downloading from the Hub…"
+    with pytest.raises(gr.Error):
+        LoraHandlers.hub_started(True)
+    downloading, button = LoraHandlers.hub_done()
+    assert downloading is False and button["interactive"] is True
 
 
 def test_the_list_says_which_files_it_leaves_out_for_their_names(service, lora_dir, tmp_path):

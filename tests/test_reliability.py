@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
 from app_server import AppServer
@@ -92,11 +93,14 @@ def test_a_queued_run_cancelled_on_the_page_is_not_recorded_and_a_refused_one_le
     from ui.handlers import Handlers
 
     handlers = Handlers(service)
-    handlers.queued(None)
-    assert service.cancel("anonymous")
+    assert handlers.queued(False)[0] is True  # the page's in-flight flag, set
+    with pytest.raises(gr.Error):  # a run in flight: Enter in the prompt box asks for nothing more...
+        handlers.queued(True)
+    assert service.cancel("anonymous")  # its one mark: a second would stop the "bad seed" run below before it started
+    assert handlers.idle()[0] is False
     outputs = list(handlers.generate("waited", "", "turbo", 1, 0.0, 256, 256, 1, False, 1, []))
     assert outputs[-1][1] == "**Cancelled** before it started" and statuses(service.store) == []
-    handlers.queued(None)
+    handlers.queued(False)
     refused = list(handlers.generate("bad seed", "", "turbo", 1, 0.0, 256, 256, -1, False, 1, []))
     assert "seed must be between" in refused[-1][1]
     assert not service.cancel("anonymous")  # nothing left to cancel: the page shows no "Cancelling…"

@@ -310,21 +310,25 @@ class Handlers:
         """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""
         return gr.update(interactive=False, value=label)
 
-    def queued(self, request: gr.Request = None) -> tuple[dict, ...]:
-        """Every button that starts one of Generate's runs held while one is in flight (`RUN_BUTTONS`: Generate, which
-        says so, then the others: a second click queued a second run behind the first), and the run marked as asked
-        for: a Cancel while it waits in the queue stops it before it starts (StudioService.expect)."""
+    def queued(self, in_flight: bool, request: gr.Request = None) -> tuple[Any, ...]:
+        """The page's `in_flight` flag set and every button that starts one of Generate's runs held while one is in
+        flight (`RUN_BUTTONS`: Generate, which says so, then the others: a second click queued a second run behind the
+        first), and the run marked as asked for: a Cancel while it waits in the queue stops it before it starts
+        (StudioService.expect). With a run already in flight (Enter in the prompt box, which no held button stops),
+        nothing more starts: a silent error ends the event chain, and the run in flight shows its own progress."""
+        if in_flight:
+            raise gr.Error("A run of this page is already in flight.", visible=False, print_exception=False)
         self.service.expect(session_of(request))
-        return self.busy(), *[gr.update(interactive=False)] * (RUN_BUTTONS - 1)
+        return True, self.busy(), *[gr.update(interactive=False)] * (RUN_BUTTONS - 1)
 
     def compare_queued(self, request: gr.Request = None) -> dict:
         self.service.expect(compare_session(request))
         return self.busy("Comparing…")
 
     @staticmethod
-    def idle() -> tuple[dict, ...]:
-        """`RUN_BUTTONS` back, once Generate's run is over."""
-        return gr.update(interactive=True, value="Generate"), *[gr.update(interactive=True)] * (RUN_BUTTONS - 1)
+    def idle() -> tuple[Any, ...]:
+        """The `in_flight` flag cleared and `RUN_BUTTONS` back, once Generate's run is over."""
+        return False, gr.update(interactive=True, value="Generate"), *[gr.update(interactive=True)] * (RUN_BUTTONS - 1)
 
     @staticmethod
     def compare_idle() -> dict:
@@ -734,6 +738,11 @@ class Handlers:
         nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
         details = gr.update() if keep_details else gr.update(visible=False)
         return items, text, nav, details, gr.update(choices=choices, value=[])
+
+    def history_reopened(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = ""):
+        """The History tab opened again: the page it was left on, read again (on the first page, new generations show
+        up), with open details left open. It used to go back to the first page under a later page's details."""
+        return self.history(search, checkpoint, favorites, comparisons, nav, lora, "same", keep_details=True)
 
     def history_tiles(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = ""):
         """The page shown, read again (a ★ toggled shows on its tile): (gallery, count text, nav state, detail

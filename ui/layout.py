@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import gradio as gr
 
 from krea2 import RAW, TURBO, get_spec
@@ -327,13 +325,21 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
         # spinner or badge on the images.
         run = {"show_progress": "full", "show_progress_on": progress, **gpu}
-        # Every button that starts one of Generate's runs, held together while one is in flight (Generate first).
+        # Every button that starts one of Generate's runs, held together while one is in flight (Generate first), and
+        # the page's flag that refuses a run asked for by Enter in the prompt box meanwhile (no button to hold there).
         run_buttons = [generate_btn, vary_btn, up15_btn, up2_btn, h_upscale]
         assert len(run_buttons) == RUN_BUTTONS
+        in_flight = gr.State(False)
+        hold = [in_flight, *run_buttons]
+
+        def held_run(listen, work, inputs) -> None:
+            """`work` run after `listen`'s event with the run buttons held, unless a run is already in flight."""
+            listen(handlers.queued, in_flight, hold, queue=False, **private).success(
+                work, inputs, gen_outputs, **run
+            ).then(handlers.idle, None, hold, queue=False, **private)
+
         for trigger in (generate_btn.click, prompt.submit):
-            trigger(handlers.queued, None, run_buttons, queue=False, **private).then(
-                handlers.generate, gen_inputs, gen_outputs, **run
-            ).then(handlers.idle, None, run_buttons, queue=False, **private)
+            held_run(trigger, handlers.generate, gen_inputs)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
         init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
@@ -347,14 +353,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
-            button.click(handlers.queued, None, run_buttons, queue=False, **private).then(
-                handlers.upscaler(factor), [selected, results], gen_outputs, **run
-            ).then(handlers.idle, None, run_buttons, queue=False, **private)
-        vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success(
-            handlers.queued, None, run_buttons, queue=False, **private
-        ).then(handlers.generate, gen_inputs, gen_outputs, **run).then(
-            handlers.idle, None, run_buttons, queue=False, **private
-        )
+            held_run(button.click, handlers.upscaler(factor), [selected, results])
+        held_run(vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success,
+                 handlers.generate, gen_inputs)  # fmt: skip
 
         compare_btn.click(handlers.compare_queued, None, compare_btn, queue=False, **private).then(
             handlers.compare,
@@ -380,7 +381,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # History loads with the page and again whenever its tab is opened (new generations show up); that reload
         # leaves open details open (a tile clicked just after opening the tab lost its details when it landed).
         app.load(handlers.history, h_inputs, h_outputs, **private)
-        history_tab.select(partial(handlers.history, keep_details=True), h_inputs, h_outputs, **private)
+        history_tab.select(handlers.history_reopened, h_inputs, h_outputs, **private)
         h_gallery.select(
             handlers.select_history, h_nav,
             [h_detail, h_image, h_params, h_selected, h_favorite, h_download, h_confirm], **private,
@@ -393,11 +394,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
-        h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then(
-            handlers.queued, None, run_buttons, queue=False, **private
-        ).then(handlers.upscaler(2.0), [h_selected, results], gen_outputs, **run).then(
-            handlers.idle, None, run_buttons, queue=False, **private
-        )
+        held_run(h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then,
+                 handlers.upscaler(2.0), [h_selected, results])  # fmt: skip
         h_delete.click(handlers.ask_delete, None, h_confirm, queue=False, **private)
         h_confirm.click(handlers.delete, h_selected, [h_detail, h_selected, h_confirm], **private).then(
             handlers.history, h_inputs, h_outputs, **private

@@ -62,9 +62,9 @@ def wire_lora_pickers(pickers: list[LoraPicker], handlers: LoraHandlers, private
         lists = picker.names + [name for other in others for name in other.names]
         picker.refresh.click(handlers.refresh, picker.names, [picker.note, *picker.names], queue=False, **private)
         picker.upload.upload(handlers.upload, [picker.upload, *lists], [picker.note, *lists], **private)
+        downloading = gr.State(False)
         for trigger in (picker.hub_add.click, picker.hub.submit):  # a download can take a while: one at a time
-            trigger(lambda: (gr.update(interactive=False, value="Adding…"), "Downloading from the Hub…"), None,
-                    [picker.hub_add, picker.note], queue=False, **private).then(
+            trigger(handlers.hub_started, downloading, [downloading, picker.hub_add, picker.note], queue=False,
+                    **private).success(
                 handlers.add_from_hub, [picker.hub, *lists], [picker.note, *lists], **private
-            ).then(lambda: gr.update(interactive=True, value="Add from Hub"), None, picker.hub_add, queue=False,
-                   **private)  # fmt: skip
+            ).then(handlers.hub_done, None, [downloading, picker.hub_add], queue=False, **private)  # fmt: skip

@@ -119,6 +119,18 @@ class LoraHandlers:
             return [self._failed(error), *self._lists(current)]
         return [f"Added **{shown(added.name)}** from the Hub.", *self._added(added.name, current)]
 
+    @staticmethod
+    def hub_started(downloading: bool) -> tuple[Any, ...]:
+        """The picker's `downloading` flag set, its Add button held and the note saying so; with a download already in
+        flight (Enter in the address box, which the held button does not stop) a silent error starts nothing more."""
+        if downloading:
+            raise gr.Error("A download is already in flight.", visible=False, print_exception=False)
+        return True, gr.update(interactive=False, value="Adding…"), "Downloading from the Hub…"
+
+    @staticmethod
+    def hub_done() -> tuple[Any, ...]:
+        return False, gr.update(interactive=True, value="Add from Hub")
+
     def _added(self, name: str, current: Sequence[Any]) -> list[dict]:
         own, other = current[:MAX_LORAS], current[MAX_LORAS:]
         return [*self._lists(own, select=name), *self._lists(other)]
