@@ -26,6 +26,8 @@ MAX_SOURCE_PIXELS = 64 * 1024 * 1024  # what Pillow may decode (a 8192x8192 phot
 MAX_MODEL_PIXELS = MAX_SIDE * MAX_SIDE  # what is generated at most (2048², Turbo's native range)
 OUTPAINT_MAX = 1024  # pixels added on one side at most
 FEATHER_MAX = 64
+DEFAULT_STRENGTH = 0.6  # img2img's, where no strength is given: the picture's layout kept, its details redrawn
+MASKED_STRENGTH = 1.0  # inpaint's and outpaint's: the masked area redrawn from noise
 
 
 class InvalidImage(Krea2Error):

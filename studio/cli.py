@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from krea2.checkpoints import CHECKPOINTS
 from krea2.content_filter import ContentPolicy
 from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
-from krea2.image_input import InvalidImage
+from krea2.image_input import DEFAULT_STRENGTH, MASKED_STRENGTH, InvalidImage
 from krea2.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = gen.add_argument_group("start from an image (img2img, inpaint, outpaint)")
     start.add_argument("--image", help="init image: a PNG, JPEG or WebP file")
     start.add_argument("--mask", help="inpaint mask (white repaints, black keeps), same shape as the image")
-    start.add_argument("--strength", help="share of the schedule redrawn, above 0 up to 1 (default 0.6; 1 with a mask)")
+    redrawn = f"default {DEFAULT_STRENGTH}; {MASKED_STRENGTH:g} with a mask or outpaint"
+    start.add_argument("--strength", help=f"share of the schedule redrawn, above 0 up to 1 ({redrawn})")
     start.add_argument("--feather", default="0", help="blur the mask's edge by this many pixels")
     start.add_argument("--outpaint", metavar="L,R,T,B", help="extend the canvas by these pixels on each side")
     gen.add_argument("--out", help="also copy the first image here (PNG, metadata intact)")
@@ -84,8 +85,7 @@ def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     from krea2.image_input import parse_feather, parse_outpaint
 
     outpaint = parse_outpaint(args.outpaint) if args.outpaint else None
-    default_strength = 1.0 if (args.mask or outpaint) else 0.6
-    strength = args.strength if args.strength not in (None, "") else default_strength  # ImageInput parses it
+    strength = args.strength if args.strength not in (None, "") else None  # ImageInput parses it
     feather = parse_feather(args.feather)
     size = None
     if {"width", "height"} <= given.keys():  # checked as the request checks them, before any file is read

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from krea2.image_input import InvalidImage, Outpaint, outpaint_canvas, prepare_image, prepare_mask, upscaled
+from krea2.image_input import (
+    DEFAULT_STRENGTH,
+    MASKED_STRENGTH,
+    InvalidImage,
+    Outpaint,
+    outpaint_canvas,
+    prepare_image,
+    prepare_mask,
+    upscaled,
+)
 from krea2.request import ImageInput
 from storage import HistoryStore
 from storage.files import png_address
@@ -32,7 +41,7 @@ class PreparedSource:
 def image_source(
     image: ImageSource,
     *,
-    strength: float,
+    strength: float | str | None = None,
     mask: ImageSource | None = None,
     feather: int = 0,
     outpaint: Outpaint | None = None,
@@ -41,7 +50,7 @@ def image_source(
     """An upload (and its optional mask) as the request's start, nothing written yet (`store_source` keeps it).
     With `outpaint`, the canvas grows and the mask is the new area (a mask given too is refused: outpaint makes its
     own). `size`: the size to generate at (default: the image's own, brought to multiples of 16 within the model's
-    limits)."""
+    limits). `strength` (checked by `ImageInput`) defaults to 1 with a mask or outpaint, else to img2img's 0.6."""
     prepared = prepare_image(image, size)
     notes = list(prepared.notes)
     picture, mask_picture, mode = prepared.image, None, ""
@@ -55,6 +64,8 @@ def image_source(
         prepared_mask = prepare_mask(mask, picture.size, feather)
         mask_picture = prepared_mask.image
         notes += prepared_mask.notes
+    if strength is None:
+        strength = MASKED_STRENGTH if mask_picture is not None else DEFAULT_STRENGTH
     source = ImageInput(
         image=picture,
         strength=strength,

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from krea2.image_input import (
+    DEFAULT_STRENGTH,
+    MASKED_STRENGTH,
     MAX_SOURCE_PIXELS,
     InvalidImage,
     Outpaint,
@@ -127,3 +129,29 @@ def test_upscale_for_the_hires_pass() -> None:
     assert image.size[0] <= 2048 and image.size[0] % 16 == 0 and "the most the model draws" in note
     with pytest.raises(InvalidImage):
         upscaled(image, 1.0)
+
+
+def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path) -> None:
+    """No strength given: img2img's default, and 1 with a mask or outpaint (the masked area redrawn from noise), the
+    same through the API's fields and the CLI's flags (each used to restate the rule)."""
+    from gradio_client import handle_file
+
+    from studio import cli
+    from studio.sources import image_source
+    from ui.api import image_start
+
+    picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (256, 256), (10, 200, 10)).save(picture)
+    Image.new("L", (256, 256), 255).save(mask)
+    assert image_source(str(picture)).source.strength == DEFAULT_STRENGTH
+    assert image_source(str(picture), mask=str(mask)).source.strength == MASKED_STRENGTH
+    assert image_source(str(picture), outpaint=Outpaint(left=64)).source.strength == MASKED_STRENGTH
+    assert image_source(str(picture), mask=str(mask), strength="0.3").source.strength == 0.3
+    upload, with_mask = handle_file(str(picture)), handle_file(str(mask))
+    api = [image_start(upload, m, None, o, None, (None, None)).source.strength
+           for m, o in ((None, None), (with_mask, None), (None, "64,0,0,0"))]  # fmt: skip
+    command = ["generate", "--prompt", "-", "--image", str(picture)]
+    flags = [cli.request_of(cli.build_parser().parse_args([*command, *extra]))
+             for extra in ([], ["--mask", str(mask)], ["--outpaint", "64,0,0,0"])]  # fmt: skip
+    expected = [DEFAULT_STRENGTH, MASKED_STRENGTH, MASKED_STRENGTH]
+    assert api == expected and [request.source.strength for request in flags] == expected

@@ -184,7 +184,7 @@ def test_the_page_builds_with_both_pickers(service):
 def test_a_lora_note_shows_quotes_and_markdown_characters_as_typed():
     """A hostile pass found "it has &#x27;a&#x27;" in an upload's refusal: the `#` of the quote's entity had been
     escaped for Markdown, so the entity showed as text."""
-    from ui.loras import shown
+    from ui.text import shown
 
     note = shown("it has 'a'; expected keys like 'transformer…' #1 *b* <i>")
     assert "&#x27;a&#x27;" in note and "\\&" not in note and "&\\#" not in note

@@ -84,18 +84,15 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
         return None
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
     mask_path = uploaded_path(mask)
-    default = 1.0 if (mask_path or sides) else 0.6
     pixels = parse_feather(_optional(feather) or 0)
     width, height = (_optional(v) for v in size)
     wanted = None
     if width is not None and height is not None:
         checked = GenerationRequest(prompt="-", width=width, height=height)
         wanted = (checked.width, checked.height)
-    strength = _optional(strength)  # a strength of 0 is the caller's (and refused), not "none given"
-    return image_source(
-        path, strength=default if strength is None else strength, mask=mask_path, feather=pixels, outpaint=sides,
-        size=wanted,
-    )  # fmt: skip
+    return image_source(  # a strength of 0 is the caller's (and refused), not "none given"
+        path, strength=_optional(strength), mask=mask_path, feather=pixels, outpaint=sides, size=wanted
+    )
 
 
 def default_size(width: Any, height: Any) -> tuple[Any, Any]:

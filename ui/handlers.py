@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
@@ -30,6 +29,7 @@ from krea2 import (
 )
 from krea2.demo import DEMO_SIDES
 from krea2.errors import ContentBlocked, LoraError
+from krea2.image_input import DEFAULT_STRENGTH
 from krea2.request import MAX_LORAS, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, LoraChoice
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
@@ -38,10 +38,10 @@ from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEve
 from studio.sources import hires_source, image_source, reused_source
 
 from .details import describe, loras_text
-from .image_inputs import DEFAULT_STRENGTH, STRENGTH_RANGE, describe_start, editor_source, editor_value
-from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras, shown
+from .image_inputs import STRENGTH_RANGE, describe_start, editor_source, editor_value
+from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras
 from .presets import checkpoint_note, preset_choices, preset_for, preset_size
-from .text import as_text
+from .text import as_text, shown
 
 log = logging.getLogger(__name__)
 SOURCE_FIELDS = ("strength", "source_sha256", "mask_sha256")  # what a PNG says about the image it started from
@@ -113,13 +113,10 @@ def for_people(error: Exception) -> str:
     return f"Something went wrong ({type(error).__name__}). The server is still running; try again."
 
 
-MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|~])")  # & < > # are entities after as_text
-
-
 def error_note(error: Exception) -> str:
     """An error shown once, where the progress of the run would be (no toast, no red badges on the outputs).
     Escaped for HTML and for Markdown: an engine or storage message may quote a path or a value."""
-    return "⚠️ " + MARKDOWN_SPECIALS.sub(r"\\\1", as_text(for_people(error)))
+    return "⚠️ " + shown(for_people(error))
 
 
 def friendly(fn):

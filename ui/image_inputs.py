@@ -10,7 +10,6 @@ from PIL import Image, ImageChops
 from krea2.image_input import Outpaint
 from studio.sources import PreparedSource, image_source
 
-DEFAULT_STRENGTH = 0.6  # img2img; inpaint and outpaint default to 1 (the masked area redrawn from noise)
 STRENGTH_RANGE = (0.05, 1.0)  # the strength sliders'
 
 

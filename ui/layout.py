@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from krea2 import RAW, TURBO, get_spec
+from krea2.image_input import DEFAULT_STRENGTH
 from krea2.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from studio.service import StudioService
 
@@ -23,7 +24,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
-from .image_inputs import DEFAULT_STRENGTH, STRENGTH_RANGE
+from .image_inputs import STRENGTH_RANGE
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks

@@ -15,24 +15,17 @@ from krea2.request import LORA_BOTH, LORA_WEIGHT_RANGE, MAX_LORAS
 from storage.pnginfo import split_lora_tags
 from studio.service import StudioService
 
-from .text import as_text
+from .text import shown
 
 ROW_VALUES = 3  # a row of the picker: LoRA name, weight, target
 NO_LORA = ("—", "")
 TARGET_CHOICES = [("Raw + Turbo", LORA_BOTH), ("Raw only", "raw"), ("Turbo only", "turbo")]
 WEIGHT_STEP = 0.05
 DEFAULT_WEIGHT = 1.0
-MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|~#])")
 # A Hub address as people paste it: owner/repo, owner/repo/file.safetensors, or the file's page on huggingface.co.
 HUB_URL = re.compile(
     r"^(?:https?://(?:www\.)?huggingface\.co/)?(?P<repo>[^/\s]+/[^/\s]+)(?:/(?:(?:blob|resolve)/[^/]+/)?(?P<file>\S+))?$"
 )
-
-
-def shown(text: str) -> str:
-    """Text (a LoRA name, an error) as Markdown that displays exactly its characters. Markdown's specials are escaped
-    before the HTML ones: the other way round, the `#` of `&#x27;` got a backslash and a quote showed as its entity."""
-    return as_text(MARKDOWN_SPECIALS.sub(r"\\\1", str(text)))
 
 
 def lora_choices(values: Sequence[Any]) -> list[dict[str, Any]]:

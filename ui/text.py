@@ -11,6 +11,7 @@ LaTeX would act on text that contains no `<` at all).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,16 @@ def as_text(value: Any) -> str:
     """`value` as HTML that displays exactly its characters: `& < > " '` become entities; newlines stay (CSS shows
     them where wanted)."""
     return html.escape(str(value), quote=True)
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|~#])")
+
+
+def shown(value: Any) -> str:
+    """`value` for a Markdown component (a note, the progress line: a LoRA name, an error quoting a path) that displays
+    exactly its characters: Markdown's specials escaped (no link, image, emphasis or heading), then `as_text`'s. In that
+    order: the other way round, the `#` of `&#x27;` got a backslash and a quote showed as its entity."""
+    return as_text(MARKDOWN_SPECIALS.sub(r"\\\1", str(value)))
 
 
 def table(rows: Iterable[tuple[str, Any]]) -> str:
