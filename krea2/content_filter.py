@@ -282,6 +282,11 @@ class ContentPolicy:
         """Before any GPU work: the prompt check, then the classifier to run on the images (None: images are not
         filtered). Raises ContentBlocked, or FilterUnavailable when the filter is required and not ready."""
         self.check_prompt(request)
+        return self.ready_classifier()
+
+    def ready_classifier(self, what: str = "generation") -> ImageClassifierFilter | None:
+        """The classifier to run on images now (None: images are not filtered). Raises FilterUnavailable when the
+        filter is required and not ready, the sentence naming `what` it refuses ("generation", "the import")."""
         if self.classifier is None:
             return None
         with self._lock:
@@ -291,10 +296,10 @@ class ContentPolicy:
         if not self.required:
             return None
         if state == "loading":
-            raise FilterUnavailable("The content filter is still loading; generation starts once it is ready. "
+            raise FilterUnavailable(f"The content filter is still loading; {what} starts once it is ready. "
                                     "Try again in a moment.")  # fmt: skip
-        raise FilterUnavailable(f"Generation is refused because the required content filter is unavailable: "
-                                f"{reason}. {self.how_to_fix}".strip())  # fmt: skip
+        raise FilterUnavailable(f"{what[0].upper()}{what[1:]} is refused because the required content filter is "
+                                f"unavailable: {reason}. {self.how_to_fix}".strip())  # fmt: skip
 
     def status(self) -> str:
         """The status line's words for the filter and the block list ("" when neither applies)."""

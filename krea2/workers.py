@@ -29,6 +29,7 @@ from .manager import CheckpointStatus, GenerationResult, ManagerStatus, ModelMan
 from .request import GenerationRequest
 
 if TYPE_CHECKING:
+    from .content_filter import ContentPolicy
     from .lora_files import LoraContents
     from .lora_library import LoraFile, LoraLibrary
     from .preview import StepCallback
@@ -165,6 +166,11 @@ class WorkerPool:
                 checkpoints[key] = CheckpointStatus("failed", failed[0].reason)
         return PoolStatus(statuses, checkpoints)
 
+    @property
+    def content_policy(self) -> ContentPolicy | None:
+        """The policy every worker applies (one policy, one classifier: app.py gives each manager the same)."""
+        return self.workers[0].manager.content_policy
+
     def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
         return self.workers[0].manager.lora_files(request)
 
@@ -197,7 +203,7 @@ class WorkerPool:
         Raises NotReady at once when no worker can serve its checkpoint, Cancelled when `cancel_event` is set while
         it waits; a running generation is cancelled by its manager as on one GPU."""
         cancel_event = cancel_event or threading.Event()
-        policy = self.workers[0].manager.content_policy  # every worker has the same block list: check it first
+        policy = self.content_policy  # every worker has the same block list: check it first
         if policy is not None:
             policy.check_prompt(request)
         worker = self._acquire(request, cancel_event)

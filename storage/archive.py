@@ -53,6 +53,11 @@ MAX_INTEGER = 2**63 - 1  # a database integer's range (a larger one failed the i
 MAX_ID_CHARS = 64  # comparison ids are 32 hex digits
 EntryCheck = Callable[[dict[str, Any]], None]  # raises ValueError(field name) for an entry the app could not have made
 MAX_IMAGE_BYTES = 64 * 2**20
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Every JSON object and array costs Python ~60-200 bytes: 512 MB of "{}," parses into ~13 GB. A real entry holds a
+# few (itself, its images, its LoRAs), so this many, counted before parsing, is far above any export of
+# MAX_GENERATIONS entries and keeps a hostile file under ~1 GB.
+MAX_JSON_CONTAINERS = 64 * MAX_GENERATIONS
 MAX_PIXELS = 2048 * 2048
 
 
@@ -107,12 +112,22 @@ def write_archive(
                 record["images"] = files
                 records.append(record)
                 loras = " ".join(f"{lora['name']}:{lora['weight']:g}" for lora in record["loras"])
-                writer.writerow({**record, "loras": loras, "images": " ".join(f["file"] for f in files)})
+                cells = {**record, "loras": loras, "images": " ".join(f["file"] for f in files)}
+                writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
             document = json.dumps({"format": FORMAT, "generations": records}, indent=1, ensure_ascii=False)
             archive.writestr("history.json", document.encode("utf-8"))
             archive.writestr("history.csv", table.getvalue())
     except OSError as error:
         raise StorageError(f"Could not write the export {target.name}: {error.strerror or error}.") from error
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (or a tab or CR) would be run as a formula
+    (a prompt `=HYPERLINK(...)` opened in Excel), so it gets a leading apostrophe, as OWASP advises. history.json,
+    which the import reads, keeps the text as it is."""
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value
 
 
 def _checked(record: Any, index: int) -> dict[str, Any]:
@@ -229,12 +244,19 @@ class ArchiveReader:
         try:
             if self._zip.getinfo("history.json").file_size > MAX_HISTORY_JSON_BYTES:
                 raise StorageError(f"The history.json in that zip is larger than {MAX_HISTORY_JSON_BYTES // 2**20} MB.")
-            document = json.loads(self._zip.read("history.json"))
+            text = self._zip.read("history.json")
+            if text.count(b"{") + text.count(b"[") > MAX_JSON_CONTAINERS:  # braces inside strings count too: a bound
+                raise StorageError("The history.json in that zip has far more entries than an export can hold.")
+            document = json.loads(text)
         except KeyError:
             raise StorageError("That zip is not a history export (it has no history.json).") from None
         except (ValueError, zipfile.BadZipFile):
             raise StorageError("The history.json in that zip is not valid JSON.") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
+            given = document.get("format") if isinstance(document, dict) else None
+            if isinstance(given, str) and given.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+                raise StorageError(f"That export is in another version's format ({given[:40]}); this app reads "
+                                   f"{FORMAT}. Import it with the version that wrote it, or a newer one.")  # fmt: skip
             raise StorageError("That zip is not a Krea 2 Studio history export.")
         records = document.get("generations")
         if not isinstance(records, list) or len(records) > MAX_GENERATIONS:
@@ -277,6 +299,8 @@ class ArchiveReader:
                     raise StorageError(f"Entry {index + 1} of history.json has an image with an invalid seed.")
                 png = self._member(name, "an image")
                 images.append(NewImage(_checked_png(png, name), seed, png))
+            if len(images) > fields["num_images"]:
+                raise StorageError(f"Entry {index + 1} of history.json has more images than its num_images.")
             yield NewGeneration(fields, images, loras=loras)
 
     def _member(self, name: str, what: str) -> bytes:

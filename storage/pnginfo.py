@@ -15,9 +15,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
-from .xmp import PNG_XMP_KEY, xmp_packet
+from .xmp import PNG_XMP_KEY, XmpError, parse_xmp, says_ai_generated, xmp_packet
 
 PARAMETERS_KEY = "parameters"
 JSON_KEY = "krea2"
@@ -74,6 +75,29 @@ def build_pnginfo(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
     info.add_itxt(JSON_KEY, json.dumps(params, ensure_ascii=False, sort_keys=True))
     # AI disclosure (storage/xmp.py): uncompressed, as XMP readers expect it.
     info.add_itxt(PNG_XMP_KEY, xmp_packet(str(params.get("app") or DEFAULT_CREATOR_TOOL)))
+    return info
+
+
+def undisclosed(image: PILImage.Image) -> PngImagePlugin.PngInfo | None:
+    """For a PNG made elsewhere (an imported one): None when its XMP says it is AI-generated, else its own text chunks
+    with this app's XMP disclosure added, to encode it again with (its pixels unchanged)."""
+    text = dict(getattr(image, "text", {}) or {})
+    try:
+        if PNG_XMP_KEY in text and says_ai_generated(parse_xmp(text[PNG_XMP_KEY])):
+            return None
+    except XmpError:
+        pass
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        if key != PNG_XMP_KEY:
+            info.add_itxt(key, value)
+    params = {}
+    try:
+        params = json.loads(text.get(JSON_KEY, "{}"))
+    except ValueError:
+        pass
+    creator = params.get("app") if isinstance(params, dict) else None
+    info.add_itxt(PNG_XMP_KEY, xmp_packet(str(creator or DEFAULT_CREATOR_TOOL)))
     return info
 
 

@@ -37,7 +37,7 @@ from .files import (
     write_atomic,
 )
 from .models import Generation, GenerationLora, Image, utcnow
-from .pnginfo import DEFAULT_CREATOR_TOOL, build_pnginfo
+from .pnginfo import DEFAULT_CREATOR_TOOL, build_pnginfo, undisclosed
 from .records import NewGeneration
 from .repair import RepairReport, repair_files
 from .xmp import xmp_packet
@@ -84,6 +84,11 @@ class Page:
 def naive_utc(moment: datetime) -> datetime:
     """A time as naive UTC: SQLite returns stored times without a zone, PostgreSQL in the session's zone."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def sources_of(rows: list[Generation]) -> set[str]:
+    """The init images and masks these generations name (content addresses)."""
+    return {digest for g in rows for digest in (g.source_sha256, g.mask_sha256) if digest is not None}
 
 
 class HistoryStore:
@@ -144,8 +149,9 @@ class HistoryStore:
             image_id = uuid.uuid4().hex
             params = {**new.png_parameters, "seed": item.seed}
             png = item.png
-            if png is None:
-                png = encode_png(item.image, build_pnginfo(params))
+            disclosure = undisclosed(item.image) if png is not None else None  # an imported PNG without the XMP
+            if png is None or disclosure is not None:
+                png = encode_png(item.image, disclosure or build_pnginfo(params))
                 if self.sign_png is not None:
                     png = self.sign_png(png)
             rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
@@ -215,7 +221,9 @@ class HistoryStore:
                 if generation is None:
                     raise StorageError(f"Generation {generation_id} no longer exists; nothing was saved.")
                 rows = self._write_images(new, generation.created_at, written)
-                for name, value in {**new.fields, "status": status}.items():
+                # An error a start-up repair wrote meanwhile (a second server on this folder marked the row
+                # interrupted) goes with the outcome that replaces it.
+                for name, value in {"error": None, **new.fields, "status": status}.items():
                     setattr(generation, name, value)
                 generation.images = rows
                 if new.loras is not None:
@@ -242,9 +250,11 @@ class HistoryStore:
             if generation is None:
                 return False
             paths = [self.absolute(p) for image in generation.images for p in (image.path, image.thumb_path)]
+            sources = sources_of([generation])
             session.delete(generation)
             session.commit()
         remove_quietly(paths)
+        self.forget_sources(sources)
         return True
 
     def set_favorite(self, generation_ids: list[int], favorite: bool) -> int:
@@ -261,10 +271,12 @@ class HistoryStore:
         with self.session() as session:
             rows = list(session.scalars(select(Generation).where(Generation.id.in_(generation_ids))))
             paths = [self.absolute(p) for g in rows for image in g.images for p in (image.path, image.thumb_path)]
+            sources = sources_of(rows)
             for generation in rows:
                 session.delete(generation)
             session.commit()
         remove_quietly(paths)
+        self.forget_sources(sources)
         return len(rows)
 
     def export_archive(self, target: Path, generation_ids: list[int] | None = None) -> int:
@@ -280,12 +292,20 @@ class HistoryStore:
         write_archive(target, rows, self.absolute, lambda digest: self.absolute(self.source_relative(digest)))
         return len(rows)
 
-    def import_archive(self, source: Path, check: EntryCheck | None = None) -> tuple[int, int]:
+    def import_archive(
+        self,
+        source: Path,
+        check: EntryCheck | None = None,
+        screen: Callable[[NewGeneration], NewGeneration] | None = None,
+    ) -> tuple[int, int]:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
         and masks they started from are written first (atomically, each once: one already here is kept), every one
         checked before any is. Returns (added, skipped); raises StorageError naming the problem when the file is not
-        a history export, and then nothing of it stays (rows added and sources written so far are removed)."""
+        a history export, and then nothing of it stays (rows added and sources written so far are removed).
+        `screen`: the app's content policy on each entry before it is added (studio.safety.screen_import). A `blocked`
+        entry is added without images or init image, as the app records one; init images no added row names are not
+        kept."""
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip
@@ -300,11 +320,16 @@ class HistoryStore:
                     if key in seen:
                         skipped += 1
                         continue
+                    new = screen(new) if screen is not None else new
+                    if new.fields["status"] == "blocked":  # never an image, nor the picture it started from
+                        new = NewGeneration({**new.fields, "source_sha256": None, "mask_sha256": None},
+                                            loras=new.loras)  # fmt: skip
                     added_ids.append(self.add(new).id)
                     seen.add(key)
             except BaseException:
                 self._undo_import(added_ids, written)
                 raise
+        self.forget_sources({path.stem for path in written})
         return len(added_ids), skipped
 
     def _import_sources(self, archive: ArchiveReader, written: list[Path]) -> None:
@@ -343,6 +368,17 @@ class HistoryStore:
         if not path.is_file():
             write_atomic(path, png)
         return digest
+
+    def forget_sources(self, digests: set[str]) -> None:
+        """Remove the stored init images and masks among `digests` that no row names any more (a deleted or blocked
+        generation's; each is kept once however many rows share it). A generation starting from the same picture at
+        that very moment (stored, its row not yet written) would find it gone: the window is one row's write."""
+        if not digests:
+            return
+        with self.session() as session:
+            named = set(session.scalars(select(Generation.source_sha256).where(Generation.source_sha256.in_(digests))))
+            named |= set(session.scalars(select(Generation.mask_sha256).where(Generation.mask_sha256.in_(digests))))
+        remove_quietly([self.absolute(self.source_relative(digest)) for digest in digests - named])
 
     def load_source(self, digest: str) -> PILImage.Image:
         """A stored init image or mask, decoded (refused with a sentence when it is gone)."""

@@ -110,14 +110,20 @@ def record_blocked(
     comparison_id: str | None = None,
     running: Generation | None = None,
 ) -> Generation:
-    """A generation the content policy refused (krea2/content_filter.py): status `blocked`, the reason, never an image.
-    The seed is kept when one was drawn (the flagged image's), so the host can review what was refused."""
-    fields = {**_request_fields(request), "status": "blocked", "error": reason, "comparison_id": comparison_id}
+    """A generation the content policy refused (krea2/content_filter.py): status `blocked`, the reason, never an image,
+    nor the init image and mask it started from (removed from the data folder unless another row names them: History
+    and exports would show them). The seed is kept when one was drawn (the flagged image's)."""
+    fields = {**_request_fields(request), "status": "blocked", "error": reason, "comparison_id": comparison_id,
+              "source_sha256": None, "mask_sha256": None}  # fmt: skip
     if running is not None:
         if fields["seed"] is None:
             fields.pop("seed")  # refused before a seed was drawn: keep what the start recorded
-        return store.finish(running.id, NewGeneration(fields))
-    return store.add(NewGeneration(fields))
+        row = store.finish(running.id, NewGeneration(fields))
+    else:
+        row = store.add(NewGeneration(fields))
+    store.forget_sources(set(filter(None, (request.source.image_sha256, request.source.mask_sha256)))
+                         if request.source is not None else set())  # fmt: skip
+    return row
 
 
 def record_failure(

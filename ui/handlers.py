@@ -809,7 +809,8 @@ class Handlers:
     def bulk_delete(self, values: Any):
         ids = self.picked(values)
         if ids:
-            gr.Info(f"Deleted {self.service.delete_many(ids)} generations.")
+            deleted = self.service.delete_many(ids)
+            gr.Info(f"Deleted {deleted} generation{'' if deleted == 1 else 's'}.")
         return gr.update(visible=False)
 
     @friendly
@@ -831,7 +832,8 @@ class Handlers:
         if not isinstance(path, str) or not path:
             raise gr.Error("Choose a history export (.zip) to import.", print_exception=False)
         added, skipped = self.service.import_archive(path)
-        gr.Info(f"Imported {added} generations" + (f"; {skipped} were already here." if skipped else "."))
+        noun = "generation" if added == 1 else "generations"
+        gr.Info(f"Imported {added} {noun}" + (f"; {skipped} were already here." if skipped else "."))
 
     @staticmethod
     def ask_delete():
