@@ -81,6 +81,12 @@ class ManagerStatus:
     warmup_skipped: tuple[str, ...] = ()  # failed warm-up generations (`ModelManager._warm_up_one` says how named)
     content_filter: str = ""  # the content policy's words (krea2/content_filter.py), "" without one
 
+    @property
+    def settled(self) -> bool:
+        """Nothing is loading or warming up: the status stays as it is until something goes wrong."""
+        loading = any(status.state == "loading" for status in self.checkpoints.values())
+        return not loading and self.warmup != "running" and "content filter: loading" not in self.content_filter
+
     def summary(self) -> str:
         parts = [f"device {self.device}", self.plan or f"placement {self.placement}"]
         for key, status in self.checkpoints.items():

@@ -86,6 +86,10 @@ class PoolStatus:
     workers: list[tuple[Worker, ManagerStatus]]
     checkpoints: dict[str, CheckpointStatus] = field(default_factory=dict)
 
+    @property
+    def settled(self) -> bool:
+        return all(status.settled for _worker, status in self.workers)
+
     def summary(self) -> str:
         busy = sum(worker.busy for worker, _ in self.workers)
         parts = [f"{len(self.workers)} workers ({busy} busy)"]

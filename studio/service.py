@@ -24,7 +24,7 @@ from krea2 import CHECKPOINTS, Cancelled, GenerationRequest, Krea2Error, NotRead
 from krea2.errors import ContentBlocked, InvalidRequest, LoraError
 from krea2.lora_library import LoraFile
 from krea2.lora_weights import check_is_lora
-from krea2.manager import GenerationResult, ModelManager
+from krea2.manager import GenerationResult, ManagerStatus, ModelManager
 from krea2.request import MAX_PROMPT_CHARS, HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
 from storage.files import STATIC_DIR
@@ -38,7 +38,7 @@ from .safety import screen_import
 from .sources import store_source
 
 if TYPE_CHECKING:
-    from krea2.workers import WorkerPool
+    from krea2.workers import PoolStatus, WorkerPool
 
 log = logging.getLogger(__name__)
 HISTORY_PAGE_SIZE = HistoryQuery.limit  # thumbnails per history page (UI pager and the API's default)
@@ -92,6 +92,9 @@ class StudioService:
     def status_line(self) -> str:
         status = self.manager.status()
         return status.summary()
+
+    def status(self) -> ManagerStatus | PoolStatus:
+        return self.manager.status()
 
     @property
     def demo(self) -> bool:

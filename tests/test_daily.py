@@ -227,3 +227,21 @@ def test_an_import_takes_only_what_the_app_could_have_made(service, tmp_path, ch
         service.import_archive(export_of(tmp_path / "e.zip", **changes))
     assert service.store.count() == 0
     assert service.import_archive(export_of(tmp_path / "good.zip")) == (1, 0)
+
+
+def test_the_status_line_is_sent_when_it_changes_and_its_timer_stops_once_all_is_loaded(service):
+    """Every answer to an event makes Gradio's image editor upload its picture again: the status line's 2 s timer
+    sent megabytes a minute while a picture was in the editor (a hostile pass). It now answers with nothing when the
+    line is unchanged, and stops once nothing is loading or warming up."""
+    from krea2.manager import CheckpointStatus, ManagerStatus
+
+    handlers = Handlers(service)
+    line, shown, timer = handlers.status_tick("")
+    assert line == shown == service.status_line() and timer.active is False  # the demo checkpoints are ready
+    again = handlers.status_tick(shown)
+    assert again[0] == gr.skip() and again[1] == shown
+    loading = ManagerStatus("cpu", "cpu", True, {"turbo": CheckpointStatus("ready"), "raw": CheckpointStatus()})
+    warming = ManagerStatus("cpu", "cpu", True, {"turbo": CheckpointStatus("ready")}, warmup="running")
+    filtering = ManagerStatus("cpu", "cpu", True, {"turbo": CheckpointStatus("ready")},
+                              content_filter="content filter: loading")  # fmt: skip
+    assert not any(status.settled for status in (loading, warming, filtering))

@@ -302,6 +302,16 @@ class Handlers:
         except Exception as error:  # noqa: BLE001
             return error_note(error)
 
+    def status_tick(self, shown: str) -> tuple[Any, Any, Any]:
+        """(status line, what the page shows, the timer): the line when it changed since the page last got it, and the
+        timer stopped once nothing is loading or warming up (the line stays as it is until the page is reloaded). An
+        answer to any event makes Gradio's image editor upload its picture again (its three layers): a tick every 2 s
+        sent megabytes while a picture was there."""
+        status = self.service.status()
+        line = status.summary()
+        timer = gr.Timer(active=False) if status.settled else gr.skip()
+        return (gr.skip() if line == shown else line), line, timer
+
     @staticmethod
     def busy(label: str = "Generating…"):
         """A run button (Generate's by default) while a run of this page is in flight: one click, one run."""

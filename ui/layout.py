@@ -97,8 +97,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
         gr.Markdown("# Krea 2 Studio")
         gr.Markdown(DEMO_BANNER, visible=service.demo, elem_id="demo-banner")
         status = gr.Markdown(service.status_line(), elem_id="status-line")
-        gr.Timer(2.0).tick(service.status_line, outputs=status, queue=False, **private)
-        app.load(service.status_line, outputs=status, queue=False, **private)
+        status_shown, timer = gr.State(""), gr.Timer(2.0)
+        for trigger in (timer.tick, app.load):
+            trigger(handlers.status_tick, status_shown, [status, status_shown, timer], queue=False, **private)
 
         settings = gr.State(default_settings())
         current = gr.State(DEFAULT_CHECKPOINT)
@@ -144,9 +145,11 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         g_loras = lora_picker("generate", handlers.loras.choices())
                         with gr.Accordion("Start from an image · img2img, inpaint, outpaint", open=False,
                                           elem_id="image-panel") as image_panel:  # fmt: skip
+                            # PNG, not Gradio's default WebP: a picture sent here from Results or History came back
+                            # through lossy WebP, and inpaint's unpainted pixels no longer matched it.
                             init_editor = gr.ImageEditor(
                                 label="Init image: paint over what to repaint (inpaint), or leave it unpainted",
-                                type="pil", sources=["upload", "clipboard"], height=320, transforms=(),
+                                type="pil", format="png", sources=["upload", "clipboard"], height=320, transforms=(),
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
                                 elem_id="init-image",
                             )  # fmt: skip
@@ -213,7 +216,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         c_loras = lora_picker("compare", handlers.loras.choices())
                         with gr.Accordion("Start from an image", open=False, elem_id="compare-image-panel"):
                             c_init = gr.Image(label="Init image (both checkpoints start from it)", type="pil",
-                                              sources=["upload", "clipboard"], height=240,
+                                              format="png", sources=["upload", "clipboard"], height=240,
                                               elem_id="compare-init")  # fmt: skip
                             c_strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                                    elem_id="compare-strength")  # fmt: skip
