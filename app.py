@@ -58,7 +58,7 @@ def build_app(settings: Settings, group: ProcessGroup | None = None):
     from storage.files import SERVED_DIRS
     from studio.devices import build_engine
     from studio.runtime import compile_cache_dir, lora_library, use_compile_cache
-    from studio.safety import content_policy
+    from studio.safety import content_policy, reachable_from
     from studio.service import StudioService
     from studio.signing import png_signer
     from studio.zerogpu import adapt_settings, wrap_service, zero_gpu
@@ -127,7 +127,11 @@ def build_app(settings: Settings, group: ProcessGroup | None = None):
         # (with auth on), and only then may a cancel reach the service.
         "app_kwargs": {
             "middleware": [
-                Middleware(SameOriginGuard, allowed_origins=settings.allowed_origins),
+                Middleware(
+                    SameOriginGuard,
+                    allowed_origins=settings.allowed_origins,
+                    local_only=reachable_from(settings) is None,
+                ),
                 Middleware(LoginGuard),
                 Middleware(CancelRelay, on_cancel=service.cancel_job),
             ]

@@ -100,6 +100,20 @@ def test_cross_origin_posts_are_refused(server, origin):
     assert status == 403
 
 
+def test_a_dns_rebinding_page_is_refused_on_a_local_server(server):
+    """A page on rebind.attacker.example, its name pointed at 127.0.0.1, sends its own name as Host and Origin: the
+    origin check alone let it start generations and read /config (a hostile pass). A local server answers only to
+    local names."""
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    foreign = {"Host": f"rebind.attacker.example:{port}", "Origin": f"http://rebind.attacker.example:{port}"}
+    join = b'{"data": [], "fn_index": 0, "session_hash": "probe"}'
+    assert fetch(server.url + "config", headers={"Host": foreign["Host"]})[0] == 403
+    status, _h, _b = fetch(server.url + "gradio_api/queue/join", "POST", join,
+                           {**foreign, "Content-Type": "application/json"})  # fmt: skip
+    assert status == 403
+    assert fetch(server.url + "config", headers={"Host": f"localhost:{port}"})[0] == 200
+
+
 def test_same_origin_post_is_allowed(server):
     body, ctype = multipart("a.png", b"x")
     origin = server.url.rstrip("/")

@@ -1,6 +1,9 @@
 """Request guards, as ASGI middleware in front of every route Gradio serves.
 
-Same-origin guard: state-changing requests from another site (or from `Origin: null`) are refused.
+Same-origin guard: state-changing requests from another site (or from `Origin: null`) are refused. On a server only
+this machine can reach, a request naming another host is refused too, whatever its method: a DNS-rebinding page
+(its own name pointed at 127.0.0.1) sends Origin and Host alike, so the origin check alone let it drive and read the
+app.
 
 CORS only stops a browser from *reading* a cross-origin response; the request itself still runs. A page on another
 site could otherwise start generations or delete history through a user's open session. Requests without an Origin
@@ -15,6 +18,8 @@ from urllib.parse import urlsplit
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from studio.safety import is_loopback
+
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # With auth on, what a browser without a login may fetch: the login page (Gradio serves it at "/" to anyone not
 # logged in), the form's POST, and the static files that page loads (checked in Chromium: nothing else). Plus
@@ -25,9 +30,20 @@ PUBLIC_PREFIXES = ("/assets/", "/static/")
 
 
 class SameOriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = (), local_only: bool = False) -> None:
+        """`local_only`: the app binds a loopback address and no allowed origin is public (studio.safety's
+        `reachable_from` is None): requests must name a loopback host or an allowed origin's."""
         self.app = app
         self.allowed = {origin.rstrip("/") for origin in allowed_origins}
+        self.local_only = local_only
+        self.allowed_hosts = {urlsplit(origin).hostname for origin in self.allowed} - {None}
+
+    def _foreign_host(self, scope: Scope) -> bool:
+        if not self.local_only:
+            return False
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        name = urlsplit(f"//{host}").hostname if host else None
+        return name is not None and not is_loopback(name) and name not in self.allowed_hosts
 
     def _refused(self, scope: Scope) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -40,6 +56,13 @@ class SameOriginGuard:
         return urlsplit(origin).netloc not in {h.strip() for h in hosts if h} and origin.rstrip("/") not in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and self._foreign_host(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            refusal = "This server answers only under a local name such as localhost or 127.0.0.1."
+            await PlainTextResponse(refusal, status_code=403)(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS and self._refused(scope):
             await PlainTextResponse("Cross-origin request refused.", status_code=403)(scope, receive, send)
             return
