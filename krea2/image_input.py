@@ -12,7 +12,7 @@ import hashlib
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
@@ -213,7 +213,11 @@ def parse_outpaint(text: str) -> Outpaint:
 def outpaint_canvas(image: Image.Image, sides: Outpaint, feather: int = 16) -> tuple[Image.Image, Image.Image, str]:
     """The extended canvas (the original pasted in, the new area filled with its stretched, blurred edges), the mask
     of the new area (with `feather` pixels of overlap into the original, so the seam is repainted too), and a note
-    saying the size. The canvas is then brought to a size the model takes (multiples of 16), which the note says."""
+    saying the size. Each side is extended by a multiple of 16 (rounded up, and said), so a picture of the model's
+    sizes stays pixel for pixel as it was: 8 pixels used to give a canvas of 264 that was then stretched to 272.
+    A canvas past the model's limits is brought within them, which the note says."""
+    asked = sides
+    sides = Outpaint(*(-(-side // SIDE_MULTIPLE) * SIDE_MULTIPLE for side in astuple(sides)))
     w, h = image.size
     width, height = w + sides.left + sides.right, h + sides.top + sides.bottom
     # Initial fill: the picture stretched over the canvas, blurred, so a partial repaint starts from its colours.
@@ -228,6 +232,8 @@ def outpaint_canvas(image: Image.Image, sides: Outpaint, feather: int = 16) -> t
         mask = grown.filter(ImageFilter.GaussianBlur(feather / 3))
     target = model_size(width, height)
     note = f"canvas extended to {width}×{height}"
+    if sides != asked:
+        note += " (each side extended by a multiple of 16 pixels)"
     if target != (width, height):
         canvas = canvas.resize(target, Image.Resampling.LANCZOS)
         mask = mask.resize(target, Image.Resampling.BILINEAR)

@@ -116,6 +116,9 @@ def test_outpaint_canvas_keeps_the_original_and_masks_the_new_area() -> None:
     assert np.array_equal(np.asarray(canvas)[:, :512], np.asarray(image))
     assert np.asarray(mask)[:, :512].max() == 0 and np.asarray(mask)[:, 512:].min() == 255
     assert note == "canvas extended to 768×512"
+    odd, _mask, note = outpaint_canvas(image, Outpaint(left=8, top=7), feather=0)  # not multiples of 16
+    assert odd.size == (528, 528) and note.endswith("(each side extended by a multiple of 16 pixels)")
+    assert np.array_equal(np.asarray(odd)[16:, 16:], np.asarray(image))  # not stretched: pixel for pixel
     with pytest.raises(InvalidImage, match="at least one side"):
         Outpaint()
     with pytest.raises(InvalidImage, match="left"):

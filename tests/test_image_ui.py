@@ -73,8 +73,8 @@ def test_upscale_send_and_reuse(handlers) -> None:
     editor, _panel, _tabs = handlers.send_to_image(selected)
     assert editor["background"].size == (256, 256) and editor["layers"] == []
 
-    restored, strength, _panel = handlers.reuse_source([hires.id, 0])
-    assert restored["background"].size == (512, 512) and strength == 0.35
+    restored, strength, _panel, *feather_and_sides = handlers.reuse_source([hires.id, 0])
+    assert restored["background"].size == (512, 512) and strength == 0.35 and feather_and_sides == [0] * 5
     assert handlers.reuse_source(selected)[0] is None  # text-to-image: the editor is emptied
 
 
@@ -113,7 +113,8 @@ def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
     assert shown["visible"] and shown["value"].endswith(f"{generation.source_sha256}.png")
 
     _text, _parsed, values = handlers.png_info(item["path"])
-    editor, strength, _panel = handlers.png_source(values)
+    editor, strength, _panel, *feather_and_sides = handlers.png_source(values)
+    assert feather_and_sides == [0] * 5  # the stored mask is already feathered
     assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
     with pytest.warns(UserWarning, match="not in this app's data folder"):
         assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None
@@ -131,6 +132,8 @@ def test_the_editor_note_says_what_generate_will_do_before_any_click() -> None:
     assert "inpaint of 50% of the picture" in inpaint
     outpaint = Handlers.describe_start({"background": picture, "layers": []}, 1.0, 8, 64, 0, 0, 0)
     assert "outpaint, generated at 560×256" in outpaint
+    both = Handlers.describe_start({"background": picture, "layers": [layer]}, 1.0, 8, 64, 0, 0, 0)
+    assert both.startswith("⚠️ Outpaint makes its own mask: clear the painted strokes")  # they were dropped unsaid
     refused = Handlers.describe_start({"background": picture, "layers": []}, 1.0, 8, 5000, 0, 0, 0)
     assert refused == "⚠️ Outpaint left must be a whole number of pixels from 0 to 1024."
 

@@ -456,12 +456,15 @@ class Handlers:
     @friendly
     def reuse_source(self, selected: Any):
         """After "reuse settings": the image the generation started from back in the editor, with its mask and
-        strength; a text-to-image generation empties the editor. (editor, strength, image panel)"""
+        strength; a text-to-image generation empties the editor. (editor, strength, image panel, feather, outpaint
+        left/right/top/bottom.) The feather and outpaint go to 0: the stored picture is already the outpainted canvas
+        and its mask already feathered, and they were applied a second time (a canvas extended twice, a mask blurred
+        wider at each reuse)."""
         generation, _ = self._selection(selected)
         source = reused_source(self.service.store, generation)
         if source is None:
-            return None, gr.skip(), gr.skip()
-        return editor_value(source.image, source.mask), source.strength, gr.Accordion(open=True)
+            return None, *[gr.skip()] * 7
+        return editor_value(source.image, source.mask), source.strength, gr.Accordion(open=True), 0, 0, 0, 0, 0
 
     def cancel(self, request: gr.Request):
         cancelled = self.service.cancel(session_of(request))
@@ -885,10 +888,11 @@ class Handlers:
     @friendly
     def png_source(self, values: dict | None):
         """After "send to Generate": the PNG's init image back in the editor, when this app still has it (it is
-        named by its content address); otherwise a warning that says so, and the editor is left empty."""
+        named by its content address); otherwise a warning that says so, and the editor is left empty. The feather
+        and outpaint go to 0, as after "reuse settings" (`reuse_source`)."""
         digest = (values or {}).get("source_sha256")
         if not digest:
-            return None, gr.skip(), gr.skip()
+            return None, *[gr.skip()] * 7
         try:
             image = self.service.store.load_source(str(digest))
             mask_digest = values.get("mask_sha256")
@@ -896,10 +900,10 @@ class Handlers:
         except StorageError:
             gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
                        "folder; its settings were sent without it.")  # fmt: skip
-            return None, gr.skip(), gr.skip()
+            return None, *[gr.skip()] * 7
         strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
         strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
-        return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True)
+        return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True), 0, 0, 0, 0, 0
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

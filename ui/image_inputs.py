@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image, ImageChops
 
-from krea2.image_input import Outpaint
+from krea2.image_input import InvalidImage, Outpaint
 from studio.sources import PreparedSource, image_source
 
 STRENGTH_RANGE = (0.05, 1.0)  # the strength sliders'
@@ -37,10 +37,9 @@ def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...
     background: Image.Image = value["background"]
     mask = painted_mask(value.get("layers") or [], background.size)
     outpaint = outpaint_sides(*sides)
-    return image_source(
-        background, strength=strength, mask=mask if outpaint is None else None, feather=int(feather or 0),
-        outpaint=outpaint,
-    )  # fmt: skip
+    if outpaint is not None and mask is not None:  # the API and the CLI refuse the same; the strokes were dropped
+        raise InvalidImage("Outpaint makes its own mask: clear the painted strokes, or set the outpaint sides to 0.")
+    return image_source(background, strength=strength, mask=mask, feather=int(feather or 0), outpaint=outpaint)
 
 
 def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> str:

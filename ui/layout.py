@@ -353,7 +353,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, selected, [init_editor, strength, image_panel], **private
+            handlers.reuse_source, selected, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
@@ -394,7 +394,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, h_selected, [init_editor, strength, image_panel], **private
+            handlers.reuse_source, h_selected, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
@@ -421,7 +421,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
         p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
-            handlers.png_source, p_values, [init_editor, strength, image_panel], **private
+            handlers.png_source, p_values, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app
