@@ -86,6 +86,27 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+# What a database error means for the person who has to fix it (SQLite's and PostgreSQL's wording), without paths:
+# the sentence may reach a page.
+DATABASE_PROBLEMS = (
+    (("readonly", "read-only"), "The history database is read-only (check the data folder's permissions)"),
+    (("malformed", "not a database", "file is encrypted"),
+     "The history database file is damaged (move it aside to start a new history, or restore a backup)"),
+    (("database is locked", "could not obtain lock"),
+     "The history database is locked by another process (a second Krea 2 Studio on this data folder?)"),
+    (("disk is full", "no space left"), "The disk holding the history database is full"),
+)  # fmt: skip
+
+
+def database_problem(error: SQLAlchemyError) -> str:
+    """One sentence for a database error: what is wrong where it is known, else the error's kind."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    for words, sentence in DATABASE_PROBLEMS:
+        if any(word in text for word in words):
+            return sentence
+    return f"The history database failed ({type(error).__name__})"
+
+
 def sources_of(rows: list[Generation]) -> set[str]:
     """The init images and masks these generations name (content addresses)."""
     return {digest for g in rows for digest in (g.source_sha256, g.mask_sha256) if digest is not None}
@@ -135,7 +156,7 @@ class HistoryStore:
                 yield session
         except SQLAlchemyError as error:
             log.exception("History database error")
-            raise StorageError(f"The history database failed ({type(error).__name__}); nothing was changed.") from error
+            raise StorageError(f"{database_problem(error)}; nothing was changed.") from error
 
     def absolute(self, relative: str) -> Path:
         return self.data_dir / relative

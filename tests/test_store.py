@@ -1,4 +1,5 @@
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -309,3 +310,41 @@ def test_import_refuses_a_history_json_too_large_to_read(store, tmp_path, monkey
         store.import_archive(export_of(tmp_path / "e.zip"))
     monkeypatch.undo()
     assert store.import_archive(export_of(tmp_path / "e.zip")) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("cause", "sentence"),
+    [
+        ("attempt to write a readonly database", "The history database is read-only"),
+        ("database disk image is malformed", "The history database file is damaged"),
+        ("database is locked", "locked by another process"),
+        ("database or disk is full", "The disk holding the history database is full"),
+        ("no such savepoint", "The history database failed (OperationalError)"),
+    ],
+)
+def test_a_database_error_says_what_is_wrong(tmp_path, cause, sentence):
+    """A read-only folder, a damaged file, a lock held by another process and a full disk were all "The history
+    database failed (OperationalError)" (a hostile pass): the cause was only in the log."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from storage import HistoryStore
+
+    store = HistoryStore(tmp_path / "data").open()
+    try:
+        with pytest.raises(StorageError, match=re.escape(sentence)):
+            with store.session():
+                raise OperationalError("UPDATE generations", {}, sqlite3.OperationalError(cause))
+    finally:
+        store.close()
+
+
+def test_a_damaged_database_file_is_named_as_such_at_start(tmp_path):
+    from storage import HistoryStore
+
+    HistoryStore(tmp_path / "data").open().close()
+    database = next((tmp_path / "data").glob("*.sqlite3"))
+    database.write_bytes(b"this is not a database" * 500)
+    with pytest.raises(StorageError, match=r"damaged|not a database"):
+        HistoryStore(tmp_path / "data").open()
