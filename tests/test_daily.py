@@ -245,3 +245,25 @@ def test_the_status_line_is_sent_when_it_changes_and_its_timer_stops_once_all_is
     filtering = ManagerStatus("cpu", "cpu", True, {"turbo": CheckpointStatus("ready")},
                               content_filter="content filter: loading")  # fmt: skip
     assert not any(status.settled for status in (loading, warming, filtering))
+
+
+def test_a_deleted_generation_is_no_longer_served_from_gradios_cache(service, tmp_path, monkeypatch):
+    """Gradio serves a copy of each file it shows, kept for an hour: a deleted picture stayed downloadable at its old
+    URL (a hostile pass). Deleting, alone or ticked, removes the copies Gradio made (by Gradio's own caching call)."""
+    from pathlib import Path
+
+    from gradio.processing_utils import save_file_to_cache
+    from gradio.utils import get_upload_folder
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
+    handlers = Handlers(service)
+    for seed in (1, 2, 3):
+        list(handlers.generate(f"circle {seed}", "", "turbo", 1, 0.0, 256, 256, seed, False, 1, []))
+    rows = sorted(service.store.page().items, key=lambda row: row.id)
+    copies = {row.id: [Path(save_file_to_cache(path, get_upload_folder())) for path in handlers.files_of([row])]
+              for row in rows}  # fmt: skip
+    assert all(copy.is_file() for paths in copies.values() for copy in paths)
+    handlers.delete([rows[0].id, 0])
+    handlers.bulk_delete([rows[1].id])
+    assert not any(copy.exists() for row in rows[:2] for copy in copies[row.id])
+    assert all(copy.is_file() for copy in copies[rows[2].id])  # the one kept is still served

@@ -41,6 +41,7 @@ from .details import describe, loras_text
 from .image_inputs import STRENGTH_RANGE, describe_start, editor_source, editor_value
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras
 from .presets import checkpoint_note, preset_choices, preset_for, preset_size
+from .served import remove_served_copies, served_copies
 from .text import as_text, shown
 
 log = logging.getLogger(__name__)
@@ -311,6 +312,11 @@ class Handlers:
         line = status.summary()
         timer = gr.Timer(active=False) if status.settled else gr.skip()
         return (gr.skip() if line == shown else line), line, timer
+
+    def files_of(self, generations: list[Any]) -> list[str]:
+        """The PNGs and thumbnails of these generations (what a page may have been served)."""
+        return [path for g in generations for image in g.images for path in
+                (self.service.image_file(image), str(self.service.store.absolute(image.thumb_path)))]  # fmt: skip
 
     @staticmethod
     def busy(label: str = "Generating…"):
@@ -822,7 +828,9 @@ class Handlers:
     def bulk_delete(self, values: Any):
         ids = self.picked(values)
         if ids:
+            copies = served_copies(self.files_of(list(filter(None, map(self.service.store.get, ids)))))
             deleted = self.service.delete_many(ids)
+            remove_served_copies(copies)
             gr.Info(f"Deleted {deleted} generation{'' if deleted == 1 else 's'}.")
         return gr.update(visible=False)
 
@@ -855,7 +863,9 @@ class Handlers:
     @friendly
     def delete(self, selected: Any):
         generation, _ = self._selection(selected)
+        copies = served_copies(self.files_of([generation]))
         self.service.delete(generation.id)
+        remove_served_copies(copies)
         count = len(generation.images)
         gr.Info(f"Deleted generation #{generation.id}" + (f" and its {count} images." if count > 1 else "."))
         return gr.update(visible=False), None, gr.update(visible=False)
