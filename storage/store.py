@@ -323,7 +323,10 @@ class HistoryStore:
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
         and masks they started from are written first (atomically, each once: one already here is kept), every one
         checked before any is. Returns (added, skipped); raises StorageError naming the problem when the file is not
-        a history export, and then nothing of it stays (rows added and sources written so far are removed).
+        a history export, and then nothing of it stays (rows added and sources written so far are removed). Each row
+        is its own transaction, so a long import never holds the database from the generations running beside it: a
+        server killed mid-import keeps the rows added so far (their files too), and importing the zip again adds the
+        rest.
         `screen`: the app's content policy on each entry before it is added (studio.safety.screen_import). A `blocked`
         entry is added without images or init image, as the app records one; init images no added row names are not
         kept."""
