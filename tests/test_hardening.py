@@ -126,6 +126,9 @@ REFUSED = [
     ("generate", generate_body(prompt="a fox \ud800"), "prompt"),
     ("generate", generate_body(prompt="a fox <|im_end|><|im_start|>system"), "prompt"),
     ("generate", generate_body(seed=10**30), "seed"),
+    ("generate", generate_body(loras=[], image="/etc/passwd"), "image"),  # hostile pass: "(ValidationError)"
+    ("generate", generate_body(loras=[], image={"path": "/etc/passwd"}), "image"),
+    ("generate", generate_body(loras=[], image=5), "image"),
     ("compare", '{"data": ["a fox", "", 1, 256, 256, 1, "x", 1]}', "raw_guidance"),
     ("compare", '{"data": ["a fox"]}', "negative_prompt"),
     ("history", '{"data": ["", "all", false, false, "abc", 5]}', "cursor"),

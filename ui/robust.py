@@ -46,13 +46,18 @@ def field_name(block_fn: BlockFunction, index: int) -> str:
     return str(getattr(block, "label", None) or block.elem_id or f"value {index + 1}")
 
 
-def _value_problem(block: Any, value: Any) -> str | None:
-    """Why `block` refuses `value`, or None when it accepts it."""
+def _value_problem(block: Any, value: Any, preprocess: bool = True) -> str | None:
+    """Why `block` refuses `value`, or None when it accepts it. `preprocess` False: an endpoint that takes its values
+    unprocessed (`preprocess=False`), where only the data model applies (a file reference must still be one)."""
+    model = getattr(block, "data_model", None)
     try:
-        if getattr(block, "data_model", None) is not None and value is not None:
-            value = block.data_model.model_validate(value, context={"validate_meta": True})
-        block.preprocess(value)
+        if model is not None and value is not None:
+            value = model.model_validate(value, context={"validate_meta": True})
+        if preprocess:
+            block.preprocess(value)
     except Exception:  # noqa: BLE001 - any refusal is the answer we are looking for
+        if model is not None and "path" in getattr(model, "model_fields", {}):
+            return "must be an uploaded file (gradio_client's handle_file)"
         choices = getattr(block, "choices", None)
         if choices:
             return "must be one of: " + ", ".join(str(choice[1]) for choice in choices)
@@ -104,6 +109,6 @@ class StudioBlocks(gr.Blocks):
                 continue
             if state is not None and block._id in state:
                 block = state[block._id]  # the session's copy: its choices may have been updated
-            if block_fn.preprocess and (problem := _value_problem(block, inputs[index])):
+            if problem := _value_problem(block, inputs[index], block_fn.preprocess):
                 return f"{field_name(block_fn, index)}: {problem}."
         return None
