@@ -55,7 +55,7 @@ def test_without_against_with_loras_starts_both_from_the_init_image(lora_handler
     init = Image.new("RGB", (256, 256), GREEN)
     from_noise = compare(lora_handlers, COMPARE_LORAS, *picker(lora), width=512)[-1]
     from_image = compare(lora_handlers, COMPARE_LORAS, *picker(lora), init, 0.5, width=512)[-1]
-    assert from_image[0] == "**Done**", from_image[0]
+    assert from_image[0] == "**Done**  \nImage input: generated at 256×256.", from_image[0]
     assert from_image[3]["label"] == "Krea 2 Turbo: without ↔ with LoRAs"
 
     rows = lora_handlers.service.page(lora_handlers.history_filter("", "all", False, True), None).items

@@ -79,10 +79,10 @@ def test_upscale_send_and_reuse(handlers) -> None:
 
 
 def test_compare_starts_both_checkpoints_from_the_image(handlers) -> None:
-    init = Image.new("RGB", (256, 256), (20, 160, 40))
+    init = Image.new("RGB", (250, 256), (20, 160, 40))  # not a multiple of 16: resized, and said so as Generate does
     out = last(handlers.compare("a circle", "", 4, False, 512, 512, 4, 3.5, 8, None, COMPARE_CHECKPOINTS, "turbo",
                                 *NO_LORAS, init, 0.5))  # fmt: skip
-    assert out[0].startswith("**Done**"), out[0]
+    assert out[0].startswith("**Done**") and "Image input: resized from 250×256 to 256×256" in out[0], out[0]
     rows = handlers.service.page(handlers.history_filter("a circle", "all", False, True), None).items
     assert sorted((g.checkpoint, g.mode, g.width, g.strength) for g in rows) == [
         ("raw", "img2img", 256, 0.5), ("turbo", "img2img", 256, 0.5)

@@ -206,13 +206,19 @@ def build_request(prompt, negative, checkpoint, steps, guidance, width, height, 
     )
 
 
-def started_from(req: GenerationRequest, init: Any, strength: Any) -> GenerationRequest:
+def started_from(req: GenerationRequest, init: Any, strength: Any) -> tuple[GenerationRequest, tuple[str, ...]]:
     """`req` starting from Compare's init image, at that image's size (as it is without one): every Compare mode runs
-    its requests from the same start."""
+    its requests from the same start. With the notes on what was done to the image, as Generate says them."""
     if init is None:
-        return req
+        return req, ()
     start = image_source(init, strength=strength)
-    return replace(req, width=start.size[0], height=start.size[1], source=start.source)
+    notes = (*start.notes, f"generated at {start.size[0]}×{start.size[1]}")
+    return replace(req, width=start.size[0], height=start.size[1], source=start.source), notes
+
+
+def image_input_line(notes: tuple[str, ...]) -> str:
+    """The progress line's sentence on what was done to an init image ("" without one)."""
+    return "  \n" + as_text("Image input: " + "; ".join(notes) + ".") if notes else ""
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -395,8 +401,7 @@ class Handlers:
                     warnings = "".join(f"\n\n⚠️ {w}" for w in event.result.warnings)
                     text = (f"**Done** in {t.total_s:.2f} s (encode {t.encode_s:.2f} · denoise {t.denoise_s:.2f} · "
                             f"decode {t.decode_s:.2f})")  # fmt: skip
-                    if notes:
-                        text += "  \n" + as_text("Image input: " + "; ".join(notes) + ".")
+                    text += image_input_line(notes)
                     # The preview's last latent looks nothing like the image: the result takes its place.
                     final = new[0]["path"] if new else None
                     used = loras_text(event.result.loras)
@@ -619,7 +624,7 @@ class Handlers:
             loras = lora_choices(lora_rows)
             raw = build_request(prompt, negative, RAW.key, raw_steps, raw_guidance, width, height, seed, randomize, 1,
                                 loras)  # fmt: skip
-            raw = started_from(raw, init, strength)
+            raw, notes = started_from(raw, init, strength)
             turbo = raw.with_checkpoint(TURBO.key, steps=turbo_steps)
             events = self.service.compare(raw, turbo, compare_session(request))
         except Exception as error:  # noqa: BLE001
@@ -633,7 +638,7 @@ class Handlers:
 
         names = {RAW.key: short_name(RAW), TURBO.key: short_name(TURBO)}
         yield from self._stream_pair(events, names, described, f"{short_name(RAW)} ↔ {short_name(TURBO)}", raw.seed,
-                                     " · prompt encoded once for both")  # fmt: skip
+                                     " · prompt encoded once for both", notes)  # fmt: skip
 
     def _compare_loras(self, prompt, negative, seed, randomize, width, height, raw_steps, raw_guidance, turbo_steps,
                        request, checkpoint, lora_rows, init=None, strength=DEFAULT_STRENGTH):  # fmt: skip
@@ -644,7 +649,7 @@ class Handlers:
             steps, guidance = (raw_steps, raw_guidance) if spec.key == RAW.key else (turbo_steps, None)
             req = build_request(prompt, negative, spec.key, steps, guidance, width, height, seed, randomize, 1,
                                 lora_choices(lora_rows))  # fmt: skip
-            req = started_from(req, init, strength)
+            req, notes = started_from(req, init, strength)
             events = self.service.compare_loras(req, compare_session(request))
         except Exception as error:  # noqa: BLE001
             yield error_note(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -654,14 +659,16 @@ class Handlers:
             return f"{event.result.timings.total_s:.2f} s, LoRAs {shown(loras_text(event.result.loras) or 'none')}"
 
         names = {WITHOUT_LORAS: f"{short_name(spec)} without LoRAs", WITH_LORAS: f"{short_name(spec)} with LoRAs"}
-        yield from self._stream_pair(events, names, described, f"{short_name(spec)}: without ↔ with LoRAs", req.seed)
+        yield from self._stream_pair(events, names, described, f"{short_name(spec)}: without ↔ with LoRAs", req.seed,
+                                     notes=notes)  # fmt: skip
 
     def _stream_pair(self, events: Iterable[StepEvent | DoneEvent], names: dict[str, str],
                      described: Callable[[DoneEvent], str], pair_label: str, seed: int | None,
-                     seed_note: str = ""):  # fmt: skip
+                     seed_note: str = "", notes: tuple[str, ...] = ()):  # fmt: skip
         """A two-run comparison's events as Compare's outputs: (progress, left image, right image, slider, info).
         `names`: each run's label and the name it is shown by, the left run first; `described(done event)`: its line
-        in the info after its name; `seed`: the seed shown until a run reports the one it used."""
+        in the info after its name; `seed`: the seed shown until a run reports the one it used; `notes`: what was
+        done to the init image, said when done (Compare used to drop them)."""
         left, right = names
         started = time.monotonic()
         # Several workers run the two side by side (krea2/workers.py): each run keeps its own clock and progress line,
@@ -697,7 +704,7 @@ class Handlers:
             ordered = [info[label] for label in (left, right) if label in info]
             # Side by side, each run encodes the prompt on its own worker: no "encoded once" note then.
             ordered.append(f"Seed **{used_seed}** for both{'' if side_by_side else seed_note}")
-            yield "**Done**", gr.skip(), gr.skip(), pair, "  \n".join(ordered)
+            yield "**Done**" + image_input_line(notes), gr.skip(), gr.skip(), pair, "  \n".join(ordered)
         except Cancelled:
             yield "**Cancelled**", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # noqa: BLE001
