@@ -121,6 +121,7 @@ def test_a_cancelled_row_shows_no_seed_none(service):
     row = record_failure(service.store, request, "cancelled", "Generation cancelled.")
     assert row.seed is None
     assert "None" not in describe(row) and "none drawn" in describe(row)
+    assert "<th>Images</th><td>none kept (1 asked for)</td>" in describe(row)  # it said "1" (a hostile pass)
 
 
 def test_bulk_favorite_zip_import_and_delete_through_the_handlers(service, tmp_path):

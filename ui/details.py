@@ -38,7 +38,13 @@ def describe(generation: Generation, position: int | None = None) -> str:
         ("Steps", generation.steps),
         ("Guidance", generation.guidance),
         ("Size", f"{generation.width}×{generation.height}"),
-        ("Images", generation.num_images),
+        # What was asked for; a run that kept none (blocked, failed, cancelled) says so.
+        (
+            "Images",
+            generation.num_images
+            if generation.images or generation.status == "running"
+            else f"none kept ({generation.num_images} asked for)",
+        ),
         ("Created", generation.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("Timings", ", ".join(f"{k[:-3]} {v} ms" for k, v in generation.timings_ms().items() if v is not None) or "—"),
         ("Device", f"{generation.device} ({generation.placement})" if generation.device else "—"),
