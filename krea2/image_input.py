@@ -54,6 +54,8 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
         data = buffer.getvalue()
     elif isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise InvalidImage(f"{path.name!r} is a folder; the {what} must be a file (PNG, JPEG or WebP).")
         if not path.is_file():
             raise InvalidImage(f"The {what} file {path.name!r} does not exist.")
         if path.stat().st_size > MAX_FILE_BYTES:

@@ -49,6 +49,11 @@ def test_other_formats_and_broken_files_are_refused() -> None:
         prepare_image(truncated)
 
 
+def test_a_folder_is_not_called_missing(tmp_path) -> None:
+    with pytest.raises(InvalidImage, match="is a folder; the image must be a file"):
+        prepare_image(tmp_path)
+
+
 def test_a_decompression_bomb_is_refused_before_decoding() -> None:
     # A PNG whose header declares far more pixels than accepted (its data is tiny: one repeated row).
     side = int(MAX_SOURCE_PIXELS**0.5) + 1024
