@@ -75,8 +75,9 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
         prepared = source_of(args, given)
         args.notes = list(prepared.notes)
         given.update(source=prepared.source, width=prepared.size[0], height=prepared.size[1])
-    elif any(getattr(args, name, None) for name in ("mask", "strength", "outpaint")):
-        raise InvalidRequest("image", None, "is needed by --mask, --strength and --outpaint")
+    elif any(getattr(args, name, None) for name in ("mask", "strength", "outpaint")) or getattr(args, "feather", "0") \
+            not in (None, "", "0"):  # fmt: skip
+        raise InvalidRequest("image", None, "is needed by --mask, --strength, --outpaint and --feather")
     return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
 
 

@@ -51,6 +51,8 @@ def image_source(
     With `outpaint`, the canvas grows and the mask is the new area (a mask given too is refused: outpaint makes its
     own). `size`: the size to generate at (default: the image's own, brought to multiples of 16 within the model's
     limits). `strength` (checked by `ImageInput`) defaults to 1 with a mask or outpaint, else to img2img's 0.6."""
+    if feather and mask is None and outpaint is None:  # it softens a mask's edge: alone it would do nothing, unsaid
+        raise InvalidImage("A feather softens a mask's edge: give a mask or outpaint sides too, or a feather of 0.")
     prepared = prepare_image(image, size)
     notes = list(prepared.notes)
     picture, mask_picture, mode = prepared.image, None, ""

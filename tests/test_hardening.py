@@ -290,7 +290,10 @@ def test_the_api_starts_from_an_uploaded_image_and_refuses_bad_ones(server, clie
                            # a hostile pass: 0 became the default 0.6, and "²" passed str.isdigit() to fail in int()
                            ({"image": handle_file(str(init)), "strength": 0.0}, "strength:"),
                            ({"image": handle_file(str(init)), "outpaint": "²,0,0,0"}, "outpaint:"),
-                           ({"image": handle_file(str(init)), "feather": "²"}, "feather:")):  # fmt: skip
+                           ({"image": handle_file(str(init)), "feather": "²"}, "feather:"),
+                           # a hostile pass: a feather without a mask did nothing, unsaid, even without an image
+                           ({"feather": "8"}, "image:"),
+                           ({"image": handle_file(str(init)), "feather": "8"}, "A feather softens")):  # fmt: skip
         with pytest.raises(Exception) as refused:
             client.predict(prompt="refused image", steps=1, api_name="/generate", **SMALL, **fields)
         assert one_sentence(str(refused.value)) and str(refused.value).startswith(starts), str(refused.value)

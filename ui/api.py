@@ -79,8 +79,8 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
 
     path = uploaded_path(image)
     if path is None:
-        if any(_optional(v) is not None for v in (mask, strength, outpaint)):
-            raise InvalidRequest("image", None, "is needed by mask, strength and outpaint")
+        if any(_optional(v) is not None for v in (mask, strength, outpaint)) or str(feather or 0).strip() != "0":
+            raise InvalidRequest("image", None, "is needed by mask, strength, outpaint and feather")
         return None
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
     mask_path = uploaded_path(mask)

@@ -39,7 +39,8 @@ def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...
     outpaint = outpaint_sides(*sides)
     if outpaint is not None and mask is not None:  # the API and the CLI refuse the same; the strokes were dropped
         raise InvalidImage("Outpaint makes its own mask: clear the painted strokes, or set the outpaint sides to 0.")
-    return image_source(background, strength=strength, mask=mask, feather=int(feather or 0), outpaint=outpaint)
+    feather = int(feather or 0) if mask is not None or outpaint is not None else 0  # the slider is always there
+    return image_source(background, strength=strength, mask=mask, feather=feather, outpaint=outpaint)
 
 
 def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> str:
