@@ -83,7 +83,8 @@ class ManagerStatus:
 
     @property
     def settled(self) -> bool:
-        """Nothing is loading or warming up: the status stays as it is until something goes wrong."""
+        """Nothing is loading or warming up: what still changes comes from use (which transformer a swap plan holds),
+        so a page reads the status again after each run rather than every few seconds."""
         loading = any(status.state == "loading" for status in self.checkpoints.values())
         return not loading and self.warmup != "running" and "content filter: loading" not in self.content_filter
 
@@ -210,13 +211,14 @@ class ModelManager:
                 self.residency = self._residency(self.plan)
             self._apply_fast_path(self.requested_options)
             log.info("Placement on %s: %s", self.device, self.plan.describe(self._active(), self._names()))
+            if self.options.compile:  # before "ready": a status read in between would look settled (ui stops polling)
+                self._warmup = "running"
             for key in CHECKPOINTS:
                 self._status[key] = CheckpointStatus("ready")
             if self.content_policy is not None:
                 self.content_policy.load(self.device)
             log.info("Checkpoints ready: %s", self.status().summary())
             if self.options.compile:
-                self._warmup = "running"
                 threading.Thread(target=self._warm_up_in_background, name="krea2-warmup", daemon=True).start()
         except Krea2Error as error:
             self._fail(error)

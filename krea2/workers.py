@@ -172,7 +172,8 @@ class WorkerPool:
 
     @property
     def content_policy(self) -> ContentPolicy | None:
-        """The policy every worker applies (one policy, one classifier: app.py gives each manager the same)."""
+        """The first worker's policy: every worker's has the same block list and settings (studio/devices.py gives
+        each card its own copy, its classifier on that card)."""
         return self.workers[0].manager.content_policy
 
     def lora_files(self, request: GenerationRequest) -> list[LoraFile]:

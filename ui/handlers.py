@@ -309,15 +309,15 @@ class Handlers:
         except Exception as error:  # noqa: BLE001
             return error_note(error)
 
-    def status_tick(self, shown: str) -> tuple[Any, Any, Any]:
+    def status_tick(self, on_page: str) -> tuple[Any, Any, Any]:
         """(status line, what the page shows, the timer): the line when it changed since the page last got it, and the
-        timer stopped once nothing is loading or warming up (the line stays as it is until the page is reloaded). An
-        answer to any event makes Gradio's image editor upload its picture again (its three layers): a tick every 2 s
-        sent megabytes while a picture was there."""
+        timer running only while something loads or warms up; after that the line is read again when a run ends
+        (what changes then comes from use: a swap plan's transformer, a pool's busy workers). An answer to any event
+        makes Gradio's image editor upload its picture again (its three layers): a tick every 2 s sent megabytes
+        while a picture was there."""
         status = self.service.status()
         line = status.summary()
-        timer = gr.Timer(active=False) if status.settled else gr.skip()
-        return (gr.skip() if line == shown else line), line, timer
+        return (gr.skip() if line == on_page else line), line, gr.Timer(active=not status.settled)
 
     def files_of(self, generations: list[Any]) -> list[str]:
         """The PNGs and thumbnails of these generations (what a page may have been served)."""

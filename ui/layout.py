@@ -98,8 +98,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
         gr.Markdown(DEMO_BANNER, visible=service.demo, elem_id="demo-banner")
         status = gr.Markdown(service.status_line(), elem_id="status-line")
         status_shown, timer = gr.State(""), gr.Timer(2.0)
+        status_read = (handlers.status_tick, status_shown, [status, status_shown, timer])  # also after each run
         for trigger in (timer.tick, app.load):
-            trigger(handlers.status_tick, status_shown, [status, status_shown, timer], queue=False, **private)
+            trigger(*status_read, queue=False, **private)
 
         settings = gr.State(default_settings())
         current = gr.State(DEFAULT_CHECKPOINT)
@@ -340,7 +341,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             """`work` run after `listen`'s event with the run buttons held, unless a run is already in flight."""
             listen(handlers.queued, in_flight, hold, queue=False, **private).success(
                 work, inputs, gen_outputs, **run
-            ).then(handlers.idle, None, hold, queue=False, **private)
+            ).then(handlers.idle, None, hold, queue=False, **private).then(*status_read, queue=False, **private)
 
         for trigger in (generate_btn.click, prompt.submit):
             held_run(trigger, handlers.generate, gen_inputs)
@@ -367,7 +368,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
              c_mode, c_lora_checkpoint, *c_loras.values, c_init, c_strength],
             [c_progress, c_raw, c_turbo, c_slider, c_info],
             show_progress="full", show_progress_on=c_progress, **gpu,
-        ).then(handlers.compare_idle, None, compare_btn, queue=False, **private)  # fmt: skip
+        ).then(handlers.compare_idle, None, compare_btn, queue=False, **private).then(
+            *status_read, queue=False, **private
+        )  # fmt: skip
         wire_lora_pickers([g_loras, c_loras], handlers.loras, private)
         app.load(handlers.loras.refresh, g_loras.names, [g_loras.note, *g_loras.names], queue=False, **private)
         app.load(handlers.loras.refresh, c_loras.names, [c_loras.note, *c_loras.names], queue=False, **private)

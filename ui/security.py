@@ -32,18 +32,18 @@ PUBLIC_PREFIXES = ("/assets/", "/static/")
 class SameOriginGuard:
     def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = (), local_only: bool = False) -> None:
         """`local_only`: the app binds a loopback address and no allowed origin is public (studio.safety's
-        `reachable_from` is None): requests must name a loopback host or an allowed origin's."""
+        `reachable_from` is None): requests must name a loopback host. A reverse proxy or tunnel that passes its
+        public name on is named in KREA2_ALLOWED_ORIGINS, which makes the app reachable and lifts this check."""
         self.app = app
         self.allowed = {origin.rstrip("/") for origin in allowed_origins}
         self.local_only = local_only
-        self.allowed_hosts = {urlsplit(origin).hostname for origin in self.allowed} - {None}
 
     def _foreign_host(self, scope: Scope) -> bool:
         if not self.local_only:
             return False
         host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
         name = urlsplit(f"//{host}").hostname if host else None
-        return name is not None and not is_loopback(name) and name not in self.allowed_hosts
+        return name is not None and not is_loopback(name)
 
     def _refused(self, scope: Scope) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -60,7 +60,10 @@ class SameOriginGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            refusal = "This server answers only under a local name such as localhost or 127.0.0.1."
+            refusal = (
+                "This server answers only under a local name such as localhost or 127.0.0.1. Behind a proxy or "
+                "tunnel that passes its own name, set KREA2_ALLOWED_ORIGINS=https://that.name."
+            )
             await PlainTextResponse(refusal, status_code=403)(scope, receive, send)
             return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS and self._refused(scope):
