@@ -58,6 +58,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # few (itself, its images, its LoRAs), so this many, counted before parsing, is far above any export of
 # MAX_GENERATIONS entries and keeps a hostile file under ~1 GB.
 MAX_JSON_CONTAINERS = 64 * MAX_GENERATIONS
+JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 MAX_PIXELS = 2048 * 2048
 
 
@@ -245,7 +246,8 @@ class ArchiveReader:
             if self._zip.getinfo("history.json").file_size > MAX_HISTORY_JSON_BYTES:
                 raise StorageError(f"The history.json in that zip is larger than {MAX_HISTORY_JSON_BYTES // 2**20} MB.")
             text = self._zip.read("history.json")
-            if text.count(b"{") + text.count(b"[") > MAX_JSON_CONTAINERS:  # braces inside strings count too: a bound
+            structure = JSON_STRING.sub(b"", text)  # the brackets of A1111-style prompts are not containers
+            if structure.count(b"{") + structure.count(b"[") > MAX_JSON_CONTAINERS:
                 raise StorageError("The history.json in that zip has far more entries than an export can hold.")
             document = json.loads(text)
         except KeyError:

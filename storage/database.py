@@ -87,6 +87,27 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+# What a database error means for the person who has to fix it (SQLite's and PostgreSQL's wording), without paths:
+# the sentence may reach a page.
+DATABASE_PROBLEMS = (
+    (("readonly", "read-only"), "The history database is read-only (check the data folder's permissions)"),
+    (("malformed", "not a database", "file is encrypted"),
+     "The history database file is damaged (move it aside to start a new history, or restore a backup)"),
+    (("database is locked", "could not obtain lock"),
+     "The history database is locked by another process (a second Krea 2 Studio on this data folder?)"),
+    (("disk is full", "no space left"), "The disk holding the history database is full"),
+)  # fmt: skip
+
+
+def database_problem(error: SQLAlchemyError) -> str:
+    """One sentence for a database error: what is wrong where it is known, else the error's kind."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    for words, sentence in DATABASE_PROBLEMS:
+        if any(word in text for word in words):
+            return sentence
+    return f"The history database failed ({type(error).__name__})"
+
+
 def migrate(url: str, extra_version_locations: list[str] | None = None) -> None:
     """Upgrade to the newest schema, each migration in one transaction: on failure the previous schema and data
     stay as they were and StorageError says why."""
@@ -115,7 +136,9 @@ def migrate(url: str, extra_version_locations: list[str] | None = None) -> None:
             finally:
                 if sqlite:
                     _foreign_keys(connection, on=True)
-    except (SQLAlchemyError, OSError, RuntimeError, ValueError) as error:
+    except SQLAlchemyError as error:
+        raise StorageError(f"{database_problem(error)}; it was left as it was.") from error
+    except (OSError, RuntimeError, ValueError) as error:
         raise StorageError(
             f"The history database could not be upgraded ({type(error).__name__}: {str(error).splitlines()[0]}); "
             "it was left as it was."

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .archive import ArchiveReader, EntryCheck, write_archive
-from .database import default_database_url, make_engine, migrate
+from .database import database_problem, default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
     IMAGES_DIR,
@@ -84,27 +84,6 @@ class Page:
 def naive_utc(moment: datetime) -> datetime:
     """A time as naive UTC: SQLite returns stored times without a zone, PostgreSQL in the session's zone."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
-# What a database error means for the person who has to fix it (SQLite's and PostgreSQL's wording), without paths:
-# the sentence may reach a page.
-DATABASE_PROBLEMS = (
-    (("readonly", "read-only"), "The history database is read-only (check the data folder's permissions)"),
-    (("malformed", "not a database", "file is encrypted"),
-     "The history database file is damaged (move it aside to start a new history, or restore a backup)"),
-    (("database is locked", "could not obtain lock"),
-     "The history database is locked by another process (a second Krea 2 Studio on this data folder?)"),
-    (("disk is full", "no space left"), "The disk holding the history database is full"),
-)  # fmt: skip
-
-
-def database_problem(error: SQLAlchemyError) -> str:
-    """One sentence for a database error: what is wrong where it is known, else the error's kind."""
-    text = str(getattr(error, "orig", None) or error).lower()
-    for words, sentence in DATABASE_PROBLEMS:
-        if any(word in text for word in words):
-            return sentence
-    return f"The history database failed ({type(error).__name__})"
 
 
 def sources_of(rows: list[Generation]) -> set[str]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from krea2.checkpoints import CHECKPOINTS
 from krea2.content_filter import ContentPolicy
 from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
-from krea2.image_input import DEFAULT_STRENGTH, MASKED_STRENGTH, InvalidImage
+from krea2.image_input import DEFAULT_STRENGTH, MASKED_STRENGTH, InvalidImage, parse_feather, parse_outpaint
 from krea2.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -75,16 +75,15 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
         prepared = source_of(args, given)
         args.notes = list(prepared.notes)
         given.update(source=prepared.source, width=prepared.size[0], height=prepared.size[1])
-    elif any(getattr(args, name, None) for name in ("mask", "strength", "outpaint")) or getattr(args, "feather", "0") \
-            not in (None, "", "0"):  # fmt: skip
+    elif any(getattr(args, name, None) for name in ("mask", "strength", "outpaint")) or parse_feather(
+        getattr(args, "feather", None) or 0
+    ):
         raise InvalidRequest("image", None, "is needed by --mask, --strength, --outpaint and --feather")
     return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
 
 
 def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     """--image and its companions, prepared (the size: --width/--height when both are given, else the image's)."""
-    from krea2.image_input import parse_feather, parse_outpaint
-
     outpaint = parse_outpaint(args.outpaint) if args.outpaint else None
     strength = args.strength if args.strength not in (None, "") else None  # ImageInput parses it
     feather = parse_feather(args.feather)

@@ -14,9 +14,6 @@ import ipaddress
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import numpy as np
-import torch
-
 from krea2.content_filter import BlocklistError, ContentPolicy, ImageClassifierFilter, PromptBlocklist
 from storage.records import NewGeneration
 
@@ -87,6 +84,9 @@ def screen_import(policy: ContentPolicy | None) -> Callable[[NewGeneration], New
     def screen(new: NewGeneration) -> NewGeneration:
         if policy is None:
             return new
+        import numpy as np  # here: the request guards (ui/security.py) import this module for `is_loopback`
+        import torch
+
         classifier = policy.ready_classifier("the import")
         line = policy.blocklist.match(new.fields["prompt"]) if policy.blocklist is not None else None
         reason = None

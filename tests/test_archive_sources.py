@@ -189,6 +189,15 @@ def test_a_newer_export_or_a_json_bomb_is_one_sentence(other, tmp_path, document
         other.import_archive(archive)
 
 
+def test_brackets_inside_prompts_are_not_counted_as_entries(other, tmp_path):
+    """The bomb guard counts JSON's objects and arrays, not the brackets of an A1111-style prompt."""
+    archive = tmp_path / "brackets.zip"
+    text = json.dumps({"format": "krea2-studio-history/1", "generations": [], "note": '[[(a "cat")]]' * 3_500_000})
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as created:
+        created.writestr("history.json", text)
+    assert other.import_archive(archive) == (0, 0)
+
+
 def test_the_csv_shows_a_formula_as_text(store, tmp_path):
     """Prompts like `=HYPERLINK(...)` were formulas once history.csv was opened in a spreadsheet."""
     import csv

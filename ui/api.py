@@ -79,7 +79,7 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
 
     path = uploaded_path(image)
     if path is None:
-        if any(_optional(v) is not None for v in (mask, strength, outpaint)) or str(feather or 0).strip() != "0":
+        if any(_optional(v) is not None for v in (mask, strength, outpaint)) or parse_feather(_optional(feather) or 0):
             raise InvalidRequest("image", None, "is needed by mask, strength, outpaint and feather")
         return None
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None

@@ -52,12 +52,15 @@ def _value_problem(block: Any, value: Any, preprocess: bool = True) -> str | Non
     model = getattr(block, "data_model", None)
     try:
         if model is not None and value is not None:
-            value = model.model_validate(value, context={"validate_meta": True})
+            try:
+                value = model.model_validate(value, context={"validate_meta": True})
+            except Exception:
+                if "path" in getattr(model, "model_fields", {}):
+                    return "must be an uploaded file (gradio_client's handle_file)"
+                raise
         if preprocess:
             block.preprocess(value)
     except Exception:  # noqa: BLE001 - any refusal is the answer we are looking for
-        if model is not None and "path" in getattr(model, "model_fields", {}):
-            return "must be an uploaded file (gradio_client's handle_file)"
         choices = getattr(block, "choices", None)
         if choices:
             return "must be one of: " + ", ".join(str(choice[1]) for choice in choices)
