@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image as PILImage
 
@@ -52,6 +52,17 @@ MAX_HISTORY_JSON_BYTES = 512 * 2**20
 MAX_INTEGER = 2**63 - 1  # a database integer's range (a larger one failed the import with an OverflowError)
 MAX_ID_CHARS = 64  # comparison ids are 32 hex digits
 EntryCheck = Callable[[dict[str, Any]], None]  # raises ValueError(field name) for an entry the app could not have made
+
+
+class ImportScreen(Protocol):
+    """The app's content policy on an import (studio.safety.ImportScreen): an entry as it may be added, and whether a
+    picture (an init image or mask) is flagged."""
+
+    def __call__(self, new: NewGeneration) -> NewGeneration: ...
+
+    def flagged(self, picture: PILImage.Image) -> Any: ...
+
+
 MAX_IMAGE_BYTES = 64 * 2**20
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Every JSON object and array costs Python ~60-200 bytes: 512 MB of "{}," parses into ~13 GB. A real entry holds a

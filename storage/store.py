@@ -7,12 +7,13 @@ never a row without its file or a half-written PNG under a final name.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .archive import ArchiveReader, EntryCheck, write_archive
+from .archive import ArchiveReader, EntryCheck, ImportScreen, write_archive
 from .database import database_problem, default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
@@ -149,11 +150,14 @@ class HistoryStore:
             image_id = uuid.uuid4().hex
             params = {**new.png_parameters, "seed": item.seed}
             png = item.png
-            disclosure = undisclosed(item.image) if png is not None else None  # an imported PNG without the XMP
-            if png is None or disclosure is not None:
-                png = encode_png(item.image, disclosure or build_pnginfo(params))
+            if png is None:
+                png = encode_png(item.image, build_pnginfo(params))
                 if self.sign_png is not None:
                     png = self.sign_png(png)
+            elif (disclosure := undisclosed(item.image)) is not None:
+                # An imported PNG without the AI disclosure: the XMP added (its pixels, text and colour profile kept),
+                # but not this server's C2PA signature, which would vouch for a picture it did not make.
+                png = encode_png(item.image, disclosure)
             rel_png, rel_thumb = f"{IMAGES_DIR}/{day}/{image_id}.png", f"{THUMBS_DIR}/{day}/{image_id}.webp"
             write_atomic(self.absolute(rel_png), png)
             written.append(self.absolute(rel_png))
@@ -296,7 +300,7 @@ class HistoryStore:
         self,
         source: Path,
         check: EntryCheck | None = None,
-        screen: Callable[[NewGeneration], NewGeneration] | None = None,
+        screen: ImportScreen | None = None,
     ) -> tuple[int, int]:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
@@ -306,9 +310,9 @@ class HistoryStore:
         is its own transaction, so a long import never holds the database from the generations running beside it: a
         server killed mid-import keeps the rows added so far (their files too), and importing the zip again adds the
         rest.
-        `screen`: the app's content policy on each entry before it is added (studio.safety.screen_import). A `blocked`
-        entry is added without images or init image, as the app records one; init images no added row names are not
-        kept."""
+        `screen`: the app's content policy on each entry before it is added, and on each init image and mask before it
+        is written (studio.safety.ImportScreen). A `blocked` entry is added without images or init image, as the app
+        records one; init images no added row names are not kept."""
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip
@@ -317,7 +321,7 @@ class HistoryStore:
         skipped = 0
         with ArchiveReader(source, check) as archive:
             try:
-                self._import_sources(archive, written)
+                refused = self._import_sources(archive, written, screen)
                 for new in archive.generations():
                     key = (naive_utc(new.fields["created_at"]), new.fields["prompt"], new.fields.get("seed"))
                     if key in seen:
@@ -327,6 +331,8 @@ class HistoryStore:
                     if new.fields["status"] == "blocked":  # never an image, nor the picture it started from
                         new = NewGeneration({**new.fields, "source_sha256": None, "mask_sha256": None},
                                             loras=new.loras)  # fmt: skip
+                    elif {new.fields["source_sha256"], new.fields["mask_sha256"]} & refused:  # a flagged init image
+                        new = replace(new, fields={**new.fields, "source_sha256": None, "mask_sha256": None})
                     added_ids.append(self.add(new).id)
                     seen.add(key)
             except BaseException:
@@ -335,17 +341,24 @@ class HistoryStore:
         self.forget_sources({path.stem for path in written})
         return len(added_ids), skipped
 
-    def _import_sources(self, archive: ArchiveReader, written: list[Path]) -> None:
+    def _import_sources(self, archive: ArchiveReader, written: list[Path], screen: ImportScreen | None) -> set[str]:
         """Write the archive's init images and masks that this data folder lacks, after checking all of them (a
-        missing or corrupt one refuses the import before any file is written); `written` collects the new files."""
+        missing or corrupt one refuses the import before any file is written); `written` collects the new files.
+        Returns the addresses `screen` refused (not written)."""
         paths = {digest: self.absolute(self.source_relative(digest)) for digest in archive.sources()}
         # Content-addressed: a file already here under the same address is the same picture, and is kept.
         needed = {digest: path for digest, path in paths.items() if not path.is_file()}
         for digest in needed:  # every one checked before the first is written
             archive.source_png(digest)
+        refused = set()
         for digest, path in needed.items():
-            write_atomic(path, archive.source_png(digest))
+            png = archive.source_png(digest)
+            if screen is not None and screen.flagged(PILImage.open(io.BytesIO(png))):
+                refused.add(digest)
+                continue
+            write_atomic(path, png)
             written.append(path)
+        return refused
 
     def _undo_import(self, added_ids: list[int], written: list[Path]) -> None:
         """Remove what a failed import added: its rows (and their image files), then the sources it wrote."""
@@ -375,7 +388,8 @@ class HistoryStore:
     def forget_sources(self, digests: set[str]) -> None:
         """Remove the stored init images and masks among `digests` that no row names any more (a deleted or blocked
         generation's; each is kept once however many rows share it). A generation starting from the same picture at
-        that very moment (stored, its row not yet written) would find it gone: the window is one row's write."""
+        that very moment (stored, its row not yet written) would find it gone: the window is one row's write, or an
+        import's whole run for the sources it writes before its rows."""
         if not digests:
             return
         with self.session() as session:

@@ -11,10 +11,11 @@ filter off (the status line says so), and by default a classifier that cannot lo
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from krea2.content_filter import BlocklistError, ContentPolicy, ImageClassifierFilter, PromptBlocklist
+from PIL import Image
+
+from krea2.content_filter import BlocklistError, ContentPolicy, ImageClassifierFilter, PromptBlocklist, Verdict
 from storage.records import NewGeneration
 
 from .settings import SettingError, Settings
@@ -74,35 +75,44 @@ def content_policy(settings: Settings) -> ContentPolicy:
     return ContentPolicy(classifier, blocklist, required=required, how_to_fix=how_to_fix)
 
 
-def screen_import(policy: ContentPolicy | None) -> Callable[[NewGeneration], NewGeneration]:
+class ImportScreen:
     """The content policy applied to a history import (storage.HistoryStore.import_archive's `screen`): an archive
     is a file from anywhere, and its pictures would be served like generated ones. An entry whose prompt matches the
     block list, or with an image the classifier flags, is imported as `blocked`, without its images and without the
-    init image it names, as a generation the policy refused is recorded. A required filter that is not ready refuses
-    the import (FilterUnavailable), as it refuses a generation."""
+    init image it names, as a generation the policy refused is recorded; an init image or mask the classifier flags
+    is not kept, and the entries naming it come in without the link. A required filter that is not ready refuses the
+    import (FilterUnavailable), as it refuses a generation."""
 
-    def screen(new: NewGeneration) -> NewGeneration:
-        if policy is None:
-            return new
+    def __init__(self, policy: ContentPolicy | None) -> None:
+        self.policy = policy
+
+    def flagged(self, picture: Image.Image) -> Verdict | None:
+        """The classifier's verdict on `picture` when it blocks it, else None (also without a classifier)."""
+        classifier = self.policy.ready_classifier("the import") if self.policy is not None else None
+        if classifier is None:
+            return None
         import numpy as np  # here: the request guards (ui/security.py) import this module for `is_loopback`
         import torch
 
-        classifier = policy.ready_classifier("the import")
-        line = policy.blocklist.match(new.fields["prompt"]) if policy.blocklist is not None else None
+        pixels = torch.from_numpy(np.asarray(picture.convert("RGB"))).permute(2, 0, 1)[None] / 255
+        verdict = classifier.check(pixels)[0]
+        return verdict if verdict.blocked else None
+
+    def __call__(self, new: NewGeneration) -> NewGeneration:
+        if self.policy is None:
+            return new
+        self.policy.ready_classifier("the import")  # a required filter not ready refuses even text-only entries
+        blocklist = self.policy.blocklist
+        line = blocklist.match(new.fields["prompt"]) if blocklist is not None else None
         reason = None
         if line is not None:
             reason = f"This prompt matches entry {line} of the server's block list, so it was imported without images."
-        elif classifier is not None:
-            for item in new.images:
-                pixels = torch.from_numpy(np.asarray(item.image.convert("RGB"))).permute(2, 0, 1)[None] / 255
-                verdict = classifier.check(pixels)[0]
-                if verdict.blocked:
-                    reason = (f"The content filter flagged an imported image as {verdict.label} (score "
-                              f"{verdict.score:.2f}), so it was imported without images.")  # fmt: skip
-                    break
+        for item in new.images if reason is None else ():
+            if verdict := self.flagged(item.image):
+                reason = (f"The content filter flagged an imported image as {verdict.label} (score "
+                          f"{verdict.score:.2f}), so it was imported without images.")  # fmt: skip
+                break
         if reason is None:
             return new
         blocked = {**new.fields, "status": "blocked", "error": reason, "source_sha256": None, "mask_sha256": None}
         return NewGeneration(blocked, loras=new.loras)
-
-    return screen

@@ -34,7 +34,7 @@ from storage.pnginfo import read_parameters
 from storage.provenance import read_provenance
 
 from .recording import record_blocked, record_failure, record_result, record_start
-from .safety import screen_import
+from .safety import ImportScreen
 from .sources import store_source
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ class StudioService:
         return target, self.store.export_archive(target, generation_ids)
 
     def import_archive(self, path: str | Path) -> tuple[int, int]:
-        screen = screen_import(self.manager.content_policy)
+        screen = ImportScreen(self.manager.content_policy)
         return self.store.import_archive(Path(path), check=check_imported, screen=screen)
 
     # ------------------------------------------------------------------------------------------------ PNG info

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ import app
 from krea2.content_filter import ContentPolicy, ImageClassifierFilter, PromptBlocklist
 from krea2.errors import ContentBlocked, FilterUnavailable
 from storage import HistoryStore
+from storage.files import encode_png, png_address
 from storage.provenance import read_provenance
 from studio.safety import content_policy, is_loopback
 from studio.service import StudioService
@@ -289,11 +291,16 @@ def test_the_cli_fails_closed_and_refuses_a_blocked_prompt_before_loading(tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------ history imports
+RED_SOURCE = Image.new("RGB", (256, 256), (220, 20, 20))  # an init image the classifier flags
+
+
 def hostile_copy(name: str, data: bytes) -> bytes:
-    """An export's member as a hostile copy has it: its fourth entry `blocked`, every PNG without its text chunks."""
+    """An export's member as a hostile copy has it: its fourth entry `blocked`, its first (BLUE) naming a red init
+    image (added to the zip by the test), every PNG without its text chunks."""
     if name == "history.json":
         document = json.loads(data)
         document["generations"][3]["status"] = "blocked"
+        document["generations"][0].update(mode="img2img", strength=0.5, source_sha256=png_address(RED_SOURCE))
         return json.dumps(document).encode()
     if name.startswith("images/"):
         buffer = io.BytesIO()
@@ -311,6 +318,8 @@ def test_an_imported_history_meets_the_content_policy_and_says_it_is_ai_generate
             run_generate(Handlers(unfiltered), prompt)
         export, _count = unfiltered.export()
     hostile = rewritten(export, tmp_path / "hostile.zip", hostile_copy)
+    with zipfile.ZipFile(hostile, "a") as adding:
+        adding.writestr(f"sources/{png_address(RED_SOURCE)}.png", encode_png(RED_SOURCE, None))
     policy = filtering(red_classifier, blocklist=PromptBlocklist.from_text("fox"))
     with service_with(manager, tmp_path / "host", policy) as host:
         assert host.import_archive(hostile) == (4, 0)
@@ -322,6 +331,8 @@ def test_an_imported_history_meets_the_content_policy_and_says_it_is_ai_generate
         star = rows["a yellow star on a blue background"]
         assert (star.status, star.images) == ("blocked", [])  # blocked in the archive: its image stays out
         assert len(files_in(host.store.data_dir)) == 2  # BLUE's PNG and thumbnail, nothing else
+        assert not (host.store.data_dir / "sources").exists() or not any((host.store.data_dir / "sources").rglob("*"))
+        assert (rows[BLUE].source_sha256, rows[BLUE].mode) == (None, "img2img")  # the flagged init image left out
         [image] = rows[BLUE].images
         png = host.store.absolute(image.path)
         assert read_provenance(png)["ai_generated"]  # the disclosure the stripped PNG lacked, added back
@@ -337,8 +348,6 @@ def test_an_imported_history_meets_the_content_policy_and_says_it_is_ai_generate
 
 @contextlib.contextmanager
 def zipfile_member(archive: Path, name: str):
-    import zipfile
-
     with zipfile.ZipFile(archive) as opened:
         yield Image.open(io.BytesIO(opened.read(name)))
 

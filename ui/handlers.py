@@ -320,9 +320,14 @@ class Handlers:
         return (gr.skip() if line == on_page else line), line, gr.Timer(active=not status.settled)
 
     def files_of(self, generations: list[Any]) -> list[str]:
-        """The PNGs and thumbnails of these generations (what a page may have been served)."""
-        return [path for g in generations for image in g.images for path in
-                (self.service.image_file(image), str(self.service.store.absolute(image.thumb_path)))]  # fmt: skip
+        """The PNGs, thumbnails, init images and masks of these generations (what a page may have been served; a copy
+        of an init image another row still names is served again when asked for)."""
+        store = self.service.store
+        pictures = [path for g in generations for image in g.images for path in
+                    (self.service.image_file(image), str(store.absolute(image.thumb_path)))]  # fmt: skip
+        sources = [str(store.absolute(store.source_relative(digest))) for g in generations
+                   for digest in (g.source_sha256, g.mask_sha256) if digest]  # fmt: skip
+        return pictures + sources
 
     @staticmethod
     def busy(label: str = "Generating…"):

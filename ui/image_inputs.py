@@ -11,6 +11,7 @@ from krea2.image_input import InvalidImage, Outpaint
 from studio.sources import PreparedSource, image_source
 
 STRENGTH_RANGE = (0.05, 1.0)  # the strength sliders'
+DEFAULT_FEATHER = 8  # the feather slider's start, in pixels
 
 
 def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None:

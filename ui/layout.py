@@ -24,7 +24,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
-from .image_inputs import STRENGTH_RANGE
+from .image_inputs import DEFAULT_FEATHER, STRENGTH_RANGE
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks
@@ -156,7 +156,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             )  # fmt: skip
                             strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, elem_id="strength",
                                                  label="Strength (1 redraws from noise; lower keeps more)")  # fmt: skip
-                            feather = gr.Slider(0, 64, value=8, step=1, label="Mask feather (px)", elem_id="feather")
+                            feather = gr.Slider(0, 64, value=DEFAULT_FEATHER, step=1, label="Mask feather (px)",
+                                                elem_id="feather")  # fmt: skip
                             with gr.Row():
                                 outpaint = [
                                     gr.Number(label=f"Outpaint {side} (px)", value=0, precision=0,
@@ -348,6 +349,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
         init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
+        # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
+        # gets the default feather back.
+        init_editor.upload(lambda: DEFAULT_FEATHER, None, feather, queue=False, **private)
         for control in (strength, feather, *outpaint):
             control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
