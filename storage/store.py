@@ -328,11 +328,11 @@ class HistoryStore:
                         skipped += 1
                         continue
                     new = screen(new) if screen is not None else new
+                    unlinked = {**new.fields, "source_sha256": None, "mask_sha256": None}
                     if new.fields["status"] == "blocked":  # never an image, nor the picture it started from
-                        new = NewGeneration({**new.fields, "source_sha256": None, "mask_sha256": None},
-                                            loras=new.loras)  # fmt: skip
+                        new = replace(new, fields=unlinked, images=[])
                     elif {new.fields["source_sha256"], new.fields["mask_sha256"]} & refused:  # a flagged init image
-                        new = replace(new, fields={**new.fields, "source_sha256": None, "mask_sha256": None})
+                        new = replace(new, fields=unlinked)
                     added_ids.append(self.add(new).id)
                     seen.add(key)
             except BaseException:

@@ -121,8 +121,8 @@ def record_blocked(
         row = store.finish(running.id, NewGeneration(fields))
     else:
         row = store.add(NewGeneration(fields))
-    store.forget_sources(set(filter(None, (request.source.image_sha256, request.source.mask_sha256)))
-                         if request.source is not None else set())  # fmt: skip
+    if (source := request.source) is not None:
+        store.forget_sources({digest for digest in (source.image_sha256, source.mask_sha256) if digest})
     return row
 
 

@@ -11,6 +11,7 @@ filter off (the status line says so), and by default a classifier that cannot lo
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -112,7 +113,5 @@ class ImportScreen:
                 reason = (f"The content filter flagged an imported image as {verdict.label} (score "
                           f"{verdict.score:.2f}), so it was imported without images.")  # fmt: skip
                 break
-        if reason is None:
-            return new
-        blocked = {**new.fields, "status": "blocked", "error": reason, "source_sha256": None, "mask_sha256": None}
-        return NewGeneration(blocked, loras=new.loras)
+        # The store adds a blocked entry without its images and init image, as it records a blocked generation.
+        return new if reason is None else replace(new, fields={**new.fields, "status": "blocked", "error": reason})
