@@ -839,7 +839,10 @@ def train_raw(work: Path, budget: Budget, device: torch.device) -> list[dict]:
         if shape_maps is not None:
             shape_map_losses.add(step, shape_maps.last, watch.seconds)
         if budget.probe_every and (step + 1) % budget.probe_every == 0:
-            curve.append({"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t)})
+            sheet = work / "probes" / f"raw-{step + 1}.png"
+            curve.append(
+                {"step": step + 1, "seconds": round(watch.seconds, 1), **probe(vae, tokenizer, ema_e, ema_t, sheet)}
+            )
             log.info("raw probe: %s", curve[-1])
     save_transformer(ema_t.model, work / "raw_transformer.safetensors")
     save_file(ema_e.model.state_dict(), work / "text_encoder.safetensors")
@@ -922,15 +925,16 @@ def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: i
 
 
 @torch.no_grad()
-def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema) -> dict:
+def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema, sheet: Path | None = None) -> dict:
     """Held-out accuracy of the EMA weights now, on a fixed sample of `demo.evaluate`'s prompts (48 single shapes, 8
     counts, 8 relations, one seed) at Raw's guidance and 20 steps: a point on the learning curve, a second or two on a
     GPU. It says whether more of the same training would reach the targets; `demo.evaluate` gives the numbers.
     `direction_difference` is `demo.failures.text_separation`'s "direction swapped" over the 30 held-out relations:
     how far the text features move when a relation's direction is swapped (session k's checkpoints: 0.0014, against
     0.48 for a colour); relations cannot come out in order before it rises. `caption_gain` (on ground-truth pictures
-    of the same prompts) is meant to move before the accuracies do."""
-    from demo.evaluate import SIZE, score
+    of the same prompts) is meant to move before the accuracies do. `sheet`, if given, gets the pictures as one PNG
+    (48 singles, then the counts and relations, in `chosen`'s order): what the numbers cannot say about a failure."""
+    from demo.evaluate import SIZE, grid, score
     from demo.failures import text_separation
     from demo.scenes import held_out
 
@@ -954,6 +958,9 @@ def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema) -> dict:
             max_sequence_length=64,
         ).images
     result = score(chosen, pictures.float().cpu())
+    if sheet is not None:
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        grid(pictures.float().cpu()).save(sheet)
     layouts = {f"{layout}_correct": result[layout]["correct"] for layout in ("single", "count", "relation")}
     relations = [c for c in compositions if c.layout == "relation"]
     direction = text_separation(pipe, relations)["direction swapped"]
@@ -962,6 +969,8 @@ def probe(vae, tokenizer, ema_e: Ema, ema_t: Ema) -> dict:
         **layouts,
         "single_colour": result["single"]["colour"],
         "single_kind": result["single"]["kind"],
+        "single_background": result["single"]["background"],
+        "single_count": result["single"]["count"],
         "caption_gain": round(caption_gain(pipe, chosen), 4),
         "direction_difference": direction,
     }

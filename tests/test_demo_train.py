@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from demo import train
 
@@ -107,11 +108,14 @@ def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch
     vae, _ = train.load_vae(work, cpu)
     tokenizer, text_encoder = train.load_text_side(work, cpu)
     transformer = train.load_transformer(work / "raw_transformer.safetensors", cpu)
-    point = train.probe(vae, tokenizer, train.Ema(text_encoder, 0.9), train.Ema(transformer, 0.9))
+    sheet = tmp_path / "probes" / "raw-8.png"
+    point = train.probe(vae, tokenizer, train.Ema(text_encoder, 0.9), train.Ema(transformer, 0.9), sheet)
     assert set(point) == {
         "accuracy", "single_correct", "count_correct", "relation_correct", "single_colour", "single_kind",
-        "caption_gain", "direction_difference",
+        "single_background", "single_count", "caption_gain", "direction_difference",
     }  # fmt: skip
+    assert 0 < point["single_background"] <= 1 and 0 < point["single_count"] <= 1
+    assert Image.open(sheet).size == (8 * 256, 2 * 256)  # the 10 pictures, 8 to a row
     assert 0 < point["single_kind"] <= 1 and 0 < point["single_colour"] <= 1 and 0 < point["accuracy"] <= 1
     # The right caption makes the committed Raw's loss a small part of another caption's (0.93 on the probe's 10
     # prompts here, 0.88 on its usual 64, on this CPU); the same transformer reading a text encoder that was never
