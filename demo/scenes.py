@@ -355,6 +355,21 @@ def kind_coverage(scenes: list[Scene], size: int, cell: int, device: torch.devic
     return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
 
 
+def colour_coverage(scenes: list[Scene], size: int, cell: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`kind_coverage`'s squares by palette colour instead of kind: the share of each square's pixels painted in each
+    of COLOURS (a textured background's second tone counts as its background colour, which the caption names).
+    (batch, (size / cell)², len(COLOURS)), each row summing to 1."""
+    batch, names = len(scenes), list(COLOURS)
+    u, v = _grid(batch, size, device)
+    background = torch.tensor([names.index(s.background) for s in scenes], device=device)
+    shares = F.one_hot(background, len(names)).float().view(batch, -1, 1, 1).expand(-1, -1, size, size)
+    for shapes, alpha in _layers(scenes, size, u, v):
+        colour = torch.tensor([names.index(s.colour) for s in shapes], device=device)
+        paint = F.one_hot(colour, len(names)).float().view(batch, -1, 1, 1)
+        shares = shares * (1 - alpha.unsqueeze(1)) + paint * alpha.unsqueeze(1)
+    return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
+
+
 def render(scenes: list[Scene], size: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
     """Draw scenes as a (batch, 3, size, size) float tensor in [0, 1], anti-aliased, with a faint colour jitter."""
     batch = len(scenes)
