@@ -4,8 +4,9 @@
 - rows whose files vanished are marked (`files_missing`), and unmarked when the files come back;
 - files no row points at are moved to orphans/ (never deleted silently);
 - rows still `running` belong to generations a crash or kill stopped: they become `interrupted`, so the user sees
-  what was lost. (Repair runs once at start-up, before this process accepts work, so no row it finds is live; two
-  app processes sharing one database would have to start one after the other.)
+  what was lost. (Repair runs once at start-up, before this process accepts work, and only in a process that has
+  the data folder to itself (storage/folder_lock.py), so no row it finds is live. Processes on other machines
+  sharing one PostgreSQL database are not seen: README, "Several replicas".)
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from .files import (
     sha256,
     write_atomic,
 )
+from .folder_lock import FolderLock
 from .models import Generation, GenerationLora, Image, utcnow
 from .pnginfo import DEFAULT_CREATOR_TOOL, build_pnginfo, undisclosed
 from .records import NewGeneration
@@ -102,11 +103,13 @@ class HistoryStore:
         self.dialect = self.database_url.split(":", 1)[0].split("+", 1)[0]
         self._engine = None
         self._sessions: sessionmaker[Session] | None = None
-        self.repair_report: RepairReport | None = None  # what the start-up repair of `open` found
+        self.repair_report: RepairReport | None = None  # what the start-up repair of `open` found (None: not run)
+        self._lock = FolderLock(self.data_dir)  # `open` repairs only a folder no other process has open
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def open(self, *, repair: bool = True) -> HistoryStore:
-        """Create the data folder, migrate the database, then repair files against rows."""
+        """Create the data folder, migrate the database, then repair files against rows, unless another process
+        has the folder open (storage/folder_lock.py)."""
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -114,8 +117,17 @@ class HistoryStore:
         migrate(self.database_url)
         self._engine = make_engine(self.database_url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        if repair:
-            self.repair()
+        alone = self._lock.claim()
+        try:
+            if repair and alone:
+                self.repair()
+            elif repair:
+                log.warning(
+                    "Another process (a server, or the command line) is using %s: start-up repair is left to the "
+                    "next process that starts alone.", self.data_dir,
+                )  # fmt: skip
+        finally:
+            self._lock.share()
         return self
 
     def repair(self) -> RepairReport:
@@ -126,6 +138,7 @@ class HistoryStore:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+        self._lock.release()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

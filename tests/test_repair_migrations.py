@@ -191,3 +191,50 @@ def test_rows_already_pointing_nowhere_do_not_stop_the_upgrade(tmp_path):
     engine = make_engine(url)
     assert current_revision(engine) == HEAD
     engine.dispose()
+
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from storage import HistoryStore
+from storage_helpers import new_generation
+store = HistoryStore({data!r}, {url!r}).open()
+live = store.start(new_generation("being drawn").fields)
+fresh = store.absolute("images/2026/01/01/just-written.png")  # written, its row not yet committed
+fresh.parent.mkdir(parents=True, exist_ok=True)
+fresh.write_bytes(b"png")
+print(live.id, flush=True)
+time.sleep(120)
+"""
+
+
+def test_start_up_repair_runs_only_in_a_process_alone_in_its_data_folder(tmp_path, caplog):
+    """A second process opening a data folder another has open (a second server, or the command line beside the
+    app) must not repair it: repair would mark the first one's live generation interrupted and move the picture it
+    has just written (before its row) to orphans/. It skips repair and says why; once the first process is gone,
+    killed or not (the kernel drops its lock), the next process to open the folder repairs it."""
+    data, url = tmp_path / "data", f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    script = HOLDER.format(root=str(ROOT), tests=str(ROOT / "tests"), data=str(data), url=url)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        live_id = int(holder.stdout.readline())
+        fresh = data / "images/2026/01/01/just-written.png"
+        with caplog.at_level("WARNING", logger="storage.store"):
+            second = HistoryStore(data, url).open()
+        assert second.repair_report is None and "start-up repair is left" in caplog.text
+        assert second.get(live_id).status == "running" and fresh.is_file()
+        second.add(new_generation("beside it"))  # the folder stays usable by both
+        second.close()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    third = HistoryStore(data, url).open()
+    assert third.repair_report is not None and third.repair_report.rows_interrupted == 1
+    assert third.get(live_id).status == "interrupted"
+    assert not fresh.exists() and (data / "orphans/images/2026/01/01/just-written.png").is_file()
+    # Within one process too: a second store on the folder while the first is open leaves it alone.
+    fourth = HistoryStore(data, url).open()
+    assert fourth.repair_report is None
+    fourth.close()
+    third.close()
+    assert HistoryStore(data, url).open().repair_report is not None
