@@ -12,6 +12,7 @@ Where `fcntl` does not exist (Windows) nothing is locked and every process count
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".krea2-studio.lock"
+log = logging.getLogger(__name__)
 
 
 class FolderLock:
@@ -36,18 +38,25 @@ class FolderLock:
         folder open (then this one may repair it), False when one has."""
         if fcntl is None:
             return True
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except OSError as error:  # a folder that takes no lock (some network mounts) or no new file: as before locks
+            log.warning("The data folder cannot be locked (%s): start-up repair assumes this process is alone.",
+                        error.strerror or error)  # fmt: skip
+            self.release()
         return True
 
     def share(self) -> None:
         """Holds the lock shared from now on (waiting, if need be, for another process's repair to end)."""
         if fcntl is not None and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_SH)
+            except OSError:  # held exclusively until `release`: the process stays alone, as where locks fail
+                pass
 
     def release(self) -> None:
         if self._fd is not None:

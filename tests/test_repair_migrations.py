@@ -238,3 +238,21 @@ def test_start_up_repair_runs_only_in_a_process_alone_in_its_data_folder(tmp_pat
     fourth.close()
     third.close()
     assert HistoryStore(data, url).open().repair_report is not None
+
+
+def test_a_data_folder_that_takes_no_lock_opens_as_before(tmp_path, monkeypatch, caplog):
+    """Some network mounts refuse `flock` (ENOLCK): the store still opens, repairs as a process alone did before the
+    lock existed, and says that it could not lock."""
+    import errno
+
+    from storage import folder_lock
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(folder_lock.fcntl, "flock", refuse)
+    with caplog.at_level("WARNING", logger="storage.folder_lock"):
+        store = HistoryStore(tmp_path / "data", f"sqlite:///{tmp_path / 'h.sqlite3'}").open()
+    assert store.repair_report is not None and "cannot be locked (No locks available)" in caplog.text
+    store.add(new_generation())
+    store.close()
