@@ -133,6 +133,8 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
     image, data = open_image(source)
     notes: list[str] = []
     original = image.size
+    if getattr(image, "n_frames", 1) > 1:  # an animated WebP or PNG: Pillow reads its first frame
+        notes.append(f"first of its {image.n_frames} frames used")
     image = to_rgb(image, notes)
     target = size or model_size(*image.size)
     if image.size != target:

@@ -96,6 +96,16 @@ def test_sizes_are_brought_to_multiples_of_16_within_limits_and_said() -> None:
     assert prepare_image(encoded(Image.new("RGB", (640, 480))), size=(512, 512)).image.size == (512, 512)
 
 
+@pytest.mark.parametrize("kind", ["WEBP", "PNG"])
+def test_an_animated_picture_gives_its_first_frame_and_says_so(kind: str) -> None:
+    frames = [Image.new("RGB", (256, 256), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, kind, save_all=True, append_images=frames[1:], lossless=True)
+    prepared = prepare_image(buffer.getvalue())
+    assert prepared.notes == ("first of its 3 frames used",)
+    assert prepared.image.getpixel((10, 10)) == (200, 30, 30)
+
+
 def test_masks() -> None:
     size = (512, 512)
     white_square = Image.new("L", (256, 256), 0)
