@@ -126,8 +126,10 @@ class HistoryStore:
                     "Another process (a server, or the command line) is using %s: start-up repair is left to the "
                     "next process that starts alone.", self.data_dir,
                 )  # fmt: skip
-        finally:
-            self._lock.share()
+        except BaseException:  # a store that failed to open holds no lock: a later open in this process is alone
+            self._lock.release()
+            raise
+        self._lock.share()
         return self
 
     def repair(self) -> RepairReport:
