@@ -370,14 +370,19 @@ def test_a_blocked_generation_keeps_no_init_image(manager, tmp_path, red_classif
 
 def test_a_run_finished_after_a_repair_marked_it_interrupted_loses_that_error(tmp_path):
     """A second server's start-up repair marked a running row interrupted; when the first finished it, the row said
-    `ok` with "The server stopped before this generation finished"."""
+    `ok` with "The server stopped before this generation finished". On one machine the folder lock now keeps a
+    second server from repairing (storage/folder_lock.py); a replica on another machine, sharing the database, still
+    does (its repair is called here directly, as the lock cannot see it)."""
     from storage.records import NewGeneration
     from tests.storage_helpers import new_generation
 
     store = HistoryStore(tmp_path / "data").open()
     try:
         running = store.start(new_generation("long run", seed=1).fields)
-        HistoryStore(tmp_path / "data").open().close()  # the second server's start: its repair marks the row
+        second = HistoryStore(tmp_path / "data").open()
+        assert second.repair_report is None and store.get(running.id).status == "running"  # not alone: no repair
+        second.repair()  # as a replica elsewhere would: it marks the row
+        second.close()
         assert store.get(running.id).error
         store.finish(running.id, NewGeneration({"status": "ok"}))
         assert (store.get(running.id).status, store.get(running.id).error) == ("ok", None)
