@@ -500,7 +500,7 @@ def test_the_reproduce_script_stops_at_a_failing_part(tmp_path):
     env = {**os.environ, "WORK": str(tmp_path / "work"), "EXPORT": str(tmp_path / "export"), "PYTHON": "false"}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done
-    assert "part 1 (vae, raw round 0) failed (exit status 1)" in done.stderr
+    assert "part 1 (vae) failed (exit status 1)" in done.stderr
     assert "part 2" not in done.stderr + done.stdout
     assert not (tmp_path / "work" / "times.txt").exists()
 
