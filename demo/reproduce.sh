@@ -22,9 +22,10 @@
 # Why these settings (the sessions that found them are in bench/NOTES.md, issue 15):
 # - part 1: the VAE for 2,000 steps (a round trip of 0.965 in session m; its cold compile is ~100 s of the 3.6 min);
 # - part 2: Raw from scratch in one round (one learning-rate schedule, one pool): adaLN-Zero init, peak learning rate
-#   2e-3, a singles-heavy mix (session n), 256² pictures only, the caption-structure objective reading the relation,
-#   each shape's colour and kind and the background's colour and texture (session q: without the background fields
-#   the background came out at chance), and the per-token shape-kind objective (session p);
+#   2e-3, a singles-heavy mix (session n), a tenth of the steps on 512² pictures (B had none; Turbo's teacher draws
+#   a quarter of its trajectories at 512², and the app draws at 512² too), the caption-structure objective reading the
+#   relation, each shape's colour and kind and the background's colour and texture (session q: without the
+#   background fields the background came out at chance), and the per-token shape-kind objective (session p);
 # - part 3: Turbo distilled from Raw on 12,288 guided trajectories (session l's count), the LoRA, export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +55,7 @@ part1() {
 
 part2() {
     part "part 2 (raw)" "$PYTHON" -m demo.train --work "$WORK" --stages raw \
-        --transformer 256x6 --batch raw=512 --pool 49152,0 --raw-lr 2e-3 --zero-init \
+        --transformer 256x6 --batch raw=512 --pool 49152,4096 --size-mix 256=0.9,512=0.1 --raw-lr 2e-3 --zero-init \
         --mix single=0.6,count=0.2,relation=0.2 --structure-loss 0.05 --shape-map-loss 0.5 \
         --probe-every 1000 --steps raw=20000 --minutes raw=8.0 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 try:
@@ -22,6 +23,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".krea2-studio.lock"
+SHARE_WAIT_S = 60.0  # how long a process waits for another's start-up repair (seconds, far more than it takes)
 log = logging.getLogger(__name__)
 
 
@@ -40,23 +42,45 @@ class FolderLock:
             return True
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fd = self._open()
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        except OSError as error:  # a folder that takes no lock (some network mounts) or no new file: as before locks
+        except OSError as error:  # a folder that takes no lock (some network mounts) or no file: as before locks
             log.warning("The data folder cannot be locked (%s): start-up repair assumes this process is alone.",
                         error.strerror or error)  # fmt: skip
             self.release()
         return True
 
-    def share(self) -> None:
-        """Holds the lock shared from now on (waiting, if need be, for another process's repair to end)."""
-        if fcntl is not None and self._fd is not None:
+    def _open(self) -> int:
+        try:  # 0o666 less the umask: another user's process (the command line beside a service) may open it too
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # made by another user: a read-only descriptor takes the lock as well
+            return os.open(self.path, os.O_RDONLY)
+
+    def share(self, wait_s: float | None = None) -> None:
+        """Holds the lock shared from now on, waiting up to `wait_s` (default SHARE_WAIT_S) for another process's
+        repair to end. A lock that cannot be had (still held exclusively, or refused) is let go with a warning: this
+        process then holds none, as before the lock existed, rather than keeping the app from starting or keeping
+        others out."""
+        if fcntl is None or self._fd is None:
+            return
+        wait_s = SHARE_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_SH)
-            except OSError:  # held exclusively until `release`: the process stays alone, as where locks fail
-                pass
+                fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                problem = f"another process has held it exclusively for over {wait_s:g} s"
+            except OSError as error:
+                problem = error.strerror or str(error)
+            log.warning("The data folder's lock could not be shared (%s): going on without it.", problem)
+            self.release()
+            return
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -237,14 +238,14 @@ def test_start_up_repair_runs_only_in_a_process_alone_in_its_data_folder(tmp_pat
     assert fourth.repair_report is None
     fourth.close()
     third.close()
-    assert HistoryStore(data, url).open().repair_report is not None
+    last = HistoryStore(data, url).open()
+    assert last.repair_report is not None
+    last.close()
 
 
 def test_a_data_folder_that_takes_no_lock_opens_as_before(tmp_path, monkeypatch, caplog):
     """Some network mounts refuse `flock` (ENOLCK): the store still opens, repairs as a process alone did before the
     lock existed, and says that it could not lock."""
-    import errno
-
     from storage import folder_lock
 
     def refuse(fd, operation):
@@ -256,3 +257,70 @@ def test_a_data_folder_that_takes_no_lock_opens_as_before(tmp_path, monkeypatch,
     assert store.repair_report is not None and "cannot be locked (No locks available)" in caplog.text
     store.add(new_generation())
     store.close()
+
+
+def test_a_lock_held_exclusively_too_long_or_refused_is_let_go_and_the_store_opens(tmp_path, monkeypatch, caplog):
+    """`share` never hangs a start-up: a lock another process holds exclusively past the wait (its repair stuck), or a
+    shared lock the system refuses, is let go with a warning, and the store opens holding none (as before the lock
+    existed), so that it keeps no later process out either."""
+    import fcntl
+
+    from storage import folder_lock
+
+    data, url = tmp_path / "data", f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    data.mkdir()
+    stuck = os.open(data / folder_lock.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(stuck, fcntl.LOCK_EX)  # another open file description: the store's claim and share both meet it
+    monkeypatch.setattr(folder_lock, "SHARE_WAIT_S", 0.3)
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="storage.folder_lock"):
+        store = HistoryStore(data, url).open()
+    assert time.monotonic() - started < 10
+    assert store.repair_report is None and "held it exclusively for over 0.3 s" in caplog.text
+    os.close(stuck)
+    store.close()
+
+    real = fcntl.flock
+
+    def no_shared(fd, operation):
+        if operation & fcntl.LOCK_SH:
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(fd, operation)
+
+    monkeypatch.setattr(folder_lock.fcntl, "flock", no_shared)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="storage.folder_lock"):
+        first = HistoryStore(data, url).open()
+    assert first.repair_report is not None and "could not be shared (No locks available)" in caplog.text
+    monkeypatch.setattr(folder_lock.fcntl, "flock", real)
+    second = HistoryStore(data, url).open()
+    assert second.repair_report is not None  # the first holds nothing that keeps it out
+    second.close()
+    first.close()
+
+
+def test_a_lock_file_made_by_another_user_is_opened_read_only(tmp_path, monkeypatch):
+    """A server running as a service account made the lock file; the command line run by someone else cannot open it
+    for writing, and a read-only descriptor must still take part in the lock (else that process would count itself
+    alone and repair beside the server)."""
+    from storage import folder_lock
+
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = folder_lock.FolderLock(data)
+    assert holder.claim()
+    holder.share()
+    real = os.open
+
+    def not_ours(path, flags, *args):
+        if flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(folder_lock.os, "open", not_ours)
+    other = folder_lock.FolderLock(data)
+    assert not other.claim()  # it sees the holder
+    other.release()
+    holder.release()
+    assert other.claim()
+    other.release()
