@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter, ImageOps
 from .errors import InvalidRequest, Krea2Error
 from .request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 
-FORMATS = ("PNG", "JPEG", "WEBP")
+FORMATS = ("PNG", "JPEG", "WEBP", "MPO")  # MPO: a JPEG with more pictures after it, as many phones save photos
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_SOURCE_PIXELS = 64 * 1024 * 1024  # what Pillow may decode (a 8192x8192 photo); beyond it is refused as a bomb
 MAX_MODEL_PIXELS = MAX_SIDE * MAX_SIDE  # what is generated at most (2048², Turbo's native range)
@@ -133,7 +133,8 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
     image, data = open_image(source)
     notes: list[str] = []
     original = image.size
-    if getattr(image, "n_frames", 1) > 1:  # an animated WebP or PNG: Pillow reads its first frame
+    if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:  # an animated WebP or PNG: Pillow reads frame 0
+        # (an MPO's first picture is the photo; the others are a phone's previews or depth, nothing to mention)
         notes.append(f"first of its {image.n_frames} frames used")
     image = to_rgb(image, notes)
     target = size or model_size(*image.size)

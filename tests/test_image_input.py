@@ -173,3 +173,16 @@ def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path) -> None:
              for extra in ([], ["--mask", str(mask)], ["--outpaint", "64,0,0,0"])]  # fmt: skip
     expected = [DEFAULT_STRENGTH, MASKED_STRENGTH, MASKED_STRENGTH]
     assert api == expected and [request.source.strength for request in flags] == expected
+
+
+def test_a_phone_photo_saved_as_mpo_is_taken_as_its_first_picture() -> None:
+    """Many phones save photos as MPO: a JPEG with more pictures (previews, depth) after it. Pillow names it MPO, and
+    the format check refused it as "a MPO file" until session q; it is its first picture, with no frames note."""
+    photo, preview = Image.new("RGB", (320, 256), (200, 30, 30)), Image.new("RGB", (320, 256), (30, 30, 200))
+    buffer = io.BytesIO()
+    photo.save(buffer, "MPO", save_all=True, append_images=[preview], quality=95)
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    prepared = prepare_image(buffer.getvalue())
+    assert prepared.notes == () and prepared.image.size == (320, 256)
+    red, _, blue = prepared.image.getpixel((10, 10))
+    assert red > 180 and blue < 60
