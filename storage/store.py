@@ -109,16 +109,19 @@ class HistoryStore:
     # ------------------------------------------------------------------------------------------------ lifecycle
     def open(self, *, repair: bool = True) -> HistoryStore:
         """Create the data folder, migrate the database, then repair files against rows, unless another process
-        has the folder open (storage/folder_lock.py)."""
+        has the folder open (storage/folder_lock.py). A process alone holds the folder's lock exclusively while it
+        migrates and repairs; one that is not waits for that first."""
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"Cannot create the data folder {self.data_dir}: {error.strerror}.") from error
-        migrate(self.database_url)
-        self._engine = make_engine(self.database_url)
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         alone = self._lock.claim()
         try:
+            if not alone:
+                self._lock.share()  # waits while another process starting beside this one migrates or repairs
+            migrate(self.database_url)
+            self._engine = make_engine(self.database_url)
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
             if repair and alone:
                 self.repair()
             elif repair:
