@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -340,34 +340,43 @@ def _layers(
         yield shapes, alpha * torch.tensor(present, device=device, dtype=torch.float32).view(batch, 1, 1)
 
 
+def _coverage(
+    scenes: list[Scene],
+    size: int,
+    cell: int,
+    device,
+    classes: int,
+    background: list[int],
+    of_shape: Callable[[Shape], int],
+) -> torch.Tensor:
+    """The share of each `cell`x`cell` square's pixels in each of `classes` classes: every pixel starts in its scene's
+    `background` class, and each shape paints its class (`of_shape`) over it in drawing order, as `render` paints."""
+    batch = len(scenes)
+    u, v = _grid(batch, size, device)
+    start = F.one_hot(torch.tensor(background, device=device), classes).float().view(batch, -1, 1, 1)
+    shares = start.expand(-1, -1, size, size)
+    for shapes, alpha in _layers(scenes, size, u, v):
+        paint = F.one_hot(torch.tensor([of_shape(s) for s in shapes], device=device), classes)
+        shares = shares * (1 - alpha.unsqueeze(1)) + paint.float().view(batch, -1, 1, 1) * alpha.unsqueeze(1)
+    return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
+
+
 def kind_coverage(scenes: list[Scene], size: int, cell: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """What each `cell`x`cell` square of the pictures `render` draws shows: the share of its pixels that are
     background (class 0) or a shape of each kind (class 1 + its index in KINDS), shapes composited in drawing order
     as `render` paints them. (batch, (size / cell)², 1 + len(KINDS)), squares row by row; each row sums to 1."""
-    batch = len(scenes)
-    u, v = _grid(batch, size, device)
-    shares = torch.zeros(batch, 1 + len(KINDS), size, size, device=device)
-    shares[:, 0] = 1
-    for shapes, alpha in _layers(scenes, size, u, v):
-        kind = torch.tensor([1 + KINDS.index(s.kind) for s in shapes], device=device)
-        paint = F.one_hot(kind, 1 + len(KINDS)).float().view(batch, -1, 1, 1)
-        shares = shares * (1 - alpha.unsqueeze(1)) + paint * alpha.unsqueeze(1)
-    return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
+    return _coverage(
+        scenes, size, cell, device, 1 + len(KINDS), [0] * len(scenes), lambda shape: 1 + KINDS.index(shape.kind)
+    )
 
 
 def colour_coverage(scenes: list[Scene], size: int, cell: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """`kind_coverage`'s squares by palette colour instead of kind: the share of each square's pixels painted in each
     of COLOURS (a textured background's second tone counts as its background colour, which the caption names).
     (batch, (size / cell)², len(COLOURS)), each row summing to 1."""
-    batch, names = len(scenes), list(COLOURS)
-    u, v = _grid(batch, size, device)
-    background = torch.tensor([names.index(s.background) for s in scenes], device=device)
-    shares = F.one_hot(background, len(names)).float().view(batch, -1, 1, 1).expand(-1, -1, size, size)
-    for shapes, alpha in _layers(scenes, size, u, v):
-        colour = torch.tensor([names.index(s.colour) for s in shapes], device=device)
-        paint = F.one_hot(colour, len(names)).float().view(batch, -1, 1, 1)
-        shares = shares * (1 - alpha.unsqueeze(1)) + paint * alpha.unsqueeze(1)
-    return F.avg_pool2d(shares, cell).flatten(2).transpose(1, 2)
+    names = list(COLOURS)
+    background = [names.index(scene.background) for scene in scenes]
+    return _coverage(scenes, size, cell, device, len(names), background, lambda shape: names.index(shape.colour))
 
 
 def render(scenes: list[Scene], size: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
