@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from PIL import Image as PILImage
 from .errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
+log = logging.getLogger(__name__)
 THUMB_SIZE = 256
 # The data folder's layout: images and thumbnails by day, files no row points at (moved there by repair), and files the
 # app itself serves (a placeholder). Everything but the database file may be served.
@@ -43,11 +45,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def explain_os_error(error: OSError, path: Path) -> StorageError:
+    """A data-folder write's failure in one sentence that names no server path (visitors of a hosted app read it);
+    the log line beside it names the file for whoever runs the server."""
+    log.error("Writing %s failed: %s", path, error)
     if error.errno == errno.ENOSPC:
-        return StorageError(f"The disk holding {path.parent} is full; nothing was saved.")
+        return StorageError("The disk holding the data folder is full; nothing was saved.")
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"The folder {path.parent} is not writable; nothing was saved.")  # data folder or --out
-    return StorageError(f"Could not write {path.name}: {error.strerror or error}; nothing was saved.")
+        return StorageError("The data folder is not writable; nothing was saved.")
+    return StorageError(f"Could not write a file in the data folder ({error.strerror or error}); nothing was saved.")
 
 
 @contextmanager

@@ -110,19 +110,22 @@ def test_a_queued_run_cancelled_on_the_page_is_not_recorded_and_a_refused_one_le
     ("error", "message"),
     [(errno.ENOSPC, "is full"), (errno.EROFS, "not writable"), (errno.EACCES, "not writable")],
 )
-def test_disk_full_or_read_only_is_clear_with_a_failed_row_and_no_file(service, monkeypatch, error, message):
+def test_disk_full_or_read_only_is_clear_with_a_failed_row_and_no_file(service, monkeypatch, caplog, error, message):
     import storage.files as files
 
     def refuse(*_a, **_k):
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
-    with pytest.raises(StorageError, match=message):
+    with pytest.raises(StorageError, match=message), caplog.at_level("ERROR", logger="storage.files"):
         run(service, GenerationRequest(prompt="no room", seed=1, **SMALL))
     monkeypatch.undo()
     # The generation ran, so it is in history, as failed with the same sentence (it was recorded `running` first).
     [row] = service.store.page().items
     assert row.status == "failed" and message in row.error and row.images == []
+    # The sentence a visitor reads names no server path; the log names the file for whoever runs the server.
+    assert str(service.store.data_dir) not in row.error and "/" not in row.error
+    assert f"Writing {service.store.data_dir}" in caplog.text
     assert not [
         p for p in service.store.data_dir.rglob("*") if p.suffix in {".png", ".webp"} and "static" not in str(p)
     ]
