@@ -157,13 +157,25 @@ class ImageClassifierFilter:
         self._blocking_ids: list[int] = []
         self._labels: dict[int, str] = {}
 
+    @property
+    def is_folder(self) -> bool:
+        """Whether `source` names a folder on this machine (else a Hub repo id)."""
+        return self.source.startswith(("/", ".", "~")) or Path(self.source).expanduser().is_dir()
+
+    @property
+    def name(self) -> str:
+        """`source` as visitors may read it: a Hub repo id whole, a folder by its last part only (the server's paths
+        are the host's business; the log names the whole path)."""
+        return f"…/{Path(self.source).expanduser().name}" if self.is_folder else self.source
+
     def load(self, device: torch.device | str) -> None:
-        """Load the model and its processor onto `device`. Raises ValueError (a sentence) when it cannot: no such
-        repo or folder, not an image classifier, or none of the blocking labels is one of its labels."""
+        """Load the model and its processor onto `device`. Raises ValueError (a sentence naming the classifier by
+        `name`) when it cannot: no such repo or folder, not an image classifier, or none of the blocking labels is one
+        of its labels."""
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        if self.source.startswith(("/", ".", "~")) and not Path(self.source).expanduser().is_dir():
-            raise ValueError(f"the classifier folder {self.source} does not exist")
+        if self.is_folder and not Path(self.source).expanduser().is_dir():
+            raise ValueError(f"the classifier folder {self.name} does not exist")
 
         def from_pretrained(local_files_only: bool):
             return (AutoImageProcessor.from_pretrained(self.source, local_files_only=local_files_only),
@@ -175,21 +187,21 @@ class ImageClassifierFilter:
                 processor, model = from_pretrained(local_files_only=True)
             except OSError:
                 if not hub_reachable():  # offline: the download would retry each file for ~20 s, then fail anyway
-                    raise ValueError(f"the classifier {self.source} is not a folder here or in the local Hub cache, "
+                    raise ValueError(f"the classifier {self.name} is not a folder here or in the local Hub cache, "
                                      "and the Hub cannot be reached (offline)") from None  # fmt: skip
                 processor, model = from_pretrained(local_files_only=False)
         except OSError as error:  # not a folder here, and the Hub did not give it
             log.debug("Loading the classifier %s failed", self.source, exc_info=error)
-            raise ValueError(f"the classifier {self.source} is not a folder here and could not be downloaded "
+            raise ValueError(f"the classifier {self.name} is not a folder here and could not be downloaded "
                              "(offline, no access, or no such repo)") from None  # fmt: skip
         except (ValueError, KeyError) as error:
-            raise ValueError(f"the classifier {self.source} could not be loaded ({error_summary(error)})") from None
+            raise ValueError(f"the classifier {self.name} could not be loaded ({error_summary(error)})") from None
         labels = {int(i): str(name) for i, name in model.config.id2label.items()}
         by_name = {name.casefold(): i for i, name in labels.items()}
         missing = [label for label in self.blocking_labels if label.casefold() not in by_name]
         if missing or not self.blocking_labels:
             raise ValueError(
-                f"the classifier {self.source} has the labels {', '.join(labels.values())}; the blocking labels "
+                f"the classifier {self.name} has the labels {', '.join(labels.values())}; the blocking labels "
                 f"({', '.join(self.blocking_labels) or 'none'}) must be among them"
             )
         self._labels = labels
@@ -253,10 +265,12 @@ class ContentPolicy:
             reason = str(error) if isinstance(error, ValueError) else error_summary(error)
             with self._lock:
                 self.state, self.reason = "failed", reason
+            source = self.classifier.source  # the whole path, for the host (visitors' sentences name only its end)
             if self.required:
-                log.error("Content filter unavailable, every generation is refused: %s", reason)
+                log.error("Content filter %s unavailable, every generation is refused: %s", source, reason)
             else:
-                log.warning("Content filter unavailable, images are not filtered (not required here): %s", reason)
+                log.warning("Content filter %s unavailable, images are not filtered (not required here): %s", source,
+                            reason)  # fmt: skip
             return
         with self._lock:
             self.state = "ready"
@@ -312,7 +326,7 @@ class ContentPolicy:
                 state, reason = self.state, self.reason
             labels = ", ".join(self.classifier.blocking_labels)
             if state == "ready":
-                parts.append(f"content filter: on ({self.classifier.source}, blocks {labels} ≥ "
+                parts.append(f"content filter: on ({self.classifier.name}, blocks {labels} ≥ "
                              f"{self.classifier.threshold:g})")  # fmt: skip
             elif state == "loading":
                 parts.append("content filter: loading" + (" (generation waits for it)" if self.required else ""))

@@ -193,13 +193,17 @@ def test_a_blocked_prompt_leaves_a_blocked_row_and_never_runs(manager, tmp_path,
         assert (row.status, row.images) == ("blocked", []) and files_in(service.store.data_dir) == set()
 
 
-def test_fail_closed_refuses_with_how_to_fix_and_leaves_no_row(manager, tmp_path):
+def test_fail_closed_refuses_with_how_to_fix_and_leaves_no_row(manager, tmp_path, caplog):
     policy = content_policy(load_settings({"KREA2_FILTER_MODEL": str(tmp_path / "no-classifier-here"),
                                            "KREA2_CONTENT_FILTER": "on"}))  # fmt: skip
     with service_with(manager, tmp_path, policy) as service:
-        assert "content filter: FAILED, generation refused" in service.status_line()
+        status = service.status_line()
+        assert "content filter: FAILED, generation refused" in status
         note = run_generate(Handlers(service), BLUE)[-1][1]
         assert "required content filter is unavailable: the classifier folder" in note and "does not exist" in note
+        # The folder by its last part only: the server's path is the host's, and the log line names it whole.
+        assert "…/no-classifier-here" in note and str(tmp_path) not in note and str(tmp_path) not in status
+        assert any(str(tmp_path / "no-classifier-here") in record.getMessage() for record in caplog.records)
         assert "KREA2\\_FILTER\\_MODEL" in note  # how to fix it (Markdown-escaped on the page)
         assert "KREA2\\_CONTENT\\_FILTER=off" in note  # on loopback it may be turned off instead (Markdown-escaped)
         assert service.store.count() == 0 and files_in(service.store.data_dir) == set()
