@@ -20,7 +20,8 @@ from PIL import Image, ImageFilter, ImageOps
 from .errors import InvalidRequest, Krea2Error
 from .request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 
-FORMATS = ("PNG", "JPEG", "WEBP", "MPO")  # MPO: a JPEG with more pictures after it, as many phones save photos
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "MPO")  # MPO: a JPEG with more pictures after it, as many phones save photos
+# (GIF: the page's image editor takes one, so the API and the command line take it too)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_SOURCE_PIXELS = 64 * 1024 * 1024  # what Pillow may decode (a 8192x8192 photo); beyond it is refused as a bomb
 MAX_MODEL_PIXELS = MAX_SIDE * MAX_SIDE  # what is generated at most (2048², Turbo's native range)
@@ -46,7 +47,7 @@ def sha256_of(data: bytes) -> str:
 
 
 def open_image(source: bytes | str | Path | Image.Image, what: str = "image") -> tuple[Image.Image, bytes]:
-    """The decoded picture and the bytes it came from. Refuses what is not a PNG, JPEG or WebP file, oversized or
+    """The decoded picture and the bytes it came from. Refuses what is not a PNG, JPEG, WebP or GIF file, oversized or
     bomb files, and files that do not decode to the end."""
     if isinstance(source, Image.Image):
         buffer = io.BytesIO()
@@ -55,7 +56,7 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
-            raise InvalidImage(f"{path.name!r} is a folder; the {what} must be a file (PNG, JPEG or WebP).")
+            raise InvalidImage(f"{path.name!r} is a folder; the {what} must be a file (PNG, JPEG, WebP or GIF).")
         if not path.is_file():
             raise InvalidImage(f"The {what} file {path.name!r} does not exist.")
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -64,7 +65,7 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
     elif isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
-        raise InvalidImage(f"The {what} must be an image file (PNG, JPEG or WebP).")
+        raise InvalidImage(f"The {what} must be an image file (PNG, JPEG, WebP or GIF).")
     if not data:
         raise InvalidImage(f"The {what} file is empty.")
     if len(data) > MAX_FILE_BYTES:
@@ -74,7 +75,7 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
         try:
             image = Image.open(io.BytesIO(data))
             if image.format not in FORMATS:
-                raise InvalidImage(f"The {what} is a {image.format} file; use a PNG, JPEG or WebP image.")
+                raise InvalidImage(f"The {what} is a {image.format} file; use a PNG, JPEG, WebP or GIF image.")
             width, height = image.size
             if width * height > MAX_SOURCE_PIXELS:
                 raise InvalidImage(
@@ -87,7 +88,9 @@ def open_image(source: bytes | str | Path | Image.Image, what: str = "image") ->
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImage(f"The {what} declares an enormous size (a decompression bomb); refused.") from None
         except Image.UnidentifiedImageError:  # its message names a BytesIO object, nothing a person can use
-            raise InvalidImage(f"The {what} could not be read as an image: use a PNG, JPEG or WebP file.") from None
+            raise InvalidImage(
+                f"The {what} could not be read as an image: use a PNG, JPEG, WebP or GIF file."
+            ) from None
         except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "truncated", "broken"
             raise InvalidImage(f"The {what} could not be read as an image ({error}).") from None
     return image, data
@@ -133,7 +136,7 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
     image, data = open_image(source)
     notes: list[str] = []
     original = image.size
-    if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:  # an animated WebP or PNG: Pillow reads frame 0
+    if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:  # animated WebP, PNG or GIF: Pillow reads frame 0
         # (an MPO's first picture is the photo; the others are a phone's previews or depth, nothing to mention)
         notes.append(f"first of its {image.n_frames} frames used")
     image = to_rgb(image, notes)

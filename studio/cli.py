@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for option in REQUEST_OPTIONS[2:]:
         gen.add_argument("--" + option.replace("_", "-"), dest=option)
     start = gen.add_argument_group("start from an image (img2img, inpaint, outpaint)")
-    start.add_argument("--image", help="init image: a PNG, JPEG or WebP file")
+    start.add_argument("--image", help="init image: a PNG, JPEG, WebP or GIF file")
     start.add_argument("--mask", help="inpaint mask (white repaints, black keeps), same shape as the image")
     redrawn = f"default {DEFAULT_STRENGTH}; {MASKED_STRENGTH:g} with a mask or outpaint"
     start.add_argument("--strength", help=f"share of the schedule redrawn, above 0 up to 1 ({redrawn})")

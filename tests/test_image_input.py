@@ -28,8 +28,8 @@ def encoded(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
-def test_the_three_formats_are_read(fmt: str) -> None:
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_the_four_formats_are_read(fmt: str) -> None:
     prepared = prepare_image(encoded(Image.new("RGB", (512, 384), (200, 30, 30)), fmt))
     assert prepared.image.mode == "RGB" and prepared.image.size == (512, 384)
     assert prepared.notes == ()
@@ -38,11 +38,11 @@ def test_the_three_formats_are_read(fmt: str) -> None:
 
 
 def test_other_formats_and_broken_files_are_refused() -> None:
-    with pytest.raises(InvalidImage, match="GIF file; use a PNG, JPEG or WebP"):
-        prepare_image(encoded(Image.new("RGB", (64, 64)), "GIF"))
+    with pytest.raises(InvalidImage, match="BMP file; use a PNG, JPEG, WebP or GIF"):
+        prepare_image(encoded(Image.new("RGB", (64, 64)), "BMP"))
     with pytest.raises(InvalidImage, match="empty"):
         prepare_image(b"")
-    with pytest.raises(InvalidImage, match=r"could not be read as an image: use a PNG, JPEG or WebP file\.$"):
+    with pytest.raises(InvalidImage, match=r"could not be read as an image: use a PNG, JPEG, WebP or GIF file\.$"):
         prepare_image(b"not an image at all")  # not Pillow's "cannot identify image file <_io.BytesIO object at 0x...>"
     truncated = encoded(Image.effect_noise((512, 512), 64).convert("RGB"), "PNG")[:-2000]
     with pytest.raises(InvalidImage, match="could not be read"):
@@ -96,7 +96,7 @@ def test_sizes_are_brought_to_multiples_of_16_within_limits_and_said() -> None:
     assert prepare_image(encoded(Image.new("RGB", (640, 480))), size=(512, 512)).image.size == (512, 512)
 
 
-@pytest.mark.parametrize("kind", ["WEBP", "PNG"])
+@pytest.mark.parametrize("kind", ["WEBP", "PNG", "GIF"])
 def test_an_animated_picture_gives_its_first_frame_and_says_so(kind: str) -> None:
     frames = [Image.new("RGB", (256, 256), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
     buffer = io.BytesIO()
