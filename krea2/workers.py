@@ -172,9 +172,13 @@ class WorkerPool:
 
     @property
     def content_policy(self) -> ContentPolicy | None:
-        """The first worker's policy: every worker's has the same block list and settings (studio/devices.py gives
-        each card its own copy, its classifier on that card)."""
-        return self.workers[0].manager.content_policy
+        """The policy for work outside a generation (a history import's screening): every worker's has the same
+        block list and settings (studio/devices.py gives each card its own copy, its classifier on that card), so
+        the first worker in service whose classifier is ready, else the first in service (its sentence says why the
+        filter is not ready), else the first. A lost worker's card failed: its classifier would fail with it."""
+        serving = [worker.manager.content_policy for worker in self.workers if not worker.lost]
+        ready = [policy for policy in serving if policy is not None and policy.state == "ready"]
+        return (ready or serving or [self.workers[0].manager.content_policy])[0]
 
     def lora_files(self, request: GenerationRequest) -> list[LoraFile]:
         return self.workers[0].manager.lora_files(request)

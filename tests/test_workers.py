@@ -289,6 +289,22 @@ def test_a_worker_whose_device_fails_is_taken_out_and_the_others_serve(demo_sour
     assert [worker.served for worker in pool.workers] == [3, 1]
 
 
+def test_imports_are_screened_with_the_classifier_of_a_worker_in_service(demo_sources):
+    """A history import is screened by the pool's policy: not a lost worker's (its card failed, its classifier with
+    it), and one whose classifier is ready before one whose classifier failed to load."""
+    from krea2.content_filter import ContentPolicy, ImageClassifierFilter
+
+    policies = [ContentPolicy(ImageClassifierFilter("some/classifier", ("nsfw",), 0.5), required=True) for _ in "abc"]
+    pool = WorkerPool([demo_manager(demo_sources, content_policy=policy) for policy in policies])  # not started
+    assert pool.content_policy is policies[0]  # all loading: the first
+    pool.workers[0].lost = "CUDA error: an illegal memory access was encountered"
+    assert pool.content_policy is policies[1]
+    policies[1].state, policies[2].state = "failed", "ready"
+    assert pool.content_policy is policies[2]
+    policies[2].state = "failed"
+    assert pool.content_policy is policies[1]  # none ready: the first in service, whose sentence says why
+
+
 def test_a_checkpoint_no_worker_has_is_refused_at_once(demo_sources):
     pool = WorkerPool([demo_manager(demo_sources), demo_manager(demo_sources)])  # not started: still loading
     with pytest.raises(NotReady, match="loading; try again"):
