@@ -40,6 +40,7 @@ class PreparedImage:
     image: Image.Image  # RGB, both sides multiples of 16 within the model's limits
     notes: tuple[str, ...]  # what was done to the file to get here, for the user
     sha256: str  # of the file as uploaded (its content address in the data dir)
+    upright_size: tuple[int, int] | None = None  # the file's picture, turned upright, before any resizing
 
 
 def sha256_of(data: bytes) -> str:
@@ -135,22 +136,28 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
     """An init image ready for the model: upright RGB at `size` (or at `model_size` of its own size), with notes."""
     image, data = open_image(source)
     notes: list[str] = []
-    original = image.size
     if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:  # animated WebP, PNG or GIF: Pillow reads frame 0
         # (an MPO's first picture is the photo; the others are a phone's previews or depth, nothing to mention)
         notes.append(f"first of its {image.n_frames} frames used")
     image = to_rgb(image, notes)
-    target = size or model_size(*image.size)
-    if image.size != target:
+    upright = image.size  # after the EXIF turn: the sides a person sees
+    target = size or model_size(*upright)
+    if upright != target:
         image = image.resize(target, Image.Resampling.LANCZOS)
-        notes.append(f"resized from {original[0]}×{original[1]} to {target[0]}×{target[1]}")
-    return PreparedImage(image=image, notes=tuple(notes), sha256=sha256_of(data))
+        notes.append(f"resized from {upright[0]}×{upright[1]} to {target[0]}×{target[1]}")
+    return PreparedImage(image=image, notes=tuple(notes), sha256=sha256_of(data), upright_size=upright)
 
 
-def prepare_mask(source: bytes | str | Path | Image.Image, size: tuple[int, int], feather: int = 0) -> PreparedImage:
+def prepare_mask(
+    source: bytes | str | Path | Image.Image,
+    size: tuple[int, int],
+    feather: int = 0,
+    painted_on: tuple[int, int] | None = None,
+) -> PreparedImage:
     """A mask for an image of `size`: grey levels, white = repaint, black = keep. A painted layer with transparency
-    counts its opaque strokes as white. A mask of the same aspect ratio is resized (and says so); another aspect
-    ratio is refused. `feather` blurs its edge by that many pixels."""
+    counts its opaque strokes as white. A mask of the same aspect ratio as `size` or as `painted_on` (the image as
+    uploaded, whose aspect `model_size` changes when it is wider than the model's sides allow) is resized (and says
+    so); another aspect ratio is refused. `feather` blurs its edge by that many pixels."""
     image, data = open_image(source, "mask")
     notes: list[str] = []
     image = ImageOps.exif_transpose(image) or image
@@ -163,8 +170,10 @@ def prepare_mask(source: bytes | str | Path | Image.Image, size: tuple[int, int]
         (mw, mh), (w, h) = mask.size, size
         # The image itself may have been brought to multiples of 16, which bends its shape by up to 16 pixels: a mask
         # painted on the original must still fit.
-        if abs((mw / mh) / (w / h) - 1) > max(0.01, 16 / min(w, h)):
-            raise InvalidImage(f"The mask is {mw}×{mh} but the image is {w}×{h}; they must have the same shape.")
+        if abs((mw / mh) / (w / h) - 1) > max(0.01, 16 / min(w, h)) and not same_shape(mask.size, painted_on):
+            shown = painted_on or size
+            raise InvalidImage(f"The mask is {mw}×{mh} but the image is {shown[0]}×{shown[1]}; they must have the "
+                               "same shape.")  # fmt: skip
         mask = mask.resize(size, Image.Resampling.BILINEAR)
         notes.append(f"mask resized from {mw}×{mh} to {w}×{h}")
     if mask.getextrema()[1] == 0:
@@ -174,6 +183,14 @@ def prepare_mask(source: bytes | str | Path | Image.Image, size: tuple[int, int]
     if feather:
         mask = mask.filter(ImageFilter.GaussianBlur(feather / 2))
     return PreparedImage(image=mask, notes=tuple(notes), sha256=sha256_of(data))
+
+
+def same_shape(mask: tuple[int, int], image: tuple[int, int] | None) -> bool:
+    """Whether a mask of size `mask` was painted on an image of size `image` (the aspect ratio within a pixel)."""
+    if image is None:
+        return False
+    (mw, mh), (w, h) = mask, image
+    return abs(mw * h - mh * w) <= max(w, h, mw, mh)
 
 
 @dataclass(frozen=True)

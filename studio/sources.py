@@ -63,7 +63,7 @@ def image_source(
         notes.append(note)
         mode = "outpaint"
     elif mask is not None:
-        prepared_mask = prepare_mask(mask, picture.size, feather)
+        prepared_mask = prepare_mask(mask, picture.size, feather, painted_on=prepared.upright_size)
         mask_picture = prepared_mask.image
         notes += prepared_mask.notes
     if strength is None:

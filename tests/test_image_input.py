@@ -124,6 +124,25 @@ def test_masks() -> None:
         prepare_mask(encoded(Image.new("L", size, 0)), size)
 
 
+def test_a_mask_painted_on_a_picture_wider_than_the_model_takes_still_fits() -> None:
+    """A 12:1 panorama is generated at the widest shape the model takes (2048 by 256 is 8:1), so the mask painted on it
+    has another aspect ratio than the picture generated; it is the picture's as uploaded, and is taken with it."""
+    from studio.sources import image_source
+
+    panorama = Image.new("RGB", (3072, 256), (30, 30, 200))
+    mask = Image.new("L", panorama.size, 0)
+    mask.paste(255, (1536, 0, 3072, 256))  # the right half
+    prepared = image_source(encoded(panorama), mask=encoded(mask))
+    width, height = prepared.source.image.size
+    assert width / height < 12 and prepared.source.mask.size == (width, height)
+    repainted = prepared.source.mask
+    assert repainted.getpixel((width // 4, height // 2)) == 0
+    assert repainted.getpixel((3 * width // 4, height // 2)) == 255
+    assert "mask resized from 3072×256" in " ".join(prepared.notes)
+    with pytest.raises(InvalidImage, match="The mask is 1536×256 but the image is 3072×256"):
+        image_source(encoded(panorama), mask=encoded(Image.new("L", (1536, 256), 255)))
+
+
 def test_outpaint_canvas_keeps_the_original_and_masks_the_new_area() -> None:
     image = Image.new("RGB", (512, 512), (10, 200, 10))
     canvas, mask, note = outpaint_canvas(image, Outpaint(right=256), feather=0)
