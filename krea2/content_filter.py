@@ -182,15 +182,19 @@ class ImageClassifierFilter:
                     AutoModelForImageClassification.from_pretrained(self.source, dtype=torch.float32,
                                                                     local_files_only=local_files_only))  # fmt: skip
 
+        offline = False
         try:
             try:  # a folder, or the Hub's cache: no network, no retries
                 processor, model = from_pretrained(local_files_only=True)
             except OSError:
-                if not hub_reachable():  # offline: the download would retry each file for ~20 s, then fail anyway
-                    raise ValueError(f"the classifier {self.name} is not a folder here or in the local Hub cache, "
-                                     "and the Hub cannot be reached (offline)") from None  # fmt: skip
+                offline = not hub_reachable()  # the download would retry each file for ~20 s, then fail anyway
+                if offline:
+                    raise
                 processor, model = from_pretrained(local_files_only=False)
         except OSError as error:  # not a folder here, and the Hub did not give it
+            if offline:
+                raise ValueError(f"the classifier {self.name} is not a folder here or in the local Hub cache, and the "
+                                 "Hub cannot be reached (offline)") from None  # fmt: skip
             log.debug("Loading the classifier %s failed", self.source, exc_info=error)
             raise ValueError(f"the classifier {self.name} is not a folder here and could not be downloaded "
                              "(offline, no access, or no such repo)") from None  # fmt: skip

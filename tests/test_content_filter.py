@@ -106,6 +106,7 @@ def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
         assert policy.state == "loading"
         policy.load("cpu")
         assert policy.state == "failed" and expected in policy.reason and "\n" not in policy.reason
+        assert "could not be loaded (" not in policy.reason  # one sentence, not one wrapped in another
         with pytest.raises(FilterUnavailable) as caught:
             policy.admit(GenerationRequest(prompt="a fox"))
         assert "required content filter is unavailable" in str(caught.value) and str(caught.value).endswith("Fix it.")
@@ -242,6 +243,7 @@ def test_an_uncached_classifier_offline_fails_at_once_without_a_download(monkeyp
     policy.load("cpu")
     assert time.perf_counter() - started < 5
     assert policy.state == "failed" and "the Hub cannot be reached (offline)" in policy.reason
+    assert "ValueError" not in policy.reason
     assert len(probes) == 1 and probes[0][0] == "huggingface.co"
 
 
