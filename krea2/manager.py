@@ -113,6 +113,12 @@ class ManagerStatus:
         return " | ".join(parts)
 
 
+def out_of_host_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation in the computer's memory that failed (PyTorch's CPU allocator raises a
+    RuntimeError saying so; Python a MemoryError), as opposed to any other failure."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error)
+
+
 class ModelManager:
     """Loads both checkpoints once (in the background), puts the fast path on them, then serves `generate` calls one
     at a time.
@@ -614,6 +620,14 @@ class ModelManager:
                 raise GenerationFailed(
                     "The GPU ran out of memory. Try a smaller size or fewer images"
                     + ("." if self.placement == "offload" else ", or start with --placement offload.")
+                ) from error
+            except (MemoryError, RuntimeError) as error:
+                if not out_of_host_memory(error):
+                    raise
+                raise GenerationFailed(
+                    f"This machine ran out of memory (RAM) for {request.width}×{request.height}"
+                    + (f" × {request.num_images} images" if request.num_images > 1 else "")
+                    + ". Try a smaller size or fewer images."
                 ) from error
             finally:
                 self._cancel_current = None

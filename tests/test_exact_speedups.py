@@ -39,6 +39,24 @@ def test_single_frame_encode_matches_stock(frames, monkeypatch):
     assert type(vae) is AutoencoderKLQwenImage  # no frame path left: stock again
 
 
+def test_frame_attention_gives_sdpa_token_major_inputs_whatever_the_layout(monkeypatch):
+    """SDPA's flash kernels (the CPU's too) need each token's features side by side; a feature-major view sends it to
+    the math kernel, which holds tokens² scores at once: a 12-megapixel photo's encode asked for 9 GiB and a 2048² one
+    for 16 GiB (the process was killed). An NCHW input (what the encoder's first layers may give) is copied once."""
+    block = build_vae().eval().encoder.mid_block.attentions[0]
+    seen = []
+    original = F.scaled_dot_product_attention
+    monkeypatch.setattr(vae_decode.F, "scaled_dot_product_attention",
+                        lambda q, k, v, *a, **kw: seen.append(q.stride(-1)) or original(q, k, v, *a, **kw))  # fmt: skip
+    torch.manual_seed(0)
+    x = torch.randn(1, block.norm.gamma.shape[0], 24, 20)
+    with torch.no_grad():
+        nchw = vae_decode.FrameBlocks().attention(block, x.contiguous())
+        channels_last = vae_decode.FrameBlocks().attention(block, x.contiguous(memory_format=torch.channels_last))
+    assert seen == [1, 1]
+    torch.testing.assert_close(nchw, channels_last)
+
+
 def test_compiled_frame_encode_matches_stock_and_shares_the_decoders_kernels():
     """img2img's encode on the fast path: the decoder's fused kernels (torch.compile's CPU backend here)."""
     vae = build_vae().eval()

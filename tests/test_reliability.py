@@ -59,6 +59,29 @@ def test_out_of_memory_is_a_friendly_message_and_the_next_request_works(service,
     assert "ran out of memory" in service.store.page().items[1].error
 
 
+def test_running_out_of_the_computers_memory_is_a_sentence_and_other_errors_are_not_hidden(service, manager):
+    """PyTorch's CPU allocator says so in a RuntimeError: that one becomes a sentence (recorded as the failure), any
+    other RuntimeError stays what it is."""
+    failures = iter([
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 17179869184 bytes. Error code 12 (Cannot allocate memory)"),
+        RuntimeError("something else broke"),
+    ])  # fmt: skip
+
+    def explode(_module, _args, _kwargs):
+        raise next(failures)
+
+    handle = manager.pipes["turbo"].transformer.register_forward_pre_hook(explode, with_kwargs=True)
+    try:
+        with pytest.raises(GenerationFailed, match=r"^This machine ran out of memory \(RAM\) for 256×256\. Try"):
+            run(service, GenerationRequest(prompt="too big", seed=1, **SMALL))
+        with pytest.raises(RuntimeError, match="something else broke"):
+            manager.generate(GenerationRequest(prompt="a bug", seed=1, **SMALL))
+    finally:
+        handle.remove()
+    assert "ran out of memory (RAM)" in service.store.page().items[0].error
+
+
 def test_cancel_mid_run_leaves_no_image_and_records_cancelled(service):
     stream = service.generate(GenerationRequest(prompt="cancel me", checkpoint="raw", steps=100, **SMALL), "sess")
     first = next(stream)  # the first step is running: cancel now

@@ -222,7 +222,10 @@ class FrameBlocks:
     def attention(self, block: QwenImageAttentionBlock, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         qkv = block.to_qkv(rms_norm(x, *norm_args(block.norm)))
-        qkv = qkv.permute(0, 2, 3, 1).reshape(batch, height * width, 3 * channels)  # a view in channels_last
+        # Token-major: a view when `x` is channels_last, else one copy. SDPA's flash kernels (CPU ones included) need
+        # each token's features next to each other; given a feature-major view they fall back to the math kernel,
+        # which holds all tokens² scores at once (16 GiB for a 2048² img2img encode, which killed the process).
+        qkv = qkv.permute(0, 2, 3, 1).reshape(batch, height * width, 3 * channels).contiguous()
         q, k, v = qkv.split(channels, dim=-1)
         out = single_head_attention(q, k, v, self.ops.softmax)
         out = out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels_last again, no copy
