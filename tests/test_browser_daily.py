@@ -109,6 +109,15 @@ def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_pla
     set_number(page, "height", 1024)  # the demo opens at 256²
     page.wait_for_timeout(500)
     assert size.input_value().startswith("1:1 · 1024×1024")
+    # A side typed past the slider's range is brought back into it; Size follows, never a bare "Error" badge (Gradio
+    # refused the value before the handler ran).
+    set_number(page, "width", 5000)
+    page.wait_for_timeout(500)
+    assert size.input_value() == "Custom" and page.get_by_text("Error", exact=True).count() == 0
+    set_number(page, "width", 0)  # brought to 256
+    set_number(page, "height", 256)
+    page.wait_for_timeout(500)
+    assert size.input_value() == "1:1 · 256×256 (demo model)" and page.get_by_text("Error", exact=True).count() == 0
 
     page.locator("#generate-btn").click()
     page.locator("#progress").get_by_text("Type a prompt first").wait_for(timeout=30_000)

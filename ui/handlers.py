@@ -298,8 +298,17 @@ class Handlers:
             return gr.skip(), gr.skip()
         return size
 
-    def match_preset(self, width: float, height: float, checkpoint: str):
-        return preset_for(width, height, checkpoint, self.service.demo)
+    def match_preset(self, width: Any, height: Any, checkpoint: str):
+        """The Size list's entry for the sides typed. The event passes them unchecked (`preprocess=False`): a side
+        typed past the slider's range (5000, 0) is one the page brings back into it, while Gradio's own check would
+        refuse it and leave a bare "Error" badge on Size. Here it is brought into range as the slider does."""
+
+        def side(value: Any) -> float | None:
+            if not plain_number(value):
+                return None
+            return min(max(round(value / SIDE_MULTIPLE) * SIDE_MULTIPLE, MIN_SIDE), MAX_SIDE)
+
+        return preset_for(side(width), side(height), checkpoint, self.service.demo)
 
     @staticmethod
     def describe_start(init, strength, feather, *sides) -> str:

@@ -307,7 +307,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         guidance.change(handlers.negative_visibility, guidance, negative, queue=False, **private)
         preset.input(handlers.apply_preset, preset, [width, height], queue=False, **private)
         for side in (width, height):
-            side.input(handlers.match_preset, [width, height, checkpoint], preset, queue=False, **private)
+            side.input(handlers.match_preset, [width, height, checkpoint], preset, queue=False, preprocess=False,
+                       **private)  # fmt: skip
 
         gen_inputs = [
             prompt,
