@@ -46,6 +46,12 @@ def test_a_lora_from_the_folder_is_picked_used_and_recorded(page):
     page.locator("#result-details").get_by_text(re.compile(r"styles/ink 0\.8 \(hash [0-9a-f]{12}\)")).wait_for(
         timeout=10_000
     )
+    # Settings used again with their LoRAs open the closed accordion: what the next run takes is in sight.
+    page.locator("#generate-loras").get_by_text("LoRAs").first.click()  # closed
+    page.locator("#generate-lora-1").wait_for(state="hidden", timeout=10_000)
+    page.locator("#reuse-btn").click()
+    page.locator("#generate-lora-1").wait_for(state="visible", timeout=10_000)
+    assert page.locator("#generate-lora-1 input").input_value() == "styles/ink"
 
 
 def test_compare_without_and_with_a_lora(page):

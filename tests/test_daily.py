@@ -111,6 +111,7 @@ def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
     assert shown[5]["value"] == shown[1]  # Download gets the image shown, not the first of the batch
     assert "101 (image 2 of 2; batch: 100, 101)" in shown[2]
     assert handlers.reuse(shown[3], {})[7] == 101  # the seed of the image reused
+    assert handlers.reuse(shown[3], {})[14] == gr.skip()  # no LoRAs: their accordion is left as it is
     assert handlers.vary(shown[3], {})[7] == 102  # vary: the seeds after the batch
 
 

@@ -17,7 +17,7 @@ from storage.pnginfo import read_parameters
 from studio import cli
 from ui.handlers import for_people
 
-FILL_LORA_NOTE = 14  # _fill_generate's outputs: the 14 of the form, the picker's note, then the picker's rows
+FILL_LORA_NOTE = 15  # _fill_generate's outputs: the 14 of the form, the LoRAs' accordion, the picker's note, rows
 NO_ROWS = ["", 1.0, "both"] * 4
 
 

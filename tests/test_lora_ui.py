@@ -14,7 +14,8 @@ from ui.handlers import COMPARE_LORAS, Handlers
 from ui.layout import build_ui
 from ui.loras import NO_LORA, LoraHandlers, lora_choices, parse_hub_address
 
-FILL_LORA_NOTE = 14  # _fill_generate's outputs: the 14 of the form, the picker's note, then its rows
+FILL_LORA_ACCORDION = 14  # _fill_generate's outputs: the 14 of the form, the LoRAs' accordion, the picker's
+FILL_LORA_NOTE = 15  # note, then its rows
 ROWS = slice(FILL_LORA_NOTE + 1, None)
 
 
@@ -74,6 +75,7 @@ def test_generate_with_picked_loras_and_reuse_them(service, names):
     filled = handlers.reuse([generation_id, 0], {})
     assert filled[FILL_LORA_NOTE] == ""  # nothing missing
     assert [update["value"] for update in filled[ROWS]][:6] == [ink, 0.8, "both", "", 1.0, "both"]
+    assert filled[FILL_LORA_ACCORDION]["open"] is True  # the LoRAs filled in are shown
     varied = handlers.vary([generation_id, 0], {})
     assert varied[7] == 5 and varied[ROWS][0]["value"] == ink  # vary keeps the LoRAs
 
@@ -88,6 +90,7 @@ def test_reuse_says_which_lora_is_missing(service, names, lora_dir):
     filled = handlers.reuse([done[-1][4][0]["generation_id"], 0], {})
     assert "The LoRA ui/gone" in filled[FILL_LORA_NOTE] and "is not in the LoRA folder" in filled[FILL_LORA_NOTE]
     assert filled[ROWS][0]["value"] == ""  # the row stays empty, and the note says why
+    assert filled[FILL_LORA_ACCORDION] == {"open": True, "__type__": "update"}  # where it is read, not closed away
 
 
 def test_send_to_generate_takes_the_loras_of_our_png_and_an_a1111_one(service, names, tmp_path):

@@ -614,6 +614,9 @@ class Handlers:
             checkpoint,
             {**settings, checkpoint: {"steps": steps, "guidance": guidance}},
             gr.Tabs(selected="generate"),
+            # Open where there is something to see: the LoRAs filled in, or a note on one missing (a hostile pass found
+            # that note unread inside the closed accordion, and the next run went without the LoRA).
+            gr.update(open=True) if lora_note or loras else gr.skip(),
             lora_note,
             *lora_rows,
         )

@@ -297,7 +297,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         # ------------------------------------------------------------------------------------------ wiring
         register_api(service)  # first, so the public endpoints get the plain names generate / compare / history
         fill_outputs = [prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize, preset,
-                        checkpoint_info, current, settings, tabs, g_loras.note, *g_loras.values]  # fmt: skip
+                        checkpoint_info, current, settings, tabs, g_loras.accordion, g_loras.note,
+                        *g_loras.values]  # fmt: skip
         checkpoint.input(
             handlers.switch_checkpoint,
             [checkpoint, steps, guidance, current, settings],

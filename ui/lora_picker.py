@@ -22,6 +22,7 @@ class LoraPicker:
     hub: gr.Textbox
     hub_add: gr.Button
     note: gr.Markdown
+    accordion: gr.Accordion  # closed until settings with LoRAs (or a note on them) fill it
 
     @property
     def values(self) -> list[gr.components.Component]:
@@ -32,7 +33,7 @@ class LoraPicker:
 def lora_picker(prefix: str, choices: list[tuple[str, str]]) -> LoraPicker:
     """The picker, laid out where it is called (inside a Blocks context); `prefix` names its elements."""
     names, weights, targets = [], [], []
-    with gr.Accordion("LoRAs", open=False, elem_id=f"{prefix}-loras"):
+    with gr.Accordion("LoRAs", open=False, elem_id=f"{prefix}-loras") as accordion:
         for row in range(MAX_LORAS):
             number = row + 1
             with gr.Row(equal_height=True):
@@ -52,7 +53,7 @@ def lora_picker(prefix: str, choices: list[tuple[str, str]]) -> LoraPicker:
                              scale=3, elem_id=f"{prefix}-lora-hub")  # fmt: skip
             hub_add = gr.Button("Add from Hub", size="sm", scale=1, elem_id=f"{prefix}-lora-hub-add")
         note = gr.Markdown(elem_id=f"{prefix}-lora-note")
-    return LoraPicker(names, weights, targets, refresh, upload, hub, hub_add, note)
+    return LoraPicker(names, weights, targets, refresh, upload, hub, hub_add, note, accordion)
 
 
 def wire_lora_pickers(pickers: list[LoraPicker], handlers: LoraHandlers, private: dict) -> None:
