@@ -187,11 +187,17 @@ class ImageClassifierFilter:
             try:  # a folder, or the Hub's cache: no network, no retries
                 processor, model = from_pretrained(local_files_only=True)
             except OSError:
+                if self.is_folder:  # nothing to download: the folder is what there is
+                    raise
                 offline = not hub_reachable()  # the download would retry each file for ~20 s, then fail anyway
                 if offline:
                     raise
                 processor, model = from_pretrained(local_files_only=False)
         except OSError as error:  # not a folder here, and the Hub did not give it
+            if self.is_folder:  # transformers' sentence names the whole path: the log has it, the visitors' does not
+                log.warning("Loading the classifier folder %s failed: %s", self.source, error_summary(error))
+                raise ValueError(f"the classifier folder {self.name} holds no image classifier transformers can load "
+                                 "(a config.json, its weights and a preprocessor_config.json)") from None  # fmt: skip
             if offline:
                 raise ValueError(f"the classifier {self.name} is not a folder here or in the local Hub cache, and the "
                                  "Hub cannot be reached (offline)") from None  # fmt: skip

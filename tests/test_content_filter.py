@@ -97,9 +97,14 @@ def test_a_processor_the_tensor_path_cannot_repeat_runs_itself(tmp_path, red_cla
 
 
 def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
+    broken = tmp_path / "broken-classifier"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("the classifier was meant to be copied here")
     for source, labels, expected in (
         (red_classifier, ("porn",), "has the labels normal, nsfw"),
         (str(tmp_path / "missing"), ("nsfw",), "does not exist"),
+        (str(broken), ("nsfw",), "the classifier folder …/broken-classifier holds no image classifier"),  # not "no
+        # folder here": it is one, with the wrong things in it
         ("someone/not-a-cached-repo", ("nsfw",), "the Hub cannot be reached (offline)"),  # HF_HUB_OFFLINE (conftest)
     ):
         policy = ContentPolicy(ImageClassifierFilter(source, labels, 0.5), required=True, how_to_fix="Fix it.")
@@ -107,6 +112,7 @@ def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
         policy.load("cpu")
         assert policy.state == "failed" and expected in policy.reason and "\n" not in policy.reason
         assert "could not be loaded (" not in policy.reason  # one sentence, not one wrapped in another
+        assert str(tmp_path) not in policy.reason
         with pytest.raises(FilterUnavailable) as caught:
             policy.admit(GenerationRequest(prompt="a fox"))
         assert "required content filter is unavailable" in str(caught.value) and str(caught.value).endswith("Fix it.")
