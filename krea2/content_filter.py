@@ -37,10 +37,12 @@ class BlocklistError(ValueError):
     """The block-list file cannot be read or holds an invalid regular expression; one sentence naming the line."""
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, invisible: str = "") -> str:
     """Text as the block list compares it: NFKC (full-width and other look-alike forms folded), case-folded, runs of
-    whitespace as one space."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    whitespace as one space, and the invisible format characters (zero-width spaces and joiners, soft hyphens: Unicode
+    category Cf) replaced by `invisible`."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join("".join(invisible if unicodedata.category(c) == "Cf" else c for c in folded).split())
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,11 @@ class PromptBlocklist:
         return cls.from_text(text, str(path))
 
     def match(self, prompt: str) -> int | None:
-        """The file line of the first entry the prompt matches, or None."""
-        text = normalise(prompt)
+        """The file line of the first entry the prompt matches, or None. An invisible character is read both as
+        nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing."""
+        texts = {normalise(prompt), normalise(prompt, " ")}
         for pattern, line in zip(self.patterns, self.lines, strict=True):
-            if pattern.search(text):
+            if any(pattern.search(text) for text in texts):
                 return line
         return None
 

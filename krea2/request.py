@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,7 @@ def _check_text(name: str, value: Any, *, required: bool) -> str:
     if token := CONTROL_TOKEN.search(value):
         raise InvalidRequest(name, token.group(), "must not contain chat-template control tokens such as <|im_end|>")
     text = value.strip()
-    if required and not text:
+    if required and not "".join(c for c in text if unicodedata.category(c) != "Cf").strip():  # zero-width alone
         raise InvalidRequest(name, value, "must not be empty")
     return text
 

@@ -141,6 +141,8 @@ def test_the_block_list(tmp_path):
         "a FORBIDDEN fox": 3,  # case-insensitive
         "ｆｏｒｂｉｄｄｅｎ": 3,  # full-width letters fold to the same word
         "a very   bad\nphrase": 4,  # any whitespace between the words of a phrase
+        "for\u200bbid\u00adden": 3,  # invisible characters inside a word (a zero-width space, a soft hyphen)
+        "a very\u200bbad\u2060phrase": 4,  # and between the words of a phrase (a zero-width space, a word joiner)
         "spaaam and eggs": 5,  # a regular expression
         "the forbiddenness of it": None,  # whole words only
         "a very bad fox": None,
