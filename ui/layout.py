@@ -39,7 +39,8 @@ DEMO_BANNER = (
     '"three") and relations ("to the left of", "above"); it draws best at 256 px (at 512 px it often adds shapes). '
     "It gets a single shape right about 49 times in 50 and a count three or four times in five. Relations come out "
     'right about three times in five on Raw ("to the left of" in the right order, "above" only half the time) '
-    "and one time in four on Turbo. A style "
+    "and one time in four on Turbo. A picture you upload comes back in those ten colours (the demo VAE knows no "
+    "others). A style "
     "LoRA trained on the demo Raw comes with it: pick "
     "**demo/pixel-style** under LoRAs (any weight from 0.5 to 1.5) and compare Raw and Turbo with it."
 )
