@@ -47,6 +47,10 @@ def test_a_search_of_only_punctuation_or_emoji_finds_it_as_typed(store):
         assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [fox.id], typed
     assert store.page(filters=HistoryFilter(text="_")).items == []  # LIKE's wildcards are characters here
     assert store.count(HistoryFilter(text="🐳")) == 0
+    # "_" is punctuation to the index, as to the search: alone, it finds the prompts holding it (it found none).
+    snake = store.add(new_generation("a snake_case name", images=0))
+    for typed in ("_", "snake_case", "snake_"):
+        assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [snake.id], typed
 
 
 def test_a_word_in_the_middle_of_a_japanese_or_chinese_prompt_is_found(store):
