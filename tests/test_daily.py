@@ -99,9 +99,9 @@ def test_a_batch_is_one_tile_per_image_in_history_each_reusable(service):
     done = list(handlers.generate("a fox", "", "turbo", 1, 0.0, 256, 256, 100, False, 2, [], None))
     assert "Seeds used: **100**, **101**" in done[-1][3]
     assert done[-1][0] == done[-1][4][0]["path"]  # the preview is replaced by the result
-    items, count, nav, _, picks = handlers.history("", "all", False, False, None)
+    items, count, nav, _, picks, *_ = handlers.history("", "all", False, False, None)
     assert picks["choices"] == [(f"#{nav['ids'][0][0]} · a fox", nav["ids"][0][0])]
-    assert count == "1–1 of 1 generations" and len(items) == 2
+    assert count == "1 of 1 generation" and len(items) == 2
     generation_id = nav["ids"][0][0]
     assert nav["ids"] == [[generation_id, 0], [generation_id, 1]]
     assert "1/2" in items[0][1] and "2/2" in items[1][1]
@@ -131,7 +131,7 @@ def test_bulk_favorite_zip_import_and_delete_through_the_handlers(service, tmp_p
     handlers = Handlers(service)
     for prompt in ("one", "two"):
         list(handlers.generate(prompt, "", "turbo", 1, 0.0, 256, 256, 5, False, 1, [], None))
-    _, _, nav, _, _ = handlers.history("", "all", False, False, None)
+    _, _, nav, *_ = handlers.history("", "all", False, False, None)
     ids = handlers.pick_all(nav)
     assert len(ids) == 2
     handlers.bulk_favorite([*ids, "3", True])  # what is not a whole id is ignored
@@ -183,6 +183,10 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
                        "Generation cancelled.")  # fmt: skip
     first = handlers.history("", "all", False, False, None)
     older = handlers.history("", "all", False, False, first[2], direction="older")
+    # Newer and Older are usable only where there is a page that way; the last page holds the 2 left.
+    assert (first[5]["interactive"], first[6]["interactive"]) == (False, True)
+    assert (older[5]["interactive"], older[6]["interactive"]) == (True, False)
+    assert older[1] == f"{HISTORY_PAGE_SIZE + 1}–{HISTORY_PAGE_SIZE + 2} of {HISTORY_PAGE_SIZE + 2} generations"
     generation_id, _ = older[2]["ids"][0]
     shown = handlers.select_history(older[2], gr.SelectData(None, {"index": 0, "value": None}))
     assert shown[0]["visible"] is True
@@ -191,7 +195,7 @@ def test_a_star_toggled_shows_on_its_tile_and_the_details_stay_open(service):
     assert nav["stack"] == older[2]["stack"] and count == older[1]  # the same (second) page
     assert items[0][1].startswith(f"★ #{generation_id} ")
     assert "visible" not in details  # left as it is
-    items, count, nav, details, _ = handlers.history_reopened("", "all", False, False, nav)  # the tab opened again
+    items, count, nav, details, *_ = handlers.history_reopened("", "all", False, False, nav)  # the tab opened again
     assert nav["stack"] == older[2]["stack"] and count == older[1] and "visible" not in details
     assert handlers.history("row 3", "all", False, False, nav)[3]["visible"] is False
 

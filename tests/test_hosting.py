@@ -161,7 +161,7 @@ def test_generate_tab_blocked_image_reaches_nothing(manager, tmp_path, red_class
         assert (row.status, row.images, row.seed) == ("blocked", [], 3) and "flagged this image" in row.error
         gallery_items, count, *_ = handlers.history("", "all", False, False, None)
         assert gallery_items[0][0] == str(service.placeholder)
-        assert "· Krea 2 Turbo · blocked" in gallery_items[0][1] and count.endswith("1 generations")
+        assert "· Krea 2 Turbo · blocked" in gallery_items[0][1] and count == "1 of 1 generation"
 
         # The same page, an image the filter passes: saved, shown, and disclosed as AI-generated.
         preview, _note, gallery, _seed, items = run_generate(handlers, BLUE)[-1]

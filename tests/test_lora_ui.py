@@ -172,7 +172,7 @@ def test_history_filters_by_lora_and_lists_the_loras_used(service, names):
         list(handlers.generate("a fox", "", "turbo", 1, 0.0, 256, 256, 4, False, 1, [], None, *loras))
     assert handlers.loras.history_choices()["choices"] == [("All LoRAs", ""), *((n, n) for n in sorted([ink, paper]))]
     _, count, *_ = handlers.history("", "all", False, False, None, ink)
-    assert count == "1–1 of 1 generations"
+    assert count == "1 of 1 generation"
     _, count, *_ = handlers.history("", "all", False, False, None, "")
     assert count == "1–3 of 3 generations"
 

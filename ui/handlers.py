@@ -743,7 +743,8 @@ class Handlers:
     @friendly
     def history(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = "",
                 direction: str = "first", keep_details: bool = False):  # fmt: skip
-        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select).
+        """Returns (gallery, count text, nav state, detail visibility, the page's choices for multi-select, the Newer
+        and Older buttons: each usable only where there is a page that way).
         `direction`: "first" page, "older", "newer", or the "same" page again. `keep_details` leaves the selected
         generation's details open (opening the tab, a ★ toggled: the generation shown is still there), where a new
         search or page hides them."""
@@ -772,12 +773,14 @@ class Handlers:
                 items.append((thumb, f"{label} · {generation.prompt[:60]}"))
                 ids.append([generation.id, position])
         first = (len(stack) - 1) * HISTORY_PAGE_SIZE
-        shown = f"{first + 1}–{first + len(page.items)}" if page.items else "0"
-        text = f"{shown} of {total} generations"
+        last = first + len(page.items)
+        shown = "0" if not page.items else f"{last}" if last == first + 1 else f"{first + 1}–{last}"
+        text = f"{shown} of {total} generation{'' if total == 1 else 's'}"
         choices = [(f"#{g.id} · {g.prompt[:40]}", g.id) for g in page.items]
         nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
         details = gr.update() if keep_details else gr.update(visible=False)
-        return items, text, nav, details, gr.update(choices=choices, value=[])
+        newer, older = gr.update(interactive=len(stack) > 1), gr.update(interactive=page.next_cursor is not None)
+        return items, text, nav, details, gr.update(choices=choices, value=[]), newer, older
 
     def history_reopened(self, search, checkpoint, favorites, comparisons, nav: dict | None, lora: str = ""):
         """The History tab opened again: the page it was left on, read again (on the first page, new generations show

@@ -384,7 +384,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
         c_cancel.click(handlers.cancel_compare, None, c_progress, queue=False, **private)
 
         h_inputs = [h_search, h_checkpoint, h_favorites, h_comparisons, h_nav, h_lora]
-        h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick]
+        h_outputs = [h_gallery, h_count, h_nav, h_detail, h_pick, h_newer, h_older]
         for trigger in (h_search.submit, h_refresh.click, h_checkpoint.input, h_favorites.input, h_comparisons.input,
                         h_lora.input):  # fmt: skip
             trigger(handlers.history, h_inputs, h_outputs, **private)
