@@ -144,7 +144,10 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
     target = size or model_size(*upright)
     if upright != target:
         image = image.resize(target, Image.Resampling.LANCZOS)
-        notes.append(f"resized from {upright[0]}×{upright[1]} to {target[0]}×{target[1]}")
+        note = f"resized from {upright[0]}×{upright[1]} to {target[0]}×{target[1]}"
+        if not size and not same_shape(upright, target, slack=SIDE_MULTIPLE):  # past what rounding to 16 explains
+            note += f", which changes its shape (each side {MIN_SIDE} to {MAX_SIDE} pixels)"
+        notes.append(note)
     return PreparedImage(image=image, notes=tuple(notes), sha256=sha256_of(data), upright_size=upright)
 
 
@@ -185,12 +188,13 @@ def prepare_mask(
     return PreparedImage(image=mask, notes=tuple(notes), sha256=sha256_of(data))
 
 
-def same_shape(mask: tuple[int, int], image: tuple[int, int] | None) -> bool:
-    """Whether a mask of size `mask` was painted on an image of size `image` (the aspect ratio within a pixel)."""
+def same_shape(mask: tuple[int, int], image: tuple[int, int] | None, slack: int = 1) -> bool:
+    """Whether a picture of size `mask` has the shape of one of size `image`: the aspect ratio within `slack` pixels
+    of the larger (a mask painted on the image: one)."""
     if image is None:
         return False
     (mw, mh), (w, h) = mask, image
-    return abs(mw * h - mh * w) <= max(w, h, mw, mh)
+    return abs(mw * h - mh * w) <= slack * max(w * h, mw * mh) / min(w, h, mw, mh)
 
 
 @dataclass(frozen=True)

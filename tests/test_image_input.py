@@ -139,6 +139,7 @@ def test_a_mask_painted_on_a_picture_wider_than_the_model_takes_still_fits() -> 
     assert repainted.getpixel((width // 4, height // 2)) == 0
     assert repainted.getpixel((3 * width // 4, height // 2)) == 255
     assert "mask resized from 3072×256" in " ".join(prepared.notes)
+    assert "resized from 3072×256 to 2048×256, which changes its shape" in prepared.notes[0]  # said, not only done
     with pytest.raises(InvalidImage, match="The mask is 1536×256 but the image is 3072×256"):
         image_source(encoded(panorama), mask=encoded(Image.new("L", (1536, 256), 255)))
 
