@@ -132,6 +132,7 @@ class Budget:
     zero_init: bool = False  # a from-scratch Raw starts with its modulation and output projection at zero (adaLN-Zero)
     shape_map_weight: float = 0.0  # Raw: weight of the per-token shape-kind objective (`ShapeMaps`; 0: none)
     colour_map_weight: float = 0.0  # Raw: weight of `ShapeMaps`' per-token colour read-out (0: none)
+    vae_recolour: float = 0.0  # VAE: share of its pictures in random colours (`recolour`; 0: the palette alone)
 
 
 def compiles(budget: Budget, stage: str) -> bool:
@@ -351,6 +352,19 @@ def scene_pixels(rng: random.Random, count: int, size: int, device, seed: int) -
 
 
 # ----------------------------------------------------------------------------------------------- stage 1: VAE
+def recolour(pixels: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """`pixels` ([-1, 1], (n, 3, h, w)) with the first `share` of them in random colours: each picture through its
+    own random affine map of RGB (a 3x3 matrix and an offset), clamped. A VAE trained on the generator's ten colours
+    alone bends every other colour into them (mid-grey came back purple): uploaded pictures need the rest."""
+    count = round(len(pixels) * share)
+    if count == 0:
+        return pixels
+    matrix = torch.randn(count, 3, 3, generator=generator) * 0.6
+    offset = torch.rand(count, 3, 1, 1, generator=generator) * 2 - 1
+    head = torch.einsum("nij,njhw->nihw", matrix.to(pixels.device), pixels[:count]) + offset.to(pixels.device)
+    return torch.cat([head.clamp(-1, 1), pixels[count:]])
+
+
 def edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
@@ -378,11 +392,12 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak, weight_decay=0.0, betas=(0.9, 0.99))
     watch = Stopwatch("vae", (budget.minutes or {}).get("vae"), budget.vae_steps, budget.profile)
     losses = LossLog("vae")
+    colours = torch.Generator().manual_seed(11)
     compiled = Compiled(compiles(budget, "vae"))  # the whole step: the VAE's time goes to small elementwise kernels
     for step in watch.steps():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, watch.total, peak, warmup=100)
-        pixels = scene_pixels(rng, budget.vae_batch, 256, device, seed=step)
+        pixels = recolour(scene_pixels(rng, budget.vae_batch, 256, device, seed=step), budget.vae_recolour, colours)
         optimizer.zero_grad(set_to_none=True)
         loss = compiled.run(vae_loss, vae, pixels)
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -400,7 +415,31 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
         "compiled": compiled.enabled,
         "final_loss": losses.final(100),
         "round_trip_accuracy": round_trip_accuracy(vae, device, budget.round_trip_pictures),
+        **({"recolour": budget.vae_recolour} if budget.vae_recolour else {}),
+        "colour_error": colour_round_trip(vae, device),
     }
+
+
+@torch.no_grad()
+def colour_round_trip(vae, device: torch.device) -> dict[str, float]:
+    """How far flat colours come back from an encode/decode (the largest channel error, 0-255, at the centre of a
+    64² patch): the generator's ten colours (worst of them), and colours it never draws (worst of a fixed 64, greys
+    and pure primaries among them) - what an uploaded picture meets."""
+    from demo.scenes import COLOURS
+
+    others = [(128, 128, 128), (0, 0, 255), (0, 255, 0), (255, 0, 0), (64, 64, 64), (200, 200, 200)]
+    rng = random.Random(13)
+    others += [tuple(rng.randrange(256) for _ in range(3)) for _ in range(64 - len(others))]
+
+    def worst(colours) -> float:
+        rgb = torch.tensor(list(colours), dtype=torch.float32, device=device)
+        x = (rgb / 127.5 - 1).view(-1, 3, 1, 1, 1).expand(-1, 3, 1, 64, 64).contiguous()
+        with bf16(device):
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample[:, :, 0].float()
+        back = ((y.clamp(-1, 1) + 1) * 127.5)[:, :, 16:48, 16:48].mean((2, 3))
+        return round(float((back - rgb).abs().max()), 1)
+
+    return {"palette": worst(COLOURS.values()), "others": worst(others)}
 
 
 @torch.no_grad()
@@ -1399,6 +1438,10 @@ def main(argv: list[str] | None = None) -> None:
         "--zero-init", action="store_true",
         help="a from-scratch Raw starts each block as the identity and its output at zero (adaLN-Zero, as in DiT)",
     )  # fmt: skip
+    parser.add_argument(
+        "--vae-recolour", type=float, default=0.0,
+        help="VAE: the share of its pictures in random colours, so uploaded pictures keep theirs (0 to 1)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile a few steps per stage (and stop each there)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything (checks the script on a CPU)")
     args = parser.parse_args(argv)
@@ -1427,7 +1470,12 @@ def main(argv: list[str] | None = None) -> None:
         zero_init=args.zero_init,
         shape_map_weight=args.shape_map_loss,
         colour_map_weight=args.colour_map_loss,
+        vae_recolour=args.vae_recolour,
     )
+    if not 0 <= args.vae_recolour <= 1:
+        raise SystemExit(f"--vae-recolour takes a share from 0 to 1: got {args.vae_recolour}")
+    if args.vae_recolour and "vae" not in args.stages:
+        raise SystemExit("--vae-recolour sets how the VAE trains (--stages vae)")
     if args.freeze_text_encoder and not args.raw_round:
         raise SystemExit("--freeze-text-encoder is for a later Raw round (--raw-round N): a from-scratch one trains it")
     weights = (
@@ -1478,6 +1526,7 @@ def main(argv: list[str] | None = None) -> None:
             transformer=budget.transformer, text_width=budget.text_width, structure_weight=budget.structure_weight,
             freeze_text_encoder=budget.freeze_text_encoder, zero_init=budget.zero_init,
             shape_map_weight=budget.shape_map_weight, colour_map_weight=budget.colour_map_weight,
+            vae_recolour=budget.vae_recolour,
         )  # fmt: skip
     if "raw" in args.stages and largest_batch(budget) * TEXT_TOKENS > MAX_TEXT_SEQUENCES:
         pictures = largest_batch(budget)

@@ -167,6 +167,30 @@ def test_the_stage_flags_refuse_a_malformed_value_with_a_usage_message():
             main(["--smoke", "--device", "cpu", "--stages", "export", flag, bad])
 
 
+def test_recolour_puts_a_share_of_the_vaes_pictures_in_other_colours():
+    """`--vae-recolour`: the demo VAE trained on the ten colours alone bends every other into them (a mid-grey upload
+    came back purple). The flag's share of each batch goes through a random colour map of its own; the rest is left
+    as drawn; out-of-range shares and a flag with no VAE stage are refused."""
+    from demo.train import COLOURS, main, recolour
+
+    pixels = torch.rand(8, 3, 16, 16) * 2 - 1
+    out = recolour(pixels, 0.25, torch.Generator().manual_seed(0))
+    assert out.shape == pixels.shape and out.min() >= -1 and out.max() <= 1
+    assert torch.equal(out[2:], pixels[2:]) and not torch.allclose(out[:2], pixels[:2])
+    assert recolour(pixels, 0.0, torch.Generator()) is pixels
+    # The palette pictures' colours spread over the cube: a flat picture of one palette colour, 64 maps, reaches
+    # every eighth of the RGB cube.
+    red = (torch.tensor(COLOURS["red"], dtype=torch.float32) / 127.5 - 1).view(1, 3, 1, 1).expand(64, 3, 4, 4)
+    mapped = recolour(red, 1.0, torch.Generator().manual_seed(1))[:, :, 0, 0]
+    assert len({tuple((pixel > 0).tolist()) for pixel in mapped}) == 8
+    for argv, message in (
+        (["--stages", "vae", "--vae-recolour", "1.5"], "from 0 to 1"),
+        (["--stages", "raw", "--vae-recolour", "0.2"], "--stages vae"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main(["--smoke", "--device", "cpu", *argv])
+
+
 def test_a_wider_transformer_keeps_its_shape_in_its_weights_file(tmp_path):
     """`--transformer 256x6` (issue 15's next try: the committed 192x6 model binds words to shapes poorly) sets the
     shape of a from-scratch Raw; the work folder's weights files carry their shape, so `load_transformer` (what

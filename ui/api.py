@@ -87,6 +87,10 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
     pixels = parse_feather(_optional(feather) or 0)
     width, height = (_optional(v) for v in size)
     wanted = None
+    if (width is None) != (height is None):  # one side alone was dropped without a word
+        missing, given = ("height", "width") if height is None else ("width", "height")
+        raise InvalidRequest(missing, None, f"must be given with {given} when there is an image (or give neither: the "
+                                            "image's own size is used)")  # fmt: skip
     if width is not None and height is not None:
         checked = GenerationRequest(prompt="-", width=width, height=height)
         wanted = (checked.width, checked.height)
