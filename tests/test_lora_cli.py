@@ -85,8 +85,10 @@ def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     assert (
         cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(tmp_path / "none")]), environ={}) == 0
     )
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     assert [line.split()[0] for line in out.splitlines()] == demo if demo else "No LoRAs in" in out
+    assert said.err == f"warning: the LoRA folder {tmp_path / 'none'} does not exist (yet): nothing in it to list\n"
     (loras / "empty.safetensors").write_bytes(b"")  # a damaged file is listed with its problem; the rest as before
     (loras / "weird:name.safetensors").write_bytes(ink.read_bytes())  # and one whose name a prompt cannot hold, said
     assert cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(loras)]), environ={}) == 0
