@@ -37,6 +37,10 @@ def test_errors_read_as_sentences_for_people():
     assert width == "The width must be a multiple of 16 (it is 1000)."
     assert "(got" not in for_people(request_error(prompt="<|im_end|>"))  # typed text is never quoted back
     assert for_people(request_error(steps=0)).startswith("Steps must be between")
+    # A whole number reads whole, however large: a seed of 12345678901 read "(it is 1.23457e+10)".
+    assert for_people(request_error(seed=12345678901)).endswith("(it is 12345678901).")
+    assert for_people(request_error(seed=1e20)).endswith("(it is 100000000000000000000).")
+    assert for_people(request_error(guidance=25.5)).endswith("(it is 25.5).")
 
 
 def test_an_error_note_is_plain_text_in_markdown():

@@ -106,7 +106,10 @@ def for_people(error: Exception) -> str:
         name = FIELD_NAMES.get(error.field, error.field.replace("_", " "))
         value = error.value
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        shown = f" (it is {value:g})" if number else ""
+        if number and (isinstance(value, int) or (value.is_integer() and abs(value) < 2**53)):
+            shown = f" (it is {int(value)})"  # a seed of 12345678901 read "(it is 1.23457e+10)"
+        else:
+            shown = f" (it is {value:g})" if number else ""
         return f"{name[:1].upper()}{name[1:]} {error.problem}{shown}."
     if isinstance(error, USER_ERRORS):
         return str(error)
