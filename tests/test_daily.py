@@ -64,6 +64,19 @@ def test_the_size_preset_follows_the_sides():
     assert preset_for(2048, 2048, "raw") == CUSTOM  # Raw has no 4 MP presets
 
 
+def test_sides_typed_past_the_sliders_range_match_the_size_the_page_clamps_them_to(service):
+    """The width and height boxes' event passes the values unchecked (Gradio's check refused 5000 and left a bare
+    "Error" badge on Size): clamped as the page clamps them on blur, not rounded (1032 stays Custom), and any JSON
+    a client sends answers Custom."""
+    handlers = Handlers(service)
+    assert handlers.match_preset(5000, 0, "turbo") == handlers.match_preset(2048, 256, "turbo") == CUSTOM
+    assert handlers.match_preset(0, -16, "turbo") == "1:1 · 256×256 (demo model)"
+    assert handlers.match_preset(1032, 1024, "turbo") == CUSTOM
+    assert handlers.match_preset(1024.0, 1024, "raw").startswith("1:1 · 1024×1024")
+    for odd in ([None, None, []], ["1024", 1024, "turbo"], [float("nan"), 1024, {"x": 1}]):
+        assert handlers.match_preset(*odd) == CUSTOM
+
+
 def test_demo_mode_opens_at_the_demo_models_own_size(service, demo_sources):
     """The demo model learned 256² and 512² squares and draws best at 256²: in demo mode the tabs open at 256², named
     as a preset; with the real checkpoints they open at the request's 1024² and the demo sizes are no presets."""

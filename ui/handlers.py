@@ -301,17 +301,17 @@ class Handlers:
             return gr.skip(), gr.skip()
         return size
 
-    def match_preset(self, width: Any, height: Any, checkpoint: str):
-        """The Size list's entry for the sides typed. The event passes them unchecked (`preprocess=False`): a side
-        typed past the slider's range (5000, 0) is one the page brings back into it, while Gradio's own check would
-        refuse it and leave a bare "Error" badge on Size. Here it is brought into range as the slider does."""
+    def match_preset(self, width: Any, height: Any, checkpoint: Any):
+        """The Size list's entry for the sides typed. The event passes its values unchecked (`preprocess=False`): a
+        side typed past the slider's range (5000, 0) is one the page brings back into it on blur, while Gradio's own
+        check would refuse it and leave a bare "Error" badge on Size. Here it is clamped as the page clamps it (not
+        rounded to 16: the page does not, and Generate refuses 1032 by name)."""
 
         def side(value: Any) -> float | None:
-            if not plain_number(value):
-                return None
-            return min(max(round(value / SIDE_MULTIPLE) * SIDE_MULTIPLE, MIN_SIDE), MAX_SIDE)
+            return min(max(value, MIN_SIDE), MAX_SIDE) if plain_number(value) else None
 
-        return preset_for(side(width), side(height), checkpoint, self.service.demo)
+        key = checkpoint if isinstance(checkpoint, str) else ""  # unchecked too: any JSON a client sends
+        return preset_for(side(width), side(height), key, self.service.demo)
 
     @staticmethod
     def describe_start(init, strength, feather, *sides) -> str:
