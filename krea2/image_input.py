@@ -146,7 +146,7 @@ def prepare_image(source: bytes | str | Path | Image.Image, size: tuple[int, int
         image = image.resize(target, Image.Resampling.LANCZOS)
         note = f"resized from {upright[0]}×{upright[1]} to {target[0]}×{target[1]}"
         if not size and not same_shape(upright, target, slack=SIDE_MULTIPLE):  # past what rounding to 16 explains
-            note += f", which changes its shape (each side {MIN_SIDE} to {MAX_SIDE} pixels)"
+            note += f", which changes its shape (the model takes sides of {MIN_SIDE} to {MAX_SIDE} pixels)"
         notes.append(note)
     return PreparedImage(image=image, notes=tuple(notes), sha256=sha256_of(data), upright_size=upright)
 
@@ -188,13 +188,14 @@ def prepare_mask(
     return PreparedImage(image=mask, notes=tuple(notes), sha256=sha256_of(data))
 
 
-def same_shape(mask: tuple[int, int], image: tuple[int, int] | None, slack: int = 1) -> bool:
-    """Whether a picture of size `mask` has the shape of one of size `image`: the aspect ratio within `slack` pixels
-    of the larger (a mask painted on the image: one)."""
-    if image is None:
+def same_shape(picture: tuple[int, int], reference: tuple[int, int] | None, slack: int = 1) -> bool:
+    """Whether a picture of size `picture` has the shape of one of size `reference`, whatever the scale of either:
+    their aspect ratios within what `slack` pixels on the reference's shorter side change (a mask painted on an
+    image: one; a side rounded to a multiple of 16: 16)."""
+    if reference is None:
         return False
-    (mw, mh), (w, h) = mask, image
-    return abs(mw * h - mh * w) <= slack * max(w * h, mw * mh) / min(w, h, mw, mh)
+    (pw, ph), (w, h) = picture, reference
+    return abs((pw / ph) / (w / h) - 1) <= slack / min(w, h)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ def test_masks() -> None:
     assert 0 < feathered.getpixel((128, 256)) < 255  # the edge is soft
     with pytest.raises(InvalidImage, match="same shape"):
         prepare_mask(encoded(Image.new("L", (300, 100), 255)), size)
+    for small in ((64, 16), (40, 8)):  # a tiny mask of another shape too, whatever it was painted on (review)
+        with pytest.raises(InvalidImage, match="same shape"):
+            prepare_mask(encoded(Image.new("L", small, 255)), size, painted_on=size)
     with pytest.raises(InvalidImage, match="empty"):
         prepare_mask(encoded(Image.new("L", size, 0)), size)
 
@@ -140,6 +143,9 @@ def test_a_mask_painted_on_a_picture_wider_than_the_model_takes_still_fits() -> 
     assert repainted.getpixel((3 * width // 4, height // 2)) == 255
     assert "mask resized from 3072×256" in " ".join(prepared.notes)
     assert "resized from 3072×256 to 2048×256, which changes its shape" in prepared.notes[0]  # said, not only done
+    for wide in ((9000, 1000), (4000, 400)):  # at any scale (the review found a 9000 by 1000 one without the note)
+        assert "which changes its shape" in prepare_image(encoded(Image.new("RGB", wide))).notes[0]
+    assert prepare_image(encoded(Image.new("RGB", (3000, 2000)))).notes == ("resized from 3000×2000 to 2048×1360",)
     with pytest.raises(InvalidImage, match="The mask is 1536×256 but the image is 3072×256"):
         image_source(encoded(panorama), mask=encoded(Image.new("L", (1536, 256), 255)))
 
