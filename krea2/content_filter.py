@@ -169,7 +169,7 @@ class ImageClassifierFilter:
     def name(self) -> str:
         """`source` as visitors may read it: a Hub repo id whole, a folder by its last part only (the server's paths
         are the host's business; the log names the whole path)."""
-        return f"…/{Path(self.source).expanduser().name}" if self.is_folder else self.source
+        return f"…/{Path(self.source).expanduser().resolve().name}" if self.is_folder else self.source
 
     def load(self, device: torch.device | str) -> None:
         """Load the model and its processor onto `device`. Raises ValueError (a sentence naming the classifier by
@@ -196,19 +196,21 @@ class ImageClassifierFilter:
                 if offline:
                     raise
                 processor, model = from_pretrained(local_files_only=False)
-        except OSError as error:  # not a folder here, and the Hub did not give it
-            if self.is_folder:  # transformers' sentence names the whole path: the log has it, the visitors' does not
+        except (OSError, ValueError, KeyError) as error:
+            if self.is_folder:  # transformers' sentences name the whole path: the log has it, the visitors' do not
                 log.warning("Loading the classifier folder %s failed: %s", self.source, error_summary(error))
-                raise ValueError(f"the classifier folder {self.name} holds no image classifier transformers can load "
-                                 "(a config.json, its weights and a preprocessor_config.json)") from None  # fmt: skip
+                raise ValueError(
+                    f"the classifier folder {self.name} holds no image classifier that transformers can load (a "
+                    "config.json, its weights, a preprocessor_config.json)"
+                ) from None
+            if isinstance(error, (ValueError, KeyError)):
+                raise ValueError(f"the classifier {self.name} could not be loaded ({error_summary(error)})") from None
             if offline:
                 raise ValueError(f"the classifier {self.name} is not a folder here or in the local Hub cache, and the "
                                  "Hub cannot be reached (offline)") from None  # fmt: skip
             log.debug("Loading the classifier %s failed", self.source, exc_info=error)
             raise ValueError(f"the classifier {self.name} is not a folder here and could not be downloaded "
                              "(offline, no access, or no such repo)") from None  # fmt: skip
-        except (ValueError, KeyError) as error:
-            raise ValueError(f"the classifier {self.name} could not be loaded ({error_summary(error)})") from None
         labels = {int(i): str(name) for i, name in model.config.id2label.items()}
         by_name = {name.casefold(): i for i, name in labels.items()}
         missing = [label for label in self.blocking_labels if label.casefold() not in by_name]

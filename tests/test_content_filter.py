@@ -100,9 +100,14 @@ def test_load_failures_are_sentences_and_never_raise(tmp_path, red_classifier):
     broken = tmp_path / "broken-classifier"
     broken.mkdir()
     (broken / "notes.txt").write_text("the classifier was meant to be copied here")
+    untyped = tmp_path / "untyped-classifier"  # transformers' error for it names the folder's whole path (review)
+    untyped.mkdir()
+    (untyped / "config.json").write_text("{}")
+    (untyped / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
     for source, labels, expected in (
         (red_classifier, ("porn",), "has the labels normal, nsfw"),
         (str(tmp_path / "missing"), ("nsfw",), "does not exist"),
+        (str(untyped), ("nsfw",), "the classifier folder …/untyped-classifier holds no image classifier"),
         (str(broken), ("nsfw",), "the classifier folder …/broken-classifier holds no image classifier"),  # not "no
         # folder here": it is one, with the wrong things in it
         ("someone/not-a-cached-repo", ("nsfw",), "the Hub cannot be reached (offline)"),  # HF_HUB_OFFLINE (conftest)
