@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 from storage import StorageError
 
 from .settings import GENERATE, LORA, SettingError, Settings, add_flags, load_settings
-from .sources import PreparedSource, image_source, store_source
+from .sources import PreparedSource, image_source, start_size, store_source
 
 BLOCKED_EXIT = 3  # the content policy refused the prompt or the image (a `blocked` row, no file)
 # The request's fields the `generate` command takes; one left out takes GenerationRequest's own default.
@@ -83,14 +83,11 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
 
 
 def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
-    """--image and its companions, prepared (the size: --width/--height when both are given, else the image's)."""
+    """--image and its companions, prepared (the size: --width and --height, or neither for the image's own)."""
     outpaint = parse_outpaint(args.outpaint) if args.outpaint else None
     strength = args.strength if args.strength not in (None, "") else None  # ImageInput parses it
     feather = parse_feather(args.feather)
-    size = None
-    if {"width", "height"} <= given.keys():  # checked as the request checks them, before any file is read
-        checked = GenerationRequest(prompt="-", width=given["width"], height=given["height"])
-        size = (checked.width, checked.height)
+    size = start_size(given.get("width"), given.get("height"))  # checked before any file is read
     return image_source(args.image, strength=strength, mask=args.mask, feather=feather, outpaint=outpaint, size=size)
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from krea2.errors import InvalidRequest
 from krea2.image_input import (
     DEFAULT_STRENGTH,
     MASKED_STRENGTH,
@@ -19,7 +21,7 @@ from krea2.image_input import (
     prepare_mask,
     upscaled,
 )
-from krea2.request import ImageInput
+from krea2.request import GenerationRequest, ImageInput
 from storage import HistoryStore
 from storage.files import png_address
 from storage.models import Generation
@@ -36,6 +38,19 @@ class PreparedSource:
     @property
     def size(self) -> tuple[int, int]:
         return self.source.image.size
+
+
+def start_size(width: Any, height: Any) -> tuple[int, int] | None:
+    """The size to generate from an image at: both sides, checked as a request checks them, or None (neither given)
+    for the image's own. One side alone is refused: it used to be dropped without a word."""
+    if (width is None) != (height is None):
+        missing, given = ("height", "width") if height is None else ("width", "height")
+        raise InvalidRequest(missing, None, f"must be given with {given} when there is an image (or give neither: the "
+                                            "image's own size is used)")  # fmt: skip
+    if width is None:
+        return None
+    checked = GenerationRequest(prompt="-", width=width, height=height)
+    return checked.width, checked.height
 
 
 def image_source(

@@ -144,8 +144,10 @@ def test_cli_bad_image_input_is_exit_2_and_one_line(tmp_path, capsys):
         ["--image", str(good), "--feather", "²"],
         ["--image", str(good), "--outpaint", "9" * 5000 + ",0,0,0"],  # past int()'s 4,300-digit limit
         ["--image", str(good), "--mask", str(good)],  # an all-black mask: nothing to repaint
+        ["--image", str(good), "--width", "512"],  # one side alone was dropped without a word (review)
     )
     for extra in cases:
         assert cli.run(parsed("--prompt", "x", *extra), environ={}) == 2, extra
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (extra, err)
+    assert "height: must be given with width when there is an image" in err

@@ -73,9 +73,9 @@ def uploaded_path(value: Any) -> str | None:
 
 def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):
     """The `image`, `mask`, `strength`, `outpaint` ("left,right,top,bottom" pixels) and `feather` fields as the
-    request's start, or None without an image. The size: `width`/`height` when both are given, else the image's."""
+    request's start, or None without an image. The size: `width` and `height`, or neither for the image's own."""
     from krea2.image_input import parse_feather, parse_outpaint
-    from studio.sources import image_source
+    from studio.sources import image_source, start_size
 
     path = uploaded_path(image)
     if path is None:
@@ -85,15 +85,7 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
     mask_path = uploaded_path(mask)
     pixels = parse_feather(_optional(feather) or 0)
-    width, height = (_optional(v) for v in size)
-    wanted = None
-    if (width is None) != (height is None):  # one side alone was dropped without a word
-        missing, given = ("height", "width") if height is None else ("width", "height")
-        raise InvalidRequest(missing, None, f"must be given with {given} when there is an image (or give neither: the "
-                                            "image's own size is used)")  # fmt: skip
-    if width is not None and height is not None:
-        checked = GenerationRequest(prompt="-", width=width, height=height)
-        wanted = (checked.width, checked.height)
+    wanted = start_size(*(_optional(v) for v in size))
     return image_source(  # a strength of 0 is the caller's (and refused), not "none given"
         path, strength=_optional(strength), mask=mask_path, feather=pixels, outpaint=sides, size=wanted
     )
