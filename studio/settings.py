@@ -188,6 +188,7 @@ THRESHOLD = Kind("number ≥ 0", _threshold)
 LOGIN = Kind("`user:password`", _login, secret=True)
 ORIGINS = Kind("origins, comma separated", _origins)
 SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
+REPO_OR_FOLDER = Kind("Hub repo id or folder", str.strip)  # transformers' from_pretrained: no single file
 COMPONENTS = Kind("Hub repo id or folder", lambda text: _repo_or_folder(text))
 DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
 PROBABILITY = Kind("number 0-1", _probability)
@@ -354,7 +355,7 @@ class Settings:
         "`--host`, Spaces, the Docker image, a public `KREA2_ALLOWED_ORIGINS`; locally on when its model loads",
     )  # fmt: skip
     filter_model: str = setting(
-        "Falconsai/nsfw_image_detection", "KREA2_FILTER_MODEL", SOURCE,
+        "Falconsai/nsfw_image_detection", "KREA2_FILTER_MODEL", REPO_OR_FOLDER,
         "the content filter's image classifier (any `transformers` image-classification model)",
         "`Falconsai/nsfw_image_detection`",
     )  # fmt: skip

@@ -14,6 +14,7 @@ from studio.settings import (
     DATABASE,
     FOLDER,
     README_END,
+    REPO_OR_FOLDER,
     SOURCE,
     SWITCH,
     TEXT,
@@ -50,7 +51,7 @@ def test_every_setting_is_described_once():
         assert f"`{spec.env}`" in markdown()
 
 
-ANY_TEXT = (TEXT, FOLDER, SOURCE, DATABASE)  # any text names one; using it says what is wrong
+ANY_TEXT = (TEXT, FOLDER, SOURCE, REPO_OR_FOLDER, DATABASE)  # any text names one; using it says what is wrong
 
 
 @pytest.mark.parametrize("name", [name for name, spec in table() if spec.kind not in ANY_TEXT])
