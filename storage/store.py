@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
 FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
 PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
-WORD = re.compile(r"[^\W_]+")  # letters and digits: "_" is punctuation to the search index too
+WORD = re.compile(r"\w*[^\W_]\w*")  # with a letter or digit: "_" alone is punctuation, "snake_case" one word
 # Scripts written without spaces between words: kana (half-width too), CJK ideographs, Thai, Lao, Myanmar, Khmer.
 UNSPACED_SCRIPT = re.compile(
     r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff65-\uff9f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]"

@@ -49,7 +49,8 @@ def test_a_search_of_only_punctuation_or_emoji_finds_it_as_typed(store):
     assert store.count(HistoryFilter(text="🐳")) == 0
     # "_" is punctuation to the index, as to the search: alone, it finds the prompts holding it (it found none).
     snake = store.add(new_generation("a snake_case name", images=0))
-    for typed in ("_", "snake_case", "snake_"):
+    store.add(new_generation("a case beside a snake", images=0))
+    for typed in ("_", "snake_case"):  # and "snake_case" is one word, as the index holds it (review)
         assert [g.id for g in store.page(filters=HistoryFilter(text=typed)).items] == [snake.id], typed
 
 

@@ -777,7 +777,7 @@ class Handlers:
                 ids.append([generation.id, position])
         first = (len(stack) - 1) * HISTORY_PAGE_SIZE
         last = first + len(page.items)
-        shown = "0" if not page.items else f"{last}" if last == first + 1 else f"{first + 1}–{last}"
+        shown = "0" if not page.items else "1" if last == 1 else f"{first + 1}–{last}"
         text = f"{shown} of {total} generation{'' if total == 1 else 's'}"
         choices = [(f"#{g.id} · {g.prompt[:40]}", g.id) for g in page.items]
         nav = {"stack": stack, "next": page.next_cursor, "ids": ids}
