@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import ContentBlocked, FilterUnavailable, error_summary
 from .hub_errors import hub_reachable
-from .request import GenerationRequest
+from .request import INVISIBLE, GenerationRequest
 
 log = logging.getLogger(__name__)
 REGEX_PREFIX = "re:"  # a block-list line starting with this is a regular expression
@@ -39,9 +39,9 @@ class BlocklistError(ValueError):
 
 def normalise(text: str, invisible: str = "") -> str:
     """Text as the block list compares it: NFKC (full-width and other look-alike forms folded), case-folded, runs of
-    whitespace as one space, and the invisible format characters (zero-width spaces and joiners, soft hyphens: Unicode
-    category Cf) replaced by `invisible`."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    whitespace as one space, and the characters that show nothing (`INVISIBLE`, and any other format character)
+    replaced by `invisible`. A request's prompt has none left (krea2/request.py); an imported one may."""
+    folded = INVISIBLE.sub(invisible, unicodedata.normalize("NFKC", text).casefold())
     return " ".join("".join(invisible if unicodedata.category(c) == "Cf" else c for c in folded).split())
 
 

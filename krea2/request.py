@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import secrets
-import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +67,33 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
+# Characters that show nothing (Unicode's Default_Ignorable_Code_Point: zero-width spaces and joiners, soft hyphens,
+# variation selectors, fillers, tags...). Taken out of prompts (`visible_text`): the model reads the text the block
+# list checked, and a prompt of them alone is empty.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164"
+    "\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+
+
+EMOJI_JOINERS = "\u200d\ufe0e\ufe0f"  # the zero-width joiner and the text/emoji variation selectors
+
+
+def visible_text(text: str) -> str:
+    """`text` without its invisible characters, save those that join or style an emoji (after a character that is
+    not a letter, digit or space: "❄️" and "👨‍👩‍👧" stay whole, "for\u200dbidden" becomes "forbidden")."""
+    if not INVISIBLE.search(text):
+        return text
+    kept: list[str] = []
+    for char in text:
+        if INVISIBLE.match(char) and not (
+            char in EMOJI_JOINERS and kept and not kept[-1].isalnum() and not kept[-1].isspace()
+        ):
+            continue
+        kept.append(char)
+    return "".join(kept)
+
+
 def _check_text(name: str, value: Any, *, required: bool) -> str:
     if value is None:
         value = ""
@@ -83,8 +109,8 @@ def _check_text(name: str, value: Any, *, required: bool) -> str:
         raise InvalidRequest(name, value, "must be valid Unicode text (it contains an unpaired surrogate)") from None
     if token := CONTROL_TOKEN.search(value):
         raise InvalidRequest(name, token.group(), "must not contain chat-template control tokens such as <|im_end|>")
-    text = value.strip()
-    if required and not "".join(c for c in text if unicodedata.category(c) != "Cf").strip():  # zero-width alone
+    text = visible_text(value).strip()
+    if required and not text:
         raise InvalidRequest(name, value, "must not be empty")
     return text
 

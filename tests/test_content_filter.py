@@ -148,6 +148,8 @@ def test_the_block_list(tmp_path):
         "a very   bad\nphrase": 4,  # any whitespace between the words of a phrase
         "for\u200bbid\u00adden": 3,  # invisible characters inside a word (a zero-width space, a soft hyphen)
         "a very\u200bbad\u2060phrase": 4,  # and between the words of a phrase (a zero-width space, a word joiner)
+        "forbid\u034fden": 3,  # a combining grapheme joiner (not a format character: the review found it passing)
+        "a very\u3164bad phrase": 4,  # a Hangul filler, drawn as nothing
         "spaaam and eggs": 5,  # a regular expression
         "the forbiddenness of it": None,  # whole words only
         "a very bad fox": None,
@@ -157,6 +159,15 @@ def test_the_block_list(tmp_path):
     policy = ContentPolicy(blocklist=blocklist)
     with pytest.raises(ContentBlocked, match="entry 3 of the server's block list"):
         policy.admit(GenerationRequest(prompt="forbidden things"))
+    # Invisible characters are taken out of a request's prompt, so one used as nothing and another as a space (which
+    # no single reading of the raw text catches) leave the words the model reads, and the block list checks them.
+    mixed = GenerationRequest(prompt="a very\u200bbad phr\u200base")
+    assert mixed.prompt == "a verybad phrase" and blocklist.match("a very\u200bbad phr\u200base") is None
+    sneaky = GenerationRequest(prompt="for\u200dbid\ufe0fden")  # emoji joiners, between letters
+    assert sneaky.prompt == "forbidden"
+    assert GenerationRequest(prompt="a 👨\u200d👩\u200d👧 in ❄\ufe0f").prompt == "a 👨\u200d👩\u200d👧 in ❄\ufe0f"
+    with pytest.raises(ContentBlocked):
+        policy.admit(sneaky)
     assert policy.admit(GenerationRequest(prompt="a fox", negative_prompt="forbidden", guidance=1.0)) is None
     listing.write_text("fine\nre:(unclosed\n")
     with pytest.raises(BlocklistError, match="Line 2 of the prompt block list"):

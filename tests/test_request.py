@@ -27,6 +27,7 @@ def test_browser_values_are_coerced():
         ("prompt", "", "must not be empty"),
         ("prompt", "   \n\t", "must not be empty"),
         ("prompt", "\u200b\u200b \ufeff", "must not be empty"),  # zero-width characters alone show nothing
+        ("prompt", "\u3164\u034f", "must not be empty"),  # nor a filler or a grapheme joiner
         ("prompt", "x" * 2001, "at most 2000"),
         ("prompt", "a\x00b", "NUL"),
         ("prompt", 12, "must be text"),
