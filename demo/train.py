@@ -425,8 +425,6 @@ def colour_round_trip(vae, device: torch.device) -> dict[str, float]:
     """How far flat colours come back from an encode/decode (the largest channel error, 0-255, at the centre of a
     64² patch): the generator's ten colours (worst of them), and colours it never draws (worst of a fixed 64, greys
     and pure primaries among them) - what an uploaded picture meets."""
-    from demo.scenes import COLOURS
-
     others = [(128, 128, 128), (0, 0, 255), (0, 255, 0), (255, 0, 0), (64, 64, 64), (200, 200, 200)]
     rng = random.Random(13)
     others += [tuple(rng.randrange(256) for _ in range(3)) for _ in range(64 - len(others))]

@@ -215,8 +215,11 @@ def _lora(args: argparse.Namespace, settings: Settings) -> int:
         added = library.add_from_hub(args.repo, args.file, check=check_is_lora)
         print(json.dumps({"name": added.name, "path": str(added.path.absolute()), "hash": library.hash(added)}))
         return 0
-    if not library.folder.is_dir():  # a mistyped --lora-dir listed nothing, as an empty folder does, without a word
-        print(f"warning: the LoRA folder {library.folder} does not exist (yet): nothing in it to list", file=sys.stderr)
+    folder = library.folder.absolute()
+    if folder.exists() and not folder.is_dir():
+        print(f"warning: the LoRA folder {folder} is a file, not a folder: nothing in it to list", file=sys.stderr)
+    elif settings.lora_dir is not None and not folder.exists():  # a mistyped --lora-dir listed nothing, unsaid
+        print(f"warning: the LoRA folder {folder} does not exist (yet): nothing in it to list", file=sys.stderr)
     files = library.files()
     unnamable = library.unnamable()
     for sentence in unnamable:  # a file copied in by hand may have a name a prompt cannot hold: said, not dropped

@@ -89,6 +89,14 @@ def test_lora_list_names_sizes_and_hashes(tmp_path, capsys):
     out = said.out
     assert [line.split()[0] for line in out.splitlines()] == demo if demo else "No LoRAs in" in out
     assert said.err == f"warning: the LoRA folder {tmp_path / 'none'} does not exist (yet): nothing in it to list\n"
+    (tmp_path / "a-file").write_text("not a folder")
+    listing = cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(tmp_path / "a-file")])
+    assert cli.run(listing, environ={}) == 0
+    assert capsys.readouterr().err.endswith("a-file is a file, not a folder: nothing in it to list\n")
+    # The default folder (in the data folder, made at first use) is not named when it does not exist yet.
+    fresh = {"KREA2_DATA_DIR": str(tmp_path / "d")}
+    assert cli.run(cli.build_parser().parse_args(["lora", "list"]), environ=fresh) == 0
+    assert capsys.readouterr().err == ""
     (loras / "empty.safetensors").write_bytes(b"")  # a damaged file is listed with its problem; the rest as before
     (loras / "weird:name.safetensors").write_bytes(ink.read_bytes())  # and one whose name a prompt cannot hold, said
     assert cli.run(cli.build_parser().parse_args(["lora", "list", "--lora-dir", str(loras)]), environ={}) == 0
