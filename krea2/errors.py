@@ -24,7 +24,8 @@ class InvalidRequest(Krea2Error):
             shown = "a number too large to show"
         if len(shown) > 60:
             shown = shown[:57] + "..."
-        super().__init__(f"{field}: {problem} (got {shown})")
+        # None is a field left out: "(got None)" says nothing the problem does not ("height: must be given with...").
+        super().__init__(f"{field}: {problem}" + ("" if value is None else f" (got {shown})"))
         self.field = field
         self.value = value
         self.problem = problem
