@@ -421,23 +421,27 @@ def train_vae(work: Path, budget: Budget, device: torch.device) -> dict:
 
 
 @torch.no_grad()
+def colour_errors(vae, device: torch.device, colours) -> list[float]:
+    """How far each flat colour (0-255 RGB) comes back from an encode/decode: the largest channel error, 0-255, at
+    the centre of a 64² patch of it."""
+    rgb = torch.tensor(list(colours), dtype=torch.float32, device=device)
+    x = (rgb / 127.5 - 1).view(-1, 3, 1, 1, 1).expand(-1, 3, 1, 64, 64).contiguous()
+    with bf16(device):
+        y = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mode()).sample[:, :, 0].float()
+    back = ((y.clamp(-1, 1) + 1) * 127.5)[:, :, 16:48, 16:48].mean((2, 3))
+    return [round(float(error), 1) for error in (back - rgb).abs().amax(1)]
+
+
 def colour_round_trip(vae, device: torch.device) -> dict[str, float]:
-    """How far flat colours come back from an encode/decode (the largest channel error, 0-255, at the centre of a
-    64² patch): the generator's ten colours (worst of them), and colours it never draws (worst of a fixed 64, greys
-    and pure primaries among them) - what an uploaded picture meets."""
+    """`colour_errors` at their worst for the generator's ten colours, and for colours it never draws (a fixed 64,
+    greys and pure primaries among them): what an uploaded picture meets."""
     others = [(128, 128, 128), (0, 0, 255), (0, 255, 0), (255, 0, 0), (64, 64, 64), (200, 200, 200)]
     rng = random.Random(13)
     others += [tuple(rng.randrange(256) for _ in range(3)) for _ in range(64 - len(others))]
-
-    def worst(colours) -> float:
-        rgb = torch.tensor(list(colours), dtype=torch.float32, device=device)
-        x = (rgb / 127.5 - 1).view(-1, 3, 1, 1, 1).expand(-1, 3, 1, 64, 64).contiguous()
-        with bf16(device):
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample[:, :, 0].float()
-        back = ((y.clamp(-1, 1) + 1) * 127.5)[:, :, 16:48, 16:48].mean((2, 3))
-        return round(float((back - rgb).abs().max()), 1)
-
-    return {"palette": worst(COLOURS.values()), "others": worst(others)}
+    return {
+        "palette": max(colour_errors(vae, device, COLOURS.values())),
+        "others": max(colour_errors(vae, device, others)),
+    }
 
 
 @torch.no_grad()

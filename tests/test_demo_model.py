@@ -218,14 +218,10 @@ def test_the_demo_vae_returns_its_own_colours_and_not_others(manager):
     and bends the others into them (mid-grey comes back purple, pure blue green). When a VAE that knows more colours
     ships, this test fails and the README's "Pictures you upload" paragraph and the banner's sentence go."""
     from demo.scenes import COLOURS
+    from demo.train import colour_errors
 
-    vae = manager.pipes["turbo"].vae
-    worst = {}
-    for name, rgb in [*COLOURS.items(), ("mid-grey", (128, 128, 128)), ("pure blue", (0, 0, 255))]:
-        x = torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, 1, 64, 64) / 255 * 2 - 1
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mode()).sample.float()
-        back = ((y.clamp(-1, 1) + 1) * 127.5)[0, :, 0, 16:48, 16:48].mean((1, 2))
-        worst[name] = float((back - torch.tensor(rgb, dtype=torch.float32)).abs().max())
+    named = {**COLOURS, "mid-grey": (128, 128, 128), "pure blue": (0, 0, 255)}
+    errors = colour_errors(manager.pipes["turbo"].vae, torch.device("cpu"), named.values())
+    worst = dict(zip(named, errors, strict=True))
     assert max(worst[name] for name in COLOURS) < 12, worst
     assert worst["mid-grey"] > 40 and worst["pure blue"] > 100, worst
