@@ -171,9 +171,10 @@ def prepare_mask(
         mask = image.convert("L")
     if mask.size != size:
         (mw, mh), (w, h) = mask.size, size
-        # The image itself may have been brought to multiples of 16, which bends its shape by up to 16 pixels: a mask
-        # painted on the original must still fit.
-        if abs((mw / mh) / (w / h) - 1) > max(0.01, 16 / min(w, h)) and not same_shape(mask.size, painted_on):
+        # The image itself may have been brought to multiples of 16, which bends its shape by up to 16 pixels (or 1 %
+        # of its shorter side, where that is more): a mask painted on the original must still fit.
+        bent = max(SIDE_MULTIPLE, min(w, h) / 100)
+        if not same_shape(mask.size, size, slack=bent) and not same_shape(mask.size, painted_on):
             shown = painted_on or size
             raise InvalidImage(f"The mask is {mw}×{mh} but the image is {shown[0]}×{shown[1]}; they must have the "
                                "same shape.")  # fmt: skip
@@ -188,7 +189,7 @@ def prepare_mask(
     return PreparedImage(image=mask, notes=tuple(notes), sha256=sha256_of(data))
 
 
-def same_shape(picture: tuple[int, int], reference: tuple[int, int] | None, slack: int = 1) -> bool:
+def same_shape(picture: tuple[int, int], reference: tuple[int, int] | None, slack: float = 1) -> bool:
     """Whether a picture of size `picture` has the shape of one of size `reference`, whatever the scale of either:
     their aspect ratios within what `slack` pixels on the reference's shorter side change (a mask painted on an
     image: one; a side rounded to a multiple of 16: 16)."""
