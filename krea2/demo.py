@@ -30,6 +30,17 @@ CHECKPOINTS_ENV = "KREA2_DEMO_CHECKPOINTS"
 DEMO_SIDES = (256, 512)
 
 
+def default_size(demo: bool) -> tuple[int, int]:
+    """Text-to-image's size when none is asked for, for the page, the API and the CLI alike: the demo model's best
+    side with the demo checkpoints (it learned nothing at 1024², and 1024² takes minutes on a CPU), else the
+    request's own default."""
+    from .request import GenerationRequest
+
+    if demo:
+        return DEMO_SIDES[0], DEMO_SIDES[0]
+    return GenerationRequest.width, GenerationRequest.height
+
+
 def default_checkpoints_dir() -> Path:
     """The trained demo checkpoints committed with the project (or the folder KREA2_DEMO_CHECKPOINTS names)."""
     configured = os.environ.get(CHECKPOINTS_ENV)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from krea2.checkpoints import CHECKPOINTS
 from krea2.content_filter import ContentPolicy
+from krea2.demo import default_size
 from krea2.errors import Cancelled, ContentBlocked, FilterUnavailable, InvalidRequest, Krea2Error
 from krea2.image_input import DEFAULT_STRENGTH, MASKED_STRENGTH, InvalidImage, parse_feather, parse_outpaint
 from krea2.request import GenerationRequest
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def request_of(args: argparse.Namespace) -> GenerationRequest:
-    """The request the options describe, validated before any model loads: bad input fails in milliseconds."""
+def request_of(args: argparse.Namespace, default: tuple[int, int]) -> GenerationRequest:
+    """The request the options describe, validated before any model loads: bad input fails in milliseconds.
+    `default`: text-to-image's size where --width or --height is not given (krea2.demo.default_size)."""
     given = {name: getattr(args, name) for name in REQUEST_OPTIONS if getattr(args, name, None) is not None}
     if getattr(args, "image", None):
         prepared = source_of(args, given)
@@ -79,6 +81,8 @@ def request_of(args: argparse.Namespace) -> GenerationRequest:
         getattr(args, "feather", None) or 0
     ):
         raise InvalidRequest("image", None, "is needed by --mask, --strength, --outpaint and --feather")
+    else:
+        given = {"width": default[0], "height": default[1], **given}
     return GenerationRequest(**given, loras=getattr(args, "loras", None) or ())
 
 
@@ -252,14 +256,15 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
         except Krea2Error as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+    from .runtime import uses_demo
     from .safety import content_policy
     from .signing import png_signer
 
     try:
         if getattr(args, "out", None) and Path(args.out).is_dir():  # found before any model loads, not after the run
             raise InvalidRequest("--out", args.out, "is a folder; give the file to write, e.g. picture.png")
-        request = request_of(args)
         settings = load_settings(environ, args)
+        request = request_of(args, default_size(uses_demo(settings)))
         policy, sign_png = content_policy(settings), png_signer(settings)
     except (InvalidRequest, SettingError, InvalidImage) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from storage import HistoryStore
 from storage.pnginfo import read_parameters
@@ -41,6 +42,16 @@ def test_cli_twice_is_pixel_identical_and_recorded(tmp_path, demo_sources):
 
 def parsed(*args: str):
     return cli.build_parser().parse_args(["generate", *args])
+
+
+def test_cli_text_to_image_takes_the_default_size_side_by_side():
+    """The default size fills only the sides not given; with an image, the image's size rules instead."""
+    demo = cli.request_of(parsed("--prompt", "x"), (256, 256))
+    assert (demo.width, demo.height) == (256, 256)
+    wide = cli.request_of(parsed("--prompt", "x", "--width", "512"), (256, 256))
+    assert (wide.width, wide.height) == (512, 256)
+    real = cli.request_of(parsed("--prompt", "x"), (1024, 1024))
+    assert (real.width, real.height) == (1024, 1024)
 
 
 def test_cli_bad_input_is_exit_2_and_one_line(capsys):
@@ -89,16 +100,18 @@ def test_cli_process_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
 
 def test_cli_prints_absolute_paths_and_no_library_noise(tmp_path, demo_sources):
     """Relative --out and data folder: every printed path is absolute (one was relative), and stderr holds none of
-    torchao's CUDA-extension failures, torch deprecation warnings or progress bars."""
+    torchao's CUDA-extension failures, torch deprecation warnings or progress bars. Without --width and --height the
+    demo checkpoints draw at their own 256², as the page opens (1024² took minutes on a CPU and drew nothing)."""
     env = {**os.environ, "KREA2_DATA_DIR": "data", "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent),
            "PYTHONPATH": str(ROOT)}  # fmt: skip
-    args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256"]
+    args = ["generate", "--demo", "--prompt", "a fox", "--steps", "1"]
     done = subprocess.run([sys.executable, "-m", "studio", *args, "--out", "out/fox.png"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(line["paths"]) == 2 and all(Path(p).is_absolute() and Path(p).exists() for p in line["paths"])
     assert line["path"] == str(tmp_path / "out" / "fox.png")
+    assert Image.open(line["path"]).size == (256, 256)
     for noise in ("torchao", "_C_", "deprecated", "%|", "it/s]"):
         assert noise not in done.stderr, done.stderr
 

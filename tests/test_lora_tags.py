@@ -55,7 +55,7 @@ def test_each_bad_tag_is_one_sentence(fields, sentence):
 
 
 def test_the_cli_merges_tags_with_its_lora_options(capsys):
-    request = cli.request_of(parsed("--demo", "--prompt", "a fox <lora:ink:0.5>", "--lora", "paper:1"))
+    request = cli.request_of(parsed("--demo", "--prompt", "a fox <lora:ink:0.5>", "--lora", "paper:1"), (256, 256))
     assert request.prompt == "a fox" and [c.name for c in request.loras] == ["paper", "ink"]
     assert cli.run(parsed("--demo", "--prompt", "a fox <lora:ink:0.5>", "--lora", "ink"), environ={}) == 2
     assert "ink is named in the LoRA list and as a <lora:…> tag" in capsys.readouterr().err
