@@ -55,6 +55,25 @@ def explain_os_error(error: OSError, path: Path) -> StorageError:
     return StorageError(f"Could not write a file in the data folder ({error.strerror or error}); nothing was saved.")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put back at once
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (before any thread writes files): setting the umask, even for a moment, is process-wide.
+UMASK = _current_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions `open(path, "w")` would leave: an existing file's own, else 0666 less the umask. mkstemp's
+    temp file is 0600, which the rename would otherwise keep (a CLI --out another user could not read)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~UMASK
+
+
 @contextmanager
 def atomic_file(path: Path, suffix: str = "") -> Iterator[BinaryIO]:
     """A file to write `path` through: after the block it is complete under its final name (fsynced, renamed, folder
@@ -65,6 +84,7 @@ def atomic_file(path: Path, suffix: str = "") -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            os.chmod(tmp_name, _mode_for(path))
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         tmp_name = None

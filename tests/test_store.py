@@ -147,6 +147,19 @@ def test_read_only_data_folder_is_a_clear_error(store):
     assert store.count() == 0
 
 
+def test_files_written_atomically_get_the_permissions_open_would_give(tmp_path):
+    """The temp file is 0600; the finished file is 0666 less the umask (a CLI --out another user could read), and a
+    file written over keeps its own mode."""
+    from storage.files import UMASK, write_atomic
+
+    write_atomic(tmp_path / "new.png", b"x")
+    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o666 & ~UMASK != 0o600
+    (tmp_path / "kept.png").write_bytes(b"old")
+    (tmp_path / "kept.png").chmod(0o640)
+    write_atomic(tmp_path / "kept.png", b"new")
+    assert (tmp_path / "kept.png").stat().st_mode & 0o777 == 0o640 and (tmp_path / "kept.png").read_bytes() == b"new"
+
+
 def test_disk_full_is_a_clear_error(tmp_path):
     """A real ENOSPC from the kernel: /dev/full rejects every write."""
     from storage.files import write_atomic
