@@ -269,6 +269,36 @@ def test_the_server_still_serves_after_all_of_the_above(server):
     assert kind == "complete", data
 
 
+def test_the_api_draws_at_the_demo_models_own_size_when_none_is_sent(client):
+    """README's example leaves out width and height: with the demo checkpoints that is 256², as the page opens (it
+    was 1024²: minutes on a CPU for a picture of nothing the demo model learned)."""
+    _images, info = client.predict(prompt="a red circle on a blue background", steps=1, api_name="/generate")
+    assert (info["width"], info["height"]) == (256, 256)
+    _images, info = client.predict(prompt="wide", steps=1, width=512, api_name="/generate")
+    assert (info["width"], info["height"]) == (512, 256)
+
+
+def test_only_files_in_gradios_upload_folder_are_taken(tmp_path, monkeypatch):
+    from krea2 import InvalidRequest
+    from ui.api import uploaded_path
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    uploaded = tmp_path / "uploads" / "abc" / "in.png"
+    assert uploaded_path(on_server(uploaded), "mask") == str(uploaded)
+    for elsewhere in (tmp_path / "in.png", tmp_path / "uploads" / ".." / "in.png", tmp_path / "uploads-x" / "in.png"):
+        with pytest.raises(InvalidRequest) as refused:
+            uploaded_path(on_server(elsewhere), "mask")
+        assert str(refused.value) == NOT_UPLOADED.replace("image", "mask")
+
+
+NOT_UPLOADED = "image: must be a file uploaded with this request (gradio_client's handle_file)"
+
+
+def on_server(path: Path) -> dict:
+    """A file field naming a path on the server, as a hostile client sends it (gradio_client uploads nothing)."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
 def test_the_api_starts_from_an_uploaded_image_and_refuses_bad_ones(server, client, tmp_path):
     from gradio_client import handle_file
     from PIL import Image
@@ -297,6 +327,20 @@ def test_the_api_starts_from_an_uploaded_image_and_refuses_bad_ones(server, clie
         with pytest.raises(Exception) as refused:
             client.predict(prompt="refused image", steps=1, api_name="/generate", **SMALL, **fields)
         assert one_sentence(str(refused.value)) and str(refused.value).startswith(starts), str(refused.value)
+    # A file field naming a path on the server, never uploaded, is refused (Gradio's own check answers first;
+    # ui.api.uploaded_path checks again, test_only_files_in_gradios_upload_folder_are_taken), in one sentence that
+    # neither echoes the path nor tells whether it exists, and nothing is stored.
+    for image in (on_server(init), on_server(tmp_path / "none.png"), on_server(tmp_path)):
+        kind, message = call(server.url, "generate", generate_body(prompt="refused image", loras=None, image=image))
+        assert kind == "error" and one_sentence(message) and str(tmp_path) not in message, (kind, message)
+        assert message in ("One of the values sent is not valid (InvalidPathError).", NOT_UPLOADED), message
+    for api in ("compare", "compare_loras"):
+        body = {
+            "compare": ["refused image", "", 1, 256, 256, 1, 1.0, 1, None, on_server(init)],
+            "compare_loras": ["refused image", "turbo", "", 1, "", 256, 256, 1, None, on_server(init)],
+        }[api]
+        kind, message = call(server.url, api, json.dumps({"data": body}))
+        assert kind == "error" and str(tmp_path) not in message, (api, kind, message)
     # A hostile pass: a width without a height was dropped without a word, and the picture came at the image's size.
     with pytest.raises(Exception, match=r"^height: must be given with width when there is an image \(or give neither: "
                                         r"the image's own size is used\)$"):  # fmt: skip

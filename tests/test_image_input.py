@@ -175,7 +175,7 @@ def test_upscale_for_the_hires_pass() -> None:
         upscaled(image, 1.0)
 
 
-def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path) -> None:
+def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path, monkeypatch) -> None:
     """No strength given: img2img's default, and 1 with a mask or outpaint (the masked area redrawn from noise), the
     same through the API's fields and the CLI's flags (each used to restate the rule)."""
     from gradio_client import handle_file
@@ -184,6 +184,7 @@ def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path) -> None:
     from studio.sources import image_source
     from ui.api import image_start
 
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the API takes only files in Gradio's upload folder
     picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
     Image.new("RGB", (256, 256), (10, 200, 10)).save(picture)
     Image.new("L", (256, 256), 255).save(mask)
@@ -195,7 +196,7 @@ def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path) -> None:
     api = [image_start(upload, m, None, o, None, (None, None)).source.strength
            for m, o in ((None, None), (with_mask, None), (None, "64,0,0,0"))]  # fmt: skip
     command = ["generate", "--prompt", "-", "--image", str(picture)]
-    flags = [cli.request_of(cli.build_parser().parse_args([*command, *extra]))
+    flags = [cli.request_of(cli.build_parser().parse_args([*command, *extra]), (1024, 1024))
              for extra in ([], ["--mask", str(mask)], ["--outpaint", "64,0,0,0"])]  # fmt: skip
     expected = [DEFAULT_STRENGTH, MASKED_STRENGTH, MASKED_STRENGTH]
     assert api == expected and [request.source.strength for request in flags] == expected

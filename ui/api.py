@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from krea2 import RAW, TURBO, GenerationRequest, InvalidRequest
+from krea2.demo import default_size
 from krea2.request import HistoryQuery
 from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEvent, StepEvent, StudioService
 
@@ -61,13 +64,17 @@ def event_id() -> str | None:
     return LocalContext.event_id.get(None)
 
 
-def uploaded_path(value: Any) -> str | None:
-    """The server-side path of an uploaded file field (Gradio has already checked it is one of its uploads)."""
+def uploaded_path(value: Any, field: str = "image") -> str | None:
+    """The server-side path of a file a client uploaded. The endpoints take their values unprocessed
+    (`preprocess=False`), so Gradio has not checked that the path is one of its uploads: a caller could name any
+    image file on the server and have it stored in history and served back (a hostile pass did). Only a file in
+    Gradio's upload folder is taken; the refusal does not echo the path, nor say whether it exists."""
     if value is None or value == "":
         return None
     path = value.get("path") if isinstance(value, dict) else getattr(value, "path", None)
-    if not isinstance(path, str) or not path:
-        raise InvalidRequest("image", value, "must be an uploaded file (gradio_client's handle_file)")
+    uploads = Path(get_upload_folder()).resolve()
+    if not isinstance(path, str) or not path or not Path(path).resolve().is_relative_to(uploads):
+        raise InvalidRequest(field, None, "must be a file uploaded with this request (gradio_client's handle_file)")
     return path
 
 
@@ -83,7 +90,7 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
             raise InvalidRequest("image", None, "is needed by mask, strength, outpaint and feather")
         return None
     sides = parse_outpaint(outpaint) if _optional(outpaint) is not None else None
-    mask_path = uploaded_path(mask)
+    mask_path = uploaded_path(mask, "mask")
     pixels = parse_feather(_optional(feather) or 0)
     wanted = start_size(*(_optional(v) for v in size))
     return image_source(  # a strength of 0 is the caller's (and refused), not "none given"
@@ -91,13 +98,10 @@ def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: An
     )
 
 
-def default_size(width: Any, height: Any) -> tuple[Any, Any]:
-    """Text-to-image's size: what was sent, each side left empty taking the default."""
+def sent_size(width: Any, height: Any, default: tuple[int, int]) -> tuple[Any, Any]:
+    """Text-to-image's size: what was sent, each side left empty taking the default's."""
     width, height = _optional(width), _optional(height)
-    return (
-        REQUEST_DEFAULTS["width"] if width is None else width,
-        REQUEST_DEFAULTS["height"] if height is None else height,
-    )
+    return (default[0] if width is None else width, default[1] if height is None else height)
 
 
 def renamed(error: InvalidRequest, names: dict[str, str]) -> InvalidRequest:
@@ -113,6 +117,7 @@ def register_api(service: StudioService) -> None:
     # component would turn an object into its repr, round 4.5 to 4, or fail on "abc" without naming the field).
     # As many at once as there are workers (krea2/workers.py), in the UI's one queue.
     gpu = {"concurrency_id": "gpu", "concurrency_limit": service.concurrent_generations, "preprocess": False}
+    default = default_size(service.demo)  # 256² with the demo checkpoints, as the page opens
 
     def run(stream, labels: Sequence[str], answer: Callable[[dict[str, Any]], Any]) -> Iterator[tuple[Any, Any]]:
         """Relay a generation stream; yields progress, then (images, answer(infos by label)) last, the images in the
@@ -143,7 +148,7 @@ def register_api(service: StudioService) -> None:
                  request: gr.Request = None):  # fmt: skip
         try:
             start = image_start(image, mask, strength, outpaint, feather, (width, height))
-            width, height = start.size if start is not None else default_size(width, height)
+            width, height = start.size if start is not None else sent_size(width, height, default)
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), num_images=num_images,
@@ -163,7 +168,7 @@ def register_api(service: StudioService) -> None:
         """Raw and Turbo, each with the LoRAs (the release's workflow: LoRAs trained on Raw, run on Turbo)."""
         try:
             start = image_start(image, mask, strength, outpaint, feather, (width, height))
-            width, height = start.size if start is not None else default_size(width, height)
+            width, height = start.size if start is not None else sent_size(width, height, default)
             raw = GenerationRequest(
                 prompt=prompt, checkpoint=RAW.key, negative_prompt=negative_prompt, steps=_optional(raw_steps),
                 guidance=_optional(raw_guidance), width=width, height=height, seed=_optional(seed), loras=loras,
@@ -188,7 +193,7 @@ def register_api(service: StudioService) -> None:
         what the LoRAs do."""
         try:
             start = image_start(image, mask, strength, outpaint, feather, (width, height))
-            width, height = start.size if start is not None else default_size(width, height)
+            width, height = start.size if start is not None else sent_size(width, height, default)
             req = GenerationRequest(
                 prompt=prompt, checkpoint=checkpoint, negative_prompt=negative_prompt, steps=_optional(steps),
                 guidance=_optional(guidance), width=width, height=height, seed=_optional(seed), loras=loras,
