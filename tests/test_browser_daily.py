@@ -180,9 +180,16 @@ def test_a_demo_example_prompt_fills_the_prompt_box(browser, server):
     from ui.layout import DEMO_EXAMPLES
 
     context, page = open_page(browser, server)
-    page.get_by_role("button", name=DEMO_EXAMPLES[1]).click()
+    page.locator("#demo-examples").get_by_role("button", name=DEMO_EXAMPLES[1]).click()
     page.wait_for_function(
         "(text) => document.querySelector('#prompt textarea').value === text", arg=DEMO_EXAMPLES[1], timeout=10_000
+    )
+    page.get_by_role("tab", name="Compare").click()  # Compare has them too (a newcomer found none there)
+    page.locator("#compare-demo-examples").get_by_role("button", name=DEMO_EXAMPLES[0]).click()
+    page.wait_for_function(
+        "(text) => document.querySelector('#compare-prompt textarea').value === text",
+        arg=DEMO_EXAMPLES[0],
+        timeout=10_000,
     )
     context.close()
 

@@ -59,7 +59,9 @@ def test_compare_without_and_with_a_lora(page):
     page.locator("#compare-prompt textarea").fill("a yellow star")
     set_number(page, "compare-width", 256)
     set_number(page, "compare-height", 256)
+    assert not page.locator("#compare-lora-checkpoint").is_visible()  # it means nothing in Raw ↔ Turbo
     page.locator("#compare-mode").get_by_text("Without ↔ with LoRAs").click()
+    page.locator("#compare-lora-checkpoint").wait_for(state="visible", timeout=10_000)
     pick_lora(page, "compare", "styles/ink", 1.0)
     page.locator("#compare-btn").click()
     page.locator("#compare-info").get_by_text("Turbo with LoRAs").wait_for(timeout=120_000)

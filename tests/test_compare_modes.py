@@ -37,7 +37,7 @@ def pixels(path: str) -> np.ndarray:
 
 def test_raw_against_turbo_streams_its_progress_images_and_summary(lora_handlers):
     outputs = compare(lora_handlers, COMPARE_CHECKPOINTS, *picker())
-    assert outputs[0][0] == "Waiting for the GPU…"
+    assert outputs[0][0] == "Starting…"
     progress = [out[0] for out in outputs]
     assert any(text.startswith("**Krea 2 Raw** · **Step 1/1**") for text in progress), progress
     assert any(text.startswith("**Krea 2 Turbo** · **Step") for text in progress), progress

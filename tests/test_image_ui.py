@@ -64,6 +64,7 @@ def test_a_painted_editor_inpaints_and_the_unpainted_half_comes_back_unchanged(h
 def test_upscale_send_and_reuse(handlers) -> None:
     out = last(handlers.generate("a red circle", "", "turbo", 8, 0.0, 256, 256, 9, False, 1, []))
     items = out[4]
+    assert out[2][0][1] == "Krea 2 Turbo · seed 9"  # a result tile says which checkpoint drew it, as History's do
     selected = [items[0]["generation_id"], 0]
     up = last(handlers.upscaler(2.0)(selected, items))
     assert "**Done**" in up[1] and "upscaled ×2 to 512×512" in up[1], up[1]

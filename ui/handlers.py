@@ -27,7 +27,7 @@ from krea2 import (
     Krea2Error,
     get_spec,
 )
-from krea2.demo import DEMO_SIDES
+from krea2.demo import default_size
 from krea2.errors import ContentBlocked, LoraError
 from krea2.image_input import DEFAULT_STRENGTH
 from krea2.request import MAX_LORAS, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, LoraChoice
@@ -267,11 +267,7 @@ def next_seed(seed: int, count: int) -> int:
 class Handlers:
     def __init__(self, service: StudioService) -> None:
         self.service = service
-        # The size the Generate and Compare tabs open with: the request's default, or the demo model's own size.
-        demo_side = DEMO_SIDES[0]
-        self.default_size = (
-            (demo_side, demo_side) if service.demo else (REQUEST_DEFAULTS["width"], REQUEST_DEFAULTS["height"])
-        )
+        self.default_size = default_size(service.demo)  # the size the Generate and Compare tabs open with
         self.loras = LoraHandlers(service, for_people)
 
     # ------------------------------------------------------------------------------------------------ generate tab
@@ -398,7 +394,7 @@ class Handlers:
         """`generate`'s stream for a built request (also the hi-res pass's)."""
         started = time.monotonic()
         clock = StepClock()
-        yield None, "Waiting for the GPU…", gr.skip(), gr.skip(), gr.skip()
+        yield None, "Starting…", gr.skip(), gr.skip(), gr.skip()
         try:
             for event in self.service.generate(req, session_of(request)):
                 if isinstance(event, StepEvent):
@@ -408,7 +404,7 @@ class Handlers:
                     generation = event.generation
                     new = [
                         {"path": self.service.image_file(image), "generation_id": generation.id,
-                         "position": image.position, "caption": f"seed {image.seed}"}
+                         "position": image.position, "caption": f"{short_name(req.spec)} · seed {image.seed}"}
                         for image in generation.images
                     ]  # fmt: skip
                     # Results deleted from History since (their files gone) leave the gallery: Gradio refused to
@@ -701,7 +697,7 @@ class Handlers:
         used_seed = seed
         # The last comparison goes: a run that fails or is cancelled half-way must not leave its first image beside
         # the previous run's second, as if they were a pair.
-        yield "Waiting for the GPU…", gr.update(value=None), gr.update(value=None), gr.update(value=None), ""
+        yield "Starting…", gr.update(value=None), gr.update(value=None), gr.update(value=None), ""
         try:
             for event in events:
                 name = names[event.label]
