@@ -161,6 +161,11 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
     except (ValueError, OverflowError):  # year 1 at +05:00 is before year 1 in UTC
         raise StorageError(f"Entry {index + 1} of history.json has an invalid created_at.") from None
     fields["created_at"] = created
+    images = record.get("images") or []
+    # Counted before any image is read: one small PNG listed 150 times under one entry was decoded 150 times (3 GB)
+    # before this refusal came (a hostile pass).
+    if not isinstance(images, list) or len(images) > fields["num_images"]:
+        raise StorageError(f"Entry {index + 1} of history.json has more images than its num_images.")
     if fields["status"] not in ("ok", "failed", "cancelled", "interrupted", "blocked"):
         fields["status"] = "interrupted"  # an export taken mid-run: that run never finished
     return _checked_source(fields, index)
@@ -312,8 +317,6 @@ class ArchiveReader:
                     raise StorageError(f"Entry {index + 1} of history.json has an image with an invalid seed.")
                 png = self._member(name, "an image")
                 images.append(NewImage(_checked_png(png, name), seed, png))
-            if len(images) > fields["num_images"]:
-                raise StorageError(f"Entry {index + 1} of history.json has more images than its num_images.")
             yield NewGeneration(fields, images, loras=loras)
 
     def _member(self, name: str, what: str) -> bytes:

@@ -47,7 +47,8 @@ from .xmp import xmp_packet
 log = logging.getLogger(__name__)
 # `running` rows are written when a generation starts, so a crash leaves a trace; start-up repair turns the ones it
 # finds into `interrupted` (storage/repair.py).
-STATUSES = ("running", "ok", "failed", "cancelled", "interrupted", "blocked")
+RUNNING = "running"  # a row whose run has not finished: no image yet, and not to be deleted under it
+STATUSES = (RUNNING, "ok", "failed", "cancelled", "interrupted", "blocked")
 FINAL_STATUSES = ("ok", "failed", "cancelled", "blocked")  # blocked: refused by the content filter, never any image
 PngSigner = Callable[[bytes], bytes]  # PNG bytes -> the same PNG with a signed C2PA manifest (storage/c2pa_manifest.py)
 WORD = re.compile(r"\w*[^\W_]\w*")  # with a letter or digit: "_" alone is punctuation, "snake_case" one word
@@ -228,7 +229,7 @@ class HistoryStore:
     def start(self, fields: dict[str, Any], loras: list[dict[str, Any]] | None = None) -> Generation:
         """Record a generation that is starting: a `running` row without images (and the LoRAs it asks for),
         finalised by `finish`."""
-        return self.add(NewGeneration({**fields, "status": "running", "error": None}, loras=loras))
+        return self.add(NewGeneration({**fields, "status": RUNNING, "error": None}, loras=loras))
 
     def finish(self, generation_id: int, new: NewGeneration) -> Generation:
         """Finalise a `running` row: write the images, then update the row and add its image rows in one transaction.
@@ -271,6 +272,9 @@ class HistoryStore:
             generation = session.get(Generation, generation_id)
             if generation is None:
                 return False
+            if generation.status == RUNNING:  # its run would go on, then find its row gone and drop the image
+                raise StorageError(f"Generation #{generation_id} is still running; cancel it or let it finish, then "
+                                   "delete it.")  # fmt: skip
             paths = [self.absolute(p) for image in generation.images for p in (image.path, image.thumb_path)]
             sources = sources_of([generation])
             session.delete(generation)
@@ -289,9 +293,11 @@ class HistoryStore:
             return len(rows)
 
     def delete_many(self, generation_ids: list[int]) -> int:
-        """Delete several generations in one transaction, then their files (as `delete`); returns how many."""
+        """Delete several generations in one transaction, then their files (as `delete`); returns how many. Rows still
+        running are kept (as `delete` refuses them)."""
         with self.session() as session:
-            rows = list(session.scalars(select(Generation).where(Generation.id.in_(generation_ids))))
+            chosen = Generation.id.in_(generation_ids) & (Generation.status != RUNNING)
+            rows = list(session.scalars(select(Generation).where(chosen)))
             paths = [self.absolute(p) for g in rows for image in g.images for p in (image.path, image.thumb_path)]
             sources = sources_of(rows)
             for generation in rows:

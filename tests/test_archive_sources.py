@@ -142,7 +142,9 @@ def test_an_init_image_goes_with_the_last_row_that_names_it(store):
     assert source_files(store) == {}
 
 
-def test_an_import_adds_no_image_to_a_blocked_row_and_keeps_no_source_only_it_named(store, other, tmp_path):
+def test_an_import_adds_no_image_to_a_blocked_row_and_keeps_no_source_only_it_named(
+    store, other, tmp_path, monkeypatch
+):
     """A `blocked` entry (the app never keeps a blocked row's pictures) comes in without its images and init image;
     an entry with more images than its num_images is refused."""
     started_from_pictures(store)
@@ -171,6 +173,16 @@ def test_an_import_adds_no_image_to_a_blocked_row_and_keeps_no_source_only_it_na
 
     with pytest.raises(StorageError, match="more images than its num_images"):
         other.import_archive(rewritten(archive, tmp_path / "doubled.zip", doubled))
+    # Refused when the archive is opened, before any image is decoded: one PNG listed 150 times under one entry was
+    # decoded 150 times (3 GB) before the refusal came (a hostile pass).
+    import storage.archive as archive_module
+
+    decoded = []
+    real = archive_module._checked_png
+    monkeypatch.setattr(archive_module, "_checked_png", lambda png, name: decoded.append(name) or real(png, name))
+    with pytest.raises(StorageError, match="more images than its num_images"):
+        archive_module.ArchiveReader(tmp_path / "doubled.zip")
+    assert decoded == []
 
 
 @pytest.mark.parametrize(

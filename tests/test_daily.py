@@ -290,3 +290,30 @@ def test_a_deleted_generation_is_no_longer_served_from_gradios_cache(service, tm
     handlers.bulk_delete([rows[1].id])
     assert not any(copy.exists() for row in rows[:2] for copy in copies[row.id])
     assert all(copy.is_file() for copy in copies[rows[2].id])  # the one kept is still served
+
+
+def test_history_actions_on_rows_without_their_image_say_why(service, monkeypatch):
+    """A hostile pass: Upscale x2 on a cancelled row and Send to img2img on a row whose PNG was removed by hand read
+    "Something went wrong (Error / FileNotFoundError)", and a History delete of a running row let the run go on to
+    throw its image away. Each now says why, and the running row is kept."""
+    from storage_helpers import new_generation
+
+    handlers = Handlers(service)
+    cancelled = service.store.add(new_generation("a green star", images=0, status="cancelled", error="cancelled"))
+    out = list(handlers.upscale([cancelled.id, 0], 2.0, []))
+    note = out[-1][1].replace("\\", "")  # Markdown-escaped on the page
+    assert note == f"⚠️ Generation #{cancelled.id} has no image to upscale (it is cancelled).", note
+    list(handlers.generate("one", "", "turbo", 1, 0.0, 256, 256, 5, False, 1, [], None))
+    made = service.store.page().items[0]
+    service.store.absolute(made.images[0].path).unlink()
+    with pytest.raises(gr.Error) as gone:
+        handlers.send_to_image([made.id, 0])
+    assert "image file is gone from the data folder" in gone.value.message
+    running = service.store.start(new_generation("still drawing", images=0).fields)
+    with pytest.raises(gr.Error, match="still running"):
+        handlers.delete([running.id, 0])
+    shown = []
+    monkeypatch.setattr(gr, "Info", shown.append)
+    handlers.bulk_delete([running.id, made.id])
+    assert shown == ["Deleted 1 generation. 1 still running was kept."]
+    assert service.get(running.id).status == "running"

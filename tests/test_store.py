@@ -95,6 +95,17 @@ def test_delete_removes_rows_and_files(store):
     assert store.count() == 0
 
 
+def test_a_running_generation_is_not_deleted_under_its_run(store):
+    """A hostile pass deleted a running row from History: the run went on for all its steps, then found its row gone
+    and threw the image away. One delete refuses it; a bulk delete keeps it and deletes the rest."""
+    running = store.start(new_generation("still drawing", images=0).fields)
+    done = store.add(new_generation("done"))
+    with pytest.raises(StorageError, match=rf"^Generation #{running.id} is still running; cancel it or let it finish"):
+        store.delete(running.id)
+    assert store.delete_many([running.id, done.id]) == 1
+    assert store.get(running.id).status == "running" and store.get(done.id) is None
+
+
 def test_failed_and_cancelled_are_recorded_without_images(store):
     store.add(new_generation(images=0, status="failed", error="out of memory"))
     store.add(new_generation(images=0, status="cancelled", error="cancelled"))

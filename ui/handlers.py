@@ -113,6 +113,8 @@ def for_people(error: Exception) -> str:
         return f"{name[:1].upper()}{name[1:]} {error.problem}{shown}."
     if isinstance(error, USER_ERRORS):
         return str(error)
+    if isinstance(error, gr.Error):  # a handler's own sentence
+        return str(error.message)
     log.error("Unexpected error in a handler", exc_info=error)
     return f"Something went wrong ({type(error).__name__}). The server is still running; try again."
 
@@ -434,10 +436,7 @@ class Handlers:
             yield gr.skip(), "**Cancelled** before it started", gr.skip(), gr.skip(), gr.skip()
             return
         try:
-            generation, position = self._selection(selected)
-            path = self.service.image_path(generation, position)
-            if path is None:
-                raise gr.Error("That generation has no image to upscale.", print_exception=False)
+            path = self._image_file(selected, "to upscale")
             start = hires_source(path, float(factor))
             values = self._settings_of(selected)
             loras, lora_notes = self._carried_loras(values["loras"])
@@ -471,11 +470,20 @@ class Handlers:
     @friendly
     def send_to_image(self, selected: Any):
         """A result or history image into the Generate tab's image editor: (editor, image panel, tabs)."""
+        path = self._image_file(selected, "to send")
+        return editor_value(path), gr.Accordion(open=True), gr.Tabs(selected="generate")
+
+    def _image_file(self, selected: Any, purpose: str) -> str:
+        """The PNG of a selected result or history image, or a sentence: a failed or cancelled run has none, and a
+        file removed outside the app is gone (both read "Something went wrong" before)."""
         generation, position = self._selection(selected)
         path = self.service.image_path(generation, position)
         if path is None:
-            raise gr.Error("That generation has no image.", print_exception=False)
-        return editor_value(path), gr.Accordion(open=True), gr.Tabs(selected="generate")
+            raise StorageError(f"Generation #{generation.id} has no image {purpose} (it is {generation.status}).")
+        if not Path(path).is_file():
+            raise StorageError(f"Generation #{generation.id}'s image file is gone from the data folder (removed "
+                               "outside the app?).")  # fmt: skip
+        return path
 
     @friendly
     def reuse_source(self, selected: Any):
@@ -854,10 +862,13 @@ class Handlers:
     def bulk_delete(self, values: Any):
         ids = self.picked(values)
         if ids:
-            copies = served_copies(self.files_of(list(filter(None, map(self.service.store.get, ids)))))
+            chosen = list(filter(None, map(self.service.store.get, ids)))
+            copies = served_copies(self.files_of(chosen))
             deleted = self.service.delete_many(ids)
             remove_served_copies(copies)
-            gr.Info(f"Deleted {deleted} generation{'' if deleted == 1 else 's'}.")
+            running = sum(generation.status == "running" for generation in chosen)
+            kept = f" {running} still running {'was' if running == 1 else 'were'} kept." if running else ""
+            gr.Info(f"Deleted {deleted} generation{'' if deleted == 1 else 's'}.{kept}")
         return gr.update(visible=False)
 
     @friendly
