@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,9 @@ class HistoryStore:
         self._sessions: sessionmaker[Session] | None = None
         self.repair_report: RepairReport | None = None  # what the start-up repair of `open` found (None: not run)
         self._lock = FolderLock(self.data_dir)  # `open` repairs only a folder no other process has open
+        # One import at a time: each reads the rows already here once, at its start, so two of the same zip at once
+        # both added every row (a hostile pass: 796 rows of 400). Another process's import is not covered.
+        self._import_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def open(self, *, repair: bool = True) -> HistoryStore:
@@ -337,6 +341,10 @@ class HistoryStore:
         `screen`: the app's content policy on each entry before it is added, and on each init image and mask before it
         is written (studio.safety.ImportScreen). A `blocked` entry is added without images or init image, as the app
         records one; init images no added row names are not kept."""
+        with self._import_lock:
+            return self._import_archive(source, check, screen)
+
+    def _import_archive(self, source: Path, check: EntryCheck | None, screen: ImportScreen | None) -> tuple[int, int]:
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import new_generation
 
-from storage import HistoryFilter, StorageError
+from storage import HistoryFilter, HistoryStore, StorageError
 from storage.pnginfo import read_parameters
 
 
@@ -244,6 +244,29 @@ def test_bulk_favorite_and_delete(store):
     files = [store.absolute(i.path) for g in rows[:2] for i in g.images]
     assert store.delete_many([rows[0].id, rows[1].id]) == 2
     assert store.count() == 1 and not any(path.exists() for path in files)
+
+
+def test_two_imports_of_one_zip_at_once_add_its_rows_once(store, tmp_path):
+    """A hostile pass imported one zip from two tabs at once: each read the rows already here before either added
+    any, and every row came in twice."""
+    for i in range(12):
+        store.add(new_generation(f"row {i}", seed=i))
+    archive = tmp_path / "history.zip"
+    store.export_archive(archive)
+    other = HistoryStore(tmp_path / "other").open()
+    start, results = threading.Barrier(2), []
+
+    def run() -> None:
+        start.wait()
+        results.append(other.import_archive(archive))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [(0, 12), (12, 0)] and other.count() == 12
+    other.close()
 
 
 def test_export_then_import_into_another_database(store, tmp_path):
