@@ -268,8 +268,10 @@ class ArchiveReader:
             document = json.loads(text)
         except KeyError:
             raise StorageError("That zip is not a history export (it has no history.json).") from None
-        except (ValueError, zipfile.BadZipFile):
+        except ValueError:
             raise StorageError("The history.json in that zip is not valid JSON.") from None
+        except UNREADABLE as error:
+            raise StorageError(f"The history.json in that zip {unreadable(error)}.") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             given = document.get("format") if isinstance(document, dict) else None
             if isinstance(given, str) and given.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
@@ -324,8 +326,22 @@ class ArchiveReader:
             raise StorageError(f"{name} in that zip is too large to be {what} of this app.")
         try:
             return self._zip.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError):  # a CRC that does not match, a cut-off member
-            raise StorageError(f"{name} in that zip is corrupt (it cannot be read back).") from None
+        except UNREADABLE as error:
+            raise StorageError(f"{name} in that zip {unreadable(error)}.") from None
+
+
+# How zipfile says a member cannot be read: a CRC that does not match or a cut-off member (BadZipFile, OSError,
+# EOFError), a password (RuntimeError), a compression method it lacks (NotImplementedError).
+UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
+
+
+def unreadable(error: BaseException) -> str:
+    """Why a zip member cannot be read, after "<name> in that zip": a sentence's end."""
+    if isinstance(error, RuntimeError) and "encrypted" in str(error):
+        return "is encrypted (exports are not; unzip it with its password and zip it again without one)"
+    if isinstance(error, NotImplementedError):
+        return "is compressed in a way this app cannot read (exports are stored uncompressed or deflated)"
+    return "is corrupt (it cannot be read back)"
 
 
 def _checked_png(png: bytes, name: str) -> PILImage.Image:
@@ -335,6 +351,6 @@ def _checked_png(png: bytes, name: str) -> PILImage.Image:
         if image.format != "PNG" or image.width * image.height > MAX_PIXELS:
             raise StorageError(f"{name} in that zip is not a PNG of at most 2048×2048.")
         image.load()
-    except (OSError, PILImage.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):  # ValueError: a text chunk over 1 MB
         raise StorageError(f"{name} in that zip is not a readable PNG.") from None
     return image

