@@ -63,5 +63,9 @@ class GenerationFailed(Krea2Error):
     """The model ran but the output is unusable (NaN, all black) or the device ran out of memory."""
 
 
+class NonFiniteImage(GenerationFailed):
+    """The decoded image holds NaN or infinite values."""
+
+
 class LoraError(Krea2Error):
     """A LoRA cannot be found, read or applied; the message names the file and what was expected."""

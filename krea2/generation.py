@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .content_filter import ImageClassifierFilter, blocked_images
-from .errors import Cancelled, ContentBlocked, GenerationFailed
+from .errors import Cancelled, ContentBlocked, GenerationFailed, NonFiniteImage
 from .image_to_image import start_from_image
 from .lru_cache import LRUCache
 from .pipeline import Krea2StudioPipeline
@@ -286,7 +286,7 @@ def to_pil_images(batch: torch.Tensor) -> list[Image.Image]:
     ones `output_type="pil"` would give."""
     batch = batch.float()
     if not bool(torch.isfinite(batch).all()):
-        raise GenerationFailed("The model produced NaN values; no image was saved. Try another seed or settings.")
+        raise NonFiniteImage("The model produced NaN values; no image was saved. Try another seed or settings.")
     if bool((batch.amax(dim=(1, 2, 3)) < 1.0 / 255).any()):
         raise GenerationFailed("The model produced an all-black image; no image was saved.")
     pixels = (batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()

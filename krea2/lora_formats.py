@@ -109,6 +109,8 @@ def convert_kohya(
         if down is None or up is None:
             raise LoraFormatError(f"LoRA module '{name}' has only one of lora_down/lora_up")
         rank = down.shape[0]
+        if ALPHA in parts and parts[ALPHA].numel() != 1:  # float() of two values raised a bare ValueError
+            raise LoraFormatError(f"LoRA module '{name}' has an alpha of {parts[ALPHA].numel()} values, not one")
         alpha = float(parts[ALPHA]) if ALPHA in parts else float(rank)
         target = f"transformer.{modules[_module_key(name)]}"
         converted[f"{target}.lora_A.weight"] = down

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 from .content_filter import ContentPolicy, ImageClassifierFilter
-from .errors import GenerationFailed, Krea2Error, LoadError, LoraError, NotReady
+from .errors import GenerationFailed, Krea2Error, LoadError, LoraError, NonFiniteImage, NotReady
 from .generation import (
     AppliedLora,
     GenerationResult,
@@ -646,17 +646,27 @@ class ModelManager:
             self.residency.activate(request.checkpoint)
         request = request.seeded()
         loras = self._fold_loras(pipe, request)
-        generated = generate(
-            pipe,
-            request,
-            prompt_cache=self._prompt_cache,
-            device=self.device,
-            latent_rgb=self.latent_rgb,
-            on_step=on_step,
-            cancel_event=cancel_event,
-            image_filter=image_filter,
-            images_at_once=self.plan.images_per_call if self.plan is not None else 0,
-        )
+        try:
+            generated = generate(
+                pipe,
+                request,
+                prompt_cache=self._prompt_cache,
+                device=self.device,
+                latent_rgb=self.latent_rgb,
+                on_step=on_step,
+                cancel_event=cancel_event,
+                image_filter=image_filter,
+                images_at_once=self.plan.images_per_call if self.plan is not None else 0,
+            )
+        except NonFiniteImage as error:
+            if not loras:
+                raise
+            # A LoRA of finite but huge values passes every check and overflows once applied: say so, not "seed".
+            names = ", ".join(lora.name for lora in loras)
+            raise NonFiniteImage(
+                f"The model produced NaN values with the LoRA{'s' if len(loras) > 1 else ''} {names}; no image was "
+                "saved. A LoRA may be damaged or too strong: try a lower weight, or run without it."
+            ) from error
         return GenerationResult(
             request=request,
             images=generated.images,

@@ -107,6 +107,11 @@ def test_content_refusals_say_what_was_expected(tmp_path, transformer, shapes):
     full_size = save(tmp_path / "full-size.safetensors", {f"{key}.lora_A.weight": torch.ones(4, 6144),
                                                           f"{key}.lora_B.weight": torch.ones(6144, 4)})  # fmt: skip
     assert "maps 192 features to 192, but the LoRA's maps 6144 to 6144" in refusal(full_size, shapes)
+    ranks = save(tmp_path / "ranks.safetensors", {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up[:, :2]})
+    assert f"its two matrices have different ranks ({down.shape[0]} and 2)" in refusal(ranks, shapes)
+    kohya = pair("lora_unet_blocks_0_attn_wq", down, up, "lora_down", "lora_up")
+    kohya["lora_unet_blocks_0_attn_wq.alpha"] = torch.tensor([4.0, 8.0])  # a hostile pass: "Something went wrong"
+    assert "has an alpha of 2 values, not one" in refusal(save(tmp_path / "alphas.safetensors", kohya), shapes)
     nan = save(tmp_path / "nan.safetensors", {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up * torch.nan})
     assert "NaN or infinite" in refusal(nan, shapes)
     for fmt in ("krea", "kohya", "diffusers"):  # an alpha tensor (kohya folds it into lora_up) or PEFT's metadata

@@ -202,3 +202,20 @@ def test_a_missing_lora_or_no_library_is_a_sentence(lora_manager, manager):
         lora_manager.lora_files(GenerationRequest(prompt="x", loras=["nowhere:1"]))
     with pytest.raises(InvalidRequest, match="must be empty: this app has no LoRA folder"):
         manager.lora_files(GenerationRequest(prompt="x", loras=["anything:1"]))
+
+
+def test_a_lora_that_overflows_is_named_when_the_image_comes_out_nan(lora_manager, lora_dir):
+    """A hostile pass: a LoRA of finite but huge values (the demo LoRA times 1e30) passes every check, overflows once
+    applied, and the error blamed the seed. It names the LoRA now; the checkpoint's weights come back unharmed."""
+    from krea2.errors import NonFiniteImage
+
+    factors = random_factors(lora_manager.pipes["turbo"].transformer)
+    huge = {module: (down * 1e18, up * 1e18) for module, (down, up) in factors.items()}
+    path = write_lora(lora_dir / "overflowing.safetensors", huge, "diffusers")
+    try:  # the folder is the session's: other tests list it
+        base, _ = draw(lora_manager)
+        with pytest.raises(NonFiniteImage, match=rf"^The model produced NaN values with the LoRA {path.stem}; no "):
+            draw(lora_manager, loras=[f"{path.stem}:0.5"])
+        assert np.array_equal(draw(lora_manager)[0], base)
+    finally:
+        path.unlink()
