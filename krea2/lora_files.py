@@ -58,10 +58,27 @@ def header_length(path: Path, shown: str) -> int:
     return length
 
 
+def read_header(path: Path, shown: str) -> tuple[dict, int]:
+    """The JSON header as a table naming at least one tensor, and its length; LoraError otherwise. The hash reads it
+    too: a file whose header was not JSON was listed with the hash of nothing (e3b0c442...) and no problem."""
+    length = header_length(path, shown)
+    try:
+        with path.open("rb") as handle:
+            handle.seek(HEADER_LENGTH_BYTES)
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, RecursionError) as error:
+        raise LoraError(f"The LoRA {shown} is not a .safetensors file (its header is not valid JSON).") from error
+    if not isinstance(header, dict):
+        raise LoraError(f"The LoRA {shown} is not a .safetensors file (its header is not a table of tensors).")
+    if not any(key != "__metadata__" for key in header):
+        raise LoraError(f"The LoRA {shown} holds no tensors.")
+    return header, length
+
+
 def autov3_hash(path: Path, shown: str | None = None) -> str:
     """The file's AutoV3 hash (64 hex digits): SHA-256 of everything after the header."""
     shown = shown or path.name
-    offset = HEADER_LENGTH_BYTES + header_length(path, shown)
+    offset = HEADER_LENGTH_BYTES + read_header(path, shown)[1]
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:
@@ -88,17 +105,7 @@ def read_lora(path: Path, shown: str | None = None) -> LoraContents:
     from safetensors import SafetensorError, safe_open
 
     shown = shown or path.name
-    length = header_length(path, shown)
-    try:
-        with path.open("rb") as handle:
-            handle.seek(HEADER_LENGTH_BYTES)
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, RecursionError) as error:
-        raise LoraError(f"The LoRA {shown} is not a .safetensors file (its header is not valid JSON).") from error
-    if not isinstance(header, dict):
-        raise LoraError(f"The LoRA {shown} is not a .safetensors file (its header is not a table of tensors).")
-    if not any(key != "__metadata__" for key in header):
-        raise LoraError(f"The LoRA {shown} holds no tensors.")
+    read_header(path, shown)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})

@@ -65,6 +65,14 @@ def test_a_damaged_file_in_the_folder_stops_nothing_but_itself(tmp_path, factors
     assert ink.exists()
     with pytest.raises(LoraError, match="The LoRA cut"):
         library.hash(library.get("cut"))
+    # A header of the right length that is not JSON was listed with the hash of no data and no problem.
+    garbage = b"not json at all!"
+    (tmp_path / "garbage.safetensors").write_bytes(len(garbage).to_bytes(8, "little") + garbage)
+    library = LoraLibrary(tmp_path)
+    assert library.hash_or_problem(library.get("garbage")) == (
+        "",
+        "The LoRA garbage is not a .safetensors file (its header is not valid JSON).",
+    )
 
 
 def test_an_upload_is_kept_once_under_a_safe_name(tmp_path, factors):
