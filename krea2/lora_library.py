@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -254,7 +254,12 @@ def explain_hub_error(error: BaseException, repo_id: str, filename: str | None, 
 def _copy_atomic(source: Path, target: Path) -> None:
     """After this returns the file is complete under its final name; if it raises, no file is left at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=target.parent)
+    # Created as open() creates a file (0666 less the umask): mkstemp's 0600 stayed after the rename.
+    temporary = target.with_name(f".tmp-{secrets.token_hex(8)}{SUFFIX}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise LoraError(f"Could not save the LoRA {target.name}: {error.strerror or error}.") from error
     try:
         with os.fdopen(fd, "wb") as handle, source.open("rb") as incoming:
             shutil.copyfileobj(incoming, handle, 2**20)

@@ -3,6 +3,8 @@ cache (this machine is offline, as the tests are: HF_HUB_OFFLINE=1, so the Hub's
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from huggingface_hub.errors import GatedRepoError
@@ -85,6 +87,10 @@ def test_an_upload_is_kept_once_under_a_safe_name(tmp_path, factors):
     assert library.add_upload(first, "My Style!.safetensors") == added  # the same file again: kept once
     assert library.add_upload(other, "My Style!.safetensors").name == "My Style_-2"
     assert library.names() == ["My Style_", "My Style_-2"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert added.path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600 (a hostile pass)
+    assert not list((tmp_path / "loras").glob(".tmp-*"))
 
 
 def test_uploads_that_cannot_be_used_leave_nothing(tmp_path, factors):
