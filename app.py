@@ -50,9 +50,11 @@ def port_taken(host: str, port: int) -> bool:
 
 def build_app(settings: Settings, group: ProcessGroup | None = None):
     """The Gradio app and its launch arguments. Raises SystemExit(1) with a one-line message on stderr when the
-    history cannot be opened. `group`: this process is rank 0 of a context-parallel group (studio/devices.py)."""
+    history cannot be opened or the demo checkpoints are missing. `group`: this process is rank 0 of a
+    context-parallel group (studio/devices.py)."""
     from starlette.middleware import Middleware
 
+    from krea2.errors import LoadError
     from storage import HistoryStore, StorageError
     from storage.database import SQLITE_FILE, SQLITE_SIDE_FILES
     from storage.files import SERVED_DIRS
@@ -93,6 +95,9 @@ def build_app(settings: Settings, group: ProcessGroup | None = None):
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except LoadError as error:  # found before loading starts (the demo checkpoints' folder): one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     # The page is usable while models load (the status line says how far); ZeroGPU needs them loaded up front, and
     # so do the ranks of a context-parallel group, which then stop with the app.
     manager.start(background=spaces is None and group is None)

@@ -170,6 +170,25 @@ def _devices_or_auto(text: str) -> tuple[str, ...] | None:
     return None if text.strip().lower() == "auto" else _devices(text)
 
 
+DATABASES = ("sqlite", "postgresql")  # what storage/ is written and tested for
+
+
+def _database_url(text: str) -> str:
+    """A SQLAlchemy URL of a database the history supports, with a dialect SQLAlchemy has (checked here, so a typo
+    stops the start with this sentence rather than a traceback from the first connection)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(text.strip())
+        url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        url = None
+    if url is None or url.get_backend_name() not in DATABASES:
+        raise ValueError("must be a SQLite or PostgreSQL SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db")
+    return text.strip()
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text.strip()).expanduser()
     if not path.is_file():
@@ -190,7 +209,7 @@ ORIGINS = Kind("origins, comma separated", _origins)
 SOURCE = Kind("Hub repo id, folder or `.safetensors` file", str.strip)
 REPO_OR_FOLDER = Kind("Hub repo id or folder", str.strip)  # transformers' from_pretrained: no single file
 COMPONENTS = Kind("Hub repo id or folder", lambda text: _repo_or_folder(text))
-DATABASE = Kind("SQLAlchemy URL", str.strip, secret=True)  # a URL may hold a password
+DATABASE = Kind("SQLAlchemy URL", _database_url, secret=True)  # a URL may hold a password
 PROBABILITY = Kind("number 0-1", _probability)
 LABELS = Kind("labels, comma separated", _labels)
 FILE = Kind("file", _existing_file)

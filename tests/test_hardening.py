@@ -264,6 +264,25 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path):
     assert len(errors) == 1 and f"port {port}" in errors[0] and "in use" in errors[0], done.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("env", "code", "starts"),
+    [({"KREA2_DATABASE_URL": "garbage://x"}, 2, "error: KREA2_DATABASE_URL must be a SQLite or PostgreSQL"),
+     ({"KREA2_DATABASE_URL": "mysql://user@host/db"}, 2, "error: KREA2_DATABASE_URL must be a SQLite or PostgreSQL"),
+     ({"KREA2_DEMO_CHECKPOINTS": "/nonexistent"}, 1, "error: The demo checkpoints are missing")],
+    ids=["no-such-dialect", "unsupported-database", "no-demo-checkpoints"],
+)  # fmt: skip
+def test_a_bad_database_or_checkpoint_folder_stops_the_app_with_one_line(tmp_path, env, code, starts):
+    """A hostile pass: each printed a traceback (SQLAlchemy's NoSuchModuleError; the demo loader's LoadError) before,
+    or instead of, its sentence."""
+    import os
+
+    command = [sys.executable, "app.py", "--demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(starts), done.stderr[-2000:]
+
+
 def test_the_server_still_serves_after_all_of_the_above(server):
     kind, data = call(server.url, "generate", generate_body(prompt="still serving"))
     assert kind == "complete", data

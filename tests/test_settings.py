@@ -11,7 +11,6 @@ import pytest
 import app
 from studio import cli
 from studio.settings import (
-    DATABASE,
     FOLDER,
     README_END,
     REPO_OR_FOLDER,
@@ -51,7 +50,7 @@ def test_every_setting_is_described_once():
         assert f"`{spec.env}`" in markdown()
 
 
-ANY_TEXT = (TEXT, FOLDER, SOURCE, REPO_OR_FOLDER, DATABASE)  # any text names one; using it says what is wrong
+ANY_TEXT = (TEXT, FOLDER, SOURCE, REPO_OR_FOLDER)  # any text names one; using it says what is wrong
 
 
 @pytest.mark.parametrize("name", [name for name, spec in table() if spec.kind not in ANY_TEXT])
