@@ -26,6 +26,13 @@ THUMB_SIZE = 256
 IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR, STATIC_DIR = "images", "thumbs", "orphans", "static"
 SOURCES_DIR = "sources"  # init images and masks, stored once each under their sha256 (rows share them)
 SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR, SOURCES_DIR)
+
+
+def source_file(digest: str) -> str:
+    """Where an init image or mask of this sha256 is kept, relative to the data folder."""
+    return f"{SOURCES_DIR}/{digest[:2]}/{digest}.png"
+
+
 SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
 
 

@@ -2,7 +2,7 @@
 
 - temp files left by an interrupted atomic write are removed;
 - rows whose files vanished are marked (`files_missing`), and unmarked when the files come back;
-- files no row points at are moved to orphans/ (never deleted silently);
+- files no row points at (images, thumbnails, init images and masks) are moved to orphans/ (never deleted silently);
 - rows still `running` belong to generations a crash or kill stopped: they become `interrupted`, so the user sees
   what was lost. (Repair runs once at start-up, before this process accepts work, and only in a process that has
   the data folder to itself (storage/folder_lock.py), so no row it finds is live. Processes on other machines
@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .files import IMAGES_DIR, ORPHANS_DIR, TEMP_PREFIX, THUMBS_DIR
+from .files import IMAGES_DIR, ORPHANS_DIR, SOURCES_DIR, TEMP_PREFIX, THUMBS_DIR, source_file
 from .models import Generation, Image
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ def repair_files(data_dir: Path, session_scope: Callable[[], AbstractContextMana
             gone = not ((data_dir / path).is_file() and (data_dir / thumb).is_file())
             was_flagged, any_gone = missing_by_generation.get(generation_id, (flagged, False))
             missing_by_generation[generation_id] = (was_flagged, any_gone or gone)
+        for column in (Generation.source_sha256, Generation.mask_sha256):  # init images and masks rows name
+            known.update(source_file(digest) for digest in session.scalars(select(column).distinct()) if digest)
         for generation_id, (was_flagged, gone) in missing_by_generation.items():
             if gone != was_flagged:
                 session.get(Generation, generation_id).files_missing = gone
@@ -72,7 +74,8 @@ def repair_files(data_dir: Path, session_scope: Callable[[], AbstractContextMana
                     report.rows_restored += 1
         session.commit()
 
-    for top in (IMAGES_DIR, THUMBS_DIR):
+    # sources/ too: an import killed mid-way left an init image no row names (it may be someone's private photo).
+    for top in (IMAGES_DIR, THUMBS_DIR, SOURCES_DIR):
         root = data_dir / top
         if not root.is_dir():
             continue

@@ -29,13 +29,13 @@ from .database import database_problem, default_database_url, make_engine, migra
 from .errors import StorageError
 from .files import (
     IMAGES_DIR,
-    SOURCES_DIR,
     THUMBS_DIR,
     default_data_dir,
     encode_png,
     encode_thumbnail,
     remove_quietly,
     sha256,
+    source_file,
     write_atomic,
 )
 from .folder_lock import FolderLock
@@ -405,7 +405,7 @@ class HistoryStore:
     def source_relative(self, digest: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{64}", digest or ""):
             raise StorageError("That is not the address of a stored init image.")
-        return f"{SOURCES_DIR}/{digest[:2]}/{digest}.png"
+        return source_file(digest)
 
     def put_source(self, image: PILImage.Image) -> str:
         """Store an init image or mask once, under the sha256 of its PNG (written atomically, before any row points

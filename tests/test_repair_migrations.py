@@ -36,6 +36,26 @@ def test_repair_marks_vanished_moves_orphans_removes_temp(store):
     assert store.repair().rows_marked_missing == 0  # already marked: nothing new
 
 
+def test_repair_moves_init_images_no_row_names_and_keeps_the_rest(store):
+    """A hostile pass killed a server mid-import: the init image written before its row stayed in sources/ for good
+    (repair walked only images/ and thumbs/), though it may be someone's private photo."""
+    from PIL import Image
+
+    named = store.put_source(Image.new("RGB", (64, 64), (200, 10, 10)))
+    mask = store.put_source(Image.new("L", (64, 64), 255))
+    store.add(new_generation("inpainted", source_sha256=named, mask_sha256=mask, mode="inpaint", strength=0.7))
+    left = store.put_source(Image.new("RGB", (64, 64), (10, 10, 200)))  # as an import killed before its row
+    temp = store.absolute(store.source_relative(left)).with_name(".tmp-half.png")
+    temp.write_bytes(b"half")
+    report = store.repair()
+    assert (report.orphans_moved, report.temp_removed) == (1, 1)
+    assert (
+        store.absolute(store.source_relative(named)).is_file() and store.absolute(store.source_relative(mask)).is_file()
+    )
+    assert not store.absolute(store.source_relative(left)).exists() and not temp.exists()
+    assert (store.data_dir / "orphans" / store.source_relative(left)).is_file()
+
+
 def test_migrations_from_empty_and_rerun(database_url, tmp_path):
     migrate(database_url)
     engine = make_engine(database_url)
