@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--strength", help=f"share of the schedule redrawn, above 0 up to 1 ({redrawn})")
     start.add_argument("--feather", default="0", help="blur the mask's edge by this many pixels")
     start.add_argument("--outpaint", metavar="L,R,T,B", help="extend the canvas by these pixels on each side")
-    gen.add_argument("--out", help="also copy the first image here (PNG, metadata intact)")
+    gen.add_argument("--out", help="also write the image here (a .png, metadata intact; more images of a batch as "
+                     "NAME-2.png, NAME-3.png...)")  # fmt: skip
     gen.add_argument("--no-history", action="store_true", help="do not record in the history database")
     gen.add_argument("--lora", action="append", dest="loras", metavar="NAME:WEIGHT",
                      help="a LoRA of the LoRA folder, weight -2..2 (default 1); repeat for up to 4")  # fmt: skip
@@ -95,28 +97,57 @@ def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     return image_source(args.image, strength=strength, mask=args.mask, feather=feather, outpaint=outpaint, size=size)
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """`--out` as far as it can be checked before a model loads: a hostile pass got a PNG inside `c.jpg`, an image
+    made and thrown away (`--no-history` alone), and an unwritable path found only after the run."""
+    out = getattr(args, "out", None)
+    if getattr(args, "no_history", False) and not out:
+        raise InvalidRequest("--out", None, "is needed with --no-history (the image would be made and thrown away)")
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise InvalidRequest("--out", out, "is a folder; give the file to write, e.g. picture.png")
+    if path.suffix.lower() != ".png":
+        raise InvalidRequest("--out", out, "must end in .png (the image is written as a PNG, its metadata in it)")
+    try:  # the folder made and a file written there now, as the image will be
+        path.absolute().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.absolute().parent):
+            pass
+    except OSError as error:
+        raise InvalidRequest("--out", out, f"cannot be written there ({error.strerror or error})") from None
+
+
+def out_paths(out: Path, count: int) -> list[Path]:
+    """Where `--out` puts each image of a batch: the first at `out`, the others beside it (`a.png`, `a-2.png`...)."""
+    return [out, *(out.with_name(f"{out.stem}-{number}{out.suffix}") for number in range(2, count + 1))]
+
+
 def _write_out(
     out: Path, paths: list[str], result: GenerationResult, sign_png: Callable[[bytes], bytes] | None
-) -> None:
-    """`--out`: the history's copy of the first image, or (with `--no-history`) the image encoded with its metadata,
-    written whole or not at all (StorageError names `out` otherwise)."""
+) -> list[Path]:
+    """`--out`: the history's copy of each image, or (with `--no-history`) each image encoded with its metadata,
+    each written whole or not at all (StorageError names the file otherwise). Returns the files written."""
     from storage.files import atomic_file, encode_png
+    from storage.pnginfo import build_pnginfo
 
-    try:
-        if paths:
-            data = Path(paths[0]).read_bytes()
-        else:
-            from storage.pnginfo import build_pnginfo
+    from .recording import png_parameters
 
-            from .recording import png_parameters
-
-            params = {**png_parameters(result.request, result.loras), "seed": result.seeds[0]}
-            png = encode_png(result.images[0], build_pnginfo(params))
-            data = sign_png(png) if sign_png is not None else png
-        with atomic_file(out) as handle:
-            handle.write(data)
-    except OSError as error:
-        raise StorageError(f"--out {out} could not be written ({error.strerror or error}).") from None
+    written = []
+    for index, target in enumerate(out_paths(out, len(result.images))):
+        try:
+            if paths:
+                data = Path(paths[index]).read_bytes()
+            else:
+                params = {**png_parameters(result.request, result.loras), "seed": result.seeds[index]}
+                png = encode_png(result.images[index], build_pnginfo(params))
+                data = sign_png(png) if sign_png is not None else png
+            with atomic_file(target) as handle:
+                handle.write(data)
+        except OSError as error:
+            raise StorageError(f"--out {target} could not be written ({error.strerror or error}).") from None
+        written.append(target)
+    return written
 
 
 def _generate(
@@ -176,11 +207,11 @@ def _generate(
     if args.out:
         out = Path(args.out).absolute()  # both paths printed absolute, like the history copies
         try:
-            _write_out(out, paths, result, sign_png)
+            written = _write_out(out, paths, result, sign_png)
         except StorageError as error:  # the image is made (and in the history, when recorded): say where it is
             kept = f" The image is in the history as generation {generation_id}." if generation_id is not None else ""
             raise StorageError(f"{error}{kept}") from None
-        paths.insert(0, str(out))
+        paths[:0] = [str(path) for path in written]
     line = {
         "checkpoint": result.request.checkpoint,
         "seed": result.request.seed,
@@ -261,8 +292,7 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     from .signing import png_signer
 
     try:
-        if getattr(args, "out", None) and Path(args.out).is_dir():  # found before any model loads, not after the run
-            raise InvalidRequest("--out", args.out, "is a folder; give the file to write, e.g. picture.png")
+        check_out(args)  # found before any model loads, not after the run
         settings = load_settings(environ, args)
         request = request_of(args, default_size(uses_demo(settings)))
         policy, sign_png = content_policy(settings), png_signer(settings)

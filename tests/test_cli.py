@@ -67,22 +67,49 @@ def test_cli_bad_input_is_exit_2_and_one_line(capsys):
         assert caught.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
 
 
-def test_cli_out_as_a_folder_is_bad_input_and_an_unwritable_out_says_where_the_image_is(tmp_path, capsys,
-                                                                                        demo_sources):  # fmt: skip
-    """`--out` naming a folder stopped with IsADirectoryError's traceback after the run (a hostile pass): it is bad
-    input, found before anything loads. A file that cannot be written is one line that says the generation is kept."""
-    assert cli.run(parsed("--prompt", "x", "--out", str(tmp_path)), environ={}) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --out: is a folder") and len(err.strip().splitlines()) == 1, err
+def test_cli_out_is_checked_before_the_run_and_a_failed_write_says_where_the_image_is(tmp_path, capsys, monkeypatch,
+                                                                                      demo_sources):  # fmt: skip
+    """`--out` naming a folder stopped with IsADirectoryError's traceback after the run; a hostile pass then got a
+    PNG inside `c.jpg`, an image made and thrown away (`--no-history` alone) and an unwritable path found only after
+    the run. Each is bad input now, found before anything loads. A write that fails after the run is one line that
+    says the generation is kept."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
+    for args, starts in ((["--out", str(tmp_path)], "error: --out: is a folder"),
+                         (["--out", str(tmp_path / "c.jpg")], "error: --out: must end in .png"),
+                         (["--no-history"], "error: --out: is needed with --no-history"),
+                         (["--out", str(blocker / "fox.png")], "error: --out: cannot be written there")):  # fmt: skip
+        assert cli.run(parsed("--prompt", "x", *args), environ={}) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(starts) and len(err.strip().splitlines()) == 1, err
     env = {"KREA2_DATA_DIR": str(tmp_path / "data"), "KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent)}
     args = ("--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256")
-    assert cli.run(parsed(*args, "--out", str(blocker / "fox.png")), environ=env) == 1
+    import storage.files
+
+    real = storage.files.atomic_file
+
+    def disk_full(path, suffix=""):  # full for --out alone: the history's copy is written
+        if path == tmp_path / "fox.png":
+            raise OSError(28, "No space left on device")
+        return real(path, suffix)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(storage.files, "atomic_file", disk_full)
+        assert cli.run(parsed(*args, "--out", str(tmp_path / "fox.png")), environ=env) == 1
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: --out {blocker / 'fox.png'} could not be")
-    assert err.strip().endswith("). The image is in the history as generation 1."), err  # the OS's reason before
-    assert not list(tmp_path.glob("file*/*"))
+    assert err == f"error: --out {tmp_path / 'fox.png'} could not be written (No space left on device). The image is " \
+                  "in the history as generation 1.\n", err  # fmt: skip
+    assert not (tmp_path / "fox.png").exists()
+
+
+def test_cli_out_takes_every_image_of_a_batch(tmp_path, capsys, demo_sources):
+    """With --no-history, --out was the only copy and held the first image alone: the second was made and lost."""
+    env = {"KREA2_DEMO_CHECKPOINTS": str(Path(demo_sources["turbo"]).parent)}
+    args = ("--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256", "--seed", "4")
+    assert cli.run(parsed(*args, "--num-images", "2", "--no-history", "--out", str(tmp_path / "n.png")), env) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["paths"] == [str(tmp_path / "n.png"), str(tmp_path / "n-2.png")] and line["seeds"] == [4, 5]
+    assert "Seed: 5" in read_parameters(tmp_path / "n-2.png")["parameters"]
 
 
 def test_cli_bad_engine_setting_is_exit_2_and_one_line(capsys):
