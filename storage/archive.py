@@ -51,6 +51,7 @@ MAX_GENERATIONS = 100_000
 MAX_HISTORY_JSON_BYTES = 512 * 2**20
 MAX_INTEGER = 2**63 - 1  # a database integer's range (a larger one failed the import with an OverflowError)
 MAX_ID_CHARS = 64  # comparison ids are 32 hex digits
+Progress = Callable[[int, int], None]  # (done, total) generations of an export or import
 EntryCheck = Callable[[dict[str, Any]], None]  # raises ValueError(field name) for an entry the app could not have made
 
 
@@ -87,11 +88,16 @@ def source_name(digest: str) -> str:
 
 
 def write_archive(
-    target: Path, rows: list[Generation], absolute: Callable[[str], Path], source_file: Callable[[str], Path]
+    target: Path,
+    rows: list[Generation],
+    absolute: Callable[[str], Path],
+    source_file: Callable[[str], Path],
+    on_progress: Progress | None = None,
 ) -> None:
     """The zip is written to a temporary file beside `target` and renamed: a reader never sees half an archive.
     `source_file(digest)`: the data folder's file of an init image or mask. One lost on disk is left out and its row
-    travels without the link (the mode and strength stay), so the archive holds every source its rows name."""
+    travels without the link (the mode and strength stay), so the archive holds every source its rows name.
+    `on_progress(done, total)`: after each generation written."""
     target = Path(target)
     try:
         # The zip is closed (its central directory written) inside the block, before atomic_file fsyncs and renames.
@@ -126,6 +132,8 @@ def write_archive(
                 loras = " ".join(f"{lora['name']}:{lora['weight']:g}" for lora in record["loras"])
                 cells = {**record, "loras": loras, "images": " ".join(f["file"] for f in files)}
                 writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
+                if on_progress is not None:
+                    on_progress(len(records), len(rows))
             document = json.dumps({"format": FORMAT, "generations": records}, indent=1, ensure_ascii=False)
             archive.writestr("history.json", document.encode("utf-8"))
             archive.writestr("history.csv", table.getvalue())
@@ -305,6 +313,9 @@ class ArchiveReader:
             raise StorageError(f"{name} in that zip is corrupt (its content does not match its name).")
         _checked_png(png, name)
         return png
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def generations(self) -> Iterator[NewGeneration]:
         """The NewGeneration of each exported generation; the PNGs keep their bytes (and so their metadata)."""

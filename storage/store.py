@@ -24,7 +24,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .archive import ArchiveReader, EntryCheck, ImportScreen, write_archive
+from .archive import ArchiveReader, EntryCheck, ImportScreen, Progress, write_archive
 from .database import database_problem, default_database_url, make_engine, migrate
 from .errors import StorageError
 from .files import (
@@ -311,9 +311,12 @@ class HistoryStore:
         self.forget_sources(sources)
         return len(rows)
 
-    def export_archive(self, target: Path, generation_ids: list[int] | None = None) -> int:
+    def export_archive(
+        self, target: Path, generation_ids: list[int] | None = None, on_progress: Progress | None = None
+    ) -> int:
         """Write a zip of the history (all of it, or the generations named) to `target`, atomically: history.json
-        and history.csv (one row per generation) and every PNG as stored, metadata intact. Returns the count."""
+        and history.csv (one row per generation) and every PNG as stored, metadata intact. Returns the count.
+        `on_progress(done, total)`: after each generation written."""
         if generation_ids is None:
             with self.session() as session:
                 rows = list(session.scalars(select(Generation).order_by(Generation.id)))
@@ -321,7 +324,8 @@ class HistoryStore:
             with self.session() as session:
                 query = select(Generation).where(Generation.id.in_(generation_ids)).order_by(Generation.id)
                 rows = list(session.scalars(query))
-        write_archive(target, rows, self.absolute, lambda digest: self.absolute(self.source_relative(digest)))
+        source = lambda digest: self.absolute(self.source_relative(digest))  # noqa: E731
+        write_archive(target, rows, self.absolute, source, on_progress)
         return len(rows)
 
     def import_archive(
@@ -329,6 +333,7 @@ class HistoryStore:
         source: Path,
         check: EntryCheck | None = None,
         screen: ImportScreen | None = None,
+        on_progress: Progress | None = None,
     ) -> tuple[int, int]:
         """Add the generations of an export (new ids; images and thumbnails written atomically as by `add`).
         Ones already here (same time, prompt and seed) are skipped, so importing twice adds nothing. The init images
@@ -340,11 +345,14 @@ class HistoryStore:
         rest.
         `screen`: the app's content policy on each entry before it is added, and on each init image and mask before it
         is written (studio.safety.ImportScreen). A `blocked` entry is added without images or init image, as the app
-        records one; init images no added row names are not kept."""
+        records one; init images no added row names are not kept.
+        `on_progress(done, total)`: after each entry added or skipped."""
         with self._import_lock:
-            return self._import_archive(source, check, screen)
+            return self._import_archive(source, check, screen, on_progress)
 
-    def _import_archive(self, source: Path, check: EntryCheck | None, screen: ImportScreen | None) -> tuple[int, int]:
+    def _import_archive(
+        self, source: Path, check: EntryCheck | None, screen: ImportScreen | None, on_progress: Progress | None
+    ) -> tuple[int, int]:
         with self.session() as session:
             seen = {(naive_utc(at), prompt, seed) for at, prompt, seed in
                     session.execute(select(Generation.created_at, Generation.prompt, Generation.seed))}  # fmt: skip
@@ -354,19 +362,21 @@ class HistoryStore:
         with ArchiveReader(source, check) as archive:
             try:
                 refused = self._import_sources(archive, written, screen)
-                for new in archive.generations():
+                for done, new in enumerate(archive.generations(), start=1):
                     key = (naive_utc(new.fields["created_at"]), new.fields["prompt"], new.fields.get("seed"))
                     if key in seen:
                         skipped += 1
-                        continue
-                    new = screen(new) if screen is not None else new
-                    unlinked = {**new.fields, "source_sha256": None, "mask_sha256": None}
-                    if new.fields["status"] == "blocked":  # never an image, nor the picture it started from
-                        new = replace(new, fields=unlinked, images=[])
-                    elif {new.fields["source_sha256"], new.fields["mask_sha256"]} & refused:  # a flagged init image
-                        new = replace(new, fields=unlinked)
-                    added_ids.append(self.add(new).id)
-                    seen.add(key)
+                    else:
+                        new = screen(new) if screen is not None else new
+                        unlinked = {**new.fields, "source_sha256": None, "mask_sha256": None}
+                        if new.fields["status"] == "blocked":  # never an image, nor the picture it started from
+                            new = replace(new, fields=unlinked, images=[])
+                        elif {new.fields["source_sha256"], new.fields["mask_sha256"]} & refused:  # a flagged one
+                            new = replace(new, fields=unlinked)
+                        added_ids.append(self.add(new).id)
+                        seen.add(key)
+                    if on_progress is not None:
+                        on_progress(done, len(archive))
             except BaseException:
                 self._undo_import(added_ids, written)
                 raise

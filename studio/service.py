@@ -27,6 +27,7 @@ from krea2.lora_weights import check_is_lora
 from krea2.manager import GenerationResult, ManagerStatus, ModelManager
 from krea2.request import MAX_PROMPT_CHARS, HistoryQuery, LoraChoice
 from storage import HistoryFilter, HistoryStore, Page, StorageError
+from storage.archive import Progress
 from storage.files import STATIC_DIR
 from storage.models import Generation
 from storage.models import Image as ImageRow
@@ -414,7 +415,7 @@ class StudioService:
     def delete_many(self, generation_ids: list[int]) -> int:
         return self.store.delete_many(generation_ids)
 
-    def export(self, generation_ids: list[int] | None = None) -> tuple[Path, int]:
+    def export(self, generation_ids: list[int] | None = None, on_progress: Progress | None = None) -> tuple[Path, int]:
         """A zip of these generations (or all) in a temporary folder Gradio may serve. Exports older than an hour
         are removed first: each is a copy of the history and would otherwise pile up."""
         import tempfile
@@ -427,11 +428,12 @@ class StudioService:
                 old.unlink(missing_ok=True)
         what = "all" if generation_ids is None else f"{len(generation_ids)}-selected"
         target = folder / f"krea2-history-{what}-{uuid.uuid4().hex[:8]}.zip"
-        return target, self.store.export_archive(target, generation_ids)
+        return target, self.store.export_archive(target, generation_ids, on_progress)
 
-    def import_archive(self, path: str | Path) -> tuple[int, int]:
+    def import_archive(self, path: str | Path, on_progress: Progress | None = None) -> tuple[int, int]:
+        """`on_progress(done, total)`: after each entry (storage's HistoryStore.import_archive)."""
         screen = ImportScreen(self.manager.content_policy)
-        return self.store.import_archive(Path(path), check=check_imported, screen=screen)
+        return self.store.import_archive(Path(path), check=check_imported, screen=screen, on_progress=on_progress)
 
     # ------------------------------------------------------------------------------------------------ PNG info
     def png_info(self, path: str | Path) -> dict[str, Any]:

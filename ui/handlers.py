@@ -261,6 +261,11 @@ class StepClock:
         return text + (f" · about {duration(left)} left" if left is not None else " · estimating time left…")
 
 
+def counted(progress: gr.Progress, what: str) -> Callable[[int, int], None]:
+    """A history transfer's (done, total) as Gradio's progress bar."""
+    return lambda done, total: progress((done, total), desc=what, unit="generations")
+
+
 def next_seed(seed: int, count: int) -> int:
     """The seed after a batch of `count` images that started at `seed` (wrapping inside the seed range)."""
     return (seed + count) % (MAX_SEED + 1)
@@ -880,18 +885,24 @@ class Handlers:
         return gr.update(value=str(path), visible=True)
 
     @friendly
-    def export_all(self):
-        path, count = self.service.export(None)
-        gr.Info(f"Exported {count} generations with their PNGs (history.json and history.csv inside).")
-        return gr.update(value=str(path), visible=True)
+    def export_all(self, progress: gr.Progress = gr.Progress()):
+        """(archive file, transfer line). A long history takes a while: the bar counts its generations."""
+        path, count = self.service.export(None, counted(progress, "Exporting"))
+        text = f"Exported {count} generations with their PNGs (history.json and history.csv inside)."
+        gr.Info(text)
+        return gr.update(value=str(path), visible=True), text
 
     @friendly
-    def import_history(self, path: Any):
+    def import_history(self, path: Any, progress: gr.Progress = gr.Progress()):
+        """The transfer line; the bar counts the archive's generations (100,000 of them take minutes)."""
         if not isinstance(path, str) or not path:
             raise gr.Error("Choose a history export (.zip) to import.", print_exception=False)
-        added, skipped = self.service.import_archive(path)
+        progress(0, desc="Reading the archive")
+        added, skipped = self.service.import_archive(path, counted(progress, "Importing"))
         noun = "generation" if added == 1 else "generations"
-        gr.Info(f"Imported {added} {noun}" + (f"; {skipped} were already here." if skipped else "."))
+        text = f"Imported {added} {noun}" + (f"; {skipped} were already here." if skipped else ".")
+        gr.Info(text)
+        return text
 
     @staticmethod
     def ask_delete():

@@ -275,6 +275,9 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         h_import = gr.UploadButton("Import history (.zip)", file_types=[".zip"], type="filepath",
                                                    elem_id="history-import")  # fmt: skip
                     h_archive = gr.File(label="Archive", visible=False, interactive=False, elem_id="history-archive")
+                    h_transfer = gr.Markdown(
+                        elem_id="history-transfer"
+                    )  # an export's or import's progress, then its count
                 h_nav = gr.State({"stack": [None], "next": None, "ids": []})
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
@@ -437,8 +440,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_bulk_confirm.click(handlers.bulk_delete, h_pick, h_bulk_confirm, **private).then(
             handlers.history, h_inputs, h_outputs, **private
         )
-        h_export.click(handlers.export_all, None, h_archive, **private)
-        h_import.upload(handlers.import_history, h_import, None, **private).success(
+        h_export.click(handlers.export_all, None, [h_archive, h_transfer], show_progress_on=h_transfer, **private)
+        h_import.upload(handlers.import_history, h_import, h_transfer, show_progress="full", **private).success(
             handlers.history, h_inputs, h_outputs, **private
         )
 
