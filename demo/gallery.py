@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from demo.lora_effect import demo_manager
 from demo.scenes import Composition
@@ -29,13 +29,19 @@ COMPOSITIONS = [
     Composition("single", "cross", "orange", "blue"),
 ]
 SETTINGS = {"turbo": (8, 0.0), "raw": (52, 3.5)}
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core (scripts/test.sh)
+
+
+def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans where installed, else Pillow's own scalable font (its bitmap default ran words together)."""
+    return ImageFont.truetype(str(FONT), 11) if FONT.is_file() else ImageFont.load_default(size=11)
 
 
 def draw(out: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as data:
         manager = demo_manager(Path(data))
         canvas = Image.new("RGB", (len(COMPOSITIONS) * SIDE, len(SETTINGS) * (SIDE + LABEL)), "white")
-        pen = ImageDraw.Draw(canvas)
+        pen, font = ImageDraw.Draw(canvas), label_font()
         verdicts = []
         for row, (checkpoint, (steps, guidance)) in enumerate(SETTINGS.items()):
             for column, composition in enumerate(COMPOSITIONS):
@@ -47,8 +53,8 @@ def draw(out: Path) -> list[dict]:
                 x, y = column * SIDE, row * (SIDE + LABEL)
                 canvas.paste(image, (x, y))
                 label = f"{checkpoint} {steps} steps: {'right' if right else 'wrong'}"
-                pen.text((x + 6, y + SIDE + 4), label, fill="black")
-                pen.text((x + 6, y + SIDE + 18), prompt[:40], fill="dimgray")
+                pen.text((x + 6, y + SIDE + 3), label, fill="black", font=font)
+                pen.text((x + 6, y + SIDE + 18), prompt[:40], fill="dimgray", font=font)
                 verdicts.append({"checkpoint": checkpoint, "prompt": prompt, "right": right})
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
