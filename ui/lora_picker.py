@@ -37,13 +37,14 @@ def lora_picker(prefix: str, choices: list[tuple[str, str]]) -> LoraPicker:
         for row in range(MAX_LORAS):
             number = row + 1
             with gr.Row(equal_height=True):
-                # One line per LoRA where the column allows (min widths), wrapping on a phone.
+                # One line per LoRA where the column allows (min widths), wrapping on a phone. At 110 px the
+                # weight slider lost its "2" end and the dropdown's arrow sat on "Raw + Turbo" (a newcomer's view).
                 names.append(gr.Dropdown(choices or [NO_LORA], value="", label=f"LoRA {number}", scale=3,
                                          min_width=140, elem_id=f"{prefix}-lora-{number}"))  # fmt: skip
                 weights.append(gr.Slider(*LORA_WEIGHT_RANGE, value=DEFAULT_WEIGHT, step=WEIGHT_STEP, label="Weight",
-                                         scale=2, min_width=110, elem_id=f"{prefix}-lora-{number}-weight"))  # fmt: skip
+                                         scale=2, min_width=150, elem_id=f"{prefix}-lora-{number}-weight"))  # fmt: skip
                 targets.append(gr.Dropdown(TARGET_CHOICES, value=LORA_BOTH, label="Applies to", scale=2,
-                                           min_width=110, elem_id=f"{prefix}-lora-{number}-target"))  # fmt: skip
+                                           min_width=150, elem_id=f"{prefix}-lora-{number}-target"))  # fmt: skip
         with gr.Row():
             refresh = gr.Button("↻ Refresh list", size="sm", elem_id=f"{prefix}-lora-refresh")
             upload = gr.UploadButton("Upload a LoRA (.safetensors)", file_types=[".safetensors"], type="filepath",
