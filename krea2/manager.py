@@ -675,7 +675,7 @@ class ModelManager:
             peak_gpu_bytes=generated.peak_gpu_bytes,
             device=self.device_name(),
             placement=str(self.placement),
-            warnings=prompt_warnings(pipe, request),
+            warnings=prompt_warnings(pipe, request) + lora_warnings(request, loras),
             loras=loras,
         )
 
@@ -734,3 +734,13 @@ def _label(request: GenerationRequest) -> str:
     label = f"{CHECKPOINTS[request.checkpoint].display_name} {request.width}×{request.height}"
     label += f" ×{request.num_images}" if request.num_images > 1 else ""
     return label + f", {len(request.prompt.split())}-word prompt"
+
+
+def lora_warnings(request: GenerationRequest, applied: list[AppliedLora]) -> list[str]:
+    """A LoRA named by its last part alone that the library took to be another folder's file (A1111 names a LoRA by
+    its file name): said, since a file of that name deleted from one folder made the next run use another's."""
+    return [
+        f"There is no LoRA named {choice.name}; {used.name}, the only one of that name, was used."
+        for choice, used in zip(request.active_loras, applied, strict=True)
+        if used.name != choice.name
+    ]

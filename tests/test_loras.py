@@ -219,3 +219,22 @@ def test_a_lora_that_overflows_is_named_when_the_image_comes_out_nan(lora_manage
         assert np.array_equal(draw(lora_manager)[0], base)
     finally:
         path.unlink()
+
+
+def test_a_lora_found_by_its_last_name_part_alone_is_said(lora_manager, lora_dir, style):
+    """A hostile pass deleted `pixel-style.safetensors` from the folder: the next run with `pixel-style:1` quietly used
+    `demo/pixel-style`, another file. Taking the only LoRA of that last name part (A1111's way) is kept, and said."""
+    import shutil
+
+    path = lora_dir / "elsewhere" / "lonely.safetensors"
+    path.parent.mkdir()
+    shutil.copy(lora_dir / f"{style['kohya']}.safetensors", path)
+    try:
+        _, result = draw(lora_manager, loras=["lonely:1"])
+        assert result.warnings == [
+            "There is no LoRA named lonely; elsewhere/lonely, the only one of that name, was used."
+        ]
+        assert [lora.name for lora in result.loras] == ["elsewhere/lonely"]
+        assert draw(lora_manager, loras=[f"{style['kohya']}:1"])[1].warnings == []
+    finally:
+        shutil.rmtree(path.parent)
