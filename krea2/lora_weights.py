@@ -249,14 +249,14 @@ def _check_fits(name: str, module: str, down: torch.Tensor, up: torch.Tensor, sh
     if not (down.is_floating_point() and up.is_floating_point()) or down.ndim != 2 or up.ndim != 2:
         raise LoraError(f"The LoRA {name} is malformed: '{module}' must hold two matrices of floating-point numbers.")
     out_features, in_features = shapes[module]
-    if down.shape[0] != up.shape[1]:  # read as a size mismatch, it said "maps 192 to 96, but the LoRA's maps 192 to 96"
-        raise LoraError(f"The LoRA {name} is malformed: for '{module}' its two matrices have different ranks "
-                        f"({down.shape[0]} and {up.shape[1]}).")  # fmt: skip
     if down.shape[1] != in_features or up.shape[0] != out_features:
         raise LoraError(
             f"The LoRA {name} does not fit this Krea 2 transformer: '{module}' maps {in_features} features to "
             f"{out_features}, but the LoRA's maps {down.shape[1]} to {up.shape[0]} (a LoRA for another model size?)."
         )
+    if down.shape[0] != up.shape[1]:  # sizes that fit: read as a size mismatch, it contradicted itself
+        raise LoraError(f"The LoRA {name} is malformed: for '{module}' its two matrices have different ranks "
+                        f"({down.shape[0]} and {up.shape[1]}).")  # fmt: skip
     if not (bool(torch.isfinite(down).all()) and bool(torch.isfinite(up).all())):
         raise LoraError(
             f"The LoRA {name} holds NaN or infinite weights (in '{module}'): the file is damaged or its training "

@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,23 +62,16 @@ def explain_os_error(error: OSError, path: Path) -> StorageError:
     return StorageError(f"Could not write a file in the data folder ({error.strerror or error}); nothing was saved.")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put back at once
-    os.umask(mask)
-    return mask
-
-
-# Read once, at import (before any thread writes files): setting the umask, even for a moment, is process-wide.
-UMASK = _current_umask()
-
-
-def _mode_for(path: Path) -> int:
-    """The permissions `open(path, "w")` would leave: an existing file's own, else 0666 less the umask. mkstemp's
-    temp file is 0600, which the rename would otherwise keep (a CLI --out another user could not read)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~UMASK
+def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A new, empty file in `path`'s folder (open for writing): (descriptor, name). Created as open() creates a file,
+    0666 less the umask: mkstemp's 0600 stayed after the rename (a CLI --out, history PNGs and exports another user
+    could not read)."""
+    while True:
+        name = str(path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -86,13 +79,14 @@ def atomic_file(path: Path, suffix: str = "") -> Iterator[BinaryIO]:
     """A file to write `path` through: after the block it is complete under its final name (fsynced, renamed, folder
     fsynced); if the block or the write raises, no file is left at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    fd, tmp_name = temp_file_beside(path, suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.chmod(tmp_name, _mode_for(path))
             os.fsync(handle.fileno())
+        with contextlib.suppress(OSError):  # a file written over keeps its mode (where the filesystem has modes)
+            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
         os.replace(tmp_name, path)
         tmp_name = None
         _fsync_dir(path.parent)

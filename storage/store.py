@@ -270,13 +270,14 @@ class HistoryStore:
             session.commit()
             return generation.favorite
 
-    def delete(self, generation_id: int) -> bool:
-        """Delete the rows, then the files (a file left by a crash in between becomes an orphan at repair)."""
+    def delete(self, generation_id: int, *, even_running: bool = False) -> bool:
+        """Delete the rows, then the files (a file left by a crash in between becomes an orphan at repair).
+        `even_running`: the caller's own `running` row of a start that never ran (the checkpoint was not ready)."""
         with self.session() as session:
             generation = session.get(Generation, generation_id)
             if generation is None:
                 return False
-            if generation.status == RUNNING:  # its run would go on, then find its row gone and drop the image
+            if generation.status == RUNNING and not even_running:  # its run would go on, then drop its image
                 raise StorageError(f"Generation #{generation_id} is still running; cancel it or let it finish, then "
                                    "delete it.")  # fmt: skip
             paths = [self.absolute(p) for image in generation.images for p in (image.path, image.thumb_path)]
@@ -324,8 +325,7 @@ class HistoryStore:
             with self.session() as session:
                 query = select(Generation).where(Generation.id.in_(generation_ids)).order_by(Generation.id)
                 rows = list(session.scalars(query))
-        source = lambda digest: self.absolute(self.source_relative(digest))  # noqa: E731
-        write_archive(target, rows, self.absolute, source, on_progress)
+        write_archive(target, rows, self.absolute, self.source_path, on_progress)
         return len(rows)
 
     def import_archive(
@@ -412,6 +412,10 @@ class HistoryStore:
         remove_quietly(written)
 
     # ------------------------------------------------------------------------------------------------ sources
+    def source_path(self, digest: str) -> Path:
+        """The file of a stored init image or mask."""
+        return self.absolute(self.source_relative(digest))
+
     def source_relative(self, digest: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{64}", digest or ""):
             raise StorageError("That is not the address of a stored init image.")

@@ -174,7 +174,7 @@ class StudioService:
         try:
             result = self.manager.generate(request, on_step, cancel_event)
         except NotReady:
-            self.store.delete(running.id)  # nothing ran: not a generation
+            self.store.delete(running.id, even_running=True)  # nothing ran: not a generation
             raise
         except ContentBlocked as error:  # the row says `blocked` and why; no image was made, none is saved
             log.info("Generation #%s blocked: %s", running.id, error)

@@ -317,3 +317,15 @@ def test_history_actions_on_rows_without_their_image_say_why(service, monkeypatc
     handlers.bulk_delete([running.id, made.id])
     assert shown == ["Deleted 1 generation. 1 still running was kept."]
     assert service.get(running.id).status == "running"
+
+
+def test_a_request_before_the_checkpoints_are_ready_says_so_and_leaves_no_row(service, demo_sources):
+    """The review of session s: the service deletes its own `running` row when the checkpoint is not ready, and the
+    new refusal to delete running rows turned "Krea 2 Turbo is loading" into "still running; cancel it" with a row
+    stuck at running until a restart."""
+    from krea2.errors import NotReady
+
+    loading = StudioService(ModelManager(PipelineLoader(demo_sources, torch.float32), demo=True), service.store)
+    with pytest.raises(NotReady):
+        list(loading.generate(GenerationRequest(prompt="too early", width=256, height=256), "session"))
+    assert service.store.count() == 0

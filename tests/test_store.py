@@ -161,10 +161,11 @@ def test_read_only_data_folder_is_a_clear_error(store):
 def test_files_written_atomically_get_the_permissions_open_would_give(tmp_path):
     """The temp file is 0600; the finished file is 0666 less the umask (a CLI --out another user could read), and a
     file written over keeps its own mode."""
-    from storage.files import UMASK, write_atomic
+    from storage.files import write_atomic
 
+    umask = int(re.search(r"^Umask:\s+(\d+)", Path("/proc/self/status").read_text(), re.M).group(1), 8)
     write_atomic(tmp_path / "new.png", b"x")
-    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o666 & ~UMASK != 0o600
+    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o666 & ~umask != 0o600
     (tmp_path / "kept.png").write_bytes(b"old")
     (tmp_path / "kept.png").chmod(0o640)
     write_atomic(tmp_path / "kept.png", b"new")
@@ -179,18 +180,19 @@ def test_disk_full_is_a_clear_error(tmp_path):
         pytest.skip("no /dev/full")
     import storage.files as files
 
-    real_mkstemp = files.tempfile.mkstemp
+    real_temp = files.temp_file_beside
 
-    def mkstemp_on_full(prefix, dir, suffix=""):
-        fd = os.open("/dev/full", os.O_WRONLY)
-        return fd, str(Path(real_mkstemp(prefix=prefix, suffix=suffix, dir=dir)[1]))
+    def temp_on_full(path, suffix=""):
+        fd, name = real_temp(path, suffix)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
 
-    files.tempfile.mkstemp = mkstemp_on_full
+    files.temp_file_beside = temp_on_full
     try:
         with pytest.raises(StorageError, match="full"):
             write_atomic(tmp_path / "a.png", b"x" * 100_000)
     finally:
-        files.tempfile.mkstemp = real_mkstemp
+        files.temp_file_beside = real_temp
     assert not (tmp_path / "a.png").exists()
     assert not list(tmp_path.glob(".tmp-*"))
 
