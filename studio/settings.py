@@ -174,18 +174,24 @@ DATABASES = ("sqlite", "postgresql")  # what storage/ is written and tested for
 
 
 def _database_url(text: str) -> str:
-    """A SQLAlchemy URL of a database the history supports, with a dialect SQLAlchemy has (checked here, so a typo
-    stops the start with this sentence rather than a traceback from the first connection)."""
+    """A SQLAlchemy URL of a database the history supports, with a synchronous driver that is installed (checked
+    here, so a typo or a missing driver stops the start with this sentence, not a traceback at the first query)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    usable = "must be a SQLite or PostgreSQL SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db"
     try:
         url = make_url(text.strip())
-        url.get_dialect()
+        dialect = url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError):
-        url = None
-    if url is None or url.get_backend_name() not in DATABASES:
-        raise ValueError("must be a SQLite or PostgreSQL SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db")
+        raise ValueError(usable) from None
+    if url.get_backend_name() not in DATABASES or getattr(dialect, "is_async", False):  # the store is synchronous
+        raise ValueError(usable)
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        raise ValueError(f"names the driver {url.get_driver_name()}, which is not installed (postgresql+psycopg "
+                         "is)") from None  # fmt: skip
     return text.strip()
 
 

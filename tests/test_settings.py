@@ -152,3 +152,15 @@ def test_only_the_settings_table_reads_the_environment():
     files = [ROOT / "app.py", *(p for top in ("krea2", "storage", "studio", "ui") for p in (ROOT / top).rglob("*.py"))]
     readers = {str(p.relative_to(ROOT)): lines for p in files if (lines := environment_reads(p))}
     assert set(readers) == set(ENVIRONMENT_READERS), readers
+
+
+def test_the_database_url_is_one_the_history_can_use():
+    """A hostile pass and its review: an unknown dialect, an async driver or a driver that is not installed printed
+    a traceback at the first query; each is one sentence naming the variable, before anything starts."""
+    assert load_settings({"KREA2_DATABASE_URL": "sqlite:////tmp/x.db"}).database_url == "sqlite:////tmp/x.db"
+    assert load_settings({"KREA2_DATABASE_URL": "postgresql+psycopg://u@h/db"}).database_url
+    for url in ("garbage://x", "mysql://u@h/db", "sqlite+aiosqlite:///x.db", "not a url"):
+        with pytest.raises(SettingError, match=r"^KREA2_DATABASE_URL must be a SQLite or PostgreSQL SQLAlchemy URL"):
+            load_settings({"KREA2_DATABASE_URL": url})
+    with pytest.raises(SettingError, match=r"^KREA2_DATABASE_URL names the driver pysqlcipher, which is not installed"):
+        load_settings({"KREA2_DATABASE_URL": "sqlite+pysqlcipher:///x.db"})
