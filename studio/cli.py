@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--outpaint", metavar="L,R,T,B", help="extend the canvas by these pixels on each side")
     gen.add_argument("--out", help="also write the image here (a .png, metadata intact; more images of a batch as "
                      "NAME-2.png, NAME-3.png...)")  # fmt: skip
-    gen.add_argument("--no-history", action="store_true", help="do not record in the history database")
+    gen.add_argument("--no-history", action="store_true",
+                     help="do not record in the history database (needs --out)")  # fmt: skip
     gen.add_argument("--lora", action="append", dest="loras", metavar="NAME:WEIGHT",
                      help="a LoRA of the LoRA folder, weight -2..2 (default 1); repeat for up to 4")  # fmt: skip
     add_flags(gen, GENERATE)
@@ -97,9 +98,10 @@ def source_of(args: argparse.Namespace, given: dict) -> PreparedSource:
     return image_source(args.image, strength=strength, mask=args.mask, feather=feather, outpaint=outpaint, size=size)
 
 
-def check_out(args: argparse.Namespace) -> None:
-    """`--out` as far as it can be checked before a model loads: a hostile pass got a PNG inside `c.jpg`, an image
-    made and thrown away (`--no-history` alone), and an unwritable path found only after the run."""
+def check_out(args: argparse.Namespace, count: int) -> None:
+    """`--out` for a batch of `count` images, as far as it can be checked before a model loads: a hostile pass got a
+    PNG inside `c.jpg`, an image made and thrown away (`--no-history` alone), and an unwritable path found only after
+    the run. `--out` itself is written over, as always; a batch's further files (NAME-2.png...) are not."""
     out = getattr(args, "out", None)
     if getattr(args, "no_history", False) and not out:
         raise InvalidRequest("--out", None, "is needed with --no-history (the image would be made and thrown away)")
@@ -110,6 +112,10 @@ def check_out(args: argparse.Namespace) -> None:
         raise InvalidRequest("--out", out, "is a folder; give the file to write, e.g. picture.png")
     if path.suffix.lower() != ".png":
         raise InvalidRequest("--out", out, "must end in .png (the image is written as a PNG, its metadata in it)")
+    taken = [other.name for other in out_paths(path, count)[1:] if other.exists()]
+    if taken:
+        raise InvalidRequest("--out", out, f"would write the batch's other images over {', '.join(taken)}; choose "
+                                           "another name")  # fmt: skip
     try:  # the folder made and a file written there now, as the image will be
         path.absolute().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.absolute().parent):
@@ -204,6 +210,7 @@ def _generate(
         generation = record_result(store, result)
         generation_id = generation.id
         paths = [str(store.absolute(image.path).absolute()) for image in generation.images]
+    out_files: list[str] = []
     if args.out:
         out = Path(args.out).absolute()  # both paths printed absolute, like the history copies
         try:
@@ -211,14 +218,16 @@ def _generate(
         except StorageError as error:  # the image is made (and in the history, when recorded): say where it is
             kept = f" The image is in the history as generation {generation_id}." if generation_id is not None else ""
             raise StorageError(f"{error}{kept}") from None
-        paths[:0] = [str(path) for path in written]
+        out_files = [str(path) for path in written]
+        paths[:0] = out_files
     line = {
         "checkpoint": result.request.checkpoint,
         "seed": result.request.seed,
         "seeds": result.seeds,
         "timings": result.timings.as_ms(),
         "path": paths[0] if paths else None,
-        "paths": paths,
+        "paths": paths,  # --out's files first, then the history's copies
+        "out_paths": out_files,
         "generation_id": generation_id,
         "demo": manager.demo,
         "warnings": result.warnings,
@@ -292,10 +301,10 @@ def run(args: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
     from .signing import png_signer
 
     try:
-        check_out(args)  # found before any model loads, not after the run
         settings = load_settings(environ, args)
         request = request_of(args, default_size(uses_demo(settings)))
         policy, sign_png = content_policy(settings), png_signer(settings)
+        check_out(args, request.num_images)  # last of the checks (it may make --out's folder), before any model loads
     except (InvalidRequest, SettingError, InvalidImage) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

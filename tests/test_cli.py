@@ -108,8 +108,15 @@ def test_cli_out_takes_every_image_of_a_batch(tmp_path, capsys, demo_sources):
     args = ("--demo", "--prompt", "a fox", "--steps", "1", "--width", "256", "--height", "256", "--seed", "4")
     assert cli.run(parsed(*args, "--num-images", "2", "--no-history", "--out", str(tmp_path / "n.png")), env) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["paths"] == [str(tmp_path / "n.png"), str(tmp_path / "n-2.png")] and line["seeds"] == [4, 5]
-    assert "Seed: 5" in read_parameters(tmp_path / "n-2.png")["parameters"]
+    assert line["paths"] == line["out_paths"] == [str(tmp_path / "n.png"), str(tmp_path / "n-2.png")]
+    assert line["seeds"] == [4, 5] and "Seed: 5" in read_parameters(tmp_path / "n-2.png")["parameters"]
+    # A second batch to the same name would write over n-2.png, which --out did not name: refused before the run
+    # (n.png itself is written over, as --out always did).
+    assert cli.run(parsed(*args, "--num-images", "2", "--no-history", "--out", str(tmp_path / "n.png")), env) == 2
+    assert capsys.readouterr().err.startswith("error: --out: would write the batch's other images over n-2.png")
+    # Bad input found first, so nothing is made for it: not even --out's folder (review).
+    assert cli.run(parsed(*args, "--steps", "9999", "--out", str(tmp_path / "new" / "deep" / "a.png")), env) == 2
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_bad_engine_setting_is_exit_2_and_one_line(capsys):
