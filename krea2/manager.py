@@ -659,13 +659,13 @@ class ModelManager:
                 images_at_once=self.plan.images_per_call if self.plan is not None else 0,
             )
         except NonFiniteImage as error:
-            if not loras:
+            acting = [lora.name for lora in loras if lora.weight != 0]
+            if not acting:
                 raise
             # A LoRA of finite but huge values passes every check and overflows once applied: say so, not "seed".
-            names = ", ".join(lora.name for lora in loras)
             raise NonFiniteImage(
-                f"The model produced NaN values with the LoRA{'s' if len(loras) > 1 else ''} {names}; no image was "
-                "saved. A LoRA may be damaged or too strong: try a lower weight, or run without it."
+                f"The model produced NaN values with the LoRA{'s' if len(acting) > 1 else ''} {', '.join(acting)}; no "
+                "image was saved. A LoRA may be damaged or too strong: try a lower weight, or run without it."
             ) from error
         return GenerationResult(
             request=request,
@@ -740,7 +740,7 @@ def lora_warnings(request: GenerationRequest, applied: list[AppliedLora]) -> lis
     """A LoRA named by its last part alone that the library took to be another folder's file (A1111 names a LoRA by
     its file name): said, since a file of that name deleted from one folder made the next run use another's."""
     return [
-        f"There is no LoRA named {choice.name}; {used.name}, the only one of that name, was used."
+        f"LoRA {choice.name} was taken to be {used.name} (the only LoRA of that name)."
         for choice, used in zip(request.active_loras, applied, strict=True)
         if used.name != choice.name
     ]

@@ -170,9 +170,11 @@ def _checked(record: Any, index: int) -> dict[str, Any]:
         raise StorageError(f"Entry {index + 1} of history.json has an invalid created_at.") from None
     fields["created_at"] = created
     images = record.get("images") or []
+    if not isinstance(images, list):
+        raise StorageError(f"Entry {index + 1} of history.json has an invalid list of images.")
     # Counted before any image is read: one small PNG listed 150 times under one entry was decoded 150 times (3 GB)
     # before this refusal came (a hostile pass).
-    if not isinstance(images, list) or len(images) > fields["num_images"]:
+    if len(images) > fields["num_images"]:
         raise StorageError(f"Entry {index + 1} of history.json has more images than its num_images.")
     if fields["status"] not in ("ok", "failed", "cancelled", "interrupted", "blocked"):
         fields["status"] = "interrupted"  # an export taken mid-run: that run never finished

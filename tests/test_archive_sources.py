@@ -185,6 +185,16 @@ def test_an_import_adds_no_image_to_a_blocked_row_and_keeps_no_source_only_it_na
         archive_module.ArchiveReader(tmp_path / "doubled.zip")
     assert decoded == []
 
+    def not_a_list(name, data):
+        if name != "history.json":
+            return data
+        document = json.loads(data)
+        document["generations"][0]["images"] = "images/000001-0.png"
+        return json.dumps(document).encode()
+
+    with pytest.raises(StorageError, match=r"^Entry 1 of history.json has an invalid list of images\.$"):
+        archive_module.ArchiveReader(rewritten(archive, tmp_path / "string.zip", not_a_list))
+
 
 @pytest.mark.parametrize(
     ("document", "sentence"),

@@ -304,7 +304,10 @@ def test_only_files_in_gradios_upload_folder_are_taken(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     uploaded = tmp_path / "uploads" / "abc" / "in.png"
     assert uploaded_path(on_server(uploaded), "mask") == str(uploaded)
-    for elsewhere in (tmp_path / "in.png", tmp_path / "uploads" / ".." / "in.png", tmp_path / "uploads-x" / "in.png"):
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "link.png").symlink_to(tmp_path / "in.png")  # a link out of the folder
+    for elsewhere in (tmp_path / "in.png", tmp_path / "uploads" / ".." / "in.png", tmp_path / "uploads-x" / "in.png",
+                      tmp_path / "uploads" / "link.png", f"{tmp_path}/uploads/a\x00.png"):  # fmt: skip
         with pytest.raises(InvalidRequest) as refused:
             uploaded_path(on_server(elsewhere), "mask")
         assert str(refused.value) == NOT_UPLOADED.replace("image", "mask")
@@ -313,7 +316,7 @@ def test_only_files_in_gradios_upload_folder_are_taken(tmp_path, monkeypatch):
 NOT_UPLOADED = "image: must be a file uploaded with this request (gradio_client's handle_file)"
 
 
-def on_server(path: Path) -> dict:
+def on_server(path: Path | str) -> dict:
     """A file field naming a path on the server, as a hostile client sends it (gradio_client uploads nothing)."""
     return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 

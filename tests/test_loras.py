@@ -231,9 +231,7 @@ def test_a_lora_found_by_its_last_name_part_alone_is_said(lora_manager, lora_dir
     shutil.copy(lora_dir / f"{style['kohya']}.safetensors", path)
     try:
         _, result = draw(lora_manager, loras=["lonely:1"])
-        assert result.warnings == [
-            "There is no LoRA named lonely; elsewhere/lonely, the only one of that name, was used."
-        ]
+        assert result.warnings == ["LoRA lonely was taken to be elsewhere/lonely (the only LoRA of that name)."]
         assert [lora.name for lora in result.loras] == ["elsewhere/lonely"]
         assert draw(lora_manager, loras=[f"{style['kohya']}:1"])[1].warnings == []
     finally:

@@ -65,17 +65,23 @@ def event_id() -> str | None:
 
 
 def uploaded_path(value: Any, field: str = "image") -> str | None:
-    """The server-side path of a file a client uploaded. The endpoints take their values unprocessed
-    (`preprocess=False`), so Gradio has not checked that the path is one of its uploads: a caller could name any
-    image file on the server and have it stored in history and served back (a hostile pass did). Only a file in
-    Gradio's upload folder is taken; the refusal does not echo the path, nor say whether it exists."""
+    """The server-side path of a file a client uploaded, resolved. The endpoints take their values unprocessed
+    (`preprocess=False`); Gradio 6.31 still refuses a path outside its upload folder before the handler runs, and
+    this checks it again so that the app does not rest on that: a caller naming any image on the server would have
+    it stored in history and served back. The refusal does not echo the path, nor say whether it exists."""
     if value is None or value == "":
         return None
     path = value.get("path") if isinstance(value, dict) else getattr(value, "path", None)
-    uploads = Path(get_upload_folder()).resolve()
-    if not isinstance(path, str) or not path or not Path(path).resolve().is_relative_to(uploads):
-        raise InvalidRequest(field, None, "must be a file uploaded with this request (gradio_client's handle_file)")
-    return path
+    refused = InvalidRequest(field, None, "must be a file uploaded with this request (gradio_client's handle_file)")
+    if not isinstance(path, str) or not path:
+        raise refused
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, ValueError):  # a NUL byte, a loop of links
+        raise refused from None
+    if not resolved.is_relative_to(Path(get_upload_folder()).resolve()):
+        raise refused
+    return str(resolved)
 
 
 def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):
