@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import LoadError
+from .request import GenerationRequest
 
 TEXT_LAYERS = (1, 2, 3, 4)  # the text encoder's tapped hidden states (0 is the embedding output)
 TEXT_HIDDEN = 64
@@ -34,8 +35,6 @@ def default_size(demo: bool) -> tuple[int, int]:
     """Text-to-image's size when none is asked for, for the page, the API and the CLI alike: the demo model's best
     side with the demo checkpoints (it learned nothing at 1024², and 1024² takes minutes on a CPU), else the
     request's own default."""
-    from .request import GenerationRequest
-
     if demo:
         return DEMO_SIDES[0], DEMO_SIDES[0]
     return GenerationRequest.width, GenerationRequest.height

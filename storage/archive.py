@@ -234,6 +234,20 @@ def _checked_loras(record: dict, index: int) -> list[dict[str, Any]]:
     return checked
 
 
+# How zipfile says a member cannot be read: a CRC that does not match or a cut-off member (BadZipFile, OSError,
+# EOFError), a password (RuntimeError), a compression method it lacks (NotImplementedError).
+UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
+
+
+def unreadable(error: BaseException) -> str:
+    """Why a zip member cannot be read, after "<name> in that zip": a sentence's end."""
+    if isinstance(error, RuntimeError) and "encrypted" in str(error):
+        return "is encrypted (exports are not; unzip it with its password and zip it again without one)"
+    if isinstance(error, NotImplementedError):
+        return "is compressed in a way this app cannot read (exports are stored uncompressed or deflated)"
+    return "is corrupt (it cannot be read back)"
+
+
 class ArchiveReader:
     """A history export opened for import. Opening reads history.json and checks every entry (its values and LoRAs):
     an archive with a bad entry is refused before anything is written. The sources (init images, masks) and images
@@ -341,20 +355,6 @@ class ArchiveReader:
             return self._zip.read(name)
         except UNREADABLE as error:
             raise StorageError(f"{name} in that zip {unreadable(error)}.") from None
-
-
-# How zipfile says a member cannot be read: a CRC that does not match or a cut-off member (BadZipFile, OSError,
-# EOFError), a password (RuntimeError), a compression method it lacks (NotImplementedError).
-UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
-
-
-def unreadable(error: BaseException) -> str:
-    """Why a zip member cannot be read, after "<name> in that zip": a sentence's end."""
-    if isinstance(error, RuntimeError) and "encrypted" in str(error):
-        return "is encrypted (exports are not; unzip it with its password and zip it again without one)"
-    if isinstance(error, NotImplementedError):
-        return "is compressed in a way this app cannot read (exports are stored uncompressed or deflated)"
-    return "is corrupt (it cannot be read back)"
 
 
 def _checked_png(png: bytes, name: str) -> PILImage.Image:

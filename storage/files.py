@@ -28,11 +28,6 @@ SOURCES_DIR = "sources"  # init images and masks, stored once each under their s
 SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR, SOURCES_DIR)
 
 
-def source_file(digest: str) -> str:
-    """Where an init image or mask of this sha256 is kept, relative to the data folder."""
-    return f"{SOURCES_DIR}/{digest[:2]}/{digest}.png"
-
-
 SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
 
 
@@ -41,6 +36,11 @@ def default_data_dir() -> Path:
     if SPACES_DATA_DIR.is_dir() and os.access(SPACES_DATA_DIR, os.W_OK):
         return SPACES_DATA_DIR
     return Path("data")
+
+
+def source_file(digest: str) -> str:
+    """Where an init image or mask of this sha256 is kept, relative to the data folder."""
+    return f"{SOURCES_DIR}/{digest[:2]}/{digest}.png"
 
 
 def _fsync_dir(folder: Path) -> None:

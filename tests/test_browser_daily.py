@@ -173,8 +173,8 @@ def test_several_generations_are_favourited_and_downloaded_as_one_zip(browser, s
         assert "history.json" in zipped.namelist()
         assert sum(name.endswith(".png") for name in zipped.namelist()) >= 2
     shot(page, "23-history-bulk")
-    # Export all, then import that zip again: each says what it did under the buttons (a hostile pass found both
-    # silent for seconds to minutes), and the same rows are not added twice.
+    # Export all, then import the selection's zip again: each says what it did under the buttons (a hostile pass
+    # found both silent for seconds to minutes), and the same rows are not added twice.
     page.locator("#history-export").click()
     page.locator("#history-transfer").get_by_text(re.compile(r"^Exported \d+ generations")).wait_for(timeout=30_000)
     saved = tmp_path / "selected.zip"  # the upload takes .zip files only; a download's own path has no suffix

@@ -33,6 +33,7 @@ from krea2.image_input import DEFAULT_STRENGTH
 from krea2.request import MAX_LORAS, MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, LoraChoice
 from storage import HistoryFilter, StorageError
 from storage.pnginfo import PngInfoError
+from storage.store import RUNNING
 from studio.recording import SETTINGS_FIELDS, loras_of, settings_of
 from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEvent, StepEvent, StudioService
 from studio.sources import hires_source, image_source, reused_source
@@ -871,7 +872,7 @@ class Handlers:
             copies = served_copies(self.files_of(chosen))
             deleted = self.service.delete_many(ids)
             remove_served_copies(copies)
-            running = sum(generation.status == "running" for generation in chosen)
+            running = sum(generation.status == RUNNING for generation in chosen)  # a close count: one may finish
             kept = f" {running} still running {'was' if running == 1 else 'were'} kept." if running else ""
             gr.Info(f"Deleted {deleted} generation{'' if deleted == 1 else 's'}.{kept}")
         return gr.update(visible=False)

@@ -275,9 +275,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                         h_import = gr.UploadButton("Import history (.zip)", file_types=[".zip"], type="filepath",
                                                    elem_id="history-import")  # fmt: skip
                     h_archive = gr.File(label="Archive", visible=False, interactive=False, elem_id="history-archive")
-                    h_transfer = gr.Markdown(
-                        elem_id="history-transfer"
-                    )  # an export's or import's progress, then its count
+                    # An export's or import's progress, then its count.
+                    h_transfer = gr.Markdown(elem_id="history-transfer")
                 h_nav = gr.State({"stack": [None], "next": None, "ids": []})
                 h_selected = gr.State(None)
                 with gr.Row(visible=False) as h_detail:
