@@ -139,7 +139,7 @@ def test_disk_full_or_read_only_is_clear_with_a_failed_row_and_no_file(service, 
     def refuse(*_a, **_k):
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files, "temp_file_beside", refuse)
     with pytest.raises(StorageError, match=message), caplog.at_level("ERROR", logger="storage.files"):
         run(service, GenerationRequest(prompt="no room", seed=1, **SMALL))
     monkeypatch.undo()
