@@ -219,3 +219,31 @@ def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generatio
         assert noise not in log, noise
     assert re.search(r"Generation #\d+: Krea 2 Turbo, 256×256, 1 steps, 2 images, [\d.]+ s", log)
     assert "Krea 2 Studio stopped cleanly." in log
+
+
+def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
+    """A hostile pass: "Reuse settings" on an inpaint brought the picture and its (already feathered) mask back with
+    the feather at 0, then the editor reported the picture as an upload and the feather went back to 8: the mask was
+    feathered twice and the same settings drew another image."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (230, 200, 20)).save(tmp_path / "init.png")
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (0, 0, 128, 256))
+    mask.save(tmp_path / "mask.png")
+    files = {"image": handle_file(str(tmp_path / "init.png")), "mask": handle_file(str(tmp_path / "mask.png"))}
+    Client(server.url, verbose=False).predict(prompt="an inpaint to reuse", steps=1, seed=3, feather="8", **files,
+                                              api_name="/generate")  # fmt: skip
+    context, page = open_page(browser, server)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-search textarea, #history-search input").first.fill("an inpaint to reuse")
+    page.locator("#history-search textarea, #history-search input").first.press("Enter")
+    page.locator("#history-count").get_by_text("of 1 generation").wait_for(timeout=20_000)
+    page.wait_for_timeout(1_000)
+    page.locator("#history-gallery img").first.click()
+    page.locator("#history-reuse").click()
+    page.locator("#init-note").get_by_text("inpaint of 50% of the picture").wait_for(timeout=20_000)
+    page.wait_for_timeout(2_000)  # the editor's own upload event comes after the note
+    assert page.locator("#feather input[type=number]").input_value() == "0"
+    context.close()

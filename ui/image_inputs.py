@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
 from PIL import Image, ImageChops
 
 from krea2.image_input import InvalidImage, Outpaint
@@ -24,6 +25,17 @@ def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None
                 alpha = alpha.resize(size, Image.Resampling.NEAREST)
             mask = ImageChops.lighter(mask, alpha)
     return mask if mask.getextrema()[1] > 0 else None
+
+
+def feather_after_upload(value: Any) -> Any:
+    """The feather once a picture lands in the editor: the default for a new picture, the slider left alone when the
+    picture came with its mask painted in. "Use these settings" fills the editor with the mask already feathered and
+    the feather at 0, and the editor reports that as an upload too: resetting it then feathered the mask twice (a
+    hostile pass: the same settings drew another image)."""
+    if isinstance(value, dict) and isinstance(value.get("background"), Image.Image):
+        if painted_mask(value.get("layers") or [], value["background"].size) is not None:
+            return gr.skip()
+    return DEFAULT_FEATHER
 
 
 def outpaint_sides(*sides: Any) -> Outpaint | None:

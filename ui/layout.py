@@ -24,7 +24,7 @@ from .handlers import (
     short_name,
     steps_label,
 )
-from .image_inputs import DEFAULT_FEATHER, STRENGTH_RANGE
+from .image_inputs import DEFAULT_FEATHER, STRENGTH_RANGE, feather_after_upload
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks
@@ -365,8 +365,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         start_inputs = [init_editor, strength, feather, *outpaint]
         init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
-        # gets the default feather back.
-        init_editor.upload(lambda: DEFAULT_FEATHER, None, feather, queue=False, **private)
+        # gets the default feather back; the reused picture itself keeps 0.
+        init_editor.upload(feather_after_upload, init_editor, feather, queue=False, **private)
         for control in (strength, feather, *outpaint):
             control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
