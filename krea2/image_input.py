@@ -279,7 +279,12 @@ def upscaled(image: Image.Image, factor: float) -> tuple[Image.Image, str]:
         raise InvalidImage("The upscale factor must be above 1 and at most 4.")
     w, h = image.size
     target = model_size(round(w * factor), round(h * factor))
+    if target[0] <= w and target[1] <= h:  # a pass that would only redraw the picture at its own size
+        raise InvalidImage(f"A {w}×{h} picture is as large as the model draws at its shape (at most {MAX_SIDE} "
+                           f"pixels a side, {MAX_SIDE}×{MAX_SIDE} pixels' worth): it cannot be upscaled.")  # fmt: skip
     note = f"upscaled ×{factor:g} to {target[0]}×{target[1]}"
     if target[0] < round(w * factor) - SIDE_MULTIPLE:
-        note += f" (the most the model draws is {MAX_SIDE}×{MAX_SIDE} pixels' worth)"
+        side_bound = max(round(w * factor), round(h * factor)) > MAX_SIDE
+        limit = f"{MAX_SIDE} pixels a side" if side_bound else f"{MAX_SIDE}×{MAX_SIDE} pixels' worth"
+        note += f" (the most the model draws is {limit})"
     return image.resize(target, Image.Resampling.LANCZOS), note

@@ -171,8 +171,13 @@ def test_upscale_for_the_hires_pass() -> None:
     assert image.size == (2048, 2048) and "2048×2048" in note
     image, note = upscaled(Image.new("RGB", (1536, 1024)), 2.0)
     assert image.size[0] <= 2048 and image.size[0] % 16 == 0 and "the most the model draws" in note
+    assert "(the most the model draws is 2048 pixels a side)" in note  # the side bound it, not the pixel count
     with pytest.raises(InvalidImage):
         upscaled(image, 1.0)
+    # A hostile pass: a 2048x256 result "upscaled x2 to 2048x256" spent a generation redrawing it at its own size.
+    for size in ((2048, 256), (2048, 2048)):
+        with pytest.raises(InvalidImage, match=rf"^A {size[0]}×{size[1]} picture is as large as the model draws"):
+            upscaled(Image.new("RGB", size), 2.0)
 
 
 def test_one_default_strength_rule_serves_the_api_and_the_cli(tmp_path, monkeypatch) -> None:

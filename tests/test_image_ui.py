@@ -161,6 +161,9 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
                                          "height": 10**400, "seed": 10**400}, {})  # fmt: skip
     assert (odd[3]["value"], odd[4]["value"], odd[5], odd[6], odd[8]) == (8, 3.5, 992, handlers.default_size[1], True)
     assert "Steps 7.6 is not one" in html.unescape(odd[10]) and "in steps of 16): set to 992" in odd[10]
+    # A hostile pass: a list as the checkpoint was "Something went wrong (TypeError)".
+    listed = handlers.send_png_to_generate({**values, "checkpoint": ["raw"]}, {})
+    assert listed[2] == "turbo" and "Checkpoint \"['raw']\" is not one of this app's" in html.unescape(listed[10])
 
 
 def test_a_pngs_number_too_large_for_json_is_shown_as_text_and_sent_to_generate_in_range(handlers, tmp_path) -> None:

@@ -578,9 +578,13 @@ class Handlers:
         """Generate's controls from recorded settings (a history item, a result, a PNG's metadata). A PNG may come from
         another tool: a value outside what a control takes is brought into range (a slider or number box left out
         of range refuses the next run) and said so under the checkpoint; one that is not a number is left out."""
-        checkpoint = values.get("checkpoint") if values.get("checkpoint") in CHECKPOINTS else DEFAULT_CHECKPOINT
+        named = values.get("checkpoint")
+        # isinstance first: `in` with a list (a PNG's JSON may hold one) raised TypeError.
+        checkpoint = named if isinstance(named, str) and named in CHECKPOINTS else DEFAULT_CHECKPOINT
         spec = get_spec(checkpoint)
         notes: list[str] = []
+        if named is not None and checkpoint != named:
+            notes.append(f"Checkpoint {str(named)[:40]!r} is not one of this app's: {spec.display_name} is used.")
 
         def fitted(name: str, default: float, lo: float, hi: float, multiple: float = 0) -> float:
             value = values.get(name)
