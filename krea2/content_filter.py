@@ -63,10 +63,14 @@ class PromptBlocklist:
                 continue
             if line.startswith(REGEX_PREFIX):
                 try:
-                    patterns.append(re.compile(line[len(REGEX_PREFIX) :].strip(), re.IGNORECASE))
+                    pattern = re.compile(line[len(REGEX_PREFIX) :].strip(), re.IGNORECASE)
                 except re.error as error:
                     raise BlocklistError(f"Line {number} of the prompt block list is not a valid regular expression "
                                          f"({error}).") from None  # fmt: skip
+                if pattern.search(""):  # `re:` alone, `re:.*`: every prompt would be refused (a hostile pass)
+                    raise BlocklistError(f"Line {number} of the prompt block list matches an empty prompt, so it "
+                                         "would refuse every prompt.")  # fmt: skip
+                patterns.append(pattern)
             else:
                 words = r"\s+".join(re.escape(word) for word in normalise(line).split())
                 patterns.append(re.compile(rf"(?<!\w){words}(?!\w)"))

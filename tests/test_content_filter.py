@@ -174,6 +174,9 @@ def test_the_block_list(tmp_path):
         PromptBlocklist.from_file(listing)
     with pytest.raises(BlocklistError, match="cannot be read"):
         PromptBlocklist.from_file(tmp_path / "missing.txt")
+    for everything in ("re:", "re: .*", "re:(x)?"):  # a hostile pass: `re:` alone was taken, and refused every prompt
+        with pytest.raises(BlocklistError, match=r"^Line 2 of the prompt block list matches an empty prompt"):
+            PromptBlocklist.from_text(f"fine\n{everything}\n")
 
 
 # ------------------------------------------------------------------------------------------------ in the manager

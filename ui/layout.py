@@ -159,7 +159,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             # PNG, not Gradio's default WebP: a picture sent here from Results or History came back
                             # through lossy WebP, and inpaint's unpainted pixels no longer matched it.
                             init_editor = gr.ImageEditor(
-                                label="Init image: paint over what to repaint (inpaint), or leave it unpainted",
+                                label="Init image (paint to inpaint)",  # longer, the toolbar hid it
                                 type="pil", format="png", sources=["upload", "clipboard"], height=320, transforms=(),
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
                                 elem_id="init-image",
