@@ -171,3 +171,44 @@ def test_with_auth_nothing_works_without_credentials(auth_server):
         Client(auth_server.url, verbose=False)
     client = Client(auth_server.url, auth=("alice", "s3cret-pass"), verbose=False)
     assert client.predict(search="", api_name="/history")["total"] == 0
+
+
+def test_failed_logins_from_one_address_are_throttled():
+    """A hostile pass sent twelve wrong passwords in a row, each answered at once, and the right one still worked.
+    After LOGIN_FAILURES failures within LOGIN_WINDOW_S one address gets 429 (Retry-After) until the oldest is that
+    old; a successful login counts nothing, and other addresses are not held."""
+    import asyncio
+
+    from ui.security import LOGIN_FAILURES, LOGIN_WINDOW_S, LoginGuard
+
+    now = [1000.0]
+    reached: list[str] = []
+
+    async def gradio(scope, receive, send):  # Gradio's /login: 400 for a wrong password, 200 for alice's
+        reached.append(scope["client"][0])
+        status = 200 if scope.get("password") == "right" else 400
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = LoginGuard(gradio, clock=lambda: now[0])
+
+    def login(client: str, password: str = "wrong") -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "client": (client, 1), "password": password}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]["status"]
+
+    assert [login("10.0.0.1", "right") for _ in range(LOGIN_FAILURES + 2)] == [200] * (LOGIN_FAILURES + 2)
+    assert [login("10.0.0.2") for _ in range(LOGIN_FAILURES)] == [400] * LOGIN_FAILURES
+    calls = len(reached)
+    assert login("10.0.0.2", "right") == 429 and len(reached) == calls  # not even passed on
+    assert login("10.0.0.3", "right") == 200  # another address is not held
+    now[0] += LOGIN_WINDOW_S + 1
+    assert login("10.0.0.2", "right") == 200

@@ -12,11 +12,13 @@ header (gradio_client, curl) are not browser cross-site requests and pass; auth,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
+import time
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studio.safety import is_loopback
 
@@ -27,6 +29,7 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # app's start-up events once, before the server is announced, and afterwards only answers `false`.
 PUBLIC_PATHS = {"/", "/login", "/login/", "/theme.css", "/favicon.ico", "/gradio_api/startup-events"}
 PUBLIC_PREFIXES = ("/assets/", "/static/")
+LOGIN_FAILURES, LOGIN_WINDOW_S = 10, 300.0  # failed logins one address may make in the window before a 429
 
 
 class SameOriginGuard:
@@ -83,8 +86,42 @@ class LoginGuard:
     It reads the login the way Gradio issues it: the `access-token` cookie of `POST /login`, looked up in the
     app's tokens (the Gradio app is `scope["app"]`, set by Starlette before the middleware runs)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
+        self.clock = clock
+        self.failures: dict[str, collections.deque[float]] = {}  # client address -> times of its failed logins
+
+    @staticmethod
+    def is_login(scope: Scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path", "").rstrip("/").endswith("/login")
+        )
+
+    async def throttled_login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login answers wrong passwords at once and without end (a hostile pass tried twelve in a row):
+        after LOGIN_FAILURES failed tries from one address within LOGIN_WINDOW_S, it answers 429 until the oldest
+        is that old. Behind a proxy every visitor may share one address; the window is short for that reason."""
+        client = (scope.get("client") or ("?", 0))[0]
+        now = self.clock()
+        recent = self.failures.setdefault(client, collections.deque())
+        while recent and now - recent[0] > LOGIN_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= LOGIN_FAILURES:
+            wait = int(LOGIN_WINDOW_S - (now - recent[0])) + 1
+            message = f"Too many failed logins from this address; try again in {wait} s."
+            await PlainTextResponse(message, status_code=429, headers={"Retry-After": str(wait)})(scope, receive, send)
+            return
+
+        async def noting_failures(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (400, 401):
+                recent.append(self.clock())
+            await send(message)
+
+        await self.app(scope, receive, noting_failures)
+        if not recent:
+            self.failures.pop(client, None)  # a clean address keeps no entry
 
     @staticmethod
     def logged_in(scope: Scope) -> bool:
@@ -110,6 +147,9 @@ class LoginGuard:
         return scope["type"] == "http" and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.is_login(scope):
+            await self.throttled_login(scope, receive, send)
+            return
         if scope["type"] not in ("http", "websocket") or self.public(scope) or self.logged_in(scope):
             await self.app(scope, receive, send)
             return
