@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 from gradio.block_function import BlockFunction
+from gradio.exceptions import InvalidPathError
 
 from .text import as_text
 
@@ -44,6 +45,18 @@ def field_name(block_fn: BlockFunction, index: int) -> str:
         return str(names[index])
     block = block_fn.inputs[index]
     return str(getattr(block, "label", None) or block.elem_id or f"value {index + 1}")
+
+
+def not_uploaded(block_fn: BlockFunction, inputs: list[Any], error: Exception) -> str | None:
+    """Gradio's refusal of a file field naming a path it did not receive as an upload, as the field's sentence (it
+    read "One of the values sent is not valid (InvalidPathError)", naming no field)."""
+    if not isinstance(error, InvalidPathError):
+        return None
+    for index, value in enumerate(inputs):
+        if isinstance(value, dict) and isinstance(value.get("path"), str):
+            return f"{field_name(block_fn, index)}: must be a file uploaded with this request (gradio_client's " \
+                   "handle_file)."  # fmt: skip
+    return None
 
 
 def _value_problem(block: Any, value: Any, preprocess: bool = True) -> str | None:
@@ -93,8 +106,10 @@ class StudioBlocks(gr.Blocks):
             try:
                 return await super().preprocess_data(block_fn, inputs, state, explicit_call)
             except Exception as error:  # noqa: BLE001 - a refusal Gradio could not name: name it here
-                message = self._input_problem(block_fn, inputs, state, strict=True) or (
-                    f"One of the values sent is not valid ({type(error).__name__})."
+                message = (
+                    self._input_problem(block_fn, inputs, state, strict=True)
+                    or not_uploaded(block_fn, inputs, error)
+                    or f"One of the values sent is not valid ({type(error).__name__})."
                 )
         raise gr.Error(message if public else as_text(message), print_exception=False)
 
