@@ -162,6 +162,8 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
     assert (odd[3]["value"], odd[4]["value"], odd[5], odd[6], odd[8]) == (8, 3.5, 992, handlers.default_size[1], True)
     assert "Steps 7.6 is not one" in html.unescape(odd[10]) and "in steps of 16): set to 992" in odd[10]
     # A hostile pass: a list as the checkpoint was "Something went wrong (TypeError)".
+    long = handlers.send_png_to_generate({**values, "prompt": "x" * 900_000}, {})  # a hostile pass: filled unsaid
+    assert "Generate refuses it until that is changed." in html.unescape(long[10])
     listed = handlers.send_png_to_generate({**values, "checkpoint": ["raw"]}, {})
     assert listed[2] == "turbo" and "Checkpoint \"['raw']\" is not one of this app's" in html.unescape(listed[10])
 

@@ -611,6 +611,10 @@ class Handlers:
                          "is used.")  # fmt: skip
             seed = None
         prompt, loras = recorded_prompt_and_loras(values)
+        try:  # what Generate would refuse, said now (a hostile pass filled 900,000 characters without a word)
+            GenerationRequest(prompt=prompt or "-", checkpoint=checkpoint)
+        except InvalidRequest as error:
+            notes.append(f"{for_people(error)} Generate refuses it until that is changed.")
         lora_rows, lora_note = self.loras.rows_for(loras)
         return (
             prompt,
