@@ -26,8 +26,6 @@ THUMB_SIZE = 256
 IMAGES_DIR, THUMBS_DIR, ORPHANS_DIR, STATIC_DIR = "images", "thumbs", "orphans", "static"
 SOURCES_DIR = "sources"  # init images and masks, stored once each under their sha256 (rows share them)
 SERVED_DIRS = (IMAGES_DIR, THUMBS_DIR, STATIC_DIR, SOURCES_DIR)
-
-
 SPACES_DATA_DIR = Path("/data")  # Hugging Face Spaces persistent storage
 
 

@@ -387,7 +387,7 @@ class HistoryStore:
         """Write the archive's init images and masks that this data folder lacks, after checking all of them (a
         missing or corrupt one refuses the import before any file is written); `written` collects the new files.
         Returns the addresses `screen` refused (not written)."""
-        paths = {digest: self.absolute(self.source_relative(digest)) for digest in archive.sources()}
+        paths = {digest: self.source_path(digest) for digest in archive.sources()}
         # Content-addressed: a file already here under the same address is the same picture, and is kept.
         needed = {digest: path for digest, path in paths.items() if not path.is_file()}
         for digest in needed:  # every one checked before the first is written
@@ -426,7 +426,7 @@ class HistoryStore:
         at it), and return that address. Storing the same picture again writes nothing."""
         png = encode_png(image, None)
         digest = sha256(png)  # = files.png_address(image)
-        path = self.absolute(self.source_relative(digest))
+        path = self.source_path(digest)
         if not path.is_file():
             write_atomic(path, png)
         return digest
@@ -441,11 +441,11 @@ class HistoryStore:
         with self.session() as session:
             named = set(session.scalars(select(Generation.source_sha256).where(Generation.source_sha256.in_(digests))))
             named |= set(session.scalars(select(Generation.mask_sha256).where(Generation.mask_sha256.in_(digests))))
-        remove_quietly([self.absolute(self.source_relative(digest)) for digest in digests - named])
+        remove_quietly([self.source_path(digest) for digest in digests - named])
 
     def load_source(self, digest: str) -> PILImage.Image:
         """A stored init image or mask, decoded (refused with a sentence when it is gone)."""
-        path = self.absolute(self.source_relative(digest))
+        path = self.source_path(digest)
         try:
             with PILImage.open(path) as image:
                 image.load()

@@ -341,7 +341,7 @@ class Handlers:
         store = self.service.store
         pictures = [path for g in generations for image in g.images for path in
                     (self.service.image_file(image), str(store.absolute(image.thumb_path)))]  # fmt: skip
-        sources = [str(store.absolute(store.source_relative(digest))) for g in generations
+        sources = [str(store.source_path(digest)) for g in generations
                    for digest in (g.source_sha256, g.mask_sha256) if digest]  # fmt: skip
         return pictures + sources
 
@@ -836,7 +836,7 @@ class Handlers:
         generation, _ = self._selection(selected)
         if generation.source_sha256 is None:
             return gr.update(value=None, visible=False)
-        path = self.service.store.absolute(self.service.store.source_relative(generation.source_sha256))
+        path = self.service.store.source_path(generation.source_sha256)
         return gr.update(value=str(path) if path.is_file() else None, visible=path.is_file())
 
     @friendly
