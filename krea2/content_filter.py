@@ -67,7 +67,7 @@ class PromptBlocklist:
                 except re.error as error:
                     raise BlocklistError(f"Line {number} of the prompt block list is not a valid regular expression "
                                          f"({error}).") from None  # fmt: skip
-                if pattern.search(""):  # `re:` alone, `re:.*`: every prompt would be refused (a hostile pass)
+                if pattern.search("") and pattern.search("zq"):  # `re:` alone, `re:.*` (not `re:^$`): refuses all
                     raise BlocklistError(f"Line {number} of the prompt block list matches an empty prompt, so it "
                                          "would refuse every prompt.")  # fmt: skip
                 patterns.append(pattern)

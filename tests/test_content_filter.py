@@ -177,6 +177,7 @@ def test_the_block_list(tmp_path):
     for everything in ("re:", "re: .*", "re:(x)?"):  # a hostile pass: `re:` alone was taken, and refused every prompt
         with pytest.raises(BlocklistError, match=r"^Line 2 of the prompt block list matches an empty prompt"):
             PromptBlocklist.from_text(f"fine\n{everything}\n")
+    assert len(PromptBlocklist.from_text("re:^$\n")) == 1  # matches only the empty prompt: refuses no real one
 
 
 # ------------------------------------------------------------------------------------------------ in the manager

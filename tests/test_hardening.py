@@ -311,6 +311,16 @@ def test_only_files_in_gradios_upload_folder_are_taken(tmp_path, monkeypatch):
         with pytest.raises(InvalidRequest) as refused:
             uploaded_path(on_server(elsewhere), "mask")
         assert str(refused.value) == NOT_UPLOADED.replace("image", "mask")
+    # Gradio's own refusal names the field whose path is not an upload, not the first file field (review).
+    from types import SimpleNamespace
+
+    from gradio.exceptions import InvalidPathError
+
+    from ui.robust import not_uploaded
+
+    fields = SimpleNamespace(input_parameter_names=["image", "mask"], api_visibility="public", inputs=[])
+    sent = [on_server(uploaded), on_server(tmp_path / "in.png")]
+    assert not_uploaded(fields, sent, InvalidPathError("x")) == NOT_UPLOADED.replace("image", "mask") + "."
 
 
 NOT_UPLOADED = "image: must be a file uploaded with this request (gradio_client's handle_file)"

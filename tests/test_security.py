@@ -212,3 +212,45 @@ def test_failed_logins_from_one_address_are_throttled():
     assert login("10.0.0.3", "right") == 200  # another address is not held
     now[0] += LOGIN_WINDOW_S + 1
     assert login("10.0.0.2", "right") == 200
+
+
+def test_a_burst_of_parallel_logins_is_throttled_too_and_only_the_login_route_counts():
+    """The review of the throttle: tries counted only when their answer started all passed the check together, and
+    any POST ending in /login skipped the login check (it is the exact route now)."""
+    import asyncio
+
+    from ui.security import LOGIN_FAILURES, LoginGuard, login_address
+
+    reached = []
+
+    async def slow_gradio(scope, receive, send):  # the form is read in a thread pool: others get in meanwhile
+        reached.append(scope["path"])
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = LoginGuard(slow_gradio)
+
+    async def login(client: str = "10.0.0.9") -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        await guard({"type": "http", "method": "POST", "path": "/login", "client": (client, 1)}, receive, send)
+        return sent[0]["status"]
+
+    async def burst():
+        return await asyncio.gather(*(login() for _ in range(3 * LOGIN_FAILURES)))
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(400) == LOGIN_FAILURES and statuses.count(429) == 2 * LOGIN_FAILURES
+    assert len(reached) == LOGIN_FAILURES
+    for path in ("/gradio_api/call/login", "/x/login", "/login/extra"):
+        assert not LoginGuard.is_login({"type": "http", "method": "POST", "path": path})
+    assert LoginGuard.is_login({"type": "http", "method": "POST", "path": "/app/login", "root_path": "/app"})
+    a, b = ({"client": (f"2001:db8::{n}", 1)} for n in (1, 2))
+    assert login_address(a) == login_address(b) == "2001:db8::/64"

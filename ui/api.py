@@ -77,7 +77,7 @@ def uploaded_path(value: Any, field: str = "image") -> str | None:
         raise refused
     try:
         resolved = Path(path).resolve()
-    except (OSError, ValueError):  # a NUL byte, a loop of links
+    except (OSError, ValueError, RuntimeError):  # a NUL byte; a loop of links (RuntimeError before Python 3.13)
         raise refused from None
     if not resolved.is_relative_to(Path(get_upload_folder()).resolve()):
         raise refused

@@ -50,12 +50,18 @@ def field_name(block_fn: BlockFunction, index: int) -> str:
 def not_uploaded(block_fn: BlockFunction, inputs: list[Any], error: Exception) -> str | None:
     """Gradio's refusal of a file field naming a path it did not receive as an upload, as the field's sentence (it
     read "One of the values sent is not valid (InvalidPathError)", naming no field)."""
+    from krea2 import InvalidRequest
+
+    from .api import uploaded_path  # here: ui.api imports this module
+
     if not isinstance(error, InvalidPathError):
         return None
-    for index, value in enumerate(inputs):
+    for index, value in enumerate(inputs):  # the field whose path is not an upload, not merely the first file field
         if isinstance(value, dict) and isinstance(value.get("path"), str):
-            return f"{field_name(block_fn, index)}: must be a file uploaded with this request (gradio_client's " \
-                   "handle_file)."  # fmt: skip
+            try:
+                uploaded_path(value, field_name(block_fn, index))
+            except InvalidRequest as refused:
+                return f"{refused}."
     return None
 
 

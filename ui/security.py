@@ -13,6 +13,7 @@ header (gradio_client, curl) are not browser cross-site requests and pass; auth,
 from __future__ import annotations
 
 import collections
+import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PUBLIC_PATHS = {"/", "/login", "/login/", "/theme.css", "/favicon.ico", "/gradio_api/startup-events"}
 PUBLIC_PREFIXES = ("/assets/", "/static/")
 LOGIN_FAILURES, LOGIN_WINDOW_S = 10, 300.0  # failed logins one address may make in the window before a 429
+MAX_TRACKED_ADDRESSES = 1024  # past this many addresses with failures, the stale ones are dropped
 
 
 class SameOriginGuard:
@@ -78,6 +80,24 @@ class SameOriginGuard:
         await self.app(scope, receive, send)
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path below the app's root path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+def login_address(scope: Scope) -> str:
+    """Who a login try counts against: the client's address, an IPv6 one by its /64 (a host may hold a whole /64)."""
+    address = (scope.get("client") or ("?", 0))[0]
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else address
+
+
 class LoginGuard:
     """With `auth` on, every route needs the login except PUBLIC_PATHS/PUBLIC_PREFIXES: one check in front of all
     routes, instead of Gradio's per-route dependencies, which several routes lack (`/gradio_api/cancel`, `/reset`,
@@ -93,18 +113,16 @@ class LoginGuard:
 
     @staticmethod
     def is_login(scope: Scope) -> bool:
-        return (
-            scope["type"] == "http"
-            and scope.get("method") == "POST"
-            and scope.get("path", "").rstrip("/").endswith("/login")
-        )
+        """Gradio's `POST /login`, exactly (below the root path): any other route still needs the login."""
+        return scope["type"] == "http" and scope.get("method") == "POST" and app_path(scope) in ("/login", "/login/")
 
     async def throttled_login(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Gradio's login answers wrong passwords at once and without end (a hostile pass tried twelve in a row):
         after LOGIN_FAILURES failed tries from one address within LOGIN_WINDOW_S, it answers 429 until the oldest
-        is that old. Behind a proxy every visitor may share one address; the window is short for that reason."""
-        client = (scope.get("client") or ("?", 0))[0]
-        now = self.clock()
+        is that old. Each try counts from its arrival, and is taken back when it did not fail: counted at the answer,
+        a burst of parallel tries all passed the check (review). IPv6 addresses count by their /64."""
+        client, now = login_address(scope), self.clock()
+        self.forget_old(now)
         recent = self.failures.setdefault(client, collections.deque())
         while recent and now - recent[0] > LOGIN_WINDOW_S:
             recent.popleft()
@@ -113,15 +131,30 @@ class LoginGuard:
             message = f"Too many failed logins from this address; try again in {wait} s."
             await PlainTextResponse(message, status_code=429, headers={"Retry-After": str(wait)})(scope, receive, send)
             return
+        recent.append(now)
+        failed = True  # an answer never started (the app raised) counts as a failure
 
-        async def noting_failures(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] in (400, 401):
-                recent.append(self.clock())
+        async def noting_the_answer(message: Message) -> None:
+            nonlocal failed
+            if message["type"] == "http.response.start":
+                failed = message["status"] in (400, 401)
             await send(message)
 
-        await self.app(scope, receive, noting_failures)
-        if not recent:
-            self.failures.pop(client, None)  # a clean address keeps no entry
+        try:
+            await self.app(scope, receive, noting_the_answer)
+        finally:
+            entry = self.failures.get(client)
+            if not failed and entry is not None and now in entry:
+                entry.remove(now)
+            if entry is not None and not entry:
+                self.failures.pop(client, None)
+
+    def forget_old(self, now: float) -> None:
+        """Addresses whose last failure is older than the window are dropped, so the table does not only grow (an
+        attacker rotating addresses would grow it without end)."""
+        if len(self.failures) > MAX_TRACKED_ADDRESSES:
+            for client in [c for c, times in self.failures.items() if not times or now - times[-1] > LOGIN_WINDOW_S]:
+                del self.failures[client]
 
     @staticmethod
     def logged_in(scope: Scope) -> bool:
@@ -140,10 +173,7 @@ class LoginGuard:
 
     @staticmethod
     def public(scope: Scope) -> bool:
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
+        path = app_path(scope)
         return scope["type"] == "http" and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
