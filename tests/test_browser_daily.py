@@ -99,25 +99,25 @@ def test_a_second_run_shows_its_queue_position_on_the_progress_line(browser, ser
 
 
 def test_the_size_preset_comes_back_with_its_size_and_an_empty_prompt_is_one_plain_message(browser, server):
+    from playwright.sync_api import expect
+
     context, page = open_page(browser, server)
     size = page.get_by_label("Size")
+    # Size follows each side typed, as soon as its event is back (a fixed 500 ms was too short under a busy CI run).
     set_number(page, "width", 1008)
-    page.wait_for_function("() => document.querySelector('#generate-btn') && true")
-    page.wait_for_timeout(500)
-    assert size.input_value() == "Custom"
+    expect(size).to_have_value("Custom", timeout=10_000)
     set_number(page, "width", 1024)
     set_number(page, "height", 1024)  # the demo opens at 256²
-    page.wait_for_timeout(500)
-    assert size.input_value().startswith("1:1 · 1024×1024")
+    expect(size).to_have_value(re.compile(r"^1:1 · 1024×1024"), timeout=10_000)
     # A side typed past the slider's range is brought back into it; Size follows, never a bare "Error" badge (Gradio
     # refused the value before the handler ran).
     set_number(page, "width", 5000)
-    page.wait_for_timeout(500)
-    assert size.input_value() == "Custom" and page.get_by_text("Error", exact=True).count() == 0
+    expect(size).to_have_value("Custom", timeout=10_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
     set_number(page, "width", 0)  # brought to 256
     set_number(page, "height", 256)
-    page.wait_for_timeout(500)
-    assert size.input_value() == "1:1 · 256×256 (demo model)" and page.get_by_text("Error", exact=True).count() == 0
+    expect(size).to_have_value("1:1 · 256×256 (demo model)", timeout=10_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
 
     page.locator("#generate-btn").click()
     page.locator("#progress").get_by_text("Type a prompt first").wait_for(timeout=30_000)

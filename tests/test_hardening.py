@@ -299,7 +299,7 @@ def test_the_api_draws_at_the_demo_models_own_size_when_none_is_sent(client):
 
 def test_only_files_in_gradios_upload_folder_are_taken(tmp_path, monkeypatch):
     from krea2 import InvalidRequest
-    from ui.api import uploaded_path
+    from ui.uploads import uploaded_path
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     uploaded = tmp_path / "uploads" / "abc" / "in.png"

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.utils import get_upload_folder
 
 from krea2 import RAW, TURBO, GenerationRequest, InvalidRequest
 from krea2.demo import default_size
@@ -21,6 +19,7 @@ from studio.service import HISTORY_PAGE_SIZE, WITH_LORAS, WITHOUT_LORAS, DoneEve
 
 from .handlers import DEFAULT_CHECKPOINT, REQUEST_DEFAULTS, Handlers, session_of, user_error
 from .robust import added_later
+from .uploads import uploaded_path
 
 IDLE_S = 0.25  # longest a generation runs without handing control back to Gradio (to notice cancels, disconnects)
 # The request's LoRA fields, as the API names them: one parameter, `loras`.
@@ -62,26 +61,6 @@ def event_id() -> str | None:
     from gradio.context import LocalContext
 
     return LocalContext.event_id.get(None)
-
-
-def uploaded_path(value: Any, field: str = "image") -> str | None:
-    """The server-side path of a file a client uploaded, resolved. The endpoints take their values unprocessed
-    (`preprocess=False`); Gradio 6.31 still refuses a path outside its upload folder before the handler runs, and
-    this checks it again so that the app does not rest on that: a caller naming any image on the server would have
-    it stored in history and served back. The refusal does not echo the path, nor say whether it exists."""
-    if value is None or value == "":
-        return None
-    path = value.get("path") if isinstance(value, dict) else getattr(value, "path", None)
-    refused = InvalidRequest(field, None, "must be a file uploaded with this request (gradio_client's handle_file)")
-    if not isinstance(path, str) or not path:
-        raise refused
-    try:
-        resolved = Path(path).resolve()
-    except (OSError, ValueError, RuntimeError):  # a NUL byte; a loop of links (RuntimeError before Python 3.13)
-        raise refused from None
-    if not resolved.is_relative_to(Path(get_upload_folder()).resolve()):
-        raise refused
-    return str(resolved)
 
 
 def image_start(image: Any, mask: Any, strength: Any, outpaint: Any, feather: Any, size: tuple[Any, Any]):

@@ -15,7 +15,10 @@ import gradio as gr
 from gradio.block_function import BlockFunction
 from gradio.exceptions import InvalidPathError
 
+from krea2 import InvalidRequest
+
 from .text import as_text
+from .uploads import uploaded_path
 
 # Marks an API input added after the endpoint was published (`added_later`): callers written before it may leave it
 # out, and it then takes the component's value. Inputs without the mark stay required.
@@ -50,10 +53,6 @@ def field_name(block_fn: BlockFunction, index: int) -> str:
 def not_uploaded(block_fn: BlockFunction, inputs: list[Any], error: Exception) -> str | None:
     """Gradio's refusal of a file field naming a path it did not receive as an upload, as the field's sentence (it
     read "One of the values sent is not valid (InvalidPathError)", naming no field)."""
-    from krea2 import InvalidRequest
-
-    from .api import uploaded_path  # here: ui.api imports this module
-
     if not isinstance(error, InvalidPathError):
         return None
     for index, value in enumerate(inputs):  # the field whose path is not an upload, not merely the first file field
