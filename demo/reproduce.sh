@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Trains the demo checkpoints from nothing on one GPU: the VAE, Raw, Turbo distilled from Raw, the style LoRA,
 # exported in the real repos' layouts; then measures them. Seeds are fixed (demo/train.py); every stage has a time cap,
-# so the three training parts take at most ~19 minutes on one H200 (stage caps 3.2 + 7.5 + 5.5 + 0.8 minutes, plus
-# each part's start-up and saving, ~40 s each).
+# so the three training parts take at most ~20 minutes on one H200 (stage caps 3.6 + 8.0 + 6.0 + 0.9 minutes, plus
+# each part's start-up and saving).
 #
 # Status (bench/NOTES.md, issue 15, session q): the Raw recipe is session q's call 2 arm B, which from nothing drew
 # 82.8 % of the held-out probe prompts right after 2,000 steps (one 256x8 run beside another, ~6 minutes); here at
-# 256x6 (the issue's 30 MB cap on the committed weights: 256x8 would make ~35 MB) and alone for 7.5 minutes. The script as
-# a whole has not run yet; its prediction is in bench/NOTES.md, session t.
+# 256x6 (the issue's 30 MB cap on the committed weights: 256x8 would make ~35 MB) and alone for 8 minutes. The script as
+# a whole has not run yet; its prediction is in bench/NOTES.md, session q.
 #
 #     bash demo/reproduce.sh               # everything: parts 1-3, evaluate
 #     bash demo/reproduce.sh 1             # one part (a device tool whose calls last at most 10 minutes runs them
@@ -20,9 +20,7 @@
 # $WORK/times.txt and the train report is $WORK/report.json.
 #
 # Why these settings (the sessions that found them are in bench/NOTES.md, issue 15):
-# - part 1: the VAE for up to 2,000 steps (a round trip of 0.965 in session m; its cold compile is ~100 s of the
-#   3.2 min). The caps were cut from 3.6 / 8.0 / 6.0 / 0.9 minutes so that the first run fits a session's device time
-#   after failed starts (bench/NOTES.md, session t);
+# - part 1: the VAE for 2,000 steps (a round trip of 0.965 in session m; its cold compile is ~100 s of the 3.6 min);
 # - part 2: Raw from scratch in one round (one learning-rate schedule, one pool): adaLN-Zero init, peak learning rate
 #   2e-3, a singles-heavy mix (session n), a tenth of the steps on 512² pictures (B had none; Turbo's teacher draws
 #   a quarter of its trajectories at 512², and the app draws at 512² too), the caption-structure objective reading the
@@ -52,20 +50,20 @@ part() {  # runs one part, records its wall time; a failing part stops the scrip
 
 part1() {
     part "part 1 (vae)" "$PYTHON" -m demo.train --work "$WORK" --stages vae \
-        --steps vae=2000 --minutes vae=3.2 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
+        --steps vae=2000 --minutes vae=3.6 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 part2() {
     part "part 2 (raw)" "$PYTHON" -m demo.train --work "$WORK" --stages raw \
         --transformer 256x6 --batch raw=512 --pool 49152,4096 --size-mix 256=0.9,512=0.1 --raw-lr 2e-3 --zero-init \
         --mix single=0.6,count=0.2,relation=0.2 --structure-loss 0.05 --shape-map-loss 0.5 \
-        --probe-every 1000 --steps raw=20000 --minutes raw=7.5 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
+        --probe-every 1000 --steps raw=20000 --minutes raw=8.0 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 part3() {
     part "part 3 (turbo, lora, export)" "$PYTHON" -m demo.train --work "$WORK" \
         --stages turbo lora export --out "$EXPORT" \
-        --trajectories 12288 --steps turbo=6000 --minutes turbo=5.5,lora=0.8 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
+        --trajectories 12288 --steps turbo=6000 --minutes turbo=6.0,lora=0.9 ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 }
 
 evaluate() {

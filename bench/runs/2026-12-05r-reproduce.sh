@@ -9,7 +9,7 @@
 # torchao make the room: `mkdir .whl-train && ln .whl/diffusers* .whl/transformers* .whl/tokenizers* .whl-train/`.
 # At most 8 files come back per call (16 MB each): the part's log, the report and times, the last probe sheet, the
 # hand-off; part 3 and evaluate bring the exported checkpoints as a tar in 15 MB pieces (join with cat, then tar -x).
-# The call's exit status is the part's. bench/NOTES.md, session t, has the prediction.
+# The call's exit status is the part's. bench/NOTES.md, session q, has the prediction.
 PART=${PART:?PART=1, 2, 3 or evaluate}
 source bench/runs/prefix.sh
 export WORK=artifacts/demo-reproduce EXPORT=artifacts/demo-reproduced PYTHON=python
