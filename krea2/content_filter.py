@@ -14,6 +14,7 @@ A blocked generation raises `ContentBlocked`; the caller records it (status `blo
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from confusable_homoglyphs import utils as confusables
 
 from .errors import ContentBlocked, FilterUnavailable, error_summary
 from .hub_errors import hub_reachable
@@ -43,6 +45,36 @@ def normalise(text: str, invisible: str = "") -> str:
     replaced by `invisible`. A request's prompt has none left (krea2/request.py); an imported one may."""
     folded = INVISIBLE.sub(invisible, unicodedata.normalize("NFKC", text).casefold())
     return " ".join("".join(invisible if unicodedata.category(c) == "Cf" else c for c in folded).split())
+
+
+@functools.cache
+def latin_lookalikes() -> dict[int, str]:
+    """Each non-ASCII character that Unicode's confusables data (UTS #39, as the confusable_homoglyphs package ships
+    it) says looks like one ASCII letter, and that letter: a Greek omicron (U+03BF) and a Cyrillic o (U+043E) are
+    "o"."""
+    table = {}
+    for character, homoglyphs in confusables.load("confusables.json").items():
+        if len(character) != 1 or character.isascii():
+            continue
+        latin = next((h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()), None)
+        if latin:
+            table[ord(character)] = latin.lower()
+    return table
+
+
+def latin_skeleton(text: str) -> str:
+    """Each word written only in letters that look like Latin ones, read as those letters ("forbidden" with a Greek
+    omicron for its o is "forbidden", "cop" in Cyrillic letters is "cop"). A word holding any other letter is left
+    as typed, so Russian or Greek prose is not rewritten letter by letter into words it does not say."""
+    table = latin_lookalikes()
+
+    def read(match: re.Match[str]) -> str:
+        word = match.group()
+        if word.isascii() or any(not c.isascii() and ord(c) not in table for c in word):
+            return word
+        return word.translate(table)
+
+    return re.sub(r"\w+", read, text)
 
 
 @dataclass(frozen=True)
@@ -88,8 +120,11 @@ class PromptBlocklist:
 
     def match(self, prompt: str) -> int | None:
         """The file line of the first entry the prompt matches, or None. An invisible character is read both as
-        nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing."""
+        nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing. Each
+        reading is matched as written and as its Latin look-alikes (`latin_skeleton`): a Greek omicron for an o
+        hides nothing either, and an entry in another script still matches that script."""
         texts = {normalise(prompt), normalise(prompt, " ")}
+        texts |= {latin_skeleton(text) for text in texts}
         for pattern, line in zip(self.patterns, self.lines, strict=True):
             if any(pattern.search(text) for text in texts):
                 return line

@@ -151,11 +151,17 @@ def test_the_block_list(tmp_path):
         "forbid\u034fden": 3,  # a combining grapheme joiner (not a format character: the review found it passing)
         "a very\u3164bad phrase": 4,  # a Hangul filler, drawn as nothing
         "spaaam and eggs": 5,  # a regular expression
+        "f\u03bfrbidden": 3,  # a Greek omicron for the o (a hostile pass found it passing)
+        "\u0455\u0440\u0430\u0430\u0430m and eggs": 5,  # Cyrillic look-alikes and a Latin m, for a regular expression
         "the forbiddenness of it": None,  # whole words only
         "a very bad fox": None,
         "a red fox": None,
     }
     assert {prompt: blocklist.match(prompt) for prompt in cases} == cases
+    # A word all in Cyrillic look-alikes reads as its Latin twin; a word with any other Cyrillic letter is left alone
+    # (kot in Cyrillic has a k and a t that no Latin letter looks like, so it is not read as "kot" minus two letters).
+    lookalikes = PromptBlocklist.from_text("cop\nkot")
+    assert lookalikes.match("a \u0421\u041e\u0420 car") == 1 and lookalikes.match("\u043a\u043e\u0442") is None
     policy = ContentPolicy(blocklist=blocklist)
     with pytest.raises(ContentBlocked, match="entry 3 of the server's block list"):
         policy.admit(GenerationRequest(prompt="forbidden things"))
