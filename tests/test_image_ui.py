@@ -166,8 +166,13 @@ def test_send_to_generate_brings_another_tools_values_into_range_and_says_so(han
     assert "is not one" not in ours[10] and "not a number" not in ours[10]
     odd = handlers.send_png_to_generate({**values, "steps": 7.6, "guidance": float("nan"), "width": 1000,
                                          "height": 10**400, "seed": 10**400}, {})  # fmt: skip
-    assert (odd[3]["value"], odd[4]["value"], odd[5], odd[6], odd[8]) == (8, 3.5, 992, handlers.default_size[1], True)
+    assert (odd[3]["value"], odd[4]["value"], odd[5], odd[6], odd[8]) == (8, 3.5, 992, 2048, True)
     assert "Steps 7.6 is not one" in html.unescape(odd[10]) and "in steps of 16): set to 992" in odd[10]
+    # Numbers, however large, are brought into range, not called "not a number" (a hostile pass: width 1e308).
+    assert "Height a 401-digit number is not one" in html.unescape(odd[10])
+    assert "Guidance 'nan' is not a number" in html.unescape(odd[10])  # NaN still is not
+    huge = handlers.send_png_to_generate({**values, "width": 1e308}, {})
+    assert huge[5] == 2048 and "Width 1e+308 is not one" in html.unescape(huge[10])
     # A hostile pass: a list as the checkpoint was "Something went wrong (TypeError)".
     long = handlers.send_png_to_generate({**values, "prompt": "x" * 900_000}, {})  # a hostile pass: filled unsaid
     assert "Generate refuses it until that is changed." in html.unescape(long[10])

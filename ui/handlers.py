@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
@@ -161,6 +162,19 @@ def display_preview(preview, min_side: int = 256):
 def plain_number(value: Any) -> bool:
     """A finite int or float a control can take (not a bool, NaN or a 400-digit integer from a foreign PNG)."""
     return not isinstance(value, bool) and isinstance(value, int | float) and abs(value) <= 2**53 and value == value
+
+
+def finite_number(value: Any) -> bool:
+    """An int or a finite float, however large (a PNG from another tool may say a width of 1e308)."""
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
+def number_text(value: int | float) -> str:
+    """A number as a note shows it: 1e+308 as that, a 400-digit integer by its length (it has no float)."""
+    digits = len(str(abs(value))) if isinstance(value, int) else 0
+    return f"a {digits}-digit number" if digits > 15 else f"{value:g}"
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -588,15 +602,16 @@ class Handlers:
 
         def fitted(name: str, default: float, lo: float, hi: float, multiple: float = 0) -> float:
             value = values.get(name)
-            if not plain_number(value):
+            if not finite_number(value):
                 if value is not None:
                     notes.append(f"{name.capitalize()} {str(value)[:40]!r} is not a number: left at {default:g}.")
                 return default
-            fit = min(max(round(value / multiple) * multiple if multiple else value, lo), hi)
+            clamped = min(max(value, lo), hi)  # first: a 400-digit integer has no float to round through
+            fit = min(max(round(clamped / multiple) * multiple if multiple else clamped, lo), hi)
             if fit != value:
                 step = f" in steps of {multiple:g}" if multiple else ""
-                notes.append(f"{name.capitalize()} {value:g} is not one {spec.display_name} takes ({lo:g} to {hi:g}"
-                             f"{step}): set to {fit:g}.")  # fmt: skip
+                notes.append(f"{name.capitalize()} {number_text(value)} is not one {spec.display_name} takes ({lo:g} "
+                             f"to {hi:g}{step}): set to {fit:g}.")  # fmt: skip
             return fit
 
         steps = int(fitted("steps", spec.default_steps, *spec.steps_range, multiple=1))
