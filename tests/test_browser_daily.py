@@ -137,6 +137,9 @@ def test_a_batch_shows_every_image_in_history_on_a_phone_in_dark_mode(browser, s
     assert gallery.locator("button", has_text="2/2").count() == 1
     grid = gallery.locator(".grid-container")
     assert grid.evaluate("g => g.scrollWidth <= g.clientWidth + 1")  # no thumbnail off-screen
+    for flag in ("Favorites only", "Comparisons only"):  # each filter tick's whole label shows (both were cut off)
+        block = page.locator(".history-flag").filter(has_text=flag)
+        assert block.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), flag
     rows = page.locator("#history-params tr")
     assert rows.first.inner_text().startswith("Status")  # the details table starts with its first row, not an empty one
     with page.expect_download(timeout=20_000) as download:

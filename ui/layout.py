@@ -61,6 +61,8 @@ CSS = """
 .krea2-details {border-collapse: collapse;}
 .krea2-details th {text-align: left; padding-right: 1em; vertical-align: top;}
 .krea2-details td {white-space: pre-wrap; overflow-wrap: anywhere;}
+/* History's two filter ticks keep their whole label: in a narrow row they shrank to 82 px and cut it off. */
+.history-flag {min-width: 11em !important;}
 /* Phone: History's fixed six 98 px columns were twice the screen; three flexible ones fit, and the tab bar wraps
    instead of hiding History and PNG info behind a menu. */
 @media (max-width: 640px) {
@@ -255,8 +257,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
                 with gr.Row():
                     h_search = gr.Textbox(label="Search prompts", elem_id="history-search", scale=3)
                     h_checkpoint = gr.Dropdown([("All", "all"), *CHECKPOINT_CHOICES], value="all", label="Checkpoint")
-                    h_favorites = gr.Checkbox(label="Favorites only")
-                    h_comparisons = gr.Checkbox(label="Comparisons only")
+                    h_favorites = gr.Checkbox(label="Favorites only", elem_classes="history-flag")
+                    h_comparisons = gr.Checkbox(label="Comparisons only", elem_classes="history-flag")
                     h_lora = gr.Dropdown([("All LoRAs", "")], value="", label="LoRA", elem_id="history-lora")
                     h_refresh = gr.Button("Refresh", elem_id="history-refresh")
                 h_count = gr.Markdown(elem_id="history-count")
