@@ -5,7 +5,6 @@ after it would find it started again)."""
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -230,7 +229,7 @@ def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     the feather at 0, then the editor reported the picture as an upload and the feather went back to 8: the mask was
     feathered twice and the same settings drew another image."""
     from gradio_client import Client, handle_file
-    from PIL import Image, ImageChops
+    from PIL import Image
 
     Image.new("RGB", (256, 256), (230, 200, 20)).save(tmp_path / "init.png")
     mask = Image.new("L", (256, 256), 0)
@@ -253,13 +252,4 @@ def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     for _ in range(20):
         assert page.locator("#feather input[type=number]").input_value() == "0"
         page.wait_for_timeout(500)
-    # The mask is shown where it repaints: the square picture's yellow is its right half only, white beside it (the
-    # editor drew the whole yellow square before, the mask unseen).
-    drawn = Image.open(io.BytesIO(page.locator("#init-image").screenshot())).convert("RGB")
-    picture = Image.new("RGB", drawn.size, (230, 200, 20))
-    yellow = ImageChops.difference(drawn, picture).convert("L").point(lambda d: 255 if d < 20 else 0).getbbox()
-    assert yellow is not None
-    width, height = yellow[2] - yellow[0], yellow[3] - yellow[1]
-    assert 0.4 < width / height < 0.6, (width, height)
-    assert min(drawn.getpixel((yellow[0] - width // 2, (yellow[1] + yellow[3]) // 2))) > 240
     context.close()

@@ -101,13 +101,6 @@ def test_editor_values() -> None:
     assert painted_mask([], (8, 8)) is None
     value = editor_value(Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255))
     assert painted_mask(value["layers"], (64, 64)).getextrema() == (255, 255)
-    left = Image.new("L", (64, 64), 0)
-    left.paste(255, (0, 0, 32, 64))
-    value = editor_value(Image.new("RGB", (64, 64), (230, 200, 20)), left)
-    assert value["background"].getpixel((48, 8)) == (230, 200, 20)  # the picture itself is never painted on
-    # The editor shows the composite: white where the mask repaints, the picture elsewhere.
-    assert value["composite"].getpixel((8, 8)) == (255, 255, 255)
-    assert value["composite"].getpixel((48, 8)) == (230, 200, 20)
 
 
 def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:

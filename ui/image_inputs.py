@@ -77,13 +77,11 @@ def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ..
 
 
 def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:
-    """What the editor shows for a picture (and a mask, as a white layer where it repaints, the brush's colour).
-    Gradio 6.31's editor draws the composite of a value set from Python, not its layers (seen in a browser: a
-    reused inpaint showed no paint while its mask was there), so the composite carries the paint too."""
+    """What the editor shows for a picture (and a mask, as a white layer where it repaints)."""
     picture = Image.open(image).convert("RGB") if isinstance(image, str) else image
-    if mask is None:
-        return {"background": picture, "layers": [], "composite": picture}
-    layer = Image.new("RGBA", picture.size, (255, 255, 255, 0))
-    layer.putalpha(mask.resize(picture.size))
-    composite = Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")
-    return {"background": picture, "layers": [layer], "composite": composite}
+    layers = []
+    if mask is not None:
+        layer = Image.new("RGBA", picture.size, (255, 255, 255, 0))
+        layer.putalpha(mask.resize(picture.size))
+        layers.append(layer)
+    return {"background": picture, "layers": layers, "composite": picture}

@@ -86,9 +86,6 @@ KEYS_JS = """
   });
 }
 """
-# Waits 300 ms in the browser: a start sent to the editor in the update that opens its panel loses its painted mask
-# from view (100 ms was enough in a browser here; see `into_editor` in build_ui).
-EDITOR_MOUNTED = "() => new Promise((resolve) => setTimeout(resolve, 300))"
 
 
 def demo_examples(prompt: gr.Textbox, visible: bool, elem_id: str) -> None:
@@ -368,16 +365,6 @@ def build_ui(service: StudioService) -> gr.Blocks:
             held_run(trigger, handlers.generate, gen_inputs)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
-        reused_start = gr.State(None)
-        start_outputs = [reused_start, strength, image_panel, feather, *outpaint]
-
-        def into_editor(event) -> None:
-            """The reused start reaches the editor a moment after the image panel opens: Gradio 6.31's editor,
-            mounted by that same update, shows the picture without its painted mask (seen in a browser; 100 ms
-            later it shows both)."""
-            event.success(None, js=EDITOR_MOUNTED, **private).then(lambda start: start, reused_start, init_editor,
-                                                                 queue=False, **private)  # fmt: skip
-
         init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
         # gets the default feather back; the reused picture itself keeps 0.
@@ -387,10 +374,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
-        into_editor(
-            reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
-                handlers.reuse_source, selected, start_outputs, **private
-            )
+        reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
+            handlers.reuse_source, selected, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
@@ -435,10 +420,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         h_favorite.click(handlers.toggle_favorite, h_selected, h_favorite, **private).success(
             handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
-        into_editor(
-            h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
-                handlers.reuse_source, h_selected, start_outputs, **private
-            )
+        h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
+            handlers.reuse_source, h_selected, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
@@ -464,10 +447,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         )
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
-        into_editor(
-            p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
-                handlers.png_source, p_values, start_outputs, **private
-            )
+        p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
+            handlers.png_source, p_values, [init_editor, strength, image_panel, feather, *outpaint], **private
         )
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app
