@@ -990,5 +990,5 @@ class Handlers:
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):
         if not values:
-            raise gr.Error("Drop a PNG with generation parameters first.")
+            raise gr.Error("Drop a PNG with generation parameters first.", print_exception=False)
         return self._fill_generate(values, settings)
