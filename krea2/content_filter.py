@@ -15,16 +15,17 @@ A blocked generation raises `ContentBlocked`; the caller records it (status `blo
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from confusable_homoglyphs import utils as confusables
 
 from .errors import ContentBlocked, FilterUnavailable, error_summary
 from .hub_errors import hub_reachable
@@ -49,12 +50,14 @@ def normalise(text: str, invisible: str = "") -> str:
 
 @functools.cache
 def latin_lookalikes() -> dict[int, str]:
-    """Each non-ASCII character that Unicode's confusables data (UTS #39, as the confusable_homoglyphs package ships
-    it) says looks like one ASCII letter, and that letter: a Greek omicron (U+03BF) and a Cyrillic o (U+043E) are
-    "o"."""
+    """Each letter of another script that Unicode's confusables data (UTS #39, as the confusable_homoglyphs package
+    ships it) lists as looking like one ASCII letter, and that letter in lower case: a Greek omicron (U+03BF), a
+    Cyrillic o (U+043E) and a Cyrillic capital ka (U+041A) are "o", "o" and "k". Letters of the Latin script itself
+    (Turkish dotless i, U+0131) are left out: they are words of a language, not disguises."""
+    data = json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
     table = {}
-    for character, homoglyphs in confusables.load("confusables.json").items():
-        if len(character) != 1 or character.isascii():
+    for character, homoglyphs in data.items():
+        if len(character) != 1 or character.isascii() or unicodedata.name(character, "").startswith("LATIN"):
             continue
         latin = next((h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()), None)
         if latin:
@@ -62,19 +65,17 @@ def latin_lookalikes() -> dict[int, str]:
     return table
 
 
-def latin_skeleton(text: str) -> str:
-    """Each word written only in letters that look like Latin ones, read as those letters ("forbidden" with a Greek
-    omicron for its o is "forbidden", "cop" in Cyrillic letters is "cop"). A word holding any other letter is left
-    as typed, so Russian or Greek prose is not rewritten letter by letter into words it does not say."""
+def latin_skeletons(text: str) -> set[str]:
+    """The text with each look-alike letter read as the Latin one it looks like ("forbidden" with a Greek omicron
+    for its o is "forbidden"). Run before case-folding: a capital Cyrillic ka looks like K, its lower case does not
+    look like k. A capital I and a small l look the same, and the data picks one of them for each look-alike (Greek
+    capital iota is "l"), so there are three readings: as the data says, and with every such letter an i, or an l. A
+    word that also holds other letters keeps them, so a whole-word entry cannot match inside it."""
     table = latin_lookalikes()
-
-    def read(match: re.Match[str]) -> str:
-        word = match.group()
-        if word.isascii() or any(not c.isascii() and ord(c) not in table for c in word):
-            return word
-        return word.translate(table)
-
-    return re.sub(r"\w+", read, text)
+    readings = {text.translate(table)}
+    for letter in "il":
+        readings.add(text.translate({code: letter if latin in "il" else latin for code, latin in table.items()}))
+    return readings
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class PromptBlocklist:
 
     @classmethod
     def from_text(cls, text: str, source: str = "") -> PromptBlocklist:
+        latin_lookalikes()  # read now: a broken install fails at start-up, not at the first prompt
         patterns, lines = [], []
         for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
@@ -121,10 +123,10 @@ class PromptBlocklist:
     def match(self, prompt: str) -> int | None:
         """The file line of the first entry the prompt matches, or None. An invisible character is read both as
         nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing. Each
-        reading is matched as written and as its Latin look-alikes (`latin_skeleton`): a Greek omicron for an o
+        reading is matched as written and as its Latin look-alikes (`latin_skeletons`): a Greek omicron for an o
         hides nothing either, and an entry in another script still matches that script."""
-        texts = {normalise(prompt), normalise(prompt, " ")}
-        texts |= {latin_skeleton(text) for text in texts}
+        readings = {prompt} | latin_skeletons(unicodedata.normalize("NFKC", prompt))
+        texts = {normalise(reading, invisible) for reading in readings for invisible in ("", " ")}
         for pattern, line in zip(self.patterns, self.lines, strict=True):
             if any(pattern.search(text) for text in texts):
                 return line

@@ -158,10 +158,19 @@ def test_the_block_list(tmp_path):
         "a red fox": None,
     }
     assert {prompt: blocklist.match(prompt) for prompt in cases} == cases
-    # A word all in Cyrillic look-alikes reads as its Latin twin; a word with any other Cyrillic letter is left alone
-    # (kot in Cyrillic has a k and a t that no Latin letter looks like, so it is not read as "kot" minus two letters).
-    lookalikes = PromptBlocklist.from_text("cop\nkot")
-    assert lookalikes.match("a \u0421\u041e\u0420 car") == 1 and lookalikes.match("\u043a\u043e\u0442") is None
+    # Look-alike capitals count (read before case-folding: a review found a Cyrillic capital K passing), a word all in
+    # look-alikes reads as its Latin twin, and a `re:` entry matches inside a word with other letters too.
+    lookalikes = PromptBlocklist.from_text("cop\nkot\nkill\nre:sp[a@]+m\nsik")
+    admitted = {
+        "a \u0421\u041e\u0420 car": 1,  # COP in Cyrillic capitals
+        "\u041aILL them": 3,  # a Cyrillic capital ka
+        "\u039a\u0399LL": 3,  # Greek capitals kappa and iota (the data reads this iota as an l)
+        "ki\u04cf\u04cf": 3,  # Cyrillic palochkas for the two l's (the data reads them as i's)
+        "\u0455\u0440\u0430\u0430\u0430m\u0436": 4,  # the regular expression, with a Cyrillic zhe after it
+        "\u043a\u043e\u0442": None,  # lower-case Cyrillic k and t look like no Latin letter: not "kot"
+        "s\u0131k s\u0131k gelir": None,  # Turkish dotless i is a Latin letter of its own, not a disguised i
+    }
+    assert {prompt: lookalikes.match(prompt) for prompt in admitted} == admitted
     policy = ContentPolicy(blocklist=blocklist)
     with pytest.raises(ContentBlocked, match="entry 3 of the server's block list"):
         policy.admit(GenerationRequest(prompt="forbidden things"))
