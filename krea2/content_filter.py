@@ -48,34 +48,55 @@ def normalise(text: str, invisible: str = "") -> str:
     return " ".join("".join(invisible if unicodedata.category(c) == "Cf" else c for c in folded).split())
 
 
+LANGUAGE_LETTERS = {"\u0131"}  # Latin-script letters of a language, not disguises: Turkish dotless i
+I_OR_L = "\ue000"  # a look-alike of both I and l (a bar): a word entry's i or l matches it in either place
+
+
 @functools.cache
 def latin_lookalikes() -> dict[int, str]:
-    """Each letter of another script that Unicode's confusables data (UTS #39, as the confusable_homoglyphs package
-    ships it) lists as looking like one ASCII letter, and that letter in lower case: a Greek omicron (U+03BF), a
-    Cyrillic o (U+043E) and a Cyrillic capital ka (U+041A) are "o", "o" and "k". Letters of the Latin script itself
-    (Turkish dotless i, U+0131) are left out: they are words of a language, not disguises."""
+    """Each letter of another script (or a Latin variant such as the script g, U+0261) that Unicode's confusables data
+    (UTS #39, as the confusable_homoglyphs package ships it) lists as looking like one ASCII letter, and that letter in
+    lower case: a Greek omicron (U+03BF), a Cyrillic o (U+043E) and a Cyrillic capital ka (U+041A) are "o", "o" and
+    "k". A capital I and a small l look the same, and the data picks one of them for each bar-like letter (Greek
+    capital iota is "l", Cyrillic palochka "i"), so those read as `I_OR_L`. Symbols (a multiplication sign for an x)
+    are left out: read as letters they lengthened the word beside them out of a whole-word match."""
     data = json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
     table = {}
     for character, homoglyphs in data.items():
-        if len(character) != 1 or character.isascii() or unicodedata.name(character, "").startswith("LATIN"):
+        if len(character) != 1 or character.isascii() or not character.isalpha() or character in LANGUAGE_LETTERS:
             continue
         latin = next((h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()), None)
         if latin:
-            table[ord(character)] = latin.lower()
+            table[ord(character)] = I_OR_L if latin.lower() in "il" else latin.lower()
     return table
 
 
-def latin_skeletons(text: str) -> set[str]:
-    """The text with each look-alike letter read as the Latin one it looks like ("forbidden" with a Greek omicron
-    for its o is "forbidden"). Run before case-folding: a capital Cyrillic ka looks like K, its lower case does not
-    look like k. A capital I and a small l look the same, and the data picks one of them for each look-alike (Greek
-    capital iota is "l"), so there are three readings: as the data says, and with every such letter an i, or an l. A
-    word that also holds other letters keeps them, so a whole-word entry cannot match inside it."""
+def latin_reading(text: str) -> str:
+    """The text with each disguised word read in the Latin letters it looks like ("forbidden" with a Greek omicron for
+    its o is "forbidden"). Run before case-folding: a capital Cyrillic ka looks like K, its lower case does not look
+    like k. A word is read so when it mixes look-alikes with ASCII letters (a disguise) or is all look-alikes; a word
+    of one other script with other letters in it is left as typed (a Russian "cigarettes" holds "rape" in look-alikes,
+    a `re:rape` entry must not find it)."""
     table = latin_lookalikes()
-    readings = {text.translate(table)}
-    for letter in "il":
-        readings.add(text.translate({code: letter if latin in "il" else latin for code, latin in table.items()}))
-    return readings
+
+    def read(match: re.Match[str]) -> str:
+        word = match.group()
+        foreign = [c for c in word if not c.isascii() and c.isalpha()]
+        if not any(ord(c) in table for c in foreign):
+            return word
+        if any(c.isascii() and c.isalpha() for c in word) or all(ord(c) in table for c in foreign):
+            return word.translate(table)
+        return word
+
+    return re.sub(r"\w+", read, text)
+
+
+def word_entry(line: str) -> re.Pattern[str]:
+    """A word or phrase entry as whole words, each i or l also matching a bar-like look-alike (`I_OR_L`)."""
+    letters = {"i": f"[i{I_OR_L}]", "l": f"[l{I_OR_L}]"}
+    words = ["".join(letters.get(c) or re.escape(c) for c in word) for word in normalise(line).split()]
+    phrase = r"\s+".join(words)
+    return re.compile(rf"(?<![\w{I_OR_L}]){phrase}(?![\w{I_OR_L}])")
 
 
 @dataclass(frozen=True)
@@ -106,8 +127,7 @@ class PromptBlocklist:
                                          "would refuse every prompt.")  # fmt: skip
                 patterns.append(pattern)
             else:
-                words = r"\s+".join(re.escape(word) for word in normalise(line).split())
-                patterns.append(re.compile(rf"(?<!\w){words}(?!\w)"))
+                patterns.append(word_entry(line))
             lines.append(number)
         return cls(tuple(patterns), tuple(lines), source)
 
@@ -123,9 +143,10 @@ class PromptBlocklist:
     def match(self, prompt: str) -> int | None:
         """The file line of the first entry the prompt matches, or None. An invisible character is read both as
         nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing. Each
-        reading is matched as written and as its Latin look-alikes (`latin_skeletons`): a Greek omicron for an o
+        reading is matched as written and as its Latin look-alikes (`latin_reading`): a Greek omicron for an o
         hides nothing either, and an entry in another script still matches that script."""
-        readings = {prompt} | latin_skeletons(unicodedata.normalize("NFKC", prompt))
+        latin = latin_reading(unicodedata.normalize("NFKC", prompt))
+        readings = {prompt, latin, latin.replace(I_OR_L, "i"), latin.replace(I_OR_L, "l")}  # the last two: `re:` lines
         texts = {normalise(reading, invisible) for reading in readings for invisible in ("", " ")}
         for pattern, line in zip(self.patterns, self.lines, strict=True):
             if any(pattern.search(text) for text in texts):

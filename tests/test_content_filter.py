@@ -160,15 +160,22 @@ def test_the_block_list(tmp_path):
     assert {prompt: blocklist.match(prompt) for prompt in cases} == cases
     # Look-alike capitals count (read before case-folding: a review found a Cyrillic capital K passing), a word all in
     # look-alikes reads as its Latin twin, and a `re:` entry matches inside a word with other letters too.
-    lookalikes = PromptBlocklist.from_text("cop\nkot\nkill\nre:sp[a@]+m\nsik")
+    lookalikes = PromptBlocklist.from_text("cop\nkot\nkill\nre:sp[a@]+m\nsik\nfail\nchild abuse\ngore\nre:rape")
     admitted = {
         "a \u0421\u041e\u0420 car": 1,  # COP in Cyrillic capitals
         "\u041aILL them": 3,  # a Cyrillic capital ka
         "\u039a\u0399LL": 3,  # Greek capitals kappa and iota (the data reads this iota as an l)
         "ki\u04cf\u04cf": 3,  # Cyrillic palochkas for the two l's (the data reads them as i's)
+        "k\u0456\u04cf\u04cf": 3,  # a Ukrainian i and two palochkas: one bar-like letter as an i, two as l's
+        "\u041aILL\u00d7": 3,  # a multiplication sign after the word is not read as an x that lengthens it
+        "\u0441h\u0456\u04cfd abuse": 7,  # a phrase
+        "\u0261ore": 8,  # a Latin script g
         "\u0455\u0440\u0430\u0430\u0430m\u0436": 4,  # the regular expression, with a Cyrillic zhe after it
         "\u043a\u043e\u0442": None,  # lower-case Cyrillic k and t look like no Latin letter: not "kot"
         "s\u0131k s\u0131k gelir": None,  # Turkish dotless i is a Latin letter of its own, not a disguised i
+        "fall": None,  # an i or l matches a bar-like look-alike, not the other ASCII letter
+        # Russian "cigarettes" and "Margaret" hold "rape" in look-alike letters among others: left as typed.
+        "\u0441\u0438\u0433\u0430\u0440\u0435\u0442\u044b \u041c\u0430\u0440\u0433\u0430\u0440\u0435\u0442": None,
     }
     assert {prompt: lookalikes.match(prompt) for prompt in admitted} == admitted
     policy = ContentPolicy(blocklist=blocklist)
