@@ -177,6 +177,13 @@ def number_text(value: int | float) -> str:
     return f"a {digits}-digit number" if digits > 15 else f"{value:g}"
 
 
+def say_mask_not_drawn() -> None:
+    """Gradio 6.31's editor does not draw a painted layer set from the app, and a stroke replaces it with the new
+    strokes (a review: baking the paint into the picture instead changed the picture on the first stroke)."""
+    gr.Info("The inpaint mask came back with the picture but the editor does not draw it (see the note below the "
+            "editor). Generate uses it as it is; painting replaces it with what you paint.")  # fmt: skip
+
+
 def session_of(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
@@ -516,6 +523,8 @@ class Handlers:
         source = reused_source(self.service.store, generation)
         if source is None:
             return None, *[gr.skip()] * 7
+        if source.mask is not None:
+            say_mask_not_drawn()
         return editor_value(source.image, source.mask), source.strength, gr.Accordion(open=True), 0, 0, 0, 0, 0
 
     def cancel(self, request: gr.Request):
@@ -985,6 +994,8 @@ class Handlers:
             return None, *[gr.skip()] * 7
         strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
         strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
+        if mask is not None:
+            say_mask_not_drawn()
         return editor_value(image.convert("RGB"), mask), strength, gr.Accordion(open=True), 0, 0, 0, 0, 0
 
     @friendly
