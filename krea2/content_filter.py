@@ -53,13 +53,14 @@ I_OR_L = "\ue000"  # a look-alike of both I and l (a bar): a word entry's i or l
 
 
 @functools.cache
-def latin_lookalikes() -> dict[int, str]:
+def latin_lookalikes(as_listed: bool = False) -> dict[int, str]:
     """Each letter of another script (or a Latin variant such as the script g, U+0261) that Unicode's confusables data
     (UTS #39, as the confusable_homoglyphs package ships it) lists as looking like one ASCII letter, and that letter in
     lower case: a Greek omicron (U+03BF), a Cyrillic o (U+043E) and a Cyrillic capital ka (U+041A) are "o", "o" and
     "k". A capital I and a small l look the same, and the data picks one of them for each bar-like letter (Greek
-    capital iota is "l", Cyrillic palochka "i"), so those read as `I_OR_L`. Symbols (a multiplication sign for an x)
-    are left out: read as letters they lengthened the word beside them out of a whole-word match."""
+    capital iota is "l", Cyrillic palochka "i"), so those read as `I_OR_L` (`as_listed`: as the data says, for `re:`
+    lines). Symbols (a multiplication sign for an x) are left out: read as letters they lengthened the word beside
+    them out of a whole-word match."""
     data = json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
     table = {}
     for character, homoglyphs in data.items():
@@ -67,17 +68,18 @@ def latin_lookalikes() -> dict[int, str]:
             continue
         latin = next((h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()), None)
         if latin:
-            table[ord(character)] = I_OR_L if latin.lower() in "il" else latin.lower()
+            table[ord(character)] = I_OR_L if latin in "iIl" and not as_listed else latin.lower()  # L shapes: l
     return table
 
 
-def latin_reading(text: str) -> str:
+def latin_reading(text: str, as_listed: bool = False) -> str:
     """The text with each disguised word read in the Latin letters it looks like ("forbidden" with a Greek omicron for
     its o is "forbidden"). Run before case-folding: a capital Cyrillic ka looks like K, its lower case does not look
     like k. A word is read so when it mixes look-alikes with ASCII letters (a disguise) or is all look-alikes; a word
     of one other script with other letters in it is left as typed (a Russian "cigarettes" holds "rape" in look-alikes,
-    a `re:rape` entry must not find it)."""
-    table = latin_lookalikes()
+    a `re:rape` entry must not find it). Words are runs of letters: a digit or _ does not join an ASCII word to one in
+    another script."""
+    table = latin_lookalikes(as_listed)
 
     def read(match: re.Match[str]) -> str:
         word = match.group()
@@ -88,7 +90,7 @@ def latin_reading(text: str) -> str:
             return word.translate(table)
         return word
 
-    return re.sub(r"\w+", read, text)
+    return re.sub(r"[^\W\d_]+", read, text)
 
 
 def word_entry(line: str) -> re.Pattern[str]:
@@ -143,10 +145,14 @@ class PromptBlocklist:
     def match(self, prompt: str) -> int | None:
         """The file line of the first entry the prompt matches, or None. An invisible character is read both as
         nothing ("re\u200bd" is "red") and as a space ("red\u200bcircle" is "red circle"): it hides nothing. Each
-        reading is matched as written and as its Latin look-alikes (`latin_reading`): a Greek omicron for an o
-        hides nothing either, and an entry in another script still matches that script."""
-        latin = latin_reading(unicodedata.normalize("NFKC", prompt))
-        readings = {prompt, latin, latin.replace(I_OR_L, "i"), latin.replace(I_OR_L, "l")}  # the last two: `re:` lines
+        reading is matched as written and as its Latin look-alikes (`latin_reading`: in words that mix them with
+        ASCII letters or are spelt only in them): a Greek omicron for the o of an English word hides nothing either,
+        and an entry in another script still matches that script."""
+        prompt = prompt.replace(I_OR_L, " ")  # typed, it is no letter: a separator, as any other private-use character
+        shown = unicodedata.normalize("NFKC", prompt)
+        latin = latin_reading(shown)
+        # For `re:` lines, which cannot take the mark: every bar-like letter an i, an l, or as the data reads it.
+        readings = {prompt, latin, latin.replace(I_OR_L, "i"), latin.replace(I_OR_L, "l"), latin_reading(shown, True)}
         texts = {normalise(reading, invisible) for reading in readings for invisible in ("", " ")}
         for pattern, line in zip(self.patterns, self.lines, strict=True):
             if any(pattern.search(text) for text in texts):

@@ -160,7 +160,9 @@ def test_the_block_list(tmp_path):
     assert {prompt: blocklist.match(prompt) for prompt in cases} == cases
     # Look-alike capitals count (read before case-folding: a review found a Cyrillic capital K passing), a word all in
     # look-alikes reads as its Latin twin, and a `re:` entry matches inside a word with other letters too.
-    lookalikes = PromptBlocklist.from_text("cop\nkot\nkill\nre:sp[a@]+m\nsik\nfail\nchild abuse\ngore\nre:rape")
+    lookalikes = PromptBlocklist.from_text(
+        "cop\nkot\nkill\nre:sp[a@]+m\nsik\nfail\nchild abuse\ngore\nre:rape\nre:k[i1]ll"
+    )
     admitted = {
         "a \u0421\u041e\u0420 car": 1,  # COP in Cyrillic capitals
         "\u041aILL them": 3,  # a Cyrillic capital ka
@@ -174,6 +176,10 @@ def test_the_block_list(tmp_path):
         "\u043a\u043e\u0442": None,  # lower-case Cyrillic k and t look like no Latin letter: not "kot"
         "s\u0131k s\u0131k gelir": None,  # Turkish dotless i is a Latin letter of its own, not a disguised i
         "fall": None,  # an i or l matches a bar-like look-alike, not the other ASCII letter
+        "\ue000kill": 3,  # the private-use mark bar-like letters are read as, typed, is a separator
+        "overk\u0456\u04c0\u04c0": 10,  # a Ukrainian i and capital palochkas, for a `re:` line (as the data reads them)
+        "fa\u13de\u13de": None,  # Cherokee L-shaped letters are l's, not i's
+        "#\u0441\u0438\u0433\u0430\u0440\u0435\u0442\u044b_vape": None,  # _ does not join a Russian word to ASCII
         # Russian "cigarettes" and "Margaret" hold "rape" in look-alike letters among others: left as typed.
         "\u0441\u0438\u0433\u0430\u0440\u0435\u0442\u044b \u041c\u0430\u0440\u0433\u0430\u0440\u0435\u0442": None,
     }

@@ -180,8 +180,9 @@ def number_text(value: int | float) -> str:
 def say_mask_not_drawn() -> None:
     """Gradio 6.31's editor does not draw a painted layer set from the app, and a stroke replaces it with the new
     strokes (a review: baking the paint into the picture instead changed the picture on the first stroke)."""
-    gr.Info("The inpaint mask came back with the picture but the editor does not draw it (see the note below the "
-            "editor). Generate uses it as it is; painting replaces it with what you paint.")  # fmt: skip
+    gr.Info("The inpaint mask came back with the picture but the editor does not draw it (the line under the "
+            "Outpaint boxes says how much it covers). Generate uses it as it is; painting replaces it with what you "
+            "paint.")  # fmt: skip
 
 
 def session_of(request: gr.Request | None) -> str:
