@@ -53,6 +53,12 @@ I_OR_L = "\ue000"  # a look-alike of both I and l (a bar): a word entry's i or l
 
 
 @functools.cache
+def confusables() -> dict[str, list[dict[str, str]]]:
+    """Unicode's confusables data as the confusable_homoglyphs package ships it: character -> its look-alikes."""
+    return json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
 def latin_lookalikes(as_listed: bool = False) -> dict[int, str]:
     """Each letter of another script (or a Latin variant such as the script g, U+0261) that Unicode's confusables data
     (UTS #39, as the confusable_homoglyphs package ships it) lists as looking like one ASCII letter, and that letter in
@@ -61,9 +67,8 @@ def latin_lookalikes(as_listed: bool = False) -> dict[int, str]:
     capital iota is "l", Cyrillic palochka "i"), so those read as `I_OR_L` (`as_listed`: as the data says, for `re:`
     lines). Symbols (a multiplication sign for an x) are left out: read as letters they lengthened the word beside
     them out of a whole-word match."""
-    data = json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
     table = {}
-    for character, homoglyphs in data.items():
+    for character, homoglyphs in confusables().items():
         if len(character) != 1 or character.isascii() or not character.isalpha() or character in LANGUAGE_LETTERS:
             continue
         latin = next((h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()), None)
