@@ -159,16 +159,16 @@ def display_preview(preview, min_side: int = 256):
     return preview.resize((preview.width * scale, preview.height * scale), resample=2)  # bilinear
 
 
-def plain_number(value: Any) -> bool:
-    """A finite int or float a control can take (not a bool, NaN or a 400-digit integer from a foreign PNG)."""
-    return not isinstance(value, bool) and isinstance(value, int | float) and abs(value) <= 2**53 and value == value
-
-
 def finite_number(value: Any) -> bool:
     """An int or a finite float, however large (a PNG from another tool may say a width of 1e308)."""
     return not isinstance(value, bool) and (
         isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     )
+
+
+def plain_number(value: Any) -> bool:
+    """A finite int or float a control can take (not a bool, NaN or a 400-digit integer from a foreign PNG)."""
+    return finite_number(value) and abs(value) <= 2**53
 
 
 def number_text(value: int | float) -> str:
