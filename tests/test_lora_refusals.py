@@ -106,7 +106,8 @@ def test_content_refusals_say_what_was_expected(tmp_path, transformer, shapes):
     assert "only the transformer takes LoRAs" in refusal(text_encoder, shapes)
     full_size = save(tmp_path / "full-size.safetensors", {f"{key}.lora_A.weight": torch.ones(4, 6144),
                                                           f"{key}.lora_B.weight": torch.ones(6144, 4)})  # fmt: skip
-    assert "maps 192 features to 192, but the LoRA's maps 6144 to 6144" in refusal(full_size, shapes)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert f"maps {width} features to {width}, but the LoRA's maps 6144 to 6144" in refusal(full_size, shapes)
     ranks = save(tmp_path / "ranks.safetensors", {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up[:, :2]})
     assert f"its two matrices have different ranks ({down.shape[0]} and 2)" in refusal(ranks, shapes)
     kohya = pair("lora_unet_blocks_0_attn_wq", down, up, "lora_down", "lora_up")
@@ -124,7 +125,7 @@ def test_content_refusals_say_what_was_expected(tmp_path, transformer, shapes):
     half = save(tmp_path / "half.safetensors", {f"{key}.lora_A.weight": down})
     assert "has lora_A but no lora_B" in refusal(half, shapes)
     dora = save(tmp_path / "dora.safetensors", {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up,
-                                                f"{key}.lora_magnitude_vector": torch.ones(192)})  # fmt: skip
+                                                f"{key}.lora_magnitude_vector": torch.ones(width)})  # fmt: skip
     assert "uses DoRA" in refusal(dora, shapes)
     integers = save(tmp_path / "integers.safetensors", {f"{key}.lora_A.weight": down.to(torch.int32),
                                                         f"{key}.lora_B.weight": up.to(torch.int32)})  # fmt: skip
