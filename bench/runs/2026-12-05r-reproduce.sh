@@ -11,14 +11,15 @@
 # hand-off; part 3 and evaluate bring the exported checkpoints as a tar in 15 MB pieces (join with cat, then tar -x).
 # The call's exit status is the part's. bench/NOTES.md, session q, has the prediction.
 PART=${PART:?PART=1, 2, 3 or evaluate}
+HANDOFF=${HANDOFF:-artifacts/handoff}  # where a fresh machine finds the part before's hand-off (carried or committed)
 source bench/runs/prefix.sh
 export WORK=artifacts/demo-reproduce EXPORT=artifacts/demo-reproduced PYTHON=python
 [ "$PART" = 1 ] && rm -rf $WORK $EXPORT
 needs=$( [ "$PART" = 2 ] && echo vae.safetensors; [ "$PART" = 3 ] && echo raw_transformer.safetensors )
 if [ -n "$needs" ] && [ ! -e "$WORK/$needs" ]; then  # a fresh machine: the carried hand-off of the part before
   mkdir -p $WORK
-  cat artifacts/handoff/handoff.tar.part-* 2>/dev/null | tar -x -C $WORK 2>/dev/null
-  [ -e "$WORK/$needs" ] || { echo "== no $needs here and no hand-off holding it (artifacts/handoff)"; exit 3; }
+  cat $HANDOFF/handoff.tar.part-* 2>/dev/null | tar -x -C $WORK 2>/dev/null
+  [ -e "$WORK/$needs" ] || { echo "== no $needs here and no hand-off holding it ($HANDOFF)"; exit 3; }
   echo "== WORK restored from the hand-off"; ls -la $WORK
 fi
 bash demo/reproduce.sh $PART > $OUT/part-$PART.log 2>&1
