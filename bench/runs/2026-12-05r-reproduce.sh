@@ -3,8 +3,8 @@
 # Each part reads the WORK folder the earlier ones left in artifacts/. A machine stays warm only 30 s after a call,
 # so parts 1 and 2 also bring back a hand-off (what the next part needs, as a tar in 15 MB pieces): here, replace
 # artifacts/handoff with the pieces of the last call (`rm -rf artifacts/handoff; mkdir artifacts/handoff; cp
-# FILES_AT/handoff.tar.part-* artifacts/handoff/`) and carry it: on a fresh machine it restores WORK. After part 2,
-# Raw and the VAE are rounded to bf16 in WORK itself (the precision the export ships them in; fp32 would not fit the
+# FILES_AT/handoff.tar.part-* artifacts/handoff/`) and carry it: on a fresh machine it restores WORK. After part 1 the VAE,
+# after part 2 Raw too, are rounded to bf16 in WORK itself (the precision the export ships them in; fp32 would not fit the
 # 64 MiB a call carries), so part 3 starts from the same weights on a warm machine and a fresh one. The wheels less
 # torchao make the room: `mkdir .whl-train && ln .whl/diffusers* .whl/transformers* .whl/tokenizers* .whl-train/`.
 # At most 8 files come back per call (16 MB each): the part's log, the report and times, the last probe sheet, the
@@ -29,13 +29,13 @@ cp $WORK/report.json $WORK/times.txt $OUT/ 2>/dev/null
 sheet=$(ls $WORK/probes/raw-*.png 2>/dev/null | sort -V | tail -1)
 if [ "$PART" = 2 ] && [ -n "$sheet" ]; then cp $sheet $OUT/; fi
 if [ "$PART" = evaluate ]; then cp $WORK/eval.json $OUT/; fi
-if [ "$rc" = 0 ] && [ "$PART" = 2 ]; then  # Raw and the VAE in bf16, in WORK itself (see above)
-  python - "$WORK" <<'PY'
+if [ "$rc" = 0 ] && { [ "$PART" = 1 ] || [ "$PART" = 2 ]; }; then  # the VAE (part 1), Raw (part 2) in bf16, in WORK
+  python - "$WORK" $( [ "$PART" = 2 ] && echo raw_transformer ) vae <<'PY'
 import sys
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-for name in ("raw_transformer", "vae"):
+for name in sys.argv[2:]:
     path = f"{sys.argv[1]}/{name}.safetensors"
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata()
