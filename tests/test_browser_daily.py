@@ -224,13 +224,37 @@ def test_api_times_carry_a_zone_and_the_log_is_quiet_with_one_line_per_generatio
     assert "Krea 2 Studio stopped cleanly." in log
 
 
+def editor_shows_the_whole_picture(canvas) -> bool:
+    """Whether the editor's canvas shows all of the reuse test's yellow square picture: the yellow it shows spans a
+    square. The reused mask drawn over it in white would leave the right half, twice as tall as wide."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    canvas.scroll_into_view_if_needed()
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int16)
+    rows, columns = np.nonzero(np.abs(pixels - (230, 200, 20)).max(axis=2) <= 8)
+    if len(rows) < 1000:
+        return False
+    width, height = columns.max() - columns.min() + 1, rows.max() - rows.min() + 1
+    return abs(width / height - 1) < 0.1
+
+
 def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     """A hostile pass: "Reuse settings" on an inpaint brought the picture and its (already feathered) mask back with
     the feather at 0, then the editor reported the picture as an upload and the feather went back to 8: the mask was
-    feathered twice and the same settings drew another image."""
+    feathered twice and the same settings drew another image. The editor does not draw the mask it was given (Gradio
+    6.31), so the page shows it tinted under the editor until a stroke replaces it."""
+    import io
+    import urllib.parse
+    import urllib.request
+
+    import numpy as np
     from gradio_client import Client, handle_file
     from PIL import Image
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 
     Image.new("RGB", (256, 256), (230, 200, 20)).save(tmp_path / "init.png")
     mask = Image.new("L", (256, 256), 0)
@@ -256,11 +280,37 @@ def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     page.locator("#history-gallery img").first.click()
     page.locator("#history-reuse").click()
     page.locator("#init-note").get_by_text("inpaint of 50% of the picture").wait_for(timeout=20_000)
-    # The editor does not draw the mask it was given (Gradio 6.31), so the page says so rather than hide it.
-    page.locator(".toast-body").get_by_text("the editor does not draw it").wait_for(timeout=10_000)
+    page.locator(".toast-body").get_by_text("shown tinted under the editor").wait_for(timeout=10_000)
     # The editor's own upload event comes after the note, and may take seconds on a busy machine (it put 8 back
     # within 6 s before the fix): the feather must read 0 throughout.
     for _ in range(20):
         assert page.locator("#feather input[type=number]").input_value() == "0"
         page.wait_for_timeout(500)
+    # The mask shown under the editor, once the editor has sent its own copy back: the left half tinted (the mask
+    # covers columns 0-127, feathered over 8 px), the right half the picture's own yellow.
+    preview = page.locator("#reused-mask-preview img")
+    expect(preview).to_be_visible(timeout=10_000)
+    assert page.locator("#reused-mask").get_by_text("Generate repaints the tinted part").is_visible()
+    with urllib.request.urlopen(urllib.parse.urljoin(server.url, preview.get_attribute("src")), timeout=10) as file:
+        shown = np.asarray(Image.open(io.BytesIO(file.read())).convert("RGB"), dtype=np.int16)
+    assert shown.shape == (256, 256, 3)
+    assert (shown[:, 150:] == (230, 200, 20)).all()
+    assert np.abs(shown[:, :100] - (230, 200, 20)).mean() > 50
+    shot(page, "21-reused-inpaint-mask")
+    canvas = page.locator("#init-image canvas").first
+    assert editor_shows_the_whole_picture(canvas)  # the editor does not draw the mask, as the preview's note says
+
+    # A stroke in the editor replaces the reused mask (the editor then sends a layer with only the stroke): the
+    # preview goes, and the note counts the stroke alone.
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.3
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + 4 * step, y + 4 * step)
+    page.mouse.up()
+    page.mouse.move(0, 0)  # the brush's cursor off the editor
+    expect(page.locator("#reused-mask")).to_be_hidden(timeout=20_000)
+    assert "inpaint of 50%" not in page.locator("#init-note").inner_text()
     context.close()

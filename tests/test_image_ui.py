@@ -14,7 +14,7 @@ from PIL import Image
 from storage import HistoryStore
 from studio.service import StudioService
 from ui.handlers import COMPARE_CHECKPOINTS, LORA_VALUES, Handlers
-from ui.image_inputs import editor_value, painted_mask
+from ui.image_inputs import MASK_TINT, PREVIEW_SIDE, editor_value, mask_preview, painted_mask, reused_mask_view
 
 
 class Selected:
@@ -74,9 +74,11 @@ def test_upscale_send_and_reuse(handlers) -> None:
     editor, _panel, _tabs = handlers.send_to_image(selected)
     assert editor["background"].size == (256, 256) and editor["layers"] == []
 
-    restored, strength, _panel, *feather_and_sides = handlers.reuse_source([hires.id, 0])
+    restored, strength, _panel, *feather_and_sides, reused = handlers.reuse_source([hires.id, 0])
     assert restored["background"].size == (512, 512) and strength == 0.35 and feather_and_sides == [0] * 5
-    assert handlers.reuse_source(selected)[0] is None  # text-to-image: the editor is emptied
+    assert reused is None  # no mask to show beside the editor
+    emptied = handlers.reuse_source(selected)
+    assert emptied[0] is None and emptied[-1] is None  # text-to-image: the editor is emptied, no reused mask kept
 
 
 def test_compare_starts_both_checkpoints_from_the_image(handlers) -> None:
@@ -114,8 +116,8 @@ def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
     assert shown["visible"] and shown["value"].endswith(f"{generation.source_sha256}.png")
 
     _text, _parsed, values = handlers.png_info(item["path"])
-    editor, strength, _panel, *feather_and_sides = handlers.png_source(values)
-    assert feather_and_sides == [0] * 5  # the stored mask is already feathered
+    editor, strength, _panel, *feather_and_sides, reused = handlers.png_source(values)
+    assert feather_and_sides == [0] * 5 and reused is None  # the stored mask is already feathered; here there is none
     assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
     with pytest.warns(UserWarning, match="not in this app's data folder"):
         assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None
@@ -206,3 +208,56 @@ def test_a_result_deleted_from_history_leaves_the_results_gallery_at_the_next_ru
     assert details == f"Generation {gone} no longer exists." and selected is None
     assert reuse == vary == gr.update(visible=False) and handlers.result_actions(selected)[0]["visible"] is False
     assert len(after[2]) == 2 and all(Path(path).is_file() for path, _caption in after[2])
+
+
+def test_the_mask_preview_tints_what_generate_repaints_and_leaves_the_rest() -> None:
+    picture = Image.new("RGB", (256, 128), (230, 200, 20))
+    mask = Image.new("L", (256, 128), 0)
+    mask.paste(255, (0, 0, 64, 128))  # the left quarter repainted
+    mask.paste(128, (64, 0, 96, 128))  # a feathered edge: tinted by half as much
+    preview = np.asarray(mask_preview(picture, mask), dtype=np.int16)
+    assert preview.shape == (128, 256, 3)
+    halfway = (np.array((230, 200, 20)) + np.array(MASK_TINT)) / 2
+    assert np.abs(preview[:, :64] - halfway).max() <= 1
+    edge = preview[:, 64:96]
+    assert np.abs(edge - (np.array((230, 200, 20)) + halfway) / 2).max() <= 2
+    assert (preview[:, 96:] == (230, 200, 20)).all()  # outside the mask: the picture's own pixels
+    assert mask_preview(picture, None) is None and mask_preview(picture, Image.new("L", (256, 128), 0)) is None
+    big = mask_preview(Image.new("RGB", (2048, 1024)), Image.new("L", (2048, 1024), 255))
+    assert big.size == (PREVIEW_SIDE, PREVIEW_SIDE // 2)  # a thumbnail for the page, the picture's proportions kept
+
+
+def test_a_reused_inpaint_mask_is_shown_until_the_editor_no_longer_holds_it(handlers, capsys) -> None:
+    """Gradio 6.31's editor does not draw the mask "Use these settings" puts in it: the page shows it tinted beside
+    the editor while the editor sends the same layer back, and hides it once a stroke, another picture or Clear canvas
+    replaced it (what the editor then sends, measured in Chromium)."""
+    out = last(handlers.generate("a blue background", "", "turbo", 8, 0.0, 256, 256, 5, False, 1, [], None,
+                                 *NO_LORAS, editor_with_stroke(), 1.0, 0, 0, 0, 0, 0))  # fmt: skip
+    selected = [out[4][0]["generation_id"], 0]
+    editor, _strength, _panel, *_zeros, reused = handlers.reuse_source(selected)
+    assert "shown tinted under the editor" in capsys.readouterr().out  # the toast (gr.Info prints outside a page)
+    assert reused.size == (256, 256) and np.array_equal(
+        np.asarray(reused), np.asarray(painted_mask(editor["layers"], (256, 256)))
+    )
+
+    def changed(value):
+        note, box, preview = Handlers.editor_changed(value, 1.0, 0, 0, 0, 0, 0, reused)
+        return note, box["visible"], preview
+
+    note, visible, preview = changed(editor)  # the editor sends back what it was given
+    assert "inpaint of 50% of the picture" in note and visible
+    pixels = np.asarray(preview, dtype=np.int16)
+    assert pixels.shape == (256, 256, 3) and (pixels[:, 200:] == (230, 200, 20)).all()
+    assert np.abs(pixels[:, :100] - np.asarray(editor["background"], dtype=np.int16)[:, :100]).mean() > 50
+
+    stroke = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    stroke.paste((255, 255, 255, 255), (180, 20, 220, 60))  # a stroke: the layer holds only it
+    empty = Image.new("RGBA", (256, 256), (0, 0, 0, 0))  # the eraser, another picture or Clear canvas
+    for layers in ([stroke], [empty], []):
+        assert changed({**editor, "layers": layers})[1:] == (False, None)
+    assert changed(None)[1:] == (False, None)
+    assert Handlers.editor_changed(editor, 1.0, 0, 0, 0, 0, 0, None)[1]["visible"] is False  # no reuse: strokes drawn
+
+    _text, _parsed, values = handlers.png_info(out[4][0]["path"])  # PNG info's Send to Generate does the same
+    sent, *_rest, sent_mask = handlers.png_source(values)
+    assert reused_mask_view(sent, sent_mask)[0]["visible"] is True

@@ -6,13 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageOps
 
 from krea2.image_input import InvalidImage, Outpaint
 from studio.sources import PreparedSource, image_source
 
 STRENGTH_RANGE = (0.05, 1.0)  # the strength sliders'
 DEFAULT_FEATHER = 8  # the feather slider's start, in pixels
+# The reused mask's preview (see `reused_mask_view`): the start picture with the part Generate repaints tinted halfway
+# to magenta, a colour that stands out on photos and on the demo model's ten colours alike, and no wider or taller than
+# PREVIEW_SIDE (it is a reminder beside the editor, not a second copy of a 2048² picture sent to the page).
+MASK_TINT = (255, 0, 200)
+PREVIEW_SIDE = 512
+REUSED_MASK_NOTE = (
+    "**Inpaint mask from the reused settings** (the editor above does not draw it): Generate repaints the tinted "
+    "part; painting in the editor replaces it."
+)
+# Chromium sends the reused layer back pixel for pixel (measured); a level or two of rounding in another browser's
+# canvas still counts as the same mask, while a stroke or the eraser changes whole pixels by up to 255.
+SAME_MASK_LEVELS = 2
 
 
 def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None:
@@ -74,6 +86,39 @@ def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ..
     picture = value["background"]
     notes = "".join(f" {note[0].upper()}{note[1:]}." for note in start.notes)
     return f"Init image {picture.width}×{picture.height}: {what}, generated at {width}×{height}.{notes}"
+
+
+def mask_preview(picture: Image.Image, mask: Image.Image | None) -> Image.Image | None:
+    """`picture` with what `mask` repaints tinted halfway to MASK_TINT (a feathered edge by its grey level) and the
+    rest unchanged, scaled down to fit PREVIEW_SIDE; None without a mask or with an empty one (nothing repainted)."""
+    if mask is None or mask.getextrema()[1] == 0:
+        return None
+    picture = picture.convert("RGB")
+    tinted = Image.blend(picture, Image.new("RGB", picture.size, MASK_TINT), 0.5)
+    preview = Image.composite(tinted, picture, mask.convert("L").resize(picture.size))
+    return ImageOps.contain(preview, (PREVIEW_SIDE, PREVIEW_SIDE)) if max(preview.size) > PREVIEW_SIDE else preview
+
+
+def editor_mask(value: Any) -> Image.Image | None:
+    """The mask an editor value paints (its layers' union at the picture's size), None without a picture or paint."""
+    if not isinstance(value, dict) or not isinstance(value.get("background"), Image.Image):
+        return None
+    return painted_mask(value.get("layers") or [], value["background"].size)
+
+
+def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
+    """(the reused-mask box's visibility, its preview) for the editor's value. Gradio 6.31's editor does not draw a
+    layer the app sets, so after "Use these settings" or PNG info's "Send to Generate" on an inpaint the mask Generate
+    uses (`reused`, as it went into the editor) is shown beside it, for as long as the editor still holds it. Decided
+    from what the editor sends back, measured in Chromium: after the reuse, the same layer again; after a stroke or
+    the eraser, a layer with only what was drawn (the reused mask is gone); after another picture or Clear canvas, an
+    empty layer."""
+    mask = editor_mask(value)
+    if reused is None or mask is None or mask.size != reused.size:
+        return gr.update(visible=False), None
+    if ImageChops.difference(mask, reused).getextrema()[1] > SAME_MASK_LEVELS:
+        return gr.update(visible=False), None
+    return gr.update(visible=True), mask_preview(value["background"], mask)
 
 
 def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:

@@ -24,7 +24,12 @@ from .handlers import (
     short_name,
     steps_label,
 )
-from .image_inputs import DEFAULT_FEATHER, STRENGTH_RANGE, feather_after_upload
+from .image_inputs import (
+    DEFAULT_FEATHER,
+    REUSED_MASK_NOTE,
+    STRENGTH_RANGE,
+    feather_after_upload,
+)
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
 from .robust import StudioBlocks
@@ -166,6 +171,14 @@ def build_ui(service: StudioService) -> gr.Blocks:
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
                                 elem_id="init-image",
                             )  # fmt: skip
+                            # The mask a reused inpaint brought back, which the editor does not draw (Gradio 6.31):
+                            # shown only while the editor still holds it (ui/image_inputs.py `reused_mask_view`).
+                            reused_mask = gr.State(None)
+                            with gr.Column(visible=False, elem_id="reused-mask") as reused_box:
+                                gr.Markdown(REUSED_MASK_NOTE)
+                                reused_preview = gr.Image(show_label=False, type="pil", format="png",
+                                                          interactive=False, height=200, buttons=["fullscreen"],
+                                                          elem_id="reused-mask-preview")  # fmt: skip
                             strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, elem_id="strength",
                                                  label="Strength (1 redraws from noise; lower keeps more)")  # fmt: skip
                             feather = gr.Slider(0, 64, value=DEFAULT_FEATHER, step=1, label="Mask feather (px)",
@@ -365,7 +378,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
             held_run(trigger, handlers.generate, gen_inputs)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
-        init_editor.change(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
+        # What "reuse settings" and PNG info's "Send to Generate" fill (ui/handlers.py `reuse_source`, `png_source`).
+        source_outputs = [init_editor, strength, image_panel, feather, *outpaint, reused_mask]
+        init_editor.change(handlers.editor_changed, [*start_inputs, reused_mask],
+                           [init_note, reused_box, reused_preview], trigger_mode="always_last", **private)  # fmt: skip
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
         # gets the default feather back; the reused picture itself keeps 0.
         init_editor.upload(feather_after_upload, init_editor, feather, queue=False, **private)
@@ -375,7 +391,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, selected, [init_editor, strength, image_panel, feather, *outpaint], **private
+            handlers.reuse_source, selected, source_outputs, **private
         )
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
@@ -421,7 +437,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, h_selected, [init_editor, strength, image_panel, feather, *outpaint], **private
+            handlers.reuse_source, h_selected, source_outputs, **private
         )
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
@@ -448,7 +464,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
         p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
-            handlers.png_source, p_values, [init_editor, strength, image_panel, feather, *outpaint], **private
+            handlers.png_source, p_values, source_outputs, **private
         )
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app
