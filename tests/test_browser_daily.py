@@ -245,7 +245,7 @@ def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     """A hostile pass: "Reuse settings" on an inpaint brought the picture and its (already feathered) mask back with
     the feather at 0, then the editor reported the picture as an upload and the feather went back to 8: the mask was
     feathered twice and the same settings drew another image. The editor does not draw the mask it was given (Gradio
-    6.31), so the page shows it tinted under the editor until a stroke replaces it."""
+    6.31), so the page shows it tinted under the editor until a stroke replaces it, also when reused after painting."""
     import io
     import urllib.parse
     import urllib.request
@@ -313,4 +313,13 @@ def test_reusing_an_inpaint_keeps_its_mask_as_it_was(browser, server, tmp_path):
     page.mouse.move(0, 0)  # the brush's cursor off the editor
     expect(page.locator("#reused-mask")).to_be_hidden(timeout=20_000)
     assert "inpaint of 50%" not in page.locator("#init-note").inner_text()
+
+    # Reused again after painting: an editor that had strokes drew the reused layer (and a stroke added to it), so the
+    # preview said otherwise; the editor is emptied first, and it is as after the first reuse.
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-reuse").click()
+    page.locator("#init-note").get_by_text("inpaint of 50% of the picture").wait_for(timeout=20_000)
+    expect(preview).to_be_visible(timeout=10_000)
+    page.wait_for_timeout(2_000)  # the editor's own upload
+    assert editor_shows_the_whole_picture(canvas)
     context.close()

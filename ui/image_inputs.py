@@ -108,17 +108,25 @@ def editor_mask(value: Any) -> Image.Image | None:
 
 def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
     """(the reused-mask box's visibility, its preview) for the editor's value. Gradio 6.31's editor does not draw a
-    layer the app sets, so after "Use these settings" or PNG info's "Send to Generate" on an inpaint the mask Generate
-    uses (`reused`, as it went into the editor) is shown beside it, for as long as the editor still holds it. Decided
-    from what the editor sends back, measured in Chromium: after the reuse, the same layer again; after a stroke or
-    the eraser, a layer with only what was drawn (the reused mask is gone); after another picture or Clear canvas, an
-    empty layer."""
+    layer the app sets into an emptied editor (`empty_editor`), so after "Use these settings" or PNG info's "Send to
+    Generate" on an inpaint the mask Generate uses (`reused`, as it went into the editor) is shown beside it, for as
+    long as the editor still holds it. Decided from what the editor sends back, measured in Chromium: after the
+    reuse, the same layer again; after a stroke or the eraser, a layer with only what was drawn (the reused mask is
+    gone); after another picture or Clear canvas, an empty layer."""
     mask = editor_mask(value)
     if reused is None or mask is None or mask.size != reused.size:
         return gr.update(visible=False), None
     if ImageChops.difference(mask, reused).getextrema()[1] > SAME_MASK_LEVELS:
         return gr.update(visible=False), None
     return gr.update(visible=True), mask_preview(value["background"], mask)
+
+
+def empty_editor() -> None:
+    """The editor's value before "reuse settings" or "Send to Generate" fills it (ui/layout.py). Gradio 6.31's editor
+    does not draw a layer the app sets, except after the user had painted in it (measured in Chromium: it then drew
+    the reused mask, a stroke added to it, and the preview said otherwise); emptied first, it never draws it, and a
+    stroke always replaces it, as the preview and the toast say."""
+    return None
 
 
 def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from .image_inputs import (
     DEFAULT_FEATHER,
     REUSED_MASK_NOTE,
     STRENGTH_RANGE,
+    empty_editor,
     feather_after_upload,
 )
 from .lora_picker import lora_picker, wire_lora_pickers
@@ -378,8 +379,10 @@ def build_ui(service: StudioService) -> gr.Blocks:
             held_run(trigger, handlers.generate, gen_inputs)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
-        # What "reuse settings" and PNG info's "Send to Generate" fill (ui/handlers.py `reuse_source`, `png_source`).
+        # What "reuse settings" and PNG info's "Send to Generate" fill (ui/handlers.py `reuse_source`, `png_source`),
+        # after emptying the editor (`empty_editor` says why).
         source_outputs = [init_editor, strength, image_panel, feather, *outpaint, reused_mask]
+        emptied = (empty_editor, None, init_editor)
         init_editor.change(handlers.editor_changed, [*start_inputs, reused_mask],
                            [init_note, reused_box, reused_preview], trigger_mode="always_last", **private)  # fmt: skip
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
@@ -391,8 +394,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, selected, source_outputs, **private
-        )
+            *emptied, queue=False, **private
+        ).success(handlers.reuse_source, selected, source_outputs, **private)
         send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
             held_run(button.click, handlers.upscaler(factor), [selected, results])
@@ -437,8 +440,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
-            handlers.reuse_source, h_selected, source_outputs, **private
-        )
+            *emptied, queue=False, **private
+        ).success(handlers.reuse_source, h_selected, source_outputs, **private)
         h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
         held_run(h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then,
@@ -464,7 +467,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
         p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
-            handlers.png_source, p_values, source_outputs, **private
-        )
+            *emptied, queue=False, **private
+        ).success(handlers.png_source, p_values, source_outputs, **private)
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app
