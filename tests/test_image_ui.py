@@ -261,3 +261,18 @@ def test_a_reused_inpaint_mask_is_shown_until_the_editor_no_longer_holds_it(hand
     _text, _parsed, values = handlers.png_info(out[4][0]["path"])  # PNG info's Send to Generate does the same
     sent, *_rest, sent_mask = handlers.png_source(values)
     assert reused_mask_view(sent, sent_mask)[0]["visible"] is True
+
+
+def test_an_upload_says_the_note_and_sets_the_feather_as_the_picture_lands() -> None:
+    """The editor's upload event says the note too: its change event may come before the picture is in, empty, with
+    none after (measured in Chromium). An upload without a picture is that early one: the note is left alone."""
+    picture = {"background": Image.new("RGB", (256, 256), (20, 160, 40)), "layers": [], "composite": None}
+    feather, note, box, _preview = Handlers.editor_uploaded(picture, 0.6, 0, 0, 0, 0, 0, None)
+    assert feather == 8 and not box["visible"]  # a new picture: the default feather back
+    assert note == "Init image 256×256: img2img at strength 0.60, generated at 256×256."
+    assert Handlers.editor_uploaded(None, 0.6, 0, 0, 0, 0, 0, None) == (8, gr.skip(), gr.skip(), gr.skip())
+    reused = editor_value(picture["background"], Image.new("L", (256, 256), 255))
+    feather, note, box, _preview = Handlers.editor_uploaded(
+        reused, 0.6, 0, 0, 0, 0, 0, painted_mask(reused["layers"], (256, 256))
+    )
+    assert feather == gr.skip() and "inpaint of 100% of the picture" in note and box["visible"]  # feather kept at 0

@@ -46,6 +46,8 @@ from .image_inputs import (
     editor_mask,
     editor_source,
     editor_value,
+    feather_after_upload,
+    holds_picture,
     reused_mask_view,
 )
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras
@@ -360,9 +362,28 @@ class Handlers:
         """The editor's new value: the note under it, and the box and picture of the mask a reuse brought back
         (`reused_mask_view`). One event for both: each event that takes the editor uploads its picture and layers
         again, and a second listener doubled the uploads after a reuse (measured on a 256² reuse: 222 upload
-        requests instead of 114)."""
+        requests instead of 114). The editor's upload event fills them too (`editor_uploaded` says why)."""
         note = Handlers.describe_start(init, strength, feather, left, right, top, bottom)
         return note, *reused_mask_view(init, reused)
+
+    @staticmethod
+    def editor_uploaded(
+        init: Any, strength: Any, feather: Any, left: Any, right: Any, top: Any, bottom: Any, reused: Any
+    ) -> tuple[Any, Any, Any, Any]:
+        """A picture landed in the editor (uploaded, pasted, or put there by Send to img2img, Reuse settings or PNG
+        info's Send to Generate): (feather, note, reused-mask box, its preview). The editor's change event does not
+        always carry the picture then (Gradio 6.31, measured in Chromium): after an upload, either the change or
+        this event is sent before the picture is in, with an empty value, and the other one holds it; after a send
+        or a reuse into an empty editor the change came first, empty, and none followed. So this event, which takes
+        the editor already (the feather), says what Generate will do as well, and no listener is added (each one
+        that takes the editor uploads its picture again). An upload without a picture is that early one, not an
+        empty editor: the note and the preview are left to the change event."""
+        new_feather = feather_after_upload(init)
+        keep = gr.skip() if new_feather is None else new_feather
+        if not holds_picture(init):
+            return keep, gr.skip(), gr.skip(), gr.skip()
+        used = feather if new_feather is None else new_feather  # the note as the slider will read
+        return keep, *Handlers.editor_changed(init, strength, used, left, right, top, bottom, reused)
 
     def status_tick(self, on_page: str) -> tuple[Any, Any, Any]:
         """(status line, what the page shows, the timer): the line when it changed since the page last got it, and the

@@ -39,15 +39,17 @@ def painted_mask(layers: list[Any], size: tuple[int, int]) -> Image.Image | None
     return mask if mask.getextrema()[1] > 0 else None
 
 
-def feather_after_upload(value: Any) -> Any:
-    """The feather once a picture lands in the editor: the default for a new picture, the slider left alone when the
-    picture came with its mask painted in. "Use these settings" fills the editor with the mask already feathered and
-    the feather at 0, and the editor reports that as an upload too: resetting it then feathered the mask twice (a
-    hostile pass: the same settings drew another image)."""
-    if isinstance(value, dict) and isinstance(value.get("background"), Image.Image):
-        if painted_mask(value.get("layers") or [], value["background"].size) is not None:
-            return gr.skip()
-    return DEFAULT_FEATHER
+def holds_picture(value: Any) -> bool:
+    """Whether an editor value holds a picture (its background); without one Generate is text-to-image."""
+    return isinstance(value, dict) and isinstance(value.get("background"), Image.Image)
+
+
+def feather_after_upload(value: Any) -> int | None:
+    """The feather once a picture lands in the editor: the default for a new picture, None (the slider left alone)
+    when the picture came with its mask painted in. "Use these settings" fills the editor with the mask already
+    feathered and the feather at 0, and the editor reports that as an upload too: resetting it then feathered the mask
+    twice (a hostile pass: the same settings drew another image)."""
+    return None if editor_mask(value) is not None else DEFAULT_FEATHER
 
 
 def outpaint_sides(*sides: Any) -> Outpaint | None:
@@ -57,7 +59,7 @@ def outpaint_sides(*sides: Any) -> Outpaint | None:
 
 def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> PreparedSource | None:
     """The Generate tab's start, or None when the editor holds no picture (text-to-image)."""
-    if not isinstance(value, dict) or not isinstance(value.get("background"), Image.Image):
+    if not holds_picture(value):
         return None
     background: Image.Image = value["background"]
     mask = painted_mask(value.get("layers") or [], background.size)
@@ -101,7 +103,7 @@ def mask_preview(picture: Image.Image, mask: Image.Image | None) -> Image.Image 
 
 def editor_mask(value: Any) -> Image.Image | None:
     """The mask an editor value paints (its layers' union at the picture's size), None without a picture or paint."""
-    if not isinstance(value, dict) or not isinstance(value.get("background"), Image.Image):
+    if not holds_picture(value):
         return None
     return painted_mask(value.get("layers") or [], value["background"].size)
 

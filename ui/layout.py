@@ -29,7 +29,6 @@ from .image_inputs import (
     REUSED_MASK_NOTE,
     STRENGTH_RANGE,
     empty_editor,
-    feather_after_upload,
 )
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
@@ -386,8 +385,14 @@ def build_ui(service: StudioService) -> gr.Blocks:
         init_editor.change(handlers.editor_changed, [*start_inputs, reused_mask],
                            [init_note, reused_box, reused_preview], trigger_mode="always_last", **private)  # fmt: skip
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
-        # gets the default feather back; the reused picture itself keeps 0.
-        init_editor.upload(feather_after_upload, init_editor, feather, queue=False, **private)
+        # gets the default feather back; the reused picture itself keeps 0. The same event fills the note and the
+        # reused mask's preview: the change event often comes before the picture is in (ui/handlers.py
+        # `editor_uploaded`). Its progress shows on the feather alone, as when that was its only output: with the
+        # note among the targets the editor sent its upload event twice, uploading its picture again (measured on
+        # a 256² upload: 45 upload requests instead of 27).
+        init_editor.upload(handlers.editor_uploaded, [*start_inputs, reused_mask],
+                           [feather, init_note, reused_box, reused_preview], show_progress_on=feather, queue=False,
+                           **private)  # fmt: skip
         for control in (strength, feather, *outpaint):
             control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
