@@ -18,7 +18,7 @@ export WORK=artifacts/demo-reproduce EXPORT=artifacts/demo-reproduced PYTHON=pyt
 needs=$( [ "$PART" = 2 ] && echo vae.safetensors; [ "$PART" = 3 ] && echo raw_transformer.safetensors )
 if [ -n "$needs" ] && [ ! -e "$WORK/$needs" ]; then  # a fresh machine: the carried hand-off of the part before
   mkdir -p $WORK
-  cat $HANDOFF/handoff.tar.part-* 2>/dev/null | tar -x -C $WORK 2>/dev/null
+  cat "$HANDOFF"/handoff.tar.part-* 2>/dev/null | tar -x -C $WORK 2>/dev/null
   [ -e "$WORK/$needs" ] || { echo "== no $needs here and no hand-off holding it ($HANDOFF)"; exit 3; }
   echo "== WORK restored from the hand-off"; ls -la $WORK
 fi
@@ -42,6 +42,7 @@ for name in sys.argv[2:]:
     weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(path).items()}
     save_file(weights, path, metadata=metadata)
 PY
+  rc=$?  # a failed cast ships no hand-off and fails the call
 fi
 if [ "$rc" = 0 ] && { [ "$PART" = 1 ] || [ "$PART" = 2 ]; }; then  # the hand-off: WORK less the probe sheets
   files="vae.json vae.safetensors report.json times.txt"
