@@ -309,6 +309,54 @@ def test_the_note_under_the_editor_says_an_uploaded_picture_is_in_with_nothing_e
     shot(page, "08a-note-after-upload")
 
 
+def test_the_note_under_the_editor_follows_a_picture_sent_reused_or_read_from_a_png(page, server, tmp_path):
+    """History's Send to img2img, Reuse settings and PNG info's Send to Generate put a picture into the editor, and
+    the note under it says what Generate will do with it, with no control touched after. Left to the editor's events
+    (Gradio 6.31, Chromium), the note kept the picture before's: sent into an editor holding an uploaded 320x256
+    picture, it still said 320x256 (4 runs of 4), and after the reuse it kept the strength before (about 1 run in 6);
+    the handlers that put the picture in now say it. The strength is set between the steps so that each one's note
+    (0.60 or the recorded 0.55) differs from the last."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (30, 90, 200)).save(tmp_path / "init.png")
+    prompt = "an img2img whose picture goes back to the editor"
+    images, _info = Client(server.url, verbose=False).predict(prompt=prompt, steps=1, width=256, height=256,
+                                                              image=handle_file(str(tmp_path / "init.png")),
+                                                              strength=0.55, api_name="/generate")  # fmt: skip
+    note = page.locator("#init-note")
+
+    def says(strength: str) -> None:
+        text = f"Init image 256×256: img2img at strength {strength}, generated at 256×256."
+        note.get_by_text(text).wait_for(timeout=20_000)
+
+    # Into an editor that holds a picture of another size, as a person does after trying one of their own.
+    Image.new("RGB", (320, 256), (200, 30, 30)).save(tmp_path / "red.png")
+    page.get_by_text("Start from an image").first.click()
+    editor = page.locator("#init-image")
+    editor.get_by_text("Upload an image").wait_for(timeout=30_000)
+    editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)
+    editor.locator("input[type=file]").set_input_files(str(tmp_path / "red.png"))
+    note.get_by_text("Init image 320×256: img2img at strength 0.60, generated at 320×256.").wait_for(timeout=20_000)
+    open_in_history(page, prompt[:30], prompt)
+    page.locator("#history-send").click()  # the result, at the strength the slider has
+    says("0.60")
+    set_number(page, "strength", 0.3)
+    says("0.30")
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-reuse").click()  # the picture it started from, at its strength
+    says("0.55")
+    shot(page, "08b-note-after-reuse")
+    set_number(page, "strength", 0.3)
+    says("0.30")
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#png-file input[type=file]").set_input_files(str(images[0]["image"]))
+    parameters = page.locator("#png-parameters textarea")
+    page.wait_for_function("el => el.value.includes('Seed:')", arg=parameters.element_handle(), timeout=20_000)
+    page.locator("#png-send").click()  # the picture it started from again, from this app's data folder
+    says("0.55")
+
+
 def test_a_value_out_of_range_is_one_line_and_generate_works_again(page):
     """Seed -1 (another tool's "random") is refused in one sentence on the progress line, and the Generate button
     comes back for the next try, with the seed put right (a hostile pass found it left disabled until a reload)."""

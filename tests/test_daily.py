@@ -307,7 +307,7 @@ def test_history_actions_on_rows_without_their_image_say_why(service, monkeypatc
     made = service.store.page().items[0]
     service.store.absolute(made.images[0].path).unlink()
     with pytest.raises(gr.Error) as gone:
-        handlers.send_to_image([made.id, 0])
+        handlers.send_to_image([made.id, 0], 0.6, 8, 0, 0, 0, 0, None, None)
     assert "image file is gone from the data folder" in gone.value.message
     running = service.store.start(new_generation("still drawing", images=0).fields)
     with pytest.raises(gr.Error, match="still running"):

@@ -14,7 +14,16 @@ from PIL import Image
 from storage import HistoryStore
 from studio.service import StudioService
 from ui.handlers import COMPARE_CHECKPOINTS, LORA_VALUES, Handlers
-from ui.image_inputs import MASK_TINT, PREVIEW_SIDE, editor_value, mask_preview, painted_mask, reused_mask_view
+from ui.image_inputs import (
+    MASK_TINT,
+    PREVIEW_SIDE,
+    Placing,
+    editor_value,
+    mask_preview,
+    painted_mask,
+    reused_mask_view,
+    stale_echo,
+)
 
 
 class Selected:
@@ -71,14 +80,26 @@ def test_upscale_send_and_reuse(handlers) -> None:
     hires = handlers.service.get(up[4][0]["generation_id"])
     assert (hires.mode, hires.width, hires.seed, hires.strength) == ("hires", 512, 9, 0.35)
 
-    editor, _panel, _tabs = handlers.send_to_image(selected)
+    # The picture sent comes with the note under the editor, said from it (the editor may send no event for it).
+    sent = handlers.send_to_image(selected, 0.6, 8, 0, 0, 0, 0, None, None)
+    editor, note, box, _preview, placing, mark, _panel, _tabs = sent
     assert editor["background"].size == (256, 256) and editor["layers"] == []
+    assert placing == Placing(None, 1) and mark == 1  # the page's mark once it is in
+    assert note == "Init image 256×256: img2img at strength 0.60, generated at 256×256." and not box["visible"]
 
-    restored, strength, _panel, *feather_and_sides, reused = handlers.reuse_source([hires.id, 0])
+    # Reuse settings: the settings with the editor emptied, then the picture and its note (`place_source`).
+    strength, _panel, *feather_and_sides, reused, placing, emptied = handlers.reuse_source([hires.id, 0], placing)
+    restored = placing.value
+    assert placing.mark == 2  # the next picture put in
     assert restored["background"].size == (512, 512) and strength == 0.35 and feather_and_sides == [0] * 5
-    assert reused is None  # no mask to show beside the editor
-    emptied = handlers.reuse_source(selected)
-    assert emptied[0] is None and emptied[-1] is None  # text-to-image: the editor is emptied, no reused mask kept
+    assert reused is None and emptied is None  # no mask to show beside the editor
+    placed, note, box, _preview, kept, mark = Handlers.place_source(placing, strength, *feather_and_sides, reused)
+    assert placed is restored and not box["visible"] and kept == Placing(None, 2) and mark == 2  # the value let go
+    assert note == "Init image 512×512: img2img at strength 0.35, generated at 512×512.", note
+    *_settings, reused, placing, emptied = handlers.reuse_source(selected, kept)
+    assert reused is None and placing == Placing(None, 3) and emptied is None  # text-to-image: the editor emptied
+    placed, note, box, _preview, _kept, _mark = Handlers.place_source(placing, 0.6, 0, 0, 0, 0, 0, None)
+    assert placed == gr.skip() and note == "" and not box["visible"]  # the editor stays empty
 
 
 def test_compare_starts_both_checkpoints_from_the_image(handlers) -> None:
@@ -116,11 +137,12 @@ def test_history_and_png_info_show_and_restore_the_init_image(handlers) -> None:
     assert shown["visible"] and shown["value"].endswith(f"{generation.source_sha256}.png")
 
     _text, _parsed, values = handlers.png_info(item["path"])
-    editor, strength, _panel, *feather_and_sides, reused = handlers.png_source(values)
+    strength, _panel, *feather_and_sides, reused, placing, _emptied = handlers.png_source(values, None)
+    editor = placing.value
     assert feather_and_sides == [0] * 5 and reused is None  # the stored mask is already feathered; here there is none
     assert strength == 0.4 and np.array_equal(np.asarray(editor["background"]), np.asarray(init["background"]))
     with pytest.warns(UserWarning, match="not in this app's data folder"):
-        assert handlers.png_source({**values, "source_sha256": "0" * 64})[0] is None
+        assert handlers.png_source({**values, "source_sha256": "0" * 64}, None)[-2].value is None  # nothing to place
 
 
 def test_the_editor_note_says_what_generate_will_do_before_any_click() -> None:
@@ -234,14 +256,15 @@ def test_a_reused_inpaint_mask_is_shown_until_the_editor_no_longer_holds_it(hand
     out = last(handlers.generate("a blue background", "", "turbo", 8, 0.0, 256, 256, 5, False, 1, [], None,
                                  *NO_LORAS, editor_with_stroke(), 1.0, 0, 0, 0, 0, 0))  # fmt: skip
     selected = [out[4][0]["generation_id"], 0]
-    editor, _strength, _panel, *_zeros, reused = handlers.reuse_source(selected)
+    _strength, _panel, *_zeros, reused, placing, _emptied = handlers.reuse_source(selected, None)
+    editor = placing.value
     assert "shown tinted under the editor" in capsys.readouterr().out  # the toast (gr.Info prints outside a page)
     assert reused.size == (256, 256) and np.array_equal(
         np.asarray(reused), np.asarray(painted_mask(editor["layers"], (256, 256)))
     )
 
     def changed(value):
-        note, box, preview = Handlers.editor_changed(value, 1.0, 0, 0, 0, 0, 0, reused)
+        note, box, preview = Handlers.editor_changed(value, 1.0, 0, 0, 0, 0, 0, reused, 0, None)
         return note, box["visible"], preview
 
     note, visible, preview = changed(editor)  # the editor sends back what it was given
@@ -256,23 +279,43 @@ def test_a_reused_inpaint_mask_is_shown_until_the_editor_no_longer_holds_it(hand
     for layers in ([stroke], [empty], []):
         assert changed({**editor, "layers": layers})[1:] == (False, None)
     assert changed(None)[1:] == (False, None)
-    assert Handlers.editor_changed(editor, 1.0, 0, 0, 0, 0, 0, None)[1]["visible"] is False  # no reuse: strokes drawn
+    assert Handlers.start_note(editor, 1.0, 0, 0, 0, 0, 0, None)[1]["visible"] is False  # no reuse: strokes drawn
 
     _text, _parsed, values = handlers.png_info(out[4][0]["path"])  # PNG info's Send to Generate does the same
-    sent, *_rest, sent_mask = handlers.png_source(values)
-    assert reused_mask_view(sent, sent_mask)[0]["visible"] is True
+    *_rest, sent_mask, sent, _emptied = handlers.png_source(values, None)
+    assert reused_mask_view(sent.value, sent_mask)[0]["visible"] is True
 
 
 def test_an_upload_says_the_note_and_sets_the_feather_as_the_picture_lands() -> None:
     """The editor's upload event says the note too: its change event may come before the picture is in, empty, with
     none after (measured in Chromium). An upload without a picture is that early one: the note is left alone."""
     picture = {"background": Image.new("RGB", (256, 256), (20, 160, 40)), "layers": [], "composite": None}
-    feather, note, box, _preview = Handlers.editor_uploaded(picture, 0.6, 0, 0, 0, 0, 0, None)
+    feather, note, box, _preview = Handlers.editor_uploaded(picture, 0.6, 0, 0, 0, 0, 0, None, 0, None)
     assert feather == 8 and not box["visible"]  # a new picture: the default feather back
     assert note == "Init image 256×256: img2img at strength 0.60, generated at 256×256."
-    assert Handlers.editor_uploaded(None, 0.6, 0, 0, 0, 0, 0, None) == (8, gr.skip(), gr.skip(), gr.skip())
+    assert Handlers.editor_uploaded(None, 0.6, 0, 0, 0, 0, 0, None, 0, None) == (8, gr.skip(), gr.skip(), gr.skip())
     reused = editor_value(picture["background"], Image.new("L", (256, 256), 255))
     feather, note, box, _preview = Handlers.editor_uploaded(
-        reused, 0.6, 0, 0, 0, 0, 0, painted_mask(reused["layers"], (256, 256))
+        reused, 0.6, 0, 0, 0, 0, 0, painted_mask(reused["layers"], (256, 256)), 0, None
     )
     assert feather == gr.skip() and "inpaint of 100% of the picture" in note and box["visible"]  # feather kept at 0
+
+
+def test_events_sent_before_a_picture_the_app_put_in_was_in_change_nothing() -> None:
+    """The editor sends events as its value goes and comes (the emptying before a reuse, the picture's arrival), some
+    with what it held before or nothing, which reached the server after the note the app said for the new picture
+    (measured in Chromium). They carry the page's mark from before that picture (a step after the one that put it
+    in moves it) and change nothing: not the note, the preview or the feather."""
+    before = {"background": Image.new("RGB", (320, 256), (200, 30, 30)), "layers": [], "composite": None}
+    placed = editor_value(Image.new("RGB", (256, 256), (30, 90, 200)))
+    placing = Placing.after(Placing(None, 1), placed)
+    assert placing.mark == 2 and Placing.after(None, None).mark == 1
+    assert stale_echo(1, placing) and stale_echo(None, placing) and not stale_echo(2, placing)
+    assert not stale_echo(0, None)  # nothing put in yet: an upload, a stroke
+
+    assert Handlers.editor_changed(before, 0.6, 0, 0, 0, 0, 0, None, 1, placing) == (gr.skip(),) * 3
+    assert Handlers.editor_changed(None, 0.6, 0, 0, 0, 0, 0, None, 1, placing) == (gr.skip(),) * 3  # not blanked
+    assert Handlers.editor_uploaded(before, 0.6, 0, 0, 0, 0, 0, None, 1, placing) == (gr.skip(),) * 4  # feather too
+    note, _box, _preview = Handlers.editor_changed(placed, 0.55, 0, 0, 0, 0, 0, None, 2, placing)
+    assert note == "Init image 256×256: img2img at strength 0.55, generated at 256×256."
+    assert Handlers.editor_changed(None, 0.55, 0, 0, 0, 0, 0, None, 2, placing)[0] == ""  # Clear canvas, after

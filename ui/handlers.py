@@ -42,6 +42,7 @@ from studio.sources import hires_source, image_source, reused_source
 from .details import describe, loras_text
 from .image_inputs import (
     STRENGTH_RANGE,
+    Placing,
     describe_start,
     editor_mask,
     editor_source,
@@ -49,6 +50,7 @@ from .image_inputs import (
     feather_after_upload,
     holds_picture,
     reused_mask_view,
+    stale_echo,
 )
 from .loras import ROW_VALUES, LoraHandlers, lora_choices, recorded_prompt_and_loras
 from .presets import checkpoint_note, preset_choices, preset_for, preset_size
@@ -356,34 +358,67 @@ class Handlers:
             return error_note(error)
 
     @staticmethod
-    def editor_changed(
+    def start_note(
         init: Any, strength: Any, feather: Any, left: Any, right: Any, top: Any, bottom: Any, reused: Any
     ) -> tuple[str, Any, Any]:
-        """The editor's new value: the note under it, and the box and picture of the mask a reuse brought back
-        (`reused_mask_view`). One event for both: each event that takes the editor uploads its picture and layers
-        again, and a second listener doubled the uploads after a reuse (measured on a 256² reuse: 222 upload
-        requests instead of 114). The editor's upload event fills them too (`editor_uploaded` says why)."""
+        """For an editor value: the note under the editor, and the box and picture of the mask a reuse brought back
+        (`reused_mask_view`)."""
         note = Handlers.describe_start(init, strength, feather, left, right, top, bottom)
         return note, *reused_mask_view(init, reused)
 
     @staticmethod
+    def editor_changed(
+        init: Any,
+        strength: Any,
+        feather: Any,
+        left: Any,
+        right: Any,
+        top: Any,
+        bottom: Any,
+        reused: Any,
+        mark: Any,
+        placed: Placing | None,
+    ) -> tuple[Any, Any, Any]:
+        """The editor's new value: the note under it and the reused mask's box and preview (`start_note`), left as
+        they are for an event sent before the last picture the app put in was in (`stale_echo`). One event for
+        both: each event that takes the editor uploads its picture and layers again, and a second listener
+        doubled the uploads after a reuse (measured on a 256² reuse before the reuse said the note itself: 222
+        upload requests instead of 114; 123 now, in the 8 s after the click). The editor's upload event fills them
+        too (`editor_uploaded` says why)."""
+        if stale_echo(mark, placed):
+            return gr.skip(), gr.skip(), gr.skip()
+        return Handlers.start_note(init, strength, feather, left, right, top, bottom, reused)
+
+    @staticmethod
     def editor_uploaded(
-        init: Any, strength: Any, feather: Any, left: Any, right: Any, top: Any, bottom: Any, reused: Any
+        init: Any,
+        strength: Any,
+        feather: Any,
+        left: Any,
+        right: Any,
+        top: Any,
+        bottom: Any,
+        reused: Any,
+        mark: Any,
+        placed: Placing | None,
     ) -> tuple[Any, Any, Any, Any]:
         """A picture landed in the editor (uploaded, pasted, or put there by Send to img2img, Reuse settings or PNG
         info's Send to Generate): (feather, note, reused-mask box, its preview). The editor's change event does not
         always carry the picture then (Gradio 6.31, measured in Chromium): after an upload, either the change or
         this event is sent before the picture is in, with an empty value, and the other one holds it; after a send
-        or a reuse into an empty editor the change came first, empty, and none followed. So this event, which takes
-        the editor already (the feather), says what Generate will do as well, and no listener is added (each one
-        that takes the editor uploads its picture again). An upload without a picture is that early one, not an
-        empty editor: the note and the preview are left to the change event."""
+        or a reuse the change came first, empty, and none followed. So this event, which takes the editor already
+        (the feather), says what Generate will do as well, and no listener is added (each one that takes the editor
+        uploads its picture again). An upload without a picture is that early one, not an empty editor: the note and
+        the preview are left to the change event. An event sent before the last picture the app put in was in
+        (`stale_echo`) changes nothing, the feather included (its reset feathered a reused mask twice)."""
+        if stale_echo(mark, placed):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         new_feather = feather_after_upload(init)
         keep = gr.skip() if new_feather is None else new_feather
         if not holds_picture(init):
             return keep, gr.skip(), gr.skip(), gr.skip()
         used = feather if new_feather is None else new_feather  # the note as the slider will read
-        return keep, *Handlers.editor_changed(init, strength, used, left, right, top, bottom, reused)
+        return keep, *Handlers.start_note(init, strength, used, left, right, top, bottom, reused)
 
     def status_tick(self, on_page: str) -> tuple[Any, Any, Any]:
         """(status line, what the page shows, the timer): the line when it changed since the page last got it, and the
@@ -534,10 +569,27 @@ class Handlers:
         return run
 
     @friendly
-    def send_to_image(self, selected: Any):
-        """A result or history image into the Generate tab's image editor: (editor, image panel, tabs)."""
-        path = self._image_file(selected, "to send")
-        return editor_value(path), gr.Accordion(open=True), gr.Tabs(selected="generate")
+    def send_to_image(
+        self,
+        selected: Any,
+        strength: Any,
+        feather: Any,
+        left: Any,
+        right: Any,
+        top: Any,
+        bottom: Any,
+        reused: Any,
+        placed: Placing | None,
+    ):
+        """A result or history image into the Generate tab's image editor: (editor, the note under it, the reused
+        mask's box and preview, what was placed (`Placing`) and its mark for the page (see `stale_echo`), image
+        panel, tabs). The note is said here, from the picture sent: into an editor that held a picture, the editor
+        sent no event at all for it (Gradio 6.31, measured in Chromium), and the note kept describing the picture
+        before."""
+        editor = editor_value(self._image_file(selected, "to send"))
+        note = Handlers.start_note(editor, strength, feather, left, right, top, bottom, reused)
+        placing = Placing.after(placed, None)
+        return editor, *note, placing, placing.mark, gr.Accordion(open=True), gr.Tabs(selected="generate")
 
     def _image_file(self, selected: Any, purpose: str) -> str:
         """The PNG of a selected result or history image, or a sentence: a failed or cancelled run has none, and a
@@ -552,21 +604,46 @@ class Handlers:
         return path
 
     @friendly
-    def reuse_source(self, selected: Any):
-        """After "reuse settings": the image the generation started from back in the editor, with its mask and
-        strength; a text-to-image generation empties the editor. (editor, strength, image panel, feather, outpaint
-        left/right/top/bottom, reused mask.) The feather and outpaint go to 0: the stored picture is already the
+    def reuse_source(self, selected: Any, placed: Placing | None):
+        """After "reuse settings", the first of two steps that bring back the image the generation started from, with
+        its mask and strength (`place_source` is the second): (strength, image panel, feather, outpaint
+        left/right/top/bottom, reused mask, what to place (`Placing`), the editor emptied). A text-to-image
+        generation leaves an empty editor. The feather and outpaint go to 0: the stored picture is already the
         outpainted canvas and its mask already feathered, and they were applied a second time (a canvas extended
         twice, a mask blurred wider at each reuse). The reused mask is the editor's layer as sent, which the editor
-        does not draw: `reused_mask_view` shows it while the editor still holds it."""
+        does not draw: `reused_mask_view` shows it while the editor still holds it.
+
+        The editor is emptied before the picture goes in: Gradio 6.31's editor does not draw a layer the app sets,
+        except after the user had painted in it (measured in Chromium: it then drew the reused mask, a stroke added
+        to it, and the preview said otherwise); emptied first, it never draws it, and a stroke always replaces it, as
+        the preview and the toast say. The settings come with the emptying, before the editor: with a separate
+        emptying before them, the events the editor sent as it emptied carried the strength from before the reuse
+        (measured in Chromium: the note said 0.30 under a slider at 0.55); those events are now left unanswered
+        (`stale_echo`), and this keeps any that slip through from undoing the settings."""
         generation, _ = self._selection(selected)
         source = reused_source(self.service.store, generation)
         if source is None:
-            return None, *[gr.skip()] * 7, None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
         if source.mask is not None:
             say_mask_not_drawn()
         editor = editor_value(source.image, source.mask)
-        return editor, source.strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor)
+        return (source.strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor),
+                Placing.after(placed, editor), None)  # fmt: skip
+
+    @staticmethod
+    def place_source(
+        placed: Placing | None, strength: Any, feather: Any, left: Any, right: Any, top: Any, bottom: Any, reused: Any
+    ) -> tuple[Any, Any, Any, Any, Placing | None, Any]:
+        """The second step of "reuse settings" and PNG info's "Send to Generate" (`reuse_source`, `png_source`): the
+        picture into the emptied editor, with the note under it and the reused mask's preview said here, from what
+        was placed: (editor, note, box, preview, what was placed with its value let go, its mark for the page (see
+        `stale_echo`)). Into an editor that held a picture, the editor often sent no event for the new one (Gradio
+        6.31, measured in Chromium), and the note kept describing the picture before."""
+        value = placed.value if placed is not None else None
+        note = Handlers.start_note(value, strength, feather, left, right, top, bottom, reused)
+        if placed is None:
+            return gr.skip(), *note, None, gr.skip()
+        return (gr.skip() if value is None else value), *note, Placing(None, placed.mark), placed.mark
 
     def cancel(self, request: gr.Request):
         cancelled = self.service.cancel(session_of(request))
@@ -1018,13 +1095,14 @@ class Handlers:
             raise user_error(error) from None
 
     @friendly
-    def png_source(self, values: dict | None):
+    def png_source(self, values: dict | None, placed: Placing | None):
         """After "send to Generate": the PNG's init image back in the editor, when this app still has it (it is
         named by its content address); otherwise a warning that says so, and the editor is left empty. The feather
-        and outpaint go to 0 and the mask is shown beside the editor, as after "reuse settings" (`reuse_source`)."""
+        and outpaint go to 0 and the mask is shown beside the editor, in the same two steps as "reuse settings"
+        (`reuse_source`, which says why, then `place_source`), with the same outputs."""
         digest = (values or {}).get("source_sha256")
         if not digest:
-            return None, *[gr.skip()] * 7, None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
         try:
             image = self.service.store.load_source(str(digest))
             mask_digest = values.get("mask_sha256")
@@ -1032,13 +1110,14 @@ class Handlers:
         except StorageError:
             gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
                        "folder; its settings were sent without it.")  # fmt: skip
-            return None, *[gr.skip()] * 7, None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
         strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
         strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
         if mask is not None:
             say_mask_not_drawn()
         editor = editor_value(image.convert("RGB"), mask)
-        return editor, strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor)
+        return (strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor), Placing.after(placed, editor),
+                None)  # fmt: skip
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

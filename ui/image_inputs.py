@@ -3,6 +3,7 @@ inpaint mask (any stroke, any colour: its opacity is what counts)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -110,11 +111,11 @@ def editor_mask(value: Any) -> Image.Image | None:
 
 def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
     """(the reused-mask box's visibility, its preview) for the editor's value. Gradio 6.31's editor does not draw a
-    layer the app sets into an emptied editor (`empty_editor`), so after "Use these settings" or PNG info's "Send to
-    Generate" on an inpaint the mask Generate uses (`reused`, as it went into the editor) is shown beside it, for as
-    long as the editor still holds it. Decided from what the editor sends back, measured in Chromium: after the
-    reuse, the same layer again; after a stroke or the eraser, a layer with only what was drawn (the reused mask is
-    gone); after another picture or Clear canvas, an empty layer."""
+    layer the app sets into an emptied editor (ui/handlers.py `reuse_source`), so after "Use these settings" or PNG
+    info's "Send to Generate" on an inpaint the mask Generate uses (`reused`, as it went into the editor) is shown
+    beside it, for as long as the editor still holds it. Decided from what the editor sends back, measured in
+    Chromium: after the reuse, the same layer again; after a stroke or the eraser, a layer with only what was drawn
+    (the reused mask is gone); after another picture or Clear canvas, an empty layer."""
     mask = editor_mask(value)
     if reused is None or mask is None or mask.size != reused.size:
         return gr.update(visible=False), None
@@ -123,12 +124,30 @@ def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
     return gr.update(visible=True), mask_preview(value["background"], mask)
 
 
-def empty_editor() -> None:
-    """The editor's value before "reuse settings" or "Send to Generate" fills it (ui/layout.py). Gradio 6.31's editor
-    does not draw a layer the app sets, except after the user had painted in it (measured in Chromium: it then drew
-    the reused mask, a stroke added to it, and the preview said otherwise); emptied first, it never draws it, and a
-    stroke always replaces it, as the preview and the toast say."""
-    return None
+@dataclass(frozen=True)
+class Placing:
+    """A picture the app put into the editor (Send to img2img, "reuse settings", PNG info's "Send to Generate"): its
+    number, which the page's mark takes once it is in (`stale_echo`), and the editor value itself while a reuse
+    holds it between its two steps (ui/handlers.py `reuse_source`, `place_source`), then None (a session keeps no
+    second copy of the picture)."""
+
+    value: dict[str, Any] | None
+    mark: int
+
+    @classmethod
+    def after(cls, placing: Placing | None, value: dict[str, Any] | None) -> Placing:
+        """The next placing after `placing` (None: the first in this session)."""
+        return cls(value, (placing.mark if placing is not None else 0) + 1)
+
+
+def stale_echo(mark: Any, placing: Placing | None) -> bool:
+    """Whether an editor event was sent before the last picture the app put in was in: the page's mark it carries
+    (read when the page sends it) is not that picture's number yet. The handler that puts a picture in says the note
+    itself and hands the page the number, which a step of its own after that one copies into the mark (ui/layout.py):
+    Gradio 6.31's editor sends events as its value goes and comes (the emptying before a reuse, the picture's
+    arrival), some with what it held before or nothing, and they reached the server after the new picture's note:
+    answered, they said the old picture, blanked the note or reset the feather (measured in Chromium)."""
+    return placing is not None and (int(mark) if isinstance(mark, (int, float)) else 0) != placing.mark
 
 
 def editor_value(image: Image.Image | str, mask: Image.Image | None = None) -> dict[str, Any]:

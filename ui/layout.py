@@ -28,7 +28,6 @@ from .image_inputs import (
     DEFAULT_FEATHER,
     REUSED_MASK_NOTE,
     STRENGTH_RANGE,
-    empty_editor,
 )
 from .lora_picker import lora_picker, wire_lora_pickers
 from .presets import checkpoint_note, preset_choices, preset_for
@@ -174,6 +173,13 @@ def build_ui(service: StudioService) -> gr.Blocks:
                             # The mask a reused inpaint brought back, which the editor does not draw (Gradio 6.31):
                             # shown only while the editor still holds it (ui/image_inputs.py `reused_mask_view`).
                             reused_mask = gr.State(None)
+                            # The last picture the app put into the editor (ui/image_inputs.py `Placing`), its
+                            # number as the handler that put it in hands it to the page, and the page's mark, which
+                            # takes that number once the picture is in and goes with the editor's events: those
+                            # sent before are told apart by it (`stale_echo`).
+                            placed = gr.State(None)
+                            placed_mark = gr.Number(0, precision=0, visible=False)
+                            editor_mark = gr.Number(0, precision=0, visible=False)
                             with gr.Column(visible=False, elem_id="reused-mask") as reused_box:
                                 gr.Markdown(REUSED_MASK_NOTE)
                                 reused_preview = gr.Image(show_label=False, type="pil", format="png",
@@ -378,30 +384,41 @@ def build_ui(service: StudioService) -> gr.Blocks:
             held_run(trigger, handlers.generate, gen_inputs)
         cancel_btn.click(handlers.cancel, None, progress, queue=False, **private)
         start_inputs = [init_editor, strength, feather, *outpaint]
-        # What "reuse settings" and PNG info's "Send to Generate" fill (ui/handlers.py `reuse_source`, `png_source`),
-        # after emptying the editor (`empty_editor` says why).
-        source_outputs = [init_editor, strength, image_panel, feather, *outpaint, reused_mask]
-        emptied = (empty_editor, None, init_editor)
-        init_editor.change(handlers.editor_changed, [*start_inputs, reused_mask],
-                           [init_note, reused_box, reused_preview], trigger_mode="always_last", **private)  # fmt: skip
+        # What the note under the editor is said from, besides the editor: for the handlers that put a picture in
+        # and say the note themselves (ui/handlers.py `send_to_image`, `place_source` say why).
+        note_inputs = [strength, feather, *outpaint, reused_mask]
+        note_outputs = [init_note, reused_box, reused_preview]
+        # "Reuse settings" and PNG info's "Send to Generate" in two steps: the settings with the editor emptied
+        # (ui/handlers.py `reuse_source`, `png_source`), then the picture and the note (`place_source`).
+        source_outputs = [strength, image_panel, feather, *outpaint, reused_mask, placed, init_editor]
+        place = (handlers.place_source, [placed, *note_inputs], [init_editor, *note_outputs, placed, placed_mark])
+        # The page's mark takes the placed picture's number in a step after the one that put it in, run in the page
+        # (no request, so no upload of the editor's picture for it): events the editor sent until then go unanswered.
+        mark = (None, placed_mark, editor_mark)
+        mark_js = "(mark) => mark"
+        send_outputs = [init_editor, *note_outputs, placed, placed_mark, image_panel, tabs]
+        editor_inputs = [*start_inputs, reused_mask, editor_mark, placed]
+        init_editor.change(handlers.editor_changed, editor_inputs, note_outputs, trigger_mode="always_last",
+                           **private)  # fmt: skip
         # A picture uploaded after "reuse settings" (which sets the feather to 0: its mask came already feathered)
         # gets the default feather back; the reused picture itself keeps 0. The same event fills the note and the
         # reused mask's preview: the change event often comes before the picture is in (ui/handlers.py
         # `editor_uploaded`). Its progress shows on the feather alone, as when that was its only output: with the
         # note among the targets the editor sent its upload event twice, uploading its picture again (measured on
         # a 256² upload: 45 upload requests instead of 27).
-        init_editor.upload(handlers.editor_uploaded, [*start_inputs, reused_mask],
-                           [feather, init_note, reused_box, reused_preview], show_progress_on=feather, queue=False,
-                           **private)  # fmt: skip
+        init_editor.upload(handlers.editor_uploaded, editor_inputs, [feather, *note_outputs], show_progress_on=feather,
+                           queue=False, **private)  # fmt: skip
         for control in (strength, feather, *outpaint):
             control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
         reuse_btn.click(handlers.reuse, [selected, settings], fill_outputs, **private).success(
-            *emptied, queue=False, **private
-        ).success(handlers.reuse_source, selected, source_outputs, **private)
-        send_btn.click(handlers.send_to_image, selected, [init_editor, image_panel, tabs], **private)
+            handlers.reuse_source, [selected, placed], source_outputs, **private
+        ).success(*place, queue=False, **private).success(*mark, js=mark_js, **private)
+        send_btn.click(handlers.send_to_image, [selected, *note_inputs, placed], send_outputs, **private).success(
+            *mark, js=mark_js, **private
+        )
         for button, factor in ((up15_btn, 1.5), (up2_btn, 2.0)):
             held_run(button.click, handlers.upscaler(factor), [selected, results])
         held_run(vary_btn.click(handlers.vary, [selected, settings], fill_outputs, **private).success,
@@ -445,9 +462,11 @@ def build_ui(service: StudioService) -> gr.Blocks:
             handlers.history_tiles, h_inputs, h_outputs[:4], **private
         )
         h_reuse.click(handlers.reuse, [h_selected, settings], fill_outputs, **private).success(
-            *emptied, queue=False, **private
-        ).success(handlers.reuse_source, h_selected, source_outputs, **private)
-        h_send.click(handlers.send_to_image, h_selected, [init_editor, image_panel, tabs], **private)
+            handlers.reuse_source, [h_selected, placed], source_outputs, **private
+        ).success(*place, queue=False, **private).success(*mark, js=mark_js, **private)
+        h_send.click(handlers.send_to_image, [h_selected, *note_inputs, placed], send_outputs, **private).success(
+            *mark, js=mark_js, **private
+        )
         # Runs on the Generate tab as Generate's own runs do: its button held until the pass is done.
         held_run(h_upscale.click(lambda: gr.Tabs(selected="generate"), None, tabs, queue=False, **private).then,
                  handlers.upscaler(2.0), [h_selected, results])  # fmt: skip
@@ -472,7 +491,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
 
         p_file.change(handlers.png_info, p_file, [p_text, p_json, p_values], **private)
         p_send.click(handlers.send_png_to_generate, [p_values, settings], fill_outputs, **private).success(
-            *emptied, queue=False, **private
-        ).success(handlers.png_source, p_values, source_outputs, **private)
+            handlers.png_source, [p_values, placed], source_outputs, **private
+        ).success(*place, queue=False, **private).success(*mark, js=mark_js, **private)
         p_file.change(handlers.png_provenance, p_file, p_provenance, **private)
     return app
