@@ -127,7 +127,7 @@ def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
 @dataclass(frozen=True)
 class Placing:
     """A picture the app put into the editor (Send to img2img, "reuse settings", PNG info's "Send to Generate"): its
-    number, which the page's mark takes once it is in (`stale_echo`), and the editor value itself while a reuse
+    number, which the page's mark takes with it (`stale_echo`), and the editor value itself while a reuse
     holds it between its two steps (ui/handlers.py `reuse_source`, `place_source`), then None (a session keeps no
     second copy of the picture)."""
 
@@ -143,10 +143,10 @@ class Placing:
 def stale_echo(mark: Any, placing: Placing | None) -> bool:
     """Whether an editor event was sent before the last picture the app put in was in: the page's mark it carries
     (read when the page sends it) is not that picture's number yet. The handler that puts a picture in says the note
-    itself and hands the page the number, which a step of its own after that one copies into the mark (ui/layout.py):
-    Gradio 6.31's editor sends events as its value goes and comes (the emptying before a reuse, the picture's
-    arrival), some with what it held before or nothing, and they reached the server after the new picture's note:
-    answered, they said the old picture, blanked the note or reset the feather (measured in Chromium)."""
+    itself and hands the page the number with the picture, in the same answer (ui/layout.py): Gradio 6.31's editor
+    sends events as its value goes and comes (the emptying before a reuse, the picture's arrival), some with what it
+    held before or nothing, and they reached the server after the new picture's note: answered, they said the old
+    picture, blanked the note or reset the feather (measured in Chromium)."""
     return placing is not None and (int(mark) if isinstance(mark, (int, float)) else 0) != placing.mark
 
 
