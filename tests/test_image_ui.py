@@ -281,6 +281,16 @@ def test_a_reused_inpaint_mask_is_shown_until_the_editor_no_longer_holds_it(hand
     assert changed(None)[1:] == (False, None)
     assert Handlers.start_note(editor, 1.0, 0, 0, 0, 0, 0, None)[1]["visible"] is False  # no reuse: strokes drawn
 
+    # Outpaint while the reused mask is held: the editor shows no strokes to clear, so the refusal names that mask, in
+    # the note and on Generate's progress line alike; with strokes of one's own it still says to clear them.
+    said = "⚠️ Outpaint makes its own mask: drop the reused inpaint mask shown under the editor"
+    assert Handlers.describe_start(editor, 1.0, 0, 64, 0, 0, 0, reused).startswith(said)
+    refused = last(handlers.generate("a blue background", "", "turbo", 8, 0.0, 256, 256, 5, False, 1, [], None,
+                                     *NO_LORAS, editor, 1.0, 0, 64, 0, 0, 0, reused))  # fmt: skip
+    assert refused[1].startswith(said)
+    strokes = Handlers.describe_start({**editor, "layers": [stroke]}, 1.0, 0, 64, 0, 0, 0, reused)
+    assert strokes.startswith("⚠️ Outpaint makes its own mask: clear the painted strokes")
+
     _text, _parsed, values = handlers.png_info(out[4][0]["path"])  # PNG info's Send to Generate does the same
     *_rest, sent_mask, sent, _emptied = handlers.png_source(values, None)
     assert reused_mask_view(sent.value, sent_mask)[0]["visible"] is True

@@ -60,9 +60,9 @@ from .text import as_text, shown
 log = logging.getLogger(__name__)
 SOURCE_FIELDS = ("strength", "source_sha256", "mask_sha256")  # what a PNG says about the image it started from
 # The Generate handler's trailing values: the LoRA picker's rows, then the image inputs (editor, strength, feather,
-# outpaint left/right/top/bottom); left out, they take these.
+# outpaint left/right/top/bottom, the mask a reuse brought back); left out, they take these.
 LORA_VALUES = MAX_LORAS * ROW_VALUES
-IMAGE_DEFAULTS = (None, DEFAULT_STRENGTH, 0, 0, 0, 0, 0)
+IMAGE_DEFAULTS = (None, DEFAULT_STRENGTH, 0, 0, 0, 0, 0, None)
 # The buttons that start one of Generate's runs (ui/layout.py's `run_buttons`, Generate first): held together while one
 # runs, so one click is one run.
 RUN_BUTTONS = 5
@@ -350,10 +350,11 @@ class Handlers:
         return preset_for(side(width), side(height), key, self.service.demo)
 
     @staticmethod
-    def describe_start(init, strength, feather, *sides) -> str:
-        """The note under the image editor: what Generate will do with its picture."""
+    def describe_start(init, strength, feather, left=0, right=0, top=0, bottom=0, reused=None) -> str:
+        """The note under the image editor: what Generate will do with its picture (`reused`: the mask a reuse brought
+        back, `reused_mask_view`)."""
         try:
-            return as_text(describe_start(init, strength, feather, tuple(sides)))
+            return as_text(describe_start(init, strength, feather, (left, right, top, bottom), reused))
         except Exception as error:  # noqa: BLE001
             return error_note(error)
 
@@ -363,7 +364,7 @@ class Handlers:
     ) -> tuple[str, Any, Any]:
         """For an editor value: the note under the editor, and the box and picture of the mask a reuse brought back
         (`reused_mask_view`)."""
-        note = Handlers.describe_start(init, strength, feather, left, right, top, bottom)
+        note = Handlers.describe_start(init, strength, feather, left, right, top, bottom, reused)
         return note, *reused_mask_view(init, reused)
 
     @staticmethod
@@ -473,10 +474,10 @@ class Handlers:
                  items: list, request: gr.Request = None, *rows):  # fmt: skip
         """Streams: (preview, progress text, gallery, seed text, gallery state). A failure is one line in the progress
         area, never a toast as well, nor red badges on the outputs. `rows`: the LoRA picker's values, then the image
-        inputs (editor, strength, feather, outpaint left/right/top/bottom): with a picture in the image editor, the
-        generation starts from it (at its own size; painted strokes make an inpaint mask)."""
+        inputs (editor, strength, feather, outpaint left/right/top/bottom, reused mask): with a picture in the image
+        editor, the generation starts from it (at its own size; painted strokes make an inpaint mask)."""
         lora_rows, image = rows[:LORA_VALUES], (*rows[LORA_VALUES:], *IMAGE_DEFAULTS[len(rows[LORA_VALUES:]) :])
-        init, strength, feather, *sides = image
+        init, strength, feather, *sides, reused = image
         notes: tuple[str, ...] = ()
         if self.service.started(session_of(request)):  # cancelled while it waited in the queue
             yield gr.skip(), "**Cancelled** before it started", gr.skip(), gr.skip(), gr.skip()
@@ -484,7 +485,7 @@ class Handlers:
         try:
             req = build_request(prompt, negative, checkpoint, steps, guidance, width, height, seed, randomize,
                                 num_images, lora_choices(lora_rows))  # fmt: skip
-            start = editor_source(init, strength, feather, tuple(sides))
+            start = editor_source(init, strength, feather, tuple(sides), reused)
             if start is not None:
                 notes = (*start.notes, f"generated at {start.size[0]}×{start.size[1]}")
                 req = replace(req, width=start.size[0], height=start.size[1], source=start.source)

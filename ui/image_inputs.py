@@ -58,24 +58,32 @@ def outpaint_sides(*sides: Any) -> Outpaint | None:
     return Outpaint(*values) if any(values) else None
 
 
-def editor_source(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> PreparedSource | None:
-    """The Generate tab's start, or None when the editor holds no picture (text-to-image)."""
+def editor_source(
+    value: Any, strength: Any, feather: Any, sides: tuple[Any, ...], reused: Image.Image | None = None
+) -> PreparedSource | None:
+    """The Generate tab's start, or None when the editor holds no picture (text-to-image). `reused`: the mask a reuse
+    brought back (`reused_mask_view`), which the editor does not draw: outpaint is refused with it in other words."""
     if not holds_picture(value):
         return None
     background: Image.Image = value["background"]
     mask = painted_mask(value.get("layers") or [], background.size)
     outpaint = outpaint_sides(*sides)
     if outpaint is not None and mask is not None:  # the API and the CLI refuse the same; the strokes were dropped
+        if holds_reused_mask(value, reused):  # no strokes to be seen in the editor
+            raise InvalidImage("Outpaint makes its own mask: drop the reused inpaint mask shown under the editor (a "
+                               "stroke of the eraser in the editor does), or set the outpaint sides to 0.")  # fmt: skip
         raise InvalidImage("Outpaint makes its own mask: clear the painted strokes, or set the outpaint sides to 0.")
     feather = int(feather or 0) if mask is not None or outpaint is not None else 0  # the slider is always there
     return image_source(background, strength=strength, mask=mask, feather=feather, outpaint=outpaint)
 
 
-def describe_start(value: Any, strength: Any, feather: Any, sides: tuple[Any, ...]) -> str:
+def describe_start(
+    value: Any, strength: Any, feather: Any, sides: tuple[Any, ...], reused: Image.Image | None = None
+) -> str:
     """What Generate will do with the editor's picture, shown as soon as it is there (size, mode and every change
     made to it), so nobody has to generate to find out; empty without a picture. A picture the model cannot take
     raises its one-sentence `InvalidImage` here rather than after a click."""
-    start = editor_source(value, strength, feather, sides)
+    start = editor_source(value, strength, feather, sides, reused)
     if start is None:
         return ""
     source, (width, height) = start.source, start.size
@@ -116,12 +124,17 @@ def reused_mask_view(value: Any, reused: Image.Image | None) -> tuple[Any, Any]:
     beside it, for as long as the editor still holds it. Decided from what the editor sends back, measured in
     Chromium: after the reuse, the same layer again; after a stroke or the eraser, a layer with only what was drawn
     (the reused mask is gone); after another picture or Clear canvas, an empty layer."""
+    if not holds_reused_mask(value, reused):
+        return gr.update(visible=False), None
+    return gr.update(visible=True), mask_preview(value["background"], editor_mask(value))
+
+
+def holds_reused_mask(value: Any, reused: Image.Image | None) -> bool:
+    """Whether the editor's value still paints the mask a reuse brought back (`reused_mask_view` says how it goes)."""
     mask = editor_mask(value)
     if reused is None or mask is None or mask.size != reused.size:
-        return gr.update(visible=False), None
-    if ImageChops.difference(mask, reused).getextrema()[1] > SAME_MASK_LEVELS:
-        return gr.update(visible=False), None
-    return gr.update(visible=True), mask_preview(value["background"], mask)
+        return False
+    return ImageChops.difference(mask, reused).getextrema()[1] <= SAME_MASK_LEVELS
 
 
 @dataclass(frozen=True)

@@ -363,6 +363,7 @@ def build_ui(service: StudioService) -> gr.Blocks:
             strength,
             feather,
             *outpaint,
+            reused_mask,
         ]
         gen_outputs = [preview, progress, gallery, seed_used, results]
         # Gradio's own tracker only on the progress line: it shows the queue position and the wait there, and no
@@ -406,7 +407,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         init_editor.upload(handlers.editor_uploaded, editor_inputs, [feather, *note_outputs], show_progress_on=feather,
                            queue=False, **private)  # fmt: skip
         for control in (strength, feather, *outpaint):
-            control.input(handlers.describe_start, start_inputs, init_note, trigger_mode="always_last", **private)
+            control.input(handlers.describe_start, [*start_inputs, reused_mask], init_note, trigger_mode="always_last",
+                          **private)  # fmt: skip
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
