@@ -291,11 +291,8 @@ def test_start_from_an_uploaded_image_then_send_a_result_back(page, server, tmp_
     assert list(result.getdata()) == list(source.getdata())
 
 
-def test_the_note_under_the_editor_says_an_uploaded_picture_is_in_with_nothing_else_touched(page, tmp_path):
-    """A picture dropped into the editor as soon as it is up, and nothing else done: the note under it says what
-    Generate will do with it. The editor's change event came before the picture, empty, and none followed (Gradio
-    6.31 in Chromium: 5 uploads of 5 dropped this early, about 1 in 4 a second later), so the note stayed empty until
-    another control changed; its upload event now says it too."""
+def upload_red_picture(page, tmp_path) -> None:
+    """A 320x256 picture dropped into the editor as soon as it is up, and the note under it waited for."""
     from PIL import Image
 
     Image.new("RGB", (320, 256), (200, 30, 30)).save(tmp_path / "red.png")
@@ -306,6 +303,15 @@ def test_the_note_under_the_editor_says_an_uploaded_picture_is_in_with_nothing_e
     editor.locator("input[type=file]").set_input_files(str(tmp_path / "red.png"))
     note = page.locator("#init-note")
     note.get_by_text("Init image 320×256: img2img at strength 0.60, generated at 320×256.").wait_for(timeout=20_000)
+
+
+def test_the_note_under_the_editor_says_an_uploaded_picture_is_in_with_nothing_else_touched(page, tmp_path):
+    """A picture dropped into the editor as soon as it is up, and nothing else done: the note under it says what
+    Generate will do with it. The editor's change event came before the picture, empty, and none followed (Gradio
+    6.31 in Chromium: 5 uploads of 5 dropped this early, about 1 in 4 a second later), so the note stayed empty until
+    another control changed; its upload event now says it too."""
+
+    upload_red_picture(page, tmp_path)
     shot(page, "08a-note-after-upload")
 
 
@@ -331,13 +337,7 @@ def test_the_note_under_the_editor_follows_a_picture_sent_reused_or_read_from_a_
         note.get_by_text(text).wait_for(timeout=20_000)
 
     # Into an editor that holds a picture of another size, as a person does after trying one of their own.
-    Image.new("RGB", (320, 256), (200, 30, 30)).save(tmp_path / "red.png")
-    page.get_by_text("Start from an image").first.click()
-    editor = page.locator("#init-image")
-    editor.get_by_text("Upload an image").wait_for(timeout=30_000)
-    editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)
-    editor.locator("input[type=file]").set_input_files(str(tmp_path / "red.png"))
-    note.get_by_text("Init image 320×256: img2img at strength 0.60, generated at 320×256.").wait_for(timeout=20_000)
+    upload_red_picture(page, tmp_path)
     open_in_history(page, prompt[:30], prompt)
     page.locator("#history-send").click()  # the result, at the strength the slider has
     says("0.60")
