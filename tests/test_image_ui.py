@@ -97,9 +97,16 @@ def test_upscale_send_and_reuse(handlers) -> None:
     assert placed is restored and not box["visible"] and kept == Placing(None, 2) and mark == 2  # the value let go
     assert note == "Init image 512×512: img2img at strength 0.35, generated at 512×512.", note
     *_settings, reused, placing, emptied = handlers.reuse_source(selected, kept)
-    assert reused is None and placing == Placing(None, 3) and emptied is None  # text-to-image: the editor emptied
-    placed, note, box, _preview, _kept, _mark = Handlers.place_source(placing, 0.6, 0, 0, 0, 0, 0, None)
+    assert reused is None and placing == Placing(None, 3, pending=True) and emptied is None  # text-to-image
+    placed, note, box, _preview, kept, mark = Handlers.place_source(placing, 0.6, 0, 0, 0, 0, 0, None)
     assert placed == gr.skip() and note == "" and not box["visible"]  # the editor stays empty
+    assert kept == Placing(None, 3) and mark == 3
+
+    # A second step for a placing already placed (a double click: the first step ran twice, and the first second step
+    # placed the later one) changes nothing, instead of a note said from no picture under the picture placed.
+    again = handlers.reuse_source([hires.id, 0], kept)[-2]
+    assert Handlers.place_source(again, 0.35, 0, 0, 0, 0, 0, None)[4:] == (Placing(None, 4), 4)
+    assert Handlers.place_source(Placing(None, 4), 0.35, 0, 0, 0, 0, 0, None) == (gr.skip(),) * 6
 
 
 def test_compare_starts_both_checkpoints_from_the_image(handlers) -> None:
@@ -314,8 +321,8 @@ def test_an_upload_says_the_note_and_sets_the_feather_as_the_picture_lands() -> 
 def test_events_sent_before_a_picture_the_app_put_in_was_in_change_nothing() -> None:
     """The editor sends events as its value goes and comes (the emptying before a reuse, the picture's arrival), some
     with what it held before or nothing, which reached the server after the note the app said for the new picture
-    (measured in Chromium). They carry the page's mark from before that picture (a step after the one that put it
-    in moves it) and change nothing: not the note, the preview or the feather."""
+    (measured in Chromium). They carry the page's mark from before that picture (the answer that puts it in
+    moves it) and change nothing: not the note, the preview or the feather."""
     before = {"background": Image.new("RGB", (320, 256), (200, 30, 30)), "layers": [], "composite": None}
     placed = editor_value(Image.new("RGB", (256, 256), (30, 90, 200)))
     placing = Placing.after(Placing(None, 1), placed)

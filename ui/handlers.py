@@ -624,12 +624,12 @@ class Handlers:
         generation, _ = self._selection(selected)
         source = reused_source(self.service.store, generation)
         if source is None:
-            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
         if source.mask is not None:
             say_mask_not_drawn()
         editor = editor_value(source.image, source.mask)
         return (source.strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor),
-                Placing.after(placed, editor), None)  # fmt: skip
+                Placing.after(placed, editor, pending=True), None)  # fmt: skip
 
     @staticmethod
     def place_source(
@@ -640,10 +640,10 @@ class Handlers:
         was placed: (editor, note, box, preview, what was placed with its value let go, its mark for the page (see
         `stale_echo`)). Into an editor that held a picture, the editor often sent no event for the new one (Gradio
         6.31, measured in Chromium), and the note kept describing the picture before."""
-        value = placed.value if placed is not None else None
+        if placed is None or not placed.pending:  # placed already, or replaced by a later placing (`Placing.pending`)
+            return (gr.skip(),) * 6
+        value = placed.value
         note = Handlers.start_note(value, strength, feather, left, right, top, bottom, reused)
-        if placed is None:
-            return gr.skip(), *note, None, gr.skip()
         return (gr.skip() if value is None else value), *note, Placing(None, placed.mark), placed.mark
 
     def cancel(self, request: gr.Request):
@@ -1103,7 +1103,7 @@ class Handlers:
         (`reuse_source`, which says why, then `place_source`), with the same outputs."""
         digest = (values or {}).get("source_sha256")
         if not digest:
-            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
         try:
             image = self.service.store.load_source(str(digest))
             mask_digest = values.get("mask_sha256")
@@ -1111,14 +1111,14 @@ class Handlers:
         except StorageError:
             gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
                        "folder; its settings were sent without it.")  # fmt: skip
-            return *[gr.skip()] * 7, None, Placing.after(placed, None), None
+            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
         strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
         strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
         if mask is not None:
             say_mask_not_drawn()
         editor = editor_value(image.convert("RGB"), mask)
-        return (strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor), Placing.after(placed, editor),
-                None)  # fmt: skip
+        return (strength, gr.Accordion(open=True), 0, 0, 0, 0, 0, editor_mask(editor),
+                Placing.after(placed, editor, pending=True), None)  # fmt: skip
 
     @friendly
     def send_png_to_generate(self, values: dict | None, settings: dict):

@@ -146,11 +146,14 @@ class Placing:
 
     value: dict[str, Any] | None
     mark: int
+    # Set by a reuse's first step until its second has placed it: a second step that finds it unset does nothing (a
+    # double click or a Send to img2img between the two steps had it blank the note under a picture).
+    pending: bool = False
 
     @classmethod
-    def after(cls, placing: Placing | None, value: dict[str, Any] | None) -> Placing:
+    def after(cls, placing: Placing | None, value: dict[str, Any] | None, pending: bool = False) -> Placing:
         """The next placing after `placing` (None: the first in this session)."""
-        return cls(value, (placing.mark if placing is not None else 0) + 1)
+        return cls(value, (placing.mark if placing is not None else 0) + 1, pending)
 
 
 def stale_echo(mark: Any, placing: Placing | None) -> bool:

@@ -43,6 +43,7 @@ for name in sys.argv[2:]:
     save_file(weights, path, metadata=metadata)
 PY
   rc=$?  # a failed cast ships no hand-off and fails the call
+  echo "== bf16 cast rc $rc"
 fi
 if [ "$rc" = 0 ] && { [ "$PART" = 1 ] || [ "$PART" = 2 ]; }; then  # the hand-off: WORK less the probe sheets
   files="vae.json vae.safetensors report.json times.txt"
