@@ -336,3 +336,16 @@ def test_events_sent_before_a_picture_the_app_put_in_was_in_change_nothing() -> 
     note, _box, _preview = Handlers.editor_changed(placed, 0.55, 0, 0, 0, 0, 0, None, 2, placing)
     assert note == "Init image 256×256: img2img at strength 0.55, generated at 256×256."
     assert Handlers.editor_changed(None, 0.55, 0, 0, 0, 0, 0, None, 2, placing)[0] == ""  # Clear canvas, after
+
+
+def test_a_settings_change_leaves_editor_events_sent_before_it_unanswered() -> None:
+    """Moving the strength says the note and moves the page's mark: an editor event sent before, with the strength
+    from then, arrives later (it uploads the picture first) and is left unanswered instead of putting it back."""
+    picture = {"background": Image.new("RGB", (256, 256), (20, 160, 40)), "layers": [], "composite": None}
+    note, placing, mark = Handlers.settings_changed(picture, 0.3, 8, 0, 0, 0, 0, None, None)
+    assert note == "Init image 256×256: img2img at strength 0.30, generated at 256×256." and mark == placing.mark == 1
+    assert Handlers.editor_changed(picture, 0.6, 8, 0, 0, 0, 0, None, 0, placing) == (gr.skip(),) * 3  # sent before
+    assert Handlers.editor_uploaded(picture, 0.6, 8, 0, 0, 0, 0, None, 0, placing) == (gr.skip(),) * 4
+    assert Handlers.editor_changed(picture, 0.3, 8, 0, 0, 0, 0, None, 1, placing)[0] == note  # sent after: answered
+    pending = Placing(picture, 4, pending=True)  # a reuse between its two steps keeps its picture to place
+    assert Handlers.settings_changed(picture, 0.3, 8, 0, 0, 0, 0, None, pending)[1] == Placing(picture, 5, True)

@@ -407,8 +407,8 @@ def build_ui(service: StudioService) -> gr.Blocks:
         init_editor.upload(handlers.editor_uploaded, editor_inputs, [feather, *note_outputs], show_progress_on=feather,
                            queue=False, **private)  # fmt: skip
         for control in (strength, feather, *outpaint):
-            control.input(handlers.describe_start, [*start_inputs, reused_mask], init_note, trigger_mode="always_last",
-                          **private)  # fmt: skip
+            control.input(handlers.settings_changed, [*start_inputs, reused_mask, placed],
+                          [init_note, placed, placed_mark], trigger_mode="always_last", **private)  # fmt: skip
         gallery.select(handlers.select_result, results, [details, reuse_btn, vary_btn, selected], **private).success(
             handlers.result_actions, selected, [send_btn, up15_btn, up2_btn], queue=False, **private
         )
