@@ -304,6 +304,12 @@ def next_seed(seed: int, count: int) -> int:
     return (seed + count) % (MAX_SEED + 1)
 
 
+def nothing_to_place(placed: Placing | None) -> tuple[Any, ...]:
+    """`reuse_source`'s and `png_source`'s answer without a start picture: the settings left as the reuse set them,
+    no reused mask, an empty editor, and a placing of nothing left pending for `place_source` (which says the note)."""
+    return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
+
+
 class Handlers:
     def __init__(self, service: StudioService) -> None:
         self.service = service
@@ -645,7 +651,7 @@ class Handlers:
         generation, _ = self._selection(selected)
         source = reused_source(self.service.store, generation)
         if source is None:
-            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
+            return nothing_to_place(placed)
         if source.mask is not None:
             say_mask_not_drawn()
         editor = editor_value(source.image, source.mask)
@@ -1124,7 +1130,7 @@ class Handlers:
         (`reuse_source`, which says why, then `place_source`), with the same outputs."""
         digest = (values or {}).get("source_sha256")
         if not digest:
-            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
+            return nothing_to_place(placed)
         try:
             image = self.service.store.load_source(str(digest))
             mask_digest = values.get("mask_sha256")
@@ -1132,7 +1138,7 @@ class Handlers:
         except StorageError:
             gr.Warning(f"This PNG was made from an init image ({str(digest)[:10]}) that is not in this app's data "
                        "folder; its settings were sent without it.")  # fmt: skip
-            return *[gr.skip()] * 7, None, Placing.after(placed, None, pending=True), None
+            return nothing_to_place(placed)
         strength = values.get("strength")  # into the slider's range: a slider left out of it refuses the next run
         strength = min(max(strength, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]) if plain_number(strength) else gr.skip()
         if mask is not None:
