@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Trains the demo checkpoints from nothing on one GPU: the VAE, Raw, Turbo distilled from Raw, the style LoRA,
 # exported in the real repos' layouts; then measures them. Seeds are fixed (demo/train.py); every stage has a time cap,
-# so the three training parts take at most ~20 minutes on one H200 (stage caps 3.6 + 8.0 + 6.0 + 0.9 minutes, plus
+# so the three training parts take at most ~20 minutes on one GPU (stage caps 3.6 + 8.0 + 6.0 + 0.9 minutes, plus
 # each part's start-up and saving).
 #
-# Status (bench/NOTES.md, issue 15, session q): the Raw recipe is session q's call 2 arm B, which from nothing drew
-# 82.8 % of the held-out probe prompts right after 2,000 steps (one 256x8 run beside another, ~6 minutes); here at
-# 256x6 (the issue's 30 MB cap on the committed weights: 256x8 would make ~35 MB) and alone for 8 minutes. The script as
-# a whole has not run yet; its prediction is in bench/NOTES.md, session q.
+# Status: the committed demo checkpoints are this script's output. On an H100 (sessions v and w, one part per device
+# call, bench/results/2026-12-06v_H100_reproduce-part{1,2}/ and 2026-12-06w_H100_reproduce-part3/) the parts took
+# 190 + 456 + 426 s and the evaluation 62 s; held out, Raw at 52 steps drew 95.6 % right, Turbo at 8 steps 96.0 %,
+# Raw cut to 8 steps 68.5 % (demo/results/eval-2026-12-06w-h100.json). The Raw recipe is session q's call 2 arm B,
+# at 256x6 (the issue's 30 MB cap on the committed weights: 256x8 would make ~35 MB).
 #
 #     bash demo/reproduce.sh               # everything: parts 1-3, evaluate
 #     bash demo/reproduce.sh 1             # one part (a device tool whose calls last at most 10 minutes runs them

@@ -27,7 +27,7 @@ there. Export to another folder, then copy what changed into demo/checkpoints:
     python -m demo.train --work artifacts/demo-train --stages import lora
     python -m demo.train --work artifacts/demo-train --stages export --out artifacts/demo-export
 
-A from-scratch Raw (round 0) builds its transformer at `--transformer WIDTHxBLOCKS` (default 192x6, the committed
+A from-scratch Raw (round 0) builds its transformer at `--transformer WIDTHxBLOCKS` (default 256x6, the committed
 checkpoints' shape) and its text encoder at `--text-width N` (default 64); every later stage and round reads the
 shapes from the weights' files (the transformer's metadata, the text encoder's embedding table).
 
@@ -125,7 +125,7 @@ class Budget:
     lora_batch: int = 256
     lora_pool: int = 16384  # pixel-style pictures at 256²
     probe_every: int = 0  # Raw: score held-out prompts every this many steps (0: never); the learning curve
-    transformer: tuple[int, int] = (192, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
+    transformer: tuple[int, int] = (256, 6)  # a from-scratch Raw's transformer: width, blocks (later rounds: theirs)
     text_width: int = TEXT_HIDDEN  # a from-scratch Raw's text encoder width (later rounds and stages: the weights')
     structure_weight: float = 0.0  # Raw: weight of the caption-structure objective on the text side (0: none)
     freeze_text_encoder: bool = False  # a later Raw round keeps the text encoder (a Turbo distilled on it stays valid)
@@ -1416,7 +1416,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-round", type=int, default=0, help="continue Raw from the last round (1, 2, ...)")
     parser.add_argument("--trajectories", type=int, default=Budget.turbo_trajectories, help="for Turbo")
     parser.add_argument("--probe-every", type=int, default=0, help="Raw: score held-out prompts every N steps")
-    parser.add_argument("--transformer", help="a from-scratch Raw's width x blocks (default 192x6), e.g. 256x6")
+    parser.add_argument(
+        "--transformer", help="a from-scratch Raw's width x blocks (default 256x6, the committed shape), e.g. 192x6"
+    )
     parser.add_argument(
         "--text-width", type=int, help=f"a from-scratch Raw's text encoder width (default {TEXT_HIDDEN})"
     )
@@ -1465,7 +1467,7 @@ def main(argv: list[str] | None = None) -> None:
         turbo_trajectories=args.trajectories,
         profile=args.profile,
         probe_every=args.probe_every,
-        transformer=transformer_shape(args.transformer or "192x6"),
+        transformer=transformer_shape(args.transformer or "256x6"),
         text_width=TEXT_HIDDEN if args.text_width is None else args.text_width,
         structure_weight=args.structure_loss,
         freeze_text_encoder=args.freeze_text_encoder,

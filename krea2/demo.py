@@ -117,11 +117,11 @@ def build_text_encoder(vocab_size: int, seed: int = 0, width: int = TEXT_HIDDEN)
 HEAD_DIM = 32  # the miniature's attention heads; the width sets how many
 
 
-def build_transformer(seed: int = 0, width: int = 192, layers: int = 6, text_width: int = TEXT_HIDDEN):
-    """The miniature Krea2Transformer2DModel: by default 6 blocks of width 192 (6 heads of 32, 3 KV heads), 3.1M
-    parameters. `width` (a multiple of 64) and `layers` size a wider or deeper one, heads and MLP in proportion;
-    `text_width` is the text encoder's width it reads (its text fusion runs at that width, with 4 heads and 2 KV heads
-    whatever the width, so a wider one has wider heads)."""
+def build_transformer(seed: int = 0, width: int = 256, layers: int = 6, text_width: int = TEXT_HIDDEN):
+    """The miniature Krea2Transformer2DModel: by default 6 blocks of width 256 (8 heads of 32, 4 KV heads), 5.5M
+    parameters, the committed demo checkpoints' shape. `width` (a multiple of 64) and `layers` size another one,
+    heads and MLP in proportion; `text_width` is the text encoder's width it reads (its text fusion runs at that
+    width, with 4 heads and 2 KV heads whatever the width, so a wider one has wider heads)."""
     import torch
     from diffusers import Krea2Transformer2DModel
 
@@ -137,7 +137,7 @@ def build_transformer(seed: int = 0, width: int = 192, layers: int = 6, text_wid
         attention_head_dim=HEAD_DIM,
         num_attention_heads=width // HEAD_DIM,
         num_key_value_heads=width // (2 * HEAD_DIM),
-        intermediate_size=64 * round(width * 8 / 3 / 64),  # 512 at 192, the proportion of the real model's MLP
+        intermediate_size=64 * round(width * 8 / 3 / 64),  # 704 at 256, the proportion of the real model's MLP
         timestep_embed_dim=64,
         text_hidden_dim=text_width,
         num_text_layers=len(TEXT_LAYERS),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_import_fills_a_work_folder_that_export_turns_back_into_the_same_checkpo
 
 def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch):
     """`--probe-every`'s probe, cut to 8 single shapes at 8 steps: the committed Raw draws some of them right (the
-    full evaluation: 49% of single shapes at 8 steps), through the same scorer as demo.evaluate; and the text
+    full evaluation: 74% of single shapes at 8 steps), through the same scorer as demo.evaluate; and the text
     side's direction (demo.failures.text_separation) of the weights it was given."""
     from demo.failures import text_separation
     from demo.scenes import held_out
@@ -121,13 +122,15 @@ def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch
     assert Image.open(sheet).size == (8 * 256, 2 * 256)  # the 10 pictures, 8 to a row
     assert 0 < point["single_kind"] <= 1 and 0 < point["single_colour"] <= 1 and 0 < point["accuracy"] <= 1
     # The right caption makes the committed Raw's loss a small part of another caption's (0.93 on the probe's 10
-    # prompts here, 0.88 on its usual 64, on this CPU); the same transformer reading a text encoder that was never
-    # trained gains next to nothing from the right caption (0.06 on the first 8 singles and 2 others).
+    # prompts here, on this CPU); the same transformer reading text encoders that were never trained gains next to
+    # nothing from the right caption: a median of 0.04 over seeds 1-5 (one at a time they spread from -0.34 to 0.64 on
+    # 10 prompts, hence the median). Seed 0 is left out: it is the committed encoder's own starting point, and that
+    # encoder, trained in one round, kept enough of it that the start alone gains 0.52.
     assert point["caption_gain"] > 0.5
-    torch.manual_seed(0)
-    untrained = train.make_pipeline(vae, build_text_encoder(len(tokenizer)).eval(), tokenizer, transformer, False)
     chosen = [c for c in held_out() if c.layout == "single"][:8] + [c for c in held_out() if c.layout != "single"][:2]
-    assert train.caption_gain(untrained, chosen) < 0.2
+    untrained = [build_text_encoder(len(tokenizer), seed=seed).eval() for seed in range(1, 6)]
+    gains = [train.caption_gain(train.make_pipeline(vae, e, tokenizer, transformer, False), chosen) for e in untrained]
+    assert statistics.median(gains) < 0.2, (point["caption_gain"], gains)
     assert point["direction_difference"] == text_separation(train.make_pipeline(
         vae, text_encoder, tokenizer, transformer, is_distilled=False
     ), [c for c in held_out() if c.layout == "relation"])["direction swapped"]  # fmt: skip
@@ -194,10 +197,10 @@ def test_recolour_puts_a_share_of_the_vaes_pictures_in_other_colours():
             main(["--smoke", "--device", "cpu", *argv])
 
 
-def test_a_wider_transformer_keeps_its_shape_in_its_weights_file(tmp_path):
-    """`--transformer 256x6` (issue 15's next try: the committed 192x6 model binds words to shapes poorly) sets the
-    shape of a from-scratch Raw; the work folder's weights files carry their shape, so `load_transformer` (what
-    Turbo's distillation, the LoRA, export and a later round call) builds that shape again. The flag is refused where
+def test_a_transformer_shape_is_kept_in_its_weights_file(tmp_path):
+    """`--transformer WIDTHxBLOCKS` (default 256x6, the committed checkpoints' shape) sets the shape of a from-scratch
+    Raw; the work folder's weights files carry their shape, so `load_transformer` (what Turbo's distillation, the
+    LoRA, export and a later round call) builds that shape again. The flag is refused where
     it would be ignored, and a malformed shape stops with a usage message."""
     from safetensors import safe_open
 
@@ -211,7 +214,7 @@ def test_a_wider_transformer_keeps_its_shape_in_its_weights_file(tmp_path):
     for stages in (["--stages", "turbo"], ["--stages", "raw", "--raw-round", "1"]):
         with pytest.raises(SystemExit, match="from-scratch Raw"):
             main(["--smoke", "--device", "cpu", "--work", str(tmp_path / "w"), "--transformer", "256x6", *stages])
-    wide = build_transformer(seed=2, width=256, layers=7)
+    wide = build_transformer(seed=2, width=256, layers=7)  # a block deeper than the default
     assert (wide.config.num_attention_heads, wide.config.num_key_value_heads, wide.config.num_layers) == (8, 4, 7)
     save_transformer(wide, tmp_path / "raw_transformer.safetensors")
     with safe_open(tmp_path / "raw_transformer.safetensors", framework="pt") as file:

@@ -18,13 +18,14 @@ def pipe(demo_sources) -> Krea2Pipeline:
 
 
 def _lora(pipe, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """module -> (down, up): random rank-4 factors, large enough to change a picture."""
+    """module -> (down, up): random rank-4 factors, large enough to change a picture (on the committed demo Turbo,
+    factors of scale 0.3 moved its pixels by 0.007 on average, 1.0 by 0.28)."""
     generator = torch.Generator().manual_seed(seed)
     layers = dict(pipe.transformer.named_modules())
     return {
         m: (
-            torch.randn(RANK, layers[m].in_features, generator=generator) * 0.3,
-            torch.randn(layers[m].out_features, RANK, generator=generator) * 0.3,
+            torch.randn(RANK, layers[m].in_features, generator=generator),
+            torch.randn(layers[m].out_features, RANK, generator=generator),
         )
         for m in MODULES
     }
