@@ -19,10 +19,12 @@ from demo.score import judge, read
 from krea2 import GenerationRequest
 
 SIDE, SEED, LABEL = 256, 1, 34
-# The banner's first examples, then a single shape of each other kind (each composition's prompt is what is typed).
+# The banner's first and last examples, a count, then a single shape of each other kind (each composition's prompt
+# is what is typed).
 COMPOSITIONS = [
     Composition("single", "circle", "red", "blue"),
     Composition("count", "square", "green", "white", count=2),
+    Composition("relation", "triangle", "purple", "white", relation="left", other_kind="circle", other_colour="orange"),
     Composition("single", "star", "yellow", "black"),
     Composition("single", "triangle", "pink", "green"),
     Composition("single", "diamond", "white", "purple"),

@@ -40,13 +40,12 @@ DEMO_BANNER = (
     "project trained on pictures of shapes, not from Krea 2 itself. It knows circles, squares, triangles, stars, "
     "diamonds and crosses in red, orange, yellow, green, blue, purple, pink, brown, white and black, on plain, "
     'striped, checkered or dotted backgrounds, with places ("in the top left corner"), counts ("two", '
-    '"three") and relations ("to the left of", "above"); it draws best at 256 px (at 512 px it often adds shapes). '
-    "It gets a single shape right about 49 times in 50 and a count three or four times in five. Relations come out "
-    'right about three times in five on Raw ("to the left of" in the right order, "above" only half the time) '
-    "and one time in four on Turbo. A picture you upload comes back in those ten colours (the demo VAE knows no "
-    "others). A style "
+    '"three") and relations ("to the left of", "above"); it draws best at 256 px (at 512 px it sometimes adds '
+    "shapes). On prompts it never saw in training it gets a single shape right about 99 times in 100, a relation "
+    "about nine times in ten and a count three or four times in five, on Raw and Turbo alike. A picture you upload "
+    "comes back in or near those ten colours (the demo VAE knows no others). A style "
     "LoRA trained on the demo Raw comes with it: pick "
-    "**demo/pixel-style** under LoRAs (any weight from 0.5 to 1.5) and compare Raw and Turbo with it."
+    "**demo/pixel-style** under LoRAs (a weight from 0.8 to 1.5) and compare Raw and Turbo with it."
 )
 DEMO_EXAMPLES = [
     "a red circle on a blue background",
@@ -96,9 +95,10 @@ def demo_examples(prompt: gr.Textbox, visible: bool, elem_id: str) -> None:
     """The demo model's example prompts as buttons that fill `prompt`. Buttons that take no input: gr.Examples' own
     event accepts whatever a client sends."""
     with gr.Column(visible=visible, elem_id=elem_id):
-        # Measured on the committed checkpoints, seeds 0-7: the relation right 8 of 8 on Raw, 3 of 8 on Turbo.
-        gr.Markdown("Prompts the demo model knows (the last, a relation, comes out right on Raw; Turbo often swaps "
-                    "the two shapes):")  # fmt: skip
+        # Measured on the committed checkpoints (2026-12-06, seeds 0-7, this CPU): the first, second and last read
+        # back right 8 of 8 on Raw and on Turbo; the count on stripes (the scorer cannot read a textured background)
+        # has two squares 6 of 8 by eye on each, three in the others.
+        gr.Markdown("Prompts the demo model knows:")
         for example in DEMO_EXAMPLES:
             button = gr.Button(example, size="sm")
             button.click(lambda text=example: text, outputs=prompt, queue=False, api_visibility="private")
