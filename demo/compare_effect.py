@@ -1,16 +1,17 @@
 """What Compare shows between the demo Raw and Turbo, in pixels: how much each checkpoint's pictures vary from seed to
-seed (Raw diverse), how clean they come out (Turbo at 8 steps against Raw cut to 8), and how far Raw's guidance scale
-moves its pictures. Held-out single-shape prompts (a fixed sample), a few seeds each, 256², through demo.evaluate's
-drawing and demo/score.py's reading.
+seed, how often they are right (Turbo at its 8 steps against Raw cut to 8) and how far Raw's guidance scale moves its
+pictures. Held-out single-shape prompts (a fixed sample), a few seeds each, 256², through demo.evaluate's drawing and
+demo/score.py's reading.
 
     python -m demo.compare_effect --out demo/results/compare-effect-<date>-cpu.json
 
-For each setting: `correct` (the scorer's verdict), `off_palette` (the share of pixels more than 40 (RGB distance)
-from every colour the generator draws: smears, halos and blur between two colours), and over the seeds of one
-prompt, `position_spread` (the standard deviation of the largest shape's centre, pixels), `size_spread` (of the log of
-its area) and `seed_difference` (the mean absolute pixel difference between two seeds' pictures, 0-255), medians over
-the prompts. `same_seed_difference` is how far each setting's picture lies from Raw's default one of the same prompt
-and seed: what the two halves of Compare differ by.
+For each setting: `correct` (the share the scorer reads as right), `off_palette` (the share of pixels more than 40
+(RGB distance) from every colour the generator draws: smears, halos and blends of two colours), `position_spread`
+(the mean of the standard deviations of the largest shape's centre, x and y, over one prompt's seeds, pixels) and
+`size_spread` (the same of the log of its area), medians over the prompts; `seed_difference` (the mean absolute
+pixel difference between two seeds' pictures of one prompt, 0-255, the median over all such pairs). And
+`same_seed_difference`: how far each setting's picture lies from Raw's default one of the same prompt and seed, on
+average per pixel: what the two halves of Compare differ by.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import statistics
 from pathlib import Path
@@ -26,7 +28,8 @@ import torch
 
 from demo.evaluate import draw, load_manager
 from demo.scenes import COLOURS, held_out
-from demo.score import judge, read_all
+from demo.score import Reading, judge, read_all
+from krea2.manager import ModelManager
 
 PROMPTS, SEEDS, SAMPLE_SEED = 8, 6, 11
 OFF_PALETTE = 40.0  # RGB distance from the nearest palette colour
@@ -40,17 +43,21 @@ def off_palette_share(pictures: torch.Tensor) -> float:
     return float((torch.cdist(rgb, palette).amin(1) > OFF_PALETTE).float().mean())
 
 
-def spreads(readings) -> tuple[float, float] | None:
-    """The largest shape's centre spread (pixels at 256²) and log-area spread over one prompt's seeds."""
+def spreads(readings: list[Reading]) -> tuple[float, float] | None:
+    """The largest shape's centre spread (pixels at 256²) and log-area spread over one prompt's seeds; None when
+    fewer than two of its pictures show a shape."""
     largest = [r.shapes[0] for r in readings if r.shapes]
     if len(largest) < 2:
         return None
-    centre = statistics.pstdev([s.x for s in largest]) + statistics.pstdev([s.y for s in largest])
-    size = statistics.pstdev([torch.tensor(float(s.area)).log().item() for s in largest])
-    return round(centre / 2 * 256, 1), round(size, 3)
+    centre = (statistics.pstdev([s.x for s in largest]) + statistics.pstdev([s.y for s in largest])) / 2
+    return round(centre * 256, 1), round(statistics.pstdev([math.log(s.area) for s in largest]), 3)
 
 
-def measure(manager, settings: tuple[str, ...], prompts: int = PROMPTS, seeds: int = SEEDS) -> dict:
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def measure(manager: ModelManager, settings: tuple[str, ...], prompts: int = PROMPTS, seeds: int = SEEDS) -> dict:
     singles = [c for c in held_out() if c.layout == "single"]
     chosen = random.Random(SAMPLE_SEED).sample(singles, prompts)
     compositions = [c for c in chosen for _ in range(seeds)]
@@ -70,8 +77,8 @@ def measure(manager, settings: tuple[str, ...], prompts: int = PROMPTS, seeds: i
         results["settings"][name] = {
             "correct": round(statistics.mean(verdicts), 3),
             "off_palette": round(off_palette_share(drawn), 4),
-            "position_spread": statistics.median(s[0] for s in found),
-            "size_spread": statistics.median(s[1] for s in found),
+            "position_spread": _median([s[0] for s in found]),
+            "size_spread": _median([s[1] for s in found]),
             "seed_difference": round(statistics.median(differences), 1),
             "same_seed_difference": round(float((drawn - pictures[REFERENCE]).abs().mean() * 255), 1)
             if REFERENCE in pictures
@@ -88,7 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     settings = (REFERENCE, "turbo_8", "raw_8_g3.5", "raw_52_g1.5", "raw_52_g0")
     results = measure(load_manager(args.checkpoints, args.device), settings)
-    results["command"] = "python -m demo.compare_effect --out " + str(args.out)
+    results["command"] = f"python -m demo.compare_effect --device {args.device} --out {args.out}" + (
+        f" --checkpoints {args.checkpoints}" if args.checkpoints else ""
+    )
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, row in results["settings"].items():
         print(name, row)

@@ -1,7 +1,7 @@
 """What the demo checkpoints get wrong on counts and relations: the held-out count and relation prompts, drawn and read
 back, each wrong picture sorted by how it is wrong.
 
-    python -m demo.failures --setting turbo_8 --out demo/results/failures-2026-12-04l-cpu.json
+    python -m demo.failures --setting turbo_8 --out demo/results/failures-2026-12-06w-cpu.json
 
 `demo.evaluate` says how often a picture is right; this says what the wrong ones show. For a count, how many shapes
 were drawn against how many were asked. For a relation (two described shapes), whether each of the two came out;

@@ -987,9 +987,10 @@ def ground_truth(
 def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: int = 5) -> float:
     """How much the right caption lowers Raw's flow-matching loss on ground-truth pictures of `compositions`, against
     another composition's caption, with the same pictures, noise and noise levels: 1 - loss(right) / loss(other).
-    0 for a transformer that ignores its caption, 0.88 for the committed Raw on the probe's 64 prompts. Meant to rise
-    before the pictures come out right (not yet measured on a from-scratch run; session m's scored 9 % held-out after
-    3,000 steps on a GPU), so that early probes can tell two recipes apart."""
+    0 for a transformer that ignores its caption. Meant to rise before the pictures come out right, so that early
+    probes can tell two recipes apart, and it does: the committed Raw's from-scratch run (probes on 64 prompts,
+    demo/results/train-2026-12-06w-h100.json) gained 0.60 at step 1,000 while 20 % of its pictures were right, 0.83
+    at 2,000 (62 %), 0.92 at 4,000 (92 %)."""
     device = pipe._execution_device
     x0, noise, generator = ground_truth(pipe, compositions, size, seed, random.Random(seed))
     sigma = training_sigmas(x0.shape[1], len(x0), generator=generator).to(device)

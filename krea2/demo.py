@@ -24,10 +24,9 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TURBO_FOLDER, RAW_FOLDER = "Krea-2-Turbo-demo", "Krea-2-Raw-demo"
 CHECKPOINTS_ENV = "KREA2_DEMO_CHECKPOINTS"
 # The square sides demo/train.py trains at, best first: the app opens at the first in demo mode. 256² first: the
-# committed model follows the prompt far more often there (`python -m demo.size_effect`: Turbo, 48 held-out
-# single-shape prompts, 2026-12-03 session k: 48 fully right at 256², 21 at 512², where a third have the wrong
-# number of shapes),
-# and it is 4x less CPU work; 1024² is outside what the demo model learned.
+# committed model follows the prompt more often there (`python -m demo.size_effect`: Turbo, 48 held-out single-shape
+# prompts, 2026-12-06: 48 fully right at 256², 33 at 512², where a quarter have the wrong number of shapes), and it
+# is 4x less CPU work; 1024² is outside what the demo model learned.
 DEMO_SIDES = (256, 512)
 
 

@@ -126,11 +126,11 @@ def test_the_learning_curve_probe_scores_the_committed_raw(tmp_path, monkeypatch
     # nothing from the right caption: a median of 0.04 over seeds 1-5 (one at a time they spread from -0.34 to 0.64 on
     # 10 prompts, hence the median). Seed 0 is left out: it is the committed encoder's own starting point, and that
     # encoder, trained in one round, kept enough of it that the start alone gains 0.52.
-    assert point["caption_gain"] > 0.5
+    assert point["caption_gain"] > 0.8
     chosen = [c for c in held_out() if c.layout == "single"][:8] + [c for c in held_out() if c.layout != "single"][:2]
     untrained = [build_text_encoder(len(tokenizer), seed=seed).eval() for seed in range(1, 6)]
     gains = [train.caption_gain(train.make_pipeline(vae, e, tokenizer, transformer, False), chosen) for e in untrained]
-    assert statistics.median(gains) < 0.2, (point["caption_gain"], gains)
+    assert statistics.median(gains) < 0.2 and max(gains) < point["caption_gain"] - 0.2, (point["caption_gain"], gains)
     assert point["direction_difference"] == text_separation(train.make_pipeline(
         vae, text_encoder, tokenizer, transformer, is_distilled=False
     ), [c for c in held_out() if c.layout == "relation"])["direction swapped"]  # fmt: skip
@@ -343,7 +343,8 @@ def test_the_caption_structure_objective_makes_the_text_side_keep_a_relations_di
     after = text_separation(pipe, relations)["direction swapped"]
     # Measured on this CPU: 0.21 after 80 steps, and 0.004 with the relation labels all "none" (the rest of the
     # objective alone); since session q's background and texture fields (more for the text side to learn, the
-    # relation's share of the loss smaller) 0.07 after 80 steps and 0.20 after 120.
+    # relation's share of the loss smaller) 0.07 after 80 steps and 0.20 after 120; on the checkpoints of 2026-12-06
+    # 0.225 after 120.
     assert before == 0, before
     assert after > 0.1, after
     assert losses[0] > 2 and max(losses[-5:]) < losses[0] / 4, losses  # fresh read-outs that learnt to read
@@ -691,7 +692,8 @@ def test_the_shape_map_objective_reads_each_tokens_kind_from_the_transformer(tmp
     overlap = (shape & called).sum() / (shape | called).sum()
     constant = -(shares.mean((0, 1)).clamp(min=1e-6).log() * shares.mean((0, 1))).sum()  # the best fixed answer's loss
     # Measured on this CPU: overlap 0.80 and a loss of 0.24 against the fixed answer's 0.47; with the targets' tokens
-    # transposed (columns for rows), the overlap after sixty steps was 0.003.
+    # transposed (columns for rows), the overlap after sixty steps was 0.003. On the checkpoints of 2026-12-06 (whose
+    # Raw trained with this objective from the start): overlap 0.63, colours 0.976, a loss of 0.26 against 2.70.
     assert overlap > 0.5, overlap
     # Its colour read-out (session q) names each token's palette colour, background or shape: 0.985 of the tokens here
     # (a constant answer would be right for about a tenth: the backgrounds' colours are drawn evenly).
