@@ -990,7 +990,7 @@ def caption_gain(pipe, compositions: list[Composition], size: int = 256, seed: i
     0 for a transformer that ignores its caption. Meant to rise before the pictures come out right, so that early
     probes can tell two recipes apart, and it does: the committed Raw's from-scratch run (probes on 64 prompts,
     demo/results/train-2026-12-06w-h100.json) gained 0.60 at step 1,000 while 20 % of its pictures were right, 0.83
-    at 2,000 (62 %), 0.92 at 4,000 (92 %)."""
+    at 2,000 (62.5 %), 0.92 at 4,000 (92 %)."""
     device = pipe._execution_device
     x0, noise, generator = ground_truth(pipe, compositions, size, seed, random.Random(seed))
     sigma = training_sigmas(x0.shape[1], len(x0), generator=generator).to(device)
